@@ -1,0 +1,53 @@
+"""Celery settings as data. Values come from the typed settings object (cortex_tasks.settings)."""
+from cortex_tasks.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
+from cortex_tasks.settings import get_settings
+
+_settings = get_settings()
+
+# The longest hard time limit of any task (training). Redis redelivers an unacknowledged message after
+# visibility_timeout, so it must be longer than any task may run, or a running job would be started twice.
+LONGEST_HARD_TIME_LIMIT = 4 * 3600
+VISIBILITY_TIMEOUT = LONGEST_HARD_TIME_LIMIT + 3600
+
+broker_url = _settings.redis_url
+result_backend = _settings.redis_url
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    "queue_order_strategy": "priority",
+    "priority_steps": PRIORITY_STEPS,
+    "sep": ":",
+}
+result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+visibility_timeout = VISIBILITY_TIMEOUT
+broker_connection_retry_on_startup = True
+
+task_queues = TASK_QUEUES
+task_routes = TASK_ROUTES
+task_default_queue = "gpu"
+task_default_priority = 4
+task_queue_max_priority = 9
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+result_expires = _settings.result_expires_seconds
+result_extended = False
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+task_track_started = False
+task_soft_time_limit = 60
+task_time_limit = 90
+worker_cancel_long_running_tasks_on_connection_loss = True
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
+
+from beat_schedule import BEAT_SCHEDULE  # noqa: E402
+
+beat_schedule = BEAT_SCHEDULE

@@ -1,0 +1,18 @@
+"""The Cortex Celery app: `celery -A cortex_tasks worker -Q gpu` starts a gpu worker.
+
+Task modules are imported by the worker only (`include`), so importing this package (as the gateway
+does, to send tasks and read results) never imports torch or spaCy.
+"""
+from celery import Celery
+
+TASK_MODULES = [
+    "cortex_tasks.inference.tasks",
+    "cortex_tasks.maintenance.tasks",
+]
+
+app = Celery("cortex", include=TASK_MODULES)
+app.config_from_object("celeryconfig")
+
+from cortex_tasks import worker_signals  # noqa: E402,F401  (connects worker start-up hooks)
+
+__all__ = ["app"]

@@ -1,0 +1,15 @@
+"""Roles and the permissions they grant (API.md, "Authentication and roles")."""
+from __future__ import annotations
+
+READ = "read"
+PREDICT = "predict"
+TRAIN = "train"
+DEPLOY = "deploy"
+ADMIN = "admin"
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "reader": frozenset({READ}),
+    "inference_user": frozenset({READ, PREDICT}),
+    "model_admin": frozenset({READ, PREDICT, TRAIN, DEPLOY, ADMIN}),
+}
+ROLES: tuple[str, ...] = tuple(ROLE_PERMISSIONS)

@@ -1,0 +1,161 @@
+"""Job records in PostgreSQL: the durable truth about every job (the Celery result backend is transport).
+
+Status moves queued -> running -> succeeded | failed | cancelled. Every transition is one guarded UPDATE,
+so a redelivered message can neither run a finished job again nor record its result twice.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from cortex_tasks.storage.db import session_scope
+from cortex_tasks.storage.tables import Job
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    owner: str
+    kind: str
+    task: str
+    model: str | None = None
+    priority: int = 4
+    total: int = 0
+    params: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    # Past this, the stale-job sweep fails the job (its message was lost), so nothing stays queued forever.
+    deadline_seconds: int = 3600
+
+
+class IdempotencyConflict(Exception):
+    """The same idempotency key was used before with a different request body."""
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
+    """Insert a job; returns (job, created). With an idempotency key an existing job is returned instead."""
+    row = Job(
+        id=job_id or new_job_id(), owner=job.owner, kind=job.kind, task=job.task, model=job.model,
+        status=QUEUED, priority=job.priority, progress_total=job.total, params=job.params,
+        idempotency_key=job.idempotency_key, request_hash=job.request_hash,
+        deadline_at=datetime.now(timezone.utc) + timedelta(seconds=job.deadline_seconds),
+    )
+    try:
+        with session_scope() as session:
+            session.add(row)
+        return row, True
+    except IntegrityError:
+        if job.idempotency_key is None:
+            raise
+    with session_scope() as session:
+        existing = session.scalars(
+            select(Job).where(Job.owner == job.owner, Job.idempotency_key == job.idempotency_key)
+        ).one()
+    if existing.request_hash != job.request_hash:
+        raise IdempotencyConflict(job.idempotency_key)
+    return existing, False
+
+
+def get_job(job_id: str) -> Job | None:
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        return None
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def begin_attempt(job_id: str, max_deliveries: int) -> int | None:
+    """Count one delivery of the job's message and mark it running.
+
+    Returns the attempt number, or None when the job must not run: it is already finished (a duplicate
+    delivery), or it has been delivered more than `max_deliveries` times (it is then marked failed, so a
+    message that keeps killing its worker cannot loop forever).
+    """
+    with session_scope() as session:
+        attempt = session.execute(
+            text(
+                "UPDATE jobs SET attempts = attempts + 1, status = 'running', "
+                "started_at = coalesce(started_at, now()) "
+                "WHERE id = :id AND status IN ('queued', 'running') RETURNING attempts"
+            ),
+            {"id": job_id},
+        ).scalar()
+    if attempt is None:
+        return None
+    if attempt > max_deliveries:
+        fail_job(job_id, {
+            "code": "redelivery_limit",
+            "message": f"The job was delivered {attempt} times without finishing "
+                       f"(its worker died each time); giving up after {max_deliveries}.",
+        })
+        return None
+    return attempt
+
+
+def finish_job(job_id: str, result: Any = None, result_ref: str | None = None) -> bool:
+    """Record success once; returns False if the job was already finished."""
+    with session_scope() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=SUCCEEDED, result=result, result_ref=result_ref,
+                    progress_done=Job.progress_total, finished_at=text("now()"))
+        ).rowcount
+    return bool(changed)
+
+
+def fail_job(job_id: str, error: dict[str, Any]) -> bool:
+    with session_scope() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=FAILED, error=error, finished_at=text("now()"))
+        ).rowcount
+    return bool(changed)
+
+
+def set_progress(job_id: str, done: int, total: int | None = None) -> None:
+    values: dict[str, Any] = {"progress_done": done}
+    if total is not None:
+        values["progress_total"] = total
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def job_to_api(job: Job) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "kind": job.kind,
+        "task": job.task,
+        "status": job.status,
+        "progress": {"done": job.progress_done, "total": job.progress_total},
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,
+    }
+    if job.model:
+        body["model"] = job.model
+    if job.status == SUCCEEDED:
+        body["result"] = job.result
+        if job.result_ref:
+            body["result_ref"] = job.result_ref
+    if job.error:
+        body["error"] = job.error
+    return body

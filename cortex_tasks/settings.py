@@ -1,0 +1,106 @@
+"""One typed settings object, read from the environment.
+
+Service URLs left unset mean "use the embedded stack": `cortex up` writes the URLs of the services it
+started into `<CORTEX_DATA_DIR>/stack.json`, and every other process (workers, CLI, Beat) reads them
+from there, so that they all find the same stack through the same data folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+STACK_FILE_NAME = "stack.json"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("CORTEX_DATA_DIR", "./var")).resolve()
+
+
+def read_stack_file(folder: Path | None = None) -> dict[str, str]:
+    path = (folder or data_dir()) / STACK_FILE_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    redis_url: str
+    database_url: str
+    artifact_dir: Path
+    s3_endpoint: str | None
+    s3_access_key: str | None
+    s3_secret_key: str | None
+    s3_bucket: str
+    s3_secure: bool
+    admin_key: str | None
+    # Request limits (architecture document: input_validation, inference_config).
+    max_batch_size: int = 32
+    max_text_length: int = 10_000
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_json_depth: int = 20
+    default_wait_seconds: float = 5.0
+    max_wait_seconds: float = 30.0
+    # Delivery (DESIGN.md "Delivery").
+    max_deliveries: int = 3
+    result_expires_seconds: int = 3600
+    job_retention_days: int = 30
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_endpoint)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    folder = data_dir()
+    stack = read_stack_file(folder)
+    # Without URLs and without a running `cortex up` stack, fall back to local default ports, as Celery
+    # and most tools do; /ready reports clearly if nothing is listening there.
+    redis_url = os.environ.get("REDIS_URL") or stack.get("redis_url") or "redis://127.0.0.1:6379/0"
+    database_url = (os.environ.get("DATABASE_URL") or stack.get("database_url")
+                    or "postgresql://cortex@127.0.0.1:5432/cortex")
+    return Settings(
+        data_dir=folder,
+        redis_url=redis_url,
+        database_url=database_url,
+        artifact_dir=Path(os.environ.get("CORTEX_ARTIFACT_DIR") or stack.get("artifact_dir")
+                          or folder / "artifacts"),
+        s3_endpoint=os.environ.get("MINIO_ENDPOINT") or os.environ.get("S3_ENDPOINT") or None,
+        s3_access_key=os.environ.get("MINIO_ACCESS_KEY"),
+        s3_secret_key=os.environ.get("MINIO_SECRET_KEY"),
+        s3_bucket=os.environ.get("MINIO_BUCKET", "model-artifacts"),
+        s3_secure=_env_bool("MINIO_SECURE", False),
+        admin_key=os.environ.get("CORTEX_ADMIN_KEY") or None,
+        max_batch_size=_env_int("MAX_BATCH_SIZE", 32),
+        default_wait_seconds=_env_float("CORTEX_DEFAULT_WAIT", 5.0),
+        max_deliveries=_env_int("CORTEX_MAX_DELIVERIES", 3),
+        result_expires_seconds=_env_int("CORTEX_RESULT_EXPIRES", 3600),
+    )
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()

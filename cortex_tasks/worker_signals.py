@@ -1,0 +1,89 @@
+"""Worker start-up hooks: torch threads per pool type, DB pools reset after fork, a readiness check.
+
+The readiness check loads the models of the queues this worker consumes and only then announces the
+worker as ready in Redis (`cortex:workers:<hostname>`), so `/ready` and `cortex up` report real readiness.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from celery import signals
+
+log = logging.getLogger(__name__)
+
+READY_KEY_PREFIX = "cortex:workers:"
+READY_TTL_SECONDS = 120
+_prefork_child = False
+
+
+def _consumed_queues(app) -> list[str]:
+    return sorted(app.amqp.queues.consume_from or app.amqp.queues)
+
+
+def preload_models(queues: list[str]) -> list[str]:
+    from cortex_tasks.catalogue import TASKS
+    from cortex_tasks.models.loaded import get_model
+
+    names = [task.default_model for task in TASKS.values() if task.queue in queues]
+    for name in names:
+        get_model(name)
+    return names
+
+
+@signals.worker_init.connect
+def _use_all_cores(sender=None, **_: object) -> None:
+    # A solo/threads worker holds one model copy: let torch use every core for it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: object) -> None:
+    global _prefork_child
+    _prefork_child = True
+    import torch
+
+    from cortex_tasks.storage.db import reset_engine
+
+    # Prefork children share the cores: one torch thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    reset_engine()
+
+
+@signals.worker_ready.connect
+def _announce_ready(sender=None, **_: object) -> None:
+    import redis
+
+    from cortex_tasks import app
+    from cortex_tasks.settings import get_settings
+
+    queues = _consumed_queues(app)
+    started = time.perf_counter()
+    pool = app.conf.worker_pool if sender is None else type(sender.pool).__module__
+    loaded: list[str] = []
+    if "prefork" not in str(pool):
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("CORTEX_TORCH_THREADS", os.cpu_count() or 1)))
+        loaded = preload_models(queues)
+    hostname = getattr(sender, "hostname", None) or os.uname().nodename
+    status = {"hostname": hostname, "queues": queues, "models": loaded, "pid": os.getpid(),
+              "load_seconds": round(time.perf_counter() - started, 2)}
+    redis.Redis.from_url(get_settings().redis_url).set(
+        READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
+    log.info("worker ready: %s", status)
+
+
+@signals.heartbeat_sent.connect
+def _refresh_ready(sender=None, **_: object) -> None:
+    # Keep the readiness key alive while the worker lives; it expires soon after the worker dies.
+    import redis
+
+    from cortex_tasks.settings import get_settings
+
+    hostname = getattr(getattr(sender, "consumer", None), "hostname", None)
+    if hostname:
+        redis.Redis.from_url(get_settings().redis_url).expire(READY_KEY_PREFIX + hostname,
+                                                              READY_TTL_SECONDS)

@@ -1,0 +1,61 @@
+"""The Cortex gateway: `cortex_web.create_app()`. Validates, authorizes, enqueues, answers.
+
+Never imports torch, transformers or spaCy (a test checks this in a fresh interpreter).
+"""
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import Flask, g, request
+from werkzeug.wrappers import Response
+
+from cortex_tasks.settings import get_settings
+from cortex_web import auth
+from cortex_web.blueprints import docs, health, jobs, keys, predict
+from cortex_web.dispatch import queue_depths
+from cortex_web.errors import register_error_handlers
+from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
+from cortex_web.replies import ReplyListener
+
+BLUEPRINTS = (health.bp, docs.bp, predict.bp, jobs.bp, keys.bp)
+PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
+_queue_collector_registered = False
+
+
+def create_app() -> Flask:
+    settings = get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    app.extensions["cortex_redis"] = client
+    app.extensions["cortex_replies"] = ReplyListener(settings.redis_url)
+    _register_queue_metrics(client)
+
+    register_error_handlers(app)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+
+    @app.before_request
+    def _start_and_authenticate() -> None:
+        g.started = time.perf_counter()
+        if request.path.startswith("/api/v1/") and request.endpoint not in PUBLIC_API_ENDPOINTS:
+            auth.authenticate()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            HTTP_LATENCY.labels(route).observe(time.perf_counter() - g.started)
+        return response
+
+    return app
+
+
+def _register_queue_metrics(client: redis.Redis) -> None:
+    global _queue_collector_registered
+    if not _queue_collector_registered:
+        REGISTRY.register(QueueDepthCollector(lambda: queue_depths(client)))
+        _queue_collector_registered = True

@@ -1,0 +1,84 @@
+"""Authentication (Bearer or X-API-Key) and per-route permission checks.
+
+Verified keys are remembered for a short time so that a busy client costs one database lookup every
+few seconds, not one per request; a revoked key therefore stops working within that window.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from cortex_tasks.auth.keys import Principal, verify_key
+from cortex_tasks.auth.roles import ROLE_PERMISSIONS
+from cortex_tasks.settings import get_settings
+from cortex_web.errors import ApiError
+
+CACHE_SECONDS = 2.0
+MAX_CACHED_KEYS = 10_000
+_cache: dict[str, tuple[float, Principal]] = {}
+_cache_lock = threading.Lock()
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
+def _principal_for(key: str) -> Principal | None:
+    now = time.monotonic()
+    cached = _cache.get(key)
+    if cached and cached[0] > now:
+        return cached[1]
+    principal = verify_key(key, get_settings().admin_key)
+    if principal is not None:
+        with _cache_lock:
+            if len(_cache) >= MAX_CACHED_KEYS:
+                _cache.clear()
+            _cache[key] = (now + CACHE_SECONDS, principal)
+    return principal
+
+
+def authenticate() -> None:
+    """before_request for /api/v1: every route there needs a valid key."""
+    key = _presented_key()
+    if key is None:
+        raise ApiError(401, "missing_api_key", "Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key'.",
+                       headers={"WWW-Authenticate": "Bearer"})
+    principal = _principal_for(key)
+    if principal is None:
+        raise ApiError(401, "invalid_api_key", "The API key is unknown, expired or revoked.",
+                       headers={"WWW-Authenticate": "Bearer"})
+    g.principal = principal
+
+
+def current_principal() -> Principal:
+    return g.principal
+
+
+def is_admin(principal: Principal) -> bool:
+    return "admin" in ROLE_PERMISSIONS[principal.role]
+
+
+def require(permission: str) -> Callable[[View], View]:
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            principal = current_principal()
+            if permission not in ROLE_PERMISSIONS.get(principal.role, ()):
+                raise ApiError(403, "forbidden",
+                               f"The role {principal.role!r} does not allow this ({permission!r} is needed).")
+            return view(*args, **kwargs)
+
+        guarded.required_permission = permission  # type: ignore[attr-defined]
+        return guarded  # type: ignore[return-value]
+
+    return decorate

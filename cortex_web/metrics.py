@@ -1,0 +1,33 @@
+"""Prometheus metrics of the gateway; queue depths are read from Redis at scrape time."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter("cortex_http_requests_total", "HTTP requests by route and status",
+                        ["route", "method", "status"], registry=REGISTRY)
+HTTP_LATENCY = Histogram("cortex_http_request_seconds", "HTTP request latency by route", ["route"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+                         registry=REGISTRY)
+JOBS_SUBMITTED = Counter("cortex_jobs_submitted_total", "Jobs enqueued by kind, task and queue",
+                         ["kind", "task", "queue"], registry=REGISTRY)
+JOB_OUTCOMES = Counter("cortex_job_outcomes_total", "Outcomes of jobs the gateway waited for",
+                       ["task", "outcome"], registry=REGISTRY)
+
+
+class QueueDepthCollector:
+    """Reports each queue's length summed over its priority sub-lists."""
+
+    def __init__(self, depth_reader) -> None:
+        self._read = depth_reader
+
+    def collect(self):
+        family = GaugeMetricFamily("cortex_queue_depth", "Messages waiting per queue", labels=["queue"])
+        try:
+            for queue, depth in self._read().items():
+                family.add_metric([queue], depth)
+        except Exception:  # a scrape must not fail because Redis is briefly away
+            pass
+        yield family

@@ -1,0 +1,86 @@
+"""Waiting for job outcomes without polling.
+
+Each gateway process subscribes once to its own Redis channel and names it in every task it sends;
+the worker publishes the outcome there (cortex_tasks.jobs.outcomes). A request thread registers its job
+id *before* sending the task, then blocks on an Event until the outcome arrives or its wait runs out.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from cortex_tasks.jobs.outcomes import REPLY_CHANNEL_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+class _Pending:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.outcome: dict[str, Any] | None = None
+
+
+class ReplyListener:
+    def __init__(self, redis_url: str) -> None:
+        self.channel = f"{REPLY_CHANNEL_PREFIX}{uuid.uuid4().hex}"
+        self._redis_url = redis_url
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._listen, name="cortex-replies", daemon=True)
+                self._thread.start()
+        self._subscribed.wait(timeout=5)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                client = redis.Redis.from_url(self._redis_url, socket_keepalive=True)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._deliver(message["data"])
+            except Exception:
+                self._subscribed.clear()
+                log.warning("reply channel lost; resubscribing", exc_info=True)
+                time.sleep(0.5)
+
+    def _deliver(self, data: bytes) -> None:
+        outcome = json.loads(data)
+        pending = self._pending.get(outcome.get("job_id", ""))
+        if pending is not None:
+            pending.outcome = outcome
+            pending.event.set()
+
+    def expect(self, job_id: str) -> None:
+        self._ensure_running()
+        self._pending[job_id] = _Pending()
+
+    def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+        pending = self._pending.get(job_id)
+        if pending is None:
+            return None
+        try:
+            pending.event.wait(timeout)
+            return pending.outcome
+        finally:
+            self._pending.pop(job_id, None)
+
+    def forget(self, job_id: str) -> None:
+        self._pending.pop(job_id, None)

@@ -1,0 +1,69 @@
+"""Reading a JSON body defensively: content type, size, depth, non-finite numbers, then a pydantic model."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from cortex_web.errors import ApiError
+
+Model = TypeVar("Model", bound=BaseModel)
+# C0 controls other than tab, newline and carriage return, plus DEL: never meaningful in text input.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ApiError(400, "non_finite_number", f"{name} is not a valid JSON number; use finite numbers only.")
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def json_body(max_depth: int) -> Any:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise ApiError(400, "empty_body", "The request body is empty; a JSON object was expected.")
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except ApiError:
+        raise
+    except RecursionError:
+        raise ApiError(400, "too_deeply_nested", f"JSON nesting is limited to {max_depth} levels.") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from None
+    if _depth(body, max_depth) > max_depth:
+        raise ApiError(400, "too_deeply_nested", f"JSON nesting is limited to {max_depth} levels.")
+    return body
+
+
+def parse_body(model: type[Model], max_depth: int) -> Model:
+    body = json_body(max_depth)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The body must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(part) for part in error["loc"]) or "(body)", "problem": error["msg"]}
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        first = problems[0]
+        raise ApiError(422, "invalid_request", f"{first['field']}: {first['problem']}",
+                       {"problems": problems}) from None

@@ -1,0 +1,59 @@
+"""Request bodies (pydantic, strict: a string is not a number, a number is not a string)."""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cortex_web.request_body import CONTROL_CHARACTERS
+
+MAX_INPUTS = 32
+MAX_TEXT_CHARS = 10_000
+# name or name@version: letters, digits, dot, dash, underscore. Nothing path-like.
+MODEL_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[0-9A-Za-z._-]{1,32})?$")
+
+
+def check_text(index: int, text: str) -> None:
+    if not text.strip():
+        raise ValueError(f"inputs[{index}] is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"inputs[{index}] has {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed")
+    if CONTROL_CHARACTERS.search(text):
+        raise ValueError(f"inputs[{index}] contains control characters")
+
+
+def check_model_reference(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if ".." in value or "/" in value or "\\" in value or not MODEL_REFERENCE.match(value):
+        raise ValueError("must be a model name, optionally with @version (letters, digits, '.', '-', '_')")
+    return value
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=64)
+    inputs: list[Any] = Field(min_length=1, max_length=MAX_INPUTS)
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["high", "normal", "low"] = "normal"
+    wait: float | None = Field(default=None, ge=0, le=30)
+
+    _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _wait_is_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds")
+        return float(value) if isinstance(value, int) else value
+
+
+class CreateKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["reader", "inference_user", "model_admin"]
+    name: str | None = Field(default=None, max_length=200)
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)

@@ -1,0 +1,12 @@
+"""CPU NLP worker: prefork children, each with one torch thread (set after fork), spaCy loaded per child."""
+from workers.profile import WorkerProfile
+
+PROFILE = WorkerProfile(
+    name="nlp",
+    queues=("nlp",),
+    pool="prefork",
+    concurrency=2,
+    max_tasks_per_child=1000,
+    max_memory_per_child_kb=2_000_000,
+    description="spaCy NER, PII, language identification, sentiment",
+)

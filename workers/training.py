@@ -1,0 +1,11 @@
+"""Training worker: one job at a time (training takes the whole machine), long time limits per task."""
+from workers.profile import WorkerProfile
+
+PROFILE = WorkerProfile(
+    name="training",
+    queues=("training", "maintenance"),
+    pool="prefork",
+    concurrency=1,
+    max_tasks_per_child=20,
+    description="training and evaluation, housekeeping",
+)
