@@ -58,7 +58,7 @@ class ReplyListener:
                         self._deliver(message["data"])
             except Exception:
                 self._subscribed.clear()
-                log.warning("reply channel lost; resubscribing", exc_info=True)
+                log.warning("reply channel lost; resubscribing")
                 time.sleep(0.5)
 
     def _deliver(self, data: bytes) -> None:

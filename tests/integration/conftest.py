@@ -1,0 +1,75 @@
+"""Integration fixtures: real workers (one per profile kind), the real Flask app, keys per role."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.processes import WorkerProcess
+
+
+@pytest.fixture(scope="session")
+def workers() -> Iterator[dict[str, WorkerProcess]]:
+    """A gpu-profile worker (threads) and a prefork worker for every other queue, like `cortex up`."""
+    gpu = WorkerProcess("gpu", pool="threads", concurrency=8, name="gpu")
+    other = WorkerProcess("nlp,training,batch,maintenance", pool="prefork", concurrency=2, name="cpu")
+    gpu.start(wait_ready=False)
+    other.start(wait_ready=False)
+    try:
+        gpu.wait_ready()
+        other.wait_ready()
+        yield {"gpu": gpu, "cpu": other}
+    finally:
+        gpu.stop()
+        other.stop()
+
+
+@pytest.fixture(scope="session")
+def app():
+    from cortex_web import create_app
+
+    flask_app = create_app()
+    flask_app.testing = True
+    return flask_app
+
+
+@pytest.fixture(scope="session")
+def keys() -> dict[str, str]:
+    from cortex_tasks.auth.keys import create_key
+
+    return {role: create_key(role, name=f"test {role}").key
+            for role in ("reader", "inference_user", "model_admin")}
+
+
+class Api:
+    """The Flask test client with a key: `api.post("/api/v1/predict", {...})`."""
+
+    def __init__(self, client, key: str | None) -> None:
+        self.client, self.key = client, key
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        return {**headers, **(extra or {})}
+
+    def get(self, path: str, **kwargs: Any):
+        return self.client.get(path, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any):
+        return self.client.post(path, json=body, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def delete(self, path: str, **kwargs: Any):
+        return self.client.delete(path, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
+
+    def as_key(self, key: str | None) -> "Api":
+        return Api(self.client, key)
+
+
+@pytest.fixture()
+def api(app, keys) -> Api:
+    return Api(app.test_client(), keys["inference_user"])
+
+
+@pytest.fixture()
+def admin_api(app, keys) -> Api:
+    return Api(app.test_client(), keys["model_admin"])
