@@ -36,6 +36,8 @@ MODELS: dict[str, ModelEntry] = {
     for entry in (
         ModelEntry("all-MiniLM-L6-v2", "embed", "1", "cortex_tasks.models.embedding:SentenceEmbedder",
                    "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling, L2-normalised"),
+        # --- gpu-queue models (classify, zero_shot, generate, reduce) ---
+        # --- nlp-queue models (ner, pii, language, sentiment) ---
     )
 }
 
@@ -44,6 +46,8 @@ TASKS: dict[str, TaskEntry] = {
     for entry in (
         TaskEntry("embed", GPU, "all-MiniLM-L6-v2", None, "Sentence embeddings (384-d vectors)",
                   models=("all-MiniLM-L6-v2",)),
+        # --- gpu-queue tasks ---
+        # --- nlp-queue tasks ---
     )
 }
 
