@@ -1,13 +1,19 @@
 """Celery settings as data. Values come from the typed settings object (cortex_tasks.settings)."""
+import os
+
 from cortex_tasks.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
 from cortex_tasks.settings import get_settings
 
 _settings = get_settings()
 
-# The longest hard time limit of any task (training). Redis redelivers an unacknowledged message after
-# visibility_timeout, so it must be longer than any task may run, or a running job would be started twice.
+# The longest hard time limit any task may have (training). Redis redelivers an unacknowledged message
+# after visibility_timeout, so it must be longer than any task may run, or a running job would be started
+# twice; a test checks every registered task against it. It is also how long a job whose worker was
+# SIGKILLed waits before another worker takes it over (a worker that loses a pool child requeues at once).
 LONGEST_HARD_TIME_LIMIT = 4 * 3600
-VISIBILITY_TIMEOUT = LONGEST_HARD_TIME_LIMIT + 3600
+VISIBILITY_TIMEOUT = int(os.environ.get("CORTEX_VISIBILITY_TIMEOUT") or LONGEST_HARD_TIME_LIMIT + 3600)
+# How often a worker looks for messages whose worker died (kombu's default sweep is ~100 s).
+UNACKED_RESTORE_INTERVAL = int(os.environ.get("CORTEX_UNACKED_RESTORE_INTERVAL") or 10)
 
 broker_url = _settings.redis_url
 result_backend = _settings.redis_url
@@ -16,6 +22,8 @@ broker_transport_options = {
     "queue_order_strategy": "priority",
     "priority_steps": PRIORITY_STEPS,
     "sep": ":",
+    "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
+    "unacked_restore_throttle": 1,
 }
 result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
 visibility_timeout = VISIBILITY_TIMEOUT

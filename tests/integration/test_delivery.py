@@ -1,0 +1,113 @@
+"""At-least-once delivery: a worker killed mid-job loses nothing, and a job is recorded once.
+
+These use a test worker on a private queue running a slow job (tests/support/slow_tasks.py) through the
+real job lifecycle, so that the kill surely lands while the job runs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cortex_tasks import app as celery_app
+from cortex_tasks.jobs import store
+from tests.support.processes import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def submit_hold_job(queue: str, seconds: float, trace_dir: Path) -> str:
+    job, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="hold"))
+    celery_app.send_task("cortex.testing.hold_job", kwargs={
+        "job_id": job.id, "seconds": seconds, "trace_dir": str(trace_dir)}, task_id=job.id, queue=queue)
+    return job.id
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def started_pids(trace_dir: Path) -> list[int]:
+    return [int(path.name.split("-")[1]) for path in trace_dir.glob("started-*")]
+
+
+@pytest.fixture()
+def trace_dir(tmp_path) -> Path:
+    return tmp_path
+
+
+def test_sigkilled_pool_process_job_is_redelivered_and_recorded_once(trace_dir):
+    queue = f"delivery-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="delivery",
+                           extra_args=["-I", "tests.support.slow_tasks"]).start()
+    try:
+        job_id = submit_hold_job(queue, seconds=3, trace_dir=trace_dir)
+        first_pid = wait_for(lambda: started_pids(trace_dir), 60, "the job to start")[0]
+        assert store.get_job(job_id).status == "running"
+        os.kill(first_pid, signal.SIGKILL)  # the pool process running the job dies mid-job
+        job = wait_for(lambda: (j := store.get_job(job_id)) and j.status in store.FINISHED_STATES and j,
+                       90, "the job to finish after redelivery")
+    finally:
+        worker.stop()
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    assert job.result == {"outputs": ["held"], "timings": job.result["timings"]}
+    # A new pool process ran it; the work completed (and was recorded) exactly once.
+    assert len(set(started_pids(trace_dir))) == 2
+    assert len((trace_dir / "completions").read_text().splitlines()) == 1
+
+
+def test_sigkilled_worker_job_completes_on_a_new_worker(trace_dir):
+    """The whole worker dies (no chance to requeue): the message stays unacknowledged in Redis, and a new
+    worker takes it over once the visibility timeout has passed (shortened here from hours to seconds)."""
+    queue = f"delivery-{uuid.uuid4().hex[:6]}"
+    env = {"CORTEX_VISIBILITY_TIMEOUT": "8", "CORTEX_UNACKED_RESTORE_INTERVAL": "1"}
+    first = WorkerProcess(queue, pool="prefork", concurrency=1, name="doomed", env=env,
+                          extra_args=["-I", "tests.support.slow_tasks"]).start()
+    try:
+        job_id = submit_hold_job(queue, seconds=3, trace_dir=trace_dir)
+        wait_for(lambda: started_pids(trace_dir), 60, "the job to start")
+    finally:
+        first.kill(signal.SIGKILL)  # master and pool process together
+    assert store.get_job(job_id).status == "running"
+    second = WorkerProcess(queue, pool="prefork", concurrency=1, name="heir", env=env,
+                           extra_args=["-I", "tests.support.slow_tasks"]).start()
+    try:
+        job = wait_for(lambda: (j := store.get_job(job_id)) and j.status in store.FINISHED_STATES and j,
+                       120, "the new worker to finish the job")
+    finally:
+        second.stop()
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    assert len((trace_dir / "completions").read_text().splitlines()) == 1
+
+
+def test_job_that_keeps_killing_its_worker_is_failed_after_the_delivery_cap(trace_dir):
+    queue = f"delivery-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="cap",
+                           env={"CORTEX_MAX_DELIVERIES": "2"},
+                           extra_args=["-I", "tests.support.slow_tasks"]).start()
+    try:
+        job_id = submit_hold_job(queue, seconds=30, trace_dir=trace_dir)
+        killed: set[int] = set()
+        for _ in range(2):
+            pid = wait_for(lambda: set(started_pids(trace_dir)) - killed, 60, "a delivery to start").pop()
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        job = wait_for(lambda: (j := store.get_job(job_id)) and j.status in store.FINISHED_STATES and j,
+                       60, "the job to be failed")
+    finally:
+        worker.stop()
+    assert job.status == "failed"
+    assert job.error["code"] == "redelivery_limit"
+    assert not (trace_dir / "completions").exists()

@@ -1,0 +1,47 @@
+"""Redis priorities: with a backlog of low-priority jobs queued and no worker running, high-priority jobs
+added later still run first once a worker starts."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from cortex_tasks import app as celery_app
+from cortex_tasks.jobs import store
+from cortex_tasks.queues import priority_of
+from tests.support.processes import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def enqueue_embed(queue: str, priority_class: str, text: str) -> str:
+    priority = priority_of(priority_class)
+    job, _ = store.create_job(store.NewJob(owner="priority-test", kind="predict", task="embed",
+                                           model="all-MiniLM-L6-v2", priority=priority, total=1))
+    celery_app.send_task("cortex.inference.run_gpu_job", kwargs={
+        "job_id": job.id, "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": [text], "params": {}},
+        task_id=job.id, queue=queue, priority=priority)
+    return job.id
+
+
+def test_high_priority_jobs_overtake_a_queued_low_priority_backlog():
+    queue = f"prio-{uuid.uuid4().hex[:6]}"
+    low = [enqueue_embed(queue, "low", f"bulk sentence number {i}") for i in range(12)]
+    normal = [enqueue_embed(queue, "normal", f"normal sentence {i}") for i in range(3)]
+    high = [enqueue_embed(queue, "high", f"urgent sentence {i}") for i in range(3)]
+    # One job at a time (solo pool, prefetch 1), so start order is the order the broker hands them out.
+    worker = WorkerProcess(queue, pool="solo", concurrency=1, name="prio").start()
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            jobs = {job_id: store.get_job(job_id) for job_id in low + normal + high}
+            if all(job.status == "succeeded" for job in jobs.values()):
+                break
+            time.sleep(0.3)
+    finally:
+        worker.stop()
+    assert all(job.status == "succeeded" for job in jobs.values())
+    started = {job_id: jobs[job_id].started_at for job_id in jobs}
+    assert max(started[j] for j in high) < min(started[j] for j in normal)
+    assert max(started[j] for j in normal) < min(started[j] for j in low)
