@@ -1,0 +1,110 @@
+"""Bad input gets a 4xx with the JSON error shape, and nothing is enqueued or recorded. Never a 500."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cortex_tasks.queues import QUEUE_NAMES
+from cortex_tasks.storage.db import session_scope
+from cortex_tasks.storage.tables import Job
+from cortex_web.dispatch import queue_depths
+
+OK = {"task": "embed", "inputs": ["fine"]}
+
+RAW_CASES = [
+    ("malformed json", b'{"task": "embed", "inputs": ["a"', "application/json", 400, "malformed_json"),
+    ("wrong content type", json.dumps(OK).encode(), "text/plain", 415, "unsupported_media_type"),
+    ("form content type", b"task=embed", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ("empty body", b"", "application/json", 400, "empty_body"),
+    ("not an object", b"[1, 2]", "application/json", 400, "invalid_request"),
+    ("NaN", b'{"task": "embed", "inputs": ["a"], "wait": NaN}', "application/json", 400, "non_finite_number"),
+    ("Infinity", b'{"task": "embed", "inputs": ["a"], "params": {"x": Infinity}}', "application/json", 400,
+     "non_finite_number"),
+    ("deep nesting", b'{"task": "embed", "inputs": ["a"], "params": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+     "application/json", 400, "too_deeply_nested"),
+    ("moderately deep nesting", b'{"task": "embed", "inputs": ["a"], "params": {"a": ' + b"[" * 30 + b"]" * 30
+     + b"}}", "application/json", 400, "too_deeply_nested"),
+    ("invalid utf-8", b'{"task": "embed", "inputs": ["\xff\xfe"]}', "application/json", 400, "malformed_json"),
+]
+
+BODY_CASES = [
+    ("inputs missing", {"task": "embed"}, 422, "invalid_request"),
+    ("inputs empty", {"task": "embed", "inputs": []}, 422, "invalid_request"),
+    ("too many inputs", {"task": "embed", "inputs": ["x"] * 33}, 422, "invalid_request"),
+    ("inputs not a list", {"task": "embed", "inputs": "text"}, 422, "invalid_request"),
+    ("input not a string", {"task": "embed", "inputs": [42]}, 422, "invalid_request"),
+    ("empty text", {"task": "embed", "inputs": ["   "]}, 422, "invalid_input"),
+    ("text too long", {"task": "embed", "inputs": ["a" * 10_001]}, 422, "invalid_input"),
+    ("control characters", {"task": "embed", "inputs": ["bad\x00byte"]}, 422, "invalid_input"),
+    ("escape character", {"task": "embed", "inputs": ["bell\x07"]}, 422, "invalid_input"),
+    ("task wrong type", {"task": 7, "inputs": ["a"]}, 422, "invalid_request"),
+    ("params wrong type", {"task": "embed", "inputs": ["a"], "params": [1]}, 422, "invalid_request"),
+    ("priority unknown", {"task": "embed", "inputs": ["a"], "priority": "urgent"}, 422, "invalid_request"),
+    ("wait negative", {"task": "embed", "inputs": ["a"], "wait": -1}, 422, "invalid_request"),
+    ("wait as string", {"task": "embed", "inputs": ["a"], "wait": "5"}, 422, "invalid_request"),
+    ("wait as bool", {"task": "embed", "inputs": ["a"], "wait": True}, 422, "invalid_request"),
+    ("unknown field", {"task": "embed", "inputs": ["a"], "colour": "red"}, 422, "invalid_request"),
+    ("unknown task", {"task": "telepathy", "inputs": ["a"]}, 404, "unknown_task"),
+    ("unknown model", {"task": "embed", "inputs": ["a"], "model": "gpt-99"}, 404, "unknown_model"),
+    ("path-like model", {"task": "embed", "inputs": ["a"], "model": "../../etc/passwd"}, 422, "invalid_request"),
+    ("absolute path model", {"task": "embed", "inputs": ["a"], "model": "/tmp/model"}, 422, "invalid_request"),
+    ("backslash model", {"task": "embed", "inputs": ["a"], "model": "..\\models"}, 422, "invalid_request"),
+]
+
+
+@pytest.fixture()
+def nothing_enqueued(app):
+    """Asserts the test left no job row and no queued message behind."""
+    def counts():
+        with session_scope() as session:
+            jobs = session.query(Job).count()
+        return jobs, queue_depths(app.extensions["cortex_redis"])
+
+    before = counts()
+    yield
+    assert counts() == before
+
+
+def assert_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["details"], dict)
+
+
+@pytest.mark.parametrize("name,raw,content_type,status,code", RAW_CASES, ids=[c[0] for c in RAW_CASES])
+def test_raw_bodies(api, nothing_enqueued, name, raw, content_type, status, code):
+    response = api.client.post("/api/v1/predict", data=raw, content_type=content_type, headers=api.headers())
+    assert_error(response, status, code)
+
+
+@pytest.mark.parametrize("name,body,status,code", BODY_CASES, ids=[c[0] for c in BODY_CASES])
+def test_json_bodies(api, nothing_enqueued, name, body, status, code):
+    assert_error(api.post("/api/v1/predict", body), status, code)
+
+
+def test_unknown_task_and_model_list_valid_names(api):
+    response = api.post("/api/v1/predict", {"task": "telepathy", "inputs": ["a"]})
+    assert "embed" in response.get_json()["error"]["details"]["valid"]
+    response = api.post("/api/v1/predict", {"task": "embed", "inputs": ["a"], "model": "gpt-99"})
+    assert response.get_json()["error"]["details"]["valid"] == ["all-MiniLM-L6-v2"]
+
+
+def test_oversized_body_is_413(api, nothing_enqueued):
+    body = json.dumps({"task": "embed", "inputs": ["a" * 9000] * 300}).encode()
+    response = api.client.post("/api/v1/predict", data=body, content_type="application/json",
+                               headers=api.headers())
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_unknown_path_and_method_are_json(api):
+    assert_error(api.get("/api/v1/nowhere"), 404, "not_found")
+    assert_error(api.client.put("/api/v1/predict", headers=api.headers()), 405, "method_not_allowed")
+
+
+def test_bad_job_ids_are_404(api):
+    for job_id in ("not-a-uuid", "00000000-0000-0000-0000-000000000000"):
+        assert_error(api.get(f"/api/v1/jobs/{job_id}"), 404, "job_not_found")
+    assert_error(api.get("/api/v1/jobs/%2e%2e%2fetc"), 404, "not_found")

@@ -1,0 +1,68 @@
+"""The Celery configuration as data: delivery guarantees, queues, routes, the schedule and the task names."""
+from __future__ import annotations
+
+import importlib
+
+import celeryconfig
+from beat_schedule import BEAT_SCHEDULE
+from cortex_tasks import TASK_MODULES, app
+from cortex_tasks.queues import QUEUE_NAMES
+
+
+def registered_tasks() -> dict:
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
+
+
+def test_visibility_timeout_is_longer_than_every_hard_time_limit():
+    visibility = celeryconfig.broker_transport_options["visibility_timeout"]
+    assert visibility == celeryconfig.result_backend_transport_options["visibility_timeout"]
+    assert visibility == celeryconfig.visibility_timeout
+    limits = {name: task.time_limit or celeryconfig.task_time_limit for name, task in registered_tasks().items()}
+    assert limits, "no tasks registered"
+    assert all(limit is not None for limit in limits.values())
+    assert max(limits.values()) <= celeryconfig.LONGEST_HARD_TIME_LIMIT < visibility
+
+
+def test_every_task_has_soft_and_hard_limits():
+    for name, task in registered_tasks().items():
+        soft, hard = task.soft_time_limit, task.time_limit
+        assert soft and hard and soft < hard, name
+
+
+def test_delivery_settings():
+    assert celeryconfig.task_acks_late is True
+    assert celeryconfig.task_reject_on_worker_lost is True
+    assert celeryconfig.worker_prefetch_multiplier == 1
+    assert celeryconfig.task_serializer == celeryconfig.result_serializer == "json"
+    assert celeryconfig.accept_content == ["json"]
+    assert celeryconfig.result_expires > 0
+    options = celeryconfig.broker_transport_options
+    assert options["queue_order_strategy"] == "priority"
+    assert options["priority_steps"] == list(range(10))
+
+
+def test_queues_declared_once_and_routes_point_at_them():
+    assert [queue.name for queue in celeryconfig.task_queues] == list(QUEUE_NAMES)
+    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance"}
+    assert {route["queue"] for route in celeryconfig.task_routes.values()} <= set(QUEUE_NAMES)
+
+
+def test_registered_task_names_are_pinned():
+    assert sorted(registered_tasks()) == sorted([
+        "cortex.inference.run_gpu_job",
+        "cortex.inference.run_nlp_job",
+        "cortex.maintenance.expire_job_records",
+        "cortex.maintenance.sweep_stale_jobs",
+    ])
+
+
+def test_beat_schedule_is_pinned():
+    assert {name: (entry["task"], str(entry["schedule"])) for name, entry in BEAT_SCHEDULE.items()} == {
+        "sweep-stale-jobs-every-5-minutes": ("cortex.maintenance.sweep_stale_jobs",
+                                             "<crontab: */5 * * * * (m/h/dM/MY/d)>"),
+        "expire-job-records-daily": ("cortex.maintenance.expire_job_records",
+                                     "<crontab: 17 3 * * * (m/h/dM/MY/d)>"),
+    }
+    assert all(entry["task"] in registered_tasks() for entry in BEAT_SCHEDULE.values())
