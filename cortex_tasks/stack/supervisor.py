@@ -44,7 +44,8 @@ class ManagedProcess:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, base_env: dict[str, str]) -> None:
+    def __init__(self, log_dir: Path, base_env: dict[str, str], on_change=None) -> None:
+        self.on_change = on_change  # called after any process (re)starts, e.g. to publish pids
         self.log_dir = log_dir
         self.base_env = base_env
         self.processes: list[ManagedProcess] = []
@@ -58,7 +59,12 @@ class Supervisor:
         managed.start()
         self.processes.append(managed)
         log.info("started %s (pid %s)", name, managed.process.pid if managed.process else None)
+        if self.on_change:
+            self.on_change()
         return managed
+
+    def pids(self) -> dict[str, int]:
+        return {m.name: m.process.pid for m in self.processes if m.process is not None}
 
     def check_once(self) -> list[str]:
         """Restart processes that died; returns the names restarted now."""
@@ -80,6 +86,8 @@ class Supervisor:
                 managed.next_start_at = 0.0
                 managed.start()
                 restarted.append(managed.name)
+        if restarted and self.on_change:
+            self.on_change()
         return restarted
 
     def stop_all(self, timeout: float = 20.0) -> None:

@@ -93,7 +93,14 @@ def run_up(options: UpOptions) -> int:
 
     ports = _saved_ports(data_dir)
     env = {**os.environ, "CORTEX_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    supervisor = Supervisor(data_dir / "logs", env)
+    stack: dict[str, object] = {"pid": os.getpid()}
+
+    def publish_stack() -> None:
+        # stack.json tells the CLI and operators where everything is, including each process's pid.
+        if "redis_url" in stack:
+            stack_file.write_text(json.dumps({**stack, "processes": supervisor.pids()}, indent=2))
+
+    supervisor = Supervisor(data_dir / "logs", env, on_change=publish_stack)
 
     def stop(signum: int, _frame: object) -> None:
         supervisor.stopping = True
@@ -130,10 +137,9 @@ def run_up(options: UpOptions) -> int:
 
         gateway_url = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '::') else options.host}:{options.port}"
         flower_url = f"http://127.0.0.1:{options.flower_port}"
-        stack_file.write_text(json.dumps({
-            "pid": os.getpid(), "redis_url": redis_url, "database_url": database_url,
-            "artifact_dir": str(artifact_dir), "gateway_url": gateway_url, "flower_url": flower_url,
-        }, indent=2))
+        stack.update(redis_url=redis_url, database_url=database_url, artifact_dir=str(artifact_dir),
+                     gateway_url=gateway_url, flower_url=flower_url)
+        publish_stack()
 
         python = sys.executable
         supervisor.add_and_start("gateway", [
