@@ -44,6 +44,22 @@ def read_stack_file(folder: Path | None = None) -> dict[str, str]:
         return {}
 
 
+def _artifact_key(raw: str | None) -> bytes | None:
+    """Decode CORTEX_ARTIFACT_KEY; a key that is set but unusable stops start-up rather than being ignored."""
+    if raw in (None, ""):
+        return None
+    import base64
+    import binascii
+
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("CORTEX_ARTIFACT_KEY must be base64 (e.g. `openssl rand -base64 32`)") from None
+    if len(key) != 32:
+        raise ValueError(f"CORTEX_ARTIFACT_KEY must decode to 32 bytes for AES-256-GCM, not {len(key)}")
+    return key
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -68,6 +84,10 @@ class Settings:
     result_expires_seconds: int = 3600
     job_retention_days: int = 30
     extra: dict[str, str] = field(default_factory=dict)
+    # Object storage (architecture document: minio_config, storage_security). The key is 32 bytes,
+    # given base64-encoded in CORTEX_ARTIFACT_KEY; without it artifacts are stored unencrypted.
+    s3_region: str = "us-east-1"
+    artifact_key: bytes | None = field(default=None, repr=False)
 
     @property
     def uses_s3(self) -> bool:
@@ -94,6 +114,8 @@ def get_settings() -> Settings:
         s3_secret_key=os.environ.get("MINIO_SECRET_KEY"),
         s3_bucket=os.environ.get("MINIO_BUCKET", "model-artifacts"),
         s3_secure=_env_bool("MINIO_SECURE", False),
+        s3_region=os.environ.get("MINIO_REGION", "us-east-1"),
+        artifact_key=_artifact_key(os.environ.get("CORTEX_ARTIFACT_KEY")),
         admin_key=os.environ.get("CORTEX_ADMIN_KEY") or None,
         max_batch_size=_env_int("MAX_BATCH_SIZE", 32),
         default_wait_seconds=_env_float("CORTEX_DEFAULT_WAIT", 5.0),
