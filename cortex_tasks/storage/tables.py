@@ -4,7 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, func, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -53,3 +54,92 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- vectors and the model registry (migration 0002) ---
+
+
+class VectorCollection(Base):
+    """The catalogue of vector collections. Each collection's items live in their own table,
+    `vectors_<id>` (see storage/vector_store.py for why), created and dropped with the row."""
+
+    __tablename__ = "vector_collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    dimension: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16))  # cosine | l2 | inner_product
+    index_type: Mapped[str] = mapped_column(String(16))  # hnsw | ivfflat
+    index_params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    index_state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | ready
+    model: Mapped[str | None] = mapped_column(String(128))  # embeds `text` items; None: vectors only
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    index_built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RegisteredModel(Base):
+    __tablename__ = "registry_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    task: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str | None] = mapped_column(Text)
+    # Versions are numbered from this counter, never from max(version): numbers are not reused even
+    # if a version row is deleted.
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ModelVersion(Base):
+    __tablename__ = "registry_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_registry_versions_model_version"),
+        # At most one production and one canary version per model, enforced by the database.
+        Index("uq_registry_versions_one_production", "model_id", unique=True,
+              postgresql_where=text("stage = 'production'")),
+        Index("uq_registry_versions_one_canary", "model_id", unique=True,
+              postgresql_where=text("stage = 'canary'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registry_models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16), default="staging")  # staging|canary|production|archived
+    traffic_percent: Mapped[float | None] = mapped_column(Float)  # canary only
+    task: Mapped[str] = mapped_column(String(32))
+    framework: Mapped[str] = mapped_column(String(64))
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    artifact_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    artifact_encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    data_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    stage_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Deployment(Base):
+    """Every stage change of a model, in order: the deployment history, and what rollback reads."""
+
+    __tablename__ = "registry_deployments"
+    __table_args__ = (Index("ix_registry_deployments_model_created", "model_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registry_models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))  # promote_canary|promote_production|rollback|demote
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|succeeded|failed
+    traffic_percent: Mapped[float | None] = mapped_column(Float)
+    previous_version: Mapped[int | None] = mapped_column(Integer)  # production before this change
+    actor: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
