@@ -143,3 +143,107 @@ class Deployment(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- batch chunks, training runs, retraining schedules, metric roll-ups (migration 0003) ---
+
+
+class BatchChunk(Base):
+    """One slice of a batch job's inputs. Progress is counted here, chunk by chunk, in the same
+    transaction that records a chunk's outcome, so a redelivered chunk can never be counted twice and a
+    batch whose worker died resumes from the chunks already finished."""
+
+    __tablename__ = "batch_chunks"
+    __table_args__ = (Index("ix_batch_chunks_status_updated", "status", "updated_at"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_index: Mapped[int] = mapped_column(Integer)  # first input of the chunk (position in the batch)
+    stop_index: Mapped[int] = mapped_column(Integer)  # one past the last
+    inputs: Mapped[list[Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|queued|running|succeeded
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that started the chunk
+    succeeded_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[list[Any] | None] = mapped_column(JSONB)  # [{"index", "error": {"code", "message"}}]
+    result_ref: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TrainingRun(Base):
+    """A training job's experiment record: config, data fingerprint, metrics per epoch, resource use,
+    checkpoint and the registry version it produced. Kept after the job row expires."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_model_created", "model_name", "created_at"),
+                      Index("ix_training_runs_phase", "phase"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the job id
+    owner: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))  # classifier | transformer | ner | forecast
+    priority: Mapped[int] = mapped_column(Integer, default=4)
+    # queued|validating|preparing|training|evaluating|registering|paused|cancelled|succeeded|failed
+    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    control: Mapped[str | None] = mapped_column(String(16))  # a requested pause or cancel, not yet acted on
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # inline rows or an object reference
+    data_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    validation: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    history: Mapped[list[Any]] = mapped_column(JSONB, default=list)  # one metrics dict per epoch
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # held-out evaluation
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    checkpoint_ref: Mapped[str | None] = mapped_column(Text)
+    checkpoint_epoch: Mapped[int | None] = mapped_column(Integer)
+    registered_version: Mapped[int | None] = mapped_column(Integer)
+    stage: Mapped[str | None] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16), default="api")  # api | schedule | metric
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TrainingSchedule(Base):
+    """When a model is retrained: a cron expression, and/or a tracked metric with a floor."""
+
+    __tablename__ = "training_schedules"
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    cron: Mapped[str | None] = mapped_column(String(64))
+    metric: Mapped[str | None] = mapped_column(String(64))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_job_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class JobMetricsHourly(Base):
+    """Hourly roll-up of finished jobs per kind, task and model (written by the maintenance task)."""
+
+    __tablename__ = "job_metrics_hourly"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+    queue_ms_p50: Mapped[float | None] = mapped_column(Float)
+    run_ms_p50: Mapped[float | None] = mapped_column(Float)
+    run_ms_p95: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
