@@ -1,24 +1,74 @@
-"""Inference as plain code: resolve the model, call it on the whole batch, shape the result."""
+"""Inference as plain code: preprocess, call the model (or an ensemble) on the whole batch, postprocess."""
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from cortex_tasks.catalogue import MODELS
+from cortex_tasks.catalogue import MODELS, TASKS
+from cortex_tasks.inference import postprocessing, preprocessing
+from cortex_tasks.inference.preprocessing import Prepared
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.loaded import get_model
 
 
 def predict(task: str, model_name: str, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Preprocess, run the model (or an ensemble of models) on the whole batch, postprocess.
+
+    A bad item raises ItemError (the batcher then isolates it); bad params raise JobInputError.
+    """
     entry = MODELS.get(model_name)
     if entry is None or entry.task != task:
         raise JobInputError("unknown_model", f"model {model_name!r} does not serve task {task!r}")
-    model = get_model(model_name)
     started = time.perf_counter()
-    outputs = model.predict(inputs, params)
+    steps = preprocessing.steps_for(task, params.get("preprocess"))
+    prepared = [preprocessing.prepare(item, steps) if isinstance(item, str) else item for item in inputs]
+    preprocessed = time.perf_counter()
+    members = postprocessing.read_ensemble(params)
+    if members is None:
+        model = get_model(model_name)
+        outputs = _run_model(model, prepared, params)
+        model_info: dict[str, Any] = {"name": model.info.name, "version": model.info.version}
+    else:
+        outputs, model_info = _run_ensemble(task, members, prepared, params)
+    inferred = time.perf_counter()
+    outputs = postprocessing.apply(task, outputs, params)
     return {
         "task": task,
-        "model": {"name": model.info.name, "version": model.info.version},
+        "model": model_info,
         "outputs": outputs,
-        "timings": {"model_ms": round((time.perf_counter() - started) * 1000, 2)},
+        "timings": {"preprocess_ms": _ms(started, preprocessed), "model_ms": _ms(preprocessed, inferred),
+                    "postprocess_ms": _ms(inferred, time.perf_counter())},
     }
+
+
+def _run_model(model: Any, prepared: list[Any], params: dict[str, Any]) -> list[Any]:
+    # Span-producing backends take Prepared texts to report offsets into the original; the rest get
+    # the preprocessed text itself.
+    if getattr(model, "accepts_prepared", False):
+        return model.predict(prepared, params)
+    return model.predict([item.text if isinstance(item, Prepared) else item for item in prepared], params)
+
+
+def _run_ensemble(task: str, members: list[tuple[str, float]], prepared: list[Any],
+                  params: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    for name, _ in members:
+        entry = MODELS.get(name)
+        if entry is None or entry.task != task:
+            raise JobInputError("unknown_model", f"ensemble model {name!r} does not serve task {task!r}",
+                                {"valid": list(TASKS[task].models) if task in TASKS else []})
+    # Members score every label: top_k/threshold apply to the average, not to each member.
+    member_params = {key: value for key, value in params.items()
+                     if key not in ("ensemble", "top_k", "threshold")}
+    models = [get_model(name) for name, _ in members]
+    member_outputs = [_run_model(model, prepared, member_params) for model in models]
+    weights = [weight for _, weight in members]
+    outputs = postprocessing.combine_ensemble(task, member_outputs, weights)
+    described = [{"name": model.info.name, "version": model.info.version, "weight": weight}
+                 for model, weight in zip(models, weights)]
+    outputs = [{**output, "ensemble": described} if isinstance(output, dict) else output for output in outputs]
+    version = "+".join(f"{model.info.name}@{model.info.version}" for model in models)
+    return outputs, {"name": "ensemble", "version": version, "members": described}
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 2)
