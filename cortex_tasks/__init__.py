@@ -8,6 +8,8 @@ from celery import Celery
 TASK_MODULES = [
     "cortex_tasks.inference.tasks",
     "cortex_tasks.maintenance.tasks",
+    "cortex_tasks.vectors.tasks",
+    "cortex_tasks.registry.tasks",
 ]
 
 app = Celery("cortex", include=TASK_MODULES)

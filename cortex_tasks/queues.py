@@ -27,6 +27,12 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "cortex.batch.*": {"queue": BATCH},
     "cortex.training.*": {"queue": TRAINING},
     "cortex.maintenance.*": {"queue": MAINTENANCE},
+    # Vector tasks that embed texts need the embedding model: gpu. Index builds are long and model-free.
+    "cortex.vectors.upsert_items": {"queue": GPU},
+    "cortex.vectors.search_text": {"queue": GPU},
+    "cortex.vectors.build_index": {"queue": MAINTENANCE},
+    # Promotions are sent to the queue of the version's task (its readiness is checked there); this is the default.
+    "cortex.registry.*": {"queue": MAINTENANCE},
 }
 
 

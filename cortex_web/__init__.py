@@ -12,13 +12,14 @@ from werkzeug.wrappers import Response
 
 from cortex_tasks.settings import get_settings
 from cortex_web import auth
+from cortex_web.blueprints import models, vectors
 from cortex_web.blueprints import docs, health, jobs, keys, predict
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
 from cortex_web.replies import ReplyListener
 
-BLUEPRINTS = (health.bp, docs.bp, predict.bp, jobs.bp, keys.bp)
+BLUEPRINTS = (health.bp, docs.bp, predict.bp, jobs.bp, keys.bp, vectors.bp, models.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
 _queue_collector_registered = False
 

@@ -9,6 +9,7 @@ from cortex_tasks.inference import postprocessing, preprocessing
 from cortex_tasks.inference.preprocessing import Prepared
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.loaded import get_model
+from cortex_tasks.registry import stats as model_stats
 
 
 def predict(task: str, model_name: str, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -26,12 +27,18 @@ def predict(task: str, model_name: str, inputs: list[Any], params: dict[str, Any
     members = postprocessing.read_ensemble(params)
     if members is None:
         model = get_model(model_name)
-        outputs = _run_model(model, prepared, params)
+        with model_stats.observe(model.info.name, model.info.version, items=len(prepared)):
+            outputs = _run_model(model, prepared, params)
         model_info: dict[str, Any] = {"name": model.info.name, "version": model.info.version}
     else:
         outputs, model_info = _run_ensemble(task, members, prepared, params)
     inferred = time.perf_counter()
     outputs = postprocessing.apply(task, outputs, params)
+    if task == "embed" and params.get("collection"):
+        # Embedding jobs can fill a vector collection (params.collection, params.ids): vectors/service.py.
+        from cortex_tasks.vectors.service import store_embeddings
+
+        store_embeddings(model_info, inputs, outputs, params)
     return {
         "task": task,
         "model": model_info,

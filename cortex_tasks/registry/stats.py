@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -61,6 +63,18 @@ def record(model: str, version: str | int, seconds: float, ok: bool = True, item
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("model stats not recorded for %s@%s: %s", model, version, exc)
+
+
+@contextmanager
+def observe(model: str, version: str | int, items: int = 1) -> Iterator[None]:
+    """Time the block and count it as one request of `model@version` (an error if it raises)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        record(model, version, time.perf_counter() - started, ok=False, items=items)
+        raise
+    record(model, version, time.perf_counter() - started, ok=True, items=items)
 
 
 def _quantile(counts: list[int], total: int, q: float) -> float | None:

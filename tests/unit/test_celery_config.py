@@ -55,6 +55,10 @@ def test_registered_task_names_are_pinned():
         "cortex.inference.run_nlp_job",
         "cortex.maintenance.expire_job_records",
         "cortex.maintenance.sweep_stale_jobs",
+        "cortex.registry.activate_version",
+        "cortex.vectors.build_index",
+        "cortex.vectors.search_text",
+        "cortex.vectors.upsert_items",
     ])
 
 

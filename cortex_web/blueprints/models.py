@@ -1,0 +1,218 @@
+"""The model registry over HTTP: models, versions, model cards, canary vs production, promote, rollback.
+
+Reading needs `read`; promoting and rolling back need `deploy`. A promotion is blue-green: the gateway
+records a pending deployment and sends `cortex.registry.activate_version` to a worker, which verifies
+the version is ready before traffic moves (the old production version serves until then). The answer
+comes within the wait budget (200), or as a job to poll (202).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cortex_tasks.auth.roles import DEPLOY, READ
+from cortex_tasks.catalogue import MODELS, TASKS
+from cortex_tasks.jobs.store import NewJob
+from cortex_tasks.queues import MAINTENANCE, priority_of
+from cortex_tasks.registry import routing, service, stats
+from cortex_tasks.registry.model_card import render_model_card
+from cortex_tasks.settings import get_settings
+from cortex_web.auth import current_principal, require
+from cortex_web.dispatch import submit_and_wait
+from cortex_web.errors import ApiError
+from cortex_web.metrics import REGISTRY
+from cortex_web.request_body import parse_body
+
+bp = Blueprint("models", __name__, url_prefix="/api/v1")
+
+# Per-version request, error and latency series on /metrics, read from Redis at scrape time
+# (registered once per process, when this module is first imported).
+REGISTRY.register(stats.ModelVersionCollector())
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # canary and production are deployments; staging and archived retire a canary or an old version.
+    stage: Literal["canary", "production", "staging", "archived"]
+    traffic: float | None = Field(default=None, ge=0, le=100)
+    wait: float | None = Field(default=None, ge=0, le=60)
+
+    @field_validator("wait", "traffic", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        return float(value) if isinstance(value, int) else value
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    to_version: int | None = Field(default=None, ge=1)
+
+
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("post", "/api/v1/models/{name}/versions/{version}/promote"): PromoteRequest,
+    ("post", "/api/v1/models/{name}/rollback"): RollbackRequest,
+}
+
+
+def _registry_call(function, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return function(*args, **kwargs)
+    except service.RegistryError as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
+
+
+def _stats(name: str, version: int | str) -> dict[str, Any]:
+    return stats.read(name, version)
+
+
+def _catalogue_view(name: str) -> dict[str, Any]:
+    """A bundled model that was never registered: its one version serves everyone."""
+    entry = MODELS[name]
+    return {"name": name, "task": entry.task, "source": "catalogue", "description": entry.description,
+            "versions": [{"version": entry.version, "stage": "production"}],
+            "serving": {"production": {"version": entry.version, "stats": _stats(name, entry.version)},
+                        "canary": None}}
+
+
+@bp.get("/models")
+@require(READ)
+def list_models() -> Response:
+    """Registered models (with their production and canary versions) and the bundled catalogue models."""
+    registered = [{**item, "source": "registry"} for item in service.list_models()]
+    names = {item["name"] for item in registered}
+    bundled = [{"name": name, "task": entry.task, "source": "catalogue", "latest_version": entry.version,
+                "production": {"version": entry.version}, "canary": None, "description": entry.description}
+               for name, entry in sorted(MODELS.items()) if name not in names]
+    return jsonify({"models": registered + bundled})
+
+
+@bp.get("/models/<name>")
+@require(READ)
+def show_model(name: str) -> Response:
+    """Versions, stages, metrics, deployment history, and canary beside production with live figures."""
+    try:
+        summary = service.model_summary(name)
+    except service.ModelNotFound:
+        if name in MODELS:
+            return jsonify(_catalogue_view(name))
+        raise ApiError(404, "model_not_found", f"No model named {name!r}.",
+                       {"valid": sorted({*MODELS, *(item["name"] for item in service.list_models())})}) from None
+    except service.RegistryError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    versions = service.list_versions(name)
+    history = service.deployments(name)
+    by_number = {record.version: record for record in versions}
+    serving: dict[str, Any] = {"production": None, "canary": None}
+    for record in versions:
+        if record.stage in (service.PRODUCTION, service.CANARY):
+            body = record.as_dict()
+            body["stats"] = _stats(name, record.version)
+            body["card"] = render_model_card(summary, body, [d for d in history if d["version"] == record.version],
+                                             body["stats"])
+            serving[record.stage] = body
+    listed = []
+    for record in versions:
+        body = record.as_dict()
+        body["stats"] = _stats(name, record.version)
+        body["card_url"] = url_for("models.version_card", name=name, version=record.version)
+        listed.append(body)
+    pending = next((item for item in history if item["status"] == "pending"), None)
+    return jsonify({**summary, "source": "registry", "serving": serving, "pending_deployment": pending,
+                    "versions": listed, "deployments": history,
+                    "latest_version_number": max(by_number) if by_number else None})
+
+
+def _version_body(name: str, version: int) -> dict[str, Any]:
+    record = _registry_call(service.get_version, name, version)
+    body = record.as_dict()
+    body["stats"] = _stats(name, version)
+    history = service.deployments(name, version=version)
+    body["deployments"] = history
+    body["card"] = render_model_card(service.model_summary(name), body, history, body["stats"])
+    return body
+
+
+@bp.get("/models/<name>/versions/<int:version>")
+@require(READ)
+def show_version(name: str, version: int) -> Response:
+    """One version: artifact, metrics, parameters, data fingerprint, stage, figures and model card."""
+    return jsonify(_version_body(name, version))
+
+
+@bp.get("/models/<name>/versions/<int:version>/card")
+@require(READ)
+def version_card(name: str, version: int) -> Response:
+    """The version's model card as Markdown."""
+    return Response(_version_body(name, version)["card"], mimetype="text/markdown")
+
+
+@bp.get("/models/<name>/route")
+@require(READ)
+def route_for_caller(name: str) -> Response:
+    """Which version answers the calling key for this model (canary routing is sticky per key)."""
+    _registry_call(service.check_model_name, name)
+    choice = routing.choose_version(name, current_principal().key_id)
+    if choice is None:
+        if name in MODELS:
+            return jsonify({"model": name, "version": MODELS[name].version, "stage": "production",
+                            "source": "catalogue"})
+        raise ApiError(404, "not_deployed", f"Model {name!r} has no production or canary version.")
+    return jsonify({**choice.as_dict(), "source": "registry"})
+
+
+def _activation_queue(task: str) -> str:
+    entry = TASKS.get(task)
+    return entry.queue if entry is not None else MAINTENANCE
+
+
+@bp.post("/models/<name>/versions/<int:version>/promote")
+@require(DEPLOY)
+def promote(name: str, version: int) -> tuple[Response, int]:
+    """Promote to canary (with a traffic %) or production (blue-green); or retire to staging/archived."""
+    body = parse_body(PromoteRequest, get_settings().max_json_depth)
+    actor = current_principal().key_id
+    if body.stage in (service.STAGING, service.ARCHIVED):
+        if body.traffic is not None:
+            raise ApiError(422, "invalid_traffic", "traffic applies to canary only")
+        record = _registry_call(service.demote, name, version, body.stage, actor)
+        return jsonify({"model": name, "version": version, "stage": record.stage, "traffic_percent": None}), 200
+    pending = _registry_call(service.request_promotion, name, version, body.stage, body.traffic, actor)
+    record = _registry_call(service.get_version, name, version)
+    wait = get_settings().default_wait_seconds if body.wait is None else body.wait
+    submitted = submit_and_wait(
+        NewJob(owner=actor, kind="deploy", task="registry.promote", model=record.reference,
+               priority=priority_of("high"), total=1),
+        "cortex.registry.activate_version", _activation_queue(record.task), {"deployment_id": pending["id"]},
+        wait)
+    outcome = submitted.outcome
+    if outcome is None:
+        return jsonify({"job_id": submitted.job_id, "status": "deploying", "deployment": pending,
+                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
+    if outcome["status"] != "succeeded":
+        error = outcome.get("error") or {"code": "job_failed", "message": "the activation job failed"}
+        raise ApiError(409 if error.get("code") != "job_failed" else 502, error["code"],
+                       f"Not promoted; {error['message']}",
+                       {"job_id": submitted.job_id, "deployment_id": pending["id"]})
+    result = outcome["result"]
+    switched = result["version"]
+    return jsonify({"job_id": submitted.job_id, "model": name, "version": version, "stage": switched["stage"],
+                    "traffic_percent": switched["traffic_percent"],
+                    "previous_production": result["deployment"]["previous_version"],
+                    "deployment": result["deployment"], "readiness": result["readiness"]}), 200
+
+
+@bp.post("/models/<name>/rollback")
+@require(DEPLOY)
+def rollback(name: str) -> Response:
+    """Return production to the previous production version (or `to_version`), at once."""
+    body = (parse_body(RollbackRequest, get_settings().max_json_depth) if request.get_data(cache=True)
+            else RollbackRequest())
+    result = _registry_call(service.rollback, name, body.to_version, current_principal().key_id)
+    return jsonify({"model": name, "version": result["version"]["version"], "stage": "production",
+                    "rolled_back_from": result["rolled_back_from"], "deployment": result["deployment"]})

@@ -1,0 +1,341 @@
+"""Vector collections over HTTP (`predict` permission).
+
+Vectors given as numbers are written and searched right here (PostgreSQL + pgvector, no model needed).
+Texts must be embedded first, and the gateway never loads a model: text upserts and text searches
+become jobs on the gpu queue (`cortex.vectors.upsert_items`, `cortex.vectors.search_text`), answered
+within the wait budget like a prediction (200 with the result, or 202 with the job to poll).
+
+- `GET    /api/v1/vectors`                          the collections
+- `PUT    /api/v1/vectors/{collection}`             create (dimension, metric, index, model)
+- `GET    /api/v1/vectors/{collection}`             describe, with the item count and sizes
+- `DELETE /api/v1/vectors/{collection}`             drop it and its items
+- `POST   /api/v1/vectors/{collection}`             upsert `{"items": [{"id", "text" | "vector", "metadata"?}]}`
+- `POST   /api/v1/vectors/{collection}/search`      `{"text" | "vector", "k", "filter"?}`
+- `POST   /api/v1/vectors/{collection}/delete`      `{"ids": [...]}`
+- `GET    /api/v1/vectors/{collection}/count`       `?filter={"key": value}` (JSON)
+- `POST   /api/v1/vectors/{collection}/index`       (re)build the vector index over the current rows
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cortex_tasks.auth.roles import PREDICT
+from cortex_tasks.catalogue import MODELS
+from cortex_tasks.jobs.running import JobInputError
+from cortex_tasks.jobs.store import NewJob
+from cortex_tasks.queues import GPU, MAINTENANCE, priority_of
+from cortex_tasks.settings import get_settings
+from cortex_tasks.storage.vector_store import MAX_DIMENSION, MAX_K, VectorStoreError, check_collection_name
+from cortex_tasks.vectors import service
+from cortex_web.auth import current_principal, require
+from cortex_web.dispatch import submit_and_wait
+from cortex_web.errors import ApiError
+from cortex_web.request_body import CONTROL_CHARACTERS, parse_body
+
+bp = Blueprint("vectors", __name__, url_prefix="/api/v1")
+
+MAX_UPSERT_ITEMS = service.MAX_ITEMS
+MAX_TEXT_CHARS = 10_000
+FilterValue = str | int | float | bool | None
+
+
+def _wait_seconds(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    return float(value) if isinstance(value, int) else value
+
+
+def _check_text(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or CONTROL_CHARACTERS.search(value)):
+        raise ValueError("must be non-blank text without control characters")
+    return value
+
+
+class VectorItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIMENSION)
+    metadata: dict[str, Any] | None = None
+
+    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VectorItem:
+        if (self.text is None) == (self.vector is None):
+            raise ValueError("give exactly one of text or vector")
+        return self
+
+
+class UpsertRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: list[VectorItem] = Field(min_length=1, max_length=MAX_UPSERT_ITEMS)
+    wait: float | None = Field(default=None, ge=0, le=60)
+
+    _wait = field_validator("wait", mode="before")(classmethod(lambda cls, value: _wait_seconds(value)))
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIMENSION)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)
+    include_vectors: bool = False
+    # Search effort for this query: ef_search (HNSW) or probes (IVFFlat); exact: a sequential scan.
+    effort: int | None = Field(default=None, ge=1, le=1000)
+    exact: bool = False
+    wait: float | None = Field(default=None, ge=0, le=30)
+
+    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
+    _wait = field_validator("wait", mode="before")(classmethod(lambda cls, value: _wait_seconds(value)))
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.vector is None):
+            raise ValueError("give exactly one of text or vector")
+        if self.text is not None and (self.include_vectors or self.effort is not None or self.exact):
+            raise ValueError("include_vectors, effort and exact apply to vector queries")
+        return self
+
+
+class IndexSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["hnsw", "ivfflat"] = "hnsw"
+    m: int | None = None
+    ef_construction: int | None = None
+    ef_search: int | None = None
+    lists: int | None = None
+    probes: int | None = None
+
+    def as_spec(self) -> dict[str, Any]:
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
+class CreateCollectionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dimension: int | None = Field(default=None, ge=1, le=MAX_DIMENSION)
+    metric: Literal["cosine", "l2", "inner_product"] = "cosine"
+    index: IndexSpec = Field(default_factory=IndexSpec)
+    # The embedding model for `text` items; null for a collection of given vectors only.
+    model: str | None = service.DEFAULT_EMBEDDING_MODEL
+    # Build the vector index later (POST .../index), after a bulk load: required for a good IVFFlat.
+    defer_index: bool = False
+
+
+class DeleteItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ids: list[str] = Field(min_length=1, max_length=MAX_UPSERT_ITEMS)
+
+
+class BuildIndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    wait: float | None = Field(default=None, ge=0, le=60)
+
+    _wait = field_validator("wait", mode="before")(classmethod(lambda cls, value: _wait_seconds(value)))
+
+
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("put", "/api/v1/vectors/{collection}"): CreateCollectionRequest,
+    ("post", "/api/v1/vectors/{collection}"): UpsertRequest,
+    ("post", "/api/v1/vectors/{collection}/search"): SearchRequest,
+    ("post", "/api/v1/vectors/{collection}/delete"): DeleteItemsRequest,
+    ("post", "/api/v1/vectors/{collection}/index"): BuildIndexRequest,
+}
+
+
+def _api_error(exc: VectorStoreError | JobInputError) -> ApiError:
+    if isinstance(exc, VectorStoreError):
+        return ApiError(exc.status, exc.code, exc.message, exc.details)
+    details = dict(exc.details)
+    return ApiError(int(details.pop("status", 422)), exc.code, str(exc), details)
+
+
+def _collection_name(collection: str) -> str:
+    try:
+        return check_collection_name(collection)
+    except VectorStoreError as exc:
+        raise _api_error(exc) from None
+
+
+def _body(model: type[BaseModel]) -> Any:
+    return parse_body(model, get_settings().max_json_depth)
+
+
+def _job_reply(submitted, ok_status: int = 200) -> tuple[Response, int]:
+    """The job's result if it finished within the wait, a 202 to poll otherwise, its error if it failed."""
+    outcome = submitted.outcome
+    if outcome is None:
+        return jsonify({"job_id": submitted.job_id, "status": "queued",
+                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
+    if outcome["status"] != "succeeded":
+        error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
+        details = {"job_id": submitted.job_id, **(error.get("details") or {})}
+        status = int(details.pop("status", 502 if error.get("code") == "job_failed" else 422))
+        raise ApiError(status, error["code"], error["message"], details)
+    return jsonify({"job_id": submitted.job_id, **outcome["result"]}), ok_status
+
+
+@bp.get("/vectors")
+@require(PREDICT)
+def list_collections() -> Response:
+    """The vector collections."""
+    return jsonify({"collections": [item.as_dict() for item in service.vector_store().list_collections()]})
+
+
+@bp.put("/vectors/<collection>")
+@require(PREDICT)
+def create_collection(collection: str) -> tuple[Response, int]:
+    """Create a collection (idempotent for the same configuration; 409 for another one)."""
+    name = _collection_name(collection)
+    body = _body(CreateCollectionRequest)
+    if body.model is not None and (body.model not in MODELS or MODELS[body.model].task != "embed"):
+        raise ApiError(404, "unknown_model", f"{body.model!r} is not an embedding model.",
+                       {"valid": sorted(n for n, m in MODELS.items() if m.task == "embed")})
+    model_dimension = service.EMBEDDING_DIMENSIONS.get(body.model or "")
+    dimension = body.dimension or model_dimension
+    if dimension is None:
+        raise ApiError(422, "invalid_request", "dimension is required for a collection without a model")
+    if model_dimension is not None and dimension != model_dimension:
+        raise ApiError(422, "dimension_mismatch", f"{body.model} makes {model_dimension}-d vectors, not {dimension}")
+    store = service.vector_store()
+    try:
+        existed = True
+        try:
+            store.get_collection(name)
+        except VectorStoreError:
+            existed = False
+        created = store.create_collection(name, dimension, body.metric, body.index.as_spec(), body.model,
+                                          created_by=current_principal().key_id,
+                                          build_index=not body.defer_index, exist_ok=True)
+    except VectorStoreError as exc:
+        raise _api_error(exc) from None
+    return jsonify(created.as_dict()), 200 if existed else 201
+
+
+@bp.get("/vectors/<collection>")
+@require(PREDICT)
+def describe_collection(collection: str) -> Response:
+    """A collection's configuration, item count and sizes."""
+    try:
+        return jsonify(service.vector_store().describe(_collection_name(collection)))
+    except VectorStoreError as exc:
+        raise _api_error(exc) from None
+
+
+@bp.delete("/vectors/<collection>")
+@require(PREDICT)
+def drop_collection(collection: str) -> Response:
+    """Drop a collection and all its items."""
+    if not service.vector_store().drop_collection(_collection_name(collection)):
+        raise ApiError(404, "collection_not_found", f"No vector collection named {collection!r}.")
+    return jsonify({"collection": collection, "dropped": True})
+
+
+@bp.post("/vectors/<collection>")
+@require(PREDICT)
+def upsert(collection: str) -> tuple[Response, int]:
+    """Insert or replace items by id; texts are embedded by a worker."""
+    name = _collection_name(collection)
+    body = _body(UpsertRequest)
+    items = [item.model_dump(exclude_none=True) for item in body.items]
+    principal = current_principal()
+    if not any("text" in item for item in items):
+        try:
+            return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
+        except JobInputError as exc:
+            raise _api_error(exc) from None
+    settings = get_settings()
+    wait = settings.default_wait_seconds if body.wait is None else body.wait
+    submitted = submit_and_wait(
+        NewJob(owner=principal.key_id, kind="vectors", task="vectors.upsert", model=None,
+               priority=priority_of("normal"), total=len(items)),
+        "cortex.vectors.upsert_items", GPU,
+        {"collection": name, "items": items, "created_by": principal.key_id}, wait)
+    return _job_reply(submitted)
+
+
+@bp.post("/vectors/<collection>/search")
+@require(PREDICT)
+def search(collection: str) -> tuple[Response, int]:
+    """The k nearest items to a text or a vector, with optional metadata equality filters."""
+    name = _collection_name(collection)
+    body = _body(SearchRequest)
+    if body.vector is not None:
+        try:
+            result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
+                                                   effort=body.effort, include_vectors=body.include_vectors)
+        except VectorStoreError as exc:
+            raise _api_error(exc) from None
+        return jsonify({"collection": name, "metric": result.metric, "strategy": result.strategy, "k": body.k,
+                        "results": [hit.as_dict() for hit in result.hits],
+                        "timings": {"search_ms": result.elapsed_ms}}), 200
+    wait = get_settings().default_wait_seconds if body.wait is None else body.wait
+    submitted = submit_and_wait(
+        NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.search", model=None,
+               priority=priority_of("high"), total=1),
+        "cortex.vectors.search_text", GPU,
+        {"collection": name, "text": body.text, "k": body.k, "filter": body.filter}, wait)
+    return _job_reply(submitted)
+
+
+@bp.post("/vectors/<collection>/delete")
+@require(PREDICT)
+def delete_items(collection: str) -> Response:
+    """Delete items by id."""
+    name = _collection_name(collection)
+    body = _body(DeleteItemsRequest)
+    try:
+        deleted = service.vector_store().delete(name, body.ids)
+    except VectorStoreError as exc:
+        raise _api_error(exc) from None
+    return jsonify({"collection": name, "deleted": deleted})
+
+
+@bp.get("/vectors/<collection>/count")
+@require(PREDICT)
+def count_items(collection: str) -> Response:
+    """How many items the collection holds (matching `?filter=<JSON object>` when given)."""
+    name = _collection_name(collection)
+    raw = request.args.get("filter")
+    filters = None
+    if raw:
+        try:
+            filters = json.loads(raw, parse_constant=lambda constant: float("nan"))
+        except ValueError:
+            raise ApiError(400, "invalid_filter", "filter must be a JSON object") from None
+        if not isinstance(filters, dict):
+            raise ApiError(400, "invalid_filter", "filter must be a JSON object")
+    try:
+        return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
+    except VectorStoreError as exc:
+        raise _api_error(exc) from None
+
+
+@bp.post("/vectors/<collection>/index")
+@require(PREDICT)
+def build_index(collection: str) -> tuple[Response, int]:
+    """(Re)build the vector index over the items the collection holds now (a job on the maintenance queue)."""
+    name = _collection_name(collection)
+    body = _body(BuildIndexRequest) if request.get_data(cache=True) else BuildIndexRequest()
+    try:
+        service.vector_store().get_collection(name)
+    except VectorStoreError as exc:
+        raise _api_error(exc) from None
+    wait = get_settings().default_wait_seconds if body.wait is None else body.wait
+    submitted = submit_and_wait(
+        NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,
+               priority=priority_of("normal"), total=1),
+        "cortex.vectors.build_index", MAINTENANCE, {"collection": name}, wait)
+    return _job_reply(submitted)
