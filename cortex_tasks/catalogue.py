@@ -29,6 +29,7 @@ class TaskEntry:
     description: str
     cacheable: bool = True
     models: tuple[str, ...] = field(default=())
+    input_kind: str = "text"  # "text", or "text_or_vector" for tasks that also take number lists
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -37,6 +38,19 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("all-MiniLM-L6-v2", "embed", "1", "cortex_tasks.models.embedding:SentenceEmbedder",
                    "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling, L2-normalised"),
         # --- gpu-queue models (classify, zero_shot, generate, reduce) ---
+        ModelEntry("topic-classifier", "classify", "1", "cortex_tasks.models.classifier:TopicClassifier",
+                   "Logistic-regression heads on MiniLM embeddings, trained at first load on the shipped "
+                   "topics dataset (sports, business, technology, health, politics, entertainment); "
+                   "softmax scores, or one-vs-rest sigmoid scores with params.multi_label"),
+        ModelEntry("minilm-zero-shot", "zero_shot", "1", "cortex_tasks.models.zero_shot:ZeroShotSimilarity",
+                   "Zero-shot labels by MiniLM similarity between the text and 'This text is about {label}.' "
+                   "(or a given description), softmax with a calibrated temperature; not an NLI model"),
+        ModelEntry("SmolLM2-135M-Instruct", "generate", "1", "cortex_tasks.models.generator:SmolLM2Generator",
+                   "SmolLM2-135M-Instruct (bundled Q4_1 GGUF, dequantized once and cached), chat template, "
+                   "greedy or sampled, stop sequences, token streaming"),
+        ModelEntry("vector-reducer", "reduce", "1", "cortex_tasks.models.reducer:VectorReducer",
+                   "PCA or UMAP (params.method) of submitted vectors, or of texts embedded with MiniLM; "
+                   "one projection per request", batchable=False),
         # --- nlp-queue models (ner, pii, language, sentiment) ---
         ModelEntry("spacy-en-core-web-sm", "ner", "3.8.0", "cortex_tasks.models.spacy_ner:SpacyEntityRecognizer",
                    "spaCy en_core_web_sm (bundled): OntoNotes entities (PERSON, GPE, ORG, DATE, ...) with "
@@ -68,6 +82,21 @@ TASKS: dict[str, TaskEntry] = {
         TaskEntry("embed", GPU, "all-MiniLM-L6-v2", None, "Sentence embeddings (384-d vectors)",
                   models=("all-MiniLM-L6-v2",)),
         # --- gpu-queue tasks ---
+        # A user's Hugging Face sequence-classification folders (CORTEX_MODELS_DIR) also serve classify:
+        # see find_model / task_model_names below.
+        TaskEntry("classify", GPU, "topic-classifier", None,
+                  "Text classification with trained heads or a user's Hugging Face classifier",
+                  models=("topic-classifier",)),
+        TaskEntry("zero_shot", GPU, "minilm-zero-shot", None,
+                  "Score the input against params.labels (2..20); scores sum to 1",
+                  models=("minilm-zero-shot",)),
+        # Sampled output differs per call, so results are not cached.
+        TaskEntry("generate", GPU, "SmolLM2-135M-Instruct", None,
+                  "Text generation with the bundled SmolLM2 (max_tokens, temperature, stop)",
+                  cacheable=False, models=("SmolLM2-135M-Instruct",)),
+        TaskEntry("reduce", GPU, "vector-reducer", None,
+                  "PCA/UMAP projection of vectors (lists of numbers) or texts, all inputs together",
+                  models=("vector-reducer",)),
         # --- nlp-queue tasks ---
         TaskEntry("ner", NLP, "spacy-en-core-web-sm", None,
                   "Named entities with character offsets (params.labels filters)",
@@ -86,7 +115,7 @@ TASKS: dict[str, TaskEntry] = {
     )
 }
 
-QUEUE_TASK_NAMES = {GPU: "cortex.inference.run_gpu_job", NLP: "cortex.inference.run_nlp_job"}
+QUEUE_TASK_NAMES = {GPU: "cortex.inference.run_gpu_jobs", NLP: "cortex.inference.run_nlp_jobs"}
 
 
 class UnknownName(LookupError):
@@ -104,6 +133,35 @@ def task_entry(name: str) -> TaskEntry:
 
 def model_entry(task: TaskEntry, name: str | None) -> ModelEntry:
     chosen = name or task.default_model
-    if chosen not in task.models:
-        raise UnknownName("model", chosen, list(task.models))
-    return MODELS[chosen]
+    if chosen in task.models:
+        return MODELS[chosen]
+    entry = find_model(chosen)
+    if entry is None or entry.task != task.name:
+        raise UnknownName("model", chosen, task_model_names(task))
+    return entry
+
+
+# Tasks whose user-brought Hugging Face folders (CORTEX_MODELS_DIR) load through one backend.
+USER_MODEL_LOADERS = {"classify": "cortex_tasks.models.hf_classifier:HFSequenceClassifier"}
+
+
+def find_model(name: str) -> ModelEntry | None:
+    """A bundled model, else a user model folder of that name (read now, so new folders are found)."""
+    entry = MODELS.get(name)
+    if entry is not None:
+        return entry
+    from cortex_tasks.models.user_models import find_user_model  # torch-free, reads config.json only
+
+    user = find_user_model(name)
+    if user is None or user.task not in USER_MODEL_LOADERS:
+        return None
+    labels = ", ".join(user.labels) or "labels from the model"
+    return ModelEntry(user.name, user.task, user.version, USER_MODEL_LOADERS[user.task],
+                      f"User model folder {user.name!r}: {user.architecture} ({labels})")
+
+
+def task_model_names(task: TaskEntry) -> list[str]:
+    from cortex_tasks.models.user_models import list_user_models
+
+    user = [model.name for model in list_user_models(task.name) if model.name not in MODELS]
+    return list(task.models) + user

@@ -22,8 +22,8 @@ TASK_QUEUES: tuple[Queue, ...] = tuple(Queue(name, routing_key=name) for name in
 
 # Task name patterns -> queue. Inference tasks are split by the hardware they want, not by domain.
 TASK_ROUTES: dict[str, dict[str, str]] = {
-    "cortex.inference.run_gpu_job": {"queue": GPU},
-    "cortex.inference.run_nlp_job": {"queue": NLP},
+    "cortex.inference.run_gpu_jobs": {"queue": GPU},
+    "cortex.inference.run_nlp_jobs": {"queue": NLP},
     "cortex.batch.*": {"queue": BATCH},
     "cortex.training.*": {"queue": TRAINING},
     "cortex.maintenance.*": {"queue": MAINTENANCE},

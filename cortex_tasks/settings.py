@@ -74,6 +74,8 @@ class Settings:
     admin_key: str | None
     # Request limits (architecture document: input_validation, inference_config).
     max_batch_size: int = 32
+    batching_enabled: bool = True
+    batch_max_wait_seconds: float = 0.002
     max_text_length: int = 10_000
     max_body_bytes: int = 2 * 1024 * 1024
     max_json_depth: int = 20
@@ -118,6 +120,8 @@ def get_settings() -> Settings:
         artifact_key=_artifact_key(os.environ.get("CORTEX_ARTIFACT_KEY")),
         admin_key=os.environ.get("CORTEX_ADMIN_KEY") or None,
         max_batch_size=_env_int("MAX_BATCH_SIZE", 32),
+        batching_enabled=_env_bool("CORTEX_BATCHING", True),
+        batch_max_wait_seconds=_env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
         default_wait_seconds=_env_float("CORTEX_DEFAULT_WAIT", 5.0),
         max_deliveries=_env_int("CORTEX_MAX_DELIVERIES", 3),
         result_expires_seconds=_env_int("CORTEX_RESULT_EXPIRES", 3600),

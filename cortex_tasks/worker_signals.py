@@ -23,14 +23,24 @@ def _consumed_queues(app) -> list[str]:
     return sorted(app.amqp.queues.consume_from or app.amqp.queues)
 
 
-def preload_models(queues: list[str]) -> list[str]:
+def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Load the default model of every task served here; returns (loaded, {failed model: error}).
+
+    A model that fails to load does not keep the worker from serving the others: requests for it are
+    answered by its fallback (or fail clearly), and /ready shows the failure.
+    """
     from cortex_tasks.catalogue import TASKS
     from cortex_tasks.models.loaded import get_model
 
-    names = [task.default_model for task in TASKS.values() if task.queue in queues]
-    for name in names:
-        get_model(name)
-    return names
+    loaded, failed = [], {}
+    for name in dict.fromkeys(task.default_model for task in TASKS.values() if task.queue in queues):
+        try:
+            get_model(name)
+            loaded.append(name)
+        except Exception as exc:
+            log.exception("model %s failed to load", name)
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return loaded, failed
 
 
 @signals.worker_init.connect
@@ -63,14 +73,15 @@ def _announce_ready(sender=None, **_: object) -> None:
     started = time.perf_counter()
     pool = app.conf.worker_pool if sender is None else type(sender.pool).__module__
     loaded: list[str] = []
+    failed: dict[str, str] = {}
     if "prefork" not in str(pool):
         import torch
 
         torch.set_num_threads(int(os.environ.get("CORTEX_TORCH_THREADS", os.cpu_count() or 1)))
-        loaded = preload_models(queues)
+        loaded, failed = preload_models(queues)
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
-    status = {"hostname": hostname, "queues": queues, "models": loaded, "pid": os.getpid(),
-              "load_seconds": round(time.perf_counter() - started, 2)}
+    status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,
+              "pid": os.getpid(), "load_seconds": round(time.perf_counter() - started, 2)}
     redis.Redis.from_url(get_settings().redis_url).set(
         READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
     log.info("worker ready: %s", status)

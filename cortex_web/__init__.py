@@ -13,13 +13,14 @@ from werkzeug.wrappers import Response
 from cortex_tasks.settings import get_settings
 from cortex_web import auth
 from cortex_web.blueprints import models, vectors
-from cortex_web.blueprints import docs, health, jobs, keys, predict
+from cortex_web.blueprints import batch, docs, health, jobs, keys, predict
+from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
 from cortex_web.replies import ReplyListener
 
-BLUEPRINTS = (health.bp, docs.bp, predict.bp, jobs.bp, keys.bp, vectors.bp, models.bp)
+BLUEPRINTS = (health.bp, docs.bp, predict.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
 _queue_collector_registered = False
 
@@ -31,7 +32,10 @@ def create_app() -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     app.extensions["cortex_redis"] = client
-    app.extensions["cortex_replies"] = ReplyListener(settings.redis_url)
+    listener = ReplyListener(settings.redis_url)
+    app.extensions["cortex_replies"] = listener
+    app.extensions["cortex_coalescer"] = Coalescer(listener, enabled=settings.batching_enabled,
+                                                   max_items=settings.max_batch_size)
     _register_queue_metrics(client)
 
     register_error_handlers(app)

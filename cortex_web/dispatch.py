@@ -1,4 +1,4 @@
-"""Creating a job, enqueueing it with its priority, and waiting for its outcome within a budget."""
+"""Enqueueing jobs and waiting for their outcomes within a budget."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +10,7 @@ from flask import current_app
 from cortex_tasks import app as celery_app
 from cortex_tasks.jobs import store
 from cortex_tasks.queues import PRIORITY_STEPS, QUEUE_NAMES
+from cortex_web.coalescer import Coalescer
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
 
@@ -24,12 +25,18 @@ def reply_listener() -> ReplyListener:
     return current_app.extensions["cortex_replies"]
 
 
+def coalescer() -> Coalescer:
+    return current_app.extensions["cortex_coalescer"]
+
+
 def redis_client() -> redis.Redis:
     return current_app.extensions["cortex_redis"]
 
 
 def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, kwargs: dict[str, Any],
                     wait_seconds: float) -> Submitted:
+    """One job, one message: for tasks that take `job_id` and `reply_to` and publish one outcome
+    (cortex_tasks.jobs.outcomes.publish_outcome)."""
     job, _ = store.create_job(new_job)
     listener = reply_listener()
     waiting = wait_seconds > 0

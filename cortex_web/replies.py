@@ -1,8 +1,9 @@
 """Waiting for job outcomes without polling.
 
 Each gateway process subscribes once to its own Redis channel and names it in every task it sends;
-the worker publishes the outcome there (cortex_tasks.jobs.outcomes). A request thread registers its job
-id *before* sending the task, then blocks on an Event until the outcome arrives or its wait runs out.
+the worker publishes the outcomes of a whole message there (cortex_tasks.jobs.outcomes). A request
+thread registers its job id *before* the message is sent, then blocks on an Event until its outcome
+arrives or its wait runs out.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -36,9 +38,10 @@ class ReplyListener:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_message_done: Callable[[str], None] | None = None
 
     def _ensure_running(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive() and self._subscribed.is_set():
             return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -62,8 +65,14 @@ class ReplyListener:
                 time.sleep(0.5)
 
     def _deliver(self, data: bytes) -> None:
-        outcome = json.loads(data)
-        pending = self._pending.get(outcome.get("job_id", ""))
+        message = json.loads(data)
+        for job_id, outcome in message.get("outcomes", {}).items():
+            self.resolve(job_id, outcome)
+        if message.get("message_id") and self.on_message_done is not None:
+            self.on_message_done(message["message_id"])
+
+    def resolve(self, job_id: str, outcome: dict[str, Any]) -> None:
+        pending = self._pending.get(job_id)
         if pending is not None:
             pending.outcome = outcome
             pending.event.set()
@@ -81,6 +90,3 @@ class ReplyListener:
             return pending.outcome
         finally:
             self._pending.pop(job_id, None)
-
-    def forget(self, job_id: str) -> None:
-        self._pending.pop(job_id, None)

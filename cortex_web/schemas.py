@@ -57,3 +57,29 @@ class CreateKeyRequest(BaseModel):
     role: Literal["reader", "inference_user", "model_admin"]
     name: str | None = Field(default=None, max_length=200)
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class PipelineStep(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=64)
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
+
+
+class PipelineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    steps: list[PipelineStep] = Field(min_length=1, max_length=8)
+    inputs: list[Any] = Field(min_length=1, max_length=MAX_INPUTS)
+    priority: Literal["high", "normal", "low"] = "normal"
+    wait: float | None = Field(default=None, ge=0, le=60)
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _wait_is_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds")
+        return float(value) if isinstance(value, int) else value

@@ -1,31 +1,37 @@
-"""Thin Celery tasks for inference, one per queue so that routing follows the hardware a model needs."""
+"""Thin Celery tasks for inference, one per queue so that routing follows the hardware a model needs.
+
+A message carries one or more prediction jobs for the same task, model and params (the gateway
+coalesces concurrent requests); `jobs` is a list of {"job_id", "inputs", "inline_errors"?}.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from cortex_tasks import app
-from cortex_tasks.inference import service
-from cortex_tasks.jobs.outcomes import publish_outcome
-from cortex_tasks.jobs.running import run_job
+from cortex_tasks.inference.runner import run_jobs
+from cortex_tasks.jobs.outcomes import publish_outcomes
 from cortex_tasks.retry_policy import TRANSIENT_ERRORS
 
-# Outcomes travel back on the caller's reply channel and live in the job row, so the result backend
+# Outcomes travel back on the caller's reply channel and live in the job rows, so the result backend
 # would only duplicate them.
 LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_for": TRANSIENT_ERRORS,
                           "retry_backoff": True, "max_retries": 3, "ignore_result": True}
 
 
-@app.task(name="cortex.inference.run_gpu_job", **LIMITS)
-def run_gpu_job(*, job_id: str, task: str, model: str, inputs: list[Any],
-                params: dict[str, Any] | None = None, reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: service.predict(task, model, inputs, params or {}))
-    publish_outcome(reply_to, job_id, outcome)
-    return outcome
+def _run(task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None,
+         priority: int, reply_to: str | None, message_id: str | None) -> dict[str, Any]:
+    outcomes = run_jobs(task, model, params or {}, jobs, priority)
+    publish_outcomes(reply_to, message_id, outcomes)
+    return {"jobs": len(jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
 
 
-@app.task(name="cortex.inference.run_nlp_job", **LIMITS)
-def run_nlp_job(*, job_id: str, task: str, model: str, inputs: list[Any],
-                params: dict[str, Any] | None = None, reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: service.predict(task, model, inputs, params or {}))
-    publish_outcome(reply_to, job_id, outcome)
-    return outcome
+@app.task(name="cortex.inference.run_gpu_jobs", **LIMITS)
+def run_gpu_jobs(*, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None = None,
+                 priority: int = 4, reply_to: str | None = None, message_id: str | None = None) -> dict[str, Any]:
+    return _run(task, model, jobs, params, priority, reply_to, message_id)
+
+
+@app.task(name="cortex.inference.run_nlp_jobs", **LIMITS)
+def run_nlp_jobs(*, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None = None,
+                 priority: int = 4, reply_to: str | None = None, message_id: str | None = None) -> dict[str, Any]:
+    return _run(task, model, jobs, params, priority, reply_to, message_id)

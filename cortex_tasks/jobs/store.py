@@ -159,3 +159,75 @@ def job_to_api(job: Job) -> dict[str, Any]:
     if job.error:
         body["error"] = job.error
     return body
+
+
+# --- Bulk forms, for many small jobs travelling in one message (coalesced predictions). ---
+
+def create_jobs(jobs: list[tuple[str, NewJob]]) -> None:
+    """Insert many jobs in one statement (no idempotency keys on this path)."""
+    now = datetime.now(timezone.utc)
+    with session_scope() as session:
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
+        session.add_all([
+            Job(id=job_id, owner=job.owner, kind=job.kind, task=job.task, model=job.model, status=QUEUED,
+                priority=job.priority, progress_total=job.total, params=job.params,
+                deadline_at=now + timedelta(seconds=job.deadline_seconds))
+            for job_id, job in jobs
+        ])
+
+
+def begin_attempts(job_ids: list[str], max_deliveries: int) -> tuple[dict[str, int], list[str]]:
+    """Bulk begin_attempt: returns ({job_id: attempt} for jobs to run, [job_ids over the delivery cap])."""
+    with session_scope() as session:
+        rows = session.execute(
+            text(
+                "UPDATE jobs SET attempts = attempts + 1, status = 'running', "
+                "started_at = coalesce(started_at, now()) "
+                "WHERE id = ANY(:ids) AND status IN ('queued', 'running') RETURNING id, attempts"
+            ),
+            {"ids": job_ids},
+        ).all()
+    runnable = {job_id: attempt for job_id, attempt in rows if attempt <= max_deliveries}
+    over_cap = [job_id for job_id, attempt in rows if attempt > max_deliveries]
+    for job_id in over_cap:
+        fail_job(job_id, {
+            "code": "redelivery_limit",
+            "message": f"The job was delivered more than {max_deliveries} times without finishing "
+                       "(its worker died each time).",
+        })
+    return runnable, over_cap
+
+
+def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> None:
+    """Record many outcomes in one statement each for successes and failures: {job_id: (status, payload)}.
+
+    Only jobs still queued or running change, so a redelivered message cannot record a result twice.
+    """
+    import json
+
+    succeeded = [(job_id, json.dumps(payload)) for job_id, (status, payload) in outcomes.items()
+                 if status == SUCCEEDED]
+    failed = [(job_id, json.dumps(payload)) for job_id, (status, payload) in outcomes.items()
+              if status == FAILED]
+    with session_scope() as session:
+        # A lost commit here only means a job is re-run after a crash (delivery is at-least-once anyway),
+        # so there is no need to wait for the WAL flush on this hot path.
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
+        if succeeded:
+            session.execute(text(
+                "UPDATE jobs AS j SET status = 'succeeded', result = d.payload::jsonb, "
+                "progress_done = j.progress_total, finished_at = now() "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running')"
+            ), {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]})
+        if failed:
+            session.execute(text(
+                "UPDATE jobs AS j SET status = 'failed', error = d.payload::jsonb, finished_at = now() "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running')"
+            ), {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]})
+
+
+def get_jobs(job_ids: list[str]) -> list[Job]:
+    with session_scope() as session:
+        return list(session.scalars(select(Job).where(Job.id.in_(job_ids))).all())

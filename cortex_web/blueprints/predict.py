@@ -1,68 +1,203 @@
-"""POST /api/v1/predict: validate, authorize, enqueue on the task's queue, answer within the wait budget."""
+"""Prediction endpoints: /predict, /predict/batch and /predict/pipeline.
+
+Each validates, authorizes and hands its jobs to the coalescer, then answers within the wait budget
+(or 202 with the job's status URL when the result is not ready yet).
+"""
 from __future__ import annotations
 
+import math
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 
 from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.catalogue import QUEUE_TASK_NAMES, UnknownName, model_entry, task_entry
+from cortex_tasks.catalogue import QUEUE_TASK_NAMES, ModelEntry, TaskEntry, UnknownName, model_entry, task_entry
 from cortex_tasks.jobs.store import NewJob
 from cortex_tasks.queues import priority_of
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
-from cortex_web.dispatch import submit_and_wait
+from cortex_web.coalescer import PendingJob, group_for
+from cortex_web.dispatch import coalescer, reply_listener
 from cortex_web.errors import ApiError
 from cortex_web.metrics import JOB_OUTCOMES
 from cortex_web.request_body import parse_body
-from cortex_web.schemas import PredictRequest, check_text
+from cortex_web.schemas import PipelineRequest, PredictRequest, check_text
 
 bp = Blueprint("predict", __name__, url_prefix="/api/v1")
+# Codes a worker reports for problems with the input itself (a 422), as opposed to its own failures.
+WORKER_FAILURE_CODES = {"model_error", "job_failed", "unavailable"}
 
 
-def resolve(task_name: str, model_ref: str | None):
+@dataclass
+class Prediction:
+    job_id: str
+    task: TaskEntry
+    model: ModelEntry
+    outcome: dict[str, Any] | None  # None: not finished within the wait budget
+    submitted_at: float
+
+
+def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntry]:
     try:
         task = task_entry(task_name)
-        model = model_entry(task, model_ref.split("@", 1)[0] if model_ref else None)
+        name, _, version = (model_ref or "").partition("@")
+        model = model_entry(task, name or None)
     except UnknownName as exc:
         raise ApiError(404, f"unknown_{exc.kind}", f"Unknown {exc.kind} {exc.name!r}.",
                        {"valid": exc.valid}) from None
+    if version and version != model.version:
+        raise ApiError(404, "unknown_model_version", f"Model {model.name!r} has no version {version!r}.",
+                       {"valid": [f"{model.name}@{model.version}"]})
     return task, model
 
 
-def validate_inputs(inputs: list[Any]) -> None:
+def validate_inputs(task: TaskEntry, inputs: list[Any]) -> None:
     for index, item in enumerate(inputs):
-        if not isinstance(item, str):
-            raise ApiError(422, "invalid_request", f"inputs[{index}] must be a string")
-        try:
-            check_text(index, item)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_input", str(exc), {"index": index}) from None
+        if isinstance(item, str):
+            try:
+                check_text(index, item)
+            except ValueError as exc:
+                raise ApiError(422, "invalid_input", str(exc), {"index": index}) from None
+        elif task.input_kind == "text_or_vector" and isinstance(item, list):
+            if not item or len(item) > 4096 or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in item):
+                raise ApiError(422, "invalid_input",
+                               f"inputs[{index}] must be a non-empty list of at most 4096 finite numbers",
+                               {"index": index})
+        else:
+            expected = "a string or a list of numbers" if task.input_kind == "text_or_vector" else "a string"
+            raise ApiError(422, "invalid_request", f"inputs[{index}] must be {expected}", {"index": index})
+
+
+def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
+                     priority_class: str, inline_errors: bool = False) -> tuple[str, PendingJob]:
+    job_id = str(uuid.uuid4())
+    priority = priority_of(priority_class)
+    pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
+                                                task=task.name, model=model.name, priority=priority,
+                                                total=len(inputs), params=params or None),
+                         inline_errors=inline_errors)
+    reply_listener().expect(job_id)
+    group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue])
+    coalescer().submit(group, pending)
+    return job_id, pending
+
+
+def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
+                   priority_class: str, wait: float, inline_errors: bool = False) -> Prediction:
+    submitted_at = time.perf_counter()
+    job_id, pending = start_prediction(task, model, inputs, params, priority_class, inline_errors)
+    outcome = reply_listener().wait(job_id, wait)
+    if outcome is None:
+        pending.sent.wait(10)  # the job row exists before anyone is sent to poll it
+    else:
+        JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
+    return Prediction(job_id, task, model, outcome, submitted_at)
+
+
+def raise_for_failure(prediction: Prediction) -> None:
+    outcome = prediction.outcome
+    if outcome is None or outcome["status"] == "succeeded":
+        return
+    error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
+    code = error.get("code", "job_failed")
+    status = 503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES else 422
+    raise ApiError(status, code, error.get("message", "the job failed"),
+                   {"job_id": prediction.job_id, **error.get("details", {})})
+
+
+def success_body(prediction: Prediction) -> dict[str, Any]:
+    assert prediction.outcome is not None
+    result = prediction.outcome["result"]
+    timings = {**result.get("timings", {}),
+               "total_ms": round((time.perf_counter() - prediction.submitted_at) * 1000, 2)}
+    return {"job_id": prediction.job_id, "task": result["task"], "model": result["model"],
+            "outputs": result["outputs"], "cached": False, "timings": timings}
+
+
+def accepted(job_id: str) -> tuple[Response, int]:
+    return jsonify({"job_id": job_id, "status": "queued",
+                    "status_url": url_for("jobs.show_job", job_id=job_id)}), 202
+
+
+def parse_prediction() -> tuple[PredictRequest, TaskEntry, ModelEntry, float]:
+    settings = get_settings()
+    body = parse_body(PredictRequest, settings.max_json_depth)
+    task, model = resolve(body.task, body.model)
+    validate_inputs(task, body.inputs)
+    wait = settings.default_wait_seconds if body.wait is None else body.wait
+    return body, task, model, wait
 
 
 @bp.post("/predict")
 @require(PREDICT)
 def predict() -> tuple[Response, int]:
+    """Run one prediction job; the result when ready within `wait`, else 202 with a status URL."""
+    body, task, model, wait = parse_prediction()
+    prediction = run_prediction(task, model, body.inputs, body.params, body.priority, wait)
+    if prediction.outcome is None:
+        return accepted(prediction.job_id)
+    raise_for_failure(prediction)
+    return jsonify(success_body(prediction)), 200
+
+
+@bp.post("/predict/batch")
+@require(PREDICT)
+def predict_batch() -> tuple[Response, int]:
+    """Up to 32 inputs, always waits; a failed item is reported in place of its output."""
+    body, task, model, _ = parse_prediction()
+    wait = get_settings().max_wait_seconds if body.wait is None else max(body.wait, 1.0)
+    prediction = run_prediction(task, model, body.inputs, body.params, body.priority, wait, inline_errors=True)
+    if prediction.outcome is None:
+        return accepted(prediction.job_id)
+    raise_for_failure(prediction)
+    response = success_body(prediction)
+    response["errors"] = sum(1 for output in response["outputs"]
+                             if isinstance(output, dict) and set(output) == {"index", "error"})
+    return jsonify(response), 200
+
+
+def next_inputs(previous_inputs: list[Any], outputs: list[Any]) -> list[Any]:
+    """What a pipeline step hands to the next one: text it produced (e.g. pii_mask's masked text),
+    otherwise the same inputs it was given (e.g. language -> ner)."""
+    produced = []
+    for original, output in zip(previous_inputs, outputs):
+        if isinstance(output, str):
+            produced.append(output)
+        elif isinstance(output, dict) and isinstance(output.get("text"), str) and "entities" in output:
+            produced.append(output["text"])
+        else:
+            produced.append(original)
+    return produced
+
+
+@bp.post("/predict/pipeline")
+@require(PREDICT)
+def predict_pipeline() -> tuple[Response, int]:
+    """Steps run in order, each on the previous step's output where that makes sense; every step shown."""
     settings = get_settings()
-    body = parse_body(PredictRequest, settings.max_json_depth)
-    task, model = resolve(body.task, body.model)
-    validate_inputs(body.inputs)
-    wait = settings.default_wait_seconds if body.wait is None else body.wait
-    submitted = submit_and_wait(
-        NewJob(owner=current_principal().key_id, kind="predict", task=task.name, model=model.name,
-               priority=priority_of(body.priority), total=len(body.inputs)),
-        QUEUE_TASK_NAMES[task.queue], task.queue,
-        {"task": task.name, "model": model.name, "inputs": body.inputs, "params": body.params},
-        wait,
-    )
-    outcome = submitted.outcome
-    if outcome is None:
-        return jsonify({"job_id": submitted.job_id, "status": "queued",
-                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
-    JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
-    if outcome["status"] != "succeeded":
-        error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
-        # A failure inside the worker is not the client's fault (502); anything else it reports is (422).
-        raise ApiError(502 if error.get("code") == "job_failed" else 422, error["code"], error["message"],
-                       {"job_id": submitted.job_id, **error.get("details", {})})
-    return jsonify({"job_id": submitted.job_id, "cached": False, **outcome["result"]}), 200
+    body = parse_body(PipelineRequest, settings.max_json_depth)
+    steps = [(resolve(step.task, step.model), step.params) for step in body.steps]
+    for (task, _), _ in steps[:1]:
+        validate_inputs(task, body.inputs)
+    wait = settings.max_wait_seconds if body.wait is None else body.wait
+    deadline = time.monotonic() + wait
+    inputs, results = list(body.inputs), []
+    for index, ((task, model), params) in enumerate(steps):
+        prediction = run_prediction(task, model, inputs, params, body.priority,
+                                    max(0.5, deadline - time.monotonic()))
+        if prediction.outcome is None:
+            raise ApiError(504, "pipeline_timeout", f"Step {index} ({task.name}) did not finish in time.",
+                           {"job_id": prediction.job_id, "step": index})
+        try:
+            raise_for_failure(prediction)
+        except ApiError as exc:
+            exc.details["step"] = index
+            raise
+        step_result = success_body(prediction)
+        results.append({"step": index, "inputs": inputs, **step_result})
+        inputs = next_inputs(inputs, step_result["outputs"])
+    return jsonify({"steps": results, "outputs": results[-1]["outputs"]}), 200

@@ -73,3 +73,13 @@ def api(app, keys) -> Api:
 @pytest.fixture()
 def admin_api(app, keys) -> Api:
     return Api(app.test_client(), keys["model_admin"])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the tails of the session workers' logs: CI keeps nothing else."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "workers" in getattr(item, "funcargs", {}):
+        for name, worker in item.funcargs["workers"].items():
+            report.sections.append((f"worker {name} log (tail)", worker.log_tail(40)))

@@ -19,9 +19,9 @@ def enqueue_embed(queue: str, priority_class: str, text: str) -> str:
     priority = priority_of(priority_class)
     job, _ = store.create_job(store.NewJob(owner="priority-test", kind="predict", task="embed",
                                            model="all-MiniLM-L6-v2", priority=priority, total=1))
-    celery_app.send_task("cortex.inference.run_gpu_job", kwargs={
-        "job_id": job.id, "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": [text], "params": {}},
-        task_id=job.id, queue=queue, priority=priority)
+    celery_app.send_task("cortex.inference.run_gpu_jobs", kwargs={
+        "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "priority": priority,
+        "jobs": [{"job_id": job.id, "inputs": [text]}]}, task_id=job.id, queue=queue, priority=priority)
     return job.id
 
 

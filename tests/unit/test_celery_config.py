@@ -51,8 +51,8 @@ def test_queues_declared_once_and_routes_point_at_them():
 
 def test_registered_task_names_are_pinned():
     assert sorted(registered_tasks()) == sorted([
-        "cortex.inference.run_gpu_job",
-        "cortex.inference.run_nlp_job",
+        "cortex.inference.run_gpu_jobs",
+        "cortex.inference.run_nlp_jobs",
         "cortex.maintenance.expire_job_records",
         "cortex.maintenance.sweep_stale_jobs",
         "cortex.registry.activate_version",

@@ -1,0 +1,136 @@
+"""Running a message of prediction jobs in a worker: count deliveries, batch the items through the
+model, fall back when the model fails, record every outcome once, in bulk."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from cortex_tasks.catalogue import MODELS, TASKS
+from cortex_tasks.inference import service
+from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
+from cortex_tasks.jobs import store
+from cortex_tasks.jobs.running import JobInputError
+from cortex_tasks.models.loaded import get_model
+from cortex_tasks.settings import get_settings
+
+log = logging.getLogger(__name__)
+_batchers = BatcherRegistry()
+
+
+def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
+    settings = get_settings()
+    key = (model_name, json.dumps(params, sort_keys=True))
+    entry = MODELS[model_name]
+    size = settings.max_batch_size if settings.batching_enabled and entry.batchable else 1
+
+    def run_batch(values: list[Any]) -> list[Any]:
+        if not entry.batchable:  # each value is one job's whole input list, answered as a unit
+            return [service.predict(task, model_name, value, params)["outputs"] for value in values]
+        return service.predict(task, model_name, values, params)["outputs"]
+
+    return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=size,
+                                                      max_wait=settings.batch_max_wait_seconds,
+                                                      name=f"batcher-{model_name}"))
+
+
+def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
+            announcement: Announcement | None = None) -> list[Any]:
+    return _batcher(task, model_name, params).submit(values, priority, announcement=announcement)
+
+
+def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
+               announcement: Announcement | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Outputs (or ItemFailure) for `values`, and which model answered (falling back if needed)."""
+    fallback_reason = None
+    try:
+        model = get_model(model_name)
+        results = _submit(task, model_name, params, values, priority, announcement)
+        model_failed = all(isinstance(r, ItemFailure) and r.code == "model_error" for r in results)
+        if not model_failed:
+            return results, {"name": model.info.name, "version": model.info.version}
+        fallback_reason = results[0].message
+    except JobInputError:
+        raise
+    except Exception as exc:  # the model could not be loaded
+        log.exception("model %s failed to load", model_name)
+        fallback_reason = f"{type(exc).__name__}: {exc}"
+    fallback = TASKS[task].fallback_model
+    if fallback is None or fallback == model_name:
+        return ([ItemFailure("model_error", f"model {model_name} failed: {fallback_reason}")] * len(values),
+                {"name": model_name, "version": MODELS[model_name].version})
+    log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
+    results = _submit(task, fallback, params, values, priority)
+    fallback_model = get_model(fallback)
+    return results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
+                     "fallback_from": model_name, "fallback_reason": fallback_reason}
+
+
+def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
+    return {"index": index, "error": {"code": failure.code, "message": failure.message}}
+
+
+def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+             priority: int = 4) -> dict[str, dict[str, Any]]:
+    """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error)."""
+    started = time.perf_counter()
+    # While this message is being prepared (database round trip), a batch forming for the same model
+    # may wait a moment for its items instead of leaving without them.
+    batcher = _batcher(task, model_name, params) if model_name in MODELS else None
+    announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
+    try:
+        return _run_announced(task, model_name, params, jobs, priority, started, announcement)
+    finally:
+        if announcement is not None:
+            announcement.cancel()
+
+
+def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+                   priority: int, started: float, announcement: Announcement | None) -> dict[str, dict[str, Any]]:
+    job_ids = [job["job_id"] for job in jobs]
+    runnable, _over_cap = store.begin_attempts(job_ids, get_settings().max_deliveries)
+    outcomes: dict[str, dict[str, Any]] = {}
+    already = [job_id for job_id in job_ids if job_id not in runnable]
+    if already:  # duplicate delivery of finished jobs, or over the cap: answer from the record
+        for job in store.get_jobs(already):
+            outcomes[job.id] = {"status": job.status, "result": job.result, "error": job.error}
+    to_run = [job for job in jobs if job["job_id"] in runnable]
+    if not to_run:
+        return outcomes
+
+    # Models that must see a job's inputs together (a projection, say) get each job's list as one value.
+    per_job = not MODELS[model_name].batchable
+    values = [job["inputs"] for job in to_run] if per_job else [v for job in to_run for v in job["inputs"]]
+    try:
+        results, answered_by = _run_items(task, model_name, params, values, priority, announcement)
+        if per_job:
+            results = [item for job, result in zip(to_run, results)
+                       for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))]
+    except JobInputError as exc:
+        error = {"code": exc.code, "message": str(exc), "details": exc.details}
+        store.finish_jobs({job["job_id"]: (store.FAILED, error) for job in to_run})
+        outcomes.update({job["job_id"]: {"status": store.FAILED, "error": error} for job in to_run})
+        return outcomes
+
+    worker_ms = round((time.perf_counter() - started) * 1000, 2)
+    records: dict[str, tuple[str, Any]] = {}
+    position = 0
+    for job in to_run:
+        job_results = results[position:position + len(job["inputs"])]
+        position += len(job["inputs"])
+        failures = [(i, r) for i, r in enumerate(job_results) if isinstance(r, ItemFailure)]
+        outputs = [_item_error(i, r) if isinstance(r, ItemFailure) else r for i, r in enumerate(job_results)]
+        if failures and not job.get("inline_errors"):
+            first_index, first = failures[0]
+            error = {"code": first.code, "message": f"inputs[{first_index}]: {first.message}",
+                     "details": {"items": [_item_error(i, f) for i, f in failures]}}
+            records[job["job_id"]] = (store.FAILED, error)
+            outcomes[job["job_id"]] = {"status": store.FAILED, "error": error, "model": answered_by}
+            continue
+        result = {"task": task, "model": answered_by, "outputs": outputs,
+                  "timings": {"worker_ms": worker_ms}}
+        records[job["job_id"]] = (store.SUCCEEDED, result)
+        outcomes[job["job_id"]] = {"status": store.SUCCEEDED, "result": result}
+    store.finish_jobs(records)
+    return outcomes

@@ -1,0 +1,216 @@
+"""Batch jobs over HTTP: submit up to 1000 inputs, follow progress, page through results in input
+order or download them whole as Parquet / Arrow, and list the items that failed."""
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import text
+
+from cortex_tasks.auth.roles import PREDICT, READ
+from cortex_tasks.batch import results
+from cortex_tasks.batch.config import batch_config
+from cortex_tasks.batch.submission import BatchRequest, create_batch, request_hash
+from cortex_tasks.jobs.store import FINISHED_STATES, SUCCEEDED, IdempotencyConflict
+from cortex_tasks.queues import priority_of
+from cortex_tasks.settings import get_settings
+from cortex_tasks.storage import arrow_io
+from cortex_tasks.storage.db import session_scope
+from cortex_tasks.storage.object_store import ObjectStoreError
+from cortex_web.auth import current_principal, require
+from cortex_web.blueprints.jobs import visible_job
+from cortex_web.blueprints.predict import resolve
+from cortex_web.errors import ApiError
+from cortex_web.metrics import JOBS_SUBMITTED
+from cortex_web.request_body import parse_body
+from cortex_web.schemas import check_model_reference
+
+bp = Blueprint("batch", __name__, url_prefix="/api/v1")
+
+# 1000 texts of up to 10,000 characters do not fit the default 2 MiB body limit.
+MAX_BATCH_BODY_BYTES = 24 * 1024 * 1024
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class BatchSubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=64)
+    # Each item is checked in the worker like a /predict input; a bad item fails alone (see /batch/errors).
+    inputs: list[Any] = Field(min_length=1)
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["high", "normal", "low"] = "normal"
+
+    _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "invalid_idempotency_key",
+                       "Idempotency-Key must be 1..200 printable ASCII characters without spaces.")
+    return key
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {"status_url": url_for("jobs.show_job", job_id=job_id),
+            "progress_url": url_for("batch.progress", job_id=job_id),
+            "results_url": url_for("batch.results_page", job_id=job_id),
+            "errors_url": url_for("batch.errors", job_id=job_id)}
+
+
+@bp.post("/batch/submit")
+@require(PREDICT)
+def submit() -> tuple[Response, int]:
+    """Submit a batch job (1..1000 inputs), answered at once with its job id."""
+    request.max_content_length = MAX_BATCH_BODY_BYTES
+    settings = get_settings()
+    body = parse_body(BatchSubmitRequest, settings.max_json_depth)
+    limit = batch_config().max_batch_size
+    if len(body.inputs) > limit:
+        raise ApiError(422, "too_many_inputs", f"A batch holds at most {limit} inputs, not {len(body.inputs)}; "
+                       "split it into several batches.", {"max": limit, "given": len(body.inputs)})
+    key = _idempotency_key()
+    task, model = resolve(body.task, body.model)
+    batch = BatchRequest(owner=current_principal().key_id, task=task.name, model=model.name,
+                         inputs=body.inputs, params=body.params, priority=priority_of(body.priority),
+                         idempotency_key=key, batchable=model.batchable)
+    digest = request_hash(body.task, body.model, body.inputs, body.params, body.priority) if key else None
+    try:
+        submitted = create_batch(batch, digest)
+    except IdempotencyConflict:
+        raise ApiError(422, "idempotency_key_reused",
+                       "This Idempotency-Key was already used with a different request body.",
+                       {"idempotency_key": key}) from None
+    if submitted.created:
+        JOBS_SUBMITTED.labels("batch", task.name, "batch").inc()
+    return jsonify({"job_id": submitted.job_id, "status": "queued", "created": submitted.created,
+                    "total": len(body.inputs), "chunks": submitted.chunks, **_links(submitted.job_id)}), 202
+
+
+def batch_job(job_id: str):
+    job = visible_job(job_id)
+    if job.kind != "batch":
+        raise ApiError(404, "job_not_found", f"Job {job_id!r} is not a batch job.")
+    return job
+
+
+def _chunk_rows(job_id: str) -> list[Any]:
+    with session_scope() as session:
+        return session.execute(text(
+            "SELECT chunk_index, start_index, stop_index, status, succeeded_count, failed_count, result_ref "
+            "FROM batch_chunks WHERE job_id = :id ORDER BY chunk_index"), {"id": job_id}).all()
+
+
+@bp.get("/batch/progress/<job_id>")
+@require(READ)
+def progress(job_id: str) -> Response:
+    """Items done and failed so far, chunk states and an estimate of the time left."""
+    job = batch_job(job_id)
+    chunks = _chunk_rows(job_id)
+    done = sum(chunk.succeeded_count for chunk in chunks if chunk.status == "succeeded")
+    failed = sum(chunk.failed_count for chunk in chunks if chunk.status == "succeeded")
+    states = {state: sum(chunk.status == state for chunk in chunks)
+              for state in ("pending", "queued", "running", "succeeded")}
+    body: dict[str, Any] = {
+        "job_id": job.id, "status": job.status, "done": done, "failed": failed, "total": job.progress_total,
+        "chunks": {"total": len(chunks), "finished": states.pop("succeeded"), **states},
+        "created_at": job.created_at.isoformat(), "started_at": job.started_at and job.started_at.isoformat(),
+        "finished_at": job.finished_at and job.finished_at.isoformat(),
+    }
+    processed = done + failed
+    if job.status not in FINISHED_STATES and job.started_at and processed:
+        elapsed = (datetime.now(timezone.utc) - job.started_at).total_seconds()
+        body["eta_seconds"] = round(elapsed / processed * (job.progress_total - processed), 1)
+        body["items_per_second"] = round(processed / elapsed, 2) if elapsed > 0 else None
+    if job.error:
+        body["error"] = job.error
+    return jsonify(body)
+
+
+def _positive_int(name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ApiError(422, "invalid_query", f"?{name}= must be a positive integer.")
+    value = int(raw)
+    if maximum is not None and value > maximum:
+        raise ApiError(422, "invalid_query", f"?{name}= is at most {maximum}.", {"max": maximum})
+    return value
+
+
+def _download(job, fmt: str) -> Response:
+    if job.status != SUCCEEDED or not job.result_ref:
+        raise ApiError(409, "batch_not_finished",
+                       f"The batch is {job.status}; the whole result can be downloaded once it has succeeded "
+                       "(pages of finished chunks are available meanwhile).", {"status": job.status})
+    try:
+        parquet = results.read_merged(job.result_ref)
+    except ObjectStoreError as exc:
+        raise ApiError(410 if exc.status == 404 else 502, "batch_result_unavailable",
+                       f"The result file cannot be read ({exc.message}); results expire "
+                       f"{batch_config().result_retention_days} days after a batch finishes.") from None
+    disposition = {"Content-Disposition": f'attachment; filename="batch-{job.id}.{fmt}"'}
+    if fmt == "parquet":
+        return Response(parquet, mimetype="application/vnd.apache.parquet", headers=disposition)
+    schema, batches = results.arrow_stream_from_parquet(parquet)
+    return Response(stream_with_context(arrow_io.ipc_stream_chunks(schema, batches)),
+                    mimetype="application/vnd.apache.arrow.stream", headers=disposition)
+
+
+@bp.get("/batch/results/<job_id>")
+@require(READ)
+def results_page(job_id: str) -> Response:
+    """Results in input order, a page at a time (?page=&size=), or the whole file (?format=parquet|arrow)."""
+    job = batch_job(job_id)
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "parquet", "arrow"):
+        raise ApiError(422, "invalid_query", "?format= is json, parquet or arrow.")
+    if fmt != "json":
+        return _download(job, fmt)
+    config = batch_config()
+    size = _positive_int("size", config.default_page_size, config.max_page_size)
+    page = _positive_int("page", 1)
+    total = job.progress_total
+    first, last = (page - 1) * size, min(page * size, total)
+    chunks = [results.ChunkRef(c.chunk_index, c.start_index, c.stop_index,
+                               c.result_ref if c.status == "succeeded" else None) for c in _chunk_rows(job_id)]
+    try:
+        items = results.page_items(chunks, first, last) if first < total else []
+    except ObjectStoreError as exc:
+        raise ApiError(410 if exc.status == 404 else 502, "batch_result_unavailable",
+                       f"The results cannot be read ({exc.message}).") from None
+    pages = max(1, math.ceil(total / size))
+    body: dict[str, Any] = {"job_id": job.id, "status": job.status, "page": page, "size": size, "total": total,
+                            "pages": pages, "items": items}
+    if page < pages:
+        body["next"] = url_for("batch.results_page", job_id=job.id, page=page + 1, size=size)
+    if job.result_ref:
+        body["download"] = {fmt: url_for("batch.results_page", job_id=job.id, format=fmt)
+                            for fmt in ("parquet", "arrow")}
+    return jsonify(body)
+
+
+@bp.get("/batch/errors/<job_id>")
+@require(READ)
+def errors(job_id: str) -> Response:
+    """The failed items with their inputs and errors, in input order."""
+    job = batch_job(job_id)
+    with session_scope() as session:
+        rows = session.execute(text(
+            "SELECT start_index, inputs, errors FROM batch_chunks WHERE job_id = :id AND status = 'succeeded' "
+            "AND failed_count > 0 ORDER BY chunk_index"), {"id": job_id}).all()
+    items = []
+    for row in rows:
+        for entry in row.errors or []:
+            items.append({"index": entry["index"], "input": row.inputs[entry["index"] - row.start_index],
+                          "error": entry["error"]})
+    return jsonify({"job_id": job.id, "status": job.status, "failed": len(items), "errors": items})
