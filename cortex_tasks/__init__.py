@@ -10,6 +10,7 @@ TASK_MODULES = [
     "cortex_tasks.maintenance.tasks",
     "cortex_tasks.vectors.tasks",
     "cortex_tasks.registry.tasks",
+    "cortex_tasks.batch.tasks",
 ]
 
 app = Celery("cortex", include=TASK_MODULES)
