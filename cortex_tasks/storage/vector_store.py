@@ -120,9 +120,10 @@ class HnswIndex:
     def build_parameters(self) -> dict[str, int]:
         return {"m": self.m, "ef_construction": self.ef_construction}
 
-    def search_settings(self, override: int | None = None) -> dict[str, str]:
+    def search_settings(self, override: int | None = None, k: int = 1) -> dict[str, str]:
         value = self.ef_search if override is None else _bounded_int("ef_search", override, 1, 1000)
-        return {"hnsw.ef_search": str(value)}
+        # An HNSW scan returns at most ef_search rows: never fewer candidates than asked for.
+        return {"hnsw.ef_search": str(max(value, k))}
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.type, "m": self.m, "ef_construction": self.ef_construction,
@@ -144,7 +145,7 @@ class IvfflatIndex:
     def build_parameters(self) -> dict[str, int]:
         return {"lists": self.lists}
 
-    def search_settings(self, override: int | None = None) -> dict[str, str]:
+    def search_settings(self, override: int | None = None, k: int = 1) -> dict[str, str]:
         value = self.probes if override is None else _bounded_int("probes", override, 1, self.lists)
         return {"ivfflat.probes": str(value)}
 
@@ -225,8 +226,10 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     metric: str
-    # index: the vector index answered; exact: a sequential scan did (asked for, no index yet, or a
-    # filtered index scan found fewer than k matches and the exact scan filled the gap).
+    # index: the query was free to use the vector index (with a selective filter the planner may
+    # prefer the metadata index and an exact sort); exact: an exact scan was forced (asked for, no
+    # vector index yet, or a filtered index scan found fewer than k matches and an exact scan filled
+    # the gap).
     strategy: str
     elapsed_ms: float
 
@@ -252,7 +255,8 @@ def check_collection_name(name: Any) -> str:
 def as_matrix(vectors: Any, dimension: int) -> np.ndarray:
     """Vectors as a C-contiguous float32 (n, dimension) array, or a VectorStoreError naming the bad row."""
     try:
-        matrix = np.asarray(vectors, dtype=np.float32)
+        with np.errstate(over="ignore"):  # overflow to inf is reported below, per row
+            matrix = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError):
         raise VectorStoreError("invalid_vector", "vectors must be arrays of numbers of one length") from None
     if matrix.ndim == 1 and matrix.size:
@@ -648,18 +652,21 @@ class VectorStore:
 
     # --- search ---
 
-    def _search_sql(self, collection: Collection, with_filter: bool, include_vectors: bool) -> sql.Composed:
+    def _search_sql(self, collection: Collection, with_filter: bool, include_vectors: bool,
+                    exact: bool) -> sql.Composed:
         operator = sql.SQL(METRICS[collection.metric].operator)
+        # psycopg prepares a statement after a few runs and PostgreSQL keeps its plan across setting
+        # changes, so an exact scan must not share its text with the indexed query.
         return sql.SQL(
-            "SELECT id, embedding {op} %(query)b AS distance, metadata{vector} FROM {table}{where} "
+            "SELECT {marker}id, embedding {op} %(query)b AS distance, metadata{vector} FROM {table}{where} "
             "ORDER BY embedding {op} %(query)b LIMIT %(k)s"
-        ).format(op=operator, table=collection.table,
+        ).format(marker=sql.SQL("/* exact */ " if exact else ""), op=operator, table=collection.table,
                  vector=sql.SQL(", embedding") if include_vectors else sql.SQL(""),
                  where=sql.SQL(" WHERE metadata @> %(filter)s") if with_filter else sql.SQL(""))
 
     def _apply_search_settings(self, conn: psycopg.Connection, collection: Collection, exact: bool,
-                               effort: int | None) -> None:
-        settings = {"enable_indexscan": "off"} if exact else collection.index.search_settings(effort)
+                               effort: int | None, k: int) -> None:
+        settings = {"enable_indexscan": "off"} if exact else collection.index.search_settings(effort, k)
         for setting, value in settings.items():  # setting names come from this module only
             conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
 
@@ -675,17 +682,18 @@ class VectorStore:
             query = as_matrix(vector, collection.dimension)[0]
             use_exact = exact or collection.index_state != "ready"
             params = {"query": query, "k": k, "filter": Jsonb(document) if document else None}
-            statement = self._search_sql(collection, document is not None, include_vectors)
-            self._apply_search_settings(conn, collection, use_exact, effort)
+            self._apply_search_settings(conn, collection, use_exact, effort, k)
             with conn.cursor(binary=include_vectors) as cursor:
-                rows = cursor.execute(statement, params).fetchall()
+                rows = cursor.execute(self._search_sql(collection, document is not None, include_vectors, use_exact),
+                                      params).fetchall()
             strategy = "exact" if use_exact else "index"
             if document is not None and len(rows) < k and not use_exact:
                 # pgvector filters after the index scan: a selective filter can leave fewer than k of the
                 # ef_search candidates. An exact scan (helped by the metadata GIN index) fills the gap.
-                self._apply_search_settings(conn, collection, True, None)
+                self._apply_search_settings(conn, collection, True, None, k)
                 with conn.cursor(binary=include_vectors) as cursor:
-                    rows = cursor.execute(statement, params).fetchall()
+                    rows = cursor.execute(self._search_sql(collection, True, include_vectors, True),
+                                          params).fetchall()
                 strategy = "exact"
         hits = [Hit(row[0], float(row[1]), row[2], row[3].tolist() if include_vectors else None) for row in rows]
         return SearchResult(hits, collection.metric, strategy, round((time.perf_counter() - started) * 1000, 3))
@@ -697,8 +705,9 @@ class VectorStore:
         with self.connection() as conn:
             collection = self._find(conn, name)
             query = as_matrix(vector, collection.dimension)[0]
-            self._apply_search_settings(conn, collection, exact or collection.index_state != "ready", None)
-            statement = sql.SQL("EXPLAIN ") + self._search_sql(collection, document is not None, False)
+            use_exact = exact or collection.index_state != "ready"
+            self._apply_search_settings(conn, collection, use_exact, None, check_k(k))
+            statement = sql.SQL("EXPLAIN ") + self._search_sql(collection, document is not None, False, use_exact)
             rows = conn.execute(statement, {"query": query, "k": check_k(k),
                                             "filter": Jsonb(document) if document else None}).fetchall()
         return "\n".join(row[0] for row in rows)
