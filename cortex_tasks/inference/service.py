@@ -4,20 +4,43 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cortex_tasks.catalogue import MODELS, TASKS
+from cortex_tasks.catalogue import TASKS, find_model
 from cortex_tasks.inference import postprocessing, preprocessing
 from cortex_tasks.inference.preprocessing import Prepared
 from cortex_tasks.jobs.running import JobInputError
+from cortex_tasks.models.base import ItemError
 from cortex_tasks.models.loaded import get_model
 from cortex_tasks.registry import stats as model_stats
+
+
+class RequestInputError(JobInputError, ItemError):
+    """A bad request (params, model) found while predicting: it fails every item of the batch.
+
+    Both kinds at once, so that every caller reports it as the client's error: job runners catch
+    JobInputError (with details), the dynamic batcher turns ItemError into per-item failures.
+    """
+
+    def __init__(self, source: JobInputError) -> None:
+        Exception.__init__(self, str(source))
+        self.code, self.details = source.code, source.details
 
 
 def predict(task: str, model_name: str, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
     """Preprocess, run the model (or an ensemble of models) on the whole batch, postprocess.
 
-    A bad item raises ItemError (the batcher then isolates it); bad params raise JobInputError.
+    A bad item raises ItemError (the batcher then isolates it); bad params or an unknown model raise
+    RequestInputError.
     """
-    entry = MODELS.get(model_name)
+    try:
+        return _predict(task, model_name, inputs, params)
+    except RequestInputError:
+        raise
+    except JobInputError as exc:
+        raise RequestInputError(exc) from exc
+
+
+def _predict(task: str, model_name: str, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+    entry = find_model(model_name)
     if entry is None or entry.task != task:
         raise JobInputError("unknown_model", f"model {model_name!r} does not serve task {task!r}")
     started = time.perf_counter()
@@ -59,7 +82,7 @@ def _run_model(model: Any, prepared: list[Any], params: dict[str, Any]) -> list[
 def _run_ensemble(task: str, members: list[tuple[str, float]], prepared: list[Any],
                   params: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     for name, _ in members:
-        entry = MODELS.get(name)
+        entry = find_model(name)
         if entry is None or entry.task != task:
             raise JobInputError("unknown_model", f"ensemble model {name!r} does not serve task {task!r}",
                                 {"valid": list(TASKS[task].models) if task in TASKS else []})

@@ -79,8 +79,8 @@ class LinguaLanguageDetector:
         lowered = frozenset(code.lower() for code in wanted)
         unknown = sorted(lowered - set(known))
         if unknown:
-            raise JobInputError("invalid_params", f"language(s) not known to this detector: {unknown}",
-                                {"valid": known})
+            raise JobInputError("invalid_params", f"language(s) not known to this detector: {unknown}; "
+                                f"known: {', '.join(known)}", {"valid": known})
         return lowered
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:

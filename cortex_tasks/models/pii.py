@@ -201,7 +201,8 @@ def _type_names(raw: str) -> tuple[str, ...]:
         return TYPE_ALIASES[name]
     if name in SUPPORTED_TYPES:
         return (name,)
-    raise JobInputError("invalid_params", f"unknown PII type {raw!r}", {"valid": list(SUPPORTED_TYPES)})
+    raise JobInputError("invalid_params", f"unknown PII type {raw!r}; valid: {', '.join(SUPPORTED_TYPES)}",
+                        {"valid": list(SUPPORTED_TYPES)})
 
 
 def read_types(params: dict[str, Any], available: Iterable[str]) -> tuple[str, ...]:
@@ -215,8 +216,8 @@ def read_types(params: dict[str, Any], available: Iterable[str]) -> tuple[str, .
     chosen = [kind for name in wanted for kind in _type_names(name)]
     missing = sorted(set(chosen) - set(available))
     if missing:
-        raise JobInputError("invalid_params", f"this model cannot detect {missing}",
-                            {"valid": list(available)})
+        raise JobInputError("invalid_params", f"this model cannot detect {missing}; it detects "
+                            f"{', '.join(available)}", {"valid": list(available)})
     return tuple(dict.fromkeys(chosen))
 
 
@@ -236,8 +237,8 @@ def read_rules(params: dict[str, Any]) -> dict[str, str]:
                             {"rules": list(RULES)})
     for raw_type, rule in given.items():
         if rule not in RULES:
-            raise JobInputError("invalid_params", f"unknown masking rule {rule!r} for {raw_type}",
-                                {"rules": list(RULES)})
+            raise JobInputError("invalid_params", f"unknown masking rule {rule!r} for {raw_type}; "
+                                f"valid: {', '.join(RULES)}", {"rules": list(RULES)})
         for kind in _type_names(raw_type):
             allowed = RULE_TYPES.get(rule)
             if allowed is not None and kind not in allowed:

@@ -43,7 +43,8 @@ def read_labels(params: dict[str, Any], valid: tuple[str, ...]) -> frozenset[str
     upper = frozenset(label.upper() for label in wanted)
     unknown = sorted(upper - set(valid))
     if unknown:
-        raise JobInputError("invalid_params", f"unknown entity label(s): {unknown}", {"valid": list(valid)})
+        raise JobInputError("invalid_params", f"unknown entity label(s) {unknown}; valid: {', '.join(valid)}",
+                            {"valid": list(valid)})
     return upper
 
 
