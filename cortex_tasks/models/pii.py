@@ -112,7 +112,7 @@ def _build_analyzer(with_ner: bool):
         UsSsnRecognizer,
     )
 
-    from cortex_tasks.models.spacy_ner import PIPELINE_PACKAGE, english_pipeline
+    from cortex_tasks.models.spacy_ner import PIPELINE_PACKAGE, english_pipeline, pipeline_in_use
 
     # presidio's e-mail check asks tldextract, which downloads the public-suffix list on first use;
     # the snapshot inside the package is enough and keeps workers offline.
@@ -154,7 +154,9 @@ def _build_analyzer(with_ner: bool):
         def process_batch(self, texts, language, batch_size=1, n_process=1, as_tuples=False):
             pipeline = self.nlp[language]
             disabled = [name for name in PII_DISABLED if name in pipeline.pipe_names]
-            for doc in pipeline.pipe(texts, batch_size=BATCH_SIZE, disable=disabled):
+            with pipeline_in_use:
+                docs = list(pipeline.pipe(texts, batch_size=BATCH_SIZE, disable=disabled))
+            for doc in docs:
                 artifacts = self._doc_to_nlp_artifact(doc, language)
                 if not with_ner:
                     # A bare tokenizer has no lemmatizer: context words then match lower-cased tokens.

@@ -20,6 +20,9 @@ BATCH_SIZE = 32
 
 _pipeline = None
 _pipeline_lock = threading.Lock()
+# One pipeline serves NER and PII; spaCy does not promise thread safety (threads-pool workers, batch
+# chunks of two models at once), so calls into it take turns.
+pipeline_in_use = threading.Lock()
 
 
 def english_pipeline():  # -> spacy.language.Language
@@ -60,8 +63,9 @@ class SpacyEntityRecognizer:
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
         wanted = read_labels(params, self.labels)
         prepared = [item if isinstance(item, Prepared) else Prepared(str(item), str(item)) for item in inputs]
-        docs = self.nlp.pipe([item.text for item in prepared], batch_size=BATCH_SIZE,
-                             disable=list(NER_ONLY_DISABLED))
+        with pipeline_in_use:
+            docs = list(self.nlp.pipe([item.text for item in prepared], batch_size=BATCH_SIZE,
+                                      disable=list(NER_ONLY_DISABLED)))
         outputs = []
         for item, doc in zip(prepared, docs):
             entities = []

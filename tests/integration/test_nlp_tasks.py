@@ -156,3 +156,15 @@ def test_sentiment_top_k_threshold_and_ensemble(api, workers):
                        params={"ensemble": [{"model": "vader", "weight": 2}, {"model": "vader", "weight": 1}]})
     assert ensemble["outputs"][0]["label"] == "positive"
     assert [member["weight"] for member in ensemble["outputs"][0]["ensemble"]] == [2.0, 1.0]
+
+
+# --- preprocessing through the API ------------------------------------------------------------------
+
+def test_broken_unicode_is_repaired_or_rejected_per_request(api, workers):
+    text = "Angela Merkel\ud800 visited Paris."
+    body = predict(api, "ner", [text])
+    assert {e["text"] for e in body["outputs"][0]["entities"]} >= {"Angela Merkel", "Paris"}
+    response = api.post("/api/v1/predict", {"task": "ner", "inputs": [text], "wait": 30,
+                                            "params": {"preprocess": {"encoding": "reject"}}})
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["code"] == "invalid_encoding"
