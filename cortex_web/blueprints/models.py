@@ -199,6 +199,8 @@ def promote(name: str, version: int) -> tuple[Response, int]:
         raise ApiError(409 if error.get("code") != "job_failed" else 502, error["code"],
                        f"Not promoted; {error['message']}",
                        {"job_id": submitted.job_id, "deployment_id": pending["id"]})
+    # The switch happened in a worker: this process need not wait for the generation check to see it.
+    routing.serving_cache().clear()
     result = outcome["result"]
     switched = result["version"]
     return jsonify({"job_id": submitted.job_id, "model": name, "version": version, "stage": switched["stage"],
