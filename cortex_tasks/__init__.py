@@ -11,6 +11,7 @@ TASK_MODULES = [
     "cortex_tasks.vectors.tasks",
     "cortex_tasks.registry.tasks",
     "cortex_tasks.batch.tasks",
+    "cortex_tasks.training.tasks",
 ]
 
 app = Celery("cortex", include=TASK_MODULES)

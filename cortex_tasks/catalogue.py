@@ -150,6 +150,10 @@ def find_model(name: str) -> ModelEntry | None:
     entry = MODELS.get(name)
     if entry is not None:
         return entry
+    if "@" in name:  # a version trained by Cortex, from the registry (torch-free lookup)
+        from cortex_tasks.models.registry_models import registered_entry
+
+        return registered_entry(name)
     from cortex_tasks.models.user_models import find_user_model  # torch-free, reads config.json only
 
     user = find_user_model(name)

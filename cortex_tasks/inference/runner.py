@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from cortex_tasks.catalogue import MODELS, TASKS
+from cortex_tasks.catalogue import MODELS, TASKS, find_model
 from cortex_tasks.inference import service
 from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.jobs import store
@@ -22,7 +22,9 @@ _batchers = BatcherRegistry()
 def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
     settings = get_settings()
     key = (model_name, json.dumps(params, sort_keys=True))
-    entry = MODELS[model_name]
+    entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
+    if entry is None:
+        raise KeyError(model_name)
     size = settings.max_batch_size if settings.batching_enabled and entry.batchable else 1
 
     def run_batch(values: list[Any]) -> list[Any]:
@@ -59,7 +61,7 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
     fallback = TASKS[task].fallback_model
     if fallback is None or fallback == model_name:
         return ([ItemFailure("model_error", f"model {model_name} failed: {fallback_reason}")] * len(values),
-                {"name": model_name, "version": MODELS[model_name].version})
+                {"name": model_name, "version": getattr(find_model(model_name), "version", "unknown")})
     log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
     results = _submit(task, fallback, params, values, priority)
     fallback_model = get_model(fallback)
@@ -100,7 +102,7 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         return outcomes
 
     # Models that must see a job's inputs together (a projection, say) get each job's list as one value.
-    per_job = not MODELS[model_name].batchable
+    per_job = not getattr(find_model(model_name), "batchable", True)
     values = [job["inputs"] for job in to_run] if per_job else [v for job in to_run for v in job["inputs"]]
     try:
         results, answered_by = _run_items(task, model_name, params, values, priority, announcement)

@@ -14,7 +14,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.catalogue import QUEUE_TASK_NAMES, ModelEntry, TaskEntry, UnknownName, model_entry, task_entry
+from cortex_tasks.catalogue import (MODELS, QUEUE_TASK_NAMES, ModelEntry, TaskEntry, UnknownName, find_model,
+                                    model_entry, task_entry)
 from cortex_tasks.jobs.store import NewJob
 from cortex_tasks.queues import priority_of
 from cortex_tasks.settings import get_settings
@@ -44,6 +45,10 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
     try:
         task = task_entry(task_name)
         name, _, version = (model_ref or "").partition("@")
+        # name@version of a model trained by Cortex is served from the registry.
+        registered = find_model(model_ref) if version and model_ref and name not in MODELS else None
+        if registered is not None and registered.task == task.name:
+            return task, registered
         model = model_entry(task, name or None)
     except UnknownName as exc:
         raise ApiError(404, f"unknown_{exc.kind}", f"Unknown {exc.kind} {exc.name!r}.",

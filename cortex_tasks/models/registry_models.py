@@ -1,0 +1,192 @@
+"""Models trained by Cortex and served from the registry: `model=name@version` in a request.
+
+`registered_entry` (torch-free: the gateway resolves references through it) turns a reference into a
+catalogue entry whose loader matches the version's framework; the backends below fetch the artifact
+(verified against the digest recorded at registration) and serve it through the same interface as the
+bundled models. A numbered version never changes, so its entry is cached for the life of the process.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cortex_tasks.models.base import ModelInfo
+
+MODULE = "cortex_tasks.models.registry_models"
+# registry framework -> backend class
+FRAMEWORK_LOADERS: dict[str, str] = {
+    "cortex-embedding-head": f"{MODULE}:RegisteredEmbeddingHead",
+    "transformers-sequence-classification": f"{MODULE}:RegisteredSequenceClassifier",
+    "spacy-ner": f"{MODULE}:RegisteredEntityRecognizer",
+    "prophet": f"{MODULE}:RegisteredForecaster",
+    "statsmodels-arima": f"{MODULE}:RegisteredForecaster",
+}
+SELECTOR_CACHE_SECONDS = 5.0
+
+_entries: dict[str, tuple[float, Any]] = {}
+_entries_lock = threading.Lock()
+
+
+def registered_entry(reference: str) -> Any:
+    """The catalogue ModelEntry for `name@version` (or `name@production|canary|staging|latest`), or None
+    when the reference names no registered version Cortex can serve."""
+    from cortex_tasks.catalogue import ModelEntry
+    from cortex_tasks.registry import service
+
+    name, _, selector = reference.partition("@")
+    if not selector:
+        return None
+    now = time.monotonic()
+    cached = _entries.get(reference)
+    if cached is not None and (selector.isdigit() or now - cached[0] < SELECTOR_CACHE_SECONDS):
+        return cached[1]
+    try:
+        record = service.resolve(reference)
+    except service.RegistryError:
+        return None
+    except Exception:  # the registry is unreachable: an unknown model, not a crash of the caller
+        return None
+    loader = FRAMEWORK_LOADERS.get(record.framework)
+    entry = None if loader is None else ModelEntry(
+        record.reference, record.task, str(record.version), loader,
+        record.description or f"{record.framework} model from the registry", batchable=True)
+    with _entries_lock:
+        _entries[reference] = (now, entry)
+        if entry is not None:
+            _entries[record.reference] = (now, entry)
+    return entry
+
+
+def _fetch(reference: str) -> tuple[Any, Path]:
+    from cortex_tasks.registry import artifacts, service
+
+    name, _, version = reference.partition("@")
+    record = service.get_version(name, int(version))
+    return record, artifacts.fetch_artifact(record)
+
+
+class RegisteredEmbeddingHead:
+    """A classification head trained on MiniLM embeddings (training/trainers/classifier.py)."""
+
+    def __init__(self, name: str, version: str) -> None:
+        from cortex_tasks.models.classifier import EmbeddingHead
+        from cortex_tasks.models.loaded import get_model
+
+        record, path = _fetch(name)
+        self.head = EmbeddingHead.load(path)
+        self.embedder = get_model(self.head.metadata.get("embedder", "all-MiniLM-L6-v2"))
+        self.default_multi_label = bool(self.head.metadata.get("multi_label", False))
+        self.card = {"labels": list(self.head.labels), "training_run": self.head.metadata.get("training_run")}
+        self.info = ModelInfo(name=record.model, version=str(record.version), task="classify",
+                              device=self.embedder.info.device, max_input_chars=10_000, max_batch_size=64)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.head.labels
+
+    def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        from cortex_tasks.models.classifier import multi_label_param, shape_scores, texts_of
+
+        multi_label = multi_label_param(params, self.default_multi_label)
+        vectors = self.embedder.encode(texts_of(inputs))  # type: ignore[attr-defined]
+        return shape_scores(self.head.labels, self.head.scores(vectors, multi_label))
+
+
+def _sequence_classifier_class() -> type:
+    from cortex_tasks.models.hf_classifier import HFSequenceClassifier
+
+    return HFSequenceClassifier
+
+
+class RegisteredSequenceClassifier:
+    """A fine-tuned transformer classifier (training/trainers/transformer.py), served like a user's
+    Hugging Face folder: the predict code is the same class's."""
+
+    def __new__(cls, name: str, version: str) -> Any:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from cortex_tasks.models.base import device_name
+        from cortex_tasks.models.hf_classifier import MAX_TOKENS
+
+        record, path = _fetch(name)
+        backend = object.__new__(_sequence_classifier_class())
+        device = device_name()
+        backend.path = path
+        backend.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        backend.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+        backend.model.to(torch.device(device)).eval()
+        config = backend.model.config
+        backend.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+        backend.default_multi_label = config.problem_type == "multi_label_classification"
+        limits = [MAX_TOKENS, getattr(config, "max_position_embeddings", None), backend.tokenizer.model_max_length]
+        backend.max_tokens = min(int(limit) for limit in limits if isinstance(limit, int) and limit > 0)
+        backend.card = {"registry": record.reference, "labels": list(backend.labels)}
+        backend.info = ModelInfo(name=record.model, version=str(record.version), task="classify", device=device,
+                                 max_input_chars=10_000, max_batch_size=32)
+        return backend
+
+
+class RegisteredEntityRecognizer:
+    """A spaCy pipeline trained for custom entity labels (training/trainers/ner.py)."""
+
+    accepts_prepared = True
+
+    def __init__(self, name: str, version: str) -> None:
+        import spacy
+
+        record, path = _fetch(name)
+        self.nlp = spacy.load(path)
+        self.labels: tuple[str, ...] = tuple(sorted(self.nlp.get_pipe("ner").labels))
+        self._lock = threading.Lock()  # spaCy does not promise thread safety
+        self.info = ModelInfo(name=record.model, version=str(record.version), task="ner", device="cpu",
+                              max_input_chars=10_000, max_batch_size=64)
+
+    def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        from cortex_tasks.inference.preprocessing import Prepared
+        from cortex_tasks.models.spacy_ner import read_labels
+
+        wanted = read_labels(params, self.labels)
+        prepared = [item if isinstance(item, Prepared) else Prepared(str(item), str(item)) for item in inputs]
+        with self._lock:
+            docs = list(self.nlp.pipe([item.text for item in prepared], batch_size=64))
+        outputs = []
+        for item, doc in zip(prepared, docs):
+            entities = []
+            for entity in doc.ents:
+                if wanted is not None and entity.label_ not in wanted:
+                    continue
+                start, end = item.to_original(entity.start_char, entity.end_char)
+                entities.append({"label": entity.label_, "text": item.original[start:end], "start": start, "end": end})
+            outputs.append({"entities": entities})
+        return outputs
+
+
+class RegisteredForecaster:
+    """A Prophet or ARIMA model fitted on one series (training/trainers/forecast.py). Each input is a
+    horizon (a number of future periods, or {"horizon": n}); `params.horizon` is the default."""
+
+    def __init__(self, name: str, version: str) -> None:
+        from cortex_tasks.training.trainers.forecast import load_forecaster
+
+        record, path = _fetch(name)
+        self.forecaster = load_forecaster(path.read_bytes())
+        self.info = ModelInfo(name=record.model, version=str(record.version), task="forecast", device="cpu",
+                              max_input_chars=10_000, max_batch_size=16)
+
+    def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+        from cortex_tasks.jobs.running import JobInputError
+
+        default = params.get("horizon", self.forecaster.default_horizon)
+        outputs = []
+        for index, item in enumerate(inputs):
+            horizon = item.get("horizon", default) if isinstance(item, dict) else (item if item not in ("", None) else default)
+            if isinstance(horizon, str) and horizon.strip().isdigit():
+                horizon = int(horizon)
+            if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= 10_000:
+                raise JobInputError("invalid_input", f"inputs[{index}]: the horizon must be an integer from 1 to 10000",
+                                    {"index": index})
+            outputs.append(self.forecaster.forecast(horizon))
+        return outputs

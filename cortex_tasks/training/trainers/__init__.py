@@ -1,0 +1,2 @@
+"""One module per kind of model Cortex can train; each exposes `validate(rows, params)` and
+`train(context, rows, params)`."""
