@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,7 +196,11 @@ def _train(run: Any, kind: TrainingKind, context: TrainingContext) -> dict[str, 
     trained: TrainedModel = trainer.train(context, examples, params)
     context.flush()
     context.phase("registering", metrics=trained.metrics)
-    record = register(run, kind, trained, fingerprint, report.as_dict())
+    try:
+        record = register(run, kind, trained, fingerprint, report.as_dict())
+    finally:
+        if trained.extra.get("cleanup"):
+            shutil.rmtree(trained.extra["cleanup"], ignore_errors=True)
     stage, gate_result = record.stage, None
     if gate is not None:
         passed = gate.passes(trained.metrics)

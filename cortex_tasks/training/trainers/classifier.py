@@ -166,7 +166,7 @@ def train(context: TrainingContext, examples: list[tuple[str, tuple[str, ...]]],
                     + torch.nn.functional.binary_cross_entropy_with_logits(ovr_layer(x_train[batch]), y_train[batch]))
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(batch)
+            total_loss += loss.item() * len(batch)
         softmax_scores, ovr_scores = scores()
         held = evaluate(softmax_scores, ovr_scores, y_held, labels, multi_label)
         context.epoch_done(epoch, {"loss": total_loss / max(1, len(train_rows)), "held_out_accuracy": held["accuracy"]})
