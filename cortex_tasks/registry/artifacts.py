@@ -15,8 +15,14 @@ from pathlib import Path
 
 from cortex_tasks.registry.service import RegistryError, VersionRecord
 from cortex_tasks.settings import get_settings
-from cortex_tasks.storage.object_store import (ObjectNotFound, ObjectStoreError, StoredObject,
-                                               check_object_name, get_object_store, resolve_uri)
+from cortex_tasks.storage.object_store import (
+    ObjectNotFound,
+    ObjectStoreError,
+    StoredObject,
+    check_object_name,
+    get_object_store,
+    resolve_uri,
+)
 
 ARCHIVE_SUFFIX = ".tar.gz"
 

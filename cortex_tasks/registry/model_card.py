@@ -38,9 +38,9 @@ def render_model_card(model: dict[str, Any], version: dict[str, Any],
         f"- **Framework**: {version['framework']}",
         f"- **Stage**: {stage}",
         f"- **Created**: {version['created_at']} by {version.get('created_by') or 'unknown'}",
-        f"- **Artifact**: `{version['artifact']['uri']}` ({version['artifact']['size']} bytes, "
-        f"sha256 `{version['artifact']['sha256']}`"
-        f"{', encrypted at rest' if version['artifact']['encrypted'] else ''})",
+        (f"- **Artifact**: `{version['artifact']['uri']}` ({version['artifact']['size']} bytes, "
+         f"sha256 `{version['artifact']['sha256']}`"
+         f"{', encrypted at rest' if version['artifact']['encrypted'] else ''})"),
         f"- **Training data fingerprint**: `{version.get('data_fingerprint') or 'not recorded'}`",
         "",
         "## Evaluation metrics",
@@ -56,10 +56,10 @@ def render_model_card(model: dict[str, Any], version: dict[str, Any],
         lines += [
             "## Serving",
             "",
-            f"- Requests: {stats['request_count']}, errors: {stats['error_count']} "
-            f"(error rate {stats['error_rate']:.2%})",
-            f"- Latency: mean {stats['latency_mean_ms']} ms, p50 ~{stats['latency_p50_ms']} ms, "
-            f"p95 ~{stats['latency_p95_ms']} ms",
+            (f"- Requests: {stats['request_count']}, errors: {stats['error_count']} "
+             f"(error rate {stats['error_rate']:.2%})"),
+            (f"- Latency: mean {stats['latency_mean_ms']} ms, p50 ~{stats['latency_p50_ms']} ms, "
+             f"p95 ~{stats['latency_p95_ms']} ms"),
             "",
         ]
     if deployments:

@@ -109,3 +109,13 @@ def choose_version(model: str, caller_id: str, cache: ServingCache | None = None
     if table.production is not None:
         return Choice(model, table.production, service.PRODUCTION, bucket)
     return None
+
+
+def routed_reference(reference: str, caller_id: str) -> str:
+    """The model reference a request should run: a bare name of a registered model becomes
+    `name@<version>` for this caller (canary or production, sticky per caller); pins (`name@3`) and
+    models the registry does not deploy pass through unchanged. For the gateway's predict path."""
+    if "@" in reference:
+        return reference
+    choice = choose_version(reference, caller_id)
+    return reference if choice is None else f"{reference}@{choice.version}"

@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +320,7 @@ def serving(name: str) -> Serving | None:
 
 
 def _pending(session: Session, model: RegisteredModel) -> Deployment | None:
-    cutoff = datetime.now(timezone.utc) - PENDING_DEPLOYMENT_EXPIRY
+    cutoff = datetime.now(UTC) - PENDING_DEPLOYMENT_EXPIRY
     return session.scalars(select(Deployment).where(
         Deployment.model_id == model.id, Deployment.status == "pending", Deployment.created_at > cutoff,
     ).order_by(Deployment.id.desc()).limit(1)).one_or_none()
@@ -376,7 +376,7 @@ def deployment(deployment_id: int) -> tuple[str, dict[str, Any]]:
 
 def _set_stage(row: ModelVersion, stage: str, traffic: float | None = None) -> None:
     row.stage, row.traffic_percent = stage, traffic
-    row.stage_changed_at = datetime.now(timezone.utc)
+    row.stage_changed_at = datetime.now(UTC)
 
 
 def _stats_snapshot(name: str, versions: Iterable[int | None]) -> dict[str, Any]:
@@ -398,7 +398,7 @@ def complete_deployment(deployment_id: int, job_id: str | None = None) -> Versio
             if row.status == "succeeded":
                 return _record(model.name, target)
             raise RegistryConflict("deployment_finished", f"Deployment {deployment_id} already {row.status}.")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if row.action == "promote_canary":
             current = _current(session, model, CANARY)
             if current is not None and current.id != target.id:
@@ -455,7 +455,7 @@ def rollback(name: str, to_version: int | None = None, actor: str | None = None)
         if not artifacts.artifact_exists(target.artifact_uri):
             raise RegistryConflict("artifact_missing",
                                    f"The artifact of {name}@{to_version} is gone; it cannot serve again.")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if current is not None:
             _set_stage(current, ARCHIVED)
             session.flush()
@@ -487,7 +487,7 @@ def demote(name: str, version: int, stage: str, actor: str | None = None) -> Ver
                                                     "version or roll back instead.")
         _set_stage(target, stage)
         session.add(Deployment(model_id=model.id, version=version, action="demote", status="succeeded",
-                               actor=actor, finished_at=datetime.now(timezone.utc), details={"stage": stage}))
+                               actor=actor, finished_at=datetime.now(UTC), details={"stage": stage}))
         record = _record(name, target)
     bump_generation()
     return record

@@ -25,7 +25,7 @@ def activate(deployment_id: int, job_id: str) -> dict[str, Any]:
         service.fail_deployment(deployment_id, error, job_id)
         raise JobInputError(exc.code, f"{record.reference} is not ready: {exc.message}",
                             {"deployment_id": deployment_id}) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure of a probe means: not ready)
         error = {"code": "readiness_check_failed", "message": f"{type(exc).__name__}: {exc}"}
         service.fail_deployment(deployment_id, error, job_id)
         raise JobInputError("readiness_check_failed", f"{record.reference} is not ready: {error['message']}",

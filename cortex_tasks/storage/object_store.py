@@ -386,7 +386,7 @@ class S3ObjectStore(ObjectStore):
         try:
             return operation(*args, **kwargs)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchBucket"):
                 raise ObjectNotFound(kwargs.get("object_name") or (args[1] if len(args) > 1 else "?")) from None
             raise ObjectStoreError("s3_error", f"S3 {exc.code}: {exc.message}") from None
         except HTTPError as exc:
@@ -438,8 +438,7 @@ class S3ObjectStore(ObjectStore):
         response = self._call(self.client.get_object, self.bucket, name)
         try:
             with open(destination, "wb") as out:
-                for chunk in response.stream(CHUNK_BYTES):
-                    out.write(chunk)
+                out.writelines(response.stream(CHUNK_BYTES))
             return self._meta_from_headers(response.headers)
         finally:
             response.close()

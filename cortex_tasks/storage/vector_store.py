@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import psycopg
+import sqlalchemy.exc
 from pgvector import Vector
 from pgvector.psycopg.vector import register_vector_info
 from psycopg import sql
@@ -154,7 +155,7 @@ class IvfflatIndex:
 
 
 IndexConfig = HnswIndex | IvfflatIndex
-INDEX_TYPES: dict[str, type[HnswIndex] | type[IvfflatIndex]] = {"hnsw": HnswIndex, "ivfflat": IvfflatIndex}
+INDEX_TYPES: dict[str, type[HnswIndex | IvfflatIndex]] = {"hnsw": HnswIndex, "ivfflat": IvfflatIndex}
 
 
 def index_from_dict(spec: Mapping[str, Any] | None) -> IndexConfig:
@@ -426,9 +427,10 @@ class VectorStore:
             _register_vector_type(conn)
             yield conn
             conn.commit()
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             pooled.invalidate()
-            raise
+            # As SQLAlchemy's error, so that task retry policies (retry_policy.TRANSIENT_ERRORS) retry it.
+            raise sqlalchemy.exc.OperationalError("vector store", None, exc) from exc
         except BaseException:
             if not conn.closed:
                 conn.rollback()
@@ -601,11 +603,10 @@ class VectorStore:
             else:
                 target = collection.table
             try:
-                with conn.cursor() as cursor:
-                    with cursor.copy(sql.SQL("COPY {} (id, embedding, metadata) FROM STDIN (FORMAT BINARY)")
-                                     .format(target)) as copy:
-                        for chunk in _copy_chunks(checked_ids, matrix, encoded):
-                            copy.write(chunk)
+                statement = sql.SQL("COPY {} (id, embedding, metadata) FROM STDIN (FORMAT BINARY)").format(target)
+                with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                    for chunk in _copy_chunks(checked_ids, matrix, encoded):
+                        copy.write(chunk)
             except psycopg.errors.UniqueViolation:
                 raise CollectionConflict("duplicate_id", "An id in the batch already exists in the "
                                          "collection or repeats within it; use upsert to replace items.") from None

@@ -45,7 +45,7 @@ FilterValue = str | int | float | bool | None
 
 def _wait_seconds(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("must be a number of seconds")
+        raise ValueError("must be a number of seconds")  # noqa: TRY004 (pydantic reports ValueError)
     return float(value) if isinstance(value, int) else value
 
 

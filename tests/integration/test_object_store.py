@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from cortex_tasks.storage.object_store import (ArtifactIntegrityError, InvalidObjectName, LocalObjectStore,
-                                               ObjectNotFound, ObjectStore, ObjectStoreError,
-                                               ObjectStoreUnavailable, S3ObjectStore, check_object_name)
+from cortex_tasks.storage.object_store import (
+    ArtifactIntegrityError,
+    InvalidObjectName,
+    LocalObjectStore,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+    S3ObjectStore,
+    check_object_name,
+)
 from tests.support.s3_server import S3Endpoint, running_s3_server
 
 KEY = bytes(range(32))

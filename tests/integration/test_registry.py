@@ -100,6 +100,9 @@ def test_promote_canary_split_production_and_rollback(admin_api, workers):
     assert 0.17 <= share <= 0.23, share
     assert all(routing.choose_version(name, caller, cache).version == version
                for caller, version in list(choices.items())[:200])
+    assert routing.routed_reference(name, "caller-7") == f"{name}@{choices['caller-7']}"
+    assert routing.routed_reference(f"{name}@1", "caller-7") == f"{name}@1"  # a pin is never rerouted
+    assert routing.routed_reference("all-MiniLM-L6-v2", "caller-7") == "all-MiniLM-L6-v2"
 
     # Sticky per API key over HTTP, and responses say which version answers.
     seen = Counter()
