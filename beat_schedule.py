@@ -1,15 +1,43 @@
-"""The periodic schedule, one readable key per entry (read by celeryconfig.beat_schedule)."""
+"""The periodic schedule, one readable key per entry (read by celeryconfig.beat_schedule).
+
+Housekeeping goes to the maintenance queue. Retraining is one entry: per-model schedules (cron, or a
+tracked metric under its threshold) live in the database (training_schedules) and are checked every
+minute, so a model's schedule changes without restarting Beat.
+"""
 from celery.schedules import crontab
+
+MAINTENANCE = {"queue": "maintenance"}
 
 BEAT_SCHEDULE = {
     "sweep-stale-jobs-every-5-minutes": {
         "task": "cortex.maintenance.sweep_stale_jobs",
         "schedule": crontab(minute="*/5"),
-        "options": {"queue": "maintenance"},
+        "options": MAINTENANCE,
     },
     "expire-job-records-daily": {
         "task": "cortex.maintenance.expire_job_records",
         "schedule": crontab(minute=17, hour=3),
-        "options": {"queue": "maintenance"},
+        "options": MAINTENANCE,
+    },
+    # architecture document, cache_warming.schedule: '*/30 * * * *'
+    "warm-cache-every-30-minutes": {
+        "task": "cortex.maintenance.warm_cache",
+        "schedule": crontab(minute="*/30"),
+        "options": MAINTENANCE,
+    },
+    "retrain-due-models-every-minute": {
+        "task": "cortex.maintenance.retrain_due_models",
+        "schedule": crontab(),
+        "options": MAINTENANCE,
+    },
+    "expire-results-hourly": {
+        "task": "cortex.maintenance.expire_results",
+        "schedule": crontab(minute=41),
+        "options": MAINTENANCE,
+    },
+    "roll-up-metrics-every-5-minutes": {
+        "task": "cortex.maintenance.roll_up_metrics",
+        "schedule": crontab(minute="*/5"),
+        "options": MAINTENANCE,
     },
 }

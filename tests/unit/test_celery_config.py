@@ -53,11 +53,18 @@ def test_registered_task_names_are_pinned():
     assert sorted(registered_tasks()) == sorted([
         "cortex.inference.run_gpu_jobs",
         "cortex.inference.run_nlp_jobs",
+        "cortex.batch.finish_batch",
+        "cortex.batch.run_chunk",
         "cortex.maintenance.expire_job_records",
+        "cortex.maintenance.expire_results",
+        "cortex.maintenance.retrain_due_models",
+        "cortex.maintenance.roll_up_metrics",
         "cortex.maintenance.sweep_stale_jobs",
+        "cortex.maintenance.warm_cache",
         "cortex.registry.activate_version",
         "cortex.vectors.build_index",
         "cortex.vectors.search_text",
+        "cortex.training.train_model",
         "cortex.vectors.upsert_items",
     ])
 
@@ -68,5 +75,12 @@ def test_beat_schedule_is_pinned():
                                              "<crontab: */5 * * * * (m/h/dM/MY/d)>"),
         "expire-job-records-daily": ("cortex.maintenance.expire_job_records",
                                      "<crontab: 17 3 * * * (m/h/dM/MY/d)>"),
+        "warm-cache-every-30-minutes": ("cortex.maintenance.warm_cache", "<crontab: */30 * * * * (m/h/dM/MY/d)>"),
+        "retrain-due-models-every-minute": ("cortex.maintenance.retrain_due_models",
+                                            "<crontab: * * * * * (m/h/dM/MY/d)>"),
+        "expire-results-hourly": ("cortex.maintenance.expire_results", "<crontab: 41 * * * * (m/h/dM/MY/d)>"),
+        "roll-up-metrics-every-5-minutes": ("cortex.maintenance.roll_up_metrics",
+                                            "<crontab: */5 * * * * (m/h/dM/MY/d)>"),
     }
+    assert all(entry.get("options", {}).get("queue") == "maintenance" for entry in BEAT_SCHEDULE.values())
     assert all(entry["task"] in registered_tasks() for entry in BEAT_SCHEDULE.values())

@@ -17,7 +17,7 @@ def test_profiles_shape():
 def test_celery_argv_consumes_the_profile_queues():
     argv = PROFILES["gpu"].celery_argv()
     assert argv[:3] == ["-A", "cortex_tasks", "worker"]
-    assert argv[argv.index("-Q") + 1] == "gpu"
+    assert argv[argv.index("-Q") + 1] == "gpu,batch"  # batch chunks share the gpu worker's loaded models
     assert argv[argv.index("-P") + 1] == "threads"
 
 
