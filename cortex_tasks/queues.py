@@ -24,6 +24,7 @@ TASK_QUEUES: tuple[Queue, ...] = tuple(Queue(name, routing_key=name) for name in
 TASK_ROUTES: dict[str, dict[str, str]] = {
     "cortex.inference.run_gpu_jobs": {"queue": GPU},
     "cortex.inference.run_nlp_jobs": {"queue": NLP},
+    "cortex.inference.stream_generation": {"queue": GPU},
     "cortex.batch.*": {"queue": BATCH},
     "cortex.training.*": {"queue": TRAINING},
     "cortex.maintenance.*": {"queue": MAINTENANCE},

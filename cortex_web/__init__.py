@@ -13,14 +13,14 @@ from werkzeug.wrappers import Response
 from cortex_tasks.settings import get_settings
 from cortex_web import auth
 from cortex_web.blueprints import models, training, vectors
-from cortex_web.blueprints import batch, docs, health, jobs, keys, predict
+from cortex_web.blueprints import batch, docs, health, jobs, keys, predict, stream
 from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
 from cortex_web.replies import ReplyListener
 
-BLUEPRINTS = (health.bp, docs.bp, predict.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp)
+BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
 _queue_collector_registered = False
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.inference import streaming
 from cortex_tasks.inference.runner import run_jobs
 from cortex_tasks.jobs.outcomes import publish_outcomes
 from cortex_tasks.retry_policy import TRANSIENT_ERRORS
@@ -35,3 +36,10 @@ def run_gpu_jobs(*, task: str, model: str, jobs: list[dict[str, Any]], params: d
 def run_nlp_jobs(*, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None = None,
                  priority: int = 4, reply_to: str | None = None, message_id: str | None = None) -> dict[str, Any]:
     return _run(task, model, jobs, params, priority, reply_to, message_id)
+
+
+@app.task(name="cortex.inference.stream_generation", soft_time_limit=300, time_limit=360,
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
+def stream_generation(*, job_id: str, model: str, inputs: list[str],
+                      params: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"status": streaming.stream_generation(job_id, model, inputs, params or {})}

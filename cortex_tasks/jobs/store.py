@@ -126,6 +126,16 @@ def fail_job(job_id: str, error: dict[str, Any]) -> bool:
     return bool(changed)
 
 
+def cancel_job(job_id: str, reason: str) -> bool:
+    with session_scope() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=CANCELLED, error={"code": "cancelled", "message": reason}, finished_at=text("now()"))
+        ).rowcount
+    return bool(changed)
+
+
 def set_progress(job_id: str, done: int, total: int | None = None) -> None:
     values: dict[str, Any] = {"progress_done": done}
     if total is not None:
