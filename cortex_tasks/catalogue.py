@@ -96,7 +96,7 @@ TASKS: dict[str, TaskEntry] = {
                   cacheable=False, models=("SmolLM2-135M-Instruct",)),
         TaskEntry("reduce", GPU, "vector-reducer", None,
                   "PCA/UMAP projection of vectors (lists of numbers) or texts, all inputs together",
-                  models=("vector-reducer",)),
+                  models=("vector-reducer",), input_kind="text_or_vector"),
         # --- nlp-queue tasks ---
         TaskEntry("ner", NLP, "spacy-en-core-web-sm", None,
                   "Named entities with character offsets (params.labels filters)",

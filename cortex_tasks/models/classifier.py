@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cortex_tasks.inference import postprocessing
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.base import ModelInfo
 from cortex_tasks.settings import data_dir
@@ -36,7 +37,6 @@ HELD_OUT_MODULUS = 5
 REGULARISATION_C = 10.0
 # Bump when the head format or fitting changes, so cached heads are refitted.
 HEAD_FORMAT = 1
-SCORE_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -156,15 +156,9 @@ def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[str]], c: float 
                          metadata={"labels": list(labels), "c": c, **(metadata or {})})
 
 
-def ranked_scores(scores: dict[str, float]) -> dict[str, Any]:
-    """The classification output shape: the best label, its score, and every label by score."""
-    ordered = sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
-    return {"label": ordered[0][0], "score": ordered[0][1],
-            "labels": [{"label": label, "score": score} for label, score in ordered]}
-
-
-def shape_scores(labels: Sequence[str], rows: np.ndarray) -> list[dict[str, Any]]:
-    return [ranked_scores({label: round(float(score), SCORE_DECIMALS) for label, score in zip(labels, row)})
+def shape_scores(labels: Sequence[str], rows: np.ndarray, multi_label: bool = False) -> list[dict[str, Any]]:
+    """One classification output per row of scores, in the shape every classification-like task uses."""
+    return [postprocessing.shape_scores(dict(zip(labels, map(float, row))), multi_label=multi_label)
             for row in rows]
 
 
@@ -237,4 +231,4 @@ class TopicClassifier:
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
         multi_label = multi_label_param(params)
         vectors = self.embedder.encode(texts_of(inputs))  # type: ignore[attr-defined]
-        return shape_scores(self.head.labels, self.head.scores(vectors, multi_label))
+        return shape_scores(self.head.labels, self.head.scores(vectors, multi_label), multi_label)

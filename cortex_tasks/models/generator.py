@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -55,7 +56,7 @@ def generation_params(params: dict[str, Any]) -> GenerationParams:
     """Validated generation parameters, or JobInputError naming the bad one."""
     def number(name: str, default: float) -> float:
         value = params.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise JobInputError("invalid_params", f"params.{name} must be a number")
         return float(value)
 
@@ -242,7 +243,7 @@ class SmolLM2Generator:
         ended_by_eos = bool(len(new_tokens)) and int(new_tokens[-1]) == self.tokenizer.eos_token_id
         generated, stopped = cut_at_stop(self.tokenizer.decode(new_tokens, skip_special_tokens=True), options.stop)
         finish = "stop" if stopped or ended_by_eos or len(new_tokens) < options.max_tokens else "length"
-        return {"text": generated, "finish_reason": finish, "generated_tokens": int(len(new_tokens)),
+        return {"text": generated, "finish_reason": finish, "generated_tokens": len(new_tokens),
                 "prompt_tokens": int(prompt["input_ids"].shape[1])}
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -280,7 +281,7 @@ class SmolLM2Generator:
             try:
                 with torch.inference_mode():
                     self.model.generate(**prompt, **kwargs, streamer=streamer)
-            except BaseException as exc:  # surfaced to the consumer below
+            except Exception as exc:  # noqa: BLE001  (re-raised in the consuming thread below)
                 failure.append(exc)
                 streamer.end()
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import importlib
 import threading
 
-from cortex_tasks.catalogue import MODELS
+from cortex_tasks.catalogue import find_model
 from cortex_tasks.models.base import ModelBackend
 
 _loaded: dict[str, ModelBackend] = {}
-_lock = threading.Lock()
+# Re-entrant: a backend may load the models it builds on (a head loads MiniLM) while being loaded.
+_lock = threading.RLock()
 
 
 def get_model(name: str) -> ModelBackend:
@@ -21,7 +22,9 @@ def get_model(name: str) -> ModelBackend:
     with _lock:
         model = _loaded.get(name)
         if model is None:
-            entry = MODELS[name]
+            entry = find_model(name)  # bundled, or a user's model folder
+            if entry is None:
+                raise KeyError(name)
             module_name, class_name = entry.loader.split(":")
             backend_class = getattr(importlib.import_module(module_name), class_name)
             model = backend_class(entry.name, entry.version)
