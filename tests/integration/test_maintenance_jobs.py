@@ -1,0 +1,83 @@
+"""Beat's housekeeping, run as its tasks run it: a batch whose chunk messages were lost is re-enqueued
+by the sweep and finishes; retraining starts on a cron and on a metric under its threshold; metric
+roll-ups; result expiry."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy import text
+
+from cortex_tasks.storage.db import session_scope
+from tests.integration.test_batch_jobs import sentence, wait_until_finished
+from tests.integration.test_training_jobs import topic_rows
+
+
+def test_sweep_requeues_a_batch_whose_messages_were_lost(api, workers, monkeypatch):
+    from cortex_tasks.batch.recovery import requeue_stalled_batches
+
+    monkeypatch.setenv("CORTEX_BATCH_QUEUE", f"nobody-listens-{uuid.uuid4().hex[:6]}")
+    job_id = api.post("/api/v1/batch/submit", {"task": "embed", "inputs": [sentence(i) for i in range(120)]}
+                      ).get_json()["job_id"]
+    with session_scope() as session:  # the messages are gone (say, Redis lost them) and time has passed
+        session.execute(text("UPDATE jobs SET params = jsonb_set(params, '{queue}', '\"batch\"') WHERE id = :id"),
+                        {"id": job_id})
+        session.execute(text("UPDATE batch_chunks SET updated_at = now() - interval '2 hours' WHERE job_id = :id"),
+                        {"id": job_id})
+    assert requeue_stalled_batches()["chunks_requeued"] >= 2
+    progress = wait_until_finished(api, job_id)
+    assert (progress["status"], progress["done"]) == ("succeeded", 120)
+
+
+def test_retraining_starts_on_cron_and_on_a_metric_below_threshold(admin_api, workers):
+    from cortex_tasks.registry import service as registry
+    from cortex_tasks.training.schedules import retrain_due_models
+
+    by_cron, by_metric = f"cron-{uuid.uuid4().hex[:6]}", f"drift-{uuid.uuid4().hex[:6]}"
+    rows = topic_rows(per_label=6)
+    for name, schedule in ((by_cron, {"cron": "* * * * *"}), (by_metric, {"metric": "live_accuracy", "threshold": 0.8})):
+        response = admin_api.post("/api/v1/training/submit", {
+            "kind": "classifier", "model": name, "dataset": {"rows": rows},
+            "params": {"epochs": 5, "auto_promote": False}, "schedule": schedule})
+        assert response.status_code == 202, response.get_json()
+        job_id = response.get_json()["job_id"]
+        deadline = time.monotonic() + 180
+        while admin_api.get(f"/api/v1/training/status/{job_id}").get_json()["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    with session_scope() as session:
+        # Time passes: the cron came due, and the metric trigger's cool-down after the last run is over.
+        session.execute(text("UPDATE training_schedules SET last_run_at = now() - interval '7 hours' "
+                             "WHERE model_name IN (:a, :b)"), {"a": by_cron, "b": by_metric})
+        # Monitoring writes the live accuracy it measured back to the version: it has drifted below 0.8.
+        session.execute(text("UPDATE registry_versions SET metrics = metrics || '{\"live_accuracy\": 0.61}' "
+                             "WHERE model_id = (SELECT id FROM registry_models WHERE name = :name)"),
+                        {"name": by_metric})
+    assert registry.get_version(by_metric, 1).metrics["live_accuracy"] == 0.61
+
+    started = {item["model"]: item for item in retrain_due_models()["started"]}
+    assert started[by_cron]["trigger"] == "schedule"
+    assert started[by_metric]["trigger"] == "metric" and started[by_metric]["value"] == 0.61
+    assert by_metric not in {item["model"] for item in retrain_due_models()["started"]}  # cooldown
+    for item in started.values():
+        admin_api.post(f"/api/v1/training/control/{item['job_id']}", {"action": "cancel"})
+        runs = admin_api.get(f"/api/v1/training/runs/{item['model']}").get_json()["runs"]
+        assert runs[0]["trigger"] in ("schedule", "metric") and len(runs) == 2
+
+
+def test_roll_ups_and_result_expiry(api, workers):
+    from cortex_tasks.maintenance.housekeeping import expire_results, roll_up_metrics
+
+    job_id = api.post("/api/v1/batch/submit", {"task": "embed", "inputs": ["one", "two"]}).get_json()["job_id"]
+    assert wait_until_finished(api, job_id)["status"] == "succeeded"
+    assert roll_up_metrics()["rows_written"] >= 1
+    with session_scope() as session:
+        row = session.execute(text("SELECT jobs, succeeded, items FROM job_metrics_hourly WHERE kind = 'batch' "
+                                   "AND task = 'embed' ORDER BY hour DESC LIMIT 1")).one()
+    assert row.jobs >= 1 and row.succeeded >= 1 and row.items >= 2
+
+    with session_scope() as session:
+        session.execute(text("UPDATE jobs SET finished_at = now() - interval '30 days' WHERE id = :id"), {"id": job_id})
+    assert expire_results(batch_retention_days=7)["batches_expired"] >= 1
+    assert api.get(f"/api/v1/batch/results/{job_id}?format=parquet").status_code == 409
+    assert api.get(f"/api/v1/jobs/{job_id}").get_json()["result"]["expired"] is True
