@@ -76,6 +76,13 @@ class Settings:
     max_batch_size: int = 32
     batching_enabled: bool = True
     batch_max_wait_seconds: float = 0.002
+    # Prediction cache (architecture document: cache_config).
+    cache_enabled: bool = True
+    cache_l1_max_bytes: int = 256 * 1024 * 1024
+    cache_l1_ttl_seconds: float = 300.0
+    cache_l2_max_bytes: int = 1024 * 1024 * 1024
+    cache_l2_ttl_seconds: int = 3600
+    cache_max_item_bytes: int = 1024 * 1024
     max_text_length: int = 10_000
     max_body_bytes: int = 2 * 1024 * 1024
     max_json_depth: int = 20
@@ -122,6 +129,11 @@ def get_settings() -> Settings:
         max_batch_size=_env_int("MAX_BATCH_SIZE", 32),
         batching_enabled=_env_bool("CORTEX_BATCHING", True),
         batch_max_wait_seconds=_env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
+        cache_enabled=_env_bool("CORTEX_CACHE", True),
+        cache_l1_max_bytes=_env_int("CORTEX_CACHE_L1_MAX_MB", 256) * 1024 * 1024,
+        cache_l1_ttl_seconds=_env_float("CORTEX_CACHE_L1_TTL", 300.0),
+        cache_l2_max_bytes=_env_int("CORTEX_CACHE_L2_MAX_MB", 1024) * 1024 * 1024,
+        cache_l2_ttl_seconds=_env_int("CORTEX_CACHE_L2_TTL", 3600),
         default_wait_seconds=_env_float("CORTEX_DEFAULT_WAIT", 5.0),
         max_deliveries=_env_int("CORTEX_MAX_DELIVERIES", 3),
         result_expires_seconds=_env_int("CORTEX_RESULT_EXPIRES", 3600),

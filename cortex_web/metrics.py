@@ -1,20 +1,20 @@
 """Prometheus metrics of the gateway; queue depths are read from Redis at scrape time."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+# The default registry, so metrics defined in cortex_tasks (cache, circuits, shedding) are exported too.
+__all__ = ["REGISTRY"]
 
 HTTP_REQUESTS = Counter("cortex_http_requests_total", "HTTP requests by route and status",
-                        ["route", "method", "status"], registry=REGISTRY)
+                        ["route", "method", "status"])
 HTTP_LATENCY = Histogram("cortex_http_request_seconds", "HTTP request latency by route", ["route"],
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-                         registry=REGISTRY)
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 JOBS_SUBMITTED = Counter("cortex_jobs_submitted_total", "Jobs enqueued by kind, task and queue",
-                         ["kind", "task", "queue"], registry=REGISTRY)
+                         ["kind", "task", "queue"])
 JOB_OUTCOMES = Counter("cortex_job_outcomes_total", "Outcomes of jobs the gateway waited for",
-                       ["task", "outcome"], registry=REGISTRY)
+                       ["task", "outcome"])
 
 
 class QueueDepthCollector:

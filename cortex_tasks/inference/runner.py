@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from cortex_tasks.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.catalogue import MODELS, TASKS, find_model
 from cortex_tasks.inference import service
 from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
@@ -69,6 +70,31 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
                      "fallback_from": model_name, "fallback_reason": fallback_reason}
 
 
+def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
+                announcement: Announcement | None) -> tuple[list[Any], dict[str, Any]]:
+    """_run_items with the prediction cache around it: only misses reach the model, and what the model
+    itself answers (not a fallback) is stored for every gateway and worker."""
+    cache = get_cache()
+    entry = find_model(model_name)
+    if entry is None or not (cache.enabled and TASKS[task].cacheable):
+        return _run_items(task, model_name, params, values, priority, announcement)
+    keys = keys_for(task, model_name, entry.version, params, values)
+    results = cache.lookup(keys)
+    missing = [i for i, value in enumerate(results) if value is MISSING]
+    answered_by = {"name": model_name, "version": entry.version}
+    if missing:
+        computed, answered_by = _run_items(task, model_name, params, [values[i] for i in missing], priority,
+                                           announcement)
+        fresh = [(keys[i], value) for i, value in zip(missing, computed) if not isinstance(value, ItemFailure)]
+        for i, value in zip(missing, computed):
+            results[i] = value
+        if fresh and "fallback_from" not in answered_by:
+            cache.store([key for key, _ in fresh], [value for _, value in fresh])
+    elif announcement is not None:
+        announcement.cancel()
+    return results, answered_by
+
+
 def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
     return {"index": index, "error": {"code": failure.code, "message": failure.message}}
 
@@ -105,10 +131,12 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
     per_job = not getattr(find_model(model_name), "batchable", True)
     values = [job["inputs"] for job in to_run] if per_job else [v for job in to_run for v in job["inputs"]]
     try:
-        results, answered_by = _run_items(task, model_name, params, values, priority, announcement)
         if per_job:
+            results, answered_by = _run_items(task, model_name, params, values, priority, announcement)
             results = [item for job, result in zip(to_run, results)
                        for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))]
+        else:
+            results, answered_by = _run_cached(task, model_name, params, values, priority, announcement)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         store.finish_jobs({job["job_id"]: (store.FAILED, error) for job in to_run})

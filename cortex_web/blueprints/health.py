@@ -90,3 +90,12 @@ def health_model(model_id: str) -> Response:
     task = TASKS[entry.task]
     return jsonify({"model": entry.name, "version": entry.version, "task": entry.task, "queue": task.queue,
                     "loaded_on_workers": loaded_on, "status": "loaded" if loaded_on else "not_loaded"})
+
+
+@bp.get("/api/v1/health/cache")
+@require(READ)
+def health_cache() -> Response:
+    """Cache status: this gateway's L1, the shared L2, and hit rates."""
+    from cortex_tasks.cache.service import get_cache
+
+    return jsonify(get_cache().stats())

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from cortex_tasks.auth.roles import PREDICT
+from cortex_tasks.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.catalogue import (MODELS, QUEUE_TASK_NAMES, ModelEntry, TaskEntry, UnknownName, find_model,
                                     model_entry, task_entry)
 from cortex_tasks.jobs.store import NewJob
@@ -34,11 +35,12 @@ WORKER_FAILURE_CODES = {"model_error", "job_failed", "unavailable"}
 
 @dataclass
 class Prediction:
-    job_id: str
+    job_id: str | None  # None when the cache answered every item (no job was needed)
     task: TaskEntry
     model: ModelEntry
     outcome: dict[str, Any] | None  # None: not finished within the wait budget
     submitted_at: float
+    cached_items: int = 0
 
 
 def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntry]:
@@ -93,14 +95,40 @@ def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], para
 
 def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
                    priority_class: str, wait: float, inline_errors: bool = False) -> Prediction:
+    """Answer from the cache what it holds; send only the misses to a worker as one job."""
     submitted_at = time.perf_counter()
-    job_id, pending = start_prediction(task, model, inputs, params, priority_class, inline_errors)
+    cache = get_cache()
+    keys: list[str] = []
+    outputs: list[Any] = [MISSING] * len(inputs)
+    if cache.enabled and task.cacheable:
+        keys = keys_for(task.name, model.name, model.version, params, inputs)
+        outputs = cache.lookup(keys)
+    missing = [i for i, output in enumerate(outputs) if output is MISSING]
+    if not missing:
+        result = {"task": task.name, "model": {"name": model.name, "version": model.version},
+                  "outputs": outputs, "timings": {}}
+        return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
+                          cached_items=len(inputs))
+    job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,
+                                       inline_errors)
     outcome = reply_listener().wait(job_id, wait)
     if outcome is None:
         pending.sent.wait(10)  # the job row exists before anyone is sent to poll it
-    else:
-        JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
-    return Prediction(job_id, task, model, outcome, submitted_at)
+        return Prediction(job_id, task, model, None, submitted_at)
+    JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
+    if outcome["status"] == "succeeded" and keys:
+        result = outcome["result"]
+        fresh = result["outputs"]
+        if "fallback_from" not in result["model"]:  # a fallback's answer must not pass for the model's
+            answered = [(keys[i], out) for i, out in zip(missing, fresh)
+                        if not (isinstance(out, dict) and set(out) == {"index", "error"})]
+            cache.remember([key for key, _ in answered], [out for _, out in answered])
+        for i, out in zip(missing, fresh):
+            if isinstance(out, dict) and set(out) == {"index", "error"}:
+                out = {**out, "index": i}
+            outputs[i] = out
+        outcome = {**outcome, "result": {**result, "outputs": outputs}}
+    return Prediction(job_id, task, model, outcome, submitted_at, cached_items=len(inputs) - len(missing))
 
 
 def raise_for_failure(prediction: Prediction) -> None:
@@ -119,8 +147,12 @@ def success_body(prediction: Prediction) -> dict[str, Any]:
     result = prediction.outcome["result"]
     timings = {**result.get("timings", {}),
                "total_ms": round((time.perf_counter() - prediction.submitted_at) * 1000, 2)}
-    return {"job_id": prediction.job_id, "task": result["task"], "model": result["model"],
-            "outputs": result["outputs"], "cached": False, "timings": timings}
+    body = {"job_id": prediction.job_id, "task": result["task"], "model": result["model"],
+            "outputs": result["outputs"], "cached": prediction.cached_items == len(result["outputs"]),
+            "timings": timings}
+    if 0 < prediction.cached_items < len(result["outputs"]):
+        body["cached_items"] = prediction.cached_items
+    return body
 
 
 def accepted(job_id: str) -> tuple[Response, int]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -23,7 +24,8 @@ def test_embed_returns_384_dimensional_normalised_vectors(api, workers):
 
 
 def test_job_record_has_result_and_owner_can_read_it(api, workers):
-    body = api.post("/api/v1/predict", {"task": "embed", "inputs": ["hello"]}).get_json()
+    # Unique texts: a repeated one would be answered by the cache, without a job.
+    body = api.post("/api/v1/predict", {"task": "embed", "inputs": [f"hello {uuid.uuid4()}"]}).get_json()
     job = api.get(f"/api/v1/jobs/{body['job_id']}").get_json()
     assert job["status"] == "succeeded"
     assert job["kind"] == "predict"
@@ -33,7 +35,7 @@ def test_job_record_has_result_and_owner_can_read_it(api, workers):
 
 
 def test_wait_zero_answers_202_then_job_completes(api, workers):
-    response = api.post("/api/v1/predict", {"task": "embed", "inputs": ["poll me"], "wait": 0})
+    response = api.post("/api/v1/predict", {"task": "embed", "inputs": [f"poll me {uuid.uuid4()}"], "wait": 0})
     assert response.status_code == 202
     body = response.get_json()
     assert body["status_url"] == f"/api/v1/jobs/{body['job_id']}"
@@ -49,7 +51,7 @@ def test_wait_zero_answers_202_then_job_completes(api, workers):
 def test_another_users_job_is_404_but_admin_sees_it(api, admin_api, workers):
     from cortex_tasks.auth.keys import create_key
 
-    job_id = api.post("/api/v1/predict", {"task": "embed", "inputs": ["mine"]}).get_json()["job_id"]
+    job_id = api.post("/api/v1/predict", {"task": "embed", "inputs": [f"mine {uuid.uuid4()}"]}).get_json()["job_id"]
     stranger = api.as_key(create_key("inference_user").key)
     assert stranger.get(f"/api/v1/jobs/{job_id}").status_code == 404
     assert admin_api.get(f"/api/v1/jobs/{job_id}").status_code == 200

@@ -1,0 +1,68 @@
+"""The multi-level cache through the API: hits skip the queue, partial hits send only the misses,
+hit counters are exported, and L2 stays within its size bound."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis
+
+from cortex_tasks.cache.layers import L2_BYTES, RedisCache
+from cortex_tasks.jobs import store
+from cortex_tasks.settings import get_settings
+
+
+def test_repeat_is_answered_from_the_cache_without_a_job(api, workers):
+    texts = [f"cache me {uuid.uuid4()}", f"and me {uuid.uuid4()}"]
+    first = api.post("/api/v1/predict", {"task": "embed", "inputs": texts}).get_json()
+    assert first["cached"] is False and first["job_id"]
+    again = api.post("/api/v1/predict", {"task": "embed", "inputs": texts}).get_json()
+    assert again["cached"] is True and again["job_id"] is None
+    assert again["outputs"] == first["outputs"]
+    # Whitespace and Unicode compatibility forms normalise to the same key.
+    spaced = api.post("/api/v1/predict", {"task": "embed", "inputs": ["  " + texts[0].replace(" ", "  ")]})
+    assert spaced.get_json()["cached"] is True
+
+
+def test_partial_hit_sends_only_the_misses(api, workers):
+    known, new = f"known {uuid.uuid4()}", f"new {uuid.uuid4()}"
+    api.post("/api/v1/predict", {"task": "embed", "inputs": [known]})
+    body = api.post("/api/v1/predict", {"task": "embed", "inputs": [new, known]}).get_json()
+    assert body["cached"] is False and body["cached_items"] == 1
+    assert len(body["outputs"]) == 2 and all(len(vector) == 384 for vector in body["outputs"])
+    job = store.get_job(body["job_id"])
+    assert job.progress_total == 1  # only the miss went to the worker
+
+
+def test_params_are_part_of_the_key(api, workers):
+    text = f"I love this {uuid.uuid4()}"
+    first = api.post("/api/v1/predict", {"task": "sentiment", "inputs": [text], "wait": 30}).get_json()
+    other = api.post("/api/v1/predict", {"task": "sentiment", "inputs": [text], "params": {"top_k": 1},
+                                         "wait": 30}).get_json()
+    assert first["cached"] is False and other["cached"] is False
+
+
+def test_cache_health_and_metrics(api, app, workers):
+    text = f"counted {uuid.uuid4()}"
+    api.post("/api/v1/predict", {"task": "embed", "inputs": [text]})
+    api.post("/api/v1/predict", {"task": "embed", "inputs": [text]})
+    stats = api.get("/api/v1/health/cache").get_json()
+    assert stats["enabled"] is True and stats["hits"] >= 1 and 0 < stats["hit_rate"] <= 1
+    assert stats["l2"]["entries"] >= 1 and stats["l2"]["bytes"] > 0
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'cortex_cache_lookups_total{layer="l1",result="hit"}' in metrics
+
+
+def test_l2_is_trimmed_to_its_size_bound():
+    client = redis.Redis.from_url(get_settings().redis_url)
+    prefix = uuid.uuid4().hex
+    cache = RedisCache(client, max_bytes=20_000, ttl=60, max_item_bytes=5_000, trim_every=10_000)
+    for i in range(60):  # one write each: entries expire (and are trimmed) in the order they were written
+        cache.put_many([(f"cortex:cache:v1:{prefix}:{i}", b"x" * 1000)])
+        time.sleep(0.001)
+    cache.put_many([(f"cortex:cache:v1:{prefix}:big", b"x" * 6000)])  # over the per-key limit: not stored
+    assert client.get(f"cortex:cache:v1:{prefix}:big") is None
+    cache.trim()
+    assert int(client.get(L2_BYTES)) <= 20_000
+    assert client.get(f"cortex:cache:v1:{prefix}:59") is not None  # the newest survive
+    assert client.get(f"cortex:cache:v1:{prefix}:0") is None
