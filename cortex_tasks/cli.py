@@ -113,5 +113,69 @@ def jobs_show(job_id: str) -> None:
     click.echo(json.dumps(job_to_api(job), indent=2))
 
 
+@main.group()
+def batch() -> None:
+    """Batch jobs through the gateway (JSON Lines, JSON, CSV or Parquet in; a result file out)."""
+
+
+def _gateway_url(url: str | None) -> str:
+    from cortex_tasks.settings import read_stack_file
+
+    return url or read_stack_file().get("gateway_url") or "http://127.0.0.1:8001"
+
+
+@batch.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--task", required=True, help="The task to run on every input (embed, classify, ner, ...).")
+@click.option("--model", default=None, help="A model name, or name@version.")
+@click.option("--params", "params_json", default="{}", help="Task params as a JSON object.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
+@click.option("--column", default=None, help="Which column / field holds the inputs (default: text or input).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Result file: .jsonl (default), .parquet, .csv or .arrow.")
+@click.option("--url", default=None, help="Gateway URL (default: the running stack's, from stack.json).")
+@click.option("--key", envvar="CORTEX_API_KEY", required=True, help="API key (or set CORTEX_API_KEY).")
+def batch_submit(file: Path, task: str, model: str | None, params_json: str, priority: str, column: str | None,
+                 out: Path | None, url: str | None, key: str) -> None:
+    """Submit FILE as batch jobs, show progress until they finish, and write the results."""
+    from cortex_tasks.batch import client
+
+    try:
+        params = json.loads(params_json)
+        if not isinstance(params, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise click.BadParameter(f"--params must be a JSON object ({exc})") from None
+    out = out or file.with_name(file.stem + ".results.jsonl")
+    try:
+        inputs = client.read_inputs(file, column)
+        if not inputs:
+            raise click.ClickException(f"{file.name} holds no inputs")
+        gateway = client.Gateway(_gateway_url(url), key)
+        parts = client.submit_all(gateway, inputs, task, model, params, priority)
+        click.echo(f"submitted {len(inputs)} inputs as {len(parts)} batch job(s): "
+                   + ", ".join(part.job_id for part in parts), err=True)
+        with click.progressbar(length=len(inputs), label=f"{task}", show_pos=True, file=sys.stderr) as bar:
+            shown = [0]
+
+            def advance(processed: int) -> None:
+                bar.update(processed - shown[0])
+                shown[0] = processed
+
+            client.wait_all(gateway, parts, advance)
+        failed_jobs = [part for part in parts if part.status != "succeeded"]
+        table = client.collect(gateway, [part for part in parts if part.status == "succeeded"]) \
+            if len(failed_jobs) < len(parts) else None
+        if table is not None:
+            client.write_results(table, inputs, out)
+    except client.BatchClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    done, failed = sum(part.done for part in parts), sum(part.failed for part in parts)
+    click.echo(f"{done} succeeded, {failed} failed" + (f"; results in {out}" if table is not None else ""))
+    if failed_jobs:
+        raise click.ClickException(f"{len(failed_jobs)} batch job(s) did not succeed: "
+                                   + ", ".join(f"{part.job_id} ({part.status})" for part in failed_jobs))
+
+
 if __name__ == "__main__":
     main()
