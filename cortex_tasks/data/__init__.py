@@ -1,0 +1,1 @@
+"""Data shipped with Cortex (the labelled topics dataset behind the default classifier)."""
