@@ -109,8 +109,9 @@ class RedisCache:
     """L2: shared by every gateway and worker; entries expire and the total size is bounded."""
 
     def __init__(self, client: redis.Redis, max_bytes: int, ttl: int, max_item_bytes: int,
-                 trim_every: int = 200) -> None:
+                 trim_every: int = 200, index_key: str = L2_INDEX, bytes_key: str = L2_BYTES) -> None:
         self.client, self.max_bytes, self.ttl, self.max_item_bytes = client, max_bytes, ttl, max_item_bytes
+        self.index_key, self.bytes_key = index_key, bytes_key
         self.trim_every = trim_every
         self._writes = 0
         self._trim = client.register_script(_TRIM)
@@ -137,8 +138,8 @@ class RedisCache:
         pipe = self.client.pipeline(transaction=False)
         for key, blob in entries:
             pipe.set(key, blob, ex=self.ttl)
-            pipe.zadd(L2_INDEX, {f"{key}|{len(blob)}": expires})
-        pipe.incrby(L2_BYTES, sum(len(blob) for _, blob in entries))
+            pipe.zadd(self.index_key, {f"{key}|{len(blob)}": expires})
+        pipe.incrby(self.bytes_key, sum(len(blob) for _, blob in entries))
         pipe.execute()
         self._writes += len(entries)
         if self._writes >= self.trim_every:
@@ -146,12 +147,12 @@ class RedisCache:
             self.trim()
 
     def trim(self) -> int:
-        return int(self._trim(keys=[L2_INDEX, L2_BYTES], args=[self.max_bytes, time.time()]))
+        return int(self._trim(keys=[self.index_key, self.bytes_key], args=[self.max_bytes, time.time()]))
 
     def stats(self) -> dict[str, Any]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(L2_INDEX)
-        pipe.get(L2_BYTES)
+        pipe.zcard(self.index_key)
+        pipe.get(self.bytes_key)
         entries, size = pipe.execute()
         return {"entries": int(entries), "bytes": int(size or 0), "max_bytes": self.max_bytes,
                 "ttl_seconds": self.ttl}
@@ -160,4 +161,4 @@ class RedisCache:
         keys = list(self.client.scan_iter(match=PREFIX + "*", count=1000))
         for start in range(0, len(keys), 500):
             self.client.delete(*keys[start:start + 500])
-        self.client.delete(L2_INDEX, L2_BYTES)
+        self.client.delete(self.index_key, self.bytes_key)

@@ -71,7 +71,7 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
 
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
-                announcement: Announcement | None) -> tuple[list[Any], dict[str, Any]]:
+                announcement: Announcement | None, write_through: bool = False) -> tuple[list[Any], dict[str, Any]]:
     """_run_items with the prediction cache around it: only misses reach the model, and what the model
     itself answers (not a fallback) is stored for every gateway and worker."""
     cache = get_cache()
@@ -88,10 +88,13 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
         fresh = [(keys[i], value) for i, value in zip(missing, computed) if not isinstance(value, ItemFailure)]
         for i, value in zip(missing, computed):
             results[i] = value
-        if fresh and "fallback_from" not in answered_by:
+        if fresh and "fallback_from" not in answered_by and not write_through:
             cache.store([key for key, _ in fresh], [value for _, value in fresh])
     elif announcement is not None:
         announcement.cancel()
+    if write_through and "fallback_from" not in answered_by:
+        kept = [(key, value) for key, value in zip(keys, results) if not isinstance(value, ItemFailure)]
+        cache.store([key for key, _ in kept], [value for _, value in kept])
     return results, answered_by
 
 
@@ -136,7 +139,10 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
             results = [item for job, result in zip(to_run, results)
                        for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))]
         else:
-            results, answered_by = _run_cached(task, model_name, params, values, priority, announcement)
+            # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
+            write_through = any(job.get("warm") for job in to_run)
+            results, answered_by = _run_cached(task, model_name, params, values, priority, announcement,
+                                               write_through)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         store.finish_jobs({job["job_id"]: (store.FAILED, error) for job in to_run})

@@ -73,10 +73,7 @@ def roll_up_metrics(hours: int = 2) -> dict[str, int]:
 
 
 def warm_cache() -> dict[str, Any]:
-    """Cache warming (architecture document: cache_warming, every 30 minutes). The prediction cache lives
-    in cortex_tasks/cache/; until it exists this reports that there is nothing to warm."""
-    try:
-        from cortex_tasks.cache import warming  # type: ignore[attr-defined]
-    except ImportError:
-        return {"warmed": 0, "skipped": "no prediction cache is installed"}
+    """Cache warming (architecture document: cache_warming, every 30 minutes)."""
+    from cortex_tasks.cache import warming
+
     return warming.warm_cache()

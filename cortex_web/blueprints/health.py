@@ -97,5 +97,6 @@ def health_model(model_id: str) -> Response:
 def health_cache() -> Response:
     """Cache status: this gateway's L1, the shared L2, and hit rates."""
     from cortex_tasks.cache.service import get_cache
+    from cortex_tasks.cache.warming import effectiveness
 
-    return jsonify(get_cache().stats())
+    return jsonify({**get_cache().stats(), "warming": effectiveness()})

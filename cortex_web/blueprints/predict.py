@@ -14,7 +14,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 
 from cortex_tasks.auth.roles import PREDICT
+from cortex_tasks.cache.keys import params_fingerprint
 from cortex_tasks.cache.service import MISSING, get_cache, keys_for
+from cortex_tasks.cache.warming import QUERY_COUNTER
 from cortex_tasks.catalogue import (MODELS, QUEUE_TASK_NAMES, ModelEntry, TaskEntry, UnknownName, find_model,
                                     model_entry, task_entry)
 from cortex_tasks.jobs.store import NewJob
@@ -103,6 +105,7 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     if cache.enabled and task.cacheable:
         keys = keys_for(task.name, model.name, model.version, params, inputs)
         outputs = cache.lookup(keys)
+        QUERY_COUNTER.record(task.name, model.name, params_fingerprint(params), inputs)
     missing = [i for i, output in enumerate(outputs) if output is MISSING]
     if not missing:
         result = {"task": task.name, "model": {"name": model.name, "version": model.version},

@@ -7,7 +7,7 @@ import uuid
 
 import redis
 
-from cortex_tasks.cache.layers import L2_BYTES, RedisCache
+from cortex_tasks.cache.layers import RedisCache
 from cortex_tasks.jobs import store
 from cortex_tasks.settings import get_settings
 
@@ -56,13 +56,34 @@ def test_cache_health_and_metrics(api, app, workers):
 def test_l2_is_trimmed_to_its_size_bound():
     client = redis.Redis.from_url(get_settings().redis_url)
     prefix = uuid.uuid4().hex
-    cache = RedisCache(client, max_bytes=20_000, ttl=60, max_item_bytes=5_000, trim_every=10_000)
+    cache = RedisCache(client, max_bytes=20_000, ttl=60, max_item_bytes=5_000, trim_every=10_000,
+                       index_key=f"test-index-{prefix}", bytes_key=f"test-bytes-{prefix}")
     for i in range(60):  # one write each: entries expire (and are trimmed) in the order they were written
         cache.put_many([(f"cortex:cache:v1:{prefix}:{i}", b"x" * 1000)])
         time.sleep(0.001)
     cache.put_many([(f"cortex:cache:v1:{prefix}:big", b"x" * 6000)])  # over the per-key limit: not stored
     assert client.get(f"cortex:cache:v1:{prefix}:big") is None
     cache.trim()
-    assert int(client.get(L2_BYTES)) <= 20_000
+    assert int(client.get(f"test-bytes-{prefix}")) <= 20_000
     assert client.get(f"cortex:cache:v1:{prefix}:59") is not None  # the newest survive
     assert client.get(f"cortex:cache:v1:{prefix}:0") is None
+
+
+def test_warming_recomputes_frequent_queries_into_l2(api, workers):
+    from cortex_tasks.cache.service import get_cache
+    from cortex_tasks.cache.warming import QUERY_COUNTER, effectiveness, warm_cache
+
+    text = f"a frequent question {uuid.uuid4()}"
+    for _ in range(3):
+        api.post("/api/v1/predict", {"task": "embed", "inputs": [text]})
+    QUERY_COUNTER.flush()
+    cache = get_cache()
+    cache.l2.clear()  # as if the entries had expired
+    cache.l1.clear()
+    report = warm_cache(min_frequency=3)
+    assert report["sent_for_warming"] >= 1 and report["hit_rate_before"] == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and effectiveness(min_frequency=3)["hit_rate_now"] != 1:
+        time.sleep(0.2)
+    assert effectiveness(min_frequency=3)["hit_rate_now"] == 1
+    assert api.post("/api/v1/predict", {"task": "embed", "inputs": [text]}).get_json()["cached"] is True
