@@ -1,0 +1,233 @@
+"""A 10,000-text embed batch job through the whole path against the raw model over the same texts.
+
+The batch path: `POST /api/v1/batch/submit` on a gunicorn gateway (10 batches of 1,000, the API's
+maximum), chunks of 100 on the `batch` queue, a threads worker running the same inference service as
+/predict, progress counted in PostgreSQL, Arrow results in the object store, a Parquet file at the end.
+Measured: items/s from the first submission until the last batch has succeeded, and the time from the
+first submission to the first progress (the first chunk counted done).
+
+The baseline, in the same run on the same machine: the raw model (sentence-transformers, batch size 64,
+every core) embedding the same texts in this process. Target: the batch path at 85% or more of it.
+Batch and raw runs alternate (three of each, one with --quick and 2,000 texts) and medians are quoted.
+
+Starts an embedded Redis and PostgreSQL (unless REDIS_URL / DATABASE_URL are set), a gateway and a
+worker in a private data folder, and stops them at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 0.85
+BATCH_SIZE_LIMIT = 1000
+WORDS = ("market", "river", "engine", "doctor", "signal", "harvest", "orbit", "ledger", "violin", "meadow",
+         "canyon", "lantern", "protein", "glacier", "tariff", "sonnet", "circuit", "harbor", "pilot", "garden",
+         "winter", "budget", "station", "forest", "museum", "energy", "village", "climate", "network", "theory")
+VERBS = ("describes", "changes", "follows", "protects", "measures", "explains", "improves", "crosses")
+
+
+def corpus(count: int, seed: int = 7) -> list[str]:
+    """Distinct sentences of 8-20 words (fixed seed)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(count):
+        length = rng.randint(8, 20)
+        words = [rng.choice(WORDS) if k % 3 else rng.choice(VERBS) for k in range(length - 2)]
+        texts.append(f"Report {i} " + " ".join(words) + ".")
+    return texts
+
+
+def _start(argv: list[str], log: Path, env: dict[str, str], user: str | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                user=user)
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def stack(folder: Path) -> Iterator[dict[str, Any]]:
+    """Services, a gateway and a batch worker; yields their URLs and an API key."""
+    from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+    env = {**os.environ, "CORTEX_DATA_DIR": str(folder / "data"), "CORTEX_ARTIFACT_DIR": str(folder / "artifacts"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    processes: list[subprocess.Popen] = []
+    with ExitStack() as cleanup:
+        cleanup.callback(lambda: [_stop(p, getattr(p, "stop_signal", signal.SIGTERM)) for p in reversed(processes)])
+        if not env.get("REDIS_URL"):
+            redis_server = EmbeddedRedis(folder / "redis", free_port())
+            processes.append(_start(redis_server.argv(), folder / "redis.log", env))
+            redis_server.wait_ready()
+            env["REDIS_URL"] = redis_server.url
+        if not env.get("DATABASE_URL"):
+            postgres = EmbeddedPostgres(folder / "postgres", free_port())
+            process = _start(postgres.argv(), folder / "postgres.log", env, user=postgres.system_user)
+            process.stop_signal = signal.SIGINT  # type: ignore[attr-defined]
+            processes.append(process)
+            postgres.wait_ready()
+            env["DATABASE_URL"] = postgres.url
+        os.environ.update({key: env[key] for key in ("REDIS_URL", "DATABASE_URL", "CORTEX_DATA_DIR",
+                                                     "CORTEX_ARTIFACT_DIR", "HF_HUB_OFFLINE")})
+        from cortex_tasks.auth.keys import create_key
+        from cortex_tasks.settings import reset_settings_cache
+        from cortex_tasks.storage.migrate import upgrade_to_head
+
+        reset_settings_cache()
+        upgrade_to_head(env["DATABASE_URL"])
+        key = create_key("inference_user", name="bench batch_job").key
+        port = free_port()
+        processes.append(_start([sys.executable, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}",
+                                 "-k", "gthread", "-w", "1", "--threads", "8", "--timeout", "120"],
+                                folder / "gateway.log", env))
+        # The gpu worker's shape (threads, one model copy, torch on every core) on the batch queue only.
+        processes.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", "batch",
+                                 "-P", "threads", "-c", "8", "--prefetch-multiplier=1", "-n", f"bench-{port}@%h",
+                                 "--without-gossip", "--without-mingle", "-l", "WARNING"], folder / "worker.log", env))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the gateway did not start; see {folder / 'gateway.log'}") from None
+                time.sleep(0.3)
+        yield {"url": url, "key": key, "folder": folder}
+
+
+def _call(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {key}", **({"Content-Type": "application/json"} if data else {})})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def batch_run(url: str, key: str, texts: list[str]) -> dict[str, Any]:
+    """Submit `texts` as batches of 1000 at once; wait for all; items/s and time to first progress."""
+    started = time.perf_counter()
+    jobs = [_call(url, key, "POST", "/api/v1/batch/submit", {"task": "embed", "inputs": texts[i:i + BATCH_SIZE_LIMIT]}
+                  )["job_id"] for i in range(0, len(texts), BATCH_SIZE_LIMIT)]
+    submitted = time.perf_counter()
+    first_progress, finished, done = None, {}, {}
+    while len(finished) < len(jobs):
+        for job_id in jobs:
+            if job_id in finished:
+                continue
+            progress = _call(url, key, "GET", f"/api/v1/batch/progress/{job_id}")
+            done[job_id] = progress["done"] + progress["failed"]
+            if first_progress is None and done[job_id] > 0:
+                first_progress = time.perf_counter()
+            if progress["status"] in ("succeeded", "failed"):
+                if progress["status"] != "succeeded" or progress["failed"]:
+                    raise RuntimeError(f"batch {job_id} ended {progress['status']} with {progress['failed']} failed items")
+                finished[job_id] = time.perf_counter()
+        time.sleep(0.1)
+    ended = max(finished.values())
+    return {"items_per_second": round(len(texts) / (ended - started), 1), "seconds": round(ended - started, 2),
+            "submit_seconds": round(submitted - started, 2),
+            "first_progress_seconds": round((first_progress or ended) - started, 2), "batches": len(jobs)}
+
+
+def raw_run(model: Any, texts: list[str]) -> dict[str, Any]:
+    """The raw model at its best: batch size 64, with torch on every core and on one (on a shared, busy
+    machine one thread can beat two, because a multi-threaded kernel waits for its slowest thread)."""
+    import torch
+
+    by_threads = {}
+    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        model.encode(texts)
+        by_threads[threads] = time.perf_counter() - started
+    torch.set_num_threads(os.cpu_count() or 1)
+    best = min(by_threads, key=by_threads.get)
+    return {"items_per_second": round(len(texts) / by_threads[best], 1), "seconds": round(by_threads[best], 2),
+            "best_threads": best,
+            "items_per_second_by_threads": {str(t): round(len(texts) / s, 1) for t, s in by_threads.items()}}
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    import torch
+
+    from cortex_tasks.models.embedding import SentenceEmbedder
+
+    count, rounds = (2_000, 1) if quick else (10_000, 3)
+    texts = corpus(count)
+    torch.set_num_threads(os.cpu_count() or 1)
+    figures: dict[str, Any] = {"texts": count, "rounds": rounds, "chunk_size": 100, "machine": _machine()}
+    folder = Path(tempfile.mkdtemp(prefix="cortex-bench-batch-"))
+    try:
+        with stack(folder) as services:
+            model = SentenceEmbedder("all-MiniLM-L6-v2", "1")
+            model.encode(texts[:256])  # warm the raw model
+            warm = batch_run(services["url"], services["key"], corpus(200, seed=99))  # loads the worker's model
+            figures["warm_up_seconds"] = warm["seconds"]
+            raw, batch = [], []
+            for round_number in range(rounds):
+                raw.append(raw_run(model, texts))
+                batch.append(batch_run(services["url"], services["key"], texts))
+                print(f"round {round_number + 1}: raw {raw[-1]['items_per_second']}/s, "
+                      f"batch {batch[-1]['items_per_second']}/s", file=sys.stderr, flush=True)
+            del model
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    raw_rate = statistics.median(r["items_per_second"] for r in raw)
+    batch_rate = statistics.median(b["items_per_second"] for b in batch)
+    figures.update({
+        "raw_items_per_second": raw_rate, "batch_items_per_second": batch_rate,
+        "ratio_to_raw": round(batch_rate / raw_rate, 3), "target_ratio": TARGET_RATIO,
+        "meets_target": batch_rate / raw_rate >= TARGET_RATIO,
+        "first_progress_seconds": statistics.median(b["first_progress_seconds"] for b in batch),
+        "raw_runs": raw, "batch_runs": batch,
+    })
+    print_table(figures)
+    return figures
+
+
+def print_table(f: dict[str, Any]) -> None:
+    m = f["machine"]
+    print(f"\nbatch job: {f['texts']:,} texts (embed, MiniLM), batches of 1,000 in chunks of {f['chunk_size']}; "
+          f"median of {f['rounds']} run(s)")
+    print(f"machine: {m['cores']} cores, {m['cpu']}, torch {m['torch']} ({m['torch_threads']} threads)")
+    print(f"{'path':<44}{'items/s':>10}{'seconds':>10}")
+    print(f"{'raw model in-process (batch 64, best threads)':<44}{f['raw_items_per_second']:>10,.1f}"
+          f"{statistics.median(r['seconds'] for r in f['raw_runs']):>10.1f}")
+    print(f"{'batch job through the gateway and worker':<44}{f['batch_items_per_second']:>10,.1f}"
+          f"{statistics.median(b['seconds'] for b in f['batch_runs']):>10.1f}")
+    print(f"ratio to raw: {f['ratio_to_raw']:.1%} (target {f['target_ratio']:.0%}: "
+          f"{'met' if f['meets_target'] else 'missed'}); time to first progress: {f['first_progress_seconds']:.2f} s")
+
+
+if __name__ == "__main__":
+    print(json.dumps({"bench": "batch_job", **run("--quick" in sys.argv)}, default=str))
