@@ -25,6 +25,12 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/30"),
         "options": MAINTENANCE,
     },
+    # Priority aging: low-priority work that waited too long moves up, so it is never starved.
+    "promote-aged-jobs-every-5-seconds": {
+        "task": "cortex.maintenance.promote_aged_jobs",
+        "schedule": 5.0,
+        "options": MAINTENANCE,
+    },
     "retrain-due-models-every-minute": {
         "task": "cortex.maintenance.retrain_due_models",
         "schedule": crontab(),

@@ -17,6 +17,6 @@ TASK_MODULES = [
 app = Celery("cortex", include=TASK_MODULES)
 app.config_from_object("celeryconfig")
 
-from cortex_tasks import worker_signals  # noqa: E402,F401  (connects worker start-up hooks)
+from cortex_tasks import publishing, worker_signals  # noqa: E402,F401  (connect signal handlers)
 
 __all__ = ["app"]

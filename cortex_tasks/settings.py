@@ -83,6 +83,13 @@ class Settings:
     cache_l2_max_bytes: int = 1024 * 1024 * 1024
     cache_l2_ttl_seconds: int = 3600
     cache_max_item_bytes: int = 1024 * 1024
+    # Overload protection (architecture document: load_balancing).
+    shed_max_queue_depth: int = 500
+    shed_max_queue_age_seconds: float = 0.5
+    circuit_error_threshold: float = 0.5
+    circuit_min_requests: int = 5
+    circuit_reset_timeout_seconds: float = 30.0
+    priority_aging_seconds: float = 60.0
     max_text_length: int = 10_000
     max_body_bytes: int = 2 * 1024 * 1024
     max_json_depth: int = 20
@@ -130,6 +137,12 @@ def get_settings() -> Settings:
         batching_enabled=_env_bool("CORTEX_BATCHING", True),
         batch_max_wait_seconds=_env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
         cache_enabled=_env_bool("CORTEX_CACHE", True),
+        shed_max_queue_depth=_env_int("CORTEX_SHED_MAX_DEPTH", 500),
+        shed_max_queue_age_seconds=_env_float("CORTEX_SHED_MAX_AGE", 0.5),
+        circuit_error_threshold=_env_float("CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5),
+        circuit_min_requests=_env_int("CORTEX_CIRCUIT_MIN_REQUESTS", 5),
+        circuit_reset_timeout_seconds=_env_float("CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0),
+        priority_aging_seconds=_env_float("CORTEX_PRIORITY_AGING_SECONDS", 60.0),
         cache_l1_max_bytes=_env_int("CORTEX_CACHE_L1_MAX_MB", 256) * 1024 * 1024,
         cache_l1_ttl_seconds=_env_float("CORTEX_CACHE_L1_TTL", 300.0),
         cache_l2_max_bytes=_env_int("CORTEX_CACHE_L2_MAX_MB", 1024) * 1024 * 1024,

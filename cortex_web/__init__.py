@@ -11,6 +11,8 @@ from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
 from cortex_tasks.settings import get_settings
+from cortex_tasks.load_control.circuit import CircuitBreaker, CircuitPolicy
+from cortex_tasks.load_control.shedding import LoadShedder, SheddingPolicy
 from cortex_web import auth
 from cortex_web.blueprints import models, training, vectors
 from cortex_web.blueprints import batch, docs, health, jobs, keys, predict, stream
@@ -36,6 +38,11 @@ def create_app() -> Flask:
     app.extensions["cortex_replies"] = listener
     app.extensions["cortex_coalescer"] = Coalescer(listener, enabled=settings.batching_enabled,
                                                    max_items=settings.max_batch_size)
+    app.extensions["cortex_shedder"] = LoadShedder(client, SheddingPolicy(
+        max_depth=settings.shed_max_queue_depth, max_age_seconds=settings.shed_max_queue_age_seconds))
+    app.extensions["cortex_circuits"] = CircuitBreaker(client, CircuitPolicy(
+        error_threshold=settings.circuit_error_threshold, min_requests=settings.circuit_min_requests,
+        reset_timeout_seconds=settings.circuit_reset_timeout_seconds))
     _register_queue_metrics(client)
 
     register_error_handlers(app)

@@ -9,6 +9,8 @@ from flask import current_app
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.jobs import store
+from cortex_tasks.load_control.circuit import CircuitBreaker
+from cortex_tasks.load_control.shedding import LoadShedder
 from cortex_tasks.queues import PRIORITY_STEPS, QUEUE_NAMES
 from cortex_web.coalescer import Coalescer
 from cortex_web.metrics import JOBS_SUBMITTED
@@ -27,6 +29,14 @@ def reply_listener() -> ReplyListener:
 
 def coalescer() -> Coalescer:
     return current_app.extensions["cortex_coalescer"]
+
+
+def shedder() -> LoadShedder:
+    return current_app.extensions["cortex_shedder"]
+
+
+def circuit_breaker() -> CircuitBreaker:
+    return current_app.extensions["cortex_circuits"]
 
 
 def redis_client() -> redis.Redis:

@@ -51,3 +51,15 @@ def retrain_due_models() -> dict[str, Any]:
     from cortex_tasks.training.schedules import retrain_due_models as start_due
 
     return start_due()
+
+
+@app.task(name="cortex.maintenance.promote_aged_jobs", soft_time_limit=20, time_limit=30, **HOUSEKEEPING)
+def promote_aged_jobs() -> dict[str, dict[str, int]]:
+    import redis
+
+    from cortex_tasks.load_control.aging import promote_aged
+    from cortex_tasks.queues import GPU, NLP
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    return {queue: promote_aged(client, queue, settings.priority_aging_seconds) for queue in (GPU, NLP)}

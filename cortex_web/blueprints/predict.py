@@ -24,7 +24,7 @@ from cortex_tasks.queues import priority_of
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.coalescer import PendingJob, group_for
-from cortex_web.dispatch import coalescer, reply_listener
+from cortex_web.dispatch import circuit_breaker, coalescer, reply_listener, shedder
 from cortex_web.errors import ApiError
 from cortex_web.metrics import JOB_OUTCOMES
 from cortex_web.request_body import parse_body
@@ -95,10 +95,38 @@ def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], para
     return job_id, pending
 
 
+def admit(task: TaskEntry, model: ModelEntry, priority_class: str) -> tuple[ModelEntry, dict[str, str]]:
+    """Load shedding and circuit breaking, before any work is queued: returns the model to use (the
+    fallback while the chosen model's circuit is open) and a note for the response when it changed."""
+    refusal = shedder().refusal(task.queue, priority_class)
+    if refusal is not None:
+        reason, retry_after = refusal
+        raise ApiError(503, "overloaded", f"Low-priority work is being shed: {reason}. Retry later.",
+                       {"queue": task.queue}, headers={"Retry-After": str(retry_after)})
+    breaker = circuit_breaker()
+    if not breaker.is_open(model.name):
+        return model, {}
+    fallback = MODELS.get(task.fallback_model or "")
+    if fallback is None or breaker.is_open(fallback.name):
+        raise ApiError(503, "circuit_open", f"Model {model.name!r} is failing; its circuit is open.",
+                       {"model": model.name}, headers={"Retry-After": str(breaker.retry_after(model.name))})
+    return fallback, {"fallback_from": model.name, "fallback_reason": "circuit open"}
+
+
+def record_for_circuit(model: ModelEntry, outcome: dict[str, Any]) -> None:
+    """Model failures (not bad input) count against the model's circuit; so does a worker-side fallback."""
+    if outcome["status"] == "succeeded":
+        failed = "fallback_from" in outcome["result"].get("model", {})
+    else:
+        failed = (outcome.get("error") or {}).get("code") in ("model_error", "job_failed")
+    circuit_breaker().record(model.name, failed)
+
+
 def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
                    priority_class: str, wait: float, inline_errors: bool = False) -> Prediction:
     """Answer from the cache what it holds; send only the misses to a worker as one job."""
     submitted_at = time.perf_counter()
+    model, circuit_note = admit(task, model, priority_class)
     cache = get_cache()
     keys: list[str] = []
     outputs: list[Any] = [MISSING] * len(inputs)
@@ -119,6 +147,9 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
         pending.sent.wait(10)  # the job row exists before anyone is sent to poll it
         return Prediction(job_id, task, model, None, submitted_at)
     JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
+    record_for_circuit(model, outcome)
+    if circuit_note and outcome["status"] == "succeeded":
+        outcome["result"]["model"].update(circuit_note)
     if outcome["status"] == "succeeded" and keys:
         result = outcome["result"]
         fresh = result["outputs"]

@@ -1,0 +1,97 @@
+"""Circuit breaking per model (architecture document, load_balancing.circuit_breaker).
+
+Outcomes are counted in Redis in 10-second buckets shared by every gateway. When a model's error rate
+over the last `window` seconds reaches the threshold (with at least `min_requests` outcomes), its
+circuit opens for `reset_timeout` seconds: requests go to the task's fallback model, or get a 503.
+When the timeout passes, traffic is let through again (half-open); if errors continue it re-opens.
+Only failures of the model count, never bad input.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import Counter, Gauge
+
+CIRCUIT_OPEN = Gauge("cortex_circuit_open", "1 while a model's circuit is open", ["model"])
+CIRCUIT_TRIPS = Counter("cortex_circuit_trips_total", "Times a model's circuit opened", ["model"])
+BUCKET_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class CircuitPolicy:
+    error_threshold: float = 0.5
+    min_requests: int = 5
+    window_seconds: int = 30
+    reset_timeout_seconds: float = 30.0
+
+
+class CircuitBreaker:
+    def __init__(self, client: redis.Redis, policy: CircuitPolicy, state_ttl: float = 0.5) -> None:
+        self.client, self.policy, self.state_ttl = client, policy, state_ttl
+        self._known: dict[str, tuple[float, bool]] = {}  # model -> (valid until, open)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _open_key(model: str) -> str:
+        return f"cortex:circuit:{model}:open"
+
+    def _bucket_key(self, model: str, bucket: int) -> str:
+        return f"cortex:circuit:{model}:{bucket}"
+
+    def is_open(self, model: str) -> bool:
+        now = time.monotonic()
+        known = self._known.get(model)
+        if known and known[0] > now:
+            return known[1]
+        try:
+            is_open = bool(self.client.exists(self._open_key(model)))
+        except redis.RedisError:
+            is_open = False  # without Redis there is no shared state; let requests through
+        with self._lock:
+            self._known[model] = (now + self.state_ttl, is_open)
+        CIRCUIT_OPEN.labels(model).set(1 if is_open else 0)
+        return is_open
+
+    def retry_after(self, model: str) -> int:
+        try:
+            ttl = self.client.pttl(self._open_key(model))
+        except redis.RedisError:
+            ttl = -1
+        return max(1, int((ttl if ttl > 0 else self.policy.reset_timeout_seconds * 1000) / 1000 + 0.999))
+
+    def record(self, model: str, failed: bool) -> None:
+        bucket = int(time.time() // BUCKET_SECONDS)
+        key = self._bucket_key(model, bucket)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hincrby(key, "failed" if failed else "ok", 1)
+            pipe.expire(key, self.policy.window_seconds + BUCKET_SECONDS)
+            pipe.execute()
+            if failed:
+                self._maybe_trip(model, bucket)
+        except redis.RedisError:
+            pass
+
+    def _maybe_trip(self, model: str, bucket: int) -> None:
+        buckets = range(bucket - self.policy.window_seconds // BUCKET_SECONDS + 1, bucket + 1)
+        pipe = self.client.pipeline(transaction=False)
+        for number in buckets:
+            pipe.hgetall(self._bucket_key(model, number))
+        ok = failed = 0
+        for counts in pipe.execute():
+            ok += int(counts.get(b"ok", 0))
+            failed += int(counts.get(b"failed", 0))
+        total = ok + failed
+        if total >= self.policy.min_requests and failed / total >= self.policy.error_threshold:
+            opened = self.client.set(self._open_key(model), "1", px=int(self.policy.reset_timeout_seconds * 1000),
+                                     nx=True)
+            if opened:
+                # A fresh window after the reset timeout: old errors must not re-open it at once.
+                self.client.delete(*[self._bucket_key(model, number) for number in buckets])
+                CIRCUIT_TRIPS.labels(model).inc()
+            with self._lock:
+                self._known[model] = (time.monotonic() + self.state_ttl, True)
+            CIRCUIT_OPEN.labels(model).set(1)
