@@ -3,10 +3,12 @@ from workers.profile import WorkerProfile
 
 PROFILE = WorkerProfile(
     name="nlp",
-    queues=("nlp",),
+    # Housekeeping is light and periodic (priority aging runs every few seconds): it must not wait
+    # behind an hours-long training run, so it lives here rather than on the training worker.
+    queues=("nlp", "maintenance"),
     pool="prefork",
     concurrency=2,
     max_tasks_per_child=1000,
     max_memory_per_child_kb=2_000_000,
-    description="spaCy NER, PII, language identification, sentiment",
+    description="spaCy NER, PII, language identification, sentiment; housekeeping",
 )

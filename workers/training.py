@@ -3,9 +3,9 @@ from workers.profile import WorkerProfile
 
 PROFILE = WorkerProfile(
     name="training",
-    queues=("training", "maintenance"),
+    queues=("training",),
     pool="prefork",
     concurrency=1,
     max_tasks_per_child=20,
-    description="training and evaluation, housekeeping",
+    description="training and evaluation",
 )
