@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,6 +27,8 @@ from typing import Any
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.base import ItemError, ModelInfo, device_name
 from cortex_tasks.settings import data_dir
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -161,13 +164,13 @@ def ensure_dequantized(target: Path | None = None) -> Path:
         pass
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    target.parent.mkdir(parents=True, exist_ok=True)  # fail before the slow part if we cannot write
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
     # The weights are plain float32 after loading; only the GGUF marker forbids save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
     try:
         model.save_pretrained(staging)
@@ -196,13 +199,21 @@ class SmolLM2Generator:
         started = time.perf_counter()
         folder = cache_dir()
         was_cached = folder.joinpath("cortex-source.json").exists()
-        ensure_dequantized(folder)
+        try:
+            ensure_dequantized(folder)
+            source, gguf_file = folder, None
+        except OSError as exc:
+            # A read-only or full data folder costs a slower start, not the model.
+            log.warning("cannot cache the dequantized SmolLM2 in %s (%s); loading the GGUF file", folder, exc)
+            source, gguf_file = gguf_path().parent, GGUF_FILE
         device = device_name()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, local_files_only=True,
+                                                          dtype=torch.float32)
         self.model.to(torch.device(device)).eval()
         self.context_tokens = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.card = {"source": GGUF_FILE, "cache": str(folder), "dequantized_from_cache": was_cached,
+        self.card = {"source": GGUF_FILE, "cache": str(folder) if gguf_file is None else None,
+                     "dequantized_from_cache": was_cached,
                      "load_seconds": round(time.perf_counter() - started, 2)}
         self.info = ModelInfo(name=name, version=version, task="generate", device=device,
                               max_input_chars=10_000, max_batch_size=8)

@@ -91,4 +91,5 @@ class ZeroShotSimilarity:
         texts = texts_of(inputs)
         vectors = self.embedder.encode(texts + hypotheses)  # type: ignore[attr-defined]
         scores = similarity_scores(vectors[:len(texts)], vectors[len(texts):])
-        return shape_scores(labels, scores)
+        # Said on every answer, so that nobody mistakes these scores for NLI entailment probabilities.
+        return [{**output, "method": METHOD["method"]} for output in shape_scores(labels, scores)]

@@ -193,6 +193,7 @@ def test_zero_shot_picks_the_obvious_label_and_scores_sum_to_one(api, workers):
     assert body["model"]["name"] == "minilm-zero-shot"
     assert [output["label"] for output in body["outputs"]] == labels
     for output in body["outputs"]:
+        assert output["method"] == "embedding-similarity"  # says it is not an NLI model
         assert set(scores_of(output)) == set(labels)
         assert math.isclose(sum(scores_of(output).values()), 1.0, abs_tol=1e-4)
 
