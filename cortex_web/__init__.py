@@ -10,12 +10,11 @@ import redis
 from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
-from cortex_tasks.settings import get_settings
 from cortex_tasks.load_control.circuit import CircuitBreaker, CircuitPolicy
 from cortex_tasks.load_control.shedding import LoadShedder, SheddingPolicy
+from cortex_tasks.settings import get_settings
 from cortex_web import auth
-from cortex_web.blueprints import models, training, vectors
-from cortex_web.blueprints import batch, docs, health, jobs, keys, predict, stream
+from cortex_web.blueprints import batch, docs, health, jobs, keys, models, predict, stream, training, vectors
 from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers

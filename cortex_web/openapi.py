@@ -7,10 +7,13 @@ from typing import Any
 
 from flask import Flask
 
-from cortex_web.schemas import CreateKeyRequest, PredictRequest
+from cortex_web.schemas import CreateKeyRequest, PipelineRequest, PredictRequest
 
 REQUEST_BODIES: dict[tuple[str, str], type] = {
     ("post", "/api/v1/predict"): PredictRequest,
+    ("post", "/api/v1/predict/batch"): PredictRequest,
+    ("post", "/api/v1/predict/stream"): PredictRequest,
+    ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
 }
 PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs"}
@@ -22,7 +25,10 @@ ERROR_SCHEMA = {
 
 
 def build_spec(app: Flask, extra_bodies: dict[tuple[str, str], type] | None = None) -> dict[str, Any]:
-    bodies = {**REQUEST_BODIES, **(extra_bodies or {})}
+    from cortex_web.blueprints import models, training, vectors
+
+    bodies = {**REQUEST_BODIES, **models.REQUEST_BODIES, **training.REQUEST_BODIES, **vectors.REQUEST_BODIES,
+              **(extra_bodies or {})}
     paths: dict[str, dict[str, Any]] = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":

@@ -30,7 +30,7 @@ class _Item:
     priority: int
     sequence: int
     value: Any = field(compare=False)
-    slot: "_Slot" = field(compare=False)
+    slot: _Slot = field(compare=False)
     index: int = field(compare=False)
 
 
@@ -71,7 +71,7 @@ class DynamicBatcher:
         self._thread.start()
 
     def submit(self, values: list[Any], priority: int = 4, timeout: float | None = None,
-               announcement: "Announcement | None" = None) -> list[Any]:
+               announcement: Announcement | None = None) -> list[Any]:
         """Run `values` through the model (possibly alongside others'); returns results in order.
         A failed item's result is an ItemFailure."""
         if announcement is not None:
@@ -101,7 +101,7 @@ class DynamicBatcher:
             count = min(self.max_batch_size, len(self._heap))
             return [heapq.heappop(self._heap) for _ in range(count)]
 
-    def announce(self, count: int) -> "Announcement":
+    def announce(self, count: int) -> Announcement:
         """Tell the batcher `count` items are about to be submitted (lets a partial batch wait briefly).
         Cancel the announcement (or pass it to submit) once they are submitted or will not come."""
         with self._condition:

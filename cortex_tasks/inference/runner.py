@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cortex_tasks.cache.service import MISSING, get_cache, keys_for
-from cortex_tasks.catalogue import MODELS, TASKS, find_model
+from cortex_tasks.catalogue import TASKS, find_model
 from cortex_tasks.inference import service
 from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.jobs import store
@@ -108,7 +108,7 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict
     started = time.perf_counter()
     # While this message is being prepared (database round trip), a batch forming for the same model
     # may wait a moment for its items instead of leaving without them.
-    batcher = _batcher(task, model_name, params) if model_name in MODELS else None
+    batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
     try:
         return _run_announced(task, model_name, params, jobs, priority, started, announcement)
@@ -131,7 +131,8 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         return outcomes
 
     # Models that must see a job's inputs together (a projection, say) get each job's list as one value.
-    per_job = not getattr(find_model(model_name), "batchable", True)
+    # So do embed jobs that fill a vector collection: their ids and metadata line up with their inputs.
+    per_job = not getattr(find_model(model_name), "batchable", True) or bool(params.get("collection"))
     values = [job["inputs"] for job in to_run] if per_job else [v for job in to_run for v in job["inputs"]]
     try:
         if per_job:

@@ -17,10 +17,19 @@ from cortex_tasks.auth.roles import PREDICT
 from cortex_tasks.cache.keys import params_fingerprint
 from cortex_tasks.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.cache.warming import QUERY_COUNTER
-from cortex_tasks.catalogue import (MODELS, QUEUE_TASK_NAMES, ModelEntry, TaskEntry, UnknownName, find_model,
-                                    model_entry, task_entry)
+from cortex_tasks.catalogue import (
+    MODELS,
+    QUEUE_TASK_NAMES,
+    ModelEntry,
+    TaskEntry,
+    UnknownName,
+    find_model,
+    model_entry,
+    task_entry,
+)
 from cortex_tasks.jobs.store import NewJob
 from cortex_tasks.queues import priority_of
+from cortex_tasks.registry.routing import routed_reference
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.coalescer import PendingJob, group_for
@@ -48,6 +57,9 @@ class Prediction:
 def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntry]:
     try:
         task = task_entry(task_name)
+        if model_ref and "@" not in model_ref and model_ref not in MODELS:
+            # A model deployed through the registry: this caller's sticky canary or production version.
+            model_ref = routed_reference(model_ref, current_principal().key_id)
         name, _, version = (model_ref or "").partition("@")
         # name@version of a model trained by Cortex is served from the registry.
         registered = find_model(model_ref) if version and model_ref and name not in MODELS else None
@@ -130,7 +142,8 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     cache = get_cache()
     keys: list[str] = []
     outputs: list[Any] = [MISSING] * len(inputs)
-    if cache.enabled and task.cacheable:
+    # A job that writes into a vector collection must reach the worker even if its vectors are known.
+    if cache.enabled and task.cacheable and not params.get("collection"):
         keys = keys_for(task.name, model.name, model.version, params, inputs)
         outputs = cache.lookup(keys)
         QUERY_COUNTER.record(task.name, model.name, params_fingerprint(params), inputs)

@@ -19,7 +19,8 @@ def api_routes(app) -> list[tuple[str, str, str | None]]:
             continue
         view = app.view_functions[rule.endpoint]
         permission = getattr(view, "required_permission", None)
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", "00000000-0000-0000-0000-000000000000", rule.rule)
+        path = re.sub(r"<int:[^<>]+>", "1", rule.rule)
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", "00000000-0000-0000-0000-000000000000", path)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             routes.append((method, path, permission))
     return routes

@@ -1,0 +1,203 @@
+"""Shared by the benchmarks: a deterministic corpus, a stack started for the run, the raw model baseline
+and a load generator run as a separate process (so its CPU use can be reported apart)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+WORDS = ("market", "river", "engine", "doctor", "signal", "harvest", "orbit", "ledger", "violin", "meadow",
+         "canyon", "lantern", "protein", "glacier", "tariff", "sonnet", "circuit", "harbor", "pilot", "garden",
+         "winter", "budget", "station", "forest", "museum", "energy", "village", "climate", "network", "theory")
+VERBS = ("describes", "changes", "follows", "protects", "measures", "explains", "improves", "crosses")
+
+
+def corpus(count: int, seed: int = 7, tag: str = "") -> list[str]:
+    """Distinct sentences of 8-20 words (fixed seed); `tag` makes a set distinct from another run's."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(count):
+        length = rng.randint(8, 20)
+        words = [rng.choice(WORDS) if k % 3 else rng.choice(VERBS) for k in range(length - 2)]
+        texts.append(f"Report {tag}{i} " + " ".join(words) + ".")
+    return texts
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__}
+
+
+def _start(argv: list[str], log: Path, env: dict[str, str], user: str | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                user=user)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, getattr(process, "stop_signal", signal.SIGTERM))
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_http(url: str, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer; see {log}") from None
+            time.sleep(0.3)
+
+
+@contextmanager
+def services() -> Iterator[dict[str, str]]:
+    """Embedded Redis and PostgreSQL for the run (unless REDIS_URL / DATABASE_URL are set)."""
+    from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+    folder = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    env = {**os.environ, "CORTEX_DATA_DIR": str(folder / "data"), "CORTEX_ARTIFACT_DIR": str(folder / "artifacts"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started: list[subprocess.Popen] = []
+    with ExitStack() as cleanup:
+        cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
+        if not env.get("REDIS_URL"):
+            redis_server = EmbeddedRedis(folder / "redis", free_port())
+            started.append(_start(redis_server.argv(), folder / "redis.log", env))
+            redis_server.wait_ready()
+            env["REDIS_URL"] = redis_server.url
+        if not env.get("DATABASE_URL"):
+            postgres = EmbeddedPostgres(folder / "postgres", free_port())
+            process = _start(postgres.argv(), folder / "postgres.log", env, user=postgres.system_user)
+            process.stop_signal = signal.SIGINT  # type: ignore[attr-defined]
+            started.append(process)
+            postgres.wait_ready()
+            env["DATABASE_URL"] = postgres.url
+        os.environ.update({key: env[key] for key in ("REDIS_URL", "DATABASE_URL", "CORTEX_DATA_DIR",
+                                                     "CORTEX_ARTIFACT_DIR", "HF_HUB_OFFLINE")})
+        from cortex_tasks.settings import reset_settings_cache
+        from cortex_tasks.storage.migrate import upgrade_to_head
+
+        reset_settings_cache()
+        upgrade_to_head(env["DATABASE_URL"])
+        yield {**env, "folder": str(folder)}
+
+
+@contextmanager
+def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = None,
+                       web_threads: int = 64, worker_threads: int = 16) -> Iterator[str]:
+    """The gateway (gunicorn, threads) and a gpu worker with the production profile's shape."""
+    import redis
+
+    from cortex_tasks.stack.embedded import free_port
+    from cortex_tasks.worker_signals import READY_KEY_PREFIX
+
+    env = {**env, **(overrides or {})}
+    folder = Path(env["folder"])
+    port = free_port()
+    tag = f"{port}"
+    started: list[subprocess.Popen] = []
+    with ExitStack() as cleanup:
+        cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
+        started.append(_start([sys.executable, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}",
+                               "-k", "gthread", "-w", "1", "--threads", str(web_threads), "--timeout", "120",
+                               "--keep-alive", "30", "--backlog", "2048"], folder / f"gateway-{tag}.log", env))
+        hostname = f"bench-{tag}@localhost"
+        started.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", "gpu",
+                               "-P", "threads", "-c", str(worker_threads), "--prefetch-multiplier=1", "-n", hostname,
+                               "--without-gossip", "--without-mingle", "-l", "WARNING"],
+                              folder / f"worker-{tag}.log", env))
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/health", 120, folder / f"gateway-{tag}.log")
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        deadline = time.monotonic() + 300
+        while not client.exists(READY_KEY_PREFIX + hostname):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not become ready; see {folder / f'worker-{tag}.log'}")
+            time.sleep(0.3)
+        yield url
+
+
+def api_key() -> str:
+    from cortex_tasks.auth.keys import create_key
+
+    return create_key("inference_user", name="bench").key
+
+
+def raw_embedder():
+    from cortex_tasks.models.embedding import SentenceEmbedder
+
+    return SentenceEmbedder("all-MiniLM-L6-v2", "1")
+
+
+def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
+    """The raw model in-process at its best batch size and thread count: the physical limit."""
+    import torch
+
+    results: dict[str, float] = {}
+    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        for size in batch_sizes:
+            model.model.encode(texts[:size], batch_size=size)  # warm-up for this shape
+            started = time.perf_counter()
+            for start in range(0, len(texts), size):
+                model.model.encode(texts[start:start + size], batch_size=size, normalize_embeddings=True,
+                                   show_progress_bar=False)
+            results[f"{threads}t/b{size}"] = len(texts) / (time.perf_counter() - started)
+    torch.set_num_threads(os.cpu_count() or 1)
+    best = max(results, key=results.get)
+    return {"items_per_second": round(results[best], 1), "best": best,
+            "by_config": {key: round(value, 1) for key, value in results.items()}}
+
+
+def raw_single_latency(model, texts: list[str]) -> dict[str, float]:
+    """One sentence per call, in-process: the latency floor."""
+    timings = []
+    for text in texts:
+        started = time.perf_counter()
+        model.encode([text])
+        timings.append((time.perf_counter() - started) * 1000)
+    return percentiles(timings)
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(values_ms)
+    if not ordered:
+        return {"p50_ms": 0.0, "p99_ms": 0.0}
+    return {"p50_ms": round(statistics.median(ordered), 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)}
+
+
+def run_load(url: str, key: str, texts: list[str], clients: int, items_per_request: int, seconds: float,
+             path: str = "/api/v1/predict", repeat: bool = False) -> dict[str, Any]:
+    """Run bench/_load.py as its own process; returns its JSON report."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
+        json.dump({"url": url, "key": key, "texts": texts, "clients": clients, "items": items_per_request,
+                   "seconds": seconds, "path": path, "repeat": repeat}, spec)
+    try:
+        out = subprocess.run([sys.executable, "-m", "bench._load", spec.name], capture_output=True, text=True,
+                             timeout=seconds + 300, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        os.unlink(spec.name)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

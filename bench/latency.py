@@ -1,0 +1,41 @@
+"""Single-client latency: one sentence per request through POST /api/v1/predict, against a raw
+single-sentence model call in-process in the same run. Overhead = p50 difference in ms.
+Target (issue 4): at most 8 ms above the raw call (the batcher must not wait when alone)."""
+from __future__ import annotations
+
+from typing import Any
+
+from bench._harness import (
+    api_key,
+    corpus,
+    gateway_and_worker,
+    machine,
+    percentiles,
+    raw_embedder,
+    raw_single_latency,
+    run_load,
+    services,
+)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    count = 150 if quick else 600
+    with services() as env:
+        model = raw_embedder()
+        raw_single_latency(model, corpus(20, tag="warm"))
+        raw = raw_single_latency(model, corpus(count, tag="raw"))
+        del model
+        key = api_key()
+        with gateway_and_worker(env) as url:
+            run_load(url, key, corpus(50, tag="warm-e2e"), 1, 1, 30.0)
+            report = run_load(url, key, corpus(count, tag="e2e"), 1, 1, 120.0)
+    end_to_end = percentiles(report["latencies_ms"])
+    results = {"machine": machine(), "raw_single": raw, "end_to_end": end_to_end,
+               "requests": report["requests"], "errors": report["errors"],
+               "overhead_p50_ms": round(end_to_end["p50_ms"] - raw["p50_ms"], 2),
+               "overhead_p99_ms": round(end_to_end["p99_ms"] - raw["p99_ms"], 2)}
+    print(f"\nraw single-sentence call: p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms")
+    print(f"end to end, one client:   p50 {end_to_end['p50_ms']} ms, p99 {end_to_end['p99_ms']} ms "
+          f"({report['requests']} requests)")
+    print(f"overhead: p50 {results['overhead_p50_ms']} ms, p99 {results['overhead_p99_ms']} ms")
+    return results
