@@ -111,3 +111,34 @@ def test_job_that_keeps_killing_its_worker_is_failed_after_the_delivery_cap(trac
     assert job.status == "failed"
     assert job.error["code"] == "redelivery_limit"
     assert not (trace_dir / "completions").exists()
+
+
+def test_worker_killed_mid_batch_loses_no_item():
+    """Several coalesced prediction jobs in one message: the pool process dies while the model runs the
+    batch; the message is redelivered and every item of every job is answered."""
+    queue = f"delivery-{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="midbatch").start()
+    long_text = " ".join(["the quarterly report describes revenue, costs and the outlook"] * 25)
+    jobs = []
+    for j in range(4):
+        job, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="embed",
+                                               model="all-MiniLM-L6-v2", total=32))
+        jobs.append({"job_id": job.id, "inputs": [f"{long_text} {j}-{i} {uuid.uuid4()}" for i in range(32)]})
+    try:
+        celery_app.send_task("cortex.inference.run_gpu_jobs", queue=queue, kwargs={
+            "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "jobs": jobs})
+        wait_for(lambda: store.get_job(jobs[0]["job_id"]).status == "running", 120, "the batch to start")
+        children = worker.children()
+        assert children, "no pool process"
+        # The jobs turn running together, just before the model call for 128 long texts (seconds).
+        os.kill(children[0], signal.SIGKILL)
+        finished = wait_for(lambda: all(store.get_job(job["job_id"]).status in store.FINISHED_STATES
+                                        for job in jobs) and [store.get_job(job["job_id"]) for job in jobs],
+                            180, "every job to finish after redelivery")
+    finally:
+        worker.stop()
+    for record in finished:
+        assert record.status == "succeeded", record.error
+        assert record.attempts == 2
+        assert len(record.result["outputs"]) == 32
+        assert all(len(vector) == 384 for vector in record.result["outputs"])
