@@ -1,6 +1,7 @@
 """Integration fixtures: real workers (one per profile kind), the real Flask app, keys per role."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ from tests.support.processes import WorkerProcess
 @pytest.fixture(scope="session")
 def workers() -> Iterator[dict[str, WorkerProcess]]:
     """A gpu-profile worker (threads) and a prefork worker for every other queue, like `cortex up`."""
-    gpu = WorkerProcess("gpu", pool="threads", concurrency=8, name="gpu")
+    gpu = WorkerProcess("gpu,batch", pool="threads", concurrency=8, name="gpu")  # as workers/gpu.py
     other = WorkerProcess("nlp,training,batch,maintenance", pool="prefork", concurrency=2, name="cpu")
     gpu.start(wait_ready=False)
     other.start(wait_ready=False)
@@ -63,6 +64,23 @@ class Api:
 
     def as_key(self, key: str | None) -> "Api":
         return Api(self.client, key)
+
+    def predict(self, task: str, inputs: list[Any], poll_seconds: float = 300, **extra: Any) -> dict[str, Any]:
+        """POST /predict and return the result, polling the job if it was not ready within the wait (a
+        fresh worker process loads its model on first use, slowly on a busy machine)."""
+        response = self.post("/api/v1/predict", {"task": task, "inputs": inputs, "wait": 30, **extra})
+        if response.status_code == 202:
+            status_url = response.get_json()["status_url"]
+            deadline = time.monotonic() + poll_seconds
+            while time.monotonic() < deadline:
+                job = self.get(status_url).get_json()
+                if job["status"] in ("succeeded", "failed"):
+                    assert job["status"] == "succeeded", job
+                    return job["result"]
+                time.sleep(0.5)
+            pytest.fail(f"{task} job not finished after {poll_seconds}s")
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
 
 
 @pytest.fixture()

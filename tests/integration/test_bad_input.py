@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from cortex_tasks.queues import QUEUE_NAMES
 from cortex_tasks.storage.db import session_scope
 from cortex_tasks.storage.tables import Job
 from cortex_web.dispatch import queue_depths

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from cortex_tasks import app as celery_app
 from cortex_tasks.jobs import store
 from tests.support.processes import WorkerProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +25,6 @@ def submit_hold_job(queue: str, seconds: float, trace_dir: Path) -> str:
     celery_app.send_task("cortex.testing.hold_job", kwargs={
         "job_id": job.id, "seconds": seconds, "trace_dir": str(trace_dir)}, task_id=job.id, queue=queue)
     return job.id
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def started_pids(trace_dir: Path) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,7 @@ HELD_OUT_ACCURACY = 0.90
 
 
 def predict(api, task: str, inputs: list[Any], **extra: Any) -> dict[str, Any]:
-    response = api.post("/api/v1/predict", {"task": task, "inputs": inputs, "wait": 30, **extra})
-    if response.status_code == 202:
-        status_url = response.get_json()["status_url"]
-        deadline = time.monotonic() + POLL_SECONDS
-        while time.monotonic() < deadline:
-            job = api.get(status_url).get_json()
-            if job["status"] in ("succeeded", "failed"):
-                assert job["status"] == "succeeded", job
-                return job["result"]
-            time.sleep(0.5)
-        pytest.fail(f"{task} job not finished after {POLL_SECONDS}s")
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
+    return api.predict(task, inputs, poll_seconds=POLL_SECONDS, **extra)
 
 
 def rejected(api, task: str, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:

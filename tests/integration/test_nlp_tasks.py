@@ -2,7 +2,6 @@
 answered by the real prefork worker with the bundled models."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -11,20 +10,8 @@ import pytest
 POLL_SECONDS = 180
 
 
-def predict(api, task: str, inputs: list[str], **extra: Any) -> dict[str, Any]:
-    response = api.post("/api/v1/predict", {"task": task, "inputs": inputs, "wait": 30, **extra})
-    if response.status_code == 202:
-        status_url = response.get_json()["status_url"]
-        deadline = time.monotonic() + POLL_SECONDS
-        while time.monotonic() < deadline:
-            job = api.get(status_url).get_json()
-            if job["status"] in ("succeeded", "failed"):
-                assert job["status"] == "succeeded", job
-                return job["result"]
-            time.sleep(0.5)
-        pytest.fail(f"{task} job not finished after {POLL_SECONDS}s")
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
+def predict(api, task: str, inputs: list[Any], **extra: Any) -> dict[str, Any]:
+    return api.predict(task, inputs, poll_seconds=POLL_SECONDS, **extra)
 
 
 def entities_by(outputs: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:

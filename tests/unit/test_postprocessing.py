@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_tasks.inference.postprocessing import (apply, combine_ensemble, read_ensemble, shape_scores,
-                                                   weighted_average)
+from cortex_tasks.inference.postprocessing import (
+    apply,
+    combine_ensemble,
+    read_ensemble,
+    shape_scores,
+    weighted_average,
+)
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.sentiment import label_scores
 
