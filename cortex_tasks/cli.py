@@ -142,10 +142,10 @@ def batch_submit(file: Path, task: str, model: str | None, params_json: str, pri
 
     try:
         params = json.loads(params_json)
-        if not isinstance(params, dict):
-            raise ValueError("not an object")
     except ValueError as exc:
         raise click.BadParameter(f"--params must be a JSON object ({exc})") from None
+    if not isinstance(params, dict):
+        raise click.BadParameter("--params must be a JSON object")
     out = out or file.with_name(file.stem + ".results.jsonl")
     try:
         inputs = client.read_inputs(file, column)

@@ -36,6 +36,8 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # otherwise oversubscribe the cores (each torch call already uses all of them) and all run slower.
 _model_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 _model_locks_guard = threading.Lock()
+# How many items chunks waiting for one model may send through it together (see _predict_combined).
+COMBINED_MAX_ITEMS = 512
 
 
 class ChunkModelFailure(Exception):
@@ -55,6 +57,7 @@ class ClaimedChunk:
     queue: str
     priority: int
     chunk_size: int
+    batchable: bool = True
 
 
 @dataclass
@@ -71,6 +74,9 @@ def _model_lock(model: str) -> threading.Lock:
 def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
     """Mark the chunk running and count the attempt; None if the chunk or its job is already finished."""
     with session_scope() as session:
+        # Chunk bookkeeping is recoverable (a chunk whose record a crash loses runs again), so it need not
+        # wait for the WAL flush: three fewer fsyncs per chunk.
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
         job = session.execute(text(
             "SELECT status, task, model, params, priority FROM jobs WHERE id = :id AND kind = 'batch'"
         ), {"id": job_id}).one_or_none()
@@ -89,7 +95,8 @@ def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
     params = job.params or {}
     return ClaimedChunk(job_id, chunk_index, row.start_index, row.inputs, row.attempts, job.task, job.model,
                         params.get("params") or {}, params.get("queue") or "batch", job.priority,
-                        int(params.get("chunk_size") or batch_config().chunk_size))
+                        int(params.get("chunk_size") or batch_config().chunk_size),
+                        batchable=bool(params.get("batchable", True)))
 
 
 def release(job_id: str, chunk_index: int) -> None:
@@ -124,6 +131,7 @@ def item_problem(task: str, item: Any) -> dict[str, Any] | None:
 
 
 def _predict(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
+    """One model call for these values alone (the per-item path, and models that must not be combined)."""
     from cortex_tasks.inference import service
 
     with _model_lock(model):
@@ -131,6 +139,71 @@ def _predict(task: str, model: str, values: list[Any], params: dict[str, Any]) -
     if len(outputs) != len(values):
         raise RuntimeError(f"model returned {len(outputs)} outputs for {len(values)} inputs")
     return outputs
+
+
+@dataclass
+class _Waiting:
+    values: list[Any]
+    outputs: list[Any] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
+class _Group:
+    pending: list[_Waiting] = field(default_factory=list)
+
+
+_groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
+
+
+def _predict_combined(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
+    """Run the chunk's values in one model call together with the other chunks (of any batch) waiting for
+    the same model and params in this process. Chunks queue on the model lock anyway; whoever gets it takes
+    every waiting chunk, up to COMBINED_MAX_ITEMS, so the model sees a few hundred texts at once and sorts
+    them by length, as it would the whole dataset: far less padding than 100 texts at a time."""
+    from cortex_tasks.inference import service
+
+    key = (task, model, json.dumps(params, sort_keys=True, default=str))
+    mine = _Waiting(values)
+    with _model_locks_guard:
+        group = _groups[key]
+        group.pending.append(mine)
+    while True:
+        with _model_lock(model):
+            if mine.done:
+                break
+            with _model_locks_guard:
+                taken, size = [], 0
+                while group.pending and (not taken or size + len(group.pending[0].values) <= COMBINED_MAX_ITEMS):
+                    entry = group.pending.pop(0)
+                    taken.append(entry)
+                    size += len(entry.values)
+            try:
+                combined = service.predict(task, model, [v for entry in taken for v in entry.values], params)["outputs"]
+                if len(combined) != size:
+                    raise RuntimeError(f"model returned {len(combined)} outputs for {size} inputs")
+                position = 0
+                for entry in taken:
+                    entry.outputs = combined[position:position + len(entry.values)]
+                    position += len(entry.values)
+            except BaseException as exc:  # noqa: BLE001 (each chunk's own call decides whose failure it is)
+                for entry in taken:
+                    if len(taken) == 1:
+                        entry.error = exc
+                        continue
+                    try:
+                        entry.outputs = service.predict(task, model, entry.values, params)["outputs"]
+                    except BaseException as own:  # noqa: BLE001 (handed to the chunk that owns it)
+                        entry.error = own
+            for entry in taken:
+                entry.done = True
+        if mine.done:
+            break
+    if mine.error is not None:
+        raise mine.error
+    assert mine.outputs is not None
+    return mine.outputs
 
 
 def _error_of(exc: Exception) -> dict[str, Any]:
@@ -156,8 +229,9 @@ def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
         return ChunkResult(outputs, errors)
     values = [chunk.inputs[offset] for offset in runnable]
     one_by_one = False
+    predict = _predict_combined if chunk.batchable else _predict
     try:
-        for offset, output in zip(runnable, _predict(chunk.task, chunk.model, values, chunk.params)):
+        for offset, output in zip(runnable, predict(chunk.task, chunk.model, values, chunk.params)):
             outputs[offset] = output
     except TRANSIENT_ERRORS:
         raise
@@ -175,7 +249,7 @@ def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
                 outputs[offset] = _predict(chunk.task, chunk.model, [chunk.inputs[offset]], chunk.params)[0]
             except TRANSIENT_ERRORS:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (whatever one item raises fails that item alone)
                 errors[chunk.start_index + offset] = _error_of(exc)
     return ChunkResult(outputs, errors)
 
@@ -193,6 +267,7 @@ def record(chunk: ClaimedChunk, result: ChunkResult, result_ref: str) -> Recorde
     failed = len(result.errors)
     errors = [{"index": index, "error": error} for index, error in sorted(result.errors.items())]
     with session_scope() as session:
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
         job_status = session.execute(text("SELECT status FROM jobs WHERE id = :id FOR UPDATE"),
                                      {"id": chunk.job_id}).scalar()
         counted = session.execute(text(

@@ -12,7 +12,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -61,8 +61,9 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
     bounds = chunk_bounds(len(request.inputs), size)
     queue = batch_queue()
     job_id = str(uuid.uuid4())
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=config.deadline_seconds)
-    job_params = {"params": request.params, "queue": queue, "chunk_size": size, "chunks": len(bounds)}
+    deadline = datetime.now(UTC) + timedelta(seconds=config.deadline_seconds)
+    job_params = {"params": request.params, "queue": queue, "chunk_size": size, "chunks": len(bounds),
+                  "batchable": request.batchable}
     with session_scope() as session:
         inserted = session.execute(text(
             "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_done, progress_total, "
@@ -81,7 +82,7 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
                 raise IdempotencyConflict(request.idempotency_key)
             return SubmittedBatch(existing.id, False, int((existing.params or {}).get("chunks", 0)))
         first_wave = config.parallel_workers
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         session.execute(text(
             "INSERT INTO batch_chunks (job_id, chunk_index, start_index, stop_index, inputs, status, queued_at) "
             "VALUES (:job_id, :chunk_index, :start, :stop, CAST(:inputs AS jsonb), :status, "

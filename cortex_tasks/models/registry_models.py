@@ -35,7 +35,7 @@ def registered_entry(reference: str) -> Any:
     from cortex_tasks.catalogue import ModelEntry
     from cortex_tasks.registry import service
 
-    name, _, selector = reference.partition("@")
+    selector = reference.partition("@")[2]
     if not selector:
         return None
     now = time.monotonic()
@@ -46,7 +46,7 @@ def registered_entry(reference: str) -> Any:
         record = service.resolve(reference)
     except service.RegistryError:
         return None
-    except Exception:  # the registry is unreachable: an unknown model, not a crash of the caller
+    except Exception:  # noqa: BLE001 (the registry is unreachable: an unknown model, not a crash of the caller)
         return None
     loader = FRAMEWORK_LOADERS.get(record.framework)
     entry = None if loader is None else ModelEntry(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.schedules import crontab
@@ -35,7 +35,7 @@ def parse_cron(expression: str) -> crontab:
     try:
         schedule = crontab(minute=fields[0], hour=fields[1], day_of_month=fields[2], month_of_year=fields[3],
                            day_of_week=fields[4])
-        schedule.remaining_estimate(datetime.now(timezone.utc))  # raises for values out of range
+        schedule.remaining_estimate(datetime.now(UTC))  # raises for values out of range
     except (ValueError, TypeError, IndexError) as exc:
         raise InvalidSchedule(f"invalid cron expression {expression!r}: {exc}") from None
     return schedule
@@ -110,7 +110,7 @@ def retrain_due_models(now: datetime | None = None) -> dict[str, Any]:
     from cortex_tasks.queues import priority_of
     from cortex_tasks.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     started, skipped = [], []
     for schedule in list_schedules():
         try:

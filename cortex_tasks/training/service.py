@@ -123,7 +123,7 @@ def promote_to_canary(record: registry.VersionRecord, job_id: str) -> dict[str, 
                                             actor=f"training:{job_id}")
     try:
         check = readiness.check_ready(record)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure of the check means: not ready, stay in staging)
         registry.fail_deployment(deployment["id"], {"code": "readiness_check_failed", "message": str(exc)}, job_id)
         return {"promoted": False, "reason": f"readiness check failed: {exc}"}
     switched = registry.complete_deployment(deployment["id"], job_id)

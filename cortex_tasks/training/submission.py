@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -82,7 +82,7 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
             "0, :epochs, 0, CAST(:params AS jsonb), :deadline)"
         ), {"id": job_id, "owner": request.owner, "kind": request.kind, "model": request.model,
             "priority": request.priority, "epochs": epochs, "params": json.dumps(request.params),
-            "deadline": datetime.now(timezone.utc) + DEADLINE})
+            "deadline": datetime.now(UTC) + DEADLINE})
         session.execute(text(
             "INSERT INTO training_runs (id, owner, model_name, kind, priority, phase, epochs, config, dataset, "
             "trigger) VALUES (:id, :owner, :model, :kind, :priority, 'queued', :epochs, CAST(:config AS jsonb), "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
@@ -127,7 +127,7 @@ def progress(job_id: str) -> Response:
     }
     processed = done + failed
     if job.status not in FINISHED_STATES and job.started_at and processed:
-        elapsed = (datetime.now(timezone.utc) - job.started_at).total_seconds()
+        elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
         body["eta_seconds"] = round(elapsed / processed * (job.progress_total - processed), 1)
         body["items_per_second"] = round(processed / elapsed, 2) if elapsed > 0 else None
     if job.error:

@@ -20,6 +20,7 @@ from cortex_tasks.registry import routing, service, stats
 from cortex_tasks.registry.model_card import render_model_card
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
+from cortex_web.blueprints.training import runs_summary  # experiment tracking: the model's training runs
 from cortex_web.dispatch import submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.metrics import REGISTRY
@@ -125,7 +126,8 @@ def show_model(name: str) -> Response:
     pending = next((item for item in history if item["status"] == "pending"), None)
     return jsonify({**summary, "source": "registry", "serving": serving, "pending_deployment": pending,
                     "versions": listed, "deployments": history,
-                    "latest_version_number": max(by_number) if by_number else None})
+                    "latest_version_number": max(by_number) if by_number else None,
+                    "training_runs": runs_summary(name)})
 
 
 def _version_body(name: str, version: int) -> dict[str, Any]:

@@ -19,8 +19,13 @@ from cortex_tasks.training import runs
 from cortex_tasks.training.config import training_config
 from cortex_tasks.training.kinds import KINDS, kind_names
 from cortex_tasks.training.schedules import InvalidSchedule, parse_cron, save_schedule
-from cortex_tasks.training.submission import (ControlRefused, QuotaExceeded, TrainingRequest, control,
-                                              submit_training)
+from cortex_tasks.training.submission import (
+    ControlRefused,
+    QuotaExceeded,
+    TrainingRequest,
+    control,
+    submit_training,
+)
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
 from cortex_web.dispatch import queue_depths, redis_client
@@ -43,7 +48,7 @@ class ScheduleSpec(BaseModel):
     @classmethod
     def _number(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError("must be a number")
+            raise ValueError("must be a number")  # noqa: TRY004 (pydantic reports ValueErrors)
         return float(value) if isinstance(value, int) else value
 
 
@@ -275,3 +280,11 @@ def model_runs(name: str) -> Response:
     with_history = request.args.get("history", "1") not in ("0", "false")
     return jsonify({"model": name, "runs": [runs.run_to_api(run, with_history) for run in model_runs],
                     "comparison": compare_runs(model_runs)})
+
+
+def runs_summary(name: str, limit: int = 10) -> dict[str, Any]:
+    """The training runs of a model, compared (for GET /models/{name}); full history at runs_url."""
+    model_runs = runs.runs_of_model(name)
+    return {"runs_url": url_for("training.model_runs", name=name), "count": len(model_runs),
+            "runs": [runs.run_to_api(run, with_history=False) for run in model_runs[:limit]],
+            "comparison": compare_runs(model_runs)}

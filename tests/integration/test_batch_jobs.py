@@ -12,7 +12,6 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from cortex_tasks.storage.db import session_scope
 from tests.support.processes import WorkerProcess

@@ -8,8 +8,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 TOPICS = Path(__file__).resolve().parents[2] / "cortex_tasks" / "data" / "topics.jsonl"
 
 
@@ -74,6 +72,9 @@ def test_trained_classifier_serves_predict_as_name_at_version(admin_api, workers
     assert [run["run_id"] for run in runs["runs"]] == [job_id]
     assert runs["runs"][0]["config"]["params"]["epochs"] == 40
     assert runs["comparison"]["best"]["version"] == 1
+    listed = admin_api.get(f"/api/v1/models/{name}").get_json()["training_runs"]
+    assert listed["count"] == 1 and listed["runs"][0]["data_fingerprint"] == status["data_fingerprint"]
+    assert listed["comparison"]["metric"] == "accuracy"
 
 
 def test_pause_checkpoints_resume_continues_and_cancel_stops(admin_api, workers):

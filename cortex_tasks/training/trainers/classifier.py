@@ -80,7 +80,7 @@ def evaluate(softmax_scores: np.ndarray, ovr_scores: np.ndarray, targets: np.nda
 
     truth = targets > 0
     top = softmax_scores.argmax(axis=1)
-    metrics: dict[str, Any] = {"held_out_rows": int(len(targets))}
+    metrics: dict[str, Any] = {"held_out_rows": len(targets)}
     if multi_label:
         predicted = ovr_scores >= 0.5
         metrics["accuracy"] = float((predicted == truth).all(axis=1).mean())
@@ -171,7 +171,7 @@ def train(context: TrainingContext, examples: list[tuple[str, tuple[str, ...]]],
         held = evaluate(softmax_scores, ovr_scores, y_held, labels, multi_label)
         context.epoch_done(epoch, {"loss": total_loss / max(1, len(train_rows)), "held_out_accuracy": held["accuracy"]})
         if epoch < epochs:
-            context.obey(epoch, lambda: state_bytes(epoch))
+            context.obey(epoch, lambda done=epoch: state_bytes(done))
 
     context.phase("evaluating")
     softmax_scores, ovr_scores = scores()

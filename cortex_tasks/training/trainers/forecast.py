@@ -195,7 +195,7 @@ def train(context: TrainingContext, frame: Any, params: dict[str, Any]) -> Train
                 predicted = np.asarray(fit_arima(fit_part["y"].to_numpy(), order).forecast(horizon))
             scores = errors(actual, predicted)
             candidates.append({"method": name, "order": list(order) if order else None, **scores})
-        except Exception as exc:  # one order that does not converge is not a failed job
+        except Exception as exc:  # noqa: BLE001 (one order that does not converge is not a failed job)
             candidates.append({"method": name, "order": list(order) if order else None, "error": str(exc)[:200]})
         context.epoch_done(step, {key: value for key, value in candidates[-1].items()
                                   if isinstance(value, (int, float)) and math.isfinite(value)}

@@ -67,8 +67,12 @@ def build_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def initial_model(params: dict[str, Any], texts: list[str], labels: tuple[str, ...], multi_label: bool):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig
-    from transformers import DistilBertForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     label_maps = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                   "label2id": {label: i for i, label in enumerate(labels)},
@@ -170,7 +174,7 @@ def train(context: TrainingContext, examples: list[tuple[str, tuple[str, ...]]],
         held = classifier.evaluate(softmax_scores, sigmoid_scores, targets[held_rows], labels, multi_label)
         context.epoch_done(epoch, {"loss": total / max(1, len(order)), "held_out_accuracy": held["accuracy"]})
         if epoch < epochs:
-            context.obey(epoch, lambda: state_bytes(epoch))
+            context.obey(epoch, lambda done=epoch: state_bytes(done))
 
     context.phase("evaluating")
     softmax_scores, sigmoid_scores = held_out_scores()
