@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from functools import lru_cache
 
 from celery import signals
 
@@ -64,10 +65,8 @@ def _after_fork(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _announce_ready(sender=None, **_: object) -> None:
-    import redis
 
     from cortex_tasks import app
-    from cortex_tasks.settings import get_settings
 
     queues = _consumed_queues(app)
     started = time.perf_counter()
@@ -82,19 +81,23 @@ def _announce_ready(sender=None, **_: object) -> None:
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
     status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,
               "pid": os.getpid(), "load_seconds": round(time.perf_counter() - started, 2)}
-    redis.Redis.from_url(get_settings().redis_url).set(
-        READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
+    _redis().set(READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
     log.info("worker ready: %s", status)
 
 
 @signals.heartbeat_sent.connect
 def _refresh_ready(sender=None, **_: object) -> None:
-    # Keep the readiness key alive while the worker lives; it expires soon after the worker dies.
+    # Keep the readiness key alive while the worker lives (heartbeats come every 2 s while events are on);
+    # it expires soon after the worker dies.
+    hostname = getattr(getattr(sender, "eventer", None), "hostname", None)
+    if hostname:
+        _redis().expire(READY_KEY_PREFIX + hostname, READY_TTL_SECONDS)
+
+
+@lru_cache(maxsize=1)
+def _redis():
     import redis
 
     from cortex_tasks.settings import get_settings
 
-    hostname = getattr(getattr(sender, "consumer", None), "hostname", None)
-    if hostname:
-        redis.Redis.from_url(get_settings().redis_url).expire(READY_KEY_PREFIX + hostname,
-                                                              READY_TTL_SECONDS)
+    return redis.Redis.from_url(get_settings().redis_url)

@@ -20,16 +20,23 @@ log = logging.getLogger(__name__)
 _batchers = BatcherRegistry()
 
 
+def answers_per_job(entry: Any, params: dict[str, Any]) -> bool:
+    """Models that must see a job's inputs together (a projection, say) get each job's list as one value.
+    So do embed jobs that fill a vector collection: their ids and metadata line up with their inputs."""
+    return not getattr(entry, "batchable", True) or bool(params.get("collection"))
+
+
 def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
     settings = get_settings()
     key = (model_name, json.dumps(params, sort_keys=True))
     entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
     if entry is None:
         raise KeyError(model_name)
-    size = settings.max_batch_size if settings.batching_enabled and entry.batchable else 1
+    per_job = answers_per_job(entry, params)
+    size = settings.max_batch_size if settings.batching_enabled and not per_job else 1
 
     def run_batch(values: list[Any]) -> list[Any]:
-        if not entry.batchable:  # each value is one job's whole input list, answered as a unit
+        if per_job:  # each value is one job's whole input list, answered as a unit
             return [service.predict(task, model_name, value, params)["outputs"] for value in values]
         return service.predict(task, model_name, values, params)["outputs"]
 
@@ -130,9 +137,7 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
     if not to_run:
         return outcomes
 
-    # Models that must see a job's inputs together (a projection, say) get each job's list as one value.
-    # So do embed jobs that fill a vector collection: their ids and metadata line up with their inputs.
-    per_job = not getattr(find_model(model_name), "batchable", True) or bool(params.get("collection"))
+    per_job = answers_per_job(find_model(model_name), params)
     values = [job["inputs"] for job in to_run] if per_job else [v for job in to_run for v in job["inputs"]]
     try:
         if per_job:
