@@ -18,6 +18,7 @@ from cortex_web.blueprints import batch, docs, health, jobs, keys, models, predi
 from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
+from cortex_web.json_provider import OrjsonProvider
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
 from cortex_web.replies import ReplyListener
 
@@ -29,8 +30,8 @@ _queue_collector_registered = False
 def create_app() -> Flask:
     settings = get_settings()
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     app.extensions["cortex_redis"] = client
     listener = ReplyListener(settings.redis_url)

@@ -7,7 +7,7 @@ arrives or its wait runs out.
 """
 from __future__ import annotations
 
-import json
+import orjson
 import logging
 import threading
 import time
@@ -65,7 +65,7 @@ class ReplyListener:
                 time.sleep(0.5)
 
     def _deliver(self, data: bytes) -> None:
-        message = json.loads(data)
+        message = orjson.loads(data)
         for job_id, outcome in message.get("outcomes", {}).items():
             self.resolve(job_id, outcome)
         if message.get("message_id") and self.on_message_done is not None:

@@ -7,7 +7,7 @@ so Redis itself runs with `noeviction`).
 """
 from __future__ import annotations
 
-import json
+import orjson
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +27,7 @@ CACHE_LOOKUPS = Counter("cortex_cache_lookups_total", "Cache lookups by layer an
 
 
 def encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 class MemoryCache:
@@ -127,7 +127,7 @@ class RedisCache:
                 values.append(MISSING)
             else:
                 CACHE_LOOKUPS.labels("l2", "hit").inc()
-                values.append(json.loads(blob))
+                values.append(orjson.loads(blob))
         return values
 
     def put_many(self, entries: list[tuple[str, bytes]]) -> None:

@@ -2,7 +2,7 @@
 the reply channel the gateway named in it. No polling; the job rows stay the durable record."""
 from __future__ import annotations
 
-import json
+import orjson
 from functools import lru_cache
 from typing import Any
 
@@ -22,8 +22,7 @@ def publish_outcomes(reply_to: str | None, message_id: str | None, outcomes: dic
     if not reply_to or not reply_to.startswith(REPLY_CHANNEL_PREFIX):
         return
     try:
-        _client().publish(reply_to, json.dumps({"message_id": message_id, "outcomes": outcomes},
-                                               separators=(",", ":")))
+        _client().publish(reply_to, orjson.dumps({"message_id": message_id, "outcomes": outcomes}))
     except redis.RedisError:
         pass  # the waiting gateway falls back to the job rows
 
