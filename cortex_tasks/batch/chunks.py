@@ -37,7 +37,7 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _model_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 _model_locks_guard = threading.Lock()
 # How many items chunks waiting for one model may send through it together (see _predict_combined).
-COMBINED_MAX_ITEMS = 512
+COMBINED_MAX_ITEMS = 300
 
 
 class ChunkModelFailure(Exception):
