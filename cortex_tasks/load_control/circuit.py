@@ -29,9 +29,12 @@ class CircuitPolicy:
 
 
 class CircuitBreaker:
-    def __init__(self, client: redis.Redis, policy: CircuitPolicy, state_ttl: float = 0.5) -> None:
-        self.client, self.policy, self.state_ttl = client, policy, state_ttl
+    def __init__(self, client: redis.Redis, policy: CircuitPolicy, state_ttl: float = 0.5,
+                 flush_seconds: float = 0.5) -> None:
+        self.client, self.policy, self.state_ttl, self.flush_seconds = client, policy, state_ttl, flush_seconds
         self._known: dict[str, tuple[float, bool]] = {}  # model -> (valid until, open)
+        self._pending: dict[str, list[int]] = {}  # model -> [ok, failed] not yet in Redis
+        self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -63,15 +66,32 @@ class CircuitBreaker:
         return max(1, int((ttl if ttl > 0 else self.policy.reset_timeout_seconds * 1000) / 1000 + 0.999))
 
     def record(self, model: str, failed: bool) -> None:
+        """Count an outcome. Successes are added up here and sent to Redis at most every `flush_seconds`
+        (one round trip per request would cost the hot path); a failure is sent at once, with the check
+        whether the circuit must open."""
+        with self._lock:
+            counts = self._pending.setdefault(model, [0, 0])
+            counts[1 if failed else 0] += 1
+            due = failed or time.monotonic() - self._last_flush >= self.flush_seconds
+            if due:
+                pending, self._pending = self._pending, {}
+                self._last_flush = time.monotonic()
+        if not due:
+            return
         bucket = int(time.time() // BUCKET_SECONDS)
-        key = self._bucket_key(model, bucket)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hincrby(key, "failed" if failed else "ok", 1)
-            pipe.expire(key, self.policy.window_seconds + BUCKET_SECONDS)
+            for name, (ok, bad) in pending.items():
+                key = self._bucket_key(name, bucket)
+                if ok:
+                    pipe.hincrby(key, "ok", ok)
+                if bad:
+                    pipe.hincrby(key, "failed", bad)
+                pipe.expire(key, self.policy.window_seconds + BUCKET_SECONDS)
             pipe.execute()
-            if failed:
-                self._maybe_trip(model, bucket)
+            for name, (_, bad) in pending.items():
+                if bad:
+                    self._maybe_trip(name, bucket)
         except redis.RedisError:
             pass
 
