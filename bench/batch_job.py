@@ -101,7 +101,10 @@ def stack(folder: Path) -> Iterator[dict[str, Any]]:
         processes.append(_start([sys.executable, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}",
                                  "-k", "gthread", "-w", "1", "--threads", "8", "--timeout", "120"],
                                 folder / "gateway.log", env))
-        # The gpu worker's shape (threads, one model copy, torch on every core) on the batch queue only.
+        # The gpu worker's shape (threads, one model copy) on the batch queue only, with torch on every core:
+        # a batch keeps the model busy by itself, unlike many small requests (workers/gpu.py leaves a core
+        # free on small machines for those; CORTEX_TORCH_THREADS set by the caller wins).
+        env.setdefault("CORTEX_TORCH_THREADS", str(os.cpu_count() or 1))
         processes.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", "batch",
                                  "-P", "threads", "-c", "8", "--prefetch-multiplier=1", "-n", f"bench-{port}@%h",
                                  "--without-gossip", "--without-mingle", "-l", "WARNING"], folder / "worker.log", env))
@@ -189,7 +192,8 @@ def run(quick: bool) -> dict[str, Any]:
     count, rounds = (2_000, 1) if quick else (10_000, 3)
     texts = corpus(count)
     torch.set_num_threads(os.cpu_count() or 1)
-    figures: dict[str, Any] = {"texts": count, "rounds": rounds, "chunk_size": 100, "machine": _machine()}
+    figures: dict[str, Any] = {"texts": count, "rounds": rounds, "chunk_size": 100, "machine": _machine(),
+                               "worker_torch_threads": int(os.environ.get("CORTEX_TORCH_THREADS") or os.cpu_count() or 1)}
     folder = Path(tempfile.mkdtemp(prefix="cortex-bench-batch-"))
     try:
         with stack(folder) as services:
