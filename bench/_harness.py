@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -79,6 +80,7 @@ def services() -> Iterator[dict[str, str]]:
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     started: list[subprocess.Popen] = []
     with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, folder, True)
         cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
         if not env.get("REDIS_URL"):
             redis_server = EmbeddedRedis(folder / "redis", free_port())
@@ -104,8 +106,8 @@ def services() -> Iterator[dict[str, str]]:
 
 @contextmanager
 def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = None,
-                       web_threads: int = 64, worker_threads: int = 16) -> Iterator[str]:
-    """The gateway (gunicorn, threads) and a gpu worker with the production profile's shape."""
+                       web_threads: int = 64, worker_threads: int = 16, queues: str = "gpu") -> Iterator[str]:
+    """The gateway (gunicorn, threads) and a worker with the gpu profile's shape on `queues`."""
     import redis
 
     from cortex_tasks.stack.embedded import free_port
@@ -122,7 +124,7 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
                                "-k", "gthread", "-w", "1", "--threads", str(web_threads), "--timeout", "120",
                                "--keep-alive", "30", "--backlog", "2048"], folder / f"gateway-{tag}.log", env))
         hostname = f"bench-{tag}@localhost"
-        started.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", "gpu",
+        started.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", queues,
                                "-P", "threads", "-c", str(worker_threads), "--prefetch-multiplier=1", "-n", hostname,
                                "--without-gossip", "--without-mingle", "-l", "WARNING"],
                               folder / f"worker-{tag}.log", env))

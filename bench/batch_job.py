@@ -18,107 +18,30 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
+
+from bench._harness import api_key, corpus, gateway_and_worker, services
 
 TARGET_RATIO = 0.85
 BATCH_SIZE_LIMIT = 1000
-WORDS = ("market", "river", "engine", "doctor", "signal", "harvest", "orbit", "ledger", "violin", "meadow",
-         "canyon", "lantern", "protein", "glacier", "tariff", "sonnet", "circuit", "harbor", "pilot", "garden",
-         "winter", "budget", "station", "forest", "museum", "energy", "village", "climate", "network", "theory")
-VERBS = ("describes", "changes", "follows", "protects", "measures", "explains", "improves", "crosses")
-
-
-def corpus(count: int, seed: int = 7) -> list[str]:
-    """Distinct sentences of 8-20 words (fixed seed)."""
-    rng = random.Random(seed)
-    texts = []
-    for i in range(count):
-        length = rng.randint(8, 20)
-        words = [rng.choice(WORDS) if k % 3 else rng.choice(VERBS) for k in range(length - 2)]
-        texts.append(f"Report {i} " + " ".join(words) + ".")
-    return texts
-
-
-def _start(argv: list[str], log: Path, env: dict[str, str], user: str | None = None) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                user=user)
-
-
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 @contextmanager
-def stack(folder: Path) -> Iterator[dict[str, Any]]:
-    """Services, a gateway and a batch worker; yields their URLs and an API key."""
-    from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-
-    env = {**os.environ, "CORTEX_DATA_DIR": str(folder / "data"), "CORTEX_ARTIFACT_DIR": str(folder / "artifacts"),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    processes: list[subprocess.Popen] = []
-    with ExitStack() as cleanup:
-        cleanup.callback(lambda: [_stop(p, getattr(p, "stop_signal", signal.SIGTERM)) for p in reversed(processes)])
-        if not env.get("REDIS_URL"):
-            redis_server = EmbeddedRedis(folder / "redis", free_port())
-            processes.append(_start(redis_server.argv(), folder / "redis.log", env))
-            redis_server.wait_ready()
-            env["REDIS_URL"] = redis_server.url
-        if not env.get("DATABASE_URL"):
-            postgres = EmbeddedPostgres(folder / "postgres", free_port())
-            process = _start(postgres.argv(), folder / "postgres.log", env, user=postgres.system_user)
-            process.stop_signal = signal.SIGINT  # type: ignore[attr-defined]
-            processes.append(process)
-            postgres.wait_ready()
-            env["DATABASE_URL"] = postgres.url
-        os.environ.update({key: env[key] for key in ("REDIS_URL", "DATABASE_URL", "CORTEX_DATA_DIR",
-                                                     "CORTEX_ARTIFACT_DIR", "HF_HUB_OFFLINE")})
-        from cortex_tasks.auth.keys import create_key
-        from cortex_tasks.settings import reset_settings_cache
-        from cortex_tasks.storage.migrate import upgrade_to_head
-
-        reset_settings_cache()
-        upgrade_to_head(env["DATABASE_URL"])
-        key = create_key("inference_user", name="bench batch_job").key
-        port = free_port()
-        processes.append(_start([sys.executable, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}",
-                                 "-k", "gthread", "-w", "1", "--threads", "8", "--timeout", "120"],
-                                folder / "gateway.log", env))
-        # The gpu worker's shape (threads, one model copy) on the batch queue only, with torch on every core:
-        # a batch keeps the model busy by itself, unlike many small requests (workers/gpu.py leaves a core
-        # free on small machines for those; CORTEX_TORCH_THREADS set by the caller wins).
-        env.setdefault("CORTEX_TORCH_THREADS", str(os.cpu_count() or 1))
-        processes.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", "batch",
-                                 "-P", "threads", "-c", "8", "--prefetch-multiplier=1", "-n", f"bench-{port}@%h",
-                                 "--without-gossip", "--without-mingle", "-l", "WARNING"], folder / "worker.log", env))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the gateway did not start; see {folder / 'gateway.log'}") from None
-                time.sleep(0.3)
-        yield {"url": url, "key": key, "folder": folder}
+def stack() -> Iterator[dict[str, Any]]:
+    """Services, a gateway and a batch worker; yields the gateway's URL and an API key."""
+    # The gpu worker's shape (threads, one model copy) on the batch queue only, with torch on every core:
+    # a batch keeps the model busy by itself, unlike many small requests (workers/gpu.py leaves a core
+    # free on small machines for those; CORTEX_TORCH_THREADS set by the caller wins).
+    threads = os.environ.get("CORTEX_TORCH_THREADS") or str(os.cpu_count() or 1)
+    with services() as env:
+        key = api_key()
+        with gateway_and_worker(env, {"CORTEX_TORCH_THREADS": threads}, web_threads=8, worker_threads=8,
+                                queues="batch") as url:
+            yield {"url": url, "key": key}
 
 
 def _call(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
@@ -194,22 +117,18 @@ def run(quick: bool) -> dict[str, Any]:
     torch.set_num_threads(os.cpu_count() or 1)
     figures: dict[str, Any] = {"texts": count, "rounds": rounds, "chunk_size": 100, "machine": _machine(),
                                "worker_torch_threads": int(os.environ.get("CORTEX_TORCH_THREADS") or os.cpu_count() or 1)}
-    folder = Path(tempfile.mkdtemp(prefix="cortex-bench-batch-"))
-    try:
-        with stack(folder) as services:
-            model = SentenceEmbedder("all-MiniLM-L6-v2", "1")
-            model.encode(texts[:256])  # warm the raw model
-            warm = batch_run(services["url"], services["key"], corpus(200, seed=99))  # loads the worker's model
-            figures["warm_up_seconds"] = warm["seconds"]
-            raw, batch = [], []
-            for round_number in range(rounds):
-                raw.append(raw_run(model, texts))
-                batch.append(batch_run(services["url"], services["key"], texts))
-                print(f"round {round_number + 1}: raw {raw[-1]['items_per_second']}/s, "
-                      f"batch {batch[-1]['items_per_second']}/s", file=sys.stderr, flush=True)
-            del model
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with stack() as running:
+        model = SentenceEmbedder("all-MiniLM-L6-v2", "1")
+        model.encode(texts[:256])  # warm the raw model
+        warm = batch_run(running["url"], running["key"], corpus(200, seed=99))  # loads the worker's model
+        figures["warm_up_seconds"] = warm["seconds"]
+        raw, batch = [], []
+        for round_number in range(rounds):
+            raw.append(raw_run(model, texts))
+            batch.append(batch_run(running["url"], running["key"], texts))
+            print(f"round {round_number + 1}: raw {raw[-1]['items_per_second']}/s, "
+                  f"batch {batch[-1]['items_per_second']}/s", file=sys.stderr, flush=True)
+        del model
     raw_rate = statistics.median(r["items_per_second"] for r in raw)
     batch_rate = statistics.median(b["items_per_second"] for b in batch)
     figures.update({
