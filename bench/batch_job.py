@@ -33,9 +33,8 @@ BATCH_SIZE_LIMIT = 1000
 @contextmanager
 def stack() -> Iterator[dict[str, Any]]:
     """Services, a gateway and a batch worker; yields the gateway's URL and an API key."""
-    # The gpu worker's shape (threads, one model copy) on the batch queue only, with torch on every core:
-    # a batch keeps the model busy by itself, unlike many small requests (workers/gpu.py leaves a core
-    # free on small machines for those; CORTEX_TORCH_THREADS set by the caller wins).
+    # The gpu worker's shape (threads, one model copy, torch on every core) on the batch queue only;
+    # CORTEX_TORCH_THREADS set by the caller wins.
     threads = os.environ.get("CORTEX_TORCH_THREADS") or str(os.cpu_count() or 1)
     with services() as env:
         key = api_key()
