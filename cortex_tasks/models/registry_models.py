@@ -94,39 +94,16 @@ class RegisteredEmbeddingHead:
         return shape_scores(self.head.labels, self.head.scores(vectors, multi_label))
 
 
-def _sequence_classifier_class() -> type:
-    from cortex_tasks.models.hf_classifier import HFSequenceClassifier
-
-    return HFSequenceClassifier
-
-
 class RegisteredSequenceClassifier:
     """A fine-tuned transformer classifier (training/trainers/transformer.py), served like a user's
-    Hugging Face folder: the predict code is the same class's."""
+    Hugging Face folder: the loading and predict code are the same class's."""
 
     def __new__(cls, name: str, version: str) -> Any:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from cortex_tasks.models.base import device_name
-        from cortex_tasks.models.hf_classifier import MAX_TOKENS
+        from cortex_tasks.models.hf_classifier import HFSequenceClassifier
 
         record, path = _fetch(name)
-        backend = object.__new__(_sequence_classifier_class())
-        device = device_name()
-        backend.path = path
-        backend.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        backend.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
-        backend.model.to(torch.device(device)).eval()
-        config = backend.model.config
-        backend.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
-        backend.default_multi_label = config.problem_type == "multi_label_classification"
-        limits = [MAX_TOKENS, getattr(config, "max_position_embeddings", None), backend.tokenizer.model_max_length]
-        backend.max_tokens = min(int(limit) for limit in limits if isinstance(limit, int) and limit > 0)
-        backend.card = {"registry": record.reference, "labels": list(backend.labels)}
-        backend.info = ModelInfo(name=record.model, version=str(record.version), task="classify", device=device,
-                                 max_input_chars=10_000, max_batch_size=32)
-        return backend
+        return HFSequenceClassifier.from_folder(path, record.model, str(record.version),
+                                                {"registry": record.reference})
 
 
 class RegisteredEntityRecognizer:
