@@ -16,4 +16,5 @@ def upgrade_to_head(database_url: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # configparser treats % as interpolation.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
-    command.upgrade(config, "head")
+    # "heads": features add their tables on branches from a common base until a merge revision joins them.
+    command.upgrade(config, "heads")
