@@ -1,0 +1,139 @@
+"""Documents and question answering over the Haystack document store (`predict` permission).
+
+Indexing and answering need MiniLM (and SmolLM2), which only the gpu worker loads: they become jobs
+on the gpu queue (`cortex.documents.index_documents`, `cortex.documents.answer_question`), answered
+within the wait budget like a prediction (200 with the result, or 202 with the job to poll at
+GET /jobs/{id}). Listing and deleting need no model and read the passage table directly.
+
+- `POST   /api/v1/documents`         `{"documents": [{"id"?, "content", "meta"?}], "collection"?}` index (replace by id)
+- `GET    /api/v1/documents`         `?collection=&limit=&offset=` the indexed documents with passage counts
+- `DELETE /api/v1/documents/{id}`    `?collection=` remove a document's passages
+- `POST   /api/v1/qa`                `{"question", "top_k"?, "collection"?, "filters"?, "generate"?}` answer
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from pydantic import BaseModel
+
+from cortex_tasks.auth.roles import PREDICT
+from cortex_tasks.documents import catalog
+from cortex_tasks.documents.requests import (
+    COLLECTION_NAME,
+    DEFAULT_COLLECTION,
+    MAX_DOCUMENT_ID_CHARS,
+    IndexRequest,
+    QuestionRequest,
+)
+from cortex_tasks.jobs.store import NewJob
+from cortex_tasks.queues import GPU, priority_of
+from cortex_tasks.settings import get_settings
+from cortex_web.auth import current_principal, require
+from cortex_web.dispatch import Submitted, submit_and_wait
+from cortex_web.errors import ApiError
+from cortex_web.request_body import parse_body
+
+bp = Blueprint("documents", __name__, url_prefix="/api/v1")
+
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("post", "/api/v1/documents"): IndexRequest,
+    ("post", "/api/v1/qa"): QuestionRequest,
+}
+
+
+def _job_reply(submitted: Submitted) -> tuple[Response, int]:
+    """The job's result if it finished within the wait, a 202 to poll otherwise, its error if it failed."""
+    outcome = submitted.outcome
+    if outcome is None:
+        return jsonify({"job_id": submitted.job_id, "status": "queued",
+                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
+    if outcome["status"] != "succeeded":
+        error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
+        details = {"job_id": submitted.job_id, **(error.get("details") or {})}
+        status = int(details.pop("status", 502 if error.get("code") == "job_failed" else 422))
+        raise ApiError(status, error["code"], error["message"], details)
+    return jsonify({"job_id": submitted.job_id, **outcome["result"]}), 200
+
+
+def _wait(requested: float | None) -> float:
+    return get_settings().default_wait_seconds if requested is None else requested
+
+
+def _collection_arg(required: bool = False) -> str | None:
+    value = request.args.get("collection")
+    if value is None:
+        return DEFAULT_COLLECTION if required else None
+    if not COLLECTION_NAME.match(value):
+        raise ApiError(422, "invalid_collection_name", "A collection name is 1-64 characters: letters, digits, "
+                       "'_', '-', '.', starting with a letter or digit.", {"collection": value[:80]})
+    return value
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(422, "invalid_query", f"{name} must be an integer from {low} to {high}", {name: raw[:40]})
+    return value
+
+
+@bp.post("/documents")
+@require(PREDICT)
+def index_documents() -> tuple[Response, int]:
+    """Index documents into the Haystack store: split into passages, embed, write (an existing id is replaced)."""
+    body = parse_body(IndexRequest, get_settings().max_json_depth)
+    principal = current_principal()
+    documents = [document.model_dump(exclude_none=True) for document in body.documents]
+    submitted = submit_and_wait(
+        NewJob(owner=principal.key_id, kind="documents", task="documents.index", model=None,
+               priority=priority_of("normal"), total=len(documents)),
+        "cortex.documents.index_documents", GPU,
+        {"collection": body.collection, "documents": documents, "indexed_by": principal.key_id},
+        _wait(body.wait))
+    return _job_reply(submitted)
+
+
+@bp.get("/documents")
+@require(PREDICT)
+def list_documents() -> Response:
+    """The indexed documents (all collections, or `?collection=`), newest first, with passage counts."""
+    collection = _collection_arg()
+    limit = _int_arg("limit", 100, 1, catalog.MAX_LIST_LIMIT)
+    offset = _int_arg("offset", 0, 0, 10_000_000)
+    documents, total = catalog.list_documents(collection, limit, offset)
+    return jsonify({"documents": [document.as_dict() for document in documents], "total": total,
+                    "limit": limit, "offset": offset, "collections": catalog.collection_counts()})
+
+
+@bp.delete("/documents/<path:document_id>")
+@require(PREDICT)
+def delete_document(document_id: str) -> Response:
+    """Delete a document and its passages from a collection (`?collection=`, default "default")."""
+    collection = _collection_arg(required=True)
+    if len(document_id) > MAX_DOCUMENT_ID_CHARS:
+        raise ApiError(422, "invalid_document_id", f"A document id is at most {MAX_DOCUMENT_ID_CHARS} characters.")
+    deleted = catalog.delete_document(collection or DEFAULT_COLLECTION, document_id)
+    if not deleted:
+        raise ApiError(404, "document_not_found", f"No document {document_id!r} in collection {collection!r}.",
+                       {"collection": collection, "document_id": document_id})
+    return jsonify({"collection": collection, "document_id": document_id, "deleted": True,
+                    "passages_deleted": deleted})
+
+
+@bp.post("/qa")
+@require(PREDICT)
+def answer_question() -> tuple[Response, int]:
+    """Answer a question from the indexed documents: the answer, an extractive answer and the sources."""
+    body = parse_body(QuestionRequest, get_settings().max_json_depth)
+    arguments: dict[str, Any] = body.model_dump(exclude={"wait"})
+    submitted = submit_and_wait(
+        NewJob(owner=current_principal().key_id, kind="documents", task="documents.qa", model=None,
+               priority=priority_of("normal"), total=1),
+        "cortex.documents.answer_question", GPU, arguments, _wait(body.wait))
+    return _job_reply(submitted)
