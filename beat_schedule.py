@@ -36,6 +36,12 @@ BEAT_SCHEDULE = {
         "schedule": crontab(),
         "options": MAINTENANCE,
     },
+    # Audit retention (architecture document: audit.retention_period, 90d by default).
+    "purge-audit-events-daily": {
+        "task": "cortex.maintenance.purge_audit_events",
+        "schedule": crontab(minute=29, hour=3),
+        "options": MAINTENANCE,
+    },
     "expire-results-hourly": {
         "task": "cortex.maintenance.expire_results",
         "schedule": crontab(minute=41),

@@ -69,14 +69,21 @@ def keys() -> None:
 @click.option("--role", required=True, type=click.Choice(["reader", "inference_user", "model_admin"]))
 @click.option("--name", default=None)
 @click.option("--expires-in-days", type=float, default=None)
-def keys_create(role: str, name: str | None, expires_in_days: float | None) -> None:
+@click.option("--tier", default="default", show_default=True,
+              help="Rate-limit tier: default, premium, unlimited, or one set in CORTEX_RATE_LIMITS.")
+def keys_create(role: str, name: str | None, expires_in_days: float | None, tier: str) -> None:
     """Create a key; the key itself is printed alone on the last line."""
+    from cortex_tasks.audit.service import cli_actor, record_events
     from cortex_tasks.auth.keys import create_key
 
-    issued = create_key(role, name, expires_in_days)
+    try:
+        issued = create_key(role, name, expires_in_days, tier=tier)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    record_events([cli_actor("key.create", issued.key_id, {"role": role, "tier": tier, "name": name})])
     expiry = issued.expires_at.isoformat() if issued.expires_at else "never"
-    click.echo(f"key id {issued.key_id}, role {issued.role}, expires {expiry}. Store it now; it is not shown again:",
-               err=True)
+    click.echo(f"key id {issued.key_id}, role {issued.role}, tier {issued.tier}, expires {expiry}. "
+               "Store it now; it is not shown again:", err=True)
     click.echo(issued.key)
 
 
@@ -90,10 +97,12 @@ def keys_list() -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
+    from cortex_tasks.audit.service import cli_actor, record_events
     from cortex_tasks.auth.keys import revoke_key
 
     if not revoke_key(key_id):
         raise click.ClickException(f"no active key {key_id}")
+    record_events([cli_actor("key.revoke", key_id)])
     click.echo(f"revoked {key_id}")
 
 

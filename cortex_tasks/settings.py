@@ -61,6 +61,104 @@ def _artifact_key(raw: str | None) -> bytes | None:
 
 
 @dataclass(frozen=True)
+class RateTier:
+    """A token bucket per API key, and a narrower one per (key, model) for prediction calls, so that one
+    model cannot take a caller's whole budget (architecture document: rate_limits)."""
+
+    requests_per_minute: float
+    burst_size: int
+    model_requests_per_minute: float | None = None  # None: no per-model bucket
+    model_burst_size: int | None = None
+
+
+UNLIMITED_TIER = "unlimited"
+DEFAULT_RATE_TIERS: dict[str, RateTier | None] = {
+    # Per model: half the key's budget by default.
+    "default": RateTier(60, 10, 30, 5),
+    "premium": RateTier(300, 50, 150, 25),
+    UNLIMITED_TIER: None,  # internal automation: never limited, and costs no Redis round trip
+}
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """Alert when security violations from one key or one IP reach `threshold` within `window_seconds`
+    (architecture document: audit_system.alerts)."""
+
+    type: str
+    threshold: int
+    window_seconds: float
+
+
+DEFAULT_AUDIT_ALERTS = (AlertRule("security_breach", 3, 300.0), AlertRule("unusual_access", 10, 3600.0))
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str | float) -> float:
+    """Seconds from `30`, `30s`, `5m`, `1h` or `90d` (the architecture document's notation)."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    text = str(raw).strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    try:
+        value = float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a duration (e.g. 30s, 5m, 1h, 90d)") from None
+    if value <= 0:
+        raise ValueError(f"{raw!r} must be a positive duration")
+    return value
+
+
+def _rate_tier(name: str, spec: object) -> RateTier | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not {"requests_per_minute", "burst_size"} <= set(spec):
+        raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}] needs requests_per_minute and burst_size (or null)")
+    rate, burst = float(spec["requests_per_minute"]), int(spec["burst_size"])
+    per_model = spec.get("per_model", {"requests_per_minute": rate / 2, "burst_size": max(1, burst // 2)})
+    if per_model is not None and not (isinstance(per_model, dict)
+                                      and {"requests_per_minute", "burst_size"} <= set(per_model)):
+        raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}].per_model needs requests_per_minute and burst_size")
+    tier = RateTier(rate, burst, float(per_model["requests_per_minute"]) if per_model else None,
+                    int(per_model["burst_size"]) if per_model else None)
+    if tier.requests_per_minute <= 0 or tier.burst_size < 1 or (
+            per_model and (tier.model_requests_per_minute <= 0 or tier.model_burst_size < 1)):
+        raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}]: rates must be positive and bursts at least 1")
+    return tier
+
+
+def rate_tiers_from(raw: str | None) -> dict[str, RateTier | None]:
+    """The architecture's tiers, overridden or extended by CORTEX_RATE_LIMITS, a JSON object
+    `{"tier": {"requests_per_minute", "burst_size", "per_model"?: {...} | null} | null}` (null: unlimited)."""
+    tiers = dict(DEFAULT_RATE_TIERS)
+    if raw in (None, ""):
+        return tiers
+    try:
+        given = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"CORTEX_RATE_LIMITS is not JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise TypeError("CORTEX_RATE_LIMITS must be a JSON object of tiers")
+    tiers.update({str(name): _rate_tier(str(name), spec) for name, spec in given.items()})
+    return tiers
+
+
+def audit_alerts_from(raw: str | None) -> tuple[AlertRule, ...]:
+    """CORTEX_AUDIT_ALERTS: a JSON list of `{"type", "threshold", "window": "5m"}` replacing the defaults."""
+    if raw in (None, ""):
+        return DEFAULT_AUDIT_ALERTS
+    try:
+        given = json.loads(raw)
+        rules = tuple(AlertRule(str(rule["type"]), int(rule["threshold"]), parse_duration(rule["window"]))
+                      for rule in given)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"CORTEX_AUDIT_ALERTS must be a JSON list of {{type, threshold, window}}: {exc}") from None
+    if any(rule.threshold < 1 for rule in rules):
+        raise ValueError("CORTEX_AUDIT_ALERTS: thresholds are at least 1")
+    return rules
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     redis_url: str
@@ -104,6 +202,17 @@ class Settings:
     # given base64-encoded in CORTEX_ARTIFACT_KEY; without it artifacts are stored unencrypted.
     s3_region: str = "us-east-1"
     artifact_key: bytes | None = field(default=None, repr=False)
+    # Rate limiting (architecture document: rate_limits). A key's tier names one of these.
+    rate_limit_tiers: dict[str, RateTier | None] = field(default_factory=lambda: dict(DEFAULT_RATE_TIERS))
+    admin_key_tier: str = UNLIMITED_TIER  # CORTEX_ADMIN_KEY is for automation
+    max_concurrent_requests: int = 100  # in-flight prediction requests per gateway process
+    queue_timeout_seconds: float = 30.0  # how long a request waits for one of those slots
+    # Audit log (architecture document: audit_system, storage_security.audit).
+    audit_enabled: bool = True
+    audit_retention_days: float = 90.0
+    audit_flush_seconds: float = 1.0
+    audit_alerts: tuple[AlertRule, ...] = DEFAULT_AUDIT_ALERTS
+    audit_log_level: str = "INFO"
 
     @property
     def uses_s3(self) -> bool:
@@ -150,6 +259,15 @@ def get_settings() -> Settings:
         default_wait_seconds=_env_float("CORTEX_DEFAULT_WAIT", 5.0),
         max_deliveries=_env_int("CORTEX_MAX_DELIVERIES", 3),
         result_expires_seconds=_env_int("CORTEX_RESULT_EXPIRES", 3600),
+        rate_limit_tiers=rate_tiers_from(os.environ.get("CORTEX_RATE_LIMITS")),
+        admin_key_tier=os.environ.get("CORTEX_ADMIN_KEY_TIER") or UNLIMITED_TIER,
+        max_concurrent_requests=_env_int("CORTEX_MAX_CONCURRENT_REQUESTS", 100),
+        queue_timeout_seconds=parse_duration(os.environ.get("CORTEX_QUEUE_TIMEOUT") or "30s"),
+        audit_enabled=_env_bool("CORTEX_AUDIT", True),
+        audit_retention_days=parse_duration(os.environ.get("CORTEX_AUDIT_RETENTION") or "90d") / 86400,
+        audit_flush_seconds=_env_float("CORTEX_AUDIT_FLUSH_SECONDS", 1.0),
+        audit_alerts=audit_alerts_from(os.environ.get("CORTEX_AUDIT_ALERTS")),
+        audit_log_level=(os.environ.get("CORTEX_AUDIT_LOG_LEVEL") or "INFO").upper(),
     )
 
 

@@ -13,8 +13,9 @@ from werkzeug.wrappers import Response
 from cortex_tasks.load_control.circuit import CircuitBreaker, CircuitPolicy
 from cortex_tasks.load_control.shedding import LoadShedder, SheddingPolicy
 from cortex_tasks.settings import get_settings
-from cortex_web import auth
-from cortex_web.blueprints import batch, docs, health, jobs, keys, models, predict, stream, training, vectors
+from cortex_web import audit as audit_log
+from cortex_web import auth, limits
+from cortex_web.blueprints import audit, batch, docs, health, jobs, keys, models, predict, stream, training, vectors
 from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
@@ -22,7 +23,8 @@ from cortex_web.json_provider import OrjsonProvider
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
 from cortex_web.replies import ReplyListener
 
-BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp)
+BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
+              audit.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
 _queue_collector_registered = False
 
@@ -44,6 +46,8 @@ def create_app() -> Flask:
         error_threshold=settings.circuit_error_threshold, min_requests=settings.circuit_min_requests,
         reset_timeout_seconds=settings.circuit_reset_timeout_seconds))
     _register_queue_metrics(client)
+    limits.init_app(app, client, settings)
+    audit_log.init_app(app, client, settings)
 
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:

@@ -31,3 +31,12 @@ class QueueDepthCollector:
         except Exception:  # a scrape must not fail because Redis is briefly away
             pass
         yield family
+
+# Rate limiting and the audit log (cortex_web/limits.py, cortex_web/audit.py).
+RATE_LIMITED = Counter("cortex_rate_limited_total", "Requests refused with 429 by the rate limiter, by tier",
+                       ["tier"])
+INFLIGHT_REJECTED = Counter("cortex_inflight_rejected_total",
+                            "Prediction requests refused with 503: too many in flight in this gateway process")
+AUDIT_ALERTS = Counter("cortex_audit_alerts_total", "Security alerts raised by the audit log, by type", ["type"])
+AUDIT_EVENTS_DROPPED = Counter("cortex_audit_events_dropped_total",
+                               "Audit events dropped because the database was unreachable for too long")

@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cortex_tasks.jobs.running import JobInputError
+from cortex_tasks.models import timeseries_inputs
+from cortex_web.errors import ApiError
 from cortex_web.request_body import CONTROL_CHARACTERS
 
 MAX_INPUTS = 32
@@ -21,6 +24,26 @@ def check_text(index: int, text: str) -> None:
         raise ValueError(f"inputs[{index}] has {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed")
     if CONTROL_CHARACTERS.search(text):
         raise ValueError(f"inputs[{index}] contains control characters")
+
+
+# Task input kinds checked by check_numeric_inputs (catalogue TaskEntry.input_kind).
+NUMERIC_INPUT_KINDS = ("series", "series_or_rows")
+
+
+def check_numeric_inputs(task_name: str, model_name: str, model_loader: str, inputs: list[Any],
+                         params: dict[str, Any] | None) -> None:
+    """Time-series inputs and params, checked as the worker checks them, so a bad request is a 422
+    before anything is queued (params None: the items' shapes only)."""
+    try:
+        timeseries_inputs.check_request(task_name, model_name, model_loader, inputs, params)
+    except JobInputError as exc:
+        raise ApiError(422, exc.code, str(exc), exc.details) from None
+
+
+def implied_model(task_name: str, params: dict[str, Any], inputs: list[Any]) -> str | None:
+    """The model a time-series request that names none runs: params.method's, or isolation-forest for
+    anomaly feature rows; None for the task's default (and for every other task)."""
+    return timeseries_inputs.implied_model(task_name, params, inputs)
 
 
 def check_model_reference(value: str | None) -> str | None:
@@ -57,6 +80,7 @@ class CreateKeyRequest(BaseModel):
     role: Literal["reader", "inference_user", "model_admin"]
     name: str | None = Field(default=None, max_length=200)
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+    tier: str = Field(default="default", min_length=1, max_length=32)  # checked against the configured tiers
 
 
 class PipelineStep(BaseModel):

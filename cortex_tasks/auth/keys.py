@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select, update
 
 from cortex_tasks.auth.roles import ROLES
+from cortex_tasks.settings import get_settings
 from cortex_tasks.storage.db import session_scope
 from cortex_tasks.storage.tables import ApiKey
 
@@ -25,6 +26,7 @@ ADMIN_KEY_ID = "env-admin"
 class Principal:
     key_id: str
     role: str
+    tier: str = "default"  # rate-limit tier (settings.rate_limit_tiers)
 
 
 @dataclass(frozen=True)
@@ -33,27 +35,33 @@ class IssuedKey:
     key: str
     role: str
     expires_at: datetime | None
+    tier: str = "default"
 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(role: str, name: str | None = None, expires_in_days: float | None = None) -> IssuedKey:
+def create_key(role: str, name: str | None = None, expires_in_days: float | None = None,
+               tier: str = "default") -> IssuedKey:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    tiers = get_settings().rate_limit_tiers
+    if tier not in tiers:
+        raise ValueError(f"unknown tier {tier!r}; tiers are {', '.join(tiers)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     expires_at = (datetime.now(timezone.utc) + timedelta(days=expires_in_days)) if expires_in_days else None
     with session_scope() as session:
-        session.add(ApiKey(id=key_id, secret_hash=_hash(secret), role=role, name=name, expires_at=expires_at))
-    return IssuedKey(key_id, f"{PREFIX}_{key_id}_{secret}", role, expires_at)
+        session.add(ApiKey(id=key_id, secret_hash=_hash(secret), role=role, tier=tier, name=name,
+                           expires_at=expires_at))
+    return IssuedKey(key_id, f"{PREFIX}_{key_id}_{secret}", role, expires_at, tier)
 
 
 def verify_key(presented: str, admin_key: str | None = None) -> Principal | None:
     """Return who holds the key, or None if it is unknown, malformed, expired or revoked."""
     if admin_key and hmac.compare_digest(presented.encode(), admin_key.encode()):
-        return Principal(ADMIN_KEY_ID, "model_admin")
+        return Principal(ADMIN_KEY_ID, "model_admin", get_settings().admin_key_tier)
     parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != PREFIX:
         return None
@@ -65,7 +73,7 @@ def verify_key(presented: str, admin_key: str | None = None) -> Principal | None
     now = datetime.now(timezone.utc)
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
-    return Principal(row.id, row.role)
+    return Principal(row.id, row.role, row.tier)
 
 
 def revoke_key(key_id: str) -> bool:
@@ -82,7 +90,7 @@ def list_keys() -> list[dict[str, str | None]]:
         rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
     return [
         {
-            "key_id": row.id, "role": row.role, "name": row.name,
+            "key_id": row.id, "role": row.role, "tier": row.tier, "name": row.name,
             "created_at": row.created_at.isoformat(),
             "expires_at": row.expires_at.isoformat() if row.expires_at else None,
             "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -82,28 +82,52 @@ class Gateway:
     url: str
     key: str
     timeout: float = 120.0
+    # A 429 (rate limited) or 503 (overloaded) with Retry-After is waited out and retried: every call
+    # here is safe to repeat (reads, and submits carry an Idempotency-Key).
+    max_retries: int = 20
+    max_retry_wait: float = 60.0
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.key}", **({"Content-Type": "application/json"} if data else {}),
-            **(headers or {})})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            payload = exc.read()
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method, headers={
+                "Authorization": f"Bearer {self.key}", **({"Content-Type": "application/json"} if data else {}),
+                **(headers or {})})
             try:
-                error = json.loads(payload)["error"]
-                message = f"{error['code']}: {error['message']}"
-            except (ValueError, KeyError, TypeError):
-                message = payload[:300].decode(errors="replace")
-            raise BatchClientError(f"{method} {path} answered {exc.code}: {message}") from None
-        except urllib.error.URLError as exc:
-            raise BatchClientError(f"cannot reach the gateway at {self.url}: {exc.reason}") from None
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                wait = _retry_after(exc)
+                if wait is None or attempt == self.max_retries:
+                    self._fail(method, path, exc)
+                exc.close()
+                time.sleep(min(wait, self.max_retry_wait))
+            except urllib.error.URLError as exc:
+                raise BatchClientError(f"cannot reach the gateway at {self.url}: {exc.reason}") from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _fail(method: str, path: str, exc: urllib.error.HTTPError) -> NoReturn:
+        payload = exc.read()
+        try:
+            error = json.loads(payload)["error"]
+            message = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = payload[:300].decode(errors="replace")
+        raise BatchClientError(f"{method} {path} answered {exc.code}: {message}") from None
 
     def json(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         return json.loads(self.call(method, path, body, headers)[1])
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """Seconds to wait before retrying, for a 429 or 503 that says (Retry-After in seconds)."""
+    if exc.code not in (429, 503):
+        return None
+    try:
+        return max(0.0, float(exc.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
 
 
 @dataclass

@@ -29,6 +29,14 @@ def expire_job_records() -> dict[str, int]:
     return {"deleted": service.delete_expired_jobs(get_settings().job_retention_days)}
 
 
+@app.task(name="cortex.maintenance.purge_audit_events", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+def purge_audit_events() -> dict[str, int]:
+    """Audit events older than the retention period (architecture document: audit.retention_period)."""
+    from cortex_tasks.audit.service import purge_older_than
+
+    return {"deleted": purge_older_than(get_settings().audit_retention_days)}
+
+
 @app.task(name="cortex.maintenance.expire_results", soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
 def expire_results() -> dict[str, int]:
     from cortex_tasks.batch.config import batch_config

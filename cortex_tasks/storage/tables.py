@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -62,6 +63,8 @@ class ApiKey(Base):
     id: Mapped[str] = mapped_column(String(16), primary_key=True)  # public part of the key
     secret_hash: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(32))
+    # The rate-limit tier (settings.rate_limit_tiers); migration 0004.
+    tier: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -259,3 +262,32 @@ class JobMetricsHourly(Base):
     run_ms_p50: Mapped[float | None] = mapped_column(Float)
     run_ms_p95: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- the audit log (migration 0004) ---
+
+
+class AuditEvent(Base):
+    """One audited event. model_access rows are aggregated: one per (key, model, action, minute), `count`
+    requests; every other event is one row."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_type_at", "event_type", "at"),
+        Index("ix_audit_events_actor_at", "actor_key_id", "at"),
+        Index("uq_audit_events_model_access", "actor_key_id", "resource", "action", "at", unique=True,
+              postgresql_where=text("event_type = 'model_access'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    event_type: Mapped[str] = mapped_column(String(32))  # model_access|configuration_changes|security_violations|alerts
+    action: Mapped[str] = mapped_column(String(64))
+    actor_key_id: Mapped[str | None] = mapped_column(String(64))
+    actor_role: Mapped[str | None] = mapped_column(String(32))
+    resource: Mapped[str | None] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(16))  # success | failure | denied | fired
+    ip: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

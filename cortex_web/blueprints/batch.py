@@ -25,6 +25,7 @@ from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
 from cortex_web.blueprints.predict import resolve
 from cortex_web.errors import ApiError
+from cortex_web.limits import limit_model_work
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.request_body import parse_body
 from cortex_web.schemas import check_model_reference
@@ -68,6 +69,7 @@ def _links(job_id: str) -> dict[str, str]:
 
 @bp.post("/batch/submit")
 @require(PREDICT)
+@limit_model_work
 def submit() -> tuple[Response, int]:
     """Submit a batch job (1..1000 inputs), answered at once with its job id."""
     request.max_content_length = MAX_BATCH_BODY_BYTES

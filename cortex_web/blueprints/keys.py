@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 from cortex_tasks.auth.keys import create_key, list_keys, revoke_key
 from cortex_tasks.auth.roles import ADMIN
 from cortex_tasks.settings import get_settings
+from cortex_web.audit import audited
 from cortex_web.auth import require
 from cortex_web.errors import ApiError
 from cortex_web.request_body import parse_body
@@ -16,10 +17,14 @@ bp = Blueprint("keys", __name__, url_prefix="/api/v1")
 
 @bp.post("/keys")
 @require(ADMIN)
+@audited("key.create")
 def create() -> tuple[Response, int]:
     body = parse_body(CreateKeyRequest, get_settings().max_json_depth)
-    issued = create_key(body.role, body.name, body.expires_in_days)
-    return jsonify({"key_id": issued.key_id, "key": issued.key, "role": issued.role,
+    tiers = get_settings().rate_limit_tiers
+    if body.tier not in tiers:
+        raise ApiError(422, "unknown_tier", f"Unknown rate-limit tier {body.tier!r}.", {"valid": list(tiers)})
+    issued = create_key(body.role, body.name, body.expires_in_days, tier=body.tier)
+    return jsonify({"key_id": issued.key_id, "key": issued.key, "role": issued.role, "tier": issued.tier,
                     "expires_at": issued.expires_at.isoformat() if issued.expires_at else None}), 201
 
 
@@ -31,6 +36,7 @@ def index() -> Response:
 
 @bp.delete("/keys/<key_id>")
 @require(ADMIN)
+@audited("key.revoke")
 def revoke(key_id: str) -> Response:
     if not revoke_key(key_id):
         raise ApiError(404, "key_not_found", f"No active key {key_id!r}.")

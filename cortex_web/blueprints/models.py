@@ -19,6 +19,7 @@ from cortex_tasks.queues import MAINTENANCE, priority_of
 from cortex_tasks.registry import routing, service, stats
 from cortex_tasks.registry.model_card import render_model_card
 from cortex_tasks.settings import get_settings
+from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.training import runs_summary  # experiment tracking: the model's training runs
 from cortex_web.dispatch import submit_and_wait
@@ -175,6 +176,7 @@ def _activation_queue(task: str) -> str:
 
 @bp.post("/models/<name>/versions/<int:version>/promote")
 @require(DEPLOY)
+@audited("model.promote")
 def promote(name: str, version: int) -> tuple[Response, int]:
     """Promote to canary (with a traffic %) or production (blue-green); or retire to staging/archived."""
     body = parse_body(PromoteRequest, get_settings().max_json_depth)
@@ -213,6 +215,7 @@ def promote(name: str, version: int) -> tuple[Response, int]:
 
 @bp.post("/models/<name>/rollback")
 @require(DEPLOY)
+@audited("model.rollback")
 def rollback(name: str) -> Response:
     """Return production to the previous production version (or `to_version`), at once."""
     body = (parse_body(RollbackRequest, get_settings().max_json_depth) if request.get_data(cache=True)

@@ -35,6 +35,7 @@ from cortex_web.auth import current_principal, require
 from cortex_web.coalescer import PendingJob, group_for
 from cortex_web.dispatch import circuit_breaker, coalescer, reply_listener, shedder
 from cortex_web.errors import ApiError
+from cortex_web.limits import limit_prediction
 from cortex_web.metrics import JOB_OUTCOMES
 from cortex_web.request_body import parse_body
 from cortex_web.schemas import PipelineRequest, PredictRequest, check_text
@@ -218,6 +219,7 @@ def parse_prediction() -> tuple[PredictRequest, TaskEntry, ModelEntry, float]:
 
 @bp.post("/predict")
 @require(PREDICT)
+@limit_prediction
 def predict() -> tuple[Response, int]:
     """Run one prediction job; the result when ready within `wait`, else 202 with a status URL."""
     body, task, model, wait = parse_prediction()
@@ -230,6 +232,7 @@ def predict() -> tuple[Response, int]:
 
 @bp.post("/predict/batch")
 @require(PREDICT)
+@limit_prediction
 def predict_batch() -> tuple[Response, int]:
     """Up to 32 inputs, always waits; a failed item is reported in place of its output."""
     body, task, model, _ = parse_prediction()
@@ -260,6 +263,7 @@ def next_inputs(previous_inputs: list[Any], outputs: list[Any]) -> list[Any]:
 
 @bp.post("/predict/pipeline")
 @require(PREDICT)
+@limit_prediction
 def predict_pipeline() -> tuple[Response, int]:
     """Steps run in order, each on the previous step's output where that makes sense; every step shown."""
     settings = get_settings()

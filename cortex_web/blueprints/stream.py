@@ -20,6 +20,7 @@ from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.predict import parse_prediction, run_prediction
 from cortex_web.dispatch import redis_client
+from cortex_web.limits import limit_prediction
 from cortex_web.metrics import JOBS_SUBMITTED
 
 bp = Blueprint("stream", __name__, url_prefix="/api/v1")
@@ -37,6 +38,7 @@ def _events_response(events: Iterator[str]) -> Response:
 
 @bp.post("/predict/stream")
 @require(PREDICT)
+@limit_prediction
 def predict_stream() -> Response:
     """Stream a prediction as Server-Sent Events (tokens for `generate`, items otherwise)."""
     body, task, model, _ = parse_prediction()

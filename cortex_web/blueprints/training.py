@@ -26,10 +26,12 @@ from cortex_tasks.training.submission import (
     control,
     submit_training,
 )
+from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
+from cortex_web.limits import limit_work
 from cortex_web.request_body import parse_body
 
 bp = Blueprint("training", __name__, url_prefix="/api/v1")
@@ -105,6 +107,8 @@ def _check_registered_task(model: str, task: str) -> None:
 
 @bp.post("/training/submit")
 @require(TRAIN)
+@limit_work
+@audited("training.submit")
 def submit() -> tuple[Response, int]:
     """Submit a training job; over the quota it is refused with 429."""
     request.max_content_length = MAX_TRAINING_BODY_BYTES
@@ -171,6 +175,7 @@ def status(job_id: str) -> Response:
 
 @bp.post("/training/control/<job_id>")
 @require(TRAIN)
+@audited("training.control")
 def control_job(job_id: str) -> tuple[Response, int]:
     """Cancel, pause (checkpoint) or resume (from the checkpoint) a training job."""
     body = parse_body(ControlRequest, get_settings().max_json_depth)

@@ -31,9 +31,11 @@ from cortex_tasks.queues import GPU, MAINTENANCE, priority_of
 from cortex_tasks.settings import get_settings
 from cortex_tasks.storage.vector_store import MAX_DIMENSION, MAX_K, VectorStoreError, check_collection_name
 from cortex_tasks.vectors import service
+from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import submit_and_wait
 from cortex_web.errors import ApiError
+from cortex_web.limits import limit_work
 from cortex_web.request_body import CONTROL_CHARACTERS, parse_body
 
 bp = Blueprint("vectors", __name__, url_prefix="/api/v1")
@@ -196,6 +198,7 @@ def list_collections() -> Response:
 
 @bp.put("/vectors/<collection>")
 @require(PREDICT)
+@audited("collection.create")
 def create_collection(collection: str) -> tuple[Response, int]:
     """Create a collection (idempotent for the same configuration; 409 for another one)."""
     name = _collection_name(collection)
@@ -236,6 +239,7 @@ def describe_collection(collection: str) -> Response:
 
 @bp.delete("/vectors/<collection>")
 @require(PREDICT)
+@audited("collection.delete")
 def drop_collection(collection: str) -> Response:
     """Drop a collection and all its items."""
     if not service.vector_store().drop_collection(_collection_name(collection)):
@@ -245,6 +249,7 @@ def drop_collection(collection: str) -> Response:
 
 @bp.post("/vectors/<collection>")
 @require(PREDICT)
+@limit_work
 def upsert(collection: str) -> tuple[Response, int]:
     """Insert or replace items by id; texts are embedded by a worker."""
     name = _collection_name(collection)
@@ -268,6 +273,7 @@ def upsert(collection: str) -> tuple[Response, int]:
 
 @bp.post("/vectors/<collection>/search")
 @require(PREDICT)
+@limit_work
 def search(collection: str) -> tuple[Response, int]:
     """The k nearest items to a text or a vector, with optional metadata equality filters."""
     name = _collection_name(collection)

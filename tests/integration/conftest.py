@@ -32,14 +32,17 @@ def app():
 
     flask_app = create_app()
     flask_app.testing = True
-    return flask_app
+    yield flask_app
+    # Write the audit log's last events while the session's database still runs (atexit is too late).
+    flask_app.extensions["cortex_audit"].flush()
 
 
 @pytest.fixture(scope="session")
 def keys() -> dict[str, str]:
     from cortex_tasks.auth.keys import create_key
 
-    return {role: create_key(role, name=f"test {role}").key
+    # Unlimited: the suite sends many requests per key; tests/integration/test_rate_limits.py uses limited keys.
+    return {role: create_key(role, name=f"test {role}", tier="unlimited").key
             for role in ("reader", "inference_user", "model_admin")}
 
 

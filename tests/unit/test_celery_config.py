@@ -59,6 +59,7 @@ def test_registered_task_names_are_pinned():
         "cortex.batch.run_chunk",
         "cortex.maintenance.expire_job_records",
         "cortex.maintenance.expire_results",
+        "cortex.maintenance.purge_audit_events",
         "cortex.maintenance.retrain_due_models",
         "cortex.maintenance.roll_up_metrics",
         "cortex.maintenance.sweep_stale_jobs",
@@ -82,6 +83,7 @@ def test_beat_schedule_is_pinned():
         "retrain-due-models-every-minute": ("cortex.maintenance.retrain_due_models",
                                             "<crontab: * * * * * (m/h/dM/MY/d)>"),
         "expire-results-hourly": ("cortex.maintenance.expire_results", "<crontab: 41 * * * * (m/h/dM/MY/d)>"),
+        "purge-audit-events-daily": ("cortex.maintenance.purge_audit_events", "<crontab: 29 3 * * * (m/h/dM/MY/d)>"),
         "roll-up-metrics-every-5-minutes": ("cortex.maintenance.roll_up_metrics",
                                             "<crontab: */5 * * * * (m/h/dM/MY/d)>"),
     }

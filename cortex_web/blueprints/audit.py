@@ -1,0 +1,55 @@
+"""GET /api/v1/audit (model_admin): the audit log, newest first, filtered and paginated."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, jsonify, request
+
+from cortex_tasks.audit.service import EVENT_TYPES, query_events
+from cortex_tasks.auth.roles import ADMIN
+from cortex_web.auth import require
+from cortex_web.errors import ApiError
+
+bp = Blueprint("audit", __name__, url_prefix="/api/v1")
+MAX_PAGE_SIZE = 200
+
+
+def _positive_int(name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ApiError(422, "invalid_query", f"?{name}= must be a positive integer.")
+    if maximum is not None and int(raw) > maximum:
+        raise ApiError(422, "invalid_query", f"?{name}= is at most {maximum}.", {"max": maximum})
+    return int(raw)
+
+
+def _moment(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_query", f"?{name}= must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@bp.get("/audit")
+@require(ADMIN)
+def list_events() -> Response:
+    """Audit events: ?type= (model_access|configuration_changes|security_violations|alerts), ?actor= (key
+    id), ?since= / ?until= (ISO 8601), ?page= and ?size= (at most 200, default 50)."""
+    event_type = request.args.get("type")
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise ApiError(422, "invalid_query", f"Unknown event type {event_type!r}.", {"valid": list(EVENT_TYPES)})
+    actor = request.args.get("actor")
+    if actor is not None and not 0 < len(actor) <= 64:
+        raise ApiError(422, "invalid_query", "?actor= is a key id of 1..64 characters.")
+    since, until = _moment("since"), _moment("until")
+    if since and until and since >= until:
+        raise ApiError(422, "invalid_query", "?since= must be before ?until=.")
+    page, size = _positive_int("page", 1), _positive_int("size", 50, MAX_PAGE_SIZE)
+    events, more = query_events(event_type, actor, since, until, page, size)
+    return jsonify({"events": events, "page": page, "size": size, "next_page": page + 1 if more else None})
