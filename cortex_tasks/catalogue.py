@@ -29,7 +29,9 @@ class TaskEntry:
     description: str
     cacheable: bool = True
     models: tuple[str, ...] = field(default=())
-    input_kind: str = "text"  # "text", or "text_or_vector" for tasks that also take number lists
+    # "text"; "text_or_vector" for tasks that also take number lists; "series" (a list of numbers or of
+    # {"ds", "y"} points, see models/timeseries_inputs.py); "series_or_rows" (a series or feature rows)
+    input_kind: str = "text"
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -73,6 +75,26 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("vader", "sentiment", "3.3.2", "cortex_tasks.models.sentiment:VaderSentiment",
                    "VADER lexicon sentiment (English): compound score in [-1, 1] as score, "
                    "positive/neutral/negative label with confidence"),
+        # --- nlp-queue time-series models (models/timeseries.py), one per method ---
+        ModelEntry("robust-zscore", "anomaly", "1", "cortex_tasks.models.timeseries:AnomalyDetector",
+                   "Series anomalies: robust z-score of each point against trend + seasonal profile (period "
+                   "from params.period or detected) or its neighbours' median (params.window); points above "
+                   "params.threshold (default 4) flagged with their scores"),
+        ModelEntry("isolation-forest", "anomaly", "1", "cortex_tasks.models.timeseries:AnomalyDetector",
+                   "Feature-row anomalies: scikit-learn IsolationForest (200 trees, seeded) over one input's rows; "
+                   "per-row scores in (0, 1], outliers by params.contamination (\"auto\" or a share)"),
+        ModelEntry("prophet", "forecast", "1.5.0", "cortex_tasks.models.timeseries:Forecaster",
+                   "Prophet forecast of params.horizon steps with params.interval_width bounds; undated "
+                   "series get one seasonality of params.period (or the detected period), dated series "
+                   "Prophet's calendar seasonalities"),
+        ModelEntry("arima", "forecast", "0.14", "cortex_tasks.models.timeseries:Forecaster",
+                   "ARIMA with drift (order by AIC, or params.order) on the STL seasonally adjusted series "
+                   "when a period is given or detected; params.horizon steps with interval bounds"),
+        ModelEntry("stl-decompose", "decompose", "0.14", "cortex_tasks.models.timeseries:Decomposer",
+                   "STL decomposition (statsmodels, robust unless params.robust=false): trend, seasonal, "
+                   "residual, period (params.period or detected from the autocorrelation) and strengths"),
+        ModelEntry("classical-decompose", "decompose", "0.14", "cortex_tasks.models.timeseries:Decomposer",
+                   "Classical moving-average decomposition (statsmodels seasonal_decompose, additive)"),
     )
 }
 
@@ -112,6 +134,21 @@ TASKS: dict[str, TaskEntry] = {
                   models=("lingua", "lingua-fast")),
         TaskEntry("sentiment", NLP, "vader", None,
                   "Sentiment: polarity score in [-1, 1], label and confidence", models=("vader",)),
+        # Time series: each input is one series answered as a unit (models/timeseries_inputs.py).
+        TaskEntry("anomaly", NLP, "robust-zscore", None,
+                  "Anomalies in a series (robust_zscore) or in feature rows (isolation_forest; chosen for "
+                  "rows when no model is named): indexes, scores per point (params.method, threshold, "
+                  "period, window, contamination)", models=("robust-zscore", "isolation-forest"),
+                  input_kind="series_or_rows"),
+        TaskEntry("forecast", NLP, "prophet", None,
+                  "Forecast params.horizon steps of a series with Prophet or ARIMA (params.method): yhat with "
+                  "yhat_lower/yhat_upper (params.interval_width), dates when dates were given; "
+                  "model=name@version serves a forecaster trained by Cortex (input [])",
+                  models=("prophet", "arima"), input_kind="series"),
+        TaskEntry("decompose", NLP, "stl-decompose", None,
+                  "Seasonal decomposition (params.method stl or classical): trend, seasonal, residual and "
+                  "the period used (params.period or detected)", models=("stl-decompose", "classical-decompose"),
+                  input_kind="series"),
     )
 }
 

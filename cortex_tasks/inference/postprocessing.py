@@ -26,6 +26,9 @@ DECIMALS = 6
 MAX_ENSEMBLE_MEMBERS = 8
 # Tasks whose headline `score` is not the probability of `label`.
 OWN_SCORE_TASKS = frozenset({"sentiment"})
+# Tasks whose outputs are not label scores: their models read params.threshold themselves (anomaly:
+# a z-score cut-off, not a probability), so nothing here applies.
+NOT_LABEL_TASKS = frozenset({"anomaly", "forecast", "decompose"})
 
 
 def read_top_k(params: Mapping[str, Any], name: str = "top_k") -> int | None:
@@ -86,6 +89,8 @@ def distribution(output: Any) -> dict[str, float] | None:
 
 def apply(task: str, outputs: list[Any], params: Mapping[str, Any]) -> list[Any]:
     """Apply params.top_k / params.threshold to every classification-like output; others pass through."""
+    if task in NOT_LABEL_TASKS:
+        return outputs
     top_k = read_top_k(params)
     threshold = read_threshold(params)
     multi_label = bool(params.get("multi_label"))

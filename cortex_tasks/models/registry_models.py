@@ -142,8 +142,10 @@ class RegisteredEntityRecognizer:
 
 
 class RegisteredForecaster:
-    """A Prophet or ARIMA model fitted on one series (training/trainers/forecast.py). Each input is a
-    horizon (a number of future periods, or {"horizon": n}); `params.horizon` is the default."""
+    """A Prophet or ARIMA model fitted on one series (training/trainers/forecast.py). It forecasts the
+    periods after that series: an input is `[]` (through /predict, task forecast), or a horizon (a
+    number of future periods, or {"horizon": n}); `params.horizon`, else the training horizon, is the
+    default. Answers have the shape of the bundled forecasters' (models/timeseries.py)."""
 
     def __init__(self, name: str, version: str) -> None:
         from cortex_tasks.training.trainers.forecast import load_forecaster
@@ -155,15 +157,22 @@ class RegisteredForecaster:
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
         from cortex_tasks.jobs.running import JobInputError
+        from cortex_tasks.models.timeseries import trained_forecast
+        from cortex_tasks.models.timeseries_inputs import check_item, read_params
 
-        default = params.get("horizon", self.forecaster.default_horizon)
+        options = read_params("forecast", self.info.name, params, trained=True)
+        default = options.horizon or self.forecaster.default_horizon
         outputs = []
         for index, item in enumerate(inputs):
-            horizon = item.get("horizon", default) if isinstance(item, dict) else (item if item not in ("", None) else default)
+            if isinstance(item, list):
+                check_item("forecast", options, item)  # only [] : the series it was fitted on
+                horizon = default
+            else:
+                horizon = item.get("horizon", default) if isinstance(item, dict) else (item if item not in ("", None) else default)
             if isinstance(horizon, str) and horizon.strip().isdigit():
                 horizon = int(horizon)
             if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= 10_000:
                 raise JobInputError("invalid_input", f"inputs[{index}]: the horizon must be an integer from 1 to 10000",
                                     {"index": index})
-            outputs.append(self.forecaster.forecast(horizon))
+            outputs.append(trained_forecast(self.forecaster, horizon))
         return outputs

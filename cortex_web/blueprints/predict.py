@@ -38,7 +38,14 @@ from cortex_web.errors import ApiError
 from cortex_web.limits import limit_prediction
 from cortex_web.metrics import JOB_OUTCOMES
 from cortex_web.request_body import parse_body
-from cortex_web.schemas import PipelineRequest, PredictRequest, check_text
+from cortex_web.schemas import (
+    NUMERIC_INPUT_KINDS,
+    PipelineRequest,
+    PredictRequest,
+    check_numeric_inputs,
+    check_text,
+    implied_model,
+)
 
 bp = Blueprint("predict", __name__, url_prefix="/api/v1")
 # Codes a worker reports for problems with the input itself (a 422), as opposed to its own failures.
@@ -76,7 +83,12 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
     return task, model
 
 
-def validate_inputs(task: TaskEntry, inputs: list[Any]) -> None:
+def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] | None = None,
+                    model: ModelEntry | None = None) -> None:
+    if task.input_kind in NUMERIC_INPUT_KINDS:  # time series: items and params checked together
+        chosen = model or MODELS[task.default_model]
+        check_numeric_inputs(task.name, chosen.name, chosen.loader, inputs, params)
+        return
     for index, item in enumerate(inputs):
         if isinstance(item, str):
             try:
@@ -211,8 +223,9 @@ def accepted(job_id: str) -> tuple[Response, int]:
 def parse_prediction() -> tuple[PredictRequest, TaskEntry, ModelEntry, float]:
     settings = get_settings()
     body = parse_body(PredictRequest, settings.max_json_depth)
-    task, model = resolve(body.task, body.model)
-    validate_inputs(task, body.inputs)
+    # A time-series request without a model runs the one its params.method (or its inputs) call for.
+    task, model = resolve(body.task, body.model or implied_model(body.task, body.params, body.inputs))
+    validate_inputs(task, body.inputs, body.params, model)
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     return body, task, model, wait
 
