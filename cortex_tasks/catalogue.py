@@ -50,6 +50,15 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("SmolLM2-135M-Instruct", "generate", "1", "cortex_tasks.models.generator:SmolLM2Generator",
                    "SmolLM2-135M-Instruct (bundled Q4_1 GGUF, dequantized once and cached), chat template, "
                    "greedy or sampled, stop sequences, token streaming"),
+        # --- OpenAI models (cortex_tasks/openai/): always listed; without CORTEX_OPENAI_API_KEY a request
+        # for them is refused with 503 openai_not_configured. ---
+        ModelEntry("gpt-4o-mini", "generate", "1", "cortex_tasks.openai.backends:OpenAIChatGenerator",
+                   "OpenAI gpt-4o-mini through the chat completions API (needs CORTEX_OPENAI_API_KEY): same params "
+                   "as SmolLM2; usage and cost per output; temperature 0 answers cached; falls back to SmolLM2 "
+                   "when the API fails", batchable=True),
+        ModelEntry("text-embedding-3-small", "embed", "1", "cortex_tasks.openai.backends:OpenAIEmbedder",
+                   "OpenAI text-embedding-3-small through the embeddings API (needs CORTEX_OPENAI_API_KEY), "
+                   "1536 dimensions, unit length"),
         ModelEntry("vector-reducer", "reduce", "1", "cortex_tasks.models.reducer:VectorReducer",
                    "PCA or UMAP (params.method) of submitted vectors, or of texts embedded with MiniLM; "
                    "one projection per request", batchable=False),
@@ -102,7 +111,7 @@ TASKS: dict[str, TaskEntry] = {
     entry.name: entry
     for entry in (
         TaskEntry("embed", GPU, "all-MiniLM-L6-v2", None, "Sentence embeddings (384-d vectors)",
-                  models=("all-MiniLM-L6-v2",)),
+                  models=("all-MiniLM-L6-v2", "text-embedding-3-small")),
         # --- gpu-queue tasks ---
         # A user's Hugging Face sequence-classification folders (CORTEX_MODELS_DIR) also serve classify:
         # see find_model / task_model_names below.
@@ -112,10 +121,11 @@ TASKS: dict[str, TaskEntry] = {
         TaskEntry("zero_shot", GPU, "minilm-zero-shot", None,
                   "Score the input against params.labels (2..20); scores sum to 1",
                   models=("minilm-zero-shot",)),
-        # Sampled output differs per call, so results are not cached.
-        TaskEntry("generate", GPU, "SmolLM2-135M-Instruct", None,
-                  "Text generation with the bundled SmolLM2 (max_tokens, temperature, stop)",
-                  cacheable=False, models=("SmolLM2-135M-Instruct",)),
+        # Sampled output differs per call, so results are not cached (the OpenAI backend caches its own
+        # temperature-0 calls). SmolLM2 answers when an OpenAI model fails.
+        TaskEntry("generate", GPU, "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct",
+                  "Text generation with the bundled SmolLM2 or OpenAI gpt-4o-mini (max_tokens, temperature, stop)",
+                  cacheable=False, models=("SmolLM2-135M-Instruct", "gpt-4o-mini")),
         TaskEntry("reduce", GPU, "vector-reducer", None,
                   "PCA/UMAP projection of vectors (lists of numbers) or texts, all inputs together",
                   models=("vector-reducer",), input_kind="text_or_vector"),

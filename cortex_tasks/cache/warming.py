@@ -80,6 +80,7 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
     from cortex_tasks import app as celery_app
     from cortex_tasks.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
     from cortex_tasks.jobs import store
+    from cortex_tasks.openai.config import is_openai_model
     from cortex_tasks.queues import PRIORITY_CLASSES
 
     started = time.monotonic()
@@ -92,7 +93,8 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
     chosen_models = {pair for pair, _ in model_popularity.most_common(popular_models)}
     groups: dict[tuple[str, str, str], list[str]] = {}
     for (task, model, params_json, text), _ in queries[:max_queries]:
-        if (task, model) in chosen_models and task in TASKS and TASKS[task].cacheable:
+        # OpenAI models are never warmed: every warming call would be paid for.
+        if (task, model) in chosen_models and task in TASKS and TASKS[task].cacheable and not is_openai_model(model):
             groups.setdefault((task, model, params_json), []).append(text)
 
     considered = present_before = sent = 0

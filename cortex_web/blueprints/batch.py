@@ -16,6 +16,7 @@ from cortex_tasks.batch import results
 from cortex_tasks.batch.config import batch_config
 from cortex_tasks.batch.submission import BatchRequest, create_batch, request_hash
 from cortex_tasks.jobs.store import FINISHED_STATES, SUCCEEDED, IdempotencyConflict
+from cortex_tasks.openai.billing import billed_params
 from cortex_tasks.queues import priority_of
 from cortex_tasks.settings import get_settings
 from cortex_tasks.storage import arrow_io
@@ -82,7 +83,9 @@ def submit() -> tuple[Response, int]:
     key = _idempotency_key()
     task, model = resolve(body.task, body.model)
     batch = BatchRequest(owner=current_principal().key_id, task=task.name, model=model.name,
-                         inputs=body.inputs, params=body.params, priority=priority_of(body.priority),
+                         inputs=body.inputs, priority=priority_of(body.priority),
+                         # OpenAI calls are billed to the submitting key (cortex_tasks/openai/billing.py)
+                         params=billed_params(model.name, body.params, current_principal().key_id),
                          idempotency_key=key, batchable=model.batchable)
     digest = request_hash(body.task, body.model, body.inputs, body.params, body.priority) if key else None
     try:

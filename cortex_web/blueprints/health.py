@@ -100,3 +100,27 @@ def health_cache() -> Response:
     from cortex_tasks.cache.warming import effectiveness
 
     return jsonify({**get_cache().stats(), "warming": effectiveness()})
+
+
+@bp.get("/api/v1/health/langchain")
+@require(READ)
+def health_langchain() -> Response:
+    """Chat with memory (LangChain): the library, the chat models and their state, the memory window."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cortex_tasks.chat.config import chat_config
+    from cortex_tasks.openai.config import CHAT_MODELS, openai_config
+
+    try:
+        langchain_version = version("langchain-core")
+    except PackageNotFoundError:
+        langchain_version = None
+    config = chat_config()
+    gpu_workers = [w for w in ready_workers() if TASKS["generate"].queue in w.get("queues", [])]
+    models = {"SmolLM2-135M-Instruct": {"provider": "local", "available": bool(gpu_workers)}}
+    models.update({name: {"provider": "openai", "available": openai_config().configured and bool(gpu_workers)}
+                   for name in CHAT_MODELS})
+    ok = langchain_version is not None and bool(gpu_workers)
+    return jsonify({"status": "ok" if ok else "degraded", "langchain_core": langchain_version,
+                    "workers_serving_chat": len(gpu_workers), "default_model": config.default_model,
+                    "models": models, "memory": {"turns": config.memory_turns, "chars": config.memory_chars}})

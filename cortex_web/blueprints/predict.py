@@ -28,10 +28,12 @@ from cortex_tasks.catalogue import (
     task_entry,
 )
 from cortex_tasks.jobs.store import NewJob
+from cortex_tasks.openai.billing import billed_params
 from cortex_tasks.queues import priority_of
 from cortex_tasks.registry.routing import routed_reference
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
+from cortex_web.blueprints.usage import refuse_unavailable_openai
 from cortex_web.coalescer import PendingJob, group_for
 from cortex_web.dispatch import circuit_breaker, coalescer, reply_listener, shedder
 from cortex_web.errors import ApiError
@@ -50,6 +52,8 @@ from cortex_web.schemas import (
 bp = Blueprint("predict", __name__, url_prefix="/api/v1")
 # Codes a worker reports for problems with the input itself (a 422), as opposed to its own failures.
 WORKER_FAILURE_CODES = {"model_error", "job_failed", "unavailable"}
+# Refusals a worker reports for OpenAI models (cortex_tasks/openai/client.py).
+STATUS_BY_CODE = {"rate_limited": 429, "budget_exceeded": 402, "openai_not_configured": 503}
 
 
 @dataclass
@@ -80,6 +84,7 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
     if version and version != model.version:
         raise ApiError(404, "unknown_model_version", f"Model {model.name!r} has no version {version!r}.",
                        {"valid": [f"{model.name}@{model.version}"]})
+    refuse_unavailable_openai(model.name)  # OpenAI models: configured and within the monthly budget
     return task, model
 
 
@@ -152,6 +157,7 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     """Answer from the cache what it holds; send only the misses to a worker as one job."""
     submitted_at = time.perf_counter()
     model, circuit_note = admit(task, model, priority_class)
+    params = billed_params(model.name, params, current_principal().key_id)  # OpenAI calls are billed per key
     cache = get_cache()
     keys: list[str] = []
     outputs: list[Any] = [MISSING] * len(inputs)
@@ -197,7 +203,8 @@ def raise_for_failure(prediction: Prediction) -> None:
         return
     error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
     code = error.get("code", "job_failed")
-    status = 503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES else 422
+    status = (503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES
+              else STATUS_BY_CODE.get(code, 422))
     raise ApiError(status, code, error.get("message", "the job failed"),
                    {"job_id": prediction.job_id, **error.get("details", {})})
 

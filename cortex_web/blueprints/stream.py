@@ -15,6 +15,7 @@ from cortex_tasks import app as celery_app
 from cortex_tasks.auth.roles import PREDICT
 from cortex_tasks.inference.streaming import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
 from cortex_tasks.jobs import store
+from cortex_tasks.openai.billing import billed_params
 from cortex_tasks.queues import priority_of
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
@@ -70,6 +71,7 @@ def _stream_tokens(model_name: str, inputs: list[Any], params: dict[str, Any], p
     client = redis_client()
     priority = priority_of(priority_class)
     job_id = str(uuid.uuid4())
+    params = billed_params(model_name, params, current_principal().key_id)  # OpenAI calls are billed per key
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no token is missed
     finished = False

@@ -1,17 +1,35 @@
 """Integration fixtures: real workers (one per profile kind), the real Flask app, keys per role."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import WorkerProcess
 
 
 @pytest.fixture(scope="session")
-def workers() -> Iterator[dict[str, WorkerProcess]]:
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server (the only test double: OpenAI is an external paid API). Its URL
+    and a key are in the environment before any worker starts, so workers and the gateway both use it."""
+    from cortex_tasks.openai.config import reset_openai_config
+
+    server = FakeOpenAI().start()
+    os.environ["CORTEX_OPENAI_API_KEY"] = "sk-test-fake"
+    os.environ["CORTEX_OPENAI_BASE_URL"] = server.base_url
+    reset_openai_config()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def workers(fake_openai: FakeOpenAI) -> Iterator[dict[str, WorkerProcess]]:
     """A gpu-profile worker (threads) and a prefork worker for every other queue, like `cortex up`."""
     gpu = WorkerProcess("gpu,batch", pool="threads", concurrency=8, name="gpu")  # as workers/gpu.py
     other = WorkerProcess("nlp,training,batch,maintenance", pool="prefork", concurrency=2, name="cpu")

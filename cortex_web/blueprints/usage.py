@@ -1,0 +1,64 @@
+"""OpenAI usage and cost: GET /api/v1/usage/openai, and the gateway's checks before any OpenAI work is
+queued (configured, within the monthly budget), so a refusal is immediate and clear."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, jsonify, request
+
+from cortex_tasks.auth.roles import READ
+from cortex_tasks.openai import usage as usage_ledger
+from cortex_tasks.openai.config import CHAT_MODELS, EMBEDDING_MODELS, is_openai_model, openai_config
+from cortex_web.auth import current_principal, is_admin, require
+from cortex_web.errors import ApiError
+from cortex_web.metrics import REGISTRY
+
+bp = Blueprint("usage", __name__, url_prefix="/api/v1")
+REGISTRY.register(usage_ledger.OpenAIUsageCollector())
+
+
+def refuse_unavailable_openai(model_name: str) -> None:
+    """503 when OpenAI is not configured, 402 when the monthly budget is spent; nothing for other models."""
+    if not is_openai_model(model_name):
+        return
+    config = openai_config()
+    if not config.configured:
+        raise ApiError(503, "openai_not_configured",
+                       f"Model {model_name!r} needs OpenAI, which is not configured on this deployment "
+                       "(set CORTEX_OPENAI_API_KEY). The local model SmolLM2-135M-Instruct serves generate.",
+                       {"model": model_name})
+    try:
+        usage_ledger.check_budget(config)
+    except usage_ledger.BudgetExceeded as exc:
+        raise ApiError(402, "budget_exceeded", str(exc),
+                       {"model": model_name, "spent_usd": round(exc.spent, 6), "budget_usd": exc.budget}) from None
+
+
+@bp.get("/usage/openai")
+@require(READ)
+def openai_usage() -> Response:
+    """Tokens and cost per key and model, this calendar month (UTC) or since ?since=ISO-8601.
+    A model_admin sees every key; other roles see their own key's usage."""
+    since = usage_ledger.month_start()
+    raw_since = request.args.get("since")
+    if raw_since:
+        try:
+            since = datetime.fromisoformat(raw_since)
+        except ValueError:
+            raise ApiError(422, "invalid_request", "since must be an ISO-8601 date or time, e.g. 2025-01-01",
+                           {"since": raw_since}) from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    principal = current_principal()
+    owner = None if is_admin(principal) else principal.key_id
+    config = openai_config()
+    body = usage_ledger.summary(owner, since)
+    body.update({
+        "scope": "all_keys" if owner is None else "own_key",
+        "configured": config.configured,
+        "models": {"generate": list(CHAT_MODELS), "embed": list(EMBEDDING_MODELS)},
+        "prices_per_1k_tokens_usd": config.prices,
+        "budget": {"monthly_budget_usd": config.monthly_budget_usd,
+                   "month_to_date_usd": round(usage_ledger.month_spend(), 8)},
+    })
+    return jsonify(body)

@@ -1,0 +1,132 @@
+"""A local OpenAI-compatible HTTP server for tests (OpenAI is an external paid API: the one test double
+the project allows). Speaks the REST shapes the official client uses:
+
+- POST /v1/chat/completions -> a deterministic answer that quotes the last user message, with `usage`;
+- POST /v1/embeddings -> deterministic unit vectors (1536 dimensions), with `usage`.
+
+Tests can read every request it received (`requests`) and make the next calls fail on demand
+(`fail_next(status, count, retry_after=...)`: 429 with Retry-After, 500, ...).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+EMBEDDING_DIMENSION = 1536
+
+
+def count_tokens(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def answer_for(messages: list[dict[str, Any]]) -> str:
+    last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    return f"You said: {last_user} (I saw {len(messages)} messages)"
+
+
+def embedding_for(text: str) -> list[float]:
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [((seed[i % len(seed)] * (i + 1)) % 251) / 251.0 - 0.5 for i in range(EMBEDDING_DIMENSION)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []  # {"path", "body", "status"}
+        self._failures: deque[tuple[int, float | None]] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # --- control, from tests ---
+    def fail_next(self, status: int, count: int = 1, retry_after: float | None = None) -> None:
+        with self._lock:
+            self._failures.extend([(status, retry_after)] * count)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._failures.clear()
+            self.requests.clear()
+
+    def calls(self, path: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if path is None or r["path"].endswith(path)]
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    # --- server ---
+    def start(self) -> FakeOpenAI:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, payload, headers = fake._answer(self.path, body, self.headers.get("Authorization", ""))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _answer(self, path: str, body: dict[str, Any], authorization: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            failure = self._failures.popleft() if self._failures else None
+            status = failure[0] if failure else 200
+            self.requests.append({"path": path, "body": body, "status": status, "at": time.time()})
+        if not authorization.startswith("Bearer "):
+            return 401, {"error": {"message": "no API key", "type": "invalid_request_error"}}, {}
+        if failure is not None:
+            status, retry_after = failure
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            kind = "rate_limit_exceeded" if status == 429 else "server_error"
+            return status, {"error": {"message": f"injected {status}", "type": kind, "code": kind}}, headers
+        if path.endswith("/chat/completions"):
+            messages = body.get("messages", [])
+            text = answer_for(messages)
+            prompt_tokens = sum(count_tokens(m.get("content", "")) + 3 for m in messages)
+            completion_tokens = count_tokens(text)
+            return 200, {
+                "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            }, {}
+        if path.endswith("/embeddings"):
+            texts = body.get("input", [])
+            texts = [texts] if isinstance(texts, str) else texts
+            tokens = sum(count_tokens(text) for text in texts)
+            return 200, {
+                "object": "list", "model": body.get("model"),
+                "data": [{"object": "embedding", "index": i, "embedding": embedding_for(text)}
+                         for i, text in enumerate(texts)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }, {}
+        return 404, {"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}}, {}
