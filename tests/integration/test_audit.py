@@ -1,0 +1,163 @@
+"""The audit log through the HTTP API and real PostgreSQL: configuration changes, security violations and
+model access recorded with the right fields, alerts at the threshold, GET /audit for admins only, and
+retention deleting only old rows."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cortex_tasks.audit.service import AuditRecord, query_events, record_events
+from cortex_tasks.auth.keys import create_key
+from cortex_web.metrics import AUDIT_ALERTS
+
+
+def key_id(key: str) -> str:
+    return key.split("_", 2)[1]
+
+
+@pytest.fixture()
+def flush(app):
+    """Write the gateway's buffered events now (the writer thread would within a second)."""
+    return app.extensions["cortex_audit"].flush
+
+
+def events(admin_api, **query) -> list[dict]:
+    response = admin_api.get("/api/v1/audit", query_string={"size": 200, **query})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["events"]
+
+
+def test_key_changes_are_recorded_without_the_secret(admin_api, keys, flush):
+    created = admin_api.post("/api/v1/keys", {"role": "reader", "tier": "premium", "name": "audited"}).get_json()
+    assert admin_api.delete(f"/api/v1/keys/{created['key_id']}").status_code == 200
+    assert admin_api.delete("/api/v1/keys/nosuchkey").status_code == 404
+    flush()
+    admin = key_id(keys["model_admin"])
+    changes = events(admin_api, type="configuration_changes", actor=admin)
+    by_action = {(event["action"], event["resource"]): event for event in changes}
+    made = by_action[("key.create", created["key_id"])]
+    assert made["outcome"] == "success" and made["actor"] == {"key_id": admin, "role": "model_admin"}
+    assert made["details"]["tier"] == "premium" and made["details"]["request"]["role"] == "reader"
+    assert made["ip"] == "127.0.0.1"
+    assert created["key"] not in str(changes) and created["key"].split("_", 2)[2] not in str(changes)
+    assert by_action[("key.revoke", created["key_id"])]["outcome"] == "success"
+    refused = by_action[("key.revoke", "nosuchkey")]
+    assert refused["outcome"] == "failure" and refused["details"]["code"] == "key_not_found"
+
+
+def test_cli_key_changes_are_recorded():
+    from click.testing import CliRunner
+
+    from cortex_tasks.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "create", "--role", "reader"])
+    assert result.exit_code == 0, result.output
+    new_id = key_id(result.output.strip().splitlines()[-1])
+    rows, _ = query_events("configuration_changes", since=datetime.now(UTC) - timedelta(minutes=1))
+    made = [row for row in rows if row["action"] == "key.create" and row["resource"] == new_id]
+    assert made and made[0]["details"]["via"] == "cli" and made[0]["actor"]["key_id"] is None
+
+
+def test_security_violations_are_recorded(app, admin_api, keys, flush):
+    client = app.test_client()
+    address = f"10.0.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    missing = client.get("/api/v1/models", environ_base={"REMOTE_ADDR": address})
+    bad = client.get("/api/v1/models", headers={"Authorization": "Bearer ctx_abcdef123456_wrongsecret"},
+                     environ_base={"REMOTE_ADDR": address})
+    assert (missing.status_code, bad.status_code) == (401, 401)
+    reader = keys["reader"]
+    assert client.post("/api/v1/keys", json={"role": "reader"},
+                       headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+    limited_key = create_key("inference_user", tier="default").key
+    limited = admin_api.as_key(limited_key)
+    statuses = [limited.post("/api/v1/predict", {"task": "embed", "inputs": [""]}).status_code for _ in range(6)]
+    assert statuses[-1] == 429
+    flush()
+
+    from_address = {event["action"]: event for event in events(admin_api, type="security_violations")
+                    if event["ip"] == address}
+    assert from_address["missing_api_key"]["actor"]["key_id"] is None
+    claimed = from_address["invalid_api_key"]
+    assert claimed["actor"]["key_id"] == "abcdef123456" and "wrongsecret" not in str(claimed)
+    assert claimed["resource"] == "GET /api/v1/models" and claimed["outcome"] == "denied"
+    forbidden = events(admin_api, type="security_violations", actor=key_id(reader))
+    assert any(e["action"] == "forbidden" and e["resource"] == "POST /api/v1/keys" for e in forbidden)
+    rate = events(admin_api, type="security_violations", actor=key_id(limited_key))
+    assert [(e["action"], e["actor"]["role"], e["details"]["status"]) for e in rate] == [
+        ("rate_limited", "inference_user", 429)]
+
+
+def test_model_access_is_aggregated_per_key_model_and_minute(admin_api, workers, flush):
+    caller_key = create_key("inference_user", tier="unlimited").key
+    caller = admin_api.as_key(caller_key)
+    for _ in range(3):
+        caller.predict("embed", ["audited access"])
+    assert caller.post("/api/v1/predict", {"task": "embed", "inputs": [""]}).status_code == 422  # not access
+    flush()
+    rows = events(admin_api, type="model_access", actor=key_id(caller_key))
+    assert [(row["resource"], row["action"], row["count"], row["actor"]["role"]) for row in rows] == [
+        ("all-MiniLM-L6-v2", "predict.predict", 3, "inference_user")]
+    assert datetime.fromisoformat(rows[0]["at"]).second == 0  # the minute it counts
+
+
+def test_alert_fires_once_at_the_threshold(app, admin_api, flush):
+    client = app.test_client()
+    address = f"10.1.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+
+    def violate(times: int) -> None:
+        for _ in range(times):
+            assert client.get("/api/v1/models", environ_base={"REMOTE_ADDR": address}).status_code == 401
+        flush()
+
+    def alerts() -> list[dict]:
+        return [event for event in events(admin_api, type="alerts") if event["resource"] == f"ip:{address}"]
+
+    before = AUDIT_ALERTS.labels("security_breach")._value.get()
+    violate(2)
+    assert alerts() == []
+    violate(1)  # the third within 5 minutes
+    fired = alerts()
+    assert [(a["action"], a["ip"], a["details"]["threshold"], a["details"]["window_seconds"]) for a in fired] == [
+        ("security_breach", address, 3, 300.0)]
+    assert AUDIT_ALERTS.labels("security_breach")._value.get() == before + 1
+    violate(4)  # still the same breach: no second alert
+    assert [a["action"] for a in alerts()] == ["security_breach"]
+    violate(3)  # ten within the hour
+    assert sorted(a["action"] for a in alerts()) == ["security_breach", "unusual_access"]
+
+
+def test_audit_endpoint_is_admin_only_filters_and_pages(app, admin_api, keys, flush):
+    for role in ("reader", "inference_user"):
+        assert admin_api.as_key(keys[role]).get("/api/v1/audit").status_code == 403
+    for query in ({"type": "everything"}, {"since": "yesterday"}, {"size": "500"}, {"page": "0"},
+                  {"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}):
+        response = admin_api.get("/api/v1/audit", query_string=query)
+        assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_query", query
+    for _ in range(3):
+        admin_api.post("/api/v1/keys", {"role": "reader"})
+    flush()
+    first = admin_api.get("/api/v1/audit", query_string={"size": 2}).get_json()
+    second = admin_api.get("/api/v1/audit", query_string={"size": 2, "page": 2}).get_json()
+    assert first["next_page"] == 2 and len(first["events"]) == 2
+    ordered = first["events"] + second["events"]
+    assert len({event["id"] for event in ordered}) == 4
+    assert [event["at"] for event in ordered] == sorted((event["at"] for event in ordered), reverse=True)
+    future = admin_api.get("/api/v1/audit", query_string={"since": "2999-01-01T00:00:00Z"}).get_json()
+    assert future == {"events": [], "page": 1, "size": 50, "next_page": None}
+
+
+def test_retention_deletes_only_old_rows(workers):
+    from cortex_tasks import app as celery_app
+
+    marker = f"retention-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    record_events([AuditRecord("configuration_changes", "test.old", "success", resource=marker,
+                               at=now - timedelta(days=91)),
+                   AuditRecord("configuration_changes", "test.recent", "success", resource=marker,
+                               at=now - timedelta(days=89))])
+    result = celery_app.send_task("cortex.maintenance.purge_audit_events", queue="maintenance").get(timeout=180)
+    assert result["deleted"] >= 1
+    left, _ = query_events("configuration_changes", since=now - timedelta(days=100))
+    assert [row["action"] for row in left if row["resource"] == marker] == ["test.recent"]
