@@ -12,6 +12,7 @@ TASK_MODULES = [
     "cortex_tasks.registry.tasks",
     "cortex_tasks.batch.tasks",
     "cortex_tasks.training.tasks",
+    "cortex_tasks.documents.tasks",
     "cortex_tasks.chat.tasks",
 ]
 

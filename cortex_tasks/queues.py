@@ -32,6 +32,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "cortex.vectors.upsert_items": {"queue": GPU},
     "cortex.vectors.search_text": {"queue": GPU},
     "cortex.vectors.build_index": {"queue": MAINTENANCE},
+    # Haystack indexing and question answering embed with MiniLM (and generate with SmolLM2): gpu.
+    "cortex.documents.*": {"queue": GPU},
     # A chat reply generates text (SmolLM2, or OpenAI with SmolLM2 as fallback): gpu.
     "cortex.chat.*": {"queue": GPU},
     # Promotions are sent to the queue of the version's task (its readiness is checked there); this is the default.

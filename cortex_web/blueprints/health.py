@@ -92,6 +92,33 @@ def health_model(model_id: str) -> Response:
                     "loaded_on_workers": loaded_on, "status": "loaded" if loaded_on else "not_loaded"})
 
 
+@bp.get("/api/v1/health/haystack")
+@require(READ)
+def health_haystack() -> tuple[Response, int]:
+    """Haystack: packages installed, the document store's table reachable, documents per collection,
+    and whether a gpu worker (which runs the pipelines) is ready."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cortex_tasks.documents import catalog
+
+    packages: dict[str, str | None] = {}
+    for package in ("haystack-ai", "pgvector-haystack"):
+        try:
+            packages[package] = version(package)  # metadata only: importing haystack would import torch
+        except PackageNotFoundError:
+            packages[package] = None
+    try:
+        store: dict[str, Any] = {**catalog.table_ready(), "collections": catalog.collection_counts()}
+        store["ok"] = store["exists"] and store["embedding_dimension"] == catalog.EMBEDDING_DIMENSION
+    except Exception as exc:  # noqa: BLE001 (health reports any failure, it does not raise)
+        store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    gpu_workers = [worker.get("hostname") for worker in ready_workers() if "gpu" in worker.get("queues", [])]
+    usable = bool(store["ok"]) and all(packages.values())
+    status = ("ok" if gpu_workers else "degraded") if usable else "unavailable"
+    return jsonify({"status": status, "packages": packages, "store": store,
+                    "pipelines_run_on": gpu_workers}), 200 if usable else 503
+
+
 @bp.get("/api/v1/health/cache")
 @require(READ)
 def health_cache() -> Response:

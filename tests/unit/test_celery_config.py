@@ -69,6 +69,8 @@ def test_registered_task_names_are_pinned():
         "cortex.vectors.search_text",
         "cortex.training.train_model",
         "cortex.vectors.upsert_items",
+        "cortex.documents.index_documents",
+        "cortex.documents.answer_question",
         "cortex.chat.reply",
     ])
 
