@@ -25,10 +25,10 @@ ERROR_SCHEMA = {
 
 
 def build_spec(app: Flask, extra_bodies: dict[tuple[str, str], type] | None = None) -> dict[str, Any]:
-    from cortex_web.blueprints import documents, models, training, vectors
+    from cortex_web.blueprints import chat, documents, models, training, vectors
 
     bodies = {**REQUEST_BODIES, **models.REQUEST_BODIES, **training.REQUEST_BODIES, **vectors.REQUEST_BODIES,
-              **documents.REQUEST_BODIES, **(extra_bodies or {})}
+              **documents.REQUEST_BODIES, **chat.REQUEST_BODIES, **(extra_bodies or {})}
     paths: dict[str, dict[str, Any]] = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":

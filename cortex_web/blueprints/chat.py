@@ -24,6 +24,7 @@ from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.usage import refuse_unavailable_openai
 from cortex_web.dispatch import submit_and_wait
 from cortex_web.errors import ApiError
+from cortex_web.limits import limit_model_work
 from cortex_web.request_body import CONTROL_CHARACTERS, parse_body
 
 bp = Blueprint("chat", __name__, url_prefix="/api/v1")
@@ -79,6 +80,7 @@ def _owned_session(session_id: str) -> str:
 
 @bp.post("/chat/<session_id>")
 @require(PREDICT)
+@limit_model_work
 def chat(session_id: str) -> tuple[Response, int]:
     """Send a message; the model answers with the session's earlier turns as memory."""
     _checked_session_id(session_id)
