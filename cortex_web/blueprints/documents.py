@@ -32,6 +32,7 @@ from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import Submitted, submit_and_wait
 from cortex_web.errors import ApiError
+from cortex_web.limits import limit_work
 from cortex_web.request_body import parse_body
 
 bp = Blueprint("documents", __name__, url_prefix="/api/v1")
@@ -85,6 +86,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.post("/documents")
 @require(PREDICT)
+@limit_work
 def index_documents() -> tuple[Response, int]:
     """Index documents into the Haystack store: split into passages, embed, write (an existing id is replaced)."""
     body = parse_body(IndexRequest, get_settings().max_json_depth)
@@ -128,6 +130,7 @@ def delete_document(document_id: str) -> Response:
 
 @bp.post("/qa")
 @require(PREDICT)
+@limit_work
 def answer_question() -> tuple[Response, int]:
     """Answer a question from the indexed documents: the answer, an extractive answer and the sources."""
     body = parse_body(QuestionRequest, get_settings().max_json_depth)
