@@ -46,8 +46,8 @@ def _client() -> redis.Redis:
 
 class OutboundRateLimiter:
     def __init__(self, client: redis.Redis, requests_per_minute: int, tokens_per_minute: int,
-                 max_wait_seconds: float, prefix: str = KEY_PREFIX) -> None:
-        self.client, self.prefix = client, prefix
+                 max_wait_seconds: float, prefix: str = KEY_PREFIX, window_seconds: int = WINDOW_SECONDS) -> None:
+        self.client, self.prefix, self.window_seconds = client, prefix, window_seconds
         self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
         self.max_wait_seconds = max_wait_seconds
         self._admit = client.register_script(_ADMIT)
@@ -62,11 +62,11 @@ class OutboundRateLimiter:
         deadline = time.monotonic() + self.max_wait_seconds
         while True:
             now = time.time()
-            window = int(now // WINDOW_SECONDS)
+            window = int(now // self.window_seconds)
             if self._admit(keys=self._keys(window), args=[self.requests_per_minute, self.tokens_per_minute,
-                                                           max(0, tokens), WINDOW_SECONDS]):
+                                                           max(0, tokens), self.window_seconds]):
                 return window
-            retry_after = (window + 1) * WINDOW_SECONDS - now
+            retry_after = (window + 1) * self.window_seconds - now
             if time.monotonic() + retry_after > deadline:
                 raise RateLimited(retry_after, {"requests_per_minute": self.requests_per_minute,
                                                 "tokens_per_minute": self.tokens_per_minute})
