@@ -161,7 +161,15 @@ def zscores(residuals: np.ndarray, threshold: float) -> np.ndarray:
 def stl_fit(values: np.ndarray, period: int, robust: bool = True) -> Any:
     from statsmodels.tsa.seasonal import STL
 
-    return STL(values, period=period, robust=robust).fit()
+    plain = STL(values, period=period).fit()
+    if not robust:
+        return plain
+    residuals = np.asarray(plain.resid)
+    # On an (almost) noise-free series the robustness weights divide by a residual spread of ~0 and
+    # zero out most points (the trend goes flat at the ends): the plain fit is the right one there.
+    if float(np.median(np.abs(residuals - np.median(residuals)))) <= 1e-6 * (float(np.std(values)) or 1.0):
+        return plain
+    return STL(values, period=period, robust=True).fit()
 
 
 def isolation_scores(rows: np.ndarray, contamination: float | str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -210,7 +218,8 @@ def series_frequency(series: Series, options: SeriesParams) -> str | None:
             raise ItemError("invalid_params", f"params.frequency {options.frequency!r} is not a pandas "
                             "frequency alias (e.g. 'D', 'h', 'W', 'MS', '15min')") from None
         return options.frequency
-    frequency = pd.infer_freq(pd.DatetimeIndex(series.stamps)) if len(series.stamps) >= 3 else None
+    inferred = pd.infer_freq(pd.DatetimeIndex(series.stamps)) if len(series.stamps) >= 3 else None
+    frequency = getattr(inferred, "freqstr", inferred)  # a string today, an offset in later pandas
     if frequency is None:
         raise ItemError("irregular_dates", "the dates are not evenly spaced, so future dates are unknown: "
                         "give params.frequency (e.g. 'D', 'h', 'W', 'MS')")
