@@ -40,9 +40,12 @@ from cortex_tasks.settings import get_settings
 PROMPT_PASSAGES = 3
 SYSTEM_PROMPT = ("You answer questions from the given context only. Answer in one short sentence. "
                  "If the context does not contain the answer, say that you do not know.")
+# Passages scoring far below the best one are left out of the prompt: the small model tends to copy
+# whatever text it is given, relevant or not. (No "[1]" labels either: it copied those into answers.)
+PROMPT_SCORE_GAP = 0.15
 PROMPT_TEMPLATE = """Context:
-{% for document in documents[:max_passages] %}
-[{{ loop.index }}] {{ document.content }}
+{% for document in documents[:max_passages] if document.score >= documents[0].score - score_gap %}
+{{ document.content }}
 {% endfor %}
 
 Question: {{ question }}

@@ -6,6 +6,7 @@ Each passage row carries, in `meta`, the user's metadata plus `collection`, `doc
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,9 @@ from pydantic import ValidationError
 from cortex_tasks.documents.catalog import user_meta
 from cortex_tasks.documents.requests import IndexRequest, QuestionRequest
 from cortex_tasks.jobs.running import JobInputError
+
+# SmolLM2 often opens with "The answer is:"; the answer field holds the answer itself.
+ANSWER_PREAMBLE = re.compile(r"^\s*(?:the\s+)?answer(?:\s+is)?\s*:\s*", re.IGNORECASE)
 
 
 def _validated(model: type[IndexRequest | QuestionRequest], payload: dict[str, Any]) -> Any:
@@ -94,7 +98,12 @@ def answer_question(question: str, top_k: int = 5, collection: str = "default",
                     max_tokens: int = 96) -> dict[str, Any]:
     """Retrieve the top_k passages of the collection, answer from them (generated and extractive)."""
     from cortex_tasks.documents.components import EMBEDDING_MODEL
-    from cortex_tasks.documents.pipelines import PROMPT_PASSAGES, document_store, question_pipeline
+    from cortex_tasks.documents.pipelines import (
+        PROMPT_PASSAGES,
+        PROMPT_SCORE_GAP,
+        document_store,
+        question_pipeline,
+    )
 
     request = _validated(QuestionRequest, {"question": question, "top_k": top_k, "collection": collection,
                                            "filters": filters, "generate": generate, "max_tokens": max_tokens})
@@ -114,7 +123,8 @@ def answer_question(question: str, top_k: int = 5, collection: str = "default",
         "extractor": {"query": request.question},
     }
     if request.generate:
-        data["prompt_builder"] = {"question": request.question, "template_variables": {"max_passages": PROMPT_PASSAGES}}
+        data["prompt_builder"] = {"question": request.question, "template_variables": {
+            "max_passages": PROMPT_PASSAGES, "score_gap": PROMPT_SCORE_GAP}}
         data["generator"] = {"max_tokens": request.max_tokens}
         data["answer_builder"] = {"query": request.question}
     output = question_pipeline(request.generate).run(
@@ -138,8 +148,9 @@ def answer_question(question: str, top_k: int = 5, collection: str = "default",
         generated = output["answer_builder"]["answers"]
         generation = (output["generator"]["meta"] or [{}])[0]
         model["generator"] = generation.get("model")
-        if generated and generated[0].data:
-            answer, answer_source = generated[0].data, "generated"
+        text = ANSWER_PREAMBLE.sub("", generated[0].data).strip() if generated and generated[0].data else ""
+        if text:
+            answer, answer_source = text, "generated"
         body["generation"] = {key: generation.get(key) for key in
                               ("finish_reason", "prompt_tokens", "generated_tokens", "error") if key in generation}
     return {**body, "answer": answer, "answer_source": answer_source, "model": model,
