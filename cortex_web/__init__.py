@@ -15,7 +15,22 @@ from cortex_tasks.load_control.shedding import LoadShedder, SheddingPolicy
 from cortex_tasks.settings import get_settings
 from cortex_web import audit as audit_log
 from cortex_web import auth, limits
-from cortex_web.blueprints import audit, batch, chat, docs, documents, health, jobs, keys, models, predict, stream, training, usage, vectors
+from cortex_web.blueprints import (
+    audit,
+    batch,
+    chat,
+    docs,
+    documents,
+    health,
+    jobs,
+    keys,
+    models,
+    predict,
+    stream,
+    training,
+    usage,
+    vectors,
+)
 from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
@@ -24,8 +39,7 @@ from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepth
 from cortex_web.replies import ReplyListener
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
-              audit.bp,
-              chat.bp, usage.bp, documents.bp)
+              audit.bp, documents.bp, chat.bp, usage.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
 _queue_collector_registered = False
 
