@@ -118,17 +118,20 @@ class Coalescer:
     def _send(self, group: Group, jobs: list[PendingJob]) -> None:
         message_id = uuid.uuid4().hex
         try:
-            store.create_jobs([(job.job_id, job.record) for job in jobs])
             if self.enabled:
                 with self._condition:
                     self._inflight[group][message_id] = time.monotonic()
                     self._message_groups[message_id] = group
+            # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
+            # result key (a Redis round trip on this path).
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
+                ignore_result=True,
                 kwargs={"task": group.task, "model": group.model, "params": json.loads(group.params_json),
                         "priority": group.priority, "reply_to": self.listener.channel, "message_id": message_id,
-                        "jobs": [{"job_id": job.job_id, "inputs": job.inputs, "inline_errors": job.inline_errors}
-                                 for job in jobs]},
+                        # The worker creates each job's row from its record (see jobs.store.begin_attempts).
+                        "jobs": [{"job_id": job.job_id, "inputs": job.inputs, "inline_errors": job.inline_errors,
+                                  "record": store.job_record(job.record)} for job in jobs]},
             )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:

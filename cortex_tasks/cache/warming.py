@@ -114,7 +114,7 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
             job_id = str(uuid.uuid4())
             store.create_jobs([(job_id, store.NewJob(owner=WARMING_OWNER, kind="predict", task=task, model=model,
                                                      priority=low, total=len(chunk), params=params or None))])
-            celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, kwargs={
+            celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, ignore_result=True, kwargs={
                 "task": task, "model": model, "params": params, "priority": low,
                 "jobs": [{"job_id": job_id, "inputs": chunk, "inline_errors": True, "warm": True}]})
             sent += len(chunk)

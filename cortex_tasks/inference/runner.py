@@ -127,7 +127,9 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict
 def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
                    priority: int, started: float, announcement: Announcement | None) -> dict[str, dict[str, Any]]:
     job_ids = [job["job_id"] for job in jobs]
-    runnable, _over_cap = store.begin_attempts(job_ids, get_settings().max_deliveries)
+    # The gateway leaves creating the rows to us (messages carry each job's record).
+    new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
+    runnable, _over_cap = store.begin_attempts(job_ids, get_settings().max_deliveries, new_rows)
     outcomes: dict[str, dict[str, Any]] = {}
     already = [job_id for job_id in job_ids if job_id not in runnable]
     if already:  # duplicate delivery of finished jobs, or over the cap: answer from the record

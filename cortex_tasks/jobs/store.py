@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from cortex_tasks.storage.db import session_scope
+from cortex_tasks.storage.db import quick_write_engine, session_scope
 from cortex_tasks.storage.tables import Job
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -173,31 +173,82 @@ def job_to_api(job: Job) -> dict[str, Any]:
 
 
 # --- Bulk forms, for many small jobs travelling in one message (coalesced predictions). ---
+#
+# A prediction message carries each job's record, and the worker's begin_attempts creates the row if the
+# gateway has not: the gateway then writes nothing to the database for a prediction answered within its
+# wait budget. It inserts the row itself only before answering 202, so that a status URL always exists.
+
+def job_record(job: NewJob) -> dict[str, Any]:
+    """What a message carries for the worker to create the job's row (JSON-safe)."""
+    return {"owner": job.owner, "kind": job.kind, "task": job.task, "model": job.model, "priority": job.priority,
+            "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds}
+
+
+def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
+    return {
+        "ids": [job_id for job_id, _ in jobs],
+        "owners": [job.owner for _, job in jobs],
+        "kinds": [job.kind for _, job in jobs],
+        "tasks": [job.task for _, job in jobs],
+        "models": [job.model for _, job in jobs],
+        "priorities": [job.priority for _, job in jobs],
+        "totals": [job.total for _, job in jobs],
+        "params": [orjson.dumps(job.params).decode() if job.params else None for _, job in jobs],
+        "deadlines": [job.deadline_seconds for _, job in jobs],
+    }
+
+
+# Rows from arrays in one statement (plain SQL: ORM unit-of-work bookkeeping cost the gateway more CPU
+# than the insert itself). {status} and {started} are filled in by the caller.
+_INSERT_FROM_ARRAYS = (
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
+    "attempts, created_at, started_at, deadline_at) "
+    "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
+    "now(), {started}, now() + make_interval(secs => d.deadline) "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
+    "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
+    "CAST(:deadlines AS int[])) AS d(id, owner, kind, task, model, priority, total, params, deadline) "
+)
+
 
 def create_jobs(jobs: list[tuple[str, NewJob]]) -> None:
-    """Insert many jobs in one statement (no idempotency keys on this path)."""
-    now = datetime.now(timezone.utc)
+    """Insert many queued jobs in one statement; a row that already exists (its worker was quicker) stays
+    as it is. No idempotency keys on this path."""
+    if not jobs:
+        return
     with session_scope() as session:
-        session.execute(text("SET LOCAL synchronous_commit TO off"))
-        session.add_all([
-            Job(id=job_id, owner=job.owner, kind=job.kind, task=job.task, model=job.model, status=QUEUED,
-                priority=job.priority, progress_total=job.total, params=job.params,
-                deadline_at=now + timedelta(seconds=job.deadline_seconds))
-            for job_id, job in jobs
-        ])
+        session.execute(text(
+            _INSERT_FROM_ARRAYS.format(status="'queued'", attempts="0", started="NULL")
+            + "ON CONFLICT (id) DO NOTHING"
+        ), _record_columns(jobs))
 
 
-def begin_attempts(job_ids: list[str], max_deliveries: int) -> tuple[dict[str, int], list[str]]:
-    """Bulk begin_attempt: returns ({job_id: attempt} for jobs to run, [job_ids over the delivery cap])."""
-    with session_scope() as session:
-        rows = session.execute(
-            text(
-                "UPDATE jobs SET attempts = attempts + 1, status = 'running', "
-                "started_at = coalesce(started_at, now()) "
-                "WHERE id = ANY(:ids) AND status IN ('queued', 'running') RETURNING id, attempts"
-            ),
-            {"ids": job_ids},
-        ).all()
+def begin_attempts(job_ids: list[str], max_deliveries: int,
+                   records: dict[str, NewJob] | None = None) -> tuple[dict[str, int], list[str]]:
+    """Bulk begin_attempt: returns ({job_id: attempt} for jobs to run, [job_ids over the delivery cap]).
+
+    Jobs with a record in `records` get their row created here if it does not exist yet."""
+    records = records or {}
+    with_record = [(job_id, records[job_id]) for job_id in job_ids if job_id in records]
+    without_record = [job_id for job_id in job_ids if job_id not in records]
+    rows: list[Any] = []
+    with quick_write_engine().connect() as connection:
+        if with_record:
+            rows += connection.execute(text(
+                _INSERT_FROM_ARRAYS.format(status="'running'", attempts="1", started="now()")
+                + "ON CONFLICT (id) DO UPDATE SET attempts = jobs.attempts + 1, status = 'running', "
+                "started_at = coalesce(jobs.started_at, now()) "
+                "WHERE jobs.status IN ('queued', 'running') RETURNING id, attempts"
+            ), _record_columns(with_record)).all()
+        if without_record:  # messages queued before records travelled with them
+            rows += connection.execute(
+                text(
+                    "UPDATE jobs SET attempts = attempts + 1, status = 'running', "
+                    "started_at = coalesce(started_at, now()) "
+                    "WHERE id = ANY(:ids) AND status IN ('queued', 'running') RETURNING id, attempts"
+                ),
+                {"ids": without_record},
+            ).all()
     runnable = {job_id: attempt for job_id, attempt in rows if attempt <= max_deliveries}
     over_cap = [job_id for job_id, attempt in rows if attempt > max_deliveries]
     for job_id in over_cap:
@@ -219,19 +270,18 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> None:
                  if status == SUCCEEDED]
     failed = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
               if status == FAILED]
-    with session_scope() as session:
-        # A lost commit here only means a job is re-run after a crash (delivery is at-least-once anyway),
-        # so there is no need to wait for the WAL flush on this hot path.
-        session.execute(text("SET LOCAL synchronous_commit TO off"))
+    # A write lost in a database crash only means a job is re-run (delivery is at-least-once anyway),
+    # so this hot path neither waits for the WAL flush nor opens a transaction (quick_write_engine).
+    with quick_write_engine().connect() as connection:
         if succeeded:
-            session.execute(text(
+            connection.execute(text(
                 "UPDATE jobs AS j SET status = 'succeeded', result = d.payload::jsonb, "
                 "progress_done = j.progress_total, finished_at = now() "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
                 "WHERE j.id = d.id AND j.status IN ('queued', 'running')"
             ), {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]})
         if failed:
-            session.execute(text(
+            connection.execute(text(
                 "UPDATE jobs AS j SET status = 'failed', error = d.payload::jsonb, finished_at = now() "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
                 "WHERE j.id = d.id AND j.status IN ('queued', 'running')"

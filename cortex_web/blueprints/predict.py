@@ -27,7 +27,7 @@ from cortex_tasks.catalogue import (
     model_entry,
     task_entry,
 )
-from cortex_tasks.jobs.store import NewJob
+from cortex_tasks.jobs.store import NewJob, create_jobs
 from cortex_tasks.openai.billing import billed_params
 from cortex_tasks.queues import priority_of
 from cortex_tasks.registry.routing import routed_reference
@@ -176,7 +176,10 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
                                        inline_errors)
     outcome = reply_listener().wait(job_id, wait)
     if outcome is None:
-        pending.sent.wait(10)  # the job row exists before anyone is sent to poll it
+        # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
+        # before anyone is sent to poll it.
+        pending.sent.wait(10)
+        create_jobs([(job_id, pending.record)])
         return Prediction(job_id, task, model, None, submitted_at)
     JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
     record_for_circuit(model, outcome)
