@@ -187,8 +187,11 @@ def _admin_key_line() -> str:
     if os.environ.get("CORTEX_ADMIN_KEY"):
         return "admin key: the value of CORTEX_ADMIN_KEY"
     from cortex_tasks.auth.keys import create_key
+    from cortex_tasks.settings import get_settings
 
-    issued = create_key("model_admin", name="cortex up")
+    # The operator's own key, like CORTEX_ADMIN_KEY: on the admin tier (unlimited by default), so trying
+    # Cortex out is not throttled; keys for clients get their tiers from `cortex keys create --tier`.
+    issued = create_key("model_admin", name="cortex up", tier=get_settings().admin_key_tier)
     return f"admin key: {issued.key}"
 
 
