@@ -88,7 +88,7 @@ def test_unknown_task_and_model_list_valid_names(api):
     response = api.post("/api/v1/predict", {"task": "telepathy", "inputs": ["a"]})
     assert "embed" in response.get_json()["error"]["details"]["valid"]
     response = api.post("/api/v1/predict", {"task": "embed", "inputs": ["a"], "model": "gpt-99"})
-    assert response.get_json()["error"]["details"]["valid"] == ["all-MiniLM-L6-v2"]
+    assert response.get_json()["error"]["details"]["valid"] == ["all-MiniLM-L6-v2", "text-embedding-3-small"]
 
 
 def test_oversized_body_is_413(api, nothing_enqueued):
