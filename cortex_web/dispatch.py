@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import current_app
+from flask import Response, current_app, jsonify, url_for
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.jobs import store
@@ -13,6 +13,7 @@ from cortex_tasks.load_control.circuit import CircuitBreaker
 from cortex_tasks.load_control.shedding import LoadShedder
 from cortex_tasks.queues import PRIORITY_STEPS, QUEUE_NAMES
 from cortex_web.coalescer import Coalescer
+from cortex_web.errors import ApiError
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
 
@@ -71,3 +72,17 @@ def queue_depths(client: redis.Redis) -> dict[str, int]:
     lengths = pipe.execute()
     steps = len(PRIORITY_STEPS)
     return {queue: sum(lengths[i * steps:(i + 1) * steps]) for i, queue in enumerate(QUEUE_NAMES)}
+
+
+def job_reply(submitted: Submitted, ok_status: int = 200) -> tuple[Response, int]:
+    """The job's result if it finished within the wait, a 202 to poll otherwise, its error if it failed."""
+    outcome = submitted.outcome
+    if outcome is None:
+        return jsonify({"job_id": submitted.job_id, "status": "queued",
+                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
+    if outcome["status"] != "succeeded":
+        error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
+        details = {"job_id": submitted.job_id, **(error.get("details") or {})}
+        status = int(details.pop("status", 502 if error.get("code") == "job_failed" else 422))
+        raise ApiError(status, error["code"], error["message"], details)
+    return jsonify({"job_id": submitted.job_id, **outcome["result"]}), ok_status

@@ -67,3 +67,16 @@ def parse_body(model: type[Model], max_depth: int) -> Model:
         first = problems[0]
         raise ApiError(422, "invalid_request", f"{first['field']}: {first['problem']}",
                        {"problems": problems}) from None
+
+
+def positive_int_arg(name: str, default: int, maximum: int | None = None) -> int:
+    """A positive integer query argument (?page=, ?size=), `default` when absent; 422 when malformed."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ApiError(422, "invalid_query", f"?{name}= must be a positive integer.")
+    value = int(raw)
+    if maximum is not None and value > maximum:
+        raise ApiError(422, "invalid_query", f"?{name}= is at most {maximum}.", {"max": maximum})
+    return value

@@ -9,20 +9,10 @@ from cortex_tasks.audit.service import EVENT_TYPES, query_events
 from cortex_tasks.auth.roles import ADMIN
 from cortex_web.auth import require
 from cortex_web.errors import ApiError
+from cortex_web.request_body import positive_int_arg
 
 bp = Blueprint("audit", __name__, url_prefix="/api/v1")
 MAX_PAGE_SIZE = 200
-
-
-def _positive_int(name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ApiError(422, "invalid_query", f"?{name}= must be a positive integer.")
-    if maximum is not None and int(raw) > maximum:
-        raise ApiError(422, "invalid_query", f"?{name}= is at most {maximum}.", {"max": maximum})
-    return int(raw)
 
 
 def _moment(name: str) -> datetime | None:
@@ -50,6 +40,6 @@ def list_events() -> Response:
     since, until = _moment("since"), _moment("until")
     if since and until and since >= until:
         raise ApiError(422, "invalid_query", "?since= must be before ?until=.")
-    page, size = _positive_int("page", 1), _positive_int("size", 50, MAX_PAGE_SIZE)
+    page, size = positive_int_arg("page", 1), positive_int_arg("size", 50, MAX_PAGE_SIZE)
     events, more = query_events(event_type, actor, since, until, page, size)
     return jsonify({"events": events, "page": page, "size": size, "next_page": page + 1 if more else None})

@@ -28,7 +28,7 @@ from cortex_web.blueprints.predict import resolve
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_model_work
 from cortex_web.metrics import JOBS_SUBMITTED
-from cortex_web.request_body import parse_body
+from cortex_web.request_body import parse_body, positive_int_arg
 from cortex_web.schemas import check_model_reference
 
 bp = Blueprint("batch", __name__, url_prefix="/api/v1")
@@ -140,18 +140,6 @@ def progress(job_id: str) -> Response:
     return jsonify(body)
 
 
-def _positive_int(name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ApiError(422, "invalid_query", f"?{name}= must be a positive integer.")
-    value = int(raw)
-    if maximum is not None and value > maximum:
-        raise ApiError(422, "invalid_query", f"?{name}= is at most {maximum}.", {"max": maximum})
-    return value
-
-
 def _download(job, fmt: str) -> Response:
     if job.status != SUCCEEDED or not job.result_ref:
         raise ApiError(409, "batch_not_finished",
@@ -182,8 +170,8 @@ def results_page(job_id: str) -> Response:
     if fmt != "json":
         return _download(job, fmt)
     config = batch_config()
-    size = _positive_int("size", config.default_page_size, config.max_page_size)
-    page = _positive_int("page", 1)
+    size = positive_int_arg("size", config.default_page_size, config.max_page_size)
+    page = positive_int_arg("page", 1)
     total = job.progress_total
     first, last = (page - 1) * size, min(page * size, total)
     chunks = [results.ChunkRef(c.chunk_index, c.start_index, c.stop_index,

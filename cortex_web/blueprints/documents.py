@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
 from cortex_tasks.auth.roles import PREDICT
@@ -30,7 +30,7 @@ from cortex_tasks.jobs.store import NewJob
 from cortex_tasks.queues import GPU, priority_of
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
-from cortex_web.dispatch import Submitted, submit_and_wait
+from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_work
 from cortex_web.request_body import parse_body
@@ -41,20 +41,6 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/documents"): IndexRequest,
     ("post", "/api/v1/qa"): QuestionRequest,
 }
-
-
-def _job_reply(submitted: Submitted) -> tuple[Response, int]:
-    """The job's result if it finished within the wait, a 202 to poll otherwise, its error if it failed."""
-    outcome = submitted.outcome
-    if outcome is None:
-        return jsonify({"job_id": submitted.job_id, "status": "queued",
-                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
-    if outcome["status"] != "succeeded":
-        error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
-        details = {"job_id": submitted.job_id, **(error.get("details") or {})}
-        status = int(details.pop("status", 502 if error.get("code") == "job_failed" else 422))
-        raise ApiError(status, error["code"], error["message"], details)
-    return jsonify({"job_id": submitted.job_id, **outcome["result"]}), 200
 
 
 def _wait(requested: float | None) -> float:
@@ -98,7 +84,7 @@ def index_documents() -> tuple[Response, int]:
         "cortex.documents.index_documents", GPU,
         {"collection": body.collection, "documents": documents, "indexed_by": principal.key_id},
         _wait(body.wait))
-    return _job_reply(submitted)
+    return job_reply(submitted)
 
 
 @bp.get("/documents")
@@ -139,4 +125,4 @@ def answer_question() -> tuple[Response, int]:
         NewJob(owner=current_principal().key_id, kind="documents", task="documents.qa", model=None,
                priority=priority_of("normal"), total=1),
         "cortex.documents.answer_question", GPU, arguments, _wait(body.wait))
-    return _job_reply(submitted)
+    return job_reply(submitted)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cortex_tasks.auth.roles import PREDICT
@@ -33,7 +33,7 @@ from cortex_tasks.storage.vector_store import MAX_DIMENSION, MAX_K, VectorStoreE
 from cortex_tasks.vectors import service
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
-from cortex_web.dispatch import submit_and_wait
+from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_work
 from cortex_web.request_body import CONTROL_CHARACTERS, parse_body
@@ -175,20 +175,6 @@ def _body(model: type[BaseModel]) -> Any:
     return parse_body(model, get_settings().max_json_depth)
 
 
-def _job_reply(submitted, ok_status: int = 200) -> tuple[Response, int]:
-    """The job's result if it finished within the wait, a 202 to poll otherwise, its error if it failed."""
-    outcome = submitted.outcome
-    if outcome is None:
-        return jsonify({"job_id": submitted.job_id, "status": "queued",
-                        "status_url": url_for("jobs.show_job", job_id=submitted.job_id)}), 202
-    if outcome["status"] != "succeeded":
-        error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
-        details = {"job_id": submitted.job_id, **(error.get("details") or {})}
-        status = int(details.pop("status", 502 if error.get("code") == "job_failed" else 422))
-        raise ApiError(status, error["code"], error["message"], details)
-    return jsonify({"job_id": submitted.job_id, **outcome["result"]}), ok_status
-
-
 @bp.get("/vectors")
 @require(PREDICT)
 def list_collections() -> Response:
@@ -268,7 +254,7 @@ def upsert(collection: str) -> tuple[Response, int]:
                priority=priority_of("normal"), total=len(items)),
         "cortex.vectors.upsert_items", GPU,
         {"collection": name, "items": items, "created_by": principal.key_id}, wait)
-    return _job_reply(submitted)
+    return job_reply(submitted)
 
 
 @bp.post("/vectors/<collection>/search")
@@ -293,7 +279,7 @@ def search(collection: str) -> tuple[Response, int]:
                priority=priority_of("high"), total=1),
         "cortex.vectors.search_text", GPU,
         {"collection": name, "text": body.text, "k": body.k, "filter": body.filter}, wait)
-    return _job_reply(submitted)
+    return job_reply(submitted)
 
 
 @bp.post("/vectors/<collection>/delete")
@@ -344,4 +330,4 @@ def build_index(collection: str) -> tuple[Response, int]:
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,
                priority=priority_of("normal"), total=1),
         "cortex.vectors.build_index", MAINTENANCE, {"collection": name}, wait)
-    return _job_reply(submitted)
+    return job_reply(submitted)
