@@ -199,7 +199,7 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
 
 
 # Rows from arrays in one statement (plain SQL: ORM unit-of-work bookkeeping cost the gateway more CPU
-# than the insert itself). {status} and {started} are filled in by the caller.
+# than the insert itself). {status}, {attempts} and {started} are filled in by the caller.
 _INSERT_FROM_ARRAYS = (
     "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
     "attempts, created_at, started_at, deadline_at) "
@@ -270,8 +270,9 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> None:
                  if status == SUCCEEDED]
     failed = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
               if status == FAILED]
-    # A write lost in a database crash only means a job is re-run (delivery is at-least-once anyway),
-    # so this hot path neither waits for the WAL flush nor opens a transaction (quick_write_engine).
+    # This hot path neither waits for the WAL flush nor opens a transaction (quick_write_engine): a write
+    # lost in a database crash leaves the job running (its caller was answered through the reply channel)
+    # until the stale-job sweep takes it up.
     with quick_write_engine().connect() as connection:
         if succeeded:
             connection.execute(text(
