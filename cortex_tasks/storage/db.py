@@ -42,7 +42,8 @@ def get_engine() -> Engine:
 def quick_write_engine() -> Engine:
     """For the job-state writes on every prediction's path (one statement each): autocommit, so a write
     is one round trip instead of three (BEGIN with the statement, then COMMIT), and no wait for the WAL
-    flush. A write lost in a database crash only means a job runs again (delivery is at-least-once)."""
+    flush. What a database crash loses is recovered: a lost start by the message's redelivery, a lost
+    finish by the stale-job sweep."""
     return create_engine(
         sqlalchemy_url(get_settings().database_url),
         isolation_level="AUTOCOMMIT",
