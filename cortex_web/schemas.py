@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models import timeseries_inputs
+from cortex_tasks.request_fields import WaitSeconds
 from cortex_web.errors import ApiError
 from cortex_web.request_body import CONTROL_CHARACTERS
 
@@ -62,16 +63,9 @@ class PredictRequest(BaseModel):
     model: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
-    wait: float | None = Field(default=None, ge=0, le=30)
+    wait: WaitSeconds = Field(default=None, ge=0, le=30)
 
     _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait_is_number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds")
-        return float(value) if isinstance(value, int) else value
 
 
 class CreateKeyRequest(BaseModel):
@@ -99,11 +93,4 @@ class PipelineRequest(BaseModel):
     steps: list[PipelineStep] = Field(min_length=1, max_length=8)
     inputs: list[Any] = Field(min_length=1, max_length=MAX_INPUTS)
     priority: Literal["high", "normal", "low"] = "normal"
-    wait: float | None = Field(default=None, ge=0, le=60)
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait_is_number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds")
-        return float(value) if isinstance(value, int) else value
+    wait: WaitSeconds = Field(default=None, ge=0, le=60)

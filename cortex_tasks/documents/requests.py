@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cortex_tasks.request_fields import WaitSeconds
+
 MAX_DOCUMENTS = 50
 MAX_CONTENT_CHARS = 50_000
 MAX_DOCUMENT_ID_CHARS = 200
@@ -101,16 +103,9 @@ class IndexRequest(BaseModel):
 
     documents: list[DocumentIn] = Field(min_length=1, max_length=MAX_DOCUMENTS)
     collection: str = DEFAULT_COLLECTION
-    wait: float | None = Field(default=None, ge=0, le=60)
+    wait: WaitSeconds = Field(default=None, ge=0, le=60)
 
     _collection = field_validator("collection")(classmethod(lambda cls, value: _check_collection(value)))
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds")  # noqa: TRY004 (pydantic reports ValueError)
-        return float(value) if isinstance(value, int) else value
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> IndexRequest:
@@ -135,7 +130,7 @@ class QuestionRequest(BaseModel):
     # false: retrieval and the extractive answer only (no language model, fast).
     generate: bool = True
     max_tokens: int = Field(default=96, ge=1, le=256)
-    wait: float | None = Field(default=None, ge=0, le=60)
+    wait: WaitSeconds = Field(default=None, ge=0, le=60)
 
     _collection = field_validator("collection")(classmethod(lambda cls, value: _check_collection(value)))
 
@@ -156,10 +151,3 @@ class QuestionRequest(BaseModel):
             for choice in choices:
                 _check_scalar(key, choice)
         return value
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds")  # noqa: TRY004 (pydantic reports ValueError)
-        return float(value) if isinstance(value, int) else value

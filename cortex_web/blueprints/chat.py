@@ -19,6 +19,7 @@ from cortex_tasks.jobs.store import NewJob
 from cortex_tasks.models.generator import generation_params
 from cortex_tasks.openai.config import CHAT_MODELS
 from cortex_tasks.queues import GPU, priority_of
+from cortex_tasks.request_fields import WaitSeconds
 from cortex_tasks.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.usage import refuse_unavailable_openai
@@ -43,7 +44,7 @@ class ChatRequest(BaseModel):
     system: str | None = Field(default=None, max_length=4000)
     params: dict[str, Any] = Field(default_factory=dict)
     priority: str = Field(default="normal", pattern="^(high|normal|low)$")
-    wait: float | None = Field(default=None, ge=0, le=120)
+    wait: WaitSeconds = Field(default=None, ge=0, le=120)
 
     @field_validator("message", "system")
     @classmethod
@@ -51,13 +52,6 @@ class ChatRequest(BaseModel):
         if value is not None and (not value.strip() or CONTROL_CHARACTERS.search(value)):
             raise ValueError("must be non-blank text without control characters")
         return value
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait_is_number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds")  # noqa: TRY004  (pydantic reports ValueError as 422)
-        return float(value) if isinstance(value, int) else value
 
 
 REQUEST_BODIES = {("post", "/api/v1/chat/{session_id}"): ChatRequest}

@@ -28,6 +28,7 @@ from cortex_tasks.catalogue import MODELS
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.jobs.store import NewJob
 from cortex_tasks.queues import GPU, MAINTENANCE, priority_of
+from cortex_tasks.request_fields import WaitSeconds
 from cortex_tasks.settings import get_settings
 from cortex_tasks.storage.vector_store import MAX_DIMENSION, MAX_K, VectorStoreError, check_collection_name
 from cortex_tasks.vectors import service
@@ -43,12 +44,6 @@ bp = Blueprint("vectors", __name__, url_prefix="/api/v1")
 MAX_UPSERT_ITEMS = service.MAX_ITEMS
 MAX_TEXT_CHARS = 10_000
 FilterValue = str | int | float | bool | None
-
-
-def _wait_seconds(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a number of seconds")  # noqa: TRY004 (pydantic reports ValueError)
-    return float(value) if isinstance(value, int) else value
 
 
 def _check_text(value: str | None) -> str | None:
@@ -78,9 +73,7 @@ class UpsertRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     items: list[VectorItem] = Field(min_length=1, max_length=MAX_UPSERT_ITEMS)
-    wait: float | None = Field(default=None, ge=0, le=60)
-
-    _wait = field_validator("wait", mode="before")(classmethod(lambda cls, value: _wait_seconds(value)))
+    wait: WaitSeconds = Field(default=None, ge=0, le=60)
 
 
 class SearchRequest(BaseModel):
@@ -94,10 +87,9 @@ class SearchRequest(BaseModel):
     # Search effort for this query: ef_search (HNSW) or probes (IVFFlat); exact: a sequential scan.
     effort: int | None = Field(default=None, ge=1, le=1000)
     exact: bool = False
-    wait: float | None = Field(default=None, ge=0, le=30)
+    wait: WaitSeconds = Field(default=None, ge=0, le=30)
 
     _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
-    _wait = field_validator("wait", mode="before")(classmethod(lambda cls, value: _wait_seconds(value)))
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -143,9 +135,7 @@ class DeleteItemsRequest(BaseModel):
 class BuildIndexRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    wait: float | None = Field(default=None, ge=0, le=60)
-
-    _wait = field_validator("wait", mode="before")(classmethod(lambda cls, value: _wait_seconds(value)))
+    wait: WaitSeconds = Field(default=None, ge=0, le=60)
 
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
