@@ -15,17 +15,19 @@ from pathlib import Path
 STACK_FILE_NAME = "stack.json"
 
 
-def _env_int(name: str, default: int) -> int:
+# Readers of one environment variable, for settings.py and the per-area config modules (batch, training,
+# chat, openai); an unset or empty variable means the default.
+def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw not in (None, "") else default
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw not in (None, "") else default
 
 
-def _env_bool(name: str, default: bool) -> bool:
+def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -238,34 +240,34 @@ def get_settings() -> Settings:
         s3_access_key=os.environ.get("MINIO_ACCESS_KEY"),
         s3_secret_key=os.environ.get("MINIO_SECRET_KEY"),
         s3_bucket=os.environ.get("MINIO_BUCKET", "model-artifacts"),
-        s3_secure=_env_bool("MINIO_SECURE", False),
+        s3_secure=env_bool("MINIO_SECURE", False),
         s3_region=os.environ.get("MINIO_REGION", "us-east-1"),
         artifact_key=_artifact_key(os.environ.get("CORTEX_ARTIFACT_KEY")),
         admin_key=os.environ.get("CORTEX_ADMIN_KEY") or None,
-        max_batch_size=_env_int("MAX_BATCH_SIZE", 32),
-        batching_enabled=_env_bool("CORTEX_BATCHING", True),
-        batch_max_wait_seconds=_env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
-        cache_enabled=_env_bool("CORTEX_CACHE", True),
-        shed_max_queue_depth=_env_int("CORTEX_SHED_MAX_DEPTH", 500),
-        shed_max_queue_age_seconds=_env_float("CORTEX_SHED_MAX_AGE", 0.5),
-        circuit_error_threshold=_env_float("CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5),
-        circuit_min_requests=_env_int("CORTEX_CIRCUIT_MIN_REQUESTS", 5),
-        circuit_reset_timeout_seconds=_env_float("CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0),
-        priority_aging_seconds=_env_float("CORTEX_PRIORITY_AGING_SECONDS", 60.0),
-        cache_l1_max_bytes=_env_int("CORTEX_CACHE_L1_MAX_MB", 256) * 1024 * 1024,
-        cache_l1_ttl_seconds=_env_float("CORTEX_CACHE_L1_TTL", 300.0),
-        cache_l2_max_bytes=_env_int("CORTEX_CACHE_L2_MAX_MB", 1024) * 1024 * 1024,
-        cache_l2_ttl_seconds=_env_int("CORTEX_CACHE_L2_TTL", 3600),
-        default_wait_seconds=_env_float("CORTEX_DEFAULT_WAIT", 5.0),
-        max_deliveries=_env_int("CORTEX_MAX_DELIVERIES", 3),
-        result_expires_seconds=_env_int("CORTEX_RESULT_EXPIRES", 3600),
+        max_batch_size=env_int("MAX_BATCH_SIZE", 32),
+        batching_enabled=env_bool("CORTEX_BATCHING", True),
+        batch_max_wait_seconds=env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
+        cache_enabled=env_bool("CORTEX_CACHE", True),
+        shed_max_queue_depth=env_int("CORTEX_SHED_MAX_DEPTH", 500),
+        shed_max_queue_age_seconds=env_float("CORTEX_SHED_MAX_AGE", 0.5),
+        circuit_error_threshold=env_float("CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5),
+        circuit_min_requests=env_int("CORTEX_CIRCUIT_MIN_REQUESTS", 5),
+        circuit_reset_timeout_seconds=env_float("CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0),
+        priority_aging_seconds=env_float("CORTEX_PRIORITY_AGING_SECONDS", 60.0),
+        cache_l1_max_bytes=env_int("CORTEX_CACHE_L1_MAX_MB", 256) * 1024 * 1024,
+        cache_l1_ttl_seconds=env_float("CORTEX_CACHE_L1_TTL", 300.0),
+        cache_l2_max_bytes=env_int("CORTEX_CACHE_L2_MAX_MB", 1024) * 1024 * 1024,
+        cache_l2_ttl_seconds=env_int("CORTEX_CACHE_L2_TTL", 3600),
+        default_wait_seconds=env_float("CORTEX_DEFAULT_WAIT", 5.0),
+        max_deliveries=env_int("CORTEX_MAX_DELIVERIES", 3),
+        result_expires_seconds=env_int("CORTEX_RESULT_EXPIRES", 3600),
         rate_limit_tiers=rate_tiers_from(os.environ.get("CORTEX_RATE_LIMITS")),
         admin_key_tier=os.environ.get("CORTEX_ADMIN_KEY_TIER") or UNLIMITED_TIER,
-        max_concurrent_requests=_env_int("CORTEX_MAX_CONCURRENT_REQUESTS", 100),
+        max_concurrent_requests=env_int("CORTEX_MAX_CONCURRENT_REQUESTS", 100),
         queue_timeout_seconds=parse_duration(os.environ.get("CORTEX_QUEUE_TIMEOUT") or "30s"),
-        audit_enabled=_env_bool("CORTEX_AUDIT", True),
+        audit_enabled=env_bool("CORTEX_AUDIT", True),
         audit_retention_days=parse_duration(os.environ.get("CORTEX_AUDIT_RETENTION") or "90d") / 86400,
-        audit_flush_seconds=_env_float("CORTEX_AUDIT_FLUSH_SECONDS", 1.0),
+        audit_flush_seconds=env_float("CORTEX_AUDIT_FLUSH_SECONDS", 1.0),
         audit_alerts=audit_alerts_from(os.environ.get("CORTEX_AUDIT_ALERTS")),
         audit_log_level=(os.environ.get("CORTEX_AUDIT_LOG_LEVEL") or "INFO").upper(),
     )

@@ -5,10 +5,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+from cortex_tasks.settings import env_int
 
 
 @dataclass(frozen=True)
@@ -34,12 +31,12 @@ class BatchConfig:
 @lru_cache(maxsize=1)
 def batch_config() -> BatchConfig:
     return BatchConfig(
-        max_batch_size=_int("CORTEX_BATCH_MAX_SIZE", 1000),
-        chunk_size=_int("CORTEX_BATCH_CHUNK_SIZE", 100),
-        parallel_workers=_int("CORTEX_BATCH_PARALLEL_WORKERS", 4),
-        retry_count=_int("CORTEX_BATCH_RETRY_COUNT", 3),
-        stale_chunk_seconds=_int("CORTEX_BATCH_STALE_CHUNK_SECONDS", 900),
-        result_retention_days=_int("CORTEX_BATCH_RESULT_RETENTION_DAYS", 7),
+        max_batch_size=env_int("CORTEX_BATCH_MAX_SIZE", 1000),
+        chunk_size=env_int("CORTEX_BATCH_CHUNK_SIZE", 100),
+        parallel_workers=env_int("CORTEX_BATCH_PARALLEL_WORKERS", 4),
+        retry_count=env_int("CORTEX_BATCH_RETRY_COUNT", 3),
+        stale_chunk_seconds=env_int("CORTEX_BATCH_STALE_CHUNK_SECONDS", 900),
+        result_retention_days=env_int("CORTEX_BATCH_RESULT_RETENTION_DAYS", 7),
     )
 
 

@@ -5,10 +5,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+from cortex_tasks.settings import env_int
 
 
 @dataclass(frozen=True)
@@ -30,6 +27,6 @@ class ChatConfig:
 def chat_config() -> ChatConfig:
     return ChatConfig(
         default_model=os.environ.get("CORTEX_CHAT_MODEL") or "SmolLM2-135M-Instruct",
-        memory_turns=_int("CORTEX_CHAT_MEMORY_TURNS", 10),
-        memory_chars=_int("CORTEX_CHAT_MEMORY_CHARS", 6000),
+        memory_turns=env_int("CORTEX_CHAT_MEMORY_TURNS", 10),
+        memory_chars=env_int("CORTEX_CHAT_MEMORY_CHARS", 6000),
     )

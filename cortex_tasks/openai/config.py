@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from cortex_tasks.settings import env_float, env_int
+
 CHAT_MODELS = ("gpt-4o-mini",)
 EMBEDDING_MODELS = ("text-embedding-3-small",)
 EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536}
@@ -20,16 +22,6 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "gpt-4o-mini": {"input": 0.00015, "output": 0.0006},
     "text-embedding-3-small": {"input": 0.00002, "output": 0.0},
 }
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
 
 
 @dataclass(frozen=True)
@@ -80,12 +72,12 @@ def openai_config() -> OpenAIConfig:
         api_key=os.environ.get("CORTEX_OPENAI_API_KEY") or None,
         base_url=(os.environ.get("CORTEX_OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/"),
         prices=_prices(os.environ.get("CORTEX_OPENAI_PRICES")),
-        requests_per_minute=_int("CORTEX_OPENAI_RPM", 500),
-        tokens_per_minute=_int("CORTEX_OPENAI_TPM", 200_000),
-        max_rate_wait_seconds=_float("CORTEX_OPENAI_MAX_RATE_WAIT", 5.0),
-        max_retries=_int("CORTEX_OPENAI_MAX_RETRIES", 3),
-        backoff_seconds=_float("CORTEX_OPENAI_BACKOFF", 0.5),
-        timeout_seconds=_float("CORTEX_OPENAI_TIMEOUT", 30.0),
+        requests_per_minute=env_int("CORTEX_OPENAI_RPM", 500),
+        tokens_per_minute=env_int("CORTEX_OPENAI_TPM", 200_000),
+        max_rate_wait_seconds=env_float("CORTEX_OPENAI_MAX_RATE_WAIT", 5.0),
+        max_retries=env_int("CORTEX_OPENAI_MAX_RETRIES", 3),
+        backoff_seconds=env_float("CORTEX_OPENAI_BACKOFF", 0.5),
+        timeout_seconds=env_float("CORTEX_OPENAI_TIMEOUT", 30.0),
         monthly_budget_usd=float(budget) if budget not in (None, "") else None,
     )
 

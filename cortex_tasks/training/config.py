@@ -6,15 +6,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
+from cortex_tasks.settings import env_float, env_int
 
 
 @dataclass(frozen=True)
@@ -37,9 +29,9 @@ class TrainingConfig:
 @lru_cache(maxsize=1)
 def training_config() -> TrainingConfig:
     return TrainingConfig(
-        max_concurrent_jobs=_int("CORTEX_TRAINING_MAX_CONCURRENT", 5),
-        queue_size=_int("CORTEX_TRAINING_QUEUE_SIZE", 100),
-        gate_threshold=_float("CORTEX_TRAINING_GATE_THRESHOLD", 0.85),
+        max_concurrent_jobs=env_int("CORTEX_TRAINING_MAX_CONCURRENT", 5),
+        queue_size=env_int("CORTEX_TRAINING_QUEUE_SIZE", 100),
+        gate_threshold=env_float("CORTEX_TRAINING_GATE_THRESHOLD", 0.85),
         gate_enabled=os.environ.get("CORTEX_TRAINING_GATE", "1").lower() not in ("0", "false", "no", "off"),
-        slot_retry_seconds=_int("CORTEX_TRAINING_SLOT_RETRY_SECONDS", 10),
+        slot_retry_seconds=env_int("CORTEX_TRAINING_SLOT_RETRY_SECONDS", 10),
     )
