@@ -26,7 +26,6 @@ batch submit), and `limit_work` limits per key only (training, vector writes, do
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -36,16 +35,16 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-import orjson
 import redis
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g
 from werkzeug.wrappers import Response
 
 from cortex_tasks.catalogue import TASKS
-from cortex_tasks.settings import RateTier, Settings
+from cortex_tasks.settings import RateTier, Settings, get_settings
 from cortex_web.auth import current_principal
 from cortex_web.errors import ApiError
 from cortex_web.metrics import INFLIGHT_REJECTED, RATE_LIMITED
+from cortex_web.request_body import json_body
 
 log = logging.getLogger(__name__)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -181,16 +180,12 @@ def _model_name(spec: Any) -> str | None:
 
 
 def requested_models() -> list[str]:
-    """Models named by the JSON body (a pipeline's steps, or `model`/`task`). The body is parsed again by
-    the view; orjson keeps this cheap, and what it refuses (lone surrogates) the json module reads."""
-    raw = request.get_data(cache=True)
+    """Models named by the JSON body (a pipeline's steps, or `model`/`task`). The body is decoded once
+    for the request (json_body caches it for the view)."""
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError, UnicodeDecodeError):
-            return []  # the view answers 400
+        body = json_body(get_settings().max_json_depth)
+    except ApiError:
+        return []  # the view answers with this error
     if not isinstance(body, dict):
         return []
     steps = body.get("steps")

@@ -5,7 +5,7 @@ import json
 import re
 from typing import Any, TypeVar
 
-from flask import request
+from flask import g, request
 from pydantic import BaseModel, ValidationError
 
 from cortex_web.errors import ApiError
@@ -35,6 +35,22 @@ def _depth(value: Any, limit: int) -> int:
 
 
 def json_body(max_depth: int) -> Any:
+    """The request's JSON, decoded once per request: the rate limiter reads it before the view does.
+    Raises the ApiError that says what is wrong with it (the same one each time it is asked)."""
+    cached = g.get("json_body")
+    if cached is None or cached[0] != max_depth:
+        try:
+            cached = (max_depth, _decode_json_body(max_depth), None)
+        except ApiError as exc:
+            cached = (max_depth, None, exc)
+        g.json_body = cached
+    _, body, error = cached
+    if error is not None:
+        raise error
+    return body
+
+
+def _decode_json_body(max_depth: int) -> Any:
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
     raw = request.get_data(cache=True)
