@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any
 
@@ -414,8 +415,8 @@ def decompose(series: Series, options: SeriesParams) -> dict[str, Any]:
 
 # --- backends -----------------------------------------------------------------------------------------------
 
-class _SeriesBackend:
-    """One method of one time-series task behind the common model interface."""
+class _SeriesBackend(ABC):
+    """One method of one time-series task behind the common model interface; subclasses answer one item."""
 
     task = ""
 
@@ -429,8 +430,9 @@ class _SeriesBackend:
         parsed = [check_item(self.task, options, item) for item in inputs]
         return [self.answer(item, options) for item in parsed]
 
+    @abstractmethod
     def answer(self, item: Series | FeatureRows, options: SeriesParams) -> dict[str, Any]:
-        raise NotImplementedError
+        """The task's answer for one checked item."""
 
 
 class AnomalyDetector(_SeriesBackend):
