@@ -44,12 +44,13 @@ def update_run(run_id: str, **values: Any) -> None:
 
 def append_history(run_id: str, epochs: list[dict[str, Any]], epoch: int) -> None:
     with session_scope() as session:
-        session.execute(text(
-            "UPDATE training_runs SET history = history || CAST(:epochs AS jsonb), epoch = :epoch, "
-            "updated_at = now() WHERE id = :id"), {"id": run_id, "epochs": json.dumps(epochs), "epoch": epoch})
+        # The job row before the run row: the lock order of every transaction that touches both.
         session.execute(text(
             "UPDATE jobs SET progress_done = :epoch, progress_total = greatest(progress_total, :epoch) "
             "WHERE id = :id"), {"id": run_id, "epoch": epoch})
+        session.execute(text(
+            "UPDATE training_runs SET history = history || CAST(:epochs AS jsonb), epoch = :epoch, "
+            "updated_at = now() WHERE id = :id"), {"id": run_id, "epochs": json.dumps(epochs), "epoch": epoch})
 
 
 def set_job_total(run_id: str, total: int) -> None:

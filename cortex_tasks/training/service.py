@@ -41,6 +41,9 @@ def claim_slot(job_id: str, model_name: str) -> str:
     limit = training_config().max_concurrent_jobs
     with session_scope() as session:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SLOT_LOCK})
+        # Rows are locked job first, then run, everywhere (see submission.control): the other order
+        # deadlocked with a cancel arriving as the run started.
+        session.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
         active = session.execute(text(
             "SELECT r.model_name FROM training_runs r JOIN jobs j ON j.id = r.id "
             "WHERE j.status = 'running' AND r.phase = ANY(:phases) AND r.id <> :id"
