@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -151,21 +152,50 @@ def raw_embedder():
     return SentenceEmbedder("all-MiniLM-L6-v2", "1")
 
 
-def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
-    """The raw model in-process at its best batch size and thread count: the physical limit."""
+def encode_in_lanes(model, texts: list[str], size: int, lanes: int, batch_size: int | None = None) -> float:
+    """Encode `texts` in calls of `size` texts (each run in batches of `batch_size`, default `size`), from
+    `lanes` threads at once with one torch thread each; returns the seconds taken. One lane is a plain
+    loop in the calling thread, with torch's current thread count."""
     import torch
 
+    def lane(part: list[str]) -> None:
+        if lanes > 1:
+            torch.set_num_threads(1)  # per calling thread once it has run torch (see inference/compute.py)
+        for start in range(0, len(part), size):
+            model.model.encode(part[start:start + size], batch_size=batch_size or size,
+                               normalize_embeddings=True, show_progress_bar=False)
+
+    started = time.perf_counter()
+    if lanes == 1:
+        lane(texts)
+    else:
+        share = -(-len(texts) // lanes)
+        threads = [threading.Thread(target=lane, args=(texts[i * share:(i + 1) * share],)) for i in range(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return time.perf_counter() - started
+
+
+def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
+    """The raw model in-process at its best batch size and thread layout: the physical limit.
+
+    Layouts: one call at a time with torch on every core ("2t") or on one ("1t"), and one call per core
+    at once with one torch thread each ("2x1t"), the layout a busy Cortex worker uses."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    layouts = [(f"{threads}t", threads, 1) for threads in sorted({cores, 1}, reverse=True)]
+    if cores > 1:
+        layouts.append((f"{cores}x1t", 1, cores))
     results: dict[str, float] = {}
-    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
-        torch.set_num_threads(threads)
+    for label, threads, lanes in layouts:
         for size in batch_sizes:
+            torch.set_num_threads(threads)
             model.model.encode(texts[:size], batch_size=size)  # warm-up for this shape
-            started = time.perf_counter()
-            for start in range(0, len(texts), size):
-                model.model.encode(texts[start:start + size], batch_size=size, normalize_embeddings=True,
-                                   show_progress_bar=False)
-            results[f"{threads}t/b{size}"] = len(texts) / (time.perf_counter() - started)
-    torch.set_num_threads(os.cpu_count() or 1)
+            results[f"{label}/b{size}"] = len(texts) / encode_in_lanes(model, texts, size, lanes)
+    torch.set_num_threads(cores)
     best = max(results, key=results.get)
     return {"items_per_second": round(results[best], 1), "best": best,
             "by_config": {key: round(value, 1) for key, value in results.items()}}

@@ -18,6 +18,10 @@ class ModelEntry:
     loader: str  # "module:ClassName", imported only in workers
     description: str
     batchable: bool = True
+    # How its calls share the worker's cores (inference/compute.py): "lanes" (one call per core; the
+    # backend is safe to call from several threads at once), "exclusive" (one call at a time) or "remote"
+    # (the work runs elsewhere and takes no core).
+    compute: str = "exclusive"
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         ModelEntry("all-MiniLM-L6-v2", "embed", "1", "cortex_tasks.models.embedding:SentenceEmbedder",
-                   "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling, L2-normalised"),
+                   "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions, mean pooling, L2-normalised",
+                   compute="lanes"),
         # --- gpu-queue models (classify, zero_shot, generate, reduce) ---
         ModelEntry("topic-classifier", "classify", "1", "cortex_tasks.models.classifier:TopicClassifier",
                    "Logistic-regression heads on MiniLM embeddings, trained at first load on the shipped "
@@ -55,10 +60,10 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("gpt-4o-mini", "generate", "1", "cortex_tasks.openai.backends:OpenAIChatGenerator",
                    "OpenAI gpt-4o-mini through the chat completions API (needs CORTEX_OPENAI_API_KEY): same params "
                    "as SmolLM2; usage and cost per output; temperature 0 answers cached; falls back to SmolLM2 "
-                   "when the API fails", batchable=True),
+                   "when the API fails", batchable=True, compute="remote"),
         ModelEntry("text-embedding-3-small", "embed", "1", "cortex_tasks.openai.backends:OpenAIEmbedder",
                    "OpenAI text-embedding-3-small through the embeddings API (needs CORTEX_OPENAI_API_KEY), "
-                   "1536 dimensions, unit length"),
+                   "1536 dimensions, unit length", compute="remote"),
         ModelEntry("vector-reducer", "reduce", "1", "cortex_tasks.models.reducer:VectorReducer",
                    "PCA or UMAP (params.method) of submitted vectors, or of texts embedded with MiniLM; "
                    "one projection per request", batchable=False),

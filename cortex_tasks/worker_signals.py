@@ -25,10 +25,9 @@ def _consumed_queues(app) -> list[str]:
 
 
 def torch_threads() -> int:
-    """Threads for torch in a solo/threads worker: every core (one model copy does all the math).
-    Measured on two quiet cores, 2 threads gave 16-30% more end-to-end throughput than 1; when other
-    heavy processes compete for the cores, 2 threads can collapse (OpenMP threads waiting on each other)
-    and CORTEX_TORCH_THREADS=1 is the better setting."""
+    """Cores a solo/threads worker gives its model calls (inference/compute.py): every core by default.
+    A call that is alone uses them all; under load, calls run side by side with one thread each.
+    CORTEX_TORCH_THREADS=1 keeps a worker to one core, next to other heavy processes."""
     configured = os.environ.get("CORTEX_TORCH_THREADS")
     return max(1, int(configured)) if configured else (os.cpu_count() or 1)
 
@@ -65,10 +64,12 @@ def _after_fork(**_: object) -> None:
     _prefork_child = True
     import torch
 
+    from cortex_tasks.inference import compute
     from cortex_tasks.storage.db import reset_engine
 
     # Prefork children share the cores: one torch thread each avoids oversubscription.
     torch.set_num_threads(1)
+    compute.configure(1)
     reset_engine()
 
 
@@ -85,7 +86,10 @@ def _announce_ready(sender=None, **_: object) -> None:
     if "prefork" not in str(pool):
         import torch
 
+        from cortex_tasks.inference import compute
+
         torch.set_num_threads(torch_threads())
+        compute.configure(torch_threads())
         loaded, failed = preload_models(queues)
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
     status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,

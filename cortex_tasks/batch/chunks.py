@@ -14,14 +14,15 @@ import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ContextManager
 
 from sqlalchemy import text
 
 from cortex_tasks.batch import results
 from cortex_tasks.batch.config import batch_config
 from cortex_tasks.batch.submission import send_chunks, send_finish
-from cortex_tasks.catalogue import TASKS
+from cortex_tasks.catalogue import TASKS, find_model
+from cortex_tasks.inference import compute
 from cortex_tasks.jobs import store
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.base import ItemError
@@ -32,10 +33,6 @@ from cortex_tasks.storage.db import session_scope
 log = logging.getLogger(__name__)
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# One model call at a time per model in this process: concurrent chunks on a threads worker would
-# otherwise oversubscribe the cores (each torch call already uses all of them) and all run slower.
-_model_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-_model_locks_guard = threading.Lock()
 # How many items chunks waiting for one model may send through it together (see _predict_combined).
 COMBINED_MAX_ITEMS = 300
 
@@ -64,11 +61,6 @@ class ClaimedChunk:
 class ChunkResult:
     outputs: list[Any]
     errors: dict[int, dict[str, Any]] = field(default_factory=dict)  # batch position -> error
-
-
-def _model_lock(model: str) -> threading.Lock:
-    with _model_locks_guard:
-        return _model_locks[model]
 
 
 def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
@@ -130,11 +122,18 @@ def item_problem(task: str, item: Any) -> dict[str, Any] | None:
     return {"code": "invalid_input", "message": f"the input must be {expected}, not {type(item).__name__}"}
 
 
+def _model_call(model: str, wide_if: compute.WideIf = compute.always) -> ContextManager[None]:
+    """A lane of the model and cores for one call: concurrent chunks on a threads worker share the cores
+    with each other and with /predict's batches instead of oversubscribing them (compute.py)."""
+    entry = find_model(model)
+    return compute.model_call(model, entry.compute if entry else compute.EXCLUSIVE, wide_if)
+
+
 def _predict(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
     """One model call for these values alone (the per-item path, and models that must not be combined)."""
     from cortex_tasks.inference import service
 
-    with _model_lock(model):
+    with _model_call(model):
         outputs = service.predict(task, model, values, params)["outputs"]
     if len(outputs) != len(values):
         raise RuntimeError(f"model returned {len(outputs)} outputs for {len(values)} inputs")
@@ -146,7 +145,7 @@ class _Waiting:
     values: list[Any]
     outputs: list[Any] | None = None
     error: BaseException | None = None
-    done: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -155,55 +154,71 @@ class _Group:
 
 
 _groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
+_groups_guard = threading.Lock()
 
 
 def _predict_combined(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
     """Run the chunk's values in one model call together with the other chunks (of any batch) waiting for
-    the same model and params in this process. Chunks queue on the model lock anyway; whoever gets it takes
-    every waiting chunk, up to COMBINED_MAX_ITEMS, so the model sees a few hundred texts at once and sorts
-    them by length, as it would the whole dataset: far less padding than 100 texts at a time."""
-    from cortex_tasks.inference import service
-
+    the same model and params in this process. Chunks wait for a lane of the model anyway; whoever gets one
+    takes every waiting chunk, up to COMBINED_MAX_ITEMS, so the model sees a few hundred texts at once and
+    sorts them by length, as it would the whole dataset: far less padding than 100 texts at a time."""
     key = (task, model, json.dumps(params, sort_keys=True, default=str))
     mine = _Waiting(values)
-    with _model_locks_guard:
+    with _groups_guard:
         group = _groups[key]
         group.pending.append(mine)
-    while True:
-        with _model_lock(model):
-            if mine.done:
-                break
-            with _model_locks_guard:
-                taken, size = [], 0
-                while group.pending and (not taken or size + len(group.pending[0].values) <= COMBINED_MAX_ITEMS):
-                    entry = group.pending.pop(0)
-                    taken.append(entry)
-                    size += len(entry.values)
-            try:
-                combined = service.predict(task, model, [v for entry in taken for v in entry.values], params)["outputs"]
-                if len(combined) != size:
-                    raise RuntimeError(f"model returned {len(combined)} outputs for {size} inputs")
-                position = 0
-                for entry in taken:
-                    entry.outputs = combined[position:position + len(entry.values)]
-                    position += len(entry.values)
-            except BaseException as exc:  # noqa: BLE001 (each chunk's own call decides whose failure it is)
-                for entry in taken:
-                    if len(taken) == 1:
-                        entry.error = exc
-                        continue
-                    try:
-                        entry.outputs = service.predict(task, model, entry.values, params)["outputs"]
-                    except BaseException as own:  # noqa: BLE001 (handed to the chunk that owns it)
-                        entry.error = own
-            for entry in taken:
-                entry.done = True
-        if mine.done:
-            break
+
+    def one_call_takes_all() -> bool:
+        with _groups_guard:
+            return sum(len(entry.values) for entry in group.pending) <= COMBINED_MAX_ITEMS
+
+    while not mine.finished.is_set():
+        with _model_call(model, one_call_takes_all):
+            taken = _take_waiting(group)
+            if taken:
+                _run_combined(task, model, params, taken)
+        if not taken:
+            mine.finished.wait()  # another lane took this chunk's values and is running them
     if mine.error is not None:
         raise mine.error
     assert mine.outputs is not None
     return mine.outputs
+
+
+def _take_waiting(group: _Group) -> list[_Waiting]:
+    with _groups_guard:
+        taken, size = [], 0
+        while group.pending and (not taken or size + len(group.pending[0].values) <= COMBINED_MAX_ITEMS):
+            entry = group.pending.pop(0)
+            taken.append(entry)
+            size += len(entry.values)
+        return taken
+
+
+def _run_combined(task: str, model: str, params: dict[str, Any], taken: list[_Waiting]) -> None:
+    from cortex_tasks.inference import service
+
+    size = sum(len(entry.values) for entry in taken)
+    try:
+        combined = service.predict(task, model, [v for entry in taken for v in entry.values], params)["outputs"]
+        if len(combined) != size:
+            raise RuntimeError(f"model returned {len(combined)} outputs for {size} inputs")
+        position = 0
+        for entry in taken:
+            entry.outputs = combined[position:position + len(entry.values)]
+            position += len(entry.values)
+    except BaseException as exc:  # noqa: BLE001 (each chunk's own call decides whose failure it is)
+        for entry in taken:
+            if len(taken) == 1:
+                entry.error = exc
+                continue
+            try:
+                entry.outputs = service.predict(task, model, entry.values, params)["outputs"]
+            except BaseException as own:  # noqa: BLE001 (handed to the chunk that owns it)
+                entry.error = own
+    finally:
+        for entry in taken:
+            entry.finished.set()
 
 
 def _error_of(exc: Exception) -> dict[str, Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, ContextManager
 
 from cortex_tasks.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.catalogue import TASKS, find_model
-from cortex_tasks.inference import service
+from cortex_tasks.inference import compute, service
 from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.jobs import store
 from cortex_tasks.jobs.running import JobInputError
@@ -40,9 +40,15 @@ def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatch
             return [service.predict(task, model_name, value, params)["outputs"] for value in values]
         return service.predict(task, model_name, values, params)["outputs"]
 
+    mode = entry.compute
+
+    def call_slot(wide_if: compute.WideIf) -> ContextManager[None]:
+        return compute.model_call(model_name, mode, wide_if)
+
     return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=size,
                                                       max_wait=settings.batch_max_wait_seconds,
-                                                      name=f"batcher-{model_name}"))
+                                                      name=f"batcher-{model_name}", lanes=compute.lanes(mode),
+                                                      call_slot=call_slot))
 
 
 def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
