@@ -14,6 +14,7 @@ import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ContextManager
 
 from sqlalchemy import text
@@ -122,7 +123,7 @@ def item_problem(task: str, item: Any) -> dict[str, Any] | None:
     return {"code": "invalid_input", "message": f"the input must be {expected}, not {type(item).__name__}"}
 
 
-def _model_call(model: str, wide_if: compute.WideIf = compute.always) -> ContextManager[None]:
+def _model_call(model: str, wide_if: compute.WideIf = compute.always) -> ContextManager[compute.CoreGrant]:
     """A lane of the model and cores for one call: concurrent chunks on a threads worker share the cores
     with each other and with /predict's batches instead of oversubscribing them (compute.py)."""
     entry = find_model(model)
@@ -133,8 +134,8 @@ def _predict(task: str, model: str, values: list[Any], params: dict[str, Any]) -
     """One model call for these values alone (the per-item path, and models that must not be combined)."""
     from cortex_tasks.inference import service
 
-    with _model_call(model):
-        outputs = service.predict(task, model, values, params)["outputs"]
+    with _model_call(model) as grant:
+        outputs = grant.run(lambda: service.predict(task, model, values, params))["outputs"]
     if len(outputs) != len(values):
         raise RuntimeError(f"model returned {len(outputs)} outputs for {len(values)} inputs")
     return outputs
@@ -173,10 +174,10 @@ def _predict_combined(task: str, model: str, values: list[Any], params: dict[str
             return sum(len(entry.values) for entry in group.pending) <= COMBINED_MAX_ITEMS
 
     while not mine.finished.is_set():
-        with _model_call(model, one_call_takes_all):
+        with _model_call(model, one_call_takes_all) as grant:
             taken = _take_waiting(group)
             if taken:
-                _run_combined(task, model, params, taken)
+                grant.run(partial(_run_combined, task, model, params, taken))
         if not taken:
             mine.finished.wait()  # another lane took this chunk's values and is running them
     if mine.error is not None:

@@ -16,22 +16,26 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ContextManager
 
+from cortex_tasks.inference.compute import NO_CORES, CoreGrant
 from cortex_tasks.models.base import ItemError
 
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[list[Any]], list[Any]]
-# Given "is this call all the work there is?", holds what one model call needs (cores: compute.py).
-CallSlot = Callable[[Callable[[], bool]], ContextManager[Any]]
+# Given "is this call all the work there is?", holds what one model call needs and yields the grant to
+# run it with (cores: compute.py).
+CallSlot = Callable[[Callable[[], bool]], ContextManager[CoreGrant]]
 
 
-def _no_slot(_alone: Callable[[], bool]) -> ContextManager[Any]:
-    return nullcontext()
+@contextmanager
+def _no_slot(_alone: Callable[[], bool]) -> Iterator[CoreGrant]:
+    yield NO_CORES
 
 
 @dataclass(order=True)
@@ -155,9 +159,9 @@ class DynamicBatcher:
             self._wait_for_items()
             batch: list[_Item] = []
             try:
-                with self._call_slot(self._one_call_takes_all):
+                with self._call_slot(self._one_call_takes_all) as grant:
                     batch = self._take_batch()  # empty if another lane took the items first
-                    results = self._run(batch) if batch else []
+                    results = grant.run(partial(self._run, batch)) if batch else []
             except BaseException as exc:  # never let a batching thread die
                 log.exception("batch failed")
                 results = [ItemFailure("model_error", f"{type(exc).__name__}: {exc}")] * len(batch)

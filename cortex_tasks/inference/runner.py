@@ -42,7 +42,7 @@ def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatch
 
     mode = entry.compute
 
-    def call_slot(wide_if: compute.WideIf) -> ContextManager[None]:
+    def call_slot(wide_if: compute.WideIf) -> ContextManager[compute.CoreGrant]:
         return compute.model_call(model_name, mode, wide_if)
 
     return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=size,

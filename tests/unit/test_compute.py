@@ -23,7 +23,8 @@ class WidthRecorder:
         self._lock = threading.Lock()
 
     def call(self, seconds: float, wide_if=compute.always) -> None:
-        with self.budget.cores_for_call(wide_if) as width:
+        with self.budget.cores_for_call(wide_if) as grant:
+            width = grant.width
             with self._lock:
                 self.in_use += width
                 self.peaks.append(self.in_use)
@@ -33,19 +34,51 @@ class WidthRecorder:
                 self.in_use -= width
 
 
-def test_a_lone_call_gets_every_core_and_sets_torch_threads_for_its_thread():
+def test_a_lone_call_gets_every_core_and_runs_with_that_many_torch_threads():
     torch = pytest.importorskip("torch")
     budget = CoreBudget(2)
     seen: list[tuple[int, int]] = []
 
     def call() -> None:
-        with budget.cores_for_call() as width:
-            seen.append((width, torch.get_num_threads()))
+        with budget.cores_for_call() as grant:
+            seen.append((grant.width, grant.run(torch.get_num_threads)))
 
     thread = threading.Thread(target=call)
     thread.start()
     thread.join()
     assert seen == [(2, 2)]
+
+
+def test_wide_calls_from_any_thread_run_on_one_thread_and_narrow_calls_where_they_are_made():
+    torch = pytest.importorskip("torch")
+    budget = CoreBudget(2)
+    wide_threads: set[int] = set()
+    narrow: list[tuple[bool, int]] = []
+    errors: list[BaseException] = []
+
+    def wide_call() -> None:
+        with budget.cores_for_call() as grant:
+            assert grant.width == 2
+            wide_threads.add(grant.run(threading.get_ident))
+
+    def narrow_call() -> None:
+        with budget.cores_for_call(wide_if=lambda: False) as grant:
+            ran_here = grant.run(threading.get_ident) == threading.get_ident()
+            narrow.append((ran_here, grant.run(torch.get_num_threads)))
+        with budget.cores_for_call() as grant:
+            try:
+                grant.run(lambda: 1 / 0)  # the caller sees the call's own exception
+            except ZeroDivisionError as exc:
+                errors.append(exc)
+
+    for target in (wide_call, wide_call, narrow_call, wide_call):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    # One OpenMP team for every wide call: alternating threads each woke a team of their own (compute.py).
+    assert len(wide_threads) == 1 and threading.get_ident() not in wide_threads
+    assert narrow == [(True, 1)]
+    assert len(errors) == 1
 
 
 def test_a_call_with_work_queued_behind_it_stays_narrow():
