@@ -176,6 +176,7 @@ class Settings:
     max_batch_size: int = 32
     batching_enabled: bool = True
     batch_max_wait_seconds: float = 0.002
+    coalesce_max_inflight: int = 4
     # Prediction cache (architecture document: cache_config).
     cache_enabled: bool = True
     cache_l1_max_bytes: int = 256 * 1024 * 1024
@@ -247,6 +248,7 @@ def get_settings() -> Settings:
         max_batch_size=env_int("MAX_BATCH_SIZE", 32),
         batching_enabled=env_bool("CORTEX_BATCHING", True),
         batch_max_wait_seconds=env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
+        coalesce_max_inflight=max(1, env_int("CORTEX_COALESCE_MAX_INFLIGHT", 4)),
         cache_enabled=env_bool("CORTEX_CACHE", True),
         shed_max_queue_depth=env_int("CORTEX_SHED_MAX_DEPTH", 500),
         shed_max_queue_age_seconds=env_float("CORTEX_SHED_MAX_AGE", 0.5),

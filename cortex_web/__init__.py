@@ -54,7 +54,8 @@ def create_app() -> Flask:
     listener = ReplyListener(settings.redis_url)
     app.extensions["cortex_replies"] = listener
     app.extensions["cortex_coalescer"] = Coalescer(listener, enabled=settings.batching_enabled,
-                                                   max_items=settings.max_batch_size)
+                                                   max_items=settings.max_batch_size,
+                                                   max_inflight=settings.coalesce_max_inflight)
     app.extensions["cortex_shedder"] = LoadShedder(client, SheddingPolicy(
         max_depth=settings.shed_max_queue_depth, max_age_seconds=settings.shed_max_queue_age_seconds))
     app.extensions["cortex_circuits"] = CircuitBreaker(client, CircuitPolicy(
