@@ -201,10 +201,13 @@ def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 6
             "by_config": {key: round(value, 1) for key, value in results.items()}}
 
 
-def raw_single_latency(model, texts: list[str]) -> dict[str, float]:
-    """One sentence per call, in-process: the latency floor."""
+def raw_single_latency(model, texts: list[str], idle_seconds: float = 0.0) -> dict[str, float]:
+    """One sentence per call, in-process: the latency floor. With `idle_seconds`, the model idles that
+    long before each call, as it does between the requests of a single client."""
     timings = []
     for text in texts:
+        if idle_seconds:
+            time.sleep(idle_seconds)
         started = time.perf_counter()
         model.encode([text])
         timings.append((time.perf_counter() - started) * 1000)
