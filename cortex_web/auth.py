@@ -51,10 +51,13 @@ def _principal_for(key: str) -> Principal | None:
         principal = _remembered(key)  # another request may have looked it up while this one waited
         if principal is not None:
             return principal
-        principal = verify_key(key, get_settings().admin_key)
-        with _cache_lock:
-            _lookups.pop(key, None)
-            if principal is not None:
+        try:
+            principal = verify_key(key, get_settings().admin_key)
+        finally:
+            with _cache_lock:
+                _lookups.pop(key, None)
+        if principal is not None:
+            with _cache_lock:
                 if len(_cache) >= MAX_CACHED_KEYS:
                     _cache.clear()
                 _cache[key] = (time.monotonic() + CACHE_SECONDS, principal)

@@ -17,9 +17,9 @@ catalogue:
 
 A call runs through the grant it gets (`grant.run(fn)`): a narrow call in the calling thread, a wide one
 on the process's single wide-call thread. torch's OpenMP pool belongs to the thread that calls into it, so
-wide calls made from changing threads (the batcher's lanes, batch chunk tasks) each woke a team of their
-own: a lone one-sentence MiniLM call then took 20-24 ms instead of 12-14 ms on two cores. One thread
-keeps one team, warm.
+wide calls made from changing threads (the batcher's lanes take turns, batch chunks run in task threads)
+each woke a team of their own: single-sentence MiniLM calls 5 ms apart took 20-24 ms when two threads
+alternated and 13-16 ms from one thread, on two cores. One thread keeps one team.
 """
 from __future__ import annotations
 
