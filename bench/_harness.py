@@ -178,19 +178,24 @@ def encode_in_lanes(model, texts: list[str], size: int, lanes: int, batch_size: 
     return time.perf_counter() - started
 
 
-def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
-    """The raw model in-process at its best batch size and thread layout: the physical limit.
-
-    Layouts: one call at a time with torch on every core ("2t") or on one ("1t"), and one call per core
-    at once with one torch thread each ("2x1t"), the layout a busy Cortex worker uses."""
-    import torch
-
+def thread_layouts() -> list[tuple[str, int, int]]:
+    """(label, torch threads per call, calls at once) for the raw baselines: one call at a time with torch
+    on every core ("2t") or on one ("1t"), and one call per core at once with a thread each ("2x1t")."""
     cores = os.cpu_count() or 1
     layouts = [(f"{threads}t", threads, 1) for threads in sorted({cores, 1}, reverse=True)]
     if cores > 1:
         layouts.append((f"{cores}x1t", 1, cores))
+    return layouts
+
+
+def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
+    """The raw model in-process at its best batch size and thread layout (thread_layouts(); "2x1t" is the
+    layout a busy Cortex worker uses): the physical limit."""
+    import torch
+
+    cores = os.cpu_count() or 1
     results: dict[str, float] = {}
-    for label, threads, lanes in layouts:
+    for label, threads, lanes in thread_layouts():
         for size in batch_sizes:
             torch.set_num_threads(threads)
             model.model.encode(texts[:size], batch_size=size)  # warm-up for this shape

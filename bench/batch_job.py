@@ -7,7 +7,8 @@ Measured: items/s from the first submission until the last batch has succeeded, 
 first submission to the first progress (the first chunk counted done).
 
 The baseline, in the same run on the same machine: the raw model (sentence-transformers, batch size 64,
-at its best thread layout) embedding the same texts in this process. Target: the batch path at 85% or more of it.
+at its best thread layout) embedding the same texts in this process. Target: the batch path at 85% or
+more of it.
 Batch and raw runs alternate (three of each, one with --quick and 2,000 texts) and medians are quoted.
 
 Starts an embedded Redis and PostgreSQL (unless REDIS_URL / DATABASE_URL are set), a gateway and a
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench._harness import api_key, corpus, encode_in_lanes, gateway_and_worker, services
+from bench._harness import api_key, corpus, encode_in_lanes, gateway_and_worker, services, thread_layouts
 
 TARGET_RATIO = 0.85
 BATCH_SIZE_LIMIT = 1000
@@ -88,11 +89,8 @@ def raw_run(model: Any, texts: list[str]) -> dict[str, Any]:
     import torch
 
     cores = os.cpu_count() or 1
-    layouts = [(f"{threads}t", threads, 1) for threads in sorted({cores, 1}, reverse=True)]
-    if cores > 1:
-        layouts.append((f"{cores}x1t", 1, cores))
     seconds = {}
-    for label, threads, lanes in layouts:
+    for label, threads, lanes in thread_layouts():
         torch.set_num_threads(threads)
         seconds[label] = encode_in_lanes(model, texts, -(-len(texts) // lanes), lanes, batch_size=64)
     torch.set_num_threads(cores)

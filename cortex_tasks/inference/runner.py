@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, ContextManager
+from functools import partial
+from typing import Any
 
 from cortex_tasks.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.catalogue import TASKS, find_model
@@ -40,15 +41,12 @@ def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatch
             return [service.predict(task, model_name, value, params)["outputs"] for value in values]
         return service.predict(task, model_name, values, params)["outputs"]
 
-    mode = entry.compute
-
-    def call_slot(wide_if: compute.WideIf) -> ContextManager[compute.CoreGrant]:
-        return compute.model_call(model_name, mode, wide_if)
-
     return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=size,
                                                       max_wait=settings.batch_max_wait_seconds,
-                                                      name=f"batcher-{model_name}", lanes=compute.lanes(mode),
-                                                      call_slot=call_slot))
+                                                      name=f"batcher-{model_name}",
+                                                      lanes=compute.lanes(entry.compute),
+                                                      call_slot=partial(compute.model_call, model_name,
+                                                                        entry.compute)))
 
 
 def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
