@@ -20,10 +20,15 @@ on the process's single wide-call thread. torch's OpenMP pool belongs to the thr
 wide calls made from changing threads (the batcher's lanes take turns, batch chunks run in task threads)
 each woke a team of their own: single-sentence MiniLM calls 5 ms apart took 20-24 ms when two threads
 alternated and 13-16 ms from one thread, on two cores. One thread keeps one team.
+
+Every other thread of a worker keeps torch at one thread (`narrow_this_thread`): a second all-core team
+in the process, even an idle one, makes libgomp manage more threads than there are cores, and then its
+threads stop spinning between operations and sleep, so every operation of a wide call waits for a
+wake-up. Measured on two cores, single-sentence MiniLM calls 12 ms apart on the wide-call thread: 9-10 ms
+with the main thread at one torch thread, 12.5-13 ms once the main thread had run torch with two.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
+
+from cortex_tasks.process_threads import helper_threads
 
 LANES, EXCLUSIVE, REMOTE = "lanes", "exclusive", "remote"
 COMPUTE_MODES = (LANES, EXCLUSIVE, REMOTE)
@@ -100,6 +107,11 @@ class CoreBudget:
                 self._condition.notify_all()
 
 
+def narrow_this_thread() -> None:
+    """Keep torch to one thread in the calling thread (any worker thread but the wide-call thread)."""
+    _use_torch_threads(1)
+
+
 def _use_torch_threads(count: int) -> None:
     # torch's thread count is per calling thread once that thread has run a torch op (OpenMP's ICV and
     # MKL's local setting), so narrow calls in lanes and the wide-call thread never change each other's.
@@ -111,17 +123,11 @@ def _use_torch_threads(count: int) -> None:
 _budget: CoreBudget | None = None
 _budget_guard = threading.Lock()
 _model_slots: dict[str, threading.BoundedSemaphore] = {}
-_wide_executor: tuple[int, ThreadPoolExecutor] | None = None  # (pid, executor): a forked child makes its own
 
 
 def _wide_calls() -> ThreadPoolExecutor:
-    """The one thread that runs every wide call of this process (created on first use)."""
-    global _wide_executor
-    with _budget_guard:
-        if _wide_executor is None or _wide_executor[0] != os.getpid():
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cortex-wide-calls")
-            _wide_executor = (os.getpid(), executor)
-        return _wide_executor[1]
+    """The one thread that runs every wide call of this process."""
+    return helper_threads("cortex-wide-calls", 1)
 
 
 def configure(cores: int) -> None:
