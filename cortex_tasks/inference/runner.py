@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, Dynami
 from cortex_tasks.jobs import store
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.loaded import get_model
+from cortex_tasks.process_threads import helper_threads
 from cortex_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -114,59 +116,81 @@ def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
 
 
 def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
-             priority: int = 4) -> dict[str, dict[str, Any]]:
-    """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error)."""
+             priority: int = 4, first_delivery: bool = False) -> dict[str, dict[str, Any]]:
+    """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
+
+    `first_delivery`: no worker has started this message before (it was neither restored after a worker
+    died nor retried), so its deliveries are counted beside the model call instead of before it."""
     started = time.perf_counter()
     # While this message is being prepared (database round trip), a batch forming for the same model
     # may wait a moment for its items instead of leaving without them.
     batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
     try:
-        return _run_announced(task, model_name, params, jobs, priority, started, announcement)
+        return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery)
     finally:
         if announcement is not None:
             announcement.cancel()
 
 
-def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
-                   priority: int, started: float, announcement: Announcement | None) -> dict[str, dict[str, Any]]:
+def _count_deliveries(jobs: list[dict[str, Any]], first_delivery: bool) -> Future:
+    """Count this delivery of every job (creating rows from the records the messages carry); the future's
+    result is ({job_id: attempt} of the jobs to run, [job_ids over the delivery cap]).
+
+    A redelivery is counted before anything runs, so that a message that kills its worker every time is
+    failed at the cap. A first delivery is counted beside the model call, which takes a database round
+    trip off every request's latency; should it kill its worker before the count is written, its
+    redeliveries still count up to the cap (one delivery later)."""
     job_ids = [job["job_id"] for job in jobs]
     # The gateway leaves creating the rows to us (messages carry each job's record).
     new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
-    runnable, _over_cap = store.begin_attempts(job_ids, get_settings().max_deliveries, new_rows)
-    outcomes: dict[str, dict[str, Any]] = {}
-    already = [job_id for job_id in job_ids if job_id not in runnable]
-    if already:  # duplicate delivery of finished jobs, or over the cap: answer from the record
+    max_deliveries = get_settings().max_deliveries
+    if first_delivery:
+        return helper_threads("cortex-delivery-count", 4).submit(store.begin_attempts, job_ids, max_deliveries,
+                                                                 new_rows)
+    counted: Future = Future()
+    counted.set_result(store.begin_attempts(job_ids, max_deliveries, new_rows))
+    return counted
+
+
+def _runnable(jobs: list[dict[str, Any]], runnable: dict[str, int],
+              outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs to run; the others (duplicate deliveries of finished jobs, jobs over the delivery cap)
+    are answered from their records in `outcomes`."""
+    already = [job["job_id"] for job in jobs if job["job_id"] not in runnable]
+    if already:
         for job in store.get_jobs(already):
             outcomes[job.id] = {"status": job.status, "result": job.result, "error": job.error}
-    to_run = [job for job in jobs if job["job_id"] in runnable]
-    if not to_run:
-        return outcomes
+    return [job for job in jobs if job["job_id"] in runnable]
 
-    per_job = answers_per_job(find_model(model_name), params)
-    values = [job["inputs"] for job in to_run] if per_job else [v for job in to_run for v in job["inputs"]]
+
+def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+                   priority: int, started: float, announcement: Announcement | None,
+                   first_delivery: bool) -> dict[str, dict[str, Any]]:
+    outcomes: dict[str, dict[str, Any]] = {}
+    counted = _count_deliveries(jobs, first_delivery)
+    if not first_delivery:
+        jobs = _runnable(jobs, counted.result()[0], outcomes)
+        if not jobs:
+            return outcomes
     try:
-        if per_job:
-            results, answered_by = _run_items(task, model_name, params, values, priority, announcement)
-            results = [item for job, result in zip(to_run, results)
-                       for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))]
-        else:
-            # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
-            write_through = any(job.get("warm") for job in to_run)
-            results, answered_by = _run_cached(task, model_name, params, values, priority, announcement,
-                                               write_through)
+        results, answered_by = _results_of(task, model_name, params, jobs, priority, announcement)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
-        store.finish_jobs({job["job_id"]: (store.FAILED, error) for job in to_run})
-        outcomes.update({job["job_id"]: {"status": store.FAILED, "error": error} for job in to_run})
+        failed = [job["job_id"] for job in _runnable(jobs, counted.result()[0], outcomes)]
+        store.finish_jobs({job_id: (store.FAILED, error) for job_id in failed})
+        outcomes.update({job_id: {"status": store.FAILED, "error": error} for job_id in failed})
         return outcomes
 
     worker_ms = round((time.perf_counter() - started) * 1000, 2)
-    records: dict[str, tuple[str, Any]] = {}
+    results_of_job: dict[str, list[Any]] = {}
     position = 0
-    for job in to_run:
-        job_results = results[position:position + len(job["inputs"])]
+    for job in jobs:
+        results_of_job[job["job_id"]] = results[position:position + len(job["inputs"])]
         position += len(job["inputs"])
+    records: dict[str, tuple[str, Any]] = {}
+    for job in _runnable(jobs, counted.result()[0], outcomes):
+        job_results = results_of_job[job["job_id"]]
         failures = [(i, r) for i, r in enumerate(job_results) if isinstance(r, ItemFailure)]
         outputs = [_item_error(i, r) if isinstance(r, ItemFailure) else r for i, r in enumerate(job_results)]
         if failures and not job.get("inline_errors"):
@@ -182,3 +206,18 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         outcomes[job["job_id"]] = {"status": store.SUCCEEDED, "result": result}
     store.finish_jobs(records)
     return outcomes
+
+
+def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]], priority: int,
+                announcement: Announcement | None) -> tuple[list[Any], dict[str, Any]]:
+    """One result (or ItemFailure) per input of every job, in order, and which model answered."""
+    if answers_per_job(find_model(model_name), params):
+        results, answered_by = _run_items(task, model_name, params, [job["inputs"] for job in jobs], priority,
+                                          announcement)
+        return ([item for job, result in zip(jobs, results)
+                 for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))],
+                answered_by)
+    # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
+    write_through = any(job.get("warm") for job in jobs)
+    return _run_cached(task, model_name, params, [v for job in jobs for v in job["inputs"]], priority,
+                       announcement, write_through)

@@ -19,23 +19,27 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
                           "retry_backoff": True, "max_retries": 3, "ignore_result": True}
 
 
-def _run(task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None,
+def _run(request: Any, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None,
          priority: int, reply_to: str | None, message_id: str | None) -> dict[str, Any]:
-    outcomes = run_jobs(task, model, params or {}, jobs, priority)
+    # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
+    first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
+    outcomes = run_jobs(task, model, params or {}, jobs, priority, first_delivery)
     publish_outcomes(reply_to, message_id, outcomes)
     return {"jobs": len(jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
 
 
-@app.task(name="cortex.inference.run_gpu_jobs", **LIMITS)
-def run_gpu_jobs(*, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None = None,
-                 priority: int = 4, reply_to: str | None = None, message_id: str | None = None) -> dict[str, Any]:
-    return _run(task, model, jobs, params, priority, reply_to, message_id)
+@app.task(name="cortex.inference.run_gpu_jobs", bind=True, **LIMITS)
+def run_gpu_jobs(self: Any, *, task: str, model: str, jobs: list[dict[str, Any]],
+                 params: dict[str, Any] | None = None, priority: int = 4, reply_to: str | None = None,
+                 message_id: str | None = None) -> dict[str, Any]:
+    return _run(self.request, task, model, jobs, params, priority, reply_to, message_id)
 
 
-@app.task(name="cortex.inference.run_nlp_jobs", **LIMITS)
-def run_nlp_jobs(*, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None = None,
-                 priority: int = 4, reply_to: str | None = None, message_id: str | None = None) -> dict[str, Any]:
-    return _run(task, model, jobs, params, priority, reply_to, message_id)
+@app.task(name="cortex.inference.run_nlp_jobs", bind=True, **LIMITS)
+def run_nlp_jobs(self: Any, *, task: str, model: str, jobs: list[dict[str, Any]],
+                 params: dict[str, Any] | None = None, priority: int = 4, reply_to: str | None = None,
+                 message_id: str | None = None) -> dict[str, Any]:
+    return _run(self.request, task, model, jobs, params, priority, reply_to, message_id)
 
 
 @app.task(name="cortex.inference.stream_generation", soft_time_limit=300, time_limit=360,

@@ -10,10 +10,14 @@ import signal
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
+import redis
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.jobs import store
+from cortex_tasks.jobs.outcomes import REPLY_CHANNEL_PREFIX
+from cortex_tasks.settings import get_settings
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_for
 
@@ -132,3 +136,33 @@ def test_worker_killed_mid_batch_loses_no_item():
         assert record.attempts == 2
         assert len(record.result["outputs"]) == 32
         assert all(len(vector) == 384 for vector in record.result["outputs"])
+
+
+def test_duplicate_message_of_finished_jobs_is_answered_from_their_records(workers):
+    """A first delivery runs the model while the deliveries are counted; a job found finished by then
+    keeps its record, and the caller is answered with it, not with the new computation."""
+    recorded = {"task": "embed", "outputs": ["recorded earlier"]}
+    done, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="embed", total=1))
+    store.finish_jobs({done.id: (store.SUCCEEDED, recorded)})
+    fresh_id = store.new_job_id()
+    fresh_record = store.job_record(store.NewJob(owner="delivery-test", kind="predict", task="embed",
+                                                 model="all-MiniLM-L6-v2", total=1))
+    channel = f"{REPLY_CHANNEL_PREFIX}duplicate-{uuid.uuid4().hex[:6]}"
+    subscriber = redis.Redis.from_url(get_settings().redis_url).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(channel)
+    try:
+        celery_app.send_task("cortex.inference.run_gpu_jobs", queue="gpu", kwargs={
+            "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "reply_to": channel,
+            "message_id": "duplicate", "jobs": [
+                {"job_id": done.id, "inputs": ["an already answered sentence"]},
+                {"job_id": fresh_id, "inputs": ["a sentence nobody asked about before"], "record": fresh_record}]})
+        reply = wait_for(lambda: subscriber.get_message(timeout=1), 120, "the worker's reply")
+    finally:
+        subscriber.close()
+    outcomes = orjson.loads(reply["data"])["outcomes"]
+    assert outcomes[done.id] == {"status": "succeeded", "result": recorded, "error": None}
+    assert outcomes[fresh_id]["status"] == "succeeded"
+    assert len(outcomes[fresh_id]["result"]["outputs"][0]) == 384
+    unchanged, fresh = store.get_job(done.id), store.get_job(fresh_id)
+    assert (unchanged.result, unchanged.attempts) == (recorded, 0)
+    assert (fresh.status, fresh.attempts, fresh.owner) == ("succeeded", 1, "delivery-test")
