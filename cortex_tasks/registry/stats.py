@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from cortex_tasks.process_threads import helper_threads
 from cortex_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,21 @@ def record(model: str, version: str | int, seconds: float, ok: bool = True, item
 
 @contextmanager
 def observe(model: str, version: str | int, items: int = 1) -> Iterator[None]:
-    """Time the block and count it as one request of `model@version` (an error if it raises)."""
+    """Time the block and count it as one request of `model@version` (an error if it raises).
+
+    The count is written to Redis by a helper thread, in order, so that a model call's answer does not
+    wait for its statistics (a round trip of ~0.3 ms on every request's path)."""
     started = time.perf_counter()
     try:
         yield
     except BaseException:
-        record(model, version, time.perf_counter() - started, ok=False, items=items)
+        _record_later(model, version, time.perf_counter() - started, ok=False, items=items)
         raise
-    record(model, version, time.perf_counter() - started, ok=True, items=items)
+    _record_later(model, version, time.perf_counter() - started, ok=True, items=items)
+
+
+def _record_later(model: str, version: str | int, seconds: float, ok: bool, items: int) -> None:
+    helper_threads("cortex-model-stats", 1).submit(record, model, version, seconds, ok, items)
 
 
 def _quantile(counts: list[int], total: int, q: float) -> float | None:
