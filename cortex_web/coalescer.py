@@ -46,6 +46,7 @@ class PendingJob:
     inputs: list[Any]
     record: store.NewJob
     inline_errors: bool = False
+    looked_up: bool = False  # the inputs were just looked up in the shared cache (L2), and missed
     sent: threading.Event = field(default_factory=threading.Event)
 
 
@@ -129,6 +130,8 @@ class Coalescer:
                     self._message_groups[message_id] = group
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
             # result key (a Redis round trip on this path).
+            # kwargsrepr: what Flower shows of the message. Celery would otherwise format every input
+            # (a quarter of the cost of sending it).
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
                 ignore_result=True,
@@ -136,7 +139,11 @@ class Coalescer:
                         "priority": group.priority, "reply_to": self.listener.channel, "message_id": message_id,
                         # The worker creates each job's row from its record (see jobs.store.begin_attempts).
                         "jobs": [{"job_id": job.job_id, "inputs": job.inputs, "inline_errors": job.inline_errors,
-                                  "record": store.job_record(job.record)} for job in jobs]},
+                                  "record": store.job_record(job.record), "looked_up": job.looked_up}
+                                 for job in jobs]},
+                kwargsrepr=repr({"task": group.task, "model": group.model, "params": group.params_json,
+                                 "items": sum(len(job.inputs) for job in jobs),
+                                 "jobs": [job.job_id for job in jobs]}),
             )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:

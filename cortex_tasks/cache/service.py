@@ -27,9 +27,9 @@ class PredictionCache:
         self.l1, self.l2, self.enabled = l1, l2, enabled
         self.item_hits = self.item_misses = 0  # over both layers, for the hit rate
 
-    def lookup(self, keys: list[str]) -> list[Any]:
-        """One value per key, or MISSING. L2 hits are copied into L1."""
-        values = self._lookup(keys)
+    def lookup(self, keys: list[str], shared: bool = True) -> list[Any]:
+        """One value per key, or MISSING. L2 hits are copied into L1; `shared=False` asks L1 only."""
+        values = self._lookup(keys) if shared else [self.l1.get(key) for key in keys]
         misses = sum(1 for value in values if value is MISSING)
         self.item_hits += len(values) - misses
         self.item_misses += misses

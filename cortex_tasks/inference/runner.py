@@ -84,15 +84,17 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
 
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
-                announcement: Announcement | None, write_through: bool = False) -> tuple[list[Any], dict[str, Any]]:
+                announcement: Announcement | None, write_through: bool = False,
+                looked_up: bool = False) -> tuple[list[Any], dict[str, Any]]:
     """_run_items with the prediction cache around it: only misses reach the model, and what the model
-    itself answers (not a fallback) is stored for every gateway and worker."""
+    itself answers (not a fallback) is stored for every gateway and worker. `looked_up`: the values
+    were looked up in L2 just before the message was sent, so only this worker's L1 is asked."""
     cache = get_cache()
     entry = find_model(model_name)
     if entry is None or not (cache.enabled and TASKS[task].cacheable):
         return _run_items(task, model_name, params, values, priority, announcement)
     keys = keys_for(task, model_name, entry.version, params, values)
-    results = cache.lookup(keys)
+    results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]
     answered_by = {"name": model_name, "version": entry.version}
     if missing:
@@ -219,5 +221,7 @@ def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[d
                 answered_by)
     # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
     write_through = any(job.get("warm") for job in jobs)
+    # What a gateway looked up in L2 just before sending is not looked up there again.
+    looked_up = all(job.get("looked_up") for job in jobs)
     return _run_cached(task, model_name, params, [v for job in jobs for v in job["inputs"]], priority,
-                       announcement, write_through)
+                       announcement, write_through, looked_up)

@@ -112,13 +112,14 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
 
 
 def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
-                     priority_class: str, inline_errors: bool = False) -> tuple[str, PendingJob]:
+                     priority_class: str, inline_errors: bool = False,
+                     looked_up: bool = False) -> tuple[str, PendingJob]:
     job_id = str(uuid.uuid4())
     priority = priority_of(priority_class)
     pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
                                                 task=task.name, model=model.name, priority=priority,
                                                 total=len(inputs), params=params or None),
-                         inline_errors=inline_errors)
+                         inline_errors=inline_errors, looked_up=looked_up)
     reply_listener().expect(job_id)
     group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue])
     coalescer().submit(group, pending)
@@ -173,7 +174,7 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
         return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
                           cached_items=len(inputs))
     job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,
-                                       inline_errors)
+                                       inline_errors, looked_up=bool(keys))
     outcome = reply_listener().wait(job_id, wait)
     if outcome is None:
         # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
