@@ -124,8 +124,8 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict
     `first_delivery`: no worker has started this message before (it was neither restored after a worker
     died nor retried), so its deliveries are counted beside the model call instead of before it."""
     started = time.perf_counter()
-    # While this message is being prepared (database round trip), a batch forming for the same model
-    # may wait a moment for its items instead of leaving without them.
+    # While this message is being prepared (cache lookup; for a redelivery, a database round trip), a batch
+    # forming for the same model may wait a moment for its items instead of leaving without them.
     batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
     try:
