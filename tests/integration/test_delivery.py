@@ -1,7 +1,8 @@
 """At-least-once delivery: a worker killed mid-job loses nothing, and a job is recorded once.
 
-These use a test worker on a private queue running a slow job (tests/support/slow_tasks.py) through the
-real job lifecycle, so that the kill surely lands while the job runs.
+The kill tests use a test worker on a private queue running a slow job (tests/support/slow_tasks.py)
+through the real job lifecycle, so that the kill surely lands while the job runs; the duplicate-message
+test uses the session's gpu worker.
 """
 from __future__ import annotations
 
