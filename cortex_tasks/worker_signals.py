@@ -63,8 +63,11 @@ GOMP_SPINCOUNT = "30000"
 @signals.worker_init.connect
 def _before_models_load(sender=None, **_: object) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # libgomp reads this when torch first loads it, which in a worker happens after this signal.
+    # libgomp reads these when torch first loads it, which in a worker happens after this signal.
     os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
+    # Every thread starts with torch on one core (the main thread loading models, task threads); only the
+    # wide-call thread widens, so the process never holds a second all-core team (inference/compute.py).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @signals.worker_process_init.connect
@@ -93,28 +96,15 @@ def _announce_ready(sender=None, **_: object) -> None:
     loaded: list[str] = []
     failed: dict[str, str] = {}
     if "prefork" not in str(pool):
-        import torch  # noqa: F401  (loaded first, so that narrowing this thread takes effect)
-
         from cortex_tasks.inference import compute
 
-        # The cores go to model calls through the core budget; this thread itself stays narrow.
-        compute.narrow_this_thread()
-        compute.configure(torch_threads())
+        compute.configure(torch_threads())  # the cores go to model calls through the core budget
         loaded, failed = preload_models(queues)
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
     status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,
               "pid": os.getpid(), "load_seconds": round(time.perf_counter() - started, 2)}
     _redis().set(READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
     log.info("worker ready: %s", status)
-
-
-@signals.task_prerun.connect
-def _narrow_task_thread(**_: object) -> None:
-    # Model calls that go through the core budget widen on the wide-call thread; torch work a task
-    # does directly stays on one core instead of making a team of all of them (inference/compute.py).
-    from cortex_tasks.inference import compute
-
-    compute.narrow_this_thread()
 
 
 @signals.heartbeat_sent.connect

@@ -21,18 +21,18 @@ wide calls made from changing threads (the batcher's lanes take turns, batch chu
 each woke a team of their own: single-sentence MiniLM calls 5 ms apart took 20-24 ms when two threads
 alternated and 13-16 ms from one thread, on two cores. One thread keeps one team.
 
-Every other thread of a worker keeps torch at one thread (`narrow_this_thread`): a second all-core team
-in the process, even an idle one, makes libgomp manage more threads than there are cores, and then its
-threads stop spinning between operations and sleep, so every operation of a wide call waits for a
-wake-up. Measured on two cores, single-sentence MiniLM calls 12 ms apart on the wide-call thread: 9-10 ms
-with the main thread at one torch thread, 12.5-13 ms once the main thread had run torch with two.
+Every other thread of a worker starts with torch at one thread (OMP_NUM_THREADS=1, worker_signals.py):
+a second all-core team in the process, even an idle one, makes libgomp manage more threads than there
+are cores, and then its threads stop spinning between operations and sleep, so every operation of a wide
+call waits for a wake-up. Measured on two cores, single-sentence MiniLM calls 12 ms apart on the
+wide-call thread: 9-10 ms with the main thread at one torch thread, 12.5-13 ms once the main thread had
+run torch with two.
 """
 from __future__ import annotations
 
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -61,7 +61,7 @@ class CoreGrant:
                 _use_torch_threads(width)
                 return call()
 
-            return _wide_calls().submit(on_wide_thread).result()
+            return helper_threads("cortex-wide-calls", 1).submit(on_wide_thread).result()
         if self.width == 1:
             _use_torch_threads(1)
         return call()
@@ -107,11 +107,6 @@ class CoreBudget:
                 self._condition.notify_all()
 
 
-def narrow_this_thread() -> None:
-    """Keep torch to one thread in the calling thread (any worker thread but the wide-call thread)."""
-    _use_torch_threads(1)
-
-
 def _use_torch_threads(count: int) -> None:
     # torch's thread count is per calling thread once that thread has run a torch op (OpenMP's ICV and
     # MKL's local setting), so narrow calls in lanes and the wide-call thread never change each other's.
@@ -123,11 +118,6 @@ def _use_torch_threads(count: int) -> None:
 _budget: CoreBudget | None = None
 _budget_guard = threading.Lock()
 _model_slots: dict[str, threading.BoundedSemaphore] = {}
-
-
-def _wide_calls() -> ThreadPoolExecutor:
-    """The one thread that runs every wide call of this process."""
-    return helper_threads("cortex-wide-calls", 1)
 
 
 def configure(cores: int) -> None:
