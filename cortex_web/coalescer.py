@@ -1,9 +1,9 @@
 """Coalescing before the broker: concurrent prediction requests in this gateway process for the same
 task, model, params and priority travel to the worker in one message.
 
-Nothing waits when nothing is in flight: a request for an idle group is sent at once. While a group
-already has `max_inflight` messages being worked on, new requests gather and leave together as soon as
-one comes back (or the gathered items reach `max_items`). On two cores this removes most per-request
+Nothing waits when nothing is in flight: a request for an idle group is sent at once, by its own
+thread. While a group already has `max_inflight` messages being worked on, new requests gather and
+leave together as soon as one comes back (or the gathered items reach `max_items`). On two cores this removes most per-request
 broker and database work, which otherwise competes with the model for CPU.
 
 `max_inflight` (CORTEX_COALESCE_MAX_INFLIGHT, 4) is two per model lane of a two-core worker: one message
@@ -26,6 +26,7 @@ from cortex_tasks import app as celery_app
 from cortex_tasks.jobs import store
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
+from cortex_web.sent_events import DeferredSentEvents
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,35 @@ class Coalescer:
         self._message_groups: dict[str, Group] = {}
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._sent_events = DeferredSentEvents(celery_app)
         listener.on_message_done = self._message_done
 
     def submit(self, group: Group, job: PendingJob) -> None:
         if not self.enabled:
-            self._send(group, [job])
+            self._send(group, [job], uuid.uuid4().hex)
             return
         with self._condition:
-            self._pending[group].append(job)
-            self._condition.notify()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._dispatch_forever, name="cortex-coalescer",
-                                                daemon=True)
-                self._thread.start()
+            jobs = self._pending[group]
+            # Nothing gathered and a message may leave now: this thread sends it (handing it to the
+            # dispatching thread costs every request on an idle gateway a thread wake-up).
+            send_now = not jobs and len(self._inflight[group]) < self.max_inflight
+            message_id = self._track(group) if send_now else None
+            if message_id is None:
+                jobs.append(job)
+                self._condition.notify()
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._dispatch_forever, name="cortex-coalescer",
+                                                    daemon=True)
+                    self._thread.start()
+        if message_id is not None:
+            self._send(group, [job], message_id)
+
+    def _track(self, group: Group) -> str:
+        """Under the lock: a new message of `group`, counted in flight until its reply comes back."""
+        message_id = uuid.uuid4().hex
+        self._inflight[group][message_id] = time.monotonic()
+        self._message_groups[message_id] = group
+        return message_id
 
     def _message_done(self, message_id: str) -> None:
         with self._condition:
@@ -88,7 +105,7 @@ class Coalescer:
                 self._inflight[group].pop(message_id, None)
                 self._condition.notify()
 
-    def _ready_batches(self) -> list[tuple[Group, list[PendingJob]]]:
+    def _ready_batches(self) -> list[tuple[Group, list[PendingJob], str]]:
         """Under the lock: take what may be sent now."""
         now = time.monotonic()
         batches = []
@@ -108,7 +125,7 @@ class Coalescer:
                 job = jobs.pop(0)
                 taken.append(job)
                 count += len(job.inputs)
-            batches.append((group, taken))
+            batches.append((group, taken, self._track(group)))
         return batches
 
     def _dispatch_forever(self) -> None:
@@ -118,16 +135,11 @@ class Coalescer:
                 while not batches:
                     self._condition.wait(timeout=0.5)
                     batches = self._ready_batches()
-            for group, jobs in batches:
-                self._send(group, jobs)
+            for group, jobs, message_id in batches:
+                self._send(group, jobs, message_id)
 
-    def _send(self, group: Group, jobs: list[PendingJob]) -> None:
-        message_id = uuid.uuid4().hex
+    def _send(self, group: Group, jobs: list[PendingJob], message_id: str) -> None:
         try:
-            if self.enabled:
-                with self._condition:
-                    self._inflight[group][message_id] = time.monotonic()
-                    self._message_groups[message_id] = group
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
             # result key (a Redis round trip on this path).
             # kwargsrepr: what Flower shows of the message. Celery would otherwise format every input
@@ -144,6 +156,7 @@ class Coalescer:
                 kwargsrepr=repr({"task": group.task, "model": group.model, "params": group.params_json,
                                  "items": sum(len(job.inputs) for job in jobs),
                                  "jobs": [job.job_id for job in jobs]}),
+                event_dispatcher=self._sent_events,  # Flower's "sent" event, published off this path
             )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:
