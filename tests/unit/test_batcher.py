@@ -73,6 +73,18 @@ def test_alone_it_does_not_wait():
     assert time.perf_counter() - started < 0.25  # far below max_wait: nothing was announced
 
 
+def test_a_lone_submission_is_run_by_the_submitting_thread():
+    callers: list[threading.Thread] = []
+
+    def model(values: list[str]) -> list[str]:
+        callers.append(threading.current_thread())
+        return values
+
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait=0)
+    assert batcher.submit(["solo"]) == ["solo"]
+    assert callers == [threading.current_thread()]  # no hand-off to a batching thread and back
+
+
 def test_announced_items_are_waited_for_briefly():
     model = RecordingModel()
     batcher = DynamicBatcher(model, max_batch_size=32, max_wait=0.2)
