@@ -36,8 +36,8 @@ class DeferredSentEvents:
         self._pending = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def publish(self, type: str, fields: dict[str, Any], producer: Any = None, **_options: Any) -> None:
-        self._events().send(type, **fields)  # buffered: the event is stamped now, published later
+    def publish(self, event_type: str, fields: dict[str, Any], producer: Any = None, **_options: Any) -> None:
+        self._events().send(event_type, **fields)  # buffered: the event is stamped now, published later
 
     def _events(self) -> EventDispatcher:
         if self._dispatcher is None:
