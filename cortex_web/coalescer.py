@@ -3,8 +3,8 @@ task, model, params and priority travel to the worker in one message.
 
 Nothing waits when nothing is in flight: a request for an idle group is sent at once, by its own
 thread. While a group already has `max_inflight` messages being worked on, new requests gather and
-leave together as soon as one comes back (or the gathered items reach `max_items`). On two cores this removes most per-request
-broker and database work, which otherwise competes with the model for CPU.
+leave together as soon as one comes back (or the gathered items reach `max_items`). On two cores this
+removes most per-request broker and database work, which otherwise competes with the model for CPU.
 
 `max_inflight` (CORTEX_COALESCE_MAX_INFLIGHT, 4) is two per model lane of a two-core worker: one message
 running and one queued behind it, so that a lane finding its batch done has the next one waiting instead
