@@ -113,7 +113,8 @@ class DynamicBatcher:
         if not values:
             return []
         slot = _Slot(len(values))
-        items = [_Item(priority, next(self._sequence), value, slot, index) for index, value in enumerate(values)]
+        items = [_Item(priority, next(self._sequence), value, slot, index)
+                 for index, value in enumerate(values)]
         with self._condition:
             # Nothing else to batch with, now or announced, and one call takes it all: this thread makes
             # the call itself. Handing the items to a lane and the results back costs two thread wake-ups

@@ -47,13 +47,16 @@ def test_prediction_messages_are_announced_to_flower_with_their_send_time(api, w
             # The receiver may subscribe a moment after it starts: predict until a message is announced.
             job_ids.append(api.predict("embed", [f"watched in flower {uuid.uuid4().hex}"])["job_id"])
             for event in list(log.events):
-                if event["type"] == "task-sent" and any(job_id in event.get("kwargs", "") for job_id in job_ids):
+                named = any(job_id in event.get("kwargs", "") for job_id in job_ids)
+                if event["type"] == "task-sent" and named:
                     return event["uuid"]
             return None
 
-        message_id = wait_for(announced_message, 30, "a task-sent event naming a prediction job", interval=0.3)
-        events = wait_for(lambda: (found := log.of_message(message_id)) and "task-succeeded" in found and found,
-                          30, "the worker's events for the same message")
+        message_id = wait_for(announced_message, 30, "a task-sent event naming a prediction job",
+                              interval=0.3)
+        events = wait_for(
+            lambda: (found := log.of_message(message_id)) and "task-succeeded" in found and found,
+            30, "the worker's events for the same message")
     sent, received = events["task-sent"], events["task-received"]
     assert sent["name"] == "cortex.inference.run_gpu_jobs" and sent["queue"] == "gpu"
     assert "'items': 1" in sent["kwargs"]
