@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -21,6 +22,7 @@ from cortex_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 _batchers = BatcherRegistry()
+AfterReply = list[Callable[[], None]]  # work left until a message's outcomes are published
 
 
 def answers_per_job(entry: Any, params: dict[str, Any]) -> bool:
@@ -84,12 +86,22 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
 
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
-                announcement: Announcement | None, write_through: bool = False,
-                looked_up: bool = False) -> tuple[list[Any], dict[str, Any]]:
+                announcement: Announcement | None, write_through: bool = False, looked_up: bool = False,
+                after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
     """_run_items with the prediction cache around it: only misses reach the model, and what the model
     itself answers (not a fallback) is stored for every gateway and worker. `looked_up`: the values
-    were looked up in L2 just before the message was sent, so only this worker's L1 is asked."""
+    were looked up in L2 just before the message was sent, so only this worker's L1 is asked.
+    Storing waits in `after_reply`, if given, until the callers have their answers."""
     cache = get_cache()
+
+    def store(pairs: list[tuple[str, Any]]) -> None:
+        if pairs:
+            write = partial(cache.store, [key for key, _ in pairs], [value for _, value in pairs])
+            if after_reply is None:
+                write()
+            else:
+                after_reply.append(write)
+
     entry = find_model(model_name)
     if entry is None or not (cache.enabled and TASKS[task].cacheable):
         return _run_items(task, model_name, params, values, priority, announcement)
@@ -103,13 +115,12 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
         fresh = [(keys[i], value) for i, value in zip(missing, computed) if not isinstance(value, ItemFailure)]
         for i, value in zip(missing, computed):
             results[i] = value
-        if fresh and "fallback_from" not in answered_by and not write_through:
-            cache.store([key for key, _ in fresh], [value for _, value in fresh])
+        if "fallback_from" not in answered_by and not write_through:
+            store(fresh)
     elif announcement is not None:
         announcement.cancel()
     if write_through and "fallback_from" not in answered_by:
-        kept = [(key, value) for key, value in zip(keys, results) if not isinstance(value, ItemFailure)]
-        cache.store([key for key, _ in kept], [value for _, value in kept])
+        store([(key, value) for key, value in zip(keys, results) if not isinstance(value, ItemFailure)])
     return results, answered_by
 
 
@@ -118,18 +129,22 @@ def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
 
 
 def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
-             priority: int = 4, first_delivery: bool = False) -> dict[str, dict[str, Any]]:
+             priority: int = 4, first_delivery: bool = False,
+             after_reply: AfterReply | None = None) -> dict[str, dict[str, Any]]:
     """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
 
     `first_delivery`: no worker has started this message before (it was neither restored after a worker
-    died nor retried), so its deliveries are counted beside the model call instead of before it."""
+    died nor retried), so its deliveries are counted beside the model call instead of before it.
+    `after_reply`: where to leave the work that can wait until the outcomes are published (filling the
+    shared cache, a Redis round trip); without it, that work is done here."""
     started = time.perf_counter()
     # While this message is being prepared (cache lookup; for a redelivery, a database round trip), a batch
     # forming for the same model may wait a moment for its items instead of leaving without them.
     batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
     try:
-        return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery)
+        return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery,
+                              after_reply)
     finally:
         if announcement is not None:
             announcement.cancel()
@@ -168,7 +183,7 @@ def _runnable(jobs: list[dict[str, Any]], runnable: dict[str, int],
 
 def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
                    priority: int, started: float, announcement: Announcement | None,
-                   first_delivery: bool) -> dict[str, dict[str, Any]]:
+                   first_delivery: bool, after_reply: AfterReply | None) -> dict[str, dict[str, Any]]:
     outcomes: dict[str, dict[str, Any]] = {}
     counted = _count_deliveries(jobs, first_delivery)
     if not first_delivery:
@@ -176,7 +191,8 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         if not jobs:
             return outcomes
     try:
-        results, answered_by = _results_of(task, model_name, params, jobs, priority, announcement)
+        results, answered_by = _results_of(task, model_name, params, jobs, priority, announcement,
+                                           after_reply)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         failed = [job["job_id"] for job in _runnable(jobs, counted.result()[0], outcomes)]
@@ -211,7 +227,8 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
 
 
 def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]], priority: int,
-                announcement: Announcement | None) -> tuple[list[Any], dict[str, Any]]:
+                announcement: Announcement | None,
+                after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
     """One result (or ItemFailure) per input of every job, in order, and which model answered."""
     if answers_per_job(find_model(model_name), params):
         results, answered_by = _run_items(task, model_name, params, [job["inputs"] for job in jobs], priority,
@@ -224,4 +241,4 @@ def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[d
     # What a gateway looked up in L2 just before sending is not looked up there again.
     looked_up = all(job.get("looked_up") for job in jobs)
     return _run_cached(task, model_name, params, [v for job in jobs for v in job["inputs"]], priority,
-                       announcement, write_through, looked_up)
+                       announcement, write_through, looked_up, after_reply)

@@ -10,6 +10,7 @@ import redis
 from cortex_tasks.cache.layers import RedisCache
 from cortex_tasks.jobs import store
 from cortex_tasks.settings import get_settings
+from tests.support.waiting import wait_for
 
 
 def test_repeat_is_answered_from_the_cache_without_a_job(api, workers):
@@ -46,7 +47,9 @@ def test_cache_health_and_metrics(api, app, workers):
     text = f"counted {uuid.uuid4()}"
     api.post("/api/v1/predict", {"task": "embed", "inputs": [text]})
     api.post("/api/v1/predict", {"task": "embed", "inputs": [text]})
-    stats = api.get("/api/v1/health/cache").get_json()
+    # The worker fills L2 just after it has answered.
+    stats = wait_for(lambda: (found := api.get("/api/v1/health/cache").get_json())["l2"]["entries"] and found,
+                     10, "the worker's L2 entry")
     assert stats["enabled"] is True and stats["hits"] >= 1 and 0 < stats["hit_rate"] <= 1
     assert stats["l2"]["entries"] >= 1 and stats["l2"]["bytes"] > 0
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
