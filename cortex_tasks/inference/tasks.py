@@ -5,12 +5,11 @@ coalesces concurrent requests); `jobs` is a list of {"job_id", "inputs", "inline
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from cortex_tasks import app
 from cortex_tasks.inference import streaming
-from cortex_tasks.inference.runner import run_jobs
+from cortex_tasks.inference.runner import AfterReply, run_jobs
 from cortex_tasks.jobs.outcomes import publish_outcomes
 from cortex_tasks.retry_policy import TRANSIENT_ERRORS
 
@@ -24,7 +23,7 @@ def _run(request: Any, task: str, model: str, jobs: list[dict[str, Any]], params
          priority: int, reply_to: str | None, message_id: str | None) -> dict[str, Any]:
     # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
-    after_reply: list[Callable[[], None]] = []
+    after_reply: AfterReply = []
     outcomes = run_jobs(task, model, params or {}, jobs, priority, first_delivery, after_reply)
     publish_outcomes(reply_to, message_id, outcomes)
     for work in after_reply:  # the shared cache is filled once the callers have their answers
