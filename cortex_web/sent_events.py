@@ -34,7 +34,6 @@ class DeferredSentEvents:
         self._dispatcher: EventDispatcher | None = None
         self._guard = threading.Lock()
         self._pending = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def publish(self, event_type: str, fields: dict[str, Any], producer: Any = None, **_options: Any) -> None:
         self._events().send(event_type, **fields)  # buffered: the event is stamped now, published later
@@ -46,9 +45,9 @@ class DeferredSentEvents:
                     self._dispatcher = self._app.events.Dispatcher(
                         self._app.connection_for_write(), buffer_group=["task"], buffer_limit=BUFFER_LIMIT,
                         on_send_buffered=self._pending.set)
-                    self._thread = threading.Thread(target=self._flush_forever, name="cortex-sent-events",
-                                                    daemon=True)
-                    self._thread.start()
+                    flusher = threading.Thread(target=self._flush_forever, name="cortex-sent-events",
+                                               daemon=True)
+                    flusher.start()
                     atexit.register(self.flush)
         return self._dispatcher
 

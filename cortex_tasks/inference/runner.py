@@ -93,6 +93,9 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
     were looked up in L2 just before the message was sent, so only this worker's L1 is asked.
     Storing waits in `after_reply`, if given, until the callers have their answers."""
     cache = get_cache()
+    entry = find_model(model_name)
+    if entry is None or not (cache.enabled and TASKS[task].cacheable):
+        return _run_items(task, model_name, params, values, priority, announcement)
 
     def store(pairs: list[tuple[str, Any]]) -> None:
         if pairs:
@@ -102,9 +105,6 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
             else:
                 after_reply.append(write)
 
-    entry = find_model(model_name)
-    if entry is None or not (cache.enabled and TASKS[task].cacheable):
-        return _run_items(task, model_name, params, values, priority, announcement)
     keys = keys_for(task, model_name, entry.version, params, values)
     results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]
@@ -201,14 +201,14 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         return outcomes
 
     worker_ms = round((time.perf_counter() - started) * 1000, 2)
-    results_of_job: dict[str, list[Any]] = {}
+    to_record = {job["job_id"] for job in _runnable(jobs, counted.result()[0], outcomes)}
+    records: dict[str, tuple[str, Any]] = {}
     position = 0
     for job in jobs:
-        results_of_job[job["job_id"]] = results[position:position + len(job["inputs"])]
+        job_results = results[position:position + len(job["inputs"])]
         position += len(job["inputs"])
-    records: dict[str, tuple[str, Any]] = {}
-    for job in _runnable(jobs, counted.result()[0], outcomes):
-        job_results = results_of_job[job["job_id"]]
+        if job["job_id"] not in to_record:
+            continue  # finished already or over the delivery cap: answered from its record
         failures = [(i, r) for i, r in enumerate(job_results) if isinstance(r, ItemFailure)]
         outputs = [_item_error(i, r) if isinstance(r, ItemFailure) else r for i, r in enumerate(job_results)]
         if failures and not job.get("inline_errors"):
