@@ -1,6 +1,8 @@
 """Celery settings as data. Values come from the typed settings object (cortex_tasks.settings)."""
 import os
+from urllib.parse import urlparse
 
+from cortex_tasks.broker_transport import TRANSPORT
 from cortex_tasks.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
 from cortex_tasks.settings import get_settings
 
@@ -16,6 +18,8 @@ VISIBILITY_TIMEOUT = int(os.environ.get("CORTEX_VISIBILITY_TIMEOUT") or LONGEST_
 UNACKED_RESTORE_INTERVAL = int(os.environ.get("CORTEX_UNACKED_RESTORE_INTERVAL") or 10)
 
 broker_url = _settings.redis_url
+if urlparse(broker_url).scheme in ("redis", "rediss"):  # not for sentinel:// or other transports
+    broker_transport = TRANSPORT
 result_backend = _settings.redis_url
 broker_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT,

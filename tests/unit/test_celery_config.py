@@ -92,3 +92,14 @@ def test_beat_schedule_is_pinned():
     }
     assert all(entry.get("options", {}).get("queue") == "maintenance" for entry in BEAT_SCHEDULE.values())
     assert all(entry["task"] in registered_tasks() for entry in BEAT_SCHEDULE.values())
+
+
+def test_the_broker_channel_keeps_one_redis_client():
+    from cortex_tasks.broker_transport import Transport
+
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        channel = connection.transport.create_channel(connection.connection)  # connects to no server yet
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+        channel.close()
