@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -20,13 +19,18 @@ TRANSPORT = "cortex_tasks.broker_transport:Transport"
 
 
 class Channel(kombu_redis.Channel):
-    @cached_property
-    def _shared_client(self) -> Any:
-        return self._create_client()
+    _shared_client: Any = None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        yield client or self._shared_client
+        if client is None:
+            # kombu drops its pool after a fork or a failed connect and builds a new one on next use: the
+            # shared client follows the pool (two threads racing here build one each, harmlessly).
+            pool = self.pool
+            if self._shared_client is None or self._shared_client.connection_pool is not pool:
+                self._shared_client = self._create_client()
+            client = self._shared_client
+        yield client
 
 
 class Transport(kombu_redis.Transport):

@@ -102,4 +102,7 @@ def test_the_broker_channel_keeps_one_redis_client():
         channel = connection.transport.create_channel(connection.connection)  # connects to no server yet
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
+        channel._disconnect_pools()  # as kombu does after a fork: a new pool, and a client on it
+        with channel.conn_or_acquire() as after:
+            assert after is not first and after.connection_pool is channel.pool
         channel.close()
