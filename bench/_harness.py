@@ -196,6 +196,11 @@ def thread_layouts() -> list[tuple[str, int, int]]:
     return layouts
 
 
+def layout(label: str) -> tuple[int, int]:
+    """(torch threads per call, calls at once) of a thread_layouts() label."""
+    return next((threads, lanes) for name, threads, lanes in thread_layouts() if name == label)
+
+
 def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
     """The raw model in-process at its best batch size and thread layout (thread_layouts(); "2x1t" is the
     layout a busy Cortex worker uses), called the way its library documents (sentence-transformers'
@@ -213,7 +218,7 @@ def raw_limit(model, texts: list[str], batch_sizes: tuple[int, ...] = (16, 32, 6
     best = max(results, key=results.get)
     # Diagnostic: the same layout and sizes through the workers' own encode.
     best_layout = best.split("/")[0]
-    threads, lanes = next((t, n) for label, t, n in thread_layouts() if label == best_layout)
+    threads, lanes = layout(best_layout)
     torch.set_num_threads(threads)
     cortex_encode = {f"{best_layout}/b{size}": len(texts) / encode_in_lanes(model, texts, size, lanes,
                                                                               cortex_encode=True)

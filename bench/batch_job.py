@@ -28,7 +28,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench._harness import api_key, corpus, encode_in_lanes, gateway_and_worker, services, thread_layouts
+from bench._harness import (
+    api_key,
+    corpus,
+    encode_in_lanes,
+    gateway_and_worker,
+    layout,
+    services,
+    thread_layouts,
+)
 
 TARGET_RATIO = 0.85
 BATCH_SIZE_LIMIT = 1000
@@ -96,7 +104,7 @@ def raw_run(model: Any, texts: list[str]) -> dict[str, Any]:
         seconds[label] = encode_in_lanes(model, texts, -(-len(texts) // lanes), lanes, batch_size=64)
     best = min(seconds, key=seconds.get)
     # Diagnostic: the same layout through the workers' own encode (groups of similar length).
-    threads, lanes = next((t, n) for label, t, n in thread_layouts() if label == best)
+    threads, lanes = layout(best)
     torch.set_num_threads(threads)
     own = encode_in_lanes(model, texts, -(-len(texts) // lanes), lanes, cortex_encode=True)
     torch.set_num_threads(cores)
