@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ def _pid_alive(pid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader (the CLI, a test, an operator's script) sees the old file or
+    the new one, never a half-written one: stack.json is rewritten whenever a process restarts."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _saved_ports(data_dir: Path) -> dict[str, int]:
@@ -98,7 +112,7 @@ def run_up(options: UpOptions) -> int:
     def publish_stack() -> None:
         # stack.json tells the CLI and operators where everything is, including each process's pid.
         if "redis_url" in stack:
-            stack_file.write_text(json.dumps({**stack, "processes": supervisor.pids()}, indent=2))
+            _replace_file(stack_file, json.dumps({**stack, "processes": supervisor.pids()}, indent=2))
 
     supervisor = Supervisor(data_dir / "logs", env, on_change=publish_stack)
 
@@ -122,7 +136,7 @@ def run_up(options: UpOptions) -> int:
                                      stop_signal=signal.SIGINT, is_service=True)
             postgres.wait_ready()
             database_url, ports["postgres"] = postgres.url, postgres.port
-        (data_dir / "ports.json").write_text(json.dumps(ports))
+        _replace_file(data_dir / "ports.json", json.dumps(ports))
         artifact_dir = Path(os.environ.get("CORTEX_ARTIFACT_DIR") or data_dir / "artifacts")
         artifact_dir.mkdir(parents=True, exist_ok=True)
         env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
