@@ -6,7 +6,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -15,14 +14,18 @@ from cortex_tasks.catalogue import TASKS, find_model
 from cortex_tasks.inference import compute, service
 from cortex_tasks.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.jobs import store
+from cortex_tasks.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.loaded import get_model
-from cortex_tasks.process_threads import helper_threads
 from cortex_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 _batchers = BatcherRegistry()
 AfterReply = list[Callable[[], None]]  # work left until a message's outcomes are published
+Counted = tuple[dict[str, int], list[str]]  # ({job_id: attempt} of the jobs to run, [job_ids over the cap])
+# A first delivery's jobs still running after this long are marked running (DeliveryCount).
+MARK_RUNNING_AFTER_SECONDS = 1.0
+_running_marks = DelayedCalls(MARK_RUNNING_AFTER_SECONDS, "cortex-running-marks")
 
 
 def answers_per_job(entry: Any, params: dict[str, Any]) -> bool:
@@ -134,7 +137,7 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict
     """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
 
     `first_delivery`: no worker has started this message before (it was neither restored after a worker
-    died nor retried), so its deliveries are counted beside the model call instead of before it.
+    died nor retried), so its jobs are counted only if they run long (DeliveryCount).
     `after_reply`: where to leave the work that can wait until the outcomes are published (filling the
     shared cache, a Redis round trip); without it, that work is done here."""
     started = time.perf_counter()
@@ -150,44 +153,56 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict
             announcement.cancel()
 
 
-def _count_deliveries(jobs: list[dict[str, Any]], first_delivery: bool) -> Future:
-    """Count this delivery of every job (creating rows from the records the messages carry); the future's
-    result is ({job_id: attempt} of the jobs to run, [job_ids over the delivery cap]).
+class DeliveryCount:
+    """This delivery of a message's jobs, counted in their rows (which it creates from the records the
+    messages carry: the gateway leaves that to us).
 
     A redelivery is counted before anything runs, so that a message that kills its worker every time is
-    failed at the cap. A first delivery is counted beside the model call, which takes a database round
-    trip off every request's latency; should it kill its worker before the count is written, its
-    redeliveries still count up to the cap (one delivery later)."""
-    job_ids = [job["job_id"] for job in jobs]
-    # The gateway leaves creating the rows to us (messages carry each job's record).
-    new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
-    max_deliveries = get_settings().max_deliveries
-    if first_delivery:
-        return helper_threads("cortex-delivery-count", 4).submit(store.begin_attempts, job_ids, max_deliveries,
-                                                                 new_rows)
-    counted: Future = Future()
-    counted.set_result(store.begin_attempts(job_ids, max_deliveries, new_rows))
-    return counted
+    failed at the cap. A first delivery is counted only if its jobs are still running after
+    MARK_RUNNING_AFTER_SECONDS (they then show `running` too); most finish sooner, and are then written
+    once, finished and counted, in one statement (store.record_finished): one database write per job on
+    every prediction's path instead of two. Should a first delivery kill its worker before it was
+    counted, its redeliveries still count up to the cap (one delivery later)."""
+
+    def __init__(self, jobs: list[dict[str, Any]], first_delivery: bool) -> None:
+        job_ids = [job["job_id"] for job in jobs]
+        self.new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
+        count = partial(store.begin_attempts, job_ids, get_settings().max_deliveries, self.new_rows)
+        self.before_run: Counted | None = None
+        self._deferred: DeferredCall[Counted] | None = None
+        if first_delivery and len(self.new_rows) == len(job_ids):
+            self._deferred = _running_marks.schedule(count)
+        else:  # a redelivery, or jobs whose rows only the gateway could create (older messages)
+            self.before_run = count()
+
+    def record(self, records: dict[str, tuple[str, Any]]) -> set[str]:
+        """Write the outcomes of the jobs that ran ({job_id: (status, payload)}); returns the ids recorded.
+        The others were finished, cancelled or failed at the delivery cap first: their rows say so."""
+        counted = self.before_run
+        if self._deferred is not None:
+            ran, counted = self._deferred.skip_or_wait()
+            if not ran:
+                return store.record_finished(records, self.new_rows)
+        assert counted is not None
+        return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in counted[0]})
 
 
-def _runnable(jobs: list[dict[str, Any]], runnable: dict[str, int],
-              outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The jobs to run; the others (duplicate deliveries of finished jobs, jobs over the delivery cap)
-    are answered from their records in `outcomes`."""
-    already = [job["job_id"] for job in jobs if job["job_id"] not in runnable]
-    if already:
-        for job in store.get_jobs(already):
+def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -> None:
+    if job_ids:
+        for job in store.get_jobs(job_ids):
             outcomes[job.id] = {"status": job.status, "result": job.result, "error": job.error}
-    return [job for job in jobs if job["job_id"] in runnable]
 
 
 def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
                    priority: int, started: float, announcement: Announcement | None,
                    first_delivery: bool, after_reply: AfterReply | None) -> dict[str, dict[str, Any]]:
     outcomes: dict[str, dict[str, Any]] = {}
-    counted = _count_deliveries(jobs, first_delivery)
-    if not first_delivery:
-        jobs = _runnable(jobs, counted.result()[0], outcomes)
+    count = DeliveryCount(jobs, first_delivery)
+    if count.before_run is not None:
+        # Duplicate deliveries of finished jobs and jobs over the delivery cap do not run.
+        runnable = count.before_run[0]
+        _answer_from_rows([job["job_id"] for job in jobs if job["job_id"] not in runnable], outcomes)
+        jobs = [job for job in jobs if job["job_id"] in runnable]
         if not jobs:
             return outcomes
     try:
@@ -195,20 +210,26 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
                                            after_reply)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
-        failed = [job["job_id"] for job in _runnable(jobs, counted.result()[0], outcomes)]
-        store.finish_jobs({job_id: (store.FAILED, error) for job_id in failed})
-        outcomes.update({job_id: {"status": store.FAILED, "error": error} for job_id in failed})
-        return outcomes
+        answers = {job["job_id"]: {"status": store.FAILED, "error": error} for job in jobs}
+        records = {job_id: (store.FAILED, error) for job_id in answers}
+    else:
+        answers, records = _job_outcomes(task, jobs, results, answered_by,
+                                         round((time.perf_counter() - started) * 1000, 2))
+    recorded = count.record(records)
+    outcomes.update({job_id: answer for job_id, answer in answers.items() if job_id in recorded})
+    _answer_from_rows([job_id for job_id in answers if job_id not in recorded], outcomes)
+    return outcomes
 
-    worker_ms = round((time.perf_counter() - started) * 1000, 2)
-    to_record = {job["job_id"] for job in _runnable(jobs, counted.result()[0], outcomes)}
+
+def _job_outcomes(task: str, jobs: list[dict[str, Any]], results: list[Any], answered_by: dict[str, Any],
+                  worker_ms: float) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, Any]]]:
+    """Each job's answer for its caller and its record for the job row, from the results of all inputs."""
+    answers: dict[str, dict[str, Any]] = {}
     records: dict[str, tuple[str, Any]] = {}
     position = 0
     for job in jobs:
         job_results = results[position:position + len(job["inputs"])]
         position += len(job["inputs"])
-        if job["job_id"] not in to_record:
-            continue  # finished already or over the delivery cap: answered from its record
         failures = [(i, r) for i, r in enumerate(job_results) if isinstance(r, ItemFailure)]
         outputs = [_item_error(i, r) if isinstance(r, ItemFailure) else r for i, r in enumerate(job_results)]
         if failures and not job.get("inline_errors"):
@@ -216,14 +237,12 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
             error = {"code": first.code, "message": f"inputs[{first_index}]: {first.message}",
                      "details": {"items": [_item_error(i, f) for i, f in failures]}}
             records[job["job_id"]] = (store.FAILED, error)
-            outcomes[job["job_id"]] = {"status": store.FAILED, "error": error, "model": answered_by}
+            answers[job["job_id"]] = {"status": store.FAILED, "error": error, "model": answered_by}
             continue
-        result = {"task": task, "model": answered_by, "outputs": outputs,
-                  "timings": {"worker_ms": worker_ms}}
+        result = {"task": task, "model": answered_by, "outputs": outputs, "timings": {"worker_ms": worker_ms}}
         records[job["job_id"]] = (store.SUCCEEDED, result)
-        outcomes[job["job_id"]] = {"status": store.SUCCEEDED, "result": result}
-    store.finish_jobs(records)
-    return outcomes
+        answers[job["job_id"]] = {"status": store.SUCCEEDED, "result": result}
+    return answers, records
 
 
 def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]], priority: int,

@@ -260,10 +260,11 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
     return runnable, over_cap
 
 
-def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> None:
+def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
     """Record many outcomes in one statement each for successes and failures: {job_id: (status, payload)}.
 
-    Only jobs still queued or running change, so a redelivered message cannot record a result twice.
+    Only jobs still queued or running change, so a redelivered message cannot record a result twice;
+    returns the ids recorded.
     """
     # orjson: these payloads are mostly floats (embeddings), which the json module formats slowly.
     succeeded = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
@@ -273,20 +274,57 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> None:
     # This hot path neither waits for the WAL flush nor opens a transaction (quick_write_engine): a write
     # lost in a database crash leaves the job running (its caller was answered through the reply channel)
     # until the stale-job sweep takes it up.
+    recorded: set[str] = set()
     with quick_write_engine().connect() as connection:
         if succeeded:
-            connection.execute(text(
+            recorded.update(row[0] for row in connection.execute(text(
                 "UPDATE jobs AS j SET status = 'succeeded', result = d.payload::jsonb, "
                 "progress_done = j.progress_total, finished_at = now() "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
-                "WHERE j.id = d.id AND j.status IN ('queued', 'running')"
-            ), {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]})
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
+            ), {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]}))
         if failed:
-            connection.execute(text(
+            recorded.update(row[0] for row in connection.execute(text(
                 "UPDATE jobs AS j SET status = 'failed', error = d.payload::jsonb, finished_at = now() "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
-                "WHERE j.id = d.id AND j.status IN ('queued', 'running')"
-            ), {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]})
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
+            ), {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]}))
+    return recorded
+
+
+# A first delivery's jobs written once, finished: the row is created (or, if the gateway created it,
+# updated) with the outcome and this delivery counted. Rows no longer queued or running (cancelled
+# meanwhile) keep what they say; RETURNING tells which jobs were recorded.
+_RECORD_FINISHED = (
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
+    "attempts, created_at, started_at, finished_at, deadline_at, result, error) "
+    "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
+    "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, now(), now(), now(), "
+    "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
+    "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
+    "CAST(:deadlines AS int[]), CAST(:statuses AS text[]), CAST(:results AS text[]), CAST(:errors AS text[])) "
+    "AS d(id, owner, kind, task, model, priority, total, params, deadline, status, result, error) "
+    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, error = excluded.error, "
+    "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, now()), finished_at = now(), "
+    "progress_done = CASE WHEN excluded.status = 'succeeded' THEN jobs.progress_total ELSE jobs.progress_done END "
+    "WHERE jobs.status IN ('queued', 'running') RETURNING id"
+)
+
+
+def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, NewJob]) -> set[str]:
+    """Record jobs whose delivery was not counted yet, finished, in one statement: {job_id: (status,
+    payload)}, with each job's record to create its row from. Returns the ids recorded; a job missing from
+    it was finished or cancelled before (its row is unchanged)."""
+    if not outcomes:
+        return set()
+    jobs = [(job_id, records[job_id]) for job_id in outcomes]
+    payloads = [(status, orjson.dumps(payload).decode()) for status, payload in outcomes.values()]
+    columns = {**_record_columns(jobs), "statuses": [status for status, _ in payloads],
+               "results": [payload if status == SUCCEEDED else None for status, payload in payloads],
+               "errors": [payload if status != SUCCEEDED else None for status, payload in payloads]}
+    with quick_write_engine().connect() as connection:
+        return {row[0] for row in connection.execute(text(_RECORD_FINISHED), columns)}
 
 
 def get_jobs(job_ids: list[str]) -> list[Job]:

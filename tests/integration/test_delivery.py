@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -140,8 +142,8 @@ def test_worker_killed_mid_batch_loses_no_item():
 
 
 def test_duplicate_message_of_finished_jobs_is_answered_from_their_records(workers):
-    """A first delivery runs the model while the deliveries are counted; a job found finished by then
-    keeps its record, and the caller is answered with it, not with the new computation."""
+    """A job found finished when the message's deliveries are counted keeps its record, and the caller is
+    answered with it, not with a new computation."""
     recorded = {"task": "embed", "outputs": ["recorded earlier"]}
     done, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="embed", total=1))
     store.finish_jobs({done.id: (store.SUCCEEDED, recorded)})
@@ -167,3 +169,69 @@ def test_duplicate_message_of_finished_jobs_is_answered_from_their_records(worke
     unchanged, fresh = store.get_job(done.id), store.get_job(fresh_id)
     assert (unchanged.result, unchanged.attempts) == (recorded, 0)
     assert (fresh.status, fresh.attempts, fresh.owner) == ("succeeded", 1, "delivery-test")
+
+
+def send_first_delivery(jobs: list[dict], message_id: str) -> dict:
+    """Send a gpu message as the gateway does (every job with its record) and return the worker's reply."""
+    channel = f"{REPLY_CHANNEL_PREFIX}{message_id}-{uuid.uuid4().hex[:6]}"
+    subscriber = redis.Redis.from_url(get_settings().redis_url).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(channel)
+    try:
+        celery_app.send_task("cortex.inference.run_gpu_jobs", queue="gpu", kwargs={
+            "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "reply_to": channel,
+            "message_id": message_id, "jobs": jobs})
+        reply = wait_for(lambda: subscriber.get_message(timeout=1), 120, "the worker's reply")
+    finally:
+        subscriber.close()
+    return orjson.loads(reply["data"])["outcomes"]
+
+
+def gateway_job(inputs: list[str]) -> dict:
+    record = store.job_record(store.NewJob(owner="delivery-test", kind="predict", task="embed",
+                                           model="all-MiniLM-L6-v2", total=len(inputs)))
+    return {"job_id": store.new_job_id(), "inputs": inputs, "record": record}
+
+
+def test_a_quick_first_delivery_writes_each_job_once_finished_and_keeps_a_cancellation(workers):
+    """A first delivery that finishes quickly creates its rows finished, this delivery counted; a job
+    cancelled before the worker recorded it stays cancelled, and its caller is told so."""
+    fresh = gateway_job([f"a sentence to embed once {uuid.uuid4()}", "and another one"])
+    cancelled = gateway_job([f"a job cancelled while queued {uuid.uuid4()}"])
+    store.create_jobs([(cancelled["job_id"], store.NewJob(**cancelled["record"]))])  # as before a 202
+    assert store.cancel_job(cancelled["job_id"], "changed my mind")
+    outcomes = send_first_delivery([fresh, cancelled], "quick-first")
+    assert outcomes[fresh["job_id"]]["status"] == "succeeded"
+    assert outcomes[cancelled["job_id"]]["status"] == "cancelled"
+    row = store.get_job(fresh["job_id"])
+    assert (row.status, row.attempts, row.owner, row.progress_done) == ("succeeded", 1, "delivery-test", 2)
+    assert row.started_at is not None and row.finished_at is not None
+    assert [len(vector) for vector in row.result["outputs"]] == [384, 384]
+    kept = store.get_job(cancelled["job_id"])
+    assert (kept.status, kept.attempts, kept.result) == ("cancelled", 0, None)
+
+
+def test_a_long_first_delivery_shows_running_and_is_counted_once(workers):
+    """Jobs still running after a moment are marked running (their delivery counted), and then finished
+    by the same delivery without counting it again."""
+    long_text = " ".join(["the quarterly report describes revenue, costs and the outlook"] * 25)
+    slow = gateway_job([f"{long_text} {i} {uuid.uuid4()}" for i in range(160)])
+    seen_running = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen_running.is_set():
+            row = store.get_job(slow["job_id"])
+            if row is not None and row.status == "running":
+                seen_running.set()
+            elif row is not None and row.status in store.FINISHED_STATES:
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    outcomes = send_first_delivery([slow], "long-first")
+    watcher.join(10)
+    assert seen_running.is_set(), "the job never showed running while the model worked on it"
+    assert outcomes[slow["job_id"]]["status"] == "succeeded"
+    row = store.get_job(slow["job_id"])
+    assert (row.status, row.attempts, row.progress_done) == ("succeeded", 1, 160)
