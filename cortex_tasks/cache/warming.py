@@ -19,6 +19,7 @@ import redis
 
 from cortex_tasks.cache.keys import normalize_input
 from cortex_tasks.cache.service import MISSING, get_cache, keys_for
+from cortex_tasks.process_threads import helper_threads
 from cortex_tasks.settings import get_settings
 
 FREQUENCY_KEY = "cortex:cache-queries:"  # + hour number; members are JSON [task, model, params, input]
@@ -35,6 +36,13 @@ class QueryCounter:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
+        self._redis: tuple[str, redis.Redis] | None = None
+
+    def _client(self) -> redis.Redis:
+        url = get_settings().redis_url
+        if self._redis is None or self._redis[0] != url:  # one pool, not a new connection every few seconds
+            self._redis = (url, redis.Redis.from_url(url))
+        return self._redis[1]
 
     def record(self, task: str, model: str, params_json: str, items: list[Any]) -> None:
         members = [json.dumps([task, model, params_json, normalize_input(item)])
@@ -42,8 +50,12 @@ class QueryCounter:
         with self._lock:
             self._counts.update(members)
             due = time.monotonic() - self._last_flush > FLUSH_SECONDS
+            if due:
+                self._last_flush = time.monotonic()
         if due:
-            self.flush()
+            # A flush sends one command per distinct query of the last few seconds (thousands under
+            # load): not on the thread of the request that happens to find it due.
+            helper_threads("cortex-query-counts", 1).submit(self.flush)
 
     def flush(self) -> None:
         with self._lock:
@@ -53,7 +65,7 @@ class QueryCounter:
             return
         key = FREQUENCY_KEY + str(int(time.time() // 3600))
         try:
-            client = redis.Redis.from_url(get_settings().redis_url)
+            client = self._client()
             pipe = client.pipeline(transaction=False)
             for member, count in counts.items():
                 pipe.zincrby(key, count, member)

@@ -90,3 +90,30 @@ def test_warming_recomputes_frequent_queries_into_l2(api, workers):
         time.sleep(0.2)
     assert effectiveness(min_frequency=3)["hit_rate_now"] == 1
     assert api.post("/api/v1/predict", {"task": "embed", "inputs": [text]}).get_json()["cached"] is True
+
+
+def test_query_counts_reach_redis_by_themselves_off_the_request_thread():
+    """The gateway's query counts (for warming) are flushed every few seconds by a helper thread."""
+    import threading
+
+    from cortex_tasks.cache.warming import FREQUENCY_KEY, QueryCounter
+
+    counter = QueryCounter()
+    flushed_on: list[str] = []
+    original_flush = counter.flush
+
+    def flush() -> None:
+        flushed_on.append(threading.current_thread().name)
+        original_flush()
+
+    counter.flush = flush  # type: ignore[method-assign]
+    text = f"a counted question {uuid.uuid4()}"
+    counter.record("embed", "all-MiniLM-L6-v2", "{}", [text])
+    assert not flushed_on  # not due yet
+    counter._last_flush -= 60  # as if the last flush was a minute ago
+    counter.record("embed", "all-MiniLM-L6-v2", "{}", [text])
+    client = redis.Redis.from_url(get_settings().redis_url)
+    member = f'["embed", "all-MiniLM-L6-v2", "{{}}", "{text}"]'
+    key = FREQUENCY_KEY + str(int(time.time() // 3600))
+    assert wait_for(lambda: client.zscore(key, member), 10, "the counts to reach Redis") == 2
+    assert flushed_on and flushed_on[0] != threading.current_thread().name
