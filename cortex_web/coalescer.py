@@ -149,7 +149,7 @@ class Coalescer:
                 ignore_result=True,
                 kwargs={"task": group.task, "model": group.model, "params": json.loads(group.params_json),
                         "priority": group.priority, "reply_to": self.listener.channel, "message_id": message_id,
-                        # The worker creates each job's row from its record (see jobs.store.begin_attempts).
+                        # The worker creates each job's row from its record (see jobs/store.py).
                         "jobs": [{"job_id": job.job_id, "inputs": job.inputs, "inline_errors": job.inline_errors,
                                   "record": store.job_record(job.record), "looked_up": job.looked_up}
                                  for job in jobs]},

@@ -1,7 +1,9 @@
 """Job records in PostgreSQL: the durable truth about every job (the Celery result backend is transport).
 
-Status moves queued -> running -> succeeded | failed | cancelled. Every transition is one guarded UPDATE,
-so a redelivered message can neither run a finished job again nor record its result twice.
+Status moves queued -> running -> succeeded | failed | cancelled; a prediction that finishes quickly is
+written once, finished (record_finished). Every transition is one guarded statement (it changes only a
+job still queued or running), so a redelivered message can neither run a finished job again nor record
+its result twice.
 """
 from __future__ import annotations
 
@@ -174,9 +176,10 @@ def job_to_api(job: Job) -> dict[str, Any]:
 
 # --- Bulk forms, for many small jobs travelling in one message (coalesced predictions). ---
 #
-# A prediction message carries each job's record, and the worker's begin_attempts creates the row if the
-# gateway has not: the gateway then writes nothing to the database for a prediction answered within its
-# wait budget. It inserts the row itself only before answering 202, so that a status URL always exists.
+# A prediction message carries each job's record, and the worker creates the row if the gateway has not
+# (record_finished, or begin_attempts for a job that runs long or is redelivered): the gateway then writes
+# nothing to the database for a prediction answered within its wait budget. It inserts the row itself
+# only before answering 202, so that a status URL always exists.
 
 def job_record(job: NewJob) -> dict[str, Any]:
     """What a message carries for the worker to create the job's row (JSON-safe)."""
