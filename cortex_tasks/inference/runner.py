@@ -166,6 +166,7 @@ class DeliveryCount:
 
     def __init__(self, jobs: list[dict[str, Any]], first_delivery: bool) -> None:
         job_ids = [job["job_id"] for job in jobs]
+        self.started = time.time()
         self.new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
         count = partial(store.begin_attempts, job_ids, get_settings().max_deliveries, self.new_rows)
         self.before_run: Counted | None = None
@@ -182,7 +183,7 @@ class DeliveryCount:
         if self._deferred is not None:
             ran, counted = self._deferred.skip_or_wait()
             if not ran:
-                return store.record_finished(records, self.new_rows)
+                return store.record_finished(records, self.new_rows, self.started)
         assert counted is not None
         return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in counted[0]})
 

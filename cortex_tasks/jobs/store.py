@@ -302,30 +302,35 @@ _RECORD_FINISHED = (
     "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
     "attempts, created_at, started_at, finished_at, deadline_at, result, error) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
-    "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, now(), now(), now(), "
+    "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
+    "to_timestamp(:started), to_timestamp(:started), now(), "
     "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
     "FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
     "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
     "CAST(:deadlines AS int[]), CAST(:statuses AS text[]), CAST(:results AS text[]), CAST(:errors AS text[])) "
     "AS d(id, owner, kind, task, model, priority, total, params, deadline, status, result, error) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, error = excluded.error, "
-    "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, now()), finished_at = now(), "
+    "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, to_timestamp(:started)), "
+    "finished_at = now(), "
     "progress_done = CASE WHEN excluded.status = 'succeeded' THEN jobs.progress_total ELSE jobs.progress_done END "
     "WHERE jobs.status IN ('queued', 'running') RETURNING id"
 )
 
 
-def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, NewJob]) -> set[str]:
+def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, NewJob],
+                    started: float) -> set[str]:
     """Record jobs whose delivery was not counted yet, finished, in one statement: {job_id: (status,
-    payload)}, with each job's record to create its row from. Returns the ids recorded; a job missing from
-    it was finished or cancelled before (its row is unchanged)."""
+    payload)}, with each job's record to create its row from and when the worker started them (Unix time;
+    a row created here was created then too). Returns the ids recorded; a job missing from it was
+    finished or cancelled before (its row is unchanged)."""
     if not outcomes:
         return set()
     jobs = [(job_id, records[job_id]) for job_id in outcomes]
     payloads = [(status, orjson.dumps(payload).decode()) for status, payload in outcomes.values()]
     columns = {**_record_columns(jobs), "statuses": [status for status, _ in payloads],
                "results": [payload if status == SUCCEEDED else None for status, payload in payloads],
-               "errors": [payload if status != SUCCEEDED else None for status, payload in payloads]}
+               "errors": [payload if status != SUCCEEDED else None for status, payload in payloads],
+               "started": started}
     with quick_write_engine().connect() as connection:
         return {row[0] for row in connection.execute(text(_RECORD_FINISHED), columns)}
 
