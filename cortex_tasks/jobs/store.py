@@ -203,14 +203,19 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
 
 # Rows from arrays in one statement (plain SQL: ORM unit-of-work bookkeeping cost the gateway more CPU
 # than the insert itself). {status}, {attempts} and {started} are filled in by the caller.
+# The columns of _record_columns as a row source `d`, for unnest(...) AS d(...).
+_RECORD_ARRAYS = (
+    "CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
+    "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
+    "CAST(:deadlines AS int[])"
+)
+_RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline"
 _INSERT_FROM_ARRAYS = (
     "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
     "attempts, created_at, started_at, deadline_at) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
     "now(), {started}, now() + make_interval(secs => d.deadline) "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
-    "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
-    "CAST(:deadlines AS int[])) AS d(id, owner, kind, task, model, priority, total, params, deadline) "
+    f"FROM unnest({_RECORD_ARRAYS}) AS d({_RECORD_NAMES}) "
 )
 
 
@@ -305,10 +310,8 @@ _RECORD_FINISHED = (
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
     "to_timestamp(:started), to_timestamp(:started), now(), "
     "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
-    "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
-    "CAST(:deadlines AS int[]), CAST(:statuses AS text[]), CAST(:results AS text[]), CAST(:errors AS text[])) "
-    "AS d(id, owner, kind, task, model, priority, total, params, deadline, status, result, error) "
+    f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), CAST(:errors AS text[])) "
+    f"AS d({_RECORD_NAMES}, status, result, error) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, error = excluded.error, "
     "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, to_timestamp(:started)), "
     "finished_at = now(), "
