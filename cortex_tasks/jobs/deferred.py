@@ -52,7 +52,7 @@ class DeferredCall(Generic[T]):
             self._state = _STARTED
         try:
             self._result = self.fn()
-        except BaseException as exc:  # handed to whoever waits for it
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
             self._error = exc
         finally:
             self._done.set()
