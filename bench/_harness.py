@@ -95,14 +95,36 @@ def services() -> Iterator[dict[str, str]]:
             started.append(process)
             postgres.wait_ready()
             env["DATABASE_URL"] = postgres.url
-        os.environ.update({key: env[key] for key in ("REDIS_URL", "DATABASE_URL", "CORTEX_DATA_DIR",
-                                                     "CORTEX_ARTIFACT_DIR", "HF_HUB_OFFLINE")})
-        from cortex_tasks.settings import reset_settings_cache
+        # This process (creating API keys, say) uses the services too. The environment is put back
+        # afterwards, so that the next benchmark of `bench all` starts services of its own instead of
+        # finding these stopped ones in it.
+        shared = ("REDIS_URL", "DATABASE_URL", "CORTEX_DATA_DIR", "CORTEX_ARTIFACT_DIR", "HF_HUB_OFFLINE")
+        before = {key: os.environ.get(key) for key in shared}
+        cleanup.callback(_restore_environment, before)
+        os.environ.update({key: env[key] for key in shared})
+        _forget_connections()
         from cortex_tasks.storage.migrate import upgrade_to_head
 
-        reset_settings_cache()
         upgrade_to_head(env["DATABASE_URL"])
         yield {**env, "folder": str(folder)}
+
+
+def _forget_connections() -> None:
+    """Settings and database engines are cached per process; make them follow the environment."""
+    from cortex_tasks.settings import reset_settings_cache
+    from cortex_tasks.storage.db import reset_engine
+
+    reset_settings_cache()
+    reset_engine()
+
+
+def _restore_environment(before: dict[str, str | None]) -> None:
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _forget_connections()
 
 
 @contextmanager
