@@ -2,7 +2,7 @@
 
 A prediction's first delivery does not write its jobs' "running" state (and delivery count) before the
 model call: most jobs finish within milliseconds, and one statement then records each job whole. Only a
-job still running after MARK_RUNNING_AFTER gets the separate write, so that a slow job shows `running`
+job still running after MARK_RUNNING_AFTER_SECONDS gets the separate write, so that a slow job shows `running`
 and a message that keeps killing its worker is still counted (runner.py).
 
 Every call waits the same delay, so calls fall due in the order they were scheduled: one thread takes
