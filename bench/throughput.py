@@ -24,7 +24,8 @@ from bench._harness import (
 
 SCENARIOS = ((1, 1), (16, 1), (64, 1), (16, 8))
 MODES = (("batching_on", {}), ("batching_off", {"CORTEX_BATCHING": "0"}))
-MAX_ITEMS_PER_SECOND = 400  # above any rate reached here: each scenario gets this many unique texts per second
+# Above any rate reached here: each scenario gets this many unique texts per second it runs.
+MAX_ITEMS_PER_SECOND = 400
 
 
 def texts_for(seconds: float, items: int) -> int:

@@ -185,7 +185,8 @@ class DeliveryCount:
             if not ran:
                 return store.record_finished(records, self.new_rows, self.started)
         assert counted is not None
-        return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in counted[0]})
+        runnable = counted[0]
+        return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in runnable})
 
 
 def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -> None:

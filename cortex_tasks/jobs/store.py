@@ -304,18 +304,20 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
 # updated) with the outcome and this delivery counted. Rows no longer queued or running (cancelled
 # meanwhile) keep what they say; RETURNING tells which jobs were recorded.
 _RECORD_FINISHED = (
-    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
-    "attempts, created_at, started_at, finished_at, deadline_at, result, error) "
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "
+    "params, attempts, created_at, started_at, finished_at, deadline_at, result, error) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
     "to_timestamp(:started), to_timestamp(:started), now(), "
     "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
-    f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), CAST(:errors AS text[])) "
-    f"AS d({_RECORD_NAMES}, status, result, error) "
-    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, error = excluded.error, "
+    f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), "
+    f"CAST(:errors AS text[])) AS d({_RECORD_NAMES}, status, result, error) "
+    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, "
+    "error = excluded.error, "
     "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, to_timestamp(:started)), "
     "finished_at = now(), "
-    "progress_done = CASE WHEN excluded.status = 'succeeded' THEN jobs.progress_total ELSE jobs.progress_done END "
+    "progress_done = CASE WHEN excluded.status = 'succeeded' THEN jobs.progress_total "
+    "ELSE jobs.progress_done END "
     "WHERE jobs.status IN ('queued', 'running') RETURNING id"
 )
 
