@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cortex_tasks.atomic_files import replace_file
 from cortex_tasks.inference import postprocessing
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.base import ModelInfo
@@ -105,15 +104,7 @@ class EmbeddingHead:
                  ovr_weights=self.ovr_weights, ovr_bias=self.ovr_bias,
                  labels=np.array(json.dumps(list(self.labels))),
                  metadata=np.array(json.dumps(self.metadata, sort_keys=True)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".head-", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(buffer.getvalue())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        replace_file(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> EmbeddingHead:

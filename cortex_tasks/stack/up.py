@@ -11,12 +11,12 @@ import os
 import secrets
 import signal
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from cortex_tasks.atomic_files import replace_file
 from cortex_tasks.settings import STACK_FILE_NAME
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
@@ -39,19 +39,6 @@ def _pid_alive(pid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def _replace_file(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader (the CLI, a test, an operator's script) sees the old file or
-    the new one, never a half-written one: stack.json is rewritten whenever a process restarts."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _saved_ports(data_dir: Path) -> dict[str, int]:
@@ -112,7 +99,9 @@ def run_up(options: UpOptions) -> int:
     def publish_stack() -> None:
         # stack.json tells the CLI and operators where everything is, including each process's pid.
         if "redis_url" in stack:
-            _replace_file(stack_file, json.dumps({**stack, "processes": supervisor.pids()}, indent=2))
+            # Replaced whole: a reader (the CLI, a test, a script) never sees a half-written file.
+            described = {**stack, "processes": supervisor.pids()}
+            replace_file(stack_file, json.dumps(described, indent=2).encode())
 
     supervisor = Supervisor(data_dir / "logs", env, on_change=publish_stack)
 
@@ -136,7 +125,7 @@ def run_up(options: UpOptions) -> int:
                                      stop_signal=signal.SIGINT, is_service=True)
             postgres.wait_ready()
             database_url, ports["postgres"] = postgres.url, postgres.port
-        _replace_file(data_dir / "ports.json", json.dumps(ports))
+        replace_file(data_dir / "ports.json", json.dumps(ports).encode())
         artifact_dir = Path(os.environ.get("CORTEX_ARTIFACT_DIR") or data_dir / "artifacts")
         artifact_dir.mkdir(parents=True, exist_ok=True)
         env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))

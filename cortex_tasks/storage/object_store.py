@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
+from cortex_tasks.atomic_files import replace_file
 from cortex_tasks.settings import Settings, get_settings
 
 MAX_NAME_CHARS = 512
@@ -292,23 +293,9 @@ class LocalObjectStore(ObjectStore):
             raise InvalidObjectName(name, "resolves outside the store")
         return path
 
-    @staticmethod
-    def _atomic_write(path: Path, payload: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".write-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(payload)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-
     def _write(self, name: str, payload: bytes, meta: dict[str, str], content_type: str) -> None:
-        self._atomic_write(self._path(name), payload)
-        self._atomic_write(self._path(name, meta=True), json.dumps(meta).encode())
+        replace_file(self._path(name), payload, durable=True)
+        replace_file(self._path(name, meta=True), json.dumps(meta).encode(), durable=True)
 
     def _write_file(self, name: str, path: Path, meta: dict[str, str], content_type: str) -> None:
         target = self._path(name)
@@ -321,7 +308,7 @@ class LocalObjectStore(ObjectStore):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        self._atomic_write(self._path(name, meta=True), json.dumps(meta).encode())
+        replace_file(self._path(name, meta=True), json.dumps(meta).encode(), durable=True)
 
     def _read_meta(self, name: str) -> dict[str, str]:
         if not self._path(name).is_file():
