@@ -141,38 +141,8 @@ def test_worker_killed_mid_batch_loses_no_item():
         assert all(len(vector) == 384 for vector in record.result["outputs"])
 
 
-def test_duplicate_message_of_finished_jobs_is_answered_from_their_records(workers):
-    """A job found finished when the message's deliveries are counted keeps its record, and the caller is
-    answered with it, not with a new computation."""
-    recorded = {"task": "embed", "outputs": ["recorded earlier"]}
-    done, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="embed", total=1))
-    store.finish_jobs({done.id: (store.SUCCEEDED, recorded)})
-    fresh_id = store.new_job_id()
-    fresh_record = store.job_record(store.NewJob(owner="delivery-test", kind="predict", task="embed",
-                                                 model="all-MiniLM-L6-v2", total=1))
-    channel = f"{REPLY_CHANNEL_PREFIX}duplicate-{uuid.uuid4().hex[:6]}"
-    subscriber = redis.Redis.from_url(get_settings().redis_url).pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(channel)
-    try:
-        celery_app.send_task("cortex.inference.run_gpu_jobs", queue="gpu", kwargs={
-            "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "reply_to": channel,
-            "message_id": "duplicate", "jobs": [
-                {"job_id": done.id, "inputs": ["an already answered sentence"]},
-                {"job_id": fresh_id, "inputs": ["a sentence nobody asked about before"], "record": fresh_record}]})
-        reply = wait_for(lambda: subscriber.get_message(timeout=1), 120, "the worker's reply")
-    finally:
-        subscriber.close()
-    outcomes = orjson.loads(reply["data"])["outcomes"]
-    assert outcomes[done.id] == {"status": "succeeded", "result": recorded, "error": None}
-    assert outcomes[fresh_id]["status"] == "succeeded"
-    assert len(outcomes[fresh_id]["result"]["outputs"][0]) == 384
-    unchanged, fresh = store.get_job(done.id), store.get_job(fresh_id)
-    assert (unchanged.result, unchanged.attempts) == (recorded, 0)
-    assert (fresh.status, fresh.attempts, fresh.owner) == ("succeeded", 1, "delivery-test")
-
-
-def send_first_delivery(jobs: list[dict], message_id: str) -> dict:
-    """Send a gpu message as the gateway does (every job with its record) and return the worker's reply."""
+def send_gpu_message(jobs: list[dict], message_id: str) -> dict:
+    """Send a gpu message of embed jobs as the gateway does and return the outcomes the worker replies."""
     channel = f"{REPLY_CHANNEL_PREFIX}{message_id}-{uuid.uuid4().hex[:6]}"
     subscriber = redis.Redis.from_url(get_settings().redis_url).pubsub(ignore_subscribe_messages=True)
     subscriber.subscribe(channel)
@@ -192,6 +162,24 @@ def gateway_job(inputs: list[str]) -> dict:
     return {"job_id": store.new_job_id(), "inputs": inputs, "record": record}
 
 
+def test_duplicate_message_of_finished_jobs_is_answered_from_their_records(workers):
+    """A job found finished when the message's deliveries are counted keeps its record, and the caller is
+    answered with it, not with a new computation."""
+    recorded = {"task": "embed", "outputs": ["recorded earlier"]}
+    done, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="embed", total=1))
+    store.finish_jobs({done.id: (store.SUCCEEDED, recorded)})
+    fresh = gateway_job(["a sentence nobody asked about before"])
+    fresh_id = fresh["job_id"]
+    outcomes = send_gpu_message([{"job_id": done.id, "inputs": ["an already answered sentence"]}, fresh],
+                                "duplicate")
+    assert outcomes[done.id] == {"status": "succeeded", "result": recorded, "error": None}
+    assert outcomes[fresh_id]["status"] == "succeeded"
+    assert len(outcomes[fresh_id]["result"]["outputs"][0]) == 384
+    unchanged, fresh_row = store.get_job(done.id), store.get_job(fresh_id)
+    assert (unchanged.result, unchanged.attempts) == (recorded, 0)
+    assert (fresh_row.status, fresh_row.attempts, fresh_row.owner) == ("succeeded", 1, "delivery-test")
+
+
 def test_a_quick_first_delivery_writes_each_job_once_finished_and_keeps_a_cancellation(workers):
     """A first delivery that finishes quickly creates its rows finished, this delivery counted; a job
     cancelled before the worker recorded it stays cancelled, and its caller is told so."""
@@ -199,7 +187,7 @@ def test_a_quick_first_delivery_writes_each_job_once_finished_and_keeps_a_cancel
     cancelled = gateway_job([f"a job cancelled while queued {uuid.uuid4()}"])
     store.create_jobs([(cancelled["job_id"], store.NewJob(**cancelled["record"]))])  # as before a 202
     assert store.cancel_job(cancelled["job_id"], "changed my mind")
-    outcomes = send_first_delivery([fresh, cancelled], "quick-first")
+    outcomes = send_gpu_message([fresh, cancelled], "quick-first")
     assert outcomes[fresh["job_id"]]["status"] == "succeeded"
     assert outcomes[cancelled["job_id"]]["status"] == "cancelled"
     row = store.get_job(fresh["job_id"])
@@ -229,7 +217,7 @@ def test_a_long_first_delivery_shows_running_and_is_counted_once(workers):
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    outcomes = send_first_delivery([slow], "long-first")
+    outcomes = send_gpu_message([slow], "long-first")
     watcher.join(10)
     assert seen_running.is_set(), "the job never showed running while the model worked on it"
     assert outcomes[slow["job_id"]]["status"] == "succeeded"
