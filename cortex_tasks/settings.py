@@ -145,6 +145,46 @@ def rate_tiers_from(raw: str | None) -> dict[str, RateTier | None]:
     return tiers
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How one model's concurrent items are batched (DESIGN.md "Batching"): at most `max_batch_size` items
+    per model call (and per message a gateway coalesces), and how long a partial batch may wait for items
+    known to be on their way (inference/batcher.py)."""
+
+    max_batch_size: int
+    max_wait_seconds: float
+
+
+_BATCHING_KEYS = {"max_batch_size", "max_wait_ms"}
+
+
+def _batching(model: str, spec: object, default: Batching) -> Batching:
+    where = f"CORTEX_BATCHING_PER_MODEL[{model!r}]"
+    if not isinstance(spec, dict) or not spec or not set(spec) <= _BATCHING_KEYS:
+        raise ValueError(f"{where} must be an object with max_batch_size and/or max_wait_ms")
+    size, wait_ms = spec.get("max_batch_size", default.max_batch_size), spec.get("max_wait_ms")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{where}.max_batch_size must be a whole number of at least 1")
+    if wait_ms is not None and (isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float))
+                                or wait_ms < 0):
+        raise ValueError(f"{where}.max_wait_ms must be a number of milliseconds, 0 or more")
+    return Batching(size, default.max_wait_seconds if wait_ms is None else wait_ms / 1000)
+
+
+def batching_from(raw: str | None, default: Batching) -> dict[str, Batching]:
+    """CORTEX_BATCHING_PER_MODEL: a JSON object `{"model": {"max_batch_size"?, "max_wait_ms"?}}`; what a
+    model leaves out is the global setting (MAX_BATCH_SIZE, CORTEX_BATCH_MAX_WAIT_MS)."""
+    if raw in (None, ""):
+        return {}
+    try:
+        given = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"CORTEX_BATCHING_PER_MODEL is not JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise ValueError("CORTEX_BATCHING_PER_MODEL must be a JSON object of models")
+    return {str(model): _batching(str(model), spec, default) for model, spec in given.items()}
+
+
 def audit_alerts_from(raw: str | None) -> tuple[AlertRule, ...]:
     """CORTEX_AUDIT_ALERTS: a JSON list of `{"type", "threshold", "window": "5m"}` replacing the defaults."""
     if raw in (None, ""):
@@ -177,6 +217,7 @@ class Settings:
     batching_enabled: bool = True
     batch_max_wait_seconds: float = 0.002
     coalesce_max_inflight: int = 4
+    batching_per_model: dict[str, Batching] = field(default_factory=dict)  # overrides of the two above
     # Prediction cache (architecture document: cache_config).
     cache_enabled: bool = True
     cache_l1_max_bytes: int = 256 * 1024 * 1024
@@ -221,6 +262,11 @@ class Settings:
     def uses_s3(self) -> bool:
         return bool(self.s3_endpoint)
 
+    def batching_for(self, model: str) -> Batching:
+        """A model's batching: its own, else its registered name's (`name@3` -> `name`), else the global."""
+        own = self.batching_per_model.get(model) or self.batching_per_model.get(model.split("@", 1)[0])
+        return own or Batching(self.max_batch_size, self.batch_max_wait_seconds)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -231,6 +277,7 @@ def get_settings() -> Settings:
     redis_url = os.environ.get("REDIS_URL") or stack.get("redis_url") or "redis://127.0.0.1:6379/0"
     database_url = (os.environ.get("DATABASE_URL") or stack.get("database_url")
                     or "postgresql://cortex@127.0.0.1:5432/cortex")
+    batching = Batching(env_int("MAX_BATCH_SIZE", 32), env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000)
     return Settings(
         data_dir=folder,
         redis_url=redis_url,
@@ -245,10 +292,11 @@ def get_settings() -> Settings:
         s3_region=os.environ.get("MINIO_REGION", "us-east-1"),
         artifact_key=_artifact_key(os.environ.get("CORTEX_ARTIFACT_KEY")),
         admin_key=os.environ.get("CORTEX_ADMIN_KEY") or None,
-        max_batch_size=env_int("MAX_BATCH_SIZE", 32),
+        max_batch_size=batching.max_batch_size,
         batching_enabled=env_bool("CORTEX_BATCHING", True),
-        batch_max_wait_seconds=env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000,
+        batch_max_wait_seconds=batching.max_wait_seconds,
         coalesce_max_inflight=max(1, env_int("CORTEX_COALESCE_MAX_INFLIGHT", 4)),
+        batching_per_model=batching_from(os.environ.get("CORTEX_BATCHING_PER_MODEL"), batching),
         cache_enabled=env_bool("CORTEX_CACHE", True),
         shed_max_queue_depth=env_int("CORTEX_SHED_MAX_DEPTH", 500),
         shed_max_queue_age_seconds=env_float("CORTEX_SHED_MAX_AGE", 0.5),

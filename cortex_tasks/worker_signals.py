@@ -102,9 +102,23 @@ def _announce_ready(sender=None, **_: object) -> None:
         loaded, failed = preload_models(queues)
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
     status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,
-              "pid": os.getpid(), "load_seconds": round(time.perf_counter() - started, 2)}
+              "batching": _batching_of(loaded), "pid": os.getpid(),
+              "load_seconds": round(time.perf_counter() - started, 2)}
     _redis().set(READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
     log.info("worker ready: %s", status)
+
+
+def _batching_of(models: list[str]) -> dict[str, dict[str, float]]:
+    """How this worker batches each model's requests (shown by GET /api/v1/health/model/{name})."""
+    from cortex_tasks.catalogue import find_model
+    from cortex_tasks.inference.runner import batching_of
+
+    shown = {}
+    for name in models:
+        batching = batching_of(name, find_model(name), {})
+        shown[name] = {"max_batch_size": batching.max_batch_size,
+                       "max_wait_ms": round(batching.max_wait_seconds * 1000, 3)}
+    return shown
 
 
 @signals.heartbeat_sent.connect

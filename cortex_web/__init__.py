@@ -53,9 +53,9 @@ def create_app() -> Flask:
     app.extensions["cortex_redis"] = client
     listener = ReplyListener(settings.redis_url)
     app.extensions["cortex_replies"] = listener
-    app.extensions["cortex_coalescer"] = Coalescer(listener, enabled=settings.batching_enabled,
-                                                   max_items=settings.max_batch_size,
-                                                   max_inflight=settings.coalesce_max_inflight)
+    app.extensions["cortex_coalescer"] = Coalescer(
+        listener, enabled=settings.batching_enabled, max_inflight=settings.coalesce_max_inflight,
+        max_items_for=lambda model: settings.batching_for(model).max_batch_size)
     app.extensions["cortex_shedder"] = LoadShedder(client, SheddingPolicy(
         max_depth=settings.shed_max_queue_depth, max_age_seconds=settings.shed_max_queue_age_seconds))
     app.extensions["cortex_circuits"] = CircuitBreaker(client, CircuitPolicy(

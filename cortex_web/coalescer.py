@@ -3,8 +3,9 @@ task, model, params and priority travel to the worker in one message.
 
 Nothing waits when nothing is in flight: a request for an idle group is sent at once, by its own
 thread. While a group already has `max_inflight` messages being worked on, new requests gather and
-leave together as soon as one comes back (or the gathered items reach `max_items`). On two cores this
-removes most per-request broker and database work, which otherwise competes with the model for CPU.
+leave together as soon as one comes back (or the gathered items reach the model's max batch size). On
+two cores this removes most per-request broker and database work, which otherwise competes with the
+model for CPU.
 
 `max_inflight` (CORTEX_COALESCE_MAX_INFLIGHT, 4) is two per model lane of a two-core worker: one message
 running and one queued behind it, so that a lane finding its batch done has the next one waiting instead
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,11 +58,12 @@ def group_for(task: str, model: str, params: dict[str, Any], priority: int, queu
 
 
 class Coalescer:
-    def __init__(self, listener: ReplyListener, enabled: bool = True, max_items: int = 32,
-                 max_inflight: int = 4, inflight_timeout: float = 60.0) -> None:
+    def __init__(self, listener: ReplyListener, enabled: bool = True,
+                 max_items_for: Callable[[str], int] = lambda _model: 32, max_inflight: int = 4,
+                 inflight_timeout: float = 60.0) -> None:
         self.listener = listener
         self.enabled = enabled
-        self.max_items = max_items
+        self.max_items_for = max_items_for  # items per message, by model
         self.max_inflight = max_inflight
         self.inflight_timeout = inflight_timeout
         self._pending: dict[Group, list[PendingJob]] = defaultdict(list)
@@ -118,10 +121,11 @@ class Coalescer:
                     inflight.pop(message_id, None)
                     self._message_groups.pop(message_id, None)
             gathered = sum(len(job.inputs) for job in jobs)
-            if len(inflight) >= self.max_inflight and gathered < self.max_items:
+            max_items = self.max_items_for(group.model)
+            if len(inflight) >= self.max_inflight and gathered < max_items:
                 continue
             taken, count = [], 0
-            while jobs and (not taken or count + len(jobs[0].inputs) <= self.max_items):
+            while jobs and (not taken or count + len(jobs[0].inputs) <= max_items):
                 job = jobs.pop(0)
                 taken.append(job)
                 count += len(job.inputs)

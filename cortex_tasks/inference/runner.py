@@ -17,7 +17,7 @@ from cortex_tasks.jobs import store
 from cortex_tasks.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.jobs.running import JobInputError
 from cortex_tasks.models.loaded import get_model
-from cortex_tasks.settings import get_settings
+from cortex_tasks.settings import Batching, get_settings
 
 log = logging.getLogger(__name__)
 _batchers = BatcherRegistry()
@@ -34,22 +34,31 @@ def answers_per_job(entry: Any, params: dict[str, Any]) -> bool:
     return not getattr(entry, "batchable", True) or bool(params.get("collection"))
 
 
-def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
+def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching:
+    """How a model's batcher batches: as configured for it (settings.batching_for), or one value per call
+    when batching is off or the model answers per job."""
     settings = get_settings()
+    batching = settings.batching_for(model_name)
+    if settings.batching_enabled and not answers_per_job(entry, params):
+        return batching
+    return Batching(1, batching.max_wait_seconds)
+
+
+def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
     key = (model_name, json.dumps(params, sort_keys=True))
     entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
     if entry is None:
         raise KeyError(model_name)
     per_job = answers_per_job(entry, params)
-    size = settings.max_batch_size if settings.batching_enabled and not per_job else 1
+    batching = batching_of(model_name, entry, params)
 
     def run_batch(values: list[Any]) -> list[Any]:
         if per_job:  # each value is one job's whole input list, answered as a unit
             return [service.predict(task, model_name, value, params)["outputs"] for value in values]
         return service.predict(task, model_name, values, params)["outputs"]
 
-    return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=size,
-                                                      max_wait=settings.batch_max_wait_seconds,
+    return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
+                                                      max_wait=batching.max_wait_seconds,
                                                       name=f"batcher-{model_name}",
                                                       lanes=compute.lanes(entry.compute),
                                                       call_slot=partial(compute.model_call, model_name,

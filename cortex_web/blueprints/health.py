@@ -86,10 +86,14 @@ def health_model(model_id: str) -> Response:
     entry = MODELS.get(model_id)
     if entry is None:
         raise ApiError(404, "unknown_model", f"Unknown model {model_id!r}.", {"valid": sorted(MODELS)})
-    loaded_on = [w["hostname"] for w in ready_workers() if model_id in w.get("models", [])]
+    workers = [w for w in ready_workers() if model_id in w.get("models", [])]
     task = TASKS[entry.task]
     return jsonify({"model": entry.name, "version": entry.version, "task": entry.task, "queue": task.queue,
-                    "loaded_on_workers": loaded_on, "status": "loaded" if loaded_on else "not_loaded"})
+                    "loaded_on_workers": [w["hostname"] for w in workers],
+                    "status": "loaded" if workers else "not_loaded",
+                    # Each worker's own: its environment sets it (CORTEX_BATCHING_PER_MODEL and the rest).
+                    "batching": {w["hostname"]: w["batching"][model_id] for w in workers
+                                 if model_id in w.get("batching", {})}})
 
 
 @bp.get("/api/v1/health/haystack")

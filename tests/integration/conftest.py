@@ -1,6 +1,7 @@
 """Integration fixtures: real workers (one per profile kind), the real Flask app, keys per role."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -10,6 +11,9 @@ import pytest
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import WorkerProcess
+
+ZERO_SHOT_MODEL = "minilm-zero-shot"
+ZERO_SHOT_BATCHING = {"max_batch_size": 3, "max_wait_ms": 7}
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +35,9 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 @pytest.fixture(scope="session")
 def workers(fake_openai: FakeOpenAI) -> Iterator[dict[str, WorkerProcess]]:
     """A gpu-profile worker (threads) and a prefork worker for every other queue, like `cortex up`."""
-    gpu = WorkerProcess("gpu,batch", pool="threads", concurrency=8, name="gpu")  # as workers/gpu.py
+    # As workers/gpu.py, with one model batched its own way (test_gpu_tasks.py checks that it is).
+    gpu = WorkerProcess("gpu,batch", pool="threads", concurrency=8, name="gpu", env={
+        "CORTEX_BATCHING_PER_MODEL": json.dumps({ZERO_SHOT_MODEL: ZERO_SHOT_BATCHING})})
     other = WorkerProcess("nlp,training,batch,maintenance", pool="prefork", concurrency=2, name="cpu")
     gpu.start(wait_ready=False)
     other.start(wait_ready=False)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.conftest import ZERO_SHOT_BATCHING, ZERO_SHOT_MODEL
 
 # First requests load models in the worker: the topic head is fitted (~10 s), SmolLM2 is dequantized
 # and cached (~15 s), UMAP compiles its numba kernels (~10 s); far longer on a busy machine.
@@ -191,6 +195,29 @@ def test_zero_shot_uses_label_descriptions(api, workers):
                      params={"labels": ["A", "B"], "descriptions": {"A": "A happy, positive review.",
                                                                     "B": "An angry, negative complaint."}})
     assert output["outputs"][0]["label"] == "B"
+
+
+def test_zero_shot_is_batched_as_configured_for_it(api, workers):
+    """The session's gpu worker batches minilm-zero-shot at most 3 items per model call
+    (CORTEX_BATCHING_PER_MODEL, conftest.py), other models as the global settings say."""
+    from cortex_tasks.registry import stats
+
+    health = api.get(f"/api/v1/health/model/{ZERO_SHOT_MODEL}").get_json()
+    assert health["batching"][workers["gpu"].hostname] == ZERO_SHOT_BATCHING  # 3 items, 7 ms
+    embed = api.get("/api/v1/health/model/all-MiniLM-L6-v2").get_json()
+    assert embed["batching"][workers["gpu"].hostname] == {"max_batch_size": 32, "max_wait_ms": 2.0}
+
+    before = stats.read(ZERO_SHOT_MODEL, "1")
+    texts = [f"Batching check {uuid.uuid4().hex}" for _ in range(10)]  # new texts: the cache has none
+    body = predict(api, "zero_shot", texts, params={"labels": ["sports", "cooking"]})
+    assert len(body["outputs"]) == 10
+    # Model calls are counted by a helper thread of the worker, a moment after the answer.
+    deadline = time.monotonic() + 10
+    while (after := stats.read(ZERO_SHOT_MODEL, "1"))["item_count"] < before["item_count"] + 10:
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.1)
+    assert after["item_count"] - before["item_count"] == 10
+    assert after["request_count"] - before["request_count"] == 4  # 3 + 3 + 3 + 1
 
 
 def test_zero_shot_needs_two_to_twenty_labels(api, workers):
