@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 STACK_FILE_NAME = "stack.json"
 
@@ -111,6 +112,19 @@ def parse_duration(raw: str | float) -> float:
     return value
 
 
+def _json_object(variable: str, raw: str | None, of: str) -> dict[str, Any]:
+    """The JSON object a settings variable holds (empty if unset); anything else stops start-up."""
+    if raw in (None, ""):
+        return {}
+    try:
+        given = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{variable} is not JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise ValueError(f"{variable} must be a JSON object of {of}")
+    return given
+
+
 def _rate_tier(name: str, spec: object) -> RateTier | None:
     if spec is None:
         return None
@@ -133,14 +147,7 @@ def rate_tiers_from(raw: str | None) -> dict[str, RateTier | None]:
     """The architecture's tiers, overridden or extended by CORTEX_RATE_LIMITS, a JSON object
     `{"tier": {"requests_per_minute", "burst_size", "per_model"?: {...} | null} | null}` (null: unlimited)."""
     tiers = dict(DEFAULT_RATE_TIERS)
-    if raw in (None, ""):
-        return tiers
-    try:
-        given = json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"CORTEX_RATE_LIMITS is not JSON: {exc}") from None
-    if not isinstance(given, dict):
-        raise TypeError("CORTEX_RATE_LIMITS must be a JSON object of tiers")
+    given = _json_object("CORTEX_RATE_LIMITS", raw, "tiers")
     tiers.update({str(name): _rate_tier(str(name), spec) for name, spec in given.items()})
     return tiers
 
@@ -174,14 +181,7 @@ def _batching(model: str, spec: object, default: Batching) -> Batching:
 def batching_from(raw: str | None, default: Batching) -> dict[str, Batching]:
     """CORTEX_BATCHING_PER_MODEL: a JSON object `{"model": {"max_batch_size"?, "max_wait_ms"?}}`; what a
     model leaves out is the global setting (MAX_BATCH_SIZE, CORTEX_BATCH_MAX_WAIT_MS)."""
-    if raw in (None, ""):
-        return {}
-    try:
-        given = json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"CORTEX_BATCHING_PER_MODEL is not JSON: {exc}") from None
-    if not isinstance(given, dict):
-        raise ValueError("CORTEX_BATCHING_PER_MODEL must be a JSON object of models")
+    given = _json_object("CORTEX_BATCHING_PER_MODEL", raw, "models")
     return {str(model): _batching(str(model), spec, default) for model, spec in given.items()}
 
 

@@ -49,20 +49,22 @@ def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatch
     entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
     if entry is None:
         raise KeyError(model_name)
-    per_job = answers_per_job(entry, params)
-    batching = batching_of(model_name, entry, params)
 
-    def run_batch(values: list[Any]) -> list[Any]:
-        if per_job:  # each value is one job's whole input list, answered as a unit
-            return [service.predict(task, model_name, value, params)["outputs"] for value in values]
-        return service.predict(task, model_name, values, params)["outputs"]
+    def create() -> DynamicBatcher:  # once per model and params in this process
+        per_job = answers_per_job(entry, params)
+        batching = batching_of(model_name, entry, params)
 
-    return _batchers.get(key, lambda: DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
-                                                      max_wait=batching.max_wait_seconds,
-                                                      name=f"batcher-{model_name}",
-                                                      lanes=compute.lanes(entry.compute),
-                                                      call_slot=partial(compute.model_call, model_name,
-                                                                        entry.compute)))
+        def run_batch(values: list[Any]) -> list[Any]:
+            if per_job:  # each value is one job's whole input list, answered as a unit
+                return [service.predict(task, model_name, value, params)["outputs"] for value in values]
+            return service.predict(task, model_name, values, params)["outputs"]
+
+        return DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
+                              max_wait=batching.max_wait_seconds, name=f"batcher-{model_name}",
+                              lanes=compute.lanes(entry.compute),
+                              call_slot=partial(compute.model_call, model_name, entry.compute))
+
+    return _batchers.get(key, create)
 
 
 def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
