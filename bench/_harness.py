@@ -145,9 +145,10 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
     with ExitStack() as cleanup:
         cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
         processes = env.get("CORTEX_WEB_WORKERS") or "1"
-        started.append(_start([sys.executable, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}",
-                               "-k", "gthread", "-w", processes, "--threads", str(web_threads), "--timeout", "120",
-                               "--keep-alive", "30", "--backlog", "2048"], folder / f"gateway-{tag}.log", env))
+        started.append(_start([sys.executable, "-m", "gunicorn", "-c", "python:gunicorn_conf",
+                               "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}", "-w", processes,
+                               "--threads", str(web_threads)],
+                              folder / f"gateway-{tag}.log", env))
         hostname = f"bench-{tag}@localhost"
         started.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", queues,
                                "-P", "threads", "-c", str(worker_threads), "--prefetch-multiplier=1", "-n", hostname,

@@ -55,9 +55,9 @@ def worker(ctx: click.Context, profile: str) -> None:
 @click.option("--threads", default=64, show_default=True)
 def web(bind: str, web_workers: int, threads: int) -> None:
     """Run the gateway under gunicorn (threads, so many clients can wait at once)."""
-    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", bind,
-                              "-k", "gthread", "-w", str(web_workers), "--threads", str(threads),
-                              "--timeout", "120", "--access-logfile", "-"])
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", "python:gunicorn_conf",
+                              "cortex_web.wsgi:app", "-b", bind, "-w", str(web_workers), "--threads", str(threads),
+                              "--access-logfile", "-"])
 
 
 @main.group()

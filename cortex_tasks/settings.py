@@ -216,7 +216,8 @@ class Settings:
     max_batch_size: int = 32
     batching_enabled: bool = True
     batch_max_wait_seconds: float = 0.002
-    coalesce_max_inflight: int = 4
+    coalesce_max_inflight: int = 4  # for the whole gateway: its processes share it
+    gateway_processes: int = 1  # set by gunicorn_conf.py for the processes it starts
     batching_per_model: dict[str, Batching] = field(default_factory=dict)  # overrides of the two above
     # Prediction cache (architecture document: cache_config).
     cache_enabled: bool = True
@@ -267,6 +268,12 @@ class Settings:
         own = self.batching_per_model.get(model) or self.batching_per_model.get(model.split("@", 1)[0])
         return own or Batching(self.max_batch_size, self.batch_max_wait_seconds)
 
+    @property
+    def coalesce_max_inflight_per_process(self) -> int:
+        """Each gateway process's share of the in-flight messages, so that the worker sees the same
+        number whatever the number of processes (more, and each message carries fewer items)."""
+        return -(-self.coalesce_max_inflight // self.gateway_processes)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -296,6 +303,7 @@ def get_settings() -> Settings:
         batching_enabled=env_bool("CORTEX_BATCHING", True),
         batch_max_wait_seconds=batching.max_wait_seconds,
         coalesce_max_inflight=max(1, env_int("CORTEX_COALESCE_MAX_INFLIGHT", 4)),
+        gateway_processes=max(1, env_int("CORTEX_GATEWAY_PROCESSES", 1)),
         batching_per_model=batching_from(os.environ.get("CORTEX_BATCHING_PER_MODEL"), batching),
         cache_enabled=env_bool("CORTEX_CACHE", True),
         shed_max_queue_depth=env_int("CORTEX_SHED_MAX_DEPTH", 500),

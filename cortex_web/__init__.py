@@ -35,7 +35,7 @@ from cortex_web.coalescer import Coalescer
 from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
 from cortex_web.json_provider import OrjsonProvider
-from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, QueueDepthCollector
+from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector, register_shared_collector
 from cortex_web.replies import ReplyListener
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
@@ -54,7 +54,7 @@ def create_app() -> Flask:
     listener = ReplyListener(settings.redis_url)
     app.extensions["cortex_replies"] = listener
     app.extensions["cortex_coalescer"] = Coalescer(
-        listener, enabled=settings.batching_enabled, max_inflight=settings.coalesce_max_inflight,
+        listener, enabled=settings.batching_enabled, max_inflight=settings.coalesce_max_inflight_per_process,
         max_items_for=lambda model: settings.batching_for(model).max_batch_size)
     app.extensions["cortex_shedder"] = LoadShedder(client, SheddingPolicy(
         max_depth=settings.shed_max_queue_depth, max_age_seconds=settings.shed_max_queue_age_seconds))
@@ -89,5 +89,5 @@ def create_app() -> Flask:
 def _register_queue_metrics(client: redis.Redis) -> None:
     global _queue_collector_registered
     if not _queue_collector_registered:
-        REGISTRY.register(QueueDepthCollector(lambda: queue_depths(client)))
+        register_shared_collector(QueueDepthCollector(lambda: queue_depths(client)))
         _queue_collector_registered = True

@@ -1,11 +1,17 @@
-"""Prometheus metrics of the gateway; queue depths are read from Redis at scrape time."""
+"""Prometheus metrics of the gateway.
+
+Counters and histograms are kept per process and added up over the gateway's processes at scrape time
+(gunicorn_conf.py, cortex_tasks.metric_totals); series read from shared state (queue depths, model
+versions, OpenAI usage) come from collectors that read Redis at scrape time, once per scrape.
+"""
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-# The default registry, so metrics defined in cortex_tasks (cache, circuits, shedding) are exported too.
-__all__ = ["REGISTRY"]
+from cortex_tasks.metric_totals import processes_registry
+
+_shared_collectors: list = []
 
 HTTP_REQUESTS = Counter("cortex_http_requests_total", "HTTP requests by route and status",
                         ["route", "method", "status"])
@@ -32,6 +38,7 @@ class QueueDepthCollector:
             pass
         yield family
 
+
 # Rate limiting and the audit log (cortex_web/limits.py, cortex_web/audit.py).
 RATE_LIMITED = Counter("cortex_rate_limited_total", "Requests refused with 429 by the rate limiter, by tier",
                        ["tier"])
@@ -40,3 +47,19 @@ INFLIGHT_REJECTED = Counter("cortex_inflight_rejected_total",
 AUDIT_ALERTS = Counter("cortex_audit_alerts_total", "Security alerts raised by the audit log, by type", ["type"])
 AUDIT_EVENTS_DROPPED = Counter("cortex_audit_events_dropped_total",
                                "Audit events dropped because the database was unreachable for too long")
+
+
+def register_shared_collector(collector) -> None:
+    """A collector of shared state (Redis, the database), reported once whichever process is scraped."""
+    REGISTRY.register(collector)
+    _shared_collectors.append(collector)
+
+
+def exposition() -> bytes:
+    """/metrics: this process's metrics (the default registry, with those defined in cortex_tasks), or the
+    totals over every gateway process and the shared collectors."""
+    registry = processes_registry()
+    if registry is not REGISTRY:
+        for collector in _shared_collectors:
+            registry.register(collector)
+    return generate_latest(registry)

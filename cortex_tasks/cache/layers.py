@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Any
 
 import redis
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from cortex_tasks.cache.keys import PREFIX
 
@@ -24,6 +24,9 @@ MISSING = object()
 
 CACHE_LOOKUPS = Counter("cortex_cache_lookups_total", "Cache lookups by layer and result",
                         ["layer", "result"])
+# Summed over the live processes of a multi-process gateway (gunicorn_conf.py).
+L1_ENTRIES = Gauge("cortex_cache_l1_entries", "Entries in the in-process caches (L1)", multiprocess_mode="livesum")
+L1_BYTES = Gauge("cortex_cache_l1_bytes", "Bytes held by the in-process caches (L1)", multiprocess_mode="livesum")
 
 
 def encode(value: Any) -> bytes:
@@ -38,7 +41,6 @@ class MemoryCache:
         self._entries: OrderedDict[str, tuple[float, int, Any]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
 
     def get(self, key: str) -> Any:
         now = time.monotonic()
@@ -47,11 +49,9 @@ class MemoryCache:
             if entry is None or entry[0] < now:
                 if entry is not None:
                     self._drop(key)
-                self.misses += 1
                 CACHE_LOOKUPS.labels("l1", "miss").inc()
                 return MISSING
             self._entries.move_to_end(key)
-            self.hits += 1
         CACHE_LOOKUPS.labels("l1", "hit").inc()
         return entry[2]
 
@@ -63,22 +63,23 @@ class MemoryCache:
                 self._drop(key)
             self._entries[key] = (time.monotonic() + self.ttl, size, value)
             self._bytes += size
+            L1_ENTRIES.inc()
+            L1_BYTES.inc(size)
             while self._bytes > self.max_bytes and self._entries:
                 self._drop(next(iter(self._entries)))
 
     def _drop(self, key: str) -> None:
         _, size, _ = self._entries.pop(key)
         self._bytes -= size
+        L1_ENTRIES.dec()
+        L1_BYTES.dec(size)
 
     def clear(self) -> None:
         with self._lock:
+            L1_ENTRIES.dec(len(self._entries))
+            L1_BYTES.dec(self._bytes)
             self._entries.clear()
             self._bytes = 0
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
-                    "ttl_seconds": self.ttl, "hits": self.hits, "misses": self.misses}
 
 
 # Trim: drop expired entries from the index, then the oldest-expiring ones until under the bound.

@@ -9,12 +9,17 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from prometheus_client import Counter
 
 from cortex_tasks.cache.keys import cache_key, params_fingerprint
 from cortex_tasks.cache.layers import MISSING, MemoryCache, RedisCache, encode
+from cortex_tasks.metric_totals import sample_values
 from cortex_tasks.settings import get_settings
 
 __all__ = ["MISSING", "PredictionCache", "get_cache", "keys_for"]
+
+CACHE_ITEMS = Counter("cortex_cache_items_total", "Items looked up in the cache, by result over both layers",
+                      ["result"])
 
 
 def keys_for(task: str, model: str, version: str, params: dict[str, Any], items: list[Any]) -> list[str]:
@@ -25,14 +30,15 @@ def keys_for(task: str, model: str, version: str, params: dict[str, Any], items:
 class PredictionCache:
     def __init__(self, l1: MemoryCache, l2: RedisCache, enabled: bool = True) -> None:
         self.l1, self.l2, self.enabled = l1, l2, enabled
-        self.item_hits = self.item_misses = 0  # over both layers, for the hit rate
 
     def lookup(self, keys: list[str], shared: bool = True) -> list[Any]:
         """One value per key, or MISSING. L2 hits are copied into L1; `shared=False` asks L1 only."""
         values = self._lookup(keys) if shared else [self.l1.get(key) for key in keys]
         misses = sum(1 for value in values if value is MISSING)
-        self.item_hits += len(values) - misses
-        self.item_misses += misses
+        if misses < len(values):
+            CACHE_ITEMS.labels("hit").inc(len(values) - misses)
+        if misses:
+            CACHE_ITEMS.labels("miss").inc(misses)
         return values
 
     def _lookup(self, keys: list[str]) -> list[Any]:
@@ -65,14 +71,27 @@ class PredictionCache:
             pass
 
     def stats(self) -> dict[str, Any]:
+        """Hits, misses and L1 contents of this process, or of all the gateway's processes together
+        (cortex_tasks.metric_totals); L2 as Redis holds it."""
         try:
             l2 = self.l2.stats()
         except redis.RedisError as exc:
             l2 = {"error": str(exc)}
-        looked_up = self.item_hits + self.item_misses
-        return {"enabled": self.enabled, "hits": self.item_hits, "misses": self.item_misses,
-                "hit_rate": round(self.item_hits / looked_up, 4) if looked_up else None,
-                "l1": self.l1.stats(), "l2": l2}
+        values = sample_values("cortex_cache_items", "cortex_cache_lookups", "cortex_cache_l1_entries",
+                               "cortex_cache_l1_bytes")
+
+        def value(sample: str, **labels: str) -> int:
+            return int(values.get((sample, tuple(sorted(labels.items()))), 0))
+
+        hits = value("cortex_cache_items_total", result="hit")
+        misses = value("cortex_cache_items_total", result="miss")
+        return {"enabled": self.enabled, "hits": hits, "misses": misses,
+                "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+                "l1": {"entries": value("cortex_cache_l1_entries"), "bytes": value("cortex_cache_l1_bytes"),
+                       "max_bytes": self.l1.max_bytes, "ttl_seconds": self.l1.ttl,
+                       "hits": value("cortex_cache_lookups_total", layer="l1", result="hit"),
+                       "misses": value("cortex_cache_lookups_total", layer="l1", result="miss")},
+                "l2": l2}
 
 
 @lru_cache(maxsize=1)

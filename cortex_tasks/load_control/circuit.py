@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import Counter, Gauge
 
-CIRCUIT_OPEN = Gauge("cortex_circuit_open", "1 while a model's circuit is open", ["model"])
+# Circuits live in Redis: the latest reading of any gateway process is the one to report (gunicorn_conf.py).
+CIRCUIT_OPEN = Gauge("cortex_circuit_open", "1 while a model's circuit is open", ["model"],
+                     multiprocess_mode="livemostrecent")
 CIRCUIT_TRIPS = Counter("cortex_circuit_trips_total", "Times a model's circuit opened", ["model"])
 BUCKET_SECONDS = 10
 

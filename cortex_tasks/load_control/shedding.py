@@ -18,7 +18,9 @@ from prometheus_client import Counter, Gauge
 from cortex_tasks.queues import PRIORITY_STEPS
 
 SHED_REQUESTS = Counter("cortex_shed_requests_total", "Requests refused by load shedding", ["queue", "reason"])
-QUEUE_OLDEST_AGE = Gauge("cortex_queue_oldest_age_seconds", "Age of the oldest waiting message", ["queue"])
+# Gateway processes read the same queues: their latest reading is the one to report (gunicorn_conf.py).
+QUEUE_OLDEST_AGE = Gauge("cortex_queue_oldest_age_seconds", "Age of the oldest waiting message", ["queue"],
+                         multiprocess_mode="livemostrecent")
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,9 @@ def run_up(options: UpOptions) -> int:
 
         python = sys.executable
         supervisor.add_and_start("gateway", [
-            python, "-m", "gunicorn", "cortex_web.wsgi:app", "-b", f"{options.host}:{options.port}",
-            "-k", "gthread", "-w", str(options.web_workers), "--threads", str(options.web_threads),
-            "--timeout", "120", "--graceful-timeout", "20", "--access-logfile", "-"])
+            python, "-m", "gunicorn", "-c", "python:gunicorn_conf", "cortex_web.wsgi:app",
+            "-b", f"{options.host}:{options.port}", "-w", str(options.web_workers),
+            "--threads", str(options.web_threads), "--access-logfile", "-"])
         for profile in PROFILES.values():
             supervisor.add_and_start(f"worker-{profile.name}",
                                      [python, "-m", "celery", *profile.celery_argv()])

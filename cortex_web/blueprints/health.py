@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from cortex_tasks.auth.roles import READ
@@ -17,7 +17,7 @@ from cortex_tasks.worker_signals import READY_KEY_PREFIX
 from cortex_web.auth import require
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
-from cortex_web.metrics import REGISTRY
+from cortex_web.metrics import exposition
 
 bp = Blueprint("health", __name__)
 
@@ -63,7 +63,7 @@ def ready() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+    return Response(exposition(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/api/v1/health/metrics")

@@ -24,14 +24,14 @@ from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.training import runs_summary  # experiment tracking: the model's training runs
 from cortex_web.dispatch import submit_and_wait
 from cortex_web.errors import ApiError
-from cortex_web.metrics import REGISTRY
+from cortex_web.metrics import register_shared_collector
 from cortex_web.request_body import parse_body
 
 bp = Blueprint("models", __name__, url_prefix="/api/v1")
 
 # Per-version request, error and latency series on /metrics, read from Redis at scrape time
 # (registered once per process, when this module is first imported).
-REGISTRY.register(stats.ModelVersionCollector())
+register_shared_collector(stats.ModelVersionCollector())
 
 
 class PromoteRequest(BaseModel):

@@ -11,10 +11,10 @@ from cortex_tasks.openai import usage as usage_ledger
 from cortex_tasks.openai.config import CHAT_MODELS, EMBEDDING_MODELS, is_openai_model, openai_config
 from cortex_web.auth import current_principal, is_admin, require
 from cortex_web.errors import ApiError
-from cortex_web.metrics import REGISTRY
+from cortex_web.metrics import register_shared_collector
 
 bp = Blueprint("usage", __name__, url_prefix="/api/v1")
-REGISTRY.register(usage_ledger.OpenAIUsageCollector())
+register_shared_collector(usage_ledger.OpenAIUsageCollector())
 
 
 def refuse_unavailable_openai(model_name: str) -> None:

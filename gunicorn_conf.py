@@ -1,0 +1,118 @@
+"""Gunicorn settings of the gateway (`gunicorn -c python:gunicorn_conf cortex_web.wsgi:app`), shared by
+`cortex web`, `cortex up` and the benchmarks.
+
+Metrics across processes: every gateway process writes its Prometheus metrics to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode), and whichever process answers a scrape
+of /metrics or /api/v1/health/cache reports the sum over all of them. Without it, each process would
+answer with its own counters and a scrape would see them jump between processes. prometheus_client picks
+its mode when it is first imported, so the directory is set up here, in the master before it forks its
+workers, and this module never imports cortex_web or prometheus_client at its top.
+
+Connections across processes: see BalancedThreadWorker.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from gunicorn.workers.gthread import ThreadWorker
+
+worker_class = "gunicorn_conf.BalancedThreadWorker"
+timeout = 120
+graceful_timeout = 20
+
+MAX_PROCESSES = 256
+# How long a process leaves a new connection to a peer holding fewer before taking it itself.
+DEFER_SECONDS = 0.005
+DEFER_POLL_SECONDS = 0.0002
+NO_PROCESS = -1
+
+_created_metrics_dir: str | None = None
+# Connections held by each worker process, by slot (NO_PROCESS: free, or its worker not running yet);
+# shared by the forked workers.
+_connections = None
+
+
+def on_starting(server) -> None:
+    global _created_metrics_dir, _connections
+    # Start from an empty metrics directory: the given one (stale files removed) or a private one.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+    else:
+        _created_metrics_dir = tempfile.mkdtemp(prefix="cortex-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+    _connections = multiprocessing.RawArray(ctypes.c_long, [NO_PROCESS] * MAX_PROCESSES)
+    # The processes share the gateway's budget of messages in flight (Settings.coalesce_max_inflight).
+    os.environ["CORTEX_GATEWAY_PROCESSES"] = str(server.cfg.workers)
+
+
+def pre_fork(server, worker) -> None:
+    """A free slot in the connection table for the worker about to be forked (the master forks one at a
+    time; the worker being forked is not in server.WORKERS yet). The worker fills it in once it runs:
+    until then its peers do not wait for it."""
+    taken = {getattr(other, "slot", None) for other in server.WORKERS.values()}
+    worker.slot = next((slot for slot in range(MAX_PROCESSES) if slot not in taken), None)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    if getattr(worker, "slot", None) is not None:
+        _connections[worker.slot] = NO_PROCESS
+    # A process that is gone stops counting in gauges of live processes (its counters stay summed).
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _created_metrics_dir:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
+
+
+class BalancedThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, except that a process holding more connections than a peer leaves a
+    new connection to that peer.
+
+    Every process is woken by a new connection and the first to call accept() takes it, so a burst of
+    keep-alive connections (eight clients connecting at once) can all land on one process, whose GIL
+    then serves them all while the other processes idle. A process that defers takes the connection
+    itself after DEFER_SECONDS, so a busy or stuck peer never holds a client back for longer."""
+
+    def init_process(self) -> None:
+        self._deferring_since = self._last_deferral = 0.0
+        super().init_process()
+
+    def accept(self, server, listener) -> None:
+        if self._leave_to_peer():
+            time.sleep(DEFER_POLL_SECONDS)  # the listener stays readable: asked again on the next loop
+            return
+        super().accept(server, listener)
+        self._publish()
+
+    def murder_keepalived(self) -> None:  # runs on every turn of the worker's loop
+        super().murder_keepalived()
+        self._publish()
+
+    def _publish(self) -> None:
+        if getattr(self, "slot", None) is not None:
+            _connections[self.slot] = self.nr_conns
+
+    def _leave_to_peer(self) -> bool:
+        if getattr(self, "slot", None) is None or _connections is None:
+            return False
+        peers = [held for slot, held in enumerate(_connections[:])
+                 if held != NO_PROCESS and slot != self.slot]
+        if not peers or self.nr_conns <= min(peers):
+            return False
+        now = time.monotonic()
+        if now - self._last_deferral > 10 * DEFER_POLL_SECONDS:  # a new connection, not the same one again
+            self._deferring_since = now
+        self._last_deferral = now
+        return now - self._deferring_since < DEFER_SECONDS
