@@ -16,13 +16,19 @@ import ctypes
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from gunicorn.workers.gthread import ThreadWorker
 
+DEFAULT_WORKERS = 2  # on two cores: cache hits reach twice one process's rate, model-bound paths unchanged
+DEFAULT_THREADS = 64  # one per waiting client: requests block while their jobs run
+
 worker_class = "gunicorn_conf.BalancedThreadWorker"
+workers = int(os.environ.get("CORTEX_WEB_WORKERS") or DEFAULT_WORKERS)
+threads = int(os.environ.get("CORTEX_WEB_THREADS") or DEFAULT_THREADS)
 timeout = 120
 graceful_timeout = 20
 
@@ -36,6 +42,16 @@ _created_metrics_dir: str | None = None
 # Connections held by each worker process, by slot (NO_PROCESS: free, or its worker not running yet);
 # shared by the forked workers.
 _connections = None
+
+
+def command(bind: str, workers: int | None = None, threads: int | None = None, *options: str) -> list[str]:
+    """The gateway's command line; processes and threads not given come from the settings above."""
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:gunicorn_conf", "cortex_web.wsgi:app", "-b", bind]
+    if workers:
+        argv += ["-w", str(workers)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return argv + list(options)
 
 
 def on_starting(server) -> None:

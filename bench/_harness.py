@@ -130,9 +130,10 @@ def _restore_environment(before: dict[str, str | None]) -> None:
 @contextmanager
 def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = None,
                        web_threads: int = 64, worker_threads: int = 16, queues: str = "gpu") -> Iterator[str]:
-    """The gateway (gunicorn, threads; as many processes as `cortex up` starts: CORTEX_WEB_WORKERS, default
-    1) and a worker with the gpu profile's shape on `queues`."""
+    """The gateway (gunicorn, threads; as many processes as `cortex up` starts) and a worker with the gpu
+    profile's shape on `queues`."""
     import redis
+    from gunicorn_conf import command as gateway_command
 
     from cortex_tasks.stack.embedded import free_port
     from cortex_tasks.worker_signals import READY_KEY_PREFIX
@@ -144,10 +145,8 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
     started: list[subprocess.Popen] = []
     with ExitStack() as cleanup:
         cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
-        processes = env.get("CORTEX_WEB_WORKERS") or "1"
-        started.append(_start([sys.executable, "-m", "gunicorn", "-c", "python:gunicorn_conf",
-                               "cortex_web.wsgi:app", "-b", f"127.0.0.1:{port}", "-w", processes,
-                               "--threads", str(web_threads)],
+        # gunicorn_conf.py: CORTEX_WEB_WORKERS processes, else its default.
+        started.append(_start(gateway_command(f"127.0.0.1:{port}", threads=web_threads),
                               folder / f"gateway-{tag}.log", env))
         hostname = f"bench-{tag}@localhost"
         started.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", queues,

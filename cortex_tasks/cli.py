@@ -18,9 +18,10 @@ def main() -> None:
 @click.option("--port", default=8001, show_default=True, help="Gateway port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Gateway bind address.")
 @click.option("--flower-port", default=5555, show_default=True)
-@click.option("--web-workers", default=int(os.environ.get("CORTEX_WEB_WORKERS", 1)), show_default=True)
-@click.option("--web-threads", default=int(os.environ.get("CORTEX_WEB_THREADS", 64)), show_default=True)
-def up(port: int, host: str, flower_port: int, web_workers: int, web_threads: int) -> None:
+@click.option("--web-workers", type=int, help="Gateway processes [default: CORTEX_WEB_WORKERS, else 2]")
+@click.option("--web-threads", type=int,
+              help="Threads per gateway process [default: CORTEX_WEB_THREADS, else 64]")
+def up(port: int, host: str, flower_port: int, web_workers: int | None, web_threads: int | None) -> None:
     """Start everything (embedded Redis/PostgreSQL unless REDIS_URL/DATABASE_URL are set)."""
     from cortex_tasks.settings import data_dir
     from cortex_tasks.stack.up import UpOptions, run_up
@@ -51,13 +52,13 @@ def worker(ctx: click.Context, profile: str) -> None:
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8001", show_default=True)
-@click.option("--workers", "web_workers", default=1, show_default=True)
-@click.option("--threads", default=64, show_default=True)
-def web(bind: str, web_workers: int, threads: int) -> None:
-    """Run the gateway under gunicorn (threads, so many clients can wait at once)."""
-    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", "python:gunicorn_conf",
-                              "cortex_web.wsgi:app", "-b", bind, "-w", str(web_workers), "--threads", str(threads),
-                              "--access-logfile", "-"])
+@click.option("--workers", "web_workers", type=int, help="Processes [default: CORTEX_WEB_WORKERS, else 2]")
+@click.option("--threads", type=int, help="Threads per process [default: CORTEX_WEB_THREADS, else 64]")
+def web(bind: str, web_workers: int | None, threads: int | None) -> None:
+    """Run the gateway under gunicorn (threads, so many clients can wait at once; gunicorn_conf.py)."""
+    from gunicorn_conf import command
+
+    os.execv(sys.executable, command(bind, web_workers, threads, "--access-logfile", "-"))
 
 
 @main.group()

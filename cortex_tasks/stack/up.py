@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from gunicorn_conf import command as gateway_command
+
 from cortex_tasks.atomic_files import replace_file
 from cortex_tasks.settings import STACK_FILE_NAME
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -29,8 +31,8 @@ class UpOptions:
     host: str
     port: int
     flower_port: int
-    web_workers: int
-    web_threads: int
+    web_workers: int | None  # None: gunicorn_conf.py's default
+    web_threads: int | None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -145,10 +147,12 @@ def run_up(options: UpOptions) -> int:
         publish_stack()
 
         python = sys.executable
-        supervisor.add_and_start("gateway", [
-            python, "-m", "gunicorn", "-c", "python:gunicorn_conf", "cortex_web.wsgi:app",
-            "-b", f"{options.host}:{options.port}", "-w", str(options.web_workers),
-            "--threads", str(options.web_threads), "--access-logfile", "-"])
+        supervisor.add_and_start(
+            "gateway", gateway_command(f"{options.host}:{options.port}", options.web_workers,
+                                       options.web_threads, "--access-logfile", "-"),
+            # The gateway processes' metrics files (gunicorn_conf.py), emptied at every start.
+            extra_env={"PROMETHEUS_MULTIPROC_DIR": os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                       or str(data_dir / "gateway-metrics")})
         for profile in PROFILES.values():
             supervisor.add_and_start(f"worker-{profile.name}",
                                      [python, "-m", "celery", *profile.celery_argv()])

@@ -81,3 +81,11 @@ def test_the_gateway_sends_a_models_gathered_items_once_they_fill_its_batch():
         ready = coalescer._ready_batches()
     sent = [(group.model, [job.job_id for job in jobs]) for group, jobs, _ in ready]
     assert sent == [("small", ["small-0", "small-1"])]
+
+
+@pytest.mark.parametrize(("total", "processes", "each"), [("4", "1", 4), ("4", "2", 2), ("4", "3", 2),
+                                                          ("4", "8", 1), ("1", "2", 1)])
+def test_the_gateway_processes_share_the_messages_in_flight(environment, total, processes, each):
+    # gunicorn_conf.py tells each process how many there are (CORTEX_GATEWAY_PROCESSES).
+    settings = environment(CORTEX_COALESCE_MAX_INFLIGHT=total, CORTEX_GATEWAY_PROCESSES=processes)
+    assert settings.coalesce_max_inflight_per_process == each
