@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
 import subprocess
@@ -27,10 +26,9 @@ CONNECTIONS = 8
 @pytest.fixture()
 def gateway(tmp_path: Path):
     port = free_port()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     with open(tmp_path / "gateway.log", "wb") as log:
         process = subprocess.Popen([CORTEX, "web", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                                    "--threads", "16"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                    "--threads", "16"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
