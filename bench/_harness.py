@@ -133,10 +133,10 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
     """The gateway (gunicorn, threads; as many processes as `cortex up` starts) and a worker with the gpu
     profile's shape on `queues`."""
     import redis
-    from gunicorn_conf import command as gateway_command
 
     from cortex_tasks.stack.embedded import free_port
     from cortex_tasks.worker_signals import READY_KEY_PREFIX
+    from gunicorn_conf import command as gateway_command
 
     env = {**env, **(overrides or {})}
     folder = Path(env["folder"])

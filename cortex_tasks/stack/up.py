@@ -16,12 +16,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from gunicorn_conf import command as gateway_command
-
 from cortex_tasks.atomic_files import replace_file
 from cortex_tasks.settings import STACK_FILE_NAME
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
+from gunicorn_conf import command as gateway_command
 from workers import PROFILES
 
 

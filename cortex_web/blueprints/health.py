@@ -126,7 +126,7 @@ def health_haystack() -> tuple[Response, int]:
 @bp.get("/api/v1/health/cache")
 @require(READ)
 def health_cache() -> Response:
-    """Cache status: this gateway's L1, the shared L2, and hit rates."""
+    """Cache status: hit and miss counts and the L1 of all the gateway's processes, and the shared L2."""
     from cortex_tasks.cache.service import get_cache
     from cortex_tasks.cache.warming import effectiveness
 

@@ -77,7 +77,8 @@ def call(connection: http.client.HTTPConnection, method: str, path: str, body: o
 
 
 def scraped(url: str, sample: str) -> float:
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", requests.get(f"{url}/metrics", timeout=10).text, re.M)
+    exposition = requests.get(f"{url}/metrics", timeout=10).text
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", exposition, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
