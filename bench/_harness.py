@@ -129,7 +129,8 @@ def _restore_environment(before: dict[str, str | None]) -> None:
 
 @contextmanager
 def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = None,
-                       web_threads: int = 64, worker_threads: int = 16, queues: str = "gpu") -> Iterator[str]:
+                       web_threads: int | None = None, worker_threads: int = 16,
+                       queues: str = "gpu") -> Iterator[str]:
     """The gateway (gunicorn, threads; as many processes as `cortex up` starts) and a worker with the gpu
     profile's shape on `queues`."""
     import redis
@@ -145,7 +146,7 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
     started: list[subprocess.Popen] = []
     with ExitStack() as cleanup:
         cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
-        # gunicorn_conf.py: CORTEX_WEB_WORKERS processes, else its default.
+        # gunicorn_conf.py: its processes and threads (CORTEX_WEB_WORKERS / _THREADS, else its defaults).
         started.append(_start(gateway_command(f"127.0.0.1:{port}", threads=web_threads),
                               folder / f"gateway-{tag}.log", env))
         hostname = f"bench-{tag}@localhost"

@@ -14,14 +14,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 Labels = tuple[tuple[str, str], ...]
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
 def processes_registry() -> CollectorRegistry:
     """The metrics of this process, or the totals over the processes that share the metrics directory."""
-    directory = multiprocess_dir()
-    if directory is None:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
         return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
