@@ -1,10 +1,10 @@
-"""Celery settings as data. Values come from the typed settings object (cortex_tasks.settings)."""
+"""Celery settings as data. Values come from the typed settings object (cortex_tasks.core.settings)."""
 import os
 from urllib.parse import urlparse
 
-from cortex_tasks.broker_transport import TRANSPORT
-from cortex_tasks.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.broker_transport import TRANSPORT
+from cortex_tasks.core.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
+from cortex_tasks.core.settings import get_settings
 
 _settings = get_settings()
 

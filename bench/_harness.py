@@ -103,7 +103,7 @@ def services() -> Iterator[dict[str, str]]:
         cleanup.callback(_restore_environment, before)
         os.environ.update({key: env[key] for key in shared})
         _forget_connections()
-        from cortex_tasks.storage.migrate import upgrade_to_head
+        from cortex_tasks.core.storage.migrate import upgrade_to_head
 
         upgrade_to_head(env["DATABASE_URL"])
         yield {**env, "folder": str(folder)}
@@ -111,8 +111,8 @@ def services() -> Iterator[dict[str, str]]:
 
 def _forget_connections() -> None:
     """Settings and database engines are cached per process; make them follow the environment."""
-    from cortex_tasks.settings import reset_settings_cache
-    from cortex_tasks.storage.db import reset_engine
+    from cortex_tasks.core.settings import reset_settings_cache
+    from cortex_tasks.core.storage.db import reset_engine
 
     reset_settings_cache()
     reset_engine()
@@ -135,8 +135,8 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
     profile's shape on `queues`."""
     import redis
 
+    from cortex_tasks.core.worker_records import READY_KEY_PREFIX
     from cortex_tasks.stack.embedded import free_port
-    from cortex_tasks.worker_signals import READY_KEY_PREFIX
     from gunicorn_conf import command as gateway_command
 
     env = {**env, **(overrides or {})}
@@ -166,13 +166,13 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
 
 
 def api_key() -> str:
-    from cortex_tasks.auth.keys import create_key
+    from cortex_tasks.core.auth.keys import create_key
 
     return create_key("inference_user", name="bench", tier="unlimited").key  # measure Cortex, not the limiter
 
 
 def raw_embedder():
-    from cortex_tasks.models.embedding import SentenceEmbedder
+    from cortex_tasks.runtime.models.embedding import SentenceEmbedder
 
     return SentenceEmbedder("all-MiniLM-L6-v2", "1")
 

@@ -124,7 +124,7 @@ def _machine() -> dict[str, Any]:
 def run(quick: bool) -> dict[str, Any]:
     import torch
 
-    from cortex_tasks.models.embedding import SentenceEmbedder
+    from cortex_tasks.runtime.models.embedding import SentenceEmbedder
 
     count, rounds = (2_000, 1) if quick else (10_000, 3)
     texts = corpus(count)

@@ -138,9 +138,9 @@ def _machine() -> dict[str, Any]:
 def run(quick: bool) -> dict[str, Any]:
     from sqlalchemy import create_engine, text
 
-    from cortex_tasks.storage.db import sqlalchemy_url
-    from cortex_tasks.storage.migrate import upgrade_to_head
-    from cortex_tasks.storage.vector_store import HnswIndex, IvfflatIndex, VectorStore
+    from cortex_tasks.core.storage.db import sqlalchemy_url
+    from cortex_tasks.core.storage.migrate import upgrade_to_head
+    from cortex_tasks.core.storage.vector_store import HnswIndex, IvfflatIndex, VectorStore
 
     count, query_count, exact_count = (20_000, 100, 30) if quick else (100_000, 300, 60)
     hnsw_sweep, ivf_sweep = ((40, 100), (20,)) if quick else ((40, 100, 200), (20, 40))

@@ -1,24 +1,30 @@
 """The Cortex Celery app: `celery -A cortex_tasks worker -Q gpu` starts a gpu worker.
 
-Task modules are imported by the worker only (`include`), so importing this package (as the gateway
-does, to send tasks and read results) never imports torch or spaCy.
+The package has two layers. `cortex_tasks.core` is what the gateway and the workers share (settings,
+queues, the catalogue, jobs, storage, auth, cache, contracts, errors); `cortex_tasks.runtime` is what
+only workers run (models, inference, trainers, document and chat pipelines, the worker's start-up hooks).
+The runtime is imported by the worker only, through Celery's `include`, so importing this package (as the
+gateway does, to send tasks and read results) never imports torch or spaCy.
 """
 from celery import Celery
 
 TASK_MODULES = [
-    "cortex_tasks.inference.tasks",
-    "cortex_tasks.maintenance.tasks",
-    "cortex_tasks.vectors.tasks",
-    "cortex_tasks.registry.tasks",
-    "cortex_tasks.batch.tasks",
-    "cortex_tasks.training.tasks",
-    "cortex_tasks.documents.tasks",
-    "cortex_tasks.chat.tasks",
+    "cortex_tasks.runtime.inference.tasks",
+    "cortex_tasks.runtime.maintenance.tasks",
+    "cortex_tasks.runtime.vectors.tasks",
+    "cortex_tasks.runtime.registry.tasks",
+    "cortex_tasks.runtime.batch.tasks",
+    "cortex_tasks.runtime.training.tasks",
+    "cortex_tasks.runtime.documents.tasks",
+    "cortex_tasks.runtime.chat.tasks",
 ]
 
-app = Celery("cortex", include=TASK_MODULES)
+# The worker's start-up hooks are included first: Celery imports `include` before it sends `worker_init`.
+WORKER_MODULES = ["cortex_tasks.runtime.worker_signals", *TASK_MODULES]
+
+app = Celery("cortex", include=WORKER_MODULES)
 app.config_from_object("celeryconfig")
 
-from cortex_tasks import publishing, worker_signals  # noqa: E402,F401  (connect signal handlers)
+from cortex_tasks.core import publishing  # noqa: E402,F401  (stamps every published message)
 
 __all__ = ["app"]

@@ -10,9 +10,9 @@ import redis
 from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
-from cortex_tasks.load_control.circuit import CircuitBreaker, CircuitPolicy
-from cortex_tasks.load_control.shedding import LoadShedder, SheddingPolicy
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.load_control.circuit import CircuitBreaker, CircuitPolicy
+from cortex_tasks.core.load_control.shedding import LoadShedder, SheddingPolicy
+from cortex_tasks.core.settings import get_settings
 from cortex_web import audit as audit_log
 from cortex_web import auth, limits
 from cortex_web.blueprints import (

@@ -6,7 +6,7 @@ sooner when it fills, and at process exit. If the database is down the events st
 retried; only past MAX_PENDING_EVENTS are the oldest dropped, logged and counted
 (cortex_audit_events_dropped_total). A process killed with SIGKILL loses at most its last flush interval.
 
-The same thread counts security violations into the shared alert windows (cortex_tasks.audit.alerts):
+The same thread counts security violations into the shared alert windows (cortex_tasks.core.audit.alerts):
 an alert is a WARNING log line, a metric and an `alerts` audit event.
 
 What is recorded:
@@ -32,8 +32,8 @@ from flask import Flask, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response
 
-from cortex_tasks.audit.alerts import AlertTracker, FiredAlert
-from cortex_tasks.audit.service import (
+from cortex_tasks.core.audit.alerts import AlertTracker, FiredAlert
+from cortex_tasks.core.audit.service import (
     ALERTS,
     CONFIGURATION_CHANGES,
     MODEL_ACCESS,
@@ -41,8 +41,8 @@ from cortex_tasks.audit.service import (
     AuditRecord,
     record_events,
 )
-from cortex_tasks.auth.keys import PREFIX
-from cortex_tasks.settings import Settings
+from cortex_tasks.core.auth.keys import PREFIX
+from cortex_tasks.core.settings import Settings
 from cortex_web.errors import ApiError
 from cortex_web.metrics import AUDIT_ALERTS, AUDIT_EVENTS_DROPPED
 

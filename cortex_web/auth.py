@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from cortex_tasks.auth.keys import Principal, verify_key
-from cortex_tasks.auth.roles import ROLE_PERMISSIONS
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.auth.keys import Principal, verify_key
+from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
+from cortex_tasks.core.settings import get_settings
 from cortex_web.errors import ApiError
 
 CACHE_SECONDS = 2.0

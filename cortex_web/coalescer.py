@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.jobs import store
+from cortex_tasks.core.jobs import store
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
 from cortex_web.sent_events import DeferredSentEvents

@@ -8,10 +8,10 @@ import redis
 from flask import Response, current_app, jsonify, url_for
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.jobs import store
-from cortex_tasks.load_control.circuit import CircuitBreaker
-from cortex_tasks.load_control.shedding import LoadShedder
-from cortex_tasks.queues import PRIORITY_STEPS, QUEUE_NAMES
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.load_control.circuit import CircuitBreaker
+from cortex_tasks.core.load_control.shedding import LoadShedder
+from cortex_tasks.core.queues import PRIORITY_STEPS, QUEUE_NAMES
 from cortex_web.coalescer import Coalescer
 from cortex_web.errors import ApiError
 from cortex_web.metrics import JOBS_SUBMITTED
@@ -47,7 +47,7 @@ def redis_client() -> redis.Redis:
 def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, kwargs: dict[str, Any],
                     wait_seconds: float) -> Submitted:
     """One job, one message: for tasks that take `job_id` and `reply_to` and publish one outcome
-    (cortex_tasks.jobs.outcomes.publish_outcome)."""
+    (cortex_tasks.core.jobs.outcomes.publish_outcome)."""
     job, _ = store.create_job(new_job)
     listener = reply_listener()
     waiting = wait_seconds > 0

@@ -39,8 +39,8 @@ import redis
 from flask import Flask, current_app, g
 from werkzeug.wrappers import Response
 
-from cortex_tasks.catalogue import TASKS
-from cortex_tasks.settings import RateTier, Settings, get_settings
+from cortex_tasks.core.catalogue import TASKS
+from cortex_tasks.core.settings import RateTier, Settings, get_settings
 from cortex_web.auth import current_principal
 from cortex_web.errors import ApiError
 from cortex_web.metrics import INFLIGHT_REJECTED, RATE_LIMITED

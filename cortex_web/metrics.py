@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway.
 
 Counters and histograms are kept per process and added up over the gateway's processes at scrape time
-(gunicorn_conf.py, cortex_tasks.metric_totals); series read from shared state (queue depths, model
+(gunicorn_conf.py, cortex_tasks.core.metric_totals); series read from shared state (queue depths, model
 versions, OpenAI usage) come from collectors that read Redis at scrape time, once per scrape.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from cortex_tasks.metric_totals import processes_registry
+from cortex_tasks.core.metric_totals import processes_registry
 
 _shared_collectors: list = []
 

@@ -24,11 +24,9 @@ ERROR_SCHEMA = {
 }
 
 
-def build_spec(app: Flask, extra_bodies: dict[tuple[str, str], type] | None = None) -> dict[str, Any]:
-    from cortex_web.blueprints import chat, documents, models, training, vectors
-
-    bodies = {**REQUEST_BODIES, **models.REQUEST_BODIES, **training.REQUEST_BODIES, **vectors.REQUEST_BODIES,
-              **documents.REQUEST_BODIES, **chat.REQUEST_BODIES, **(extra_bodies or {})}
+def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type] | None = None) -> dict[str, Any]:
+    """`blueprint_bodies`: the request models the blueprints declare, by (method, path)."""
+    bodies = {**REQUEST_BODIES, **(blueprint_bodies or {})}
     paths: dict[str, dict[str, Any]] = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":

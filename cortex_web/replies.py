@@ -1,13 +1,12 @@
 """Waiting for job outcomes without polling.
 
 Each gateway process subscribes once to its own Redis channel and names it in every task it sends;
-the worker publishes the outcomes of a whole message there (cortex_tasks.jobs.outcomes). A request
+the worker publishes the outcomes of a whole message there (cortex_tasks.core.jobs.outcomes). A request
 thread registers its job id *before* the message is sent, then blocks on an Event until its outcome
 arrives or its wait runs out.
 """
 from __future__ import annotations
 
-import orjson
 import logging
 import threading
 import time
@@ -15,9 +14,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis
 
-from cortex_tasks.jobs.outcomes import REPLY_CHANNEL_PREFIX
+from cortex_tasks.core.jobs.outcomes import REPLY_CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models import timeseries_inputs
-from cortex_tasks.request_fields import WaitSeconds
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.validation import timeseries as timeseries_inputs
 from cortex_web.errors import ApiError
 from cortex_web.request_body import CONTROL_CHARACTERS
 

@@ -53,8 +53,8 @@ def pytest_configure(config) -> None:
         postgres.wait_ready()
         os.environ["DATABASE_URL"] = postgres.url
 
-    from cortex_tasks.settings import reset_settings_cache
-    from cortex_tasks.storage.migrate import upgrade_to_head
+    from cortex_tasks.core.settings import reset_settings_cache
+    from cortex_tasks.core.storage.migrate import upgrade_to_head
 
     reset_settings_cache()
     upgrade_to_head(os.environ["DATABASE_URL"])

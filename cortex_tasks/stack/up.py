@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cortex_tasks.atomic_files import replace_file
-from cortex_tasks.settings import STACK_FILE_NAME
+from cortex_tasks.core.atomic_files import replace_file
+from cortex_tasks.core.settings import STACK_FILE_NAME
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
@@ -132,8 +132,8 @@ def run_up(options: UpOptions) -> int:
         env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
         os.environ.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
 
-        from cortex_tasks.settings import reset_settings_cache
-        from cortex_tasks.storage.migrate import upgrade_to_head
+        from cortex_tasks.core.settings import reset_settings_cache
+        from cortex_tasks.core.storage.migrate import upgrade_to_head
 
         reset_settings_cache()
         upgrade_to_head(database_url)
@@ -192,8 +192,8 @@ def run_up(options: UpOptions) -> int:
 def _admin_key_line() -> str:
     if os.environ.get("CORTEX_ADMIN_KEY"):
         return "admin key: the value of CORTEX_ADMIN_KEY"
-    from cortex_tasks.auth.keys import create_key
-    from cortex_tasks.settings import get_settings
+    from cortex_tasks.core.auth.keys import create_key
+    from cortex_tasks.core.settings import get_settings
 
     # The operator's own key, like CORTEX_ADMIN_KEY: on the admin tier (unlimited by default), so trying
     # Cortex out is not throttled; keys for clients get their tiers from `cortex keys create --tier`.

@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
-from cortex_tasks.audit.service import EVENT_TYPES, query_events
-from cortex_tasks.auth.roles import ADMIN
+from cortex_tasks.core.audit.service import EVENT_TYPES, query_events
+from cortex_tasks.core.auth.roles import ADMIN
 from cortex_web.auth import require
 from cortex_web.errors import ApiError
 from cortex_web.request_body import positive_int_arg

@@ -11,17 +11,17 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
-from cortex_tasks.auth.roles import PREDICT, READ
-from cortex_tasks.batch import results
-from cortex_tasks.batch.config import batch_config
-from cortex_tasks.batch.submission import BatchRequest, create_batch, request_hash
-from cortex_tasks.jobs.store import FINISHED_STATES, SUCCEEDED, IdempotencyConflict
-from cortex_tasks.openai.billing import billed_params
-from cortex_tasks.queues import priority_of
-from cortex_tasks.settings import get_settings
-from cortex_tasks.storage import arrow_io
-from cortex_tasks.storage.db import session_scope
-from cortex_tasks.storage.object_store import ObjectStoreError
+from cortex_tasks.core.auth.roles import PREDICT, READ
+from cortex_tasks.core.batch import results
+from cortex_tasks.core.batch.config import batch_config
+from cortex_tasks.core.batch.submission import BatchRequest, create_batch, request_hash
+from cortex_tasks.core.jobs.store import FINISHED_STATES, SUCCEEDED, IdempotencyConflict
+from cortex_tasks.core.openai.billing import billed_params
+from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage import arrow_io
+from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.object_store import ObjectStoreError
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
 from cortex_web.blueprints.predict import resolve
@@ -84,7 +84,7 @@ def submit() -> tuple[Response, int]:
     task, model = resolve(body.task, body.model)
     batch = BatchRequest(owner=current_principal().key_id, task=task.name, model=model.name,
                          inputs=body.inputs, priority=priority_of(body.priority),
-                         # OpenAI calls are billed to the submitting key (cortex_tasks/openai/billing.py)
+                         # OpenAI calls are billed to the submitting key (cortex_tasks/core/openai/billing.py)
                          params=billed_params(model.name, body.params, current_principal().key_id),
                          idempotency_key=key, batchable=model.batchable)
     digest = request_hash(body.task, body.model, body.inputs, body.params, body.priority) if key else None

@@ -11,16 +11,16 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.chat import history
-from cortex_tasks.chat.config import chat_config
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.jobs.store import NewJob
-from cortex_tasks.models.generator import generation_params
-from cortex_tasks.openai.config import CHAT_MODELS
-from cortex_tasks.queues import GPU, priority_of
-from cortex_tasks.request_fields import WaitSeconds
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.chat import history
+from cortex_tasks.core.chat.config import chat_config
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.jobs.store import NewJob
+from cortex_tasks.core.openai.config import CHAT_MODELS
+from cortex_tasks.core.queues import GPU, priority_of
+from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.validation.generation import generation_params
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.usage import refuse_unavailable_openai
 from cortex_web.dispatch import submit_and_wait

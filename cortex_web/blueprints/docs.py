@@ -5,21 +5,25 @@ from html import escape
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from cortex_web.blueprints import chat, documents, models, training, vectors
 from cortex_web.openapi import build_spec
 
 bp = Blueprint("docs", __name__, url_prefix="/api/v1")
+
+BLUEPRINT_BODIES = {**models.REQUEST_BODIES, **training.REQUEST_BODIES, **vectors.REQUEST_BODIES,
+                    **documents.REQUEST_BODIES, **chat.REQUEST_BODIES}
 
 
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI 3 document of this gateway."""
-    return jsonify(build_spec(current_app))
+    return jsonify(build_spec(current_app, BLUEPRINT_BODIES))
 
 
 @bp.get("/docs")
 def docs_page() -> Response:
     """A browsable list of every operation."""
-    spec = build_spec(current_app)
+    spec = build_spec(current_app, BLUEPRINT_BODIES)
     rows = []
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():

@@ -17,18 +17,18 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
-from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.documents import catalog
-from cortex_tasks.documents.requests import (
+from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.documents import catalog
+from cortex_tasks.core.documents.requests import (
     COLLECTION_NAME,
     DEFAULT_COLLECTION,
     MAX_DOCUMENT_ID_CHARS,
     IndexRequest,
     QuestionRequest,
 )
-from cortex_tasks.jobs.store import NewJob
-from cortex_tasks.queues import GPU, priority_of
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.jobs.store import NewJob
+from cortex_tasks.core.queues import GPU, priority_of
+from cortex_tasks.core.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError

@@ -10,10 +10,10 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from cortex_tasks.auth.roles import READ
-from cortex_tasks.catalogue import MODELS, TASKS
-from cortex_tasks.storage.db import get_engine
-from cortex_tasks.worker_signals import READY_KEY_PREFIX
+from cortex_tasks.core.auth.roles import READ
+from cortex_tasks.core.catalogue import MODELS, TASKS
+from cortex_tasks.core.storage.db import get_engine
+from cortex_tasks.core.worker_records import READY_KEY_PREFIX
 from cortex_web.auth import require
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
@@ -103,7 +103,7 @@ def health_haystack() -> tuple[Response, int]:
     and whether a gpu worker (which runs the pipelines) is ready."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from cortex_tasks.documents import catalog
+    from cortex_tasks.core.documents import catalog
 
     packages: dict[str, str | None] = {}
     for package in ("haystack-ai", "pgvector-haystack"):
@@ -127,8 +127,8 @@ def health_haystack() -> tuple[Response, int]:
 @require(READ)
 def health_cache() -> Response:
     """Cache status: hit and miss counts and the L1 of all the gateway's processes, and the shared L2."""
-    from cortex_tasks.cache.service import get_cache
-    from cortex_tasks.cache.warming import effectiveness
+    from cortex_tasks.core.cache.service import get_cache
+    from cortex_tasks.core.cache.warming import effectiveness
 
     return jsonify({**get_cache().stats(), "warming": effectiveness()})
 
@@ -139,8 +139,8 @@ def health_langchain() -> Response:
     """Chat with memory (LangChain): the library, the chat models and their state, the memory window."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from cortex_tasks.chat.config import chat_config
-    from cortex_tasks.openai.config import CHAT_MODELS, openai_config
+    from cortex_tasks.core.chat.config import chat_config
+    from cortex_tasks.core.openai.config import CHAT_MODELS, openai_config
 
     try:
         langchain_version = version("langchain-core")

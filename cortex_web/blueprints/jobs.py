@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from cortex_tasks.auth.roles import READ
-from cortex_tasks.jobs.store import get_job, job_to_api
+from cortex_tasks.core.auth.roles import READ
+from cortex_tasks.core.jobs.store import get_job, job_to_api
 from cortex_web.auth import current_principal, is_admin, require
 from cortex_web.errors import ApiError
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from cortex_tasks.auth.keys import create_key, list_keys, revoke_key
-from cortex_tasks.auth.roles import ADMIN
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.auth.keys import create_key, list_keys, revoke_key
+from cortex_tasks.core.auth.roles import ADMIN
+from cortex_tasks.core.settings import get_settings
 from cortex_web.audit import audited
 from cortex_web.auth import require
 from cortex_web.errors import ApiError

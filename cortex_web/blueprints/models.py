@@ -12,13 +12,13 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cortex_tasks.auth.roles import DEPLOY, READ
-from cortex_tasks.catalogue import MODELS, TASKS
-from cortex_tasks.jobs.store import NewJob
-from cortex_tasks.queues import MAINTENANCE, priority_of
-from cortex_tasks.registry import routing, service, stats
-from cortex_tasks.registry.model_card import render_model_card
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.auth.roles import DEPLOY, READ
+from cortex_tasks.core.catalogue import MODELS, TASKS
+from cortex_tasks.core.jobs.store import NewJob
+from cortex_tasks.core.queues import MAINTENANCE, priority_of
+from cortex_tasks.core.registry import routing, service, stats
+from cortex_tasks.core.registry.model_card import render_model_card
+from cortex_tasks.core.settings import get_settings
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.training import runs_summary  # experiment tracking: the model's training runs

@@ -13,11 +13,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.cache.keys import params_fingerprint
-from cortex_tasks.cache.service import MISSING, get_cache, keys_for
-from cortex_tasks.cache.warming import QUERY_COUNTER
-from cortex_tasks.catalogue import (
+from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.cache.keys import params_fingerprint
+from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
+from cortex_tasks.core.cache.warming import QUERY_COUNTER
+from cortex_tasks.core.catalogue import (
     MODELS,
     QUEUE_TASK_NAMES,
     ModelEntry,
@@ -27,11 +27,11 @@ from cortex_tasks.catalogue import (
     model_entry,
     task_entry,
 )
-from cortex_tasks.jobs.store import NewJob, create_jobs
-from cortex_tasks.openai.billing import billed_params
-from cortex_tasks.queues import priority_of
-from cortex_tasks.registry.routing import routed_reference
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.jobs.store import NewJob, create_jobs
+from cortex_tasks.core.openai.billing import billed_params
+from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.registry.routing import routed_reference
+from cortex_tasks.core.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.usage import refuse_unavailable_openai
 from cortex_web.coalescer import PendingJob, group_for
@@ -52,7 +52,7 @@ from cortex_web.schemas import (
 bp = Blueprint("predict", __name__, url_prefix="/api/v1")
 # Codes a worker reports for problems with the input itself (a 422), as opposed to its own failures.
 WORKER_FAILURE_CODES = {"model_error", "job_failed", "unavailable"}
-# Refusals a worker reports for OpenAI models (cortex_tasks/openai/client.py).
+# Refusals a worker reports for OpenAI models (cortex_tasks/runtime/openai/client.py).
 STATUS_BY_CODE = {"rate_limited": 429, "budget_exceeded": 402, "openai_not_configured": 503}
 
 

@@ -12,12 +12,12 @@ from typing import Any
 from flask import Blueprint, Response, stream_with_context
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.inference.streaming import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
-from cortex_tasks.jobs import store
-from cortex_tasks.openai.billing import billed_params
-from cortex_tasks.queues import priority_of
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
+from cortex_tasks.core.openai.billing import billed_params
+from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.settings import get_settings
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.predict import parse_prediction, run_prediction
 from cortex_web.dispatch import redis_client

@@ -10,16 +10,16 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import text
 
-from cortex_tasks.auth.roles import READ, TRAIN
-from cortex_tasks.queues import TRAINING, priority_of
-from cortex_tasks.registry.service import RegistryError, check_model_name
-from cortex_tasks.settings import get_settings
-from cortex_tasks.storage.db import session_scope
-from cortex_tasks.training import runs
-from cortex_tasks.training.config import training_config
-from cortex_tasks.training.kinds import KINDS, kind_names
-from cortex_tasks.training.schedules import InvalidSchedule, parse_cron, save_schedule
-from cortex_tasks.training.submission import (
+from cortex_tasks.core.auth.roles import READ, TRAIN
+from cortex_tasks.core.queues import TRAINING, priority_of
+from cortex_tasks.core.registry.service import RegistryError, check_model_name
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.training import runs
+from cortex_tasks.core.training.config import training_config
+from cortex_tasks.core.training.kinds import KINDS, kind_names
+from cortex_tasks.core.training.schedules import InvalidSchedule, parse_cron, save_schedule
+from cortex_tasks.core.training.submission import (
     ControlRefused,
     QuotaExceeded,
     TrainingRequest,

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
-from cortex_tasks.auth.roles import READ
-from cortex_tasks.openai import usage as usage_ledger
-from cortex_tasks.openai.config import CHAT_MODELS, EMBEDDING_MODELS, is_openai_model, openai_config
+from cortex_tasks.core.auth.roles import READ
+from cortex_tasks.core.openai import usage as usage_ledger
+from cortex_tasks.core.openai.config import CHAT_MODELS, EMBEDDING_MODELS, is_openai_model, openai_config
 from cortex_web.auth import current_principal, is_admin, require
 from cortex_web.errors import ApiError
 from cortex_web.metrics import register_shared_collector

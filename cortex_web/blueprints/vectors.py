@@ -23,15 +23,20 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cortex_tasks.auth.roles import PREDICT
-from cortex_tasks.catalogue import MODELS
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.jobs.store import NewJob
-from cortex_tasks.queues import GPU, MAINTENANCE, priority_of
-from cortex_tasks.request_fields import WaitSeconds
-from cortex_tasks.settings import get_settings
-from cortex_tasks.storage.vector_store import MAX_DIMENSION, MAX_K, VectorStoreError, check_collection_name
-from cortex_tasks.vectors import service
+from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.catalogue import MODELS
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.jobs.store import NewJob
+from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
+from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.vector_store import (
+    MAX_DIMENSION,
+    MAX_K,
+    VectorStoreError,
+    check_collection_name,
+)
+from cortex_tasks.core.vectors import service
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait

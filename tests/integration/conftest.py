@@ -20,7 +20,7 @@ ZERO_SHOT_BATCHING = {"max_batch_size": 3, "max_wait_ms": 7}
 def fake_openai() -> Iterator[FakeOpenAI]:
     """A local OpenAI-compatible server (the only test double: OpenAI is an external paid API). Its URL
     and a key are in the environment before any worker starts, so workers and the gateway both use it."""
-    from cortex_tasks.openai.config import reset_openai_config
+    from cortex_tasks.core.openai.config import reset_openai_config
 
     server = FakeOpenAI().start()
     os.environ["CORTEX_OPENAI_API_KEY"] = "sk-test-fake"
@@ -63,7 +63,7 @@ def app():
 
 @pytest.fixture(scope="session")
 def keys() -> dict[str, str]:
-    from cortex_tasks.auth.keys import create_key
+    from cortex_tasks.core.auth.keys import create_key
 
     # Unlimited: the suite sends many requests per key; tests/integration/test_rate_limits.py uses limited keys.
     return {role: create_key(role, name=f"test {role}", tier="unlimited").key

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cortex_tasks.audit.service import AuditRecord, query_events, record_events
-from cortex_tasks.auth.keys import create_key
+from cortex_tasks.core.audit.service import AuditRecord, query_events, record_events
+from cortex_tasks.core.auth.keys import create_key
 from cortex_web.metrics import AUDIT_ALERTS
 
 

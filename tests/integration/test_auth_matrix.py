@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from cortex_tasks.auth.keys import create_key, revoke_key
-from cortex_tasks.auth.roles import ROLE_PERMISSIONS
+from cortex_tasks.core.auth.keys import create_key, revoke_key
+from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 
 PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs"}
 
@@ -69,8 +69,8 @@ def test_x_api_key_header_works(app, keys):
 def test_revoked_and_expired_keys_are_rejected(app):
     from datetime import datetime, timedelta, timezone
 
-    from cortex_tasks.storage.db import session_scope
-    from cortex_tasks.storage.tables import ApiKey
+    from cortex_tasks.core.storage.db import session_scope
+    from cortex_tasks.core.storage.tables import ApiKey
 
     client = app.test_client()
     revoked = create_key("reader")
@@ -84,8 +84,8 @@ def test_revoked_and_expired_keys_are_rejected(app):
 
 
 def test_keys_are_stored_hashed(keys):
-    from cortex_tasks.storage.db import session_scope
-    from cortex_tasks.storage.tables import ApiKey
+    from cortex_tasks.core.storage.db import session_scope
+    from cortex_tasks.core.storage.tables import ApiKey
 
     key_id, secret = keys["reader"].split("_", 2)[1:]
     with session_scope() as session:
@@ -94,7 +94,7 @@ def test_keys_are_stored_hashed(keys):
 
 
 def test_admin_key_from_environment_is_model_admin(app, monkeypatch):
-    from cortex_tasks.settings import reset_settings_cache
+    from cortex_tasks.core.settings import reset_settings_cache
 
     monkeypatch.setenv("CORTEX_ADMIN_KEY", "automation-admin-key-0123456789")
     reset_settings_cache()

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cortex_tasks.storage.db import session_scope
-from cortex_tasks.storage.tables import Job
+from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import Job
 from cortex_web.dispatch import queue_depths
 
 OK = {"task": "embed", "inputs": ["fine"]}

@@ -13,9 +13,9 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cortex_tasks.batch.config import batch_config
-from cortex_tasks.batch.recovery import requeue_stalled_batches
-from cortex_tasks.storage.db import session_scope
+from cortex_tasks.core.batch.config import batch_config
+from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 from tests.support.processes import WorkerProcess
 
 WORDS = ("river", "market", "violin", "engine", "harvest", "orbit", "ledger", "meadow", "signal", "canyon",
@@ -70,7 +70,7 @@ def test_thousand_item_batch_completes_in_order_with_correct_results(api, worker
     assert all(item["status"] == "succeeded" and len(item["output"]) == 384 for item in items)
     # The catalogue's model, loaded here the way a worker loads it: the same vectors for the same texts,
     # wherever they sat in the batch.
-    from cortex_tasks.models.loaded import get_model
+    from cortex_tasks.runtime.models.loaded import get_model
 
     reference = get_model("all-MiniLM-L6-v2").predict([texts[i] for i in (0, 99, 100, 537, 999)], {})
     for expected, index in zip(reference, (0, 99, 100, 537, 999)):

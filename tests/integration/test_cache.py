@@ -7,9 +7,9 @@ import uuid
 
 import redis
 
-from cortex_tasks.cache.layers import RedisCache
-from cortex_tasks.jobs import store
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.cache.layers import RedisCache
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.settings import get_settings
 from tests.support.waiting import wait_for
 
 
@@ -73,8 +73,8 @@ def test_l2_is_trimmed_to_its_size_bound():
 
 
 def test_warming_recomputes_frequent_queries_into_l2(api, workers):
-    from cortex_tasks.cache.service import get_cache
-    from cortex_tasks.cache.warming import QUERY_COUNTER, effectiveness, warm_cache
+    from cortex_tasks.core.cache.service import get_cache
+    from cortex_tasks.core.cache.warming import QUERY_COUNTER, effectiveness, warm_cache
 
     text = f"a frequent question {uuid.uuid4()}"
     for _ in range(3):
@@ -96,7 +96,7 @@ def test_query_counts_reach_redis_by_themselves_off_the_request_thread():
     """The gateway's query counts (for warming) are flushed every few seconds by a helper thread."""
     import threading
 
-    from cortex_tasks.cache.warming import FREQUENCY_KEY, QueryCounter
+    from cortex_tasks.core.cache.warming import FREQUENCY_KEY, QueryCounter
 
     counter = QueryCounter()
     flushed_on: list[str] = []

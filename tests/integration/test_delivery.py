@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.jobs import store
-from cortex_tasks.jobs.outcomes import REPLY_CHANNEL_PREFIX
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs.outcomes import REPLY_CHANNEL_PREFIX
+from cortex_tasks.core.settings import get_settings
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_for
 

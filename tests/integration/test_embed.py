@@ -49,7 +49,7 @@ def test_wait_zero_answers_202_then_job_completes(api, workers):
 
 
 def test_another_users_job_is_404_but_admin_sees_it(api, admin_api, workers):
-    from cortex_tasks.auth.keys import create_key
+    from cortex_tasks.core.auth.keys import create_key
 
     job_id = api.post("/api/v1/predict", {"task": "embed", "inputs": [f"mine {uuid.uuid4()}"]}).get_json()["job_id"]
     stranger = api.as_key(create_key("inference_user").key)

@@ -17,7 +17,7 @@ from tests.integration.conftest import ZERO_SHOT_BATCHING, ZERO_SHOT_MODEL
 # First requests load models in the worker: the topic head is fitted (~10 s), SmolLM2 is dequantized
 # and cached (~15 s), UMAP compiles its numba kernels (~10 s); far longer on a busy machine.
 POLL_SECONDS = 300
-DATASET = Path(__file__).resolve().parents[2] / "cortex_tasks" / "data" / "topics.jsonl"
+DATASET = Path(__file__).resolve().parents[2] / "cortex_tasks" / "runtime" / "data" / "topics.jsonl"
 # Measured 65/66 = 98.5% on the held-out single-label rows; the bar leaves room for numeric noise.
 HELD_OUT_ACCURACY = 0.90
 
@@ -67,7 +67,7 @@ def test_served_topic_head_was_fitted_without_the_held_out_texts(api, workers):
 
     import numpy as np
 
-    from cortex_tasks.settings import data_dir
+    from cortex_tasks.core.settings import data_dir
 
     predict(api, "classify", ["Make sure the head exists."])
     [head_file] = (data_dir() / "model-cache" / "topic-classifier").glob("head-*.npz")
@@ -145,7 +145,7 @@ def build_tiny_distilbert(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_tickets_model() -> str:
-    from cortex_tasks.models.user_models import models_dir
+    from cortex_tasks.core.catalogue.user_models import models_dir
 
     # Written into the models folder the running worker and gateway already use: folders are found at
     # lookup time, so no restart is needed.
@@ -200,7 +200,7 @@ def test_zero_shot_uses_label_descriptions(api, workers):
 def test_zero_shot_is_batched_as_configured_for_it(api, workers):
     """The session's gpu worker batches minilm-zero-shot at most 3 items per model call
     (CORTEX_BATCHING_PER_MODEL, conftest.py), other models as the global settings say."""
-    from cortex_tasks.registry import stats
+    from cortex_tasks.core.registry import stats
 
     health = api.get(f"/api/v1/health/model/{ZERO_SHOT_MODEL}").get_json()
     assert health["batching"][workers["gpu"].hostname] == ZERO_SHOT_BATCHING  # 3 items, 7 ms

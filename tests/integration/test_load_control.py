@@ -11,12 +11,12 @@ import pytest
 import redis
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.jobs import store
-from cortex_tasks.load_control.aging import promote_aged
-from cortex_tasks.load_control.circuit import CircuitBreaker, CircuitPolicy
-from cortex_tasks.load_control.shedding import LoadShedder, SheddingPolicy, read_queue_load
-from cortex_tasks.queues import priority_of
-from cortex_tasks.settings import get_settings
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.load_control.aging import promote_aged
+from cortex_tasks.core.load_control.circuit import CircuitBreaker, CircuitPolicy
+from cortex_tasks.core.load_control.shedding import LoadShedder, SheddingPolicy, read_queue_load
+from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.settings import get_settings
 from tests.support.processes import WorkerProcess
 
 
@@ -77,7 +77,7 @@ def test_overloaded_low_priority_requests_get_503_with_retry_after(api, client, 
 
 
 def write_broken_classifier(name: str) -> None:
-    from cortex_tasks.models.user_models import models_dir
+    from cortex_tasks.core.catalogue.user_models import models_dir
 
     folder = models_dir() / name
     folder.mkdir(parents=True, exist_ok=True)

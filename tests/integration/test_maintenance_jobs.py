@@ -8,13 +8,13 @@ import uuid
 
 from sqlalchemy import text
 
-from cortex_tasks.storage.db import session_scope
+from cortex_tasks.core.storage.db import session_scope
 from tests.integration.test_batch_jobs import sentence, wait_until_finished
 from tests.integration.test_training_jobs import topic_rows
 
 
 def test_sweep_requeues_a_batch_whose_messages_were_lost(api, workers, monkeypatch):
-    from cortex_tasks.batch.recovery import requeue_stalled_batches
+    from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 
     monkeypatch.setenv("CORTEX_BATCH_QUEUE", f"nobody-listens-{uuid.uuid4().hex[:6]}")
     job_id = api.post("/api/v1/batch/submit", {"task": "embed", "inputs": [sentence(i) for i in range(120)]}
@@ -30,8 +30,8 @@ def test_sweep_requeues_a_batch_whose_messages_were_lost(api, workers, monkeypat
 
 
 def test_retraining_starts_on_cron_and_on_a_metric_below_threshold(admin_api, workers):
-    from cortex_tasks.registry import service as registry
-    from cortex_tasks.training.schedules import retrain_due_models
+    from cortex_tasks.core.registry import service as registry
+    from cortex_tasks.core.training.schedules import retrain_due_models
 
     by_cron, by_metric = f"cron-{uuid.uuid4().hex[:6]}", f"drift-{uuid.uuid4().hex[:6]}"
     rows = topic_rows(per_label=6)
@@ -66,7 +66,7 @@ def test_retraining_starts_on_cron_and_on_a_metric_below_threshold(admin_api, wo
 
 
 def test_roll_ups_and_result_expiry(api, workers):
-    from cortex_tasks.maintenance.housekeeping import expire_results, roll_up_metrics
+    from cortex_tasks.runtime.maintenance.housekeeping import expire_results, roll_up_metrics
 
     job_id = api.post("/api/v1/batch/submit", {"task": "embed", "inputs": ["one", "two"]}).get_json()["job_id"]
     assert wait_until_finished(api, job_id)["status"] == "succeeded"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cortex_tasks.storage.object_store import (
+from cortex_tasks.core.storage.object_store import (
     ArtifactIntegrityError,
     InvalidObjectName,
     LocalObjectStore,
@@ -196,7 +196,7 @@ def test_encryption_at_rest(kind, s3, tmp_path):
 
 
 def test_artifact_key_setting_is_checked(monkeypatch):
-    from cortex_tasks.settings import get_settings, reset_settings_cache
+    from cortex_tasks.core.settings import get_settings, reset_settings_cache
 
     try:
         monkeypatch.setenv("CORTEX_ARTIFACT_KEY", base64.b64encode(KEY).decode())
@@ -225,8 +225,8 @@ def test_unreachable_s3_is_a_transient_error(tmp_path):
 
 
 def test_resolve_uri_stays_inside_the_artifact_directory(tmp_path):
-    from cortex_tasks.settings import get_settings
-    from cortex_tasks.storage.object_store import get_object_store, resolve_uri
+    from cortex_tasks.core.settings import get_settings
+    from cortex_tasks.core.storage.object_store import get_object_store, resolve_uri
 
     store = get_object_store()
     stored = store.put("models/uri-test/1/model.bin", b"uri")

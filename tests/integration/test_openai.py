@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from cortex_tasks.openai.config import cost_usd, reset_openai_config
-from cortex_tasks.storage.db import session_scope
+from cortex_tasks.core.openai.config import cost_usd, reset_openai_config
+from cortex_tasks.core.storage.db import session_scope
 
 pytestmark = pytest.mark.usefixtures("workers")
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from cortex_tasks.openai.rate_limit import OutboundRateLimiter, RateLimited
+from cortex_tasks.core.openai.rate_limit import OutboundRateLimiter, RateLimited
 
 
 def limiter(requests: int, tokens: int, max_wait: float) -> OutboundRateLimiter:

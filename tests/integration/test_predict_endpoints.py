@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from cortex_tasks.jobs import store
+from cortex_tasks.core.jobs import store
 
 
 def sse_events(response) -> list[tuple[str, dict]]:

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.jobs import store
-from cortex_tasks.queues import priority_of
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.queues import priority_of
 from tests.support.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow

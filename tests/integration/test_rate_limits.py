@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from werkzeug.serving import make_server
 
-from cortex_tasks.auth.keys import create_key
 from cortex_tasks.cli import main
-from cortex_tasks.settings import RateTier
+from cortex_tasks.core.auth.keys import create_key
+from cortex_tasks.core.settings import RateTier
 from cortex_web.limits import ConcurrencyGate, RateLimiter
 from cortex_web.metrics import RATE_LIMITED
 

@@ -13,8 +13,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from cortex_tasks.registry import artifacts, routing, service, stats
-from cortex_tasks.storage.object_store import ArtifactIntegrityError
+from cortex_tasks.core.registry import artifacts, routing, service, stats
+from cortex_tasks.core.storage.object_store import ArtifactIntegrityError
 from tests.support.processes import REPO_ROOT
 
 
@@ -79,7 +79,7 @@ def test_model_views_show_versions_metrics_and_card(admin_api, keys):
 
 
 def test_promote_canary_split_production_and_rollback(admin_api, workers):
-    from cortex_tasks.auth.keys import create_key
+    from cortex_tasks.core.auth.keys import create_key
 
     name = unique("deploy")
     register(name, b"version one weights")
@@ -184,7 +184,7 @@ def test_promotions_reach_other_processes_without_a_restart():
     promote_via_service(name, 1, "production")
     script = (
         "import sys\n"
-        "from cortex_tasks.registry import routing\n"
+        "from cortex_tasks.core.registry import routing\n"
         "cache = routing.ServingCache(ttl=3600, check_every=0)\n"
         "for line in sys.stdin:\n"
         f"    print(routing.choose_version({name!r}, 'caller', cache).version, flush=True)\n"

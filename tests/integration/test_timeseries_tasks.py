@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cortex_tasks.jobs import store
+from cortex_tasks.core.jobs import store
 from tests.integration.test_bad_input import assert_error, nothing_enqueued  # noqa: F401 (a fixture)
 from tests.integration.test_predict_endpoints import sse_events
 
@@ -122,8 +122,8 @@ def test_forecast_through_batch_stream_and_job_status(api, workers):
 
 
 def test_trained_forecaster_is_served_by_name_at_version(api, workers):
-    from cortex_tasks.training.service import run_training
-    from cortex_tasks.training.submission import TrainingRequest, submit_training
+    from cortex_tasks.core.training.submission import TrainingRequest, submit_training
+    from cortex_tasks.runtime.training.service import run_training
 
     start = datetime.date(2024, 1, 1)
     rows = [{"ds": (start + datetime.timedelta(days=i)).isoformat(),
@@ -140,8 +140,8 @@ def test_trained_forecaster_is_served_by_name_at_version(api, workers):
     assert output["method"] == "arima" and output["horizon"] == 7
     assert output["ds"][0].startswith("2024-03-25") and len(output["yhat"]) == 7
     # The very artifact the training run registered answers (loaded here independently of the worker).
-    from cortex_tasks.registry import artifacts, service
-    from cortex_tasks.training.trainers.forecast import load_forecaster
+    from cortex_tasks.core.registry import artifacts, service
+    from cortex_tasks.runtime.models.forecaster import load_forecaster
 
     record = service.get_version(name, 1)
     direct = load_forecaster(artifacts.fetch_artifact(record).read_bytes()).forecast(7)
@@ -154,7 +154,7 @@ def test_trained_forecaster_is_served_by_name_at_version(api, workers):
 
 
 def test_trained_forecaster_refuses_history(api, nothing_enqueued, workers):  # noqa: F811
-    from cortex_tasks.registry import service
+    from cortex_tasks.core.registry import service
 
     name = f"held-{uuid.uuid4().hex[:6]}"
     service.register_version(name, task="forecast", framework="statsmodels-arima", artifact=b"{}")

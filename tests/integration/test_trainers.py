@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from cortex_tasks.models.loaded import get_model
-from cortex_tasks.training import runs
-from cortex_tasks.training.service import run_training
-from cortex_tasks.training.submission import TrainingRequest, submit_training
+from cortex_tasks.core.training import runs
+from cortex_tasks.core.training.submission import TrainingRequest, submit_training
+from cortex_tasks.runtime.models.loaded import get_model
+from cortex_tasks.runtime.training.service import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def sentiment_rows() -> list[dict]:
 def test_distilbert_fine_tuned_from_a_local_folder_is_served(tmp_path):
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from cortex_tasks.models.user_models import models_dir
-    from cortex_tasks.training.trainers.transformer import build_tokenizer
+    from cortex_tasks.core.catalogue.user_models import models_dir
+    from cortex_tasks.runtime.training.trainers.transformer import build_tokenizer
 
     base = f"tiny-distilbert-{uuid.uuid4().hex[:6]}"
     folder = models_dir() / base
@@ -102,7 +102,7 @@ def test_spacy_ner_learns_custom_labels_and_serves_offsets():
 
 
 def test_ner_validation_reports_misaligned_and_overlapping_spans():
-    from cortex_tasks.jobs.store import get_job
+    from cortex_tasks.core.jobs.store import get_job
 
     rows = ner_rows()
     rows[0]["entities"] = [[0, 3, "CITY"]]  # "Ord": not a token
@@ -135,7 +135,7 @@ def test_forecast_searches_prophet_and_arima_and_serves_the_best():
 
 
 def test_forecast_validation_rejects_bad_points():
-    from cortex_tasks.jobs.store import get_job
+    from cortex_tasks.core.jobs.store import get_job
 
     rows = [{"ds": f"2024-02-{day:02d}", "y": day * 1.5} for day in range(1, 20)]
     rows[3]["y"] = "lots"

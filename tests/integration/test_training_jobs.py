@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-TOPICS = Path(__file__).resolve().parents[2] / "cortex_tasks" / "data" / "topics.jsonl"
+TOPICS = Path(__file__).resolve().parents[2] / "cortex_tasks" / "runtime" / "data" / "topics.jsonl"
 
 
 def topic_rows(labels: tuple[str, ...] = ("sports", "health", "politics"), per_label: int = 24) -> list[dict]:
@@ -136,8 +136,8 @@ def test_bad_requests_and_quota(admin_api, monkeypatch):
     assert admin_api.post("/api/v1/training/control/00000000-0000-0000-0000-000000000000",
                           {"action": "pause"}).status_code == 404
 
-    from cortex_tasks.auth.keys import create_key
-    from cortex_tasks.training.config import training_config
+    from cortex_tasks.core.auth.keys import create_key
+    from cortex_tasks.core.training.config import training_config
 
     owner = admin_api.as_key(create_key("model_admin").key)
     monkeypatch.setenv("CORTEX_TRAINING_MAX_CONCURRENT", "1")

@@ -11,8 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from cortex_tasks.storage import arrow_io
-from cortex_tasks.storage.vector_store import CollectionConflict, VectorStore, VectorStoreError
+from cortex_tasks.core.storage import arrow_io
+from cortex_tasks.core.storage.vector_store import CollectionConflict, VectorStore, VectorStoreError
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import time
 
 import redis
 
-from cortex_tasks.settings import get_settings
-from cortex_tasks.worker_signals import READY_KEY_PREFIX, READY_TTL_SECONDS
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
 
 
 def test_readiness_is_refreshed_by_heartbeats(workers, app):

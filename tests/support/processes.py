@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from cortex_tasks.worker_signals import READY_KEY_PREFIX
+from cortex_tasks.core.worker_records import READY_KEY_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

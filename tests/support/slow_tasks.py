@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cortex_tasks import app
-from cortex_tasks.jobs.running import run_job
+from cortex_tasks.core.jobs.running import run_job
 
 
 @app.task(name="cortex.testing.hold_job", soft_time_limit=20, time_limit=25)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cortex_tasks.auth.keys import Principal
+from cortex_tasks.core.auth.keys import Principal
 from cortex_web import auth
 
 

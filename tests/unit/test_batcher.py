@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from cortex_tasks.inference.batcher import DynamicBatcher, ItemFailure
-from cortex_tasks.models.base import ItemError
+from cortex_tasks.core.errors import ItemError
+from cortex_tasks.runtime.inference.batcher import DynamicBatcher, ItemFailure
 
 
 class RecordingModel:

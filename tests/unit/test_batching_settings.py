@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from cortex_tasks.catalogue import find_model
-from cortex_tasks.inference.runner import batching_of
-from cortex_tasks.jobs.store import NewJob
-from cortex_tasks.settings import Batching, batching_from, get_settings, reset_settings_cache
+from cortex_tasks.core.catalogue import find_model
+from cortex_tasks.core.jobs.store import NewJob
+from cortex_tasks.core.settings import Batching, batching_from, get_settings, reset_settings_cache
+from cortex_tasks.runtime.inference.runner import batching_of
 from cortex_web.coalescer import Coalescer, PendingJob, group_for
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from cortex_tasks.cache.keys import cache_key
-from cortex_tasks.cache.layers import MISSING, MemoryCache
+from cortex_tasks.core.cache.keys import cache_key
+from cortex_tasks.core.cache.layers import MISSING, MemoryCache
 
 
 def test_lru_eviction_by_bytes():

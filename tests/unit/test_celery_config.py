@@ -6,7 +6,7 @@ import importlib
 import celeryconfig
 from beat_schedule import BEAT_SCHEDULE
 from cortex_tasks import TASK_MODULES, app
-from cortex_tasks.queues import QUEUE_NAMES
+from cortex_tasks.core.queues import QUEUE_NAMES
 
 
 def registered_tasks() -> dict:
@@ -95,7 +95,7 @@ def test_beat_schedule_is_pinned():
 
 
 def test_the_broker_channel_keeps_one_redis_client():
-    from cortex_tasks.broker_transport import Transport
+    from cortex_tasks.core.broker_transport import Transport
 
     with app.connection_for_write() as connection:
         assert isinstance(connection.transport, Transport)

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.classifier import (
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.runtime.models.classifier import (
     DATASET_PATH,
     EmbeddingHead,
     fit_head,

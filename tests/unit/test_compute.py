@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from cortex_tasks.catalogue import MODELS
-from cortex_tasks.inference import compute
-from cortex_tasks.inference.batcher import DynamicBatcher
-from cortex_tasks.inference.compute import CoreBudget
+from cortex_tasks.core.catalogue import MODELS
+from cortex_tasks.runtime.inference import compute
+from cortex_tasks.runtime.inference.batcher import DynamicBatcher
+from cortex_tasks.runtime.inference.compute import CoreBudget
 
 
 class WidthRecorder:

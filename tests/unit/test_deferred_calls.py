@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from cortex_tasks.jobs.deferred import DelayedCalls
+from cortex_tasks.core.jobs.deferred import DelayedCalls
 
 
 def test_a_call_skipped_before_it_is_due_never_runs():

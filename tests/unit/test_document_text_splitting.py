@@ -1,7 +1,7 @@
 """The rule-based sentence splitter and passage packer behind the document indexing pipeline."""
 from __future__ import annotations
 
-from cortex_tasks.documents.text_splitting import MAX_SENTENCE_WORDS, passages, sentences
+from cortex_tasks.runtime.documents.text_splitting import MAX_SENTENCE_WORDS, passages, sentences
 
 
 def test_sentences_keep_abbreviations_quotes_and_paragraphs():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cortex_tasks.models.embedding import SentenceEmbedder
+from cortex_tasks.runtime.models.embedding import SentenceEmbedder
 
 
 @pytest.fixture(scope="module")

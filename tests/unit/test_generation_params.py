@@ -1,16 +1,11 @@
-"""Generation parameters and stop-sequence handling (models/generator.py), without loading SmolLM2."""
+"""Generation parameters and stop-sequence handling (core/validation/generation.py, runtime/models/generator.py), without loading SmolLM2."""
 from __future__ import annotations
 
 import pytest
 
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.generator import (
-    GenerationParams,
-    StopSequenceFilter,
-    cut_at_stop,
-    generation_params,
-    gguf_path,
-)
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.validation.generation import GenerationParams, generation_params
+from cortex_tasks.runtime.models.generator import StopSequenceFilter, cut_at_stop, gguf_path
 
 
 def test_defaults_and_valid_params():

@@ -6,12 +6,12 @@ from datetime import datetime
 
 import pytest
 
-from cortex_tasks.chat.config import chat_config
-from cortex_tasks.chat.history import StoredMessage, valid_session_id
-from cortex_tasks.chat.service import PROMPT, memory_window
-from cortex_tasks.openai.billing import BILLING_PARAM, billed_params, billing_owner
-from cortex_tasks.openai.config import _prices, cost_usd, openai_config
-from cortex_tasks.openai.rate_limit import estimate_tokens
+from cortex_tasks.core.chat.config import chat_config
+from cortex_tasks.core.chat.history import StoredMessage, valid_session_id
+from cortex_tasks.core.openai.billing import BILLING_PARAM, billed_params, billing_owner
+from cortex_tasks.core.openai.config import _prices, cost_usd, openai_config
+from cortex_tasks.core.openai.rate_limit import estimate_tokens
+from cortex_tasks.runtime.chat.service import PROMPT, memory_window
 
 
 def test_cost_uses_prices_per_thousand_tokens():

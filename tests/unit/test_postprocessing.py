@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_tasks.inference.postprocessing import (
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.runtime.models.postprocessing import (
     apply,
     combine_ensemble,
     read_ensemble,
     shape_scores,
     weighted_average,
 )
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.sentiment import label_scores
+from cortex_tasks.runtime.models.sentiment import label_scores
 
 SCORES = {"sports": 0.1, "business": 0.6, "health": 0.3}
 

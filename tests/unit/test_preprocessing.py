@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_tasks.inference.preprocessing import STEP_ORDER, prepare, steps_for
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.base import ItemError
+from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.runtime.models.preprocessing import STEP_ORDER, prepare, steps_for
 
 ALL = steps_for("ner")
 

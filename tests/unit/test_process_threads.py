@@ -1,6 +1,6 @@
 import os
 
-from cortex_tasks.process_threads import helper_threads
+from cortex_tasks.core.process_threads import helper_threads
 
 
 def test_one_pool_per_name_in_a_process():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cortex_tasks.settings import (
+from cortex_tasks.core.settings import (
     DEFAULT_AUDIT_ALERTS,
     AlertRule,
     RateTier,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.reducer import VectorReducer, reduce_params, vectors_from_inputs
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.runtime.models.reducer import VectorReducer, reduce_params, vectors_from_inputs
 
 
 def test_texts_are_left_for_the_embedder_and_vectors_become_an_array():

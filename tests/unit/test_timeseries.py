@@ -1,4 +1,4 @@
-"""Time-series service code (models/timeseries.py, models/timeseries_inputs.py), called directly."""
+"""Time-series service code (runtime/models/timeseries.py, core/validation/timeseries.py), called directly."""
 from __future__ import annotations
 
 import math
@@ -6,19 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.base import ItemError
-from cortex_tasks.models.timeseries import (
-    centred_trend,
-    decompose,
-    detect_period,
-    forecast,
-    neighbour_median,
-    row_anomalies,
-    series_anomalies,
-    zscores,
-)
-from cortex_tasks.models.timeseries_inputs import (
+from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.validation.timeseries import (
     MAX_POINTS,
     FeatureRows,
     Series,
@@ -27,6 +17,16 @@ from cortex_tasks.models.timeseries_inputs import (
     implied_model,
     parse_item,
     read_params,
+)
+from cortex_tasks.runtime.models.timeseries import (
+    centred_trend,
+    decompose,
+    detect_period,
+    forecast,
+    neighbour_median,
+    row_anomalies,
+    series_anomalies,
+    zscores,
 )
 
 SPIKES = {3: -4.0, 37: 6.0, 120: -5.0, 201: 7.0}
@@ -233,7 +233,7 @@ def test_check_request_names_the_bad_item_and_trained_forecasters_take_empty_inp
     with pytest.raises(JobInputError) as caught:
         check_request("forecast", "arima", "x:Forecaster", [[1.0] * 10, [1.0, 2.0]], {"horizon": 2})
     assert caught.value.code == "series_too_short" and caught.value.details == {"index": 1}
-    trained = "cortex_tasks.models.registry_models:RegisteredForecaster"
+    trained = "cortex_tasks.runtime.models.registry_models:RegisteredForecaster"
     check_request("forecast", "demand@1", trained, [[]], {})
     with pytest.raises(JobInputError, match="send \\[\\]"):
         check_request("forecast", "demand@1", trained, [[1.0, 2.0]], {"horizon": 2})

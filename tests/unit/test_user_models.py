@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from cortex_tasks.catalogue import TASKS, UnknownName, find_model, model_entry, task_model_names
-from cortex_tasks.models.user_models import find_user_model, list_user_models, models_dir
+from cortex_tasks.core.catalogue import TASKS, UnknownName, find_model, model_entry, task_model_names
+from cortex_tasks.core.catalogue.user_models import find_user_model, list_user_models, models_dir
 
 
 def write_model(folder, architecture="DistilBertForSequenceClassification", labels=("neg", "pos"),
@@ -43,7 +43,7 @@ def test_a_sequence_classifier_folder_is_found_with_its_labels(models_folder):
     assert found.version.startswith("local-")
     entry = find_model("reviews")
     assert entry is not None and entry.task == "classify" and entry.version == found.version
-    assert entry.loader == "cortex_tasks.models.hf_classifier:HFSequenceClassifier"
+    assert entry.loader == "cortex_tasks.runtime.models.hf_classifier:HFSequenceClassifier"
     assert str(models_folder) not in entry.description  # server paths are not shown to clients
 
 

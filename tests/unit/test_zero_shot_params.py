@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cortex_tasks.jobs.running import JobInputError
-from cortex_tasks.models.zero_shot import TEMPERATURE, hypotheses_from_params, similarity_scores
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.runtime.models.zero_shot import TEMPERATURE, hypotheses_from_params, similarity_scores
 
 
 def test_labels_become_hypotheses_and_descriptions_replace_them():

@@ -1,0 +1,191 @@
+"""The `cortex` command: run the stack, manage keys, look at jobs, start one worker or the gateway."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """Cortex: AI jobs on Celery. Commands find a running `cortex up` stack through CORTEX_DATA_DIR."""
+
+
+@main.command()
+@click.option("--port", default=8001, show_default=True, help="Gateway port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Gateway bind address.")
+@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--web-workers", type=int, help="Gateway processes [default: CORTEX_WEB_WORKERS, else 2]")
+@click.option("--web-threads", type=int,
+              help="Threads per gateway process [default: CORTEX_WEB_THREADS, else 64]")
+def up(port: int, host: str, flower_port: int, web_workers: int | None, web_threads: int | None) -> None:
+    """Start everything (embedded Redis/PostgreSQL unless REDIS_URL/DATABASE_URL are set)."""
+    from cortex_tasks.core.settings import data_dir
+    from cortex_tasks.stack.up import UpOptions, run_up
+
+    sys.exit(run_up(UpOptions(data_dir(), host, port, flower_port, web_workers, web_threads)))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations."""
+    from cortex_tasks.core.settings import get_settings
+    from cortex_tasks.core.storage.migrate import upgrade_to_head
+
+    upgrade_to_head(get_settings().database_url)
+    click.echo("database is at the latest migration")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("profile", type=click.Choice(["gpu", "nlp", "training"]))
+@click.pass_context
+def worker(ctx: click.Context, profile: str) -> None:
+    """Run one worker with its profile (extra arguments go to celery)."""
+    from workers import PROFILES
+
+    argv = [sys.executable, "-m", "celery", *PROFILES[profile].celery_argv(), *ctx.args]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8001", show_default=True)
+@click.option("--workers", "web_workers", type=int, help="Processes [default: CORTEX_WEB_WORKERS, else 2]")
+@click.option("--threads", type=int, help="Threads per process [default: CORTEX_WEB_THREADS, else 64]")
+def web(bind: str, web_workers: int | None, threads: int | None) -> None:
+    """Run the gateway under gunicorn (threads, so many clients can wait at once; gunicorn_conf.py)."""
+    from gunicorn_conf import command
+
+    os.execv(sys.executable, command(bind, web_workers, threads, "--access-logfile", "-"))
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["reader", "inference_user", "model_admin"]))
+@click.option("--name", default=None)
+@click.option("--expires-in-days", type=float, default=None)
+@click.option("--tier", default="default", show_default=True,
+              help="Rate-limit tier: default, premium, unlimited, or one set in CORTEX_RATE_LIMITS.")
+def keys_create(role: str, name: str | None, expires_in_days: float | None, tier: str) -> None:
+    """Create a key; the key itself is printed alone on the last line."""
+    from cortex_tasks.core.audit.service import cli_actor, record_events
+    from cortex_tasks.core.auth.keys import create_key
+
+    try:
+        issued = create_key(role, name, expires_in_days, tier=tier)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    record_events([cli_actor("key.create", issued.key_id, {"role": role, "tier": tier, "name": name})])
+    expiry = issued.expires_at.isoformat() if issued.expires_at else "never"
+    click.echo(f"key id {issued.key_id}, role {issued.role}, tier {issued.tier}, expires {expiry}. "
+               "Store it now; it is not shown again:", err=True)
+    click.echo(issued.key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from cortex_tasks.core.auth.keys import list_keys
+
+    click.echo(json.dumps(list_keys(), indent=2))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    from cortex_tasks.core.audit.service import cli_actor, record_events
+    from cortex_tasks.core.auth.keys import revoke_key
+
+    if not revoke_key(key_id):
+        raise click.ClickException(f"no active key {key_id}")
+    record_events([cli_actor("key.revoke", key_id)])
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def jobs() -> None:
+    """Jobs."""
+
+
+@jobs.command("show")
+@click.argument("job_id")
+def jobs_show(job_id: str) -> None:
+    from cortex_tasks.core.jobs.store import get_job, job_to_api
+
+    job = get_job(job_id)
+    if job is None:
+        raise click.ClickException(f"no job {job_id}")
+    click.echo(json.dumps(job_to_api(job), indent=2))
+
+
+@main.group()
+def batch() -> None:
+    """Batch jobs through the gateway (JSON Lines, JSON, CSV or Parquet in; a result file out)."""
+
+
+def _gateway_url(url: str | None) -> str:
+    from cortex_tasks.core.settings import read_stack_file
+
+    return url or read_stack_file().get("gateway_url") or "http://127.0.0.1:8001"
+
+
+@batch.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--task", required=True, help="The task to run on every input (embed, classify, ner, ...).")
+@click.option("--model", default=None, help="A model name, or name@version.")
+@click.option("--params", "params_json", default="{}", help="Task params as a JSON object.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
+@click.option("--column", default=None, help="Which column / field holds the inputs (default: text or input).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Result file: .jsonl (default), .parquet, .csv or .arrow.")
+@click.option("--url", default=None, help="Gateway URL (default: the running stack's, from stack.json).")
+@click.option("--key", envvar="CORTEX_API_KEY", required=True, help="API key (or set CORTEX_API_KEY).")
+def batch_submit(file: Path, task: str, model: str | None, params_json: str, priority: str, column: str | None,
+                 out: Path | None, url: str | None, key: str) -> None:
+    """Submit FILE as batch jobs, show progress until they finish, and write the results."""
+    from cortex_tasks.cli import batch_client as client
+
+    try:
+        params = json.loads(params_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"--params must be a JSON object ({exc})") from None
+    if not isinstance(params, dict):
+        raise click.BadParameter("--params must be a JSON object")
+    out = out or file.with_name(file.stem + ".results.jsonl")
+    try:
+        inputs = client.read_inputs(file, column)
+        if not inputs:
+            raise click.ClickException(f"{file.name} holds no inputs")
+        gateway = client.Gateway(_gateway_url(url), key)
+        parts = client.submit_all(gateway, inputs, task, model, params, priority)
+        click.echo(f"submitted {len(inputs)} inputs as {len(parts)} batch job(s): "
+                   + ", ".join(part.job_id for part in parts), err=True)
+        with click.progressbar(length=len(inputs), label=f"{task}", show_pos=True, file=sys.stderr) as bar:
+            shown = [0]
+
+            def advance(processed: int) -> None:
+                bar.update(processed - shown[0])
+                shown[0] = processed
+
+            client.wait_all(gateway, parts, advance)
+        failed_jobs = [part for part in parts if part.status != "succeeded"]
+        table = client.collect(gateway, [part for part in parts if part.status == "succeeded"]) \
+            if len(failed_jobs) < len(parts) else None
+        if table is not None:
+            client.write_results(table, inputs, out)
+    except client.BatchClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    done, failed = sum(part.done for part in parts), sum(part.failed for part in parts)
+    click.echo(f"{done} succeeded, {failed} failed" + (f"; results in {out}" if table is not None else ""))
+    if failed_jobs:
+        raise click.ClickException(f"{len(failed_jobs)} batch job(s) did not succeed: "
+                                   + ", ".join(f"{part.job_id} ({part.status})" for part in failed_jobs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Creating a batch job (gateway side, torch-free): the job row and all its chunk rows in one transaction,
+then the first chunks enqueued.
+
+Idempotency (API.md): the jobs table has a unique (owner, idempotency_key). The INSERT ... ON CONFLICT DO
+NOTHING makes concurrent duplicate submissions safe: the second one waits on the first one's index entry,
+inserts nothing, and reads the job the first one created. Only the submission that created the job
+enqueues its chunks, so duplicates never run a batch twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from cortex_tasks.core.batch.config import batch_config, batch_queue
+from cortex_tasks.core.jobs.store import IdempotencyConflict
+from cortex_tasks.core.storage.db import session_scope
+
+CHUNK_TASK = "cortex.batch.run_chunk"
+FINISH_TASK = "cortex.batch.finish_batch"
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    owner: str
+    task: str
+    model: str
+    inputs: list[Any]
+    params: dict[str, Any]
+    priority: int
+    idempotency_key: str | None = None
+    batchable: bool = True  # False: the model needs all inputs together (one chunk)
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    job_id: str
+    created: bool
+    chunks: int
+
+
+def request_hash(task: str, model: str | None, inputs: list[Any], params: dict[str, Any], priority: str) -> str:
+    """What "the same body" means for an idempotency key: the request's content, canonically encoded."""
+    canonical = json.dumps({"task": task, "model": model, "inputs": inputs, "params": params,
+                            "priority": priority}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def chunk_bounds(total: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
+
+
+def create_batch(request: BatchRequest, hash_of_request: str | None) -> SubmittedBatch:
+    config = batch_config()
+    size = config.chunk_size if request.batchable else max(1, len(request.inputs))
+    bounds = chunk_bounds(len(request.inputs), size)
+    queue = batch_queue()
+    job_id = str(uuid.uuid4())
+    deadline = datetime.now(UTC) + timedelta(seconds=config.deadline_seconds)
+    job_params = {"params": request.params, "queue": queue, "chunk_size": size, "chunks": len(bounds),
+                  "batchable": request.batchable}
+    with session_scope() as session:
+        inserted = session.execute(text(
+            "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_done, progress_total, "
+            "attempts, idempotency_key, request_hash, params, deadline_at) "
+            "VALUES (:id, :owner, 'batch', :task, :model, 'queued', :priority, 0, :total, 0, :key, :hash, "
+            "CAST(:params AS jsonb), :deadline) "
+            "ON CONFLICT (owner, idempotency_key) DO NOTHING RETURNING id"
+        ), {"id": job_id, "owner": request.owner, "task": request.task, "model": request.model,
+            "priority": request.priority, "total": len(request.inputs), "key": request.idempotency_key,
+            "hash": hash_of_request, "params": json.dumps(job_params), "deadline": deadline}).scalar()
+        if inserted is None:
+            existing = session.execute(text(
+                "SELECT id, request_hash, params FROM jobs WHERE owner = :owner AND idempotency_key = :key"
+            ), {"owner": request.owner, "key": request.idempotency_key}).one()
+            if existing.request_hash != hash_of_request:
+                raise IdempotencyConflict(request.idempotency_key)
+            return SubmittedBatch(existing.id, False, int((existing.params or {}).get("chunks", 0)))
+        first_wave = config.parallel_workers
+        now = datetime.now(UTC)
+        session.execute(text(
+            "INSERT INTO batch_chunks (job_id, chunk_index, start_index, stop_index, inputs, status, queued_at) "
+            "VALUES (:job_id, :chunk_index, :start, :stop, CAST(:inputs AS jsonb), :status, "
+            ":queued_at)"
+        ), [{"job_id": job_id, "chunk_index": index, "start": start, "stop": stop,
+             "inputs": json.dumps(request.inputs[start:stop], ensure_ascii=False),
+             "status": "queued" if index < first_wave else "pending",
+             "queued_at": now if index < first_wave else None}
+            for index, (start, stop) in enumerate(bounds)])
+    send_chunks(job_id, list(range(min(first_wave, len(bounds)))), queue, request.priority)
+    return SubmittedBatch(job_id, True, len(bounds))
+
+
+def send_chunks(job_id: str, chunk_indexes: list[int], queue: str, priority: int) -> None:
+    """Enqueue chunk tasks. A lost send is not lost work: the chunk row stays `queued` and the stale-job
+    sweep enqueues it again."""
+    from cortex_tasks import app as celery_app
+
+    for index in chunk_indexes:
+        celery_app.send_task(CHUNK_TASK, kwargs={"job_id": job_id, "chunk_index": index},
+                             queue=queue, priority=priority)
+
+
+def send_finish(job_id: str, queue: str, priority: int) -> None:
+    from cortex_tasks import app as celery_app
+
+    celery_app.send_task(FINISH_TASK, kwargs={"job_id": job_id}, queue=queue, priority=priority)

@@ -1,0 +1,52 @@
+"""Running a job inside a task: count the delivery, do the work, record the outcome exactly once.
+
+The returned payload travels back through the result backend to a gateway waiting on it; the job row
+in PostgreSQL is the durable record.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class JobInputError(Exception):
+    """The job's input cannot be processed (a client error discovered in the worker)."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code, self.details = code, details or {}
+
+
+def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
+    if attempt is None:
+        # A duplicate delivery of a finished job, or the redelivery cap was reached: answer from the record.
+        job = store.get_job(job_id)
+        if job is None:
+            return {"status": "failed", "error": {"code": "unknown_job", "message": "no such job"}}
+        return {"status": job.status, "result": job.result, "error": job.error}
+    started = time.perf_counter()
+    try:
+        result = work()
+    except TRANSIENT_ERRORS:
+        raise  # the task's autoretry takes it from here; the job stays running
+    except JobInputError as exc:
+        error = {"code": exc.code, "message": str(exc), "details": exc.details}
+        store.fail_job(job_id, error)
+        return {"status": "failed", "error": error}
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        error = {"code": "job_failed", "message": f"{type(exc).__name__}: {exc}"}
+        store.fail_job(job_id, error)
+        return {"status": "failed", "error": error}
+    result.setdefault("timings", {})["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    store.finish_job(job_id, result)
+    return {"status": "succeeded", "result": result}

@@ -1,0 +1,345 @@
+"""Job records in PostgreSQL: the durable truth about every job (the Celery result backend is transport).
+
+Status moves queued -> running -> succeeded | failed | cancelled; a prediction that finishes quickly is
+written once, finished (record_finished). Every transition is one guarded statement (it changes only a
+job still queued or running), so a redelivered message can neither run a finished job again nor record
+its result twice.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from cortex_tasks.core.storage.db import quick_write_engine, session_scope
+from cortex_tasks.core.storage.tables import Job
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    owner: str
+    kind: str
+    task: str
+    model: str | None = None
+    priority: int = 4
+    total: int = 0
+    params: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    # Past this, the stale-job sweep fails the job (its message was lost), so nothing stays queued forever.
+    deadline_seconds: int = 3600
+
+
+class IdempotencyConflict(Exception):
+    """The same idempotency key was used before with a different request body."""
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
+    """Insert a job; returns (job, created). With an idempotency key an existing job is returned instead."""
+    row = Job(
+        id=job_id or new_job_id(), owner=job.owner, kind=job.kind, task=job.task, model=job.model,
+        status=QUEUED, priority=job.priority, progress_total=job.total, params=job.params,
+        idempotency_key=job.idempotency_key, request_hash=job.request_hash,
+        deadline_at=datetime.now(timezone.utc) + timedelta(seconds=job.deadline_seconds),
+    )
+    try:
+        with session_scope() as session:
+            session.add(row)
+        return row, True
+    except IntegrityError:
+        if job.idempotency_key is None:
+            raise
+    with session_scope() as session:
+        existing = session.scalars(
+            select(Job).where(Job.owner == job.owner, Job.idempotency_key == job.idempotency_key)
+        ).one()
+    if existing.request_hash != job.request_hash:
+        raise IdempotencyConflict(job.idempotency_key)
+    return existing, False
+
+
+def get_job(job_id: str) -> Job | None:
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        return None
+    with session_scope() as session:
+        return session.get(Job, job_id)
+
+
+def begin_attempt(job_id: str, max_deliveries: int) -> int | None:
+    """Count one delivery of the job's message and mark it running.
+
+    Returns the attempt number, or None when the job must not run: it is already finished (a duplicate
+    delivery), or it has been delivered more than `max_deliveries` times (it is then marked failed, so a
+    message that keeps killing its worker cannot loop forever).
+    """
+    with session_scope() as session:
+        attempt = session.execute(
+            text(
+                "UPDATE jobs SET attempts = attempts + 1, status = 'running', "
+                "started_at = coalesce(started_at, now()) "
+                "WHERE id = :id AND status IN ('queued', 'running') RETURNING attempts"
+            ),
+            {"id": job_id},
+        ).scalar()
+    if attempt is None:
+        return None
+    if attempt > max_deliveries:
+        fail_job(job_id, {
+            "code": "redelivery_limit",
+            "message": f"The job was delivered {attempt} times without finishing "
+                       f"(its worker died each time); giving up after {max_deliveries}.",
+        })
+        return None
+    return attempt
+
+
+def finish_job(job_id: str, result: Any = None, result_ref: str | None = None) -> bool:
+    """Record success once; returns False if the job was already finished."""
+    with session_scope() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=SUCCEEDED, result=result, result_ref=result_ref,
+                    progress_done=Job.progress_total, finished_at=text("now()"))
+        ).rowcount
+    return bool(changed)
+
+
+def fail_job(job_id: str, error: dict[str, Any]) -> bool:
+    with session_scope() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=FAILED, error=error, finished_at=text("now()"))
+        ).rowcount
+    return bool(changed)
+
+
+def cancel_job(job_id: str, reason: str) -> bool:
+    with session_scope() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=CANCELLED, error={"code": "cancelled", "message": reason}, finished_at=text("now()"))
+        ).rowcount
+    return bool(changed)
+
+
+def set_progress(job_id: str, done: int, total: int | None = None) -> None:
+    values: dict[str, Any] = {"progress_done": done}
+    if total is not None:
+        values["progress_total"] = total
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def job_to_api(job: Job) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "kind": job.kind,
+        "task": job.task,
+        "status": job.status,
+        "progress": {"done": job.progress_done, "total": job.progress_total},
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,
+    }
+    if job.model:
+        body["model"] = job.model
+    if job.status == SUCCEEDED:
+        body["result"] = job.result
+        if job.result_ref:
+            body["result_ref"] = job.result_ref
+    if job.error:
+        body["error"] = job.error
+    return body
+
+
+# --- Bulk forms, for many small jobs travelling in one message (coalesced predictions). ---
+#
+# A prediction message carries each job's record, and the worker creates the row if the gateway has not
+# (record_finished, or begin_attempts for a job that runs long or is redelivered): the gateway then writes
+# nothing to the database for a prediction answered within its wait budget. It inserts the row itself
+# only before answering 202, so that a status URL always exists.
+
+def job_record(job: NewJob) -> dict[str, Any]:
+    """What a message carries for the worker to create the job's row (JSON-safe)."""
+    return {"owner": job.owner, "kind": job.kind, "task": job.task, "model": job.model, "priority": job.priority,
+            "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds}
+
+
+def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
+    return {
+        "ids": [job_id for job_id, _ in jobs],
+        "owners": [job.owner for _, job in jobs],
+        "kinds": [job.kind for _, job in jobs],
+        "tasks": [job.task for _, job in jobs],
+        "models": [job.model for _, job in jobs],
+        "priorities": [job.priority for _, job in jobs],
+        "totals": [job.total for _, job in jobs],
+        "params": [orjson.dumps(job.params).decode() if job.params else None for _, job in jobs],
+        "deadlines": [job.deadline_seconds for _, job in jobs],
+    }
+
+
+# Rows from arrays in one statement (plain SQL: ORM unit-of-work bookkeeping cost the gateway more CPU
+# than the insert itself). {status}, {attempts} and {started} are filled in by the caller.
+# The columns of _record_columns as a row source `d`, for unnest(...) AS d(...).
+_RECORD_ARRAYS = (
+    "CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
+    "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
+    "CAST(:deadlines AS int[])"
+)
+_RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline"
+_INSERT_FROM_ARRAYS = (
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
+    "attempts, created_at, started_at, deadline_at) "
+    "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
+    "now(), {started}, now() + make_interval(secs => d.deadline) "
+    f"FROM unnest({_RECORD_ARRAYS}) AS d({_RECORD_NAMES}) "
+)
+
+
+def create_jobs(jobs: list[tuple[str, NewJob]]) -> None:
+    """Insert many queued jobs in one statement; a row that already exists (its worker was quicker) stays
+    as it is. No idempotency keys on this path."""
+    if not jobs:
+        return
+    with session_scope() as session:
+        session.execute(text(
+            _INSERT_FROM_ARRAYS.format(status="'queued'", attempts="0", started="NULL")
+            + "ON CONFLICT (id) DO NOTHING"
+        ), _record_columns(jobs))
+
+
+def begin_attempts(job_ids: list[str], max_deliveries: int,
+                   records: dict[str, NewJob] | None = None) -> tuple[dict[str, int], list[str]]:
+    """Bulk begin_attempt: returns ({job_id: attempt} for jobs to run, [job_ids over the delivery cap]).
+
+    Jobs with a record in `records` get their row created here if it does not exist yet."""
+    records = records or {}
+    with_record = [(job_id, records[job_id]) for job_id in job_ids if job_id in records]
+    without_record = [job_id for job_id in job_ids if job_id not in records]
+    rows: list[Any] = []
+    with quick_write_engine().connect() as connection:
+        if with_record:
+            rows += connection.execute(text(
+                _INSERT_FROM_ARRAYS.format(status="'running'", attempts="1", started="now()")
+                + "ON CONFLICT (id) DO UPDATE SET attempts = jobs.attempts + 1, status = 'running', "
+                "started_at = coalesce(jobs.started_at, now()) "
+                "WHERE jobs.status IN ('queued', 'running') RETURNING id, attempts"
+            ), _record_columns(with_record)).all()
+        if without_record:  # messages queued before records travelled with them
+            rows += connection.execute(
+                text(
+                    "UPDATE jobs SET attempts = attempts + 1, status = 'running', "
+                    "started_at = coalesce(started_at, now()) "
+                    "WHERE id = ANY(:ids) AND status IN ('queued', 'running') RETURNING id, attempts"
+                ),
+                {"ids": without_record},
+            ).all()
+    runnable = {job_id: attempt for job_id, attempt in rows if attempt <= max_deliveries}
+    over_cap = [job_id for job_id, attempt in rows if attempt > max_deliveries]
+    for job_id in over_cap:
+        fail_job(job_id, {
+            "code": "redelivery_limit",
+            "message": f"The job was delivered more than {max_deliveries} times without finishing "
+                       "(its worker died each time).",
+        })
+    return runnable, over_cap
+
+
+def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
+    """Record many outcomes in one statement each for successes and failures: {job_id: (status, payload)}.
+
+    Only jobs still queued or running change, so a redelivered message cannot record a result twice;
+    returns the ids recorded.
+    """
+    # orjson: these payloads are mostly floats (embeddings), which the json module formats slowly.
+    succeeded = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
+                 if status == SUCCEEDED]
+    failed = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
+              if status == FAILED]
+    # This hot path neither waits for the WAL flush nor opens a transaction (quick_write_engine): a write
+    # lost in a database crash leaves the job running (its caller was answered through the reply channel)
+    # until the stale-job sweep takes it up.
+    recorded: set[str] = set()
+    with quick_write_engine().connect() as connection:
+        if succeeded:
+            recorded.update(row[0] for row in connection.execute(text(
+                "UPDATE jobs AS j SET status = 'succeeded', result = d.payload::jsonb, "
+                "progress_done = j.progress_total, finished_at = now() "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
+            ), {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]}))
+        if failed:
+            recorded.update(row[0] for row in connection.execute(text(
+                "UPDATE jobs AS j SET status = 'failed', error = d.payload::jsonb, finished_at = now() "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
+            ), {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]}))
+    return recorded
+
+
+# A first delivery's jobs written once, finished: the row is created (or, if the gateway created it,
+# updated) with the outcome and this delivery counted. Rows no longer queued or running (cancelled
+# meanwhile) keep what they say; RETURNING tells which jobs were recorded.
+_RECORD_FINISHED = (
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "
+    "params, attempts, created_at, started_at, finished_at, deadline_at, result, error) "
+    "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
+    "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
+    "to_timestamp(:started), to_timestamp(:started), now(), "
+    "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
+    f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), "
+    f"CAST(:errors AS text[])) AS d({_RECORD_NAMES}, status, result, error) "
+    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, "
+    "error = excluded.error, "
+    "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, to_timestamp(:started)), "
+    "finished_at = now(), "
+    "progress_done = CASE WHEN excluded.status = 'succeeded' THEN jobs.progress_total "
+    "ELSE jobs.progress_done END "
+    "WHERE jobs.status IN ('queued', 'running') RETURNING id"
+)
+
+
+def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, NewJob],
+                    started: float) -> set[str]:
+    """Record jobs whose delivery was not counted yet, finished, in one statement: {job_id: (status,
+    payload)}, with each job's record to create its row from and when the worker started them (Unix time;
+    a row created here was created then too). Returns the ids recorded; a job missing from it was
+    finished or cancelled before (its row is unchanged)."""
+    if not outcomes:
+        return set()
+    jobs = [(job_id, records[job_id]) for job_id in outcomes]
+    payloads = [(status, orjson.dumps(payload).decode()) for status, payload in outcomes.values()]
+    columns = {**_record_columns(jobs), "statuses": [status for status, _ in payloads],
+               "results": [payload if status == SUCCEEDED else None for status, payload in payloads],
+               "errors": [payload if status != SUCCEEDED else None for status, payload in payloads],
+               "started": started}
+    with quick_write_engine().connect() as connection:
+        return {row[0] for row in connection.execute(text(_RECORD_FINISHED), columns)}
+
+
+def get_jobs(job_ids: list[str]) -> list[Job]:
+    with session_scope() as session:
+        return list(session.scalars(select(Job).where(Job.id.in_(job_ids))).all())

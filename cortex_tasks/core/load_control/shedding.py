@@ -1,0 +1,94 @@
+"""Load shedding (architecture document, load_balancing): when a queue is deeper than a bound, or its
+oldest message has waited longer than the queue timeout, new low-priority work is refused with a 503 and
+Retry-After instead of piling up. Interactive (normal/high) work is never shed here.
+
+The queue's state is read from Redis at most every `refresh_seconds` per process. A message's age comes
+from the `enqueued_at` header Cortex puts on every message it sends.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import Counter, Gauge
+
+from cortex_tasks.core.queues import PRIORITY_STEPS
+
+SHED_REQUESTS = Counter("cortex_shed_requests_total", "Requests refused by load shedding", ["queue", "reason"])
+# Gateway processes read the same queues: their latest reading is the one to report (gunicorn_conf.py).
+QUEUE_OLDEST_AGE = Gauge("cortex_queue_oldest_age_seconds", "Age of the oldest waiting message", ["queue"],
+                         multiprocess_mode="livemostrecent")
+
+
+@dataclass(frozen=True)
+class SheddingPolicy:
+    max_depth: int = 500
+    max_age_seconds: float = 0.5  # load_balancing.queue_timeout
+    refresh_seconds: float = 0.2
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    depth: int
+    oldest_age: float
+
+
+def _message_age(raw: bytes | None, now: float) -> float:
+    if not raw:
+        return 0.0
+    try:
+        enqueued_at = json.loads(raw)["headers"].get("enqueued_at")
+        return max(0.0, now - float(enqueued_at)) if enqueued_at else 0.0
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
+
+
+def read_queue_load(client: redis.Redis, queue: str) -> QueueLoad:
+    names = [queue if step == 0 else f"{queue}:{step}" for step in PRIORITY_STEPS]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+        pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right: the tail is the oldest
+    replies = pipe.execute()
+    now = time.time()
+    depth = sum(replies[0::2])
+    oldest = max((_message_age(raw, now) for raw in replies[1::2]), default=0.0)
+    QUEUE_OLDEST_AGE.labels(queue).set(oldest)
+    return QueueLoad(depth, oldest)
+
+
+class LoadShedder:
+    def __init__(self, client: redis.Redis, policy: SheddingPolicy) -> None:
+        self.client, self.policy = client, policy
+        self._loads: dict[str, tuple[float, QueueLoad]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, queue: str) -> QueueLoad:
+        now = time.monotonic()
+        cached = self._loads.get(queue)
+        if cached and cached[0] > now:
+            return cached[1]
+        try:
+            load = read_queue_load(self.client, queue)
+        except redis.RedisError:
+            load = QueueLoad(0, 0.0)
+        with self._lock:
+            self._loads[queue] = (now + self.policy.refresh_seconds, load)
+        return load
+
+    def refusal(self, queue: str, priority_class: str) -> tuple[str, int] | None:
+        """(reason, retry-after seconds) if this request should be shed, else None."""
+        if priority_class != "low":
+            return None
+        load = self.load(queue)
+        if load.depth > self.policy.max_depth:
+            SHED_REQUESTS.labels(queue, "depth").inc()
+            return f"queue {queue!r} holds {load.depth} messages (bound {self.policy.max_depth})", 5
+        if load.oldest_age > self.policy.max_age_seconds:
+            SHED_REQUESTS.labels(queue, "age").inc()
+            return (f"the oldest message in queue {queue!r} has waited {load.oldest_age:.1f}s "
+                    f"(queue timeout {self.policy.max_age_seconds}s)", max(1, int(load.oldest_age)))
+        return None

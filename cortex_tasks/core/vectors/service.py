@@ -1,0 +1,132 @@
+"""Vector collections as the gateway and the workers use them: upserts, searches by vector, and the hook
+through which an `embed` prediction or batch job with `params.collection` stores its
+vectors (`store_embeddings`, called from the worker's inference service). Texts are embedded only by a worker
+(`cortex_tasks.runtime.vectors.service`), which passes its embedder to `upsert_items`.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.storage.vector_store import VectorStore, VectorStoreError
+
+# Plain data the gateway can import too: the dimension of each embedding model.
+EMBEDDING_DIMENSIONS: dict[str, int] = {"all-MiniLM-L6-v2": 384}
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+MAX_ITEMS = 1000
+
+# (model name, texts) -> (one unit-length vector per text, {"name", "version"} of the model that made them)
+Embedder = Callable[[str, list[str]], tuple[np.ndarray, dict[str, str]]]
+
+_store = VectorStore()
+
+
+def vector_store() -> VectorStore:
+    return _store
+
+
+def input_error(exc: VectorStoreError) -> JobInputError:
+    return JobInputError(exc.code, exc.message, {**exc.details, "status": exc.status})
+
+
+def generated_id(text: str) -> str:
+    """Ids for items that came without one: derived from the text, so that a redelivered job (delivery
+    is at-least-once) rewrites the same items instead of adding copies."""
+    return "t-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def upsert_items(collection: str, items: list[dict[str, Any]], created_by: str | None = None,
+                 embed: Embedder | None = None) -> dict[str, Any]:
+    """Upsert `{"id", "text" | "vector", "metadata"?}` items; texts are embedded with the collection's
+    model by `embed` (a worker's; items with texts need one). A missing collection is created (cosine,
+    default HNSW index) for the model's dimension."""
+    started = time.perf_counter()
+    store = vector_store()
+    text_positions = [index for index, item in enumerate(items) if item.get("text") is not None]
+    try:
+        try:
+            target = store.get_collection(collection)
+        except VectorStoreError as exc:
+            if exc.code != "collection_not_found":
+                raise
+            target = None
+        model_name = target.model if target is not None else DEFAULT_EMBEDDING_MODEL
+        if text_positions and not model_name:
+            raise JobInputError("collection_has_no_model",
+                                f"collection {collection!r} has no embedding model: send vectors, not texts")
+        if target is None:
+            first_vector = next((item["vector"] for item in items if item.get("vector") is not None), None)
+            dimension = len(first_vector) if first_vector is not None and not text_positions \
+                else EMBEDDING_DIMENSIONS[DEFAULT_EMBEDDING_MODEL]
+            target = store.ensure_collection(collection, dimension,
+                                             model=DEFAULT_EMBEDDING_MODEL if dimension == 384 else None,
+                                             created_by=created_by)
+        matrix = np.zeros((len(items), target.dimension), dtype=np.float32)
+        vector_positions = [index for index in range(len(items)) if index not in set(text_positions)]
+        model_info = None
+        embed_ms = 0.0
+        if text_positions:
+            if embed is None:
+                raise ValueError("items with texts are embedded by a worker: pass its embedder")
+            embed_started = time.perf_counter()
+            embedded, model_info = embed(target.model or DEFAULT_EMBEDDING_MODEL,
+                                          [items[index]["text"] for index in text_positions])
+            embed_ms = round((time.perf_counter() - embed_started) * 1000, 2)
+            if embedded.shape[1] != target.dimension:
+                raise JobInputError("dimension_mismatch", f"model {model_info['name']} makes "
+                                    f"{embedded.shape[1]}-d vectors; the collection holds {target.dimension}-d")
+            matrix[text_positions] = embedded
+        if vector_positions:
+            matrix[vector_positions] = store_matrix([items[i]["vector"] for i in vector_positions], target.dimension)
+        written = store.upsert(collection, [item["id"] for item in items], matrix,
+                               [item.get("metadata") for item in items])
+    except VectorStoreError as exc:
+        raise input_error(exc) from None
+    body: dict[str, Any] = {"collection": collection, "upserted": written.count, "embedded": len(text_positions),
+                            "timings": {"embed_ms": embed_ms, "write_ms": written.elapsed_ms,
+                                        "total_ms": round((time.perf_counter() - started) * 1000, 2)}}
+    if model_info is not None:
+        body["model"] = model_info
+    return body
+
+
+def store_matrix(vectors: list[Any], dimension: int) -> np.ndarray:
+    from cortex_tasks.core.storage.vector_store import as_matrix
+
+    return as_matrix(vectors, dimension)
+
+
+def store_embeddings(model_info: dict[str, Any], inputs: list[Any], outputs: list[Any],
+                     params: dict[str, Any]) -> dict[str, Any]:
+    """Write an embed job's vectors into `params.collection` (created if missing, for this model).
+
+    Ids are `params.ids` (one per input) or derived from each text; `params.metadata` (one object per
+    input) is stored with them. Items that failed (an error in place of a vector) are skipped.
+    """
+    collection = params["collection"]
+    ids = params.get("ids")
+    metadata = params.get("metadata")
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(inputs)):
+        raise JobInputError("invalid_ids", "params.ids must be a list with one id per input")
+    if metadata is not None and (not isinstance(metadata, list) or len(metadata) != len(inputs)):
+        raise JobInputError("invalid_metadata", "params.metadata must be a list with one object per input")
+    keep = [index for index, output in enumerate(outputs) if isinstance(output, list)]
+    if not keep:
+        return {"name": collection, "upserted": 0, "ids": []}
+    item_ids = [ids[i] if ids is not None else generated_id(str(inputs[i])) for i in keep]
+    try:
+        matrix = np.asarray([outputs[i] for i in keep], dtype=np.float32)
+        target = vector_store().ensure_collection(collection, int(matrix.shape[1]), model=model_info.get("name"))
+        if target.model and target.model != model_info.get("name"):
+            raise JobInputError("model_mismatch", f"collection {collection!r} holds {target.model} vectors; "
+                                f"these come from {model_info.get('name')}")
+        written = vector_store().upsert(collection, item_ids, matrix,
+                                        [metadata[i] for i in keep] if metadata is not None else None)
+    except VectorStoreError as exc:
+        raise input_error(exc) from None
+    return {"name": collection, "upserted": written.count, "ids": item_ids}

@@ -1,0 +1,384 @@
+"""Running one chunk of a batch in a worker: claim it, run the same inference service as /predict over
+its items, store its results, and count it done, all guarded so that a redelivered or duplicated chunk
+message is harmless.
+
+A chunk whose model call fails is retried whole (`retry_count` times, with backoff); after that, and at
+once for errors that retrying cannot fix (a bad item, bad params), its items run one by one, so a bad
+item fails alone and every other item still gets its answer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, ContextManager
+
+from sqlalchemy import text
+
+from cortex_tasks.core.batch import results
+from cortex_tasks.core.batch.config import batch_config
+from cortex_tasks.core.batch.submission import send_chunks, send_finish
+from cortex_tasks.core.catalogue import TASKS, find_model
+from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.runtime.inference import compute
+
+log = logging.getLogger(__name__)
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# How many items chunks waiting for one model may send through it together (see _predict_combined).
+COMBINED_MAX_ITEMS = 300
+
+
+class ChunkModelFailure(Exception):
+    """The model failed on the whole chunk for a reason a retry may fix."""
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    job_id: str
+    chunk_index: int
+    start_index: int
+    inputs: list[Any]
+    attempts: int
+    task: str
+    model: str
+    params: dict[str, Any]
+    queue: str
+    priority: int
+    chunk_size: int
+    batchable: bool = True
+
+
+@dataclass
+class ChunkResult:
+    outputs: list[Any]
+    errors: dict[int, dict[str, Any]] = field(default_factory=dict)  # batch position -> error
+
+
+def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
+    """Mark the chunk running and count the attempt; None if the chunk or its job is already finished."""
+    with session_scope() as session:
+        # Chunk bookkeeping is recoverable (a chunk whose record a crash loses runs again), so it need not
+        # wait for the WAL flush: three fewer fsyncs per chunk.
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
+        job = session.execute(text(
+            "SELECT status, task, model, params, priority FROM jobs WHERE id = :id AND kind = 'batch'"
+        ), {"id": job_id}).one_or_none()
+        if job is None or job.status not in (store.QUEUED, store.RUNNING):
+            return None
+        row = session.execute(text(
+            "UPDATE batch_chunks SET status = 'running', attempts = attempts + 1, started_at = now(), "
+            "updated_at = now() WHERE job_id = :job_id AND chunk_index = :chunk_index "
+            "AND status IN ('pending', 'queued', 'running') RETURNING attempts, start_index, inputs"
+        ), {"job_id": job_id, "chunk_index": chunk_index}).one_or_none()
+        if row is None:
+            return None
+        session.execute(text(
+            "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()) "
+            "WHERE id = :id AND status = 'queued'"), {"id": job_id})
+    params = job.params or {}
+    return ClaimedChunk(job_id, chunk_index, row.start_index, row.inputs, row.attempts, job.task, job.model,
+                        params.get("params") or {}, params.get("queue") or "batch", job.priority,
+                        int(params.get("chunk_size") or batch_config().chunk_size),
+                        batchable=bool(params.get("batchable", True)))
+
+
+def release(job_id: str, chunk_index: int) -> None:
+    """Back to queued before a retry, so progress views do not show it running while it waits."""
+    with session_scope() as session:
+        session.execute(text(
+            "UPDATE batch_chunks SET status = 'queued', queued_at = now(), updated_at = now() "
+            "WHERE job_id = :job_id AND chunk_index = :chunk_index AND status = 'running'"
+        ), {"job_id": job_id, "chunk_index": chunk_index})
+
+
+def item_problem(task: str, item: Any) -> dict[str, Any] | None:
+    """The same checks /predict makes on each input, as a per-item error instead of a 422."""
+    kind = getattr(TASKS.get(task), "input_kind", "text")
+    if kind not in ("text", "text_or_vector"):
+        return None  # structured inputs (series, rows) are checked by their model
+    if isinstance(item, str):
+        if not item.strip():
+            return {"code": "invalid_input", "message": "the text is empty"}
+        limit = get_settings().max_text_length
+        if len(item) > limit:
+            return {"code": "invalid_input",
+                    "message": f"the text has {len(item)} characters; at most {limit} are allowed"}
+        if CONTROL_CHARACTERS.search(item):
+            return {"code": "invalid_input", "message": "the text contains control characters"}
+        return None
+    if kind == "text_or_vector" and isinstance(item, list) and item and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in item):
+        return None
+    expected = "a string or a list of numbers" if kind == "text_or_vector" else "a string"
+    return {"code": "invalid_input", "message": f"the input must be {expected}, not {type(item).__name__}"}
+
+
+def _model_call(model: str, wide_if: compute.WideIf = compute.always) -> ContextManager[compute.CoreGrant]:
+    """A lane of the model and cores for one call: concurrent chunks on a threads worker share the cores
+    with each other and with /predict's batches instead of oversubscribing them (compute.py)."""
+    entry = find_model(model)
+    return compute.model_call(model, entry.compute if entry else compute.EXCLUSIVE, wide_if)
+
+
+def _predict(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
+    """One model call for these values alone (the per-item path, and models that must not be combined)."""
+    from cortex_tasks.runtime.inference import service
+
+    with _model_call(model) as grant:
+        outputs = grant.run(lambda: service.predict(task, model, values, params))["outputs"]
+    if len(outputs) != len(values):
+        raise RuntimeError(f"model returned {len(outputs)} outputs for {len(values)} inputs")
+    return outputs
+
+
+@dataclass
+class _Waiting:
+    values: list[Any]
+    outputs: list[Any] | None = None
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Group:
+    pending: list[_Waiting] = field(default_factory=list)
+
+
+_groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
+_groups_guard = threading.Lock()
+
+
+def _predict_combined(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
+    """Run the chunk's values in one model call together with the other chunks (of any batch) waiting for
+    the same model and params in this process. Chunks wait for a lane of the model anyway; whoever gets one
+    takes every waiting chunk, up to COMBINED_MAX_ITEMS, so the model sees a few hundred texts at once and
+    sorts them by length, as it would the whole dataset: far less padding than 100 texts at a time."""
+    key = (task, model, json.dumps(params, sort_keys=True, default=str))
+    mine = _Waiting(values)
+    with _groups_guard:
+        group = _groups[key]
+        group.pending.append(mine)
+
+    def one_call_takes_all() -> bool:
+        with _groups_guard:
+            return sum(len(entry.values) for entry in group.pending) <= COMBINED_MAX_ITEMS
+
+    while not mine.finished.is_set():
+        with _model_call(model, one_call_takes_all) as grant:
+            taken = _take_waiting(group)
+            if taken:
+                grant.run(partial(_run_combined, task, model, params, taken))
+        if not taken:
+            mine.finished.wait()  # another lane took this chunk's values and is running them
+    if mine.error is not None:
+        raise mine.error
+    assert mine.outputs is not None
+    return mine.outputs
+
+
+def _take_waiting(group: _Group) -> list[_Waiting]:
+    with _groups_guard:
+        taken, size = [], 0
+        while group.pending and (not taken or size + len(group.pending[0].values) <= COMBINED_MAX_ITEMS):
+            entry = group.pending.pop(0)
+            taken.append(entry)
+            size += len(entry.values)
+        return taken
+
+
+def _run_combined(task: str, model: str, params: dict[str, Any], taken: list[_Waiting]) -> None:
+    from cortex_tasks.runtime.inference import service
+
+    size = sum(len(entry.values) for entry in taken)
+    try:
+        combined = service.predict(task, model, [v for entry in taken for v in entry.values], params)["outputs"]
+        if len(combined) != size:
+            raise RuntimeError(f"model returned {len(combined)} outputs for {size} inputs")
+        position = 0
+        for entry in taken:
+            entry.outputs = combined[position:position + len(entry.values)]
+            position += len(entry.values)
+    except BaseException as exc:  # noqa: BLE001 (each chunk's own call decides whose failure it is)
+        for entry in taken:
+            if len(taken) == 1:
+                entry.error = exc
+                continue
+            try:
+                entry.outputs = service.predict(task, model, entry.values, params)["outputs"]
+            except BaseException as own:  # noqa: BLE001 (handed to the chunk that owns it)
+                entry.error = own
+    finally:
+        for entry in taken:
+            entry.finished.set()
+
+
+def _error_of(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, (ItemError, JobInputError)):
+        return {"code": exc.code, "message": str(exc)}
+    return {"code": "model_error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
+    """Outputs for every item of the chunk (None where it failed) and the failures by batch position.
+
+    Raises ChunkModelFailure when the whole-chunk call failed and `whole_chunk_allowed` (retries left)."""
+    outputs: list[Any] = [None] * len(chunk.inputs)
+    errors: dict[int, dict[str, Any]] = {}
+    runnable: list[int] = []
+    for offset, item in enumerate(chunk.inputs):
+        problem = item_problem(chunk.task, item)
+        if problem is None:
+            runnable.append(offset)
+        else:
+            errors[chunk.start_index + offset] = problem
+    if not runnable:
+        return ChunkResult(outputs, errors)
+    values = [chunk.inputs[offset] for offset in runnable]
+    one_by_one = False
+    predict = _predict_combined if chunk.batchable else _predict
+    try:
+        for offset, output in zip(runnable, predict(chunk.task, chunk.model, values, chunk.params)):
+            outputs[offset] = output
+    except TRANSIENT_ERRORS:
+        raise
+    except (ItemError, JobInputError):
+        one_by_one = True  # retrying the same items cannot help: find the bad ones now
+    except Exception as exc:
+        if whole_chunk_allowed:
+            raise ChunkModelFailure(f"{type(exc).__name__}: {exc}") from exc
+        log.warning("chunk %s/%d failed after its retries (%s); running its items one by one",
+                    chunk.job_id, chunk.chunk_index, exc)
+        one_by_one = True
+    if one_by_one:
+        for offset in runnable:
+            try:
+                outputs[offset] = _predict(chunk.task, chunk.model, [chunk.inputs[offset]], chunk.params)[0]
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 (whatever one item raises fails that item alone)
+                errors[chunk.start_index + offset] = _error_of(exc)
+    return ChunkResult(outputs, errors)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    counted: bool  # False: another delivery had already recorded this chunk
+    next_chunks: list[int]
+    all_finished: bool
+
+
+def record(chunk: ClaimedChunk, result: ChunkResult, result_ref: str) -> Recorded:
+    """Count the chunk done and pick the next chunk to enqueue, in one transaction holding the job row
+    lock, so that concurrent chunks of one batch agree on who enqueues what and who finishes the batch."""
+    failed = len(result.errors)
+    errors = [{"index": index, "error": error} for index, error in sorted(result.errors.items())]
+    with session_scope() as session:
+        session.execute(text("SET LOCAL synchronous_commit TO off"))
+        job_status = session.execute(text("SELECT status FROM jobs WHERE id = :id FOR UPDATE"),
+                                     {"id": chunk.job_id}).scalar()
+        counted = session.execute(text(
+            "UPDATE batch_chunks SET status = 'succeeded', succeeded_count = :succeeded, "
+            "failed_count = :failed, errors = CAST(:errors AS jsonb), result_ref = :ref, finished_at = now(), "
+            "updated_at = now() WHERE job_id = :job_id AND chunk_index = :chunk_index AND status <> 'succeeded'"
+        ), {"succeeded": len(chunk.inputs) - failed, "failed": failed, "errors": json.dumps(errors),
+            "ref": result_ref, "job_id": chunk.job_id, "chunk_index": chunk.chunk_index}).rowcount
+        if not counted:
+            return Recorded(False, [], False)
+        session.execute(text("UPDATE jobs SET progress_done = progress_done + :n WHERE id = :id"),
+                        {"n": len(chunk.inputs), "id": chunk.job_id})
+        next_chunks: list[int] = []
+        if job_status in (store.QUEUED, store.RUNNING):
+            next_chunks = list(session.execute(text(
+                "UPDATE batch_chunks SET status = 'queued', queued_at = now(), updated_at = now() "
+                "WHERE job_id = :job_id AND chunk_index = (SELECT min(chunk_index) FROM batch_chunks "
+                "WHERE job_id = :job_id AND status = 'pending') RETURNING chunk_index"
+            ), {"job_id": chunk.job_id}).scalars())
+        unfinished = session.execute(text(
+            "SELECT count(*) FROM batch_chunks WHERE job_id = :job_id AND status <> 'succeeded'"
+        ), {"job_id": chunk.job_id}).scalar()
+    return Recorded(True, next_chunks, unfinished == 0)
+
+
+def give_up(chunk: ClaimedChunk, reason: dict[str, Any]) -> Recorded:
+    """Every item of the chunk fails with `reason` (a chunk that keeps killing its worker)."""
+    result = ChunkResult([None] * len(chunk.inputs),
+                         {chunk.start_index + offset: reason for offset in range(len(chunk.inputs))})
+    ref = results.write_chunk(chunk.job_id, chunk.chunk_index,
+                              results.chunk_table(chunk.start_index, result.outputs, result.errors))
+    return record(chunk, result, ref)
+
+
+def max_chunk_attempts() -> int:
+    """Whole-chunk retries plus the deliveries a dying worker may cost."""
+    return batch_config().retry_count + 1 + get_settings().max_deliveries
+
+
+def run_chunk(job_id: str, chunk_index: int, retries_done: int) -> dict[str, Any]:
+    """Returns a small summary; raises ChunkModelFailure when the task should retry the chunk."""
+    chunk = claim(job_id, chunk_index)
+    if chunk is None:
+        return {"job_id": job_id, "chunk": chunk_index, "skipped": True}
+    if chunk.attempts > max_chunk_attempts():
+        recorded = give_up(chunk, {"code": "redelivery_limit",
+                                   "message": f"the chunk was started {chunk.attempts} times without finishing"})
+    else:
+        try:
+            result = infer(chunk, whole_chunk_allowed=retries_done < batch_config().retry_count)
+        except ChunkModelFailure:
+            release(job_id, chunk_index)
+            raise
+        table = results.chunk_table(chunk.start_index, result.outputs, result.errors)
+        recorded = record(chunk, result, results.write_chunk(job_id, chunk_index, table))
+    after_recording(chunk, recorded)
+    return {"job_id": job_id, "chunk": chunk_index, "counted": recorded.counted}
+
+
+def after_recording(chunk: ClaimedChunk, recorded: Recorded) -> None:
+    if recorded.next_chunks:
+        send_chunks(chunk.job_id, recorded.next_chunks, chunk.queue, chunk.priority)
+    if recorded.all_finished:
+        send_finish(chunk.job_id, chunk.queue, chunk.priority)
+
+
+def finish_batch(job_id: str) -> dict[str, Any]:
+    """Merge the chunk results into the job's Parquet file and finish the job. Idempotent: a second run
+    rewrites the same file and changes nothing in the job row."""
+    with session_scope() as session:
+        job = session.execute(text(
+            "SELECT status, progress_total, params FROM jobs WHERE id = :id AND kind = 'batch'"),
+            {"id": job_id}).one_or_none()
+        chunks = session.execute(text(
+            "SELECT chunk_index, status, result_ref, succeeded_count, failed_count FROM batch_chunks "
+            "WHERE job_id = :id ORDER BY chunk_index"), {"id": job_id}).all()
+    if job is None or job.status not in (store.QUEUED, store.RUNNING):
+        return {"job_id": job_id, "finished": False, "reason": "not running"}
+    if not chunks or any(chunk.status != "succeeded" for chunk in chunks):
+        return {"job_id": job_id, "finished": False, "reason": "chunks unfinished"}
+    chunk_size = int((job.params or {}).get("chunk_size") or batch_config().chunk_size)
+    name, size = results.write_merged(job_id, [chunk.result_ref for chunk in chunks], chunk_size)
+    succeeded = sum(chunk.succeeded_count for chunk in chunks)
+    failed = sum(chunk.failed_count for chunk in chunks)
+    summary = {"total": job.progress_total, "done": succeeded, "failed": failed, "result_ref": name,
+               "format": "parquet", "size_bytes": size, "chunks": len(chunks)}
+    if succeeded == 0:
+        with session_scope() as session:
+            session.execute(text(
+                "UPDATE jobs SET status = 'failed', result = CAST(:result AS jsonb), result_ref = :ref, "
+                "progress_done = progress_total, finished_at = now(), error = CAST(:error AS jsonb) "
+                "WHERE id = :id AND status IN ('queued', 'running')"
+            ), {"id": job_id, "ref": name, "result": json.dumps(summary), "error": json.dumps({
+                "code": "all_items_failed", "message": f"All {failed} items failed; see /batch/errors.",
+                "details": {"failed": failed}})})
+    else:
+        store.finish_job(job_id, summary, result_ref=name)
+    return {"job_id": job_id, "finished": True, **summary}

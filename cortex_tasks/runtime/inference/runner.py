@@ -1,0 +1,276 @@
+"""Running a message of prediction jobs in a worker: count deliveries, batch the items through the
+model, fall back when the model fails, record every outcome once, in bulk."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
+from cortex_tasks.core.catalogue import TASKS, find_model
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.settings import Batching, get_settings
+from cortex_tasks.runtime.inference import compute, service
+from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
+from cortex_tasks.runtime.models.loaded import get_model
+
+log = logging.getLogger(__name__)
+_batchers = BatcherRegistry()
+AfterReply = list[Callable[[], None]]  # work left until a message's outcomes are published
+Counted = tuple[dict[str, int], list[str]]  # ({job_id: attempt} of the jobs to run, [job_ids over the cap])
+# A first delivery's jobs still running after this long are marked running (DeliveryCount).
+MARK_RUNNING_AFTER_SECONDS = 1.0
+_running_marks = DelayedCalls(MARK_RUNNING_AFTER_SECONDS, "cortex-running-marks")
+
+
+def answers_per_job(entry: Any, params: dict[str, Any]) -> bool:
+    """Models that must see a job's inputs together (a projection, say) get each job's list as one value.
+    So do embed jobs that fill a vector collection: their ids and metadata line up with their inputs."""
+    return not getattr(entry, "batchable", True) or bool(params.get("collection"))
+
+
+def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching:
+    """How a model's batcher batches: as configured for it (settings.batching_for), or one value per call
+    when batching is off or the model answers per job."""
+    settings = get_settings()
+    batching = settings.batching_for(model_name)
+    if settings.batching_enabled and not answers_per_job(entry, params):
+        return batching
+    return Batching(1, batching.max_wait_seconds)
+
+
+def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
+    key = (model_name, json.dumps(params, sort_keys=True))
+    entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
+    if entry is None:
+        raise KeyError(model_name)
+
+    def create() -> DynamicBatcher:  # once per model and params in this process
+        per_job = answers_per_job(entry, params)
+        batching = batching_of(model_name, entry, params)
+
+        def run_batch(values: list[Any]) -> list[Any]:
+            if per_job:  # each value is one job's whole input list, answered as a unit
+                return [service.predict(task, model_name, value, params)["outputs"] for value in values]
+            return service.predict(task, model_name, values, params)["outputs"]
+
+        return DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
+                              max_wait=batching.max_wait_seconds, name=f"batcher-{model_name}",
+                              lanes=compute.lanes(entry.compute),
+                              call_slot=partial(compute.model_call, model_name, entry.compute))
+
+    return _batchers.get(key, create)
+
+
+def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
+            announcement: Announcement | None = None) -> list[Any]:
+    return _batcher(task, model_name, params).submit(values, priority, announcement=announcement)
+
+
+def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
+               announcement: Announcement | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Outputs (or ItemFailure) for `values`, and which model answered (falling back if needed)."""
+    fallback_reason = None
+    try:
+        model = get_model(model_name)
+        results = _submit(task, model_name, params, values, priority, announcement)
+        model_failed = all(isinstance(r, ItemFailure) and r.code == "model_error" for r in results)
+        if not model_failed:
+            return results, {"name": model.info.name, "version": model.info.version}
+        fallback_reason = results[0].message
+    except JobInputError:
+        raise
+    except Exception as exc:  # the model could not be loaded
+        log.exception("model %s failed to load", model_name)
+        fallback_reason = f"{type(exc).__name__}: {exc}"
+    fallback = TASKS[task].fallback_model
+    if fallback is None or fallback == model_name:
+        return ([ItemFailure("model_error", f"model {model_name} failed: {fallback_reason}")] * len(values),
+                {"name": model_name, "version": getattr(find_model(model_name), "version", "unknown")})
+    log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
+    results = _submit(task, fallback, params, values, priority)
+    fallback_model = get_model(fallback)
+    return results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
+                     "fallback_from": model_name, "fallback_reason": fallback_reason}
+
+
+def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
+                announcement: Announcement | None, write_through: bool = False, looked_up: bool = False,
+                after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """_run_items with the prediction cache around it: only misses reach the model, and what the model
+    itself answers (not a fallback) is stored for every gateway and worker. `looked_up`: the values
+    were looked up in L2 just before the message was sent, so only this worker's L1 is asked.
+    Storing waits in `after_reply`, if given, until the callers have their answers."""
+    cache = get_cache()
+    entry = find_model(model_name)
+    if entry is None or not (cache.enabled and TASKS[task].cacheable):
+        return _run_items(task, model_name, params, values, priority, announcement)
+
+    def store(pairs: list[tuple[str, Any]]) -> None:
+        if pairs:
+            write = partial(cache.store, [key for key, _ in pairs], [value for _, value in pairs])
+            if after_reply is None:
+                write()
+            else:
+                after_reply.append(write)
+
+    keys = keys_for(task, model_name, entry.version, params, values)
+    results = cache.lookup(keys, shared=not looked_up)
+    missing = [i for i, value in enumerate(results) if value is MISSING]
+    answered_by = {"name": model_name, "version": entry.version}
+    if missing:
+        computed, answered_by = _run_items(task, model_name, params, [values[i] for i in missing], priority,
+                                           announcement)
+        fresh = [(keys[i], value) for i, value in zip(missing, computed) if not isinstance(value, ItemFailure)]
+        for i, value in zip(missing, computed):
+            results[i] = value
+        if "fallback_from" not in answered_by and not write_through:
+            store(fresh)
+    elif announcement is not None:
+        announcement.cancel()
+    if write_through and "fallback_from" not in answered_by:
+        store([(key, value) for key, value in zip(keys, results) if not isinstance(value, ItemFailure)])
+    return results, answered_by
+
+
+def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
+    return {"index": index, "error": {"code": failure.code, "message": failure.message}}
+
+
+def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+             priority: int = 4, first_delivery: bool = False,
+             after_reply: AfterReply | None = None) -> dict[str, dict[str, Any]]:
+    """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
+
+    `first_delivery`: no worker has started this message before (it was neither restored after a worker
+    died nor retried), so its jobs are counted only if they run long (DeliveryCount).
+    `after_reply`: where to leave the work that can wait until the outcomes are published (filling the
+    shared cache, a Redis round trip); without it, that work is done here."""
+    started = time.perf_counter()
+    # While this message is being prepared (cache lookup; for a redelivery, a database round trip), a batch
+    # forming for the same model may wait a moment for its items instead of leaving without them.
+    batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
+    announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
+    try:
+        return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery,
+                              after_reply)
+    finally:
+        if announcement is not None:
+            announcement.cancel()
+
+
+class DeliveryCount:
+    """This delivery of a message's jobs, counted in their rows (which it creates from the records the
+    messages carry: the gateway leaves that to us).
+
+    A redelivery is counted before anything runs, so that a message that kills its worker every time is
+    failed at the cap. A first delivery is counted only if its jobs are still running after
+    MARK_RUNNING_AFTER_SECONDS (they then show `running` too); most finish sooner, and are then written
+    once, finished and counted, in one statement (store.record_finished): one database write per job on
+    every prediction's path instead of two. Should a first delivery kill its worker before it was
+    counted, its redeliveries still count up to the cap (one delivery later)."""
+
+    def __init__(self, jobs: list[dict[str, Any]], first_delivery: bool) -> None:
+        job_ids = [job["job_id"] for job in jobs]
+        self.started = time.time()
+        self.new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
+        count = partial(store.begin_attempts, job_ids, get_settings().max_deliveries, self.new_rows)
+        self.before_run: Counted | None = None
+        self._deferred: DeferredCall[Counted] | None = None
+        if first_delivery and len(self.new_rows) == len(job_ids):
+            self._deferred = _running_marks.schedule(count)
+        else:  # a redelivery, or jobs whose rows only the gateway could create (older messages)
+            self.before_run = count()
+
+    def record(self, records: dict[str, tuple[str, Any]]) -> set[str]:
+        """Write the outcomes of the jobs that ran ({job_id: (status, payload)}); returns the ids recorded.
+        The others were finished, cancelled or failed at the delivery cap first: their rows say so."""
+        counted = self.before_run
+        if self._deferred is not None:
+            ran, counted = self._deferred.skip_or_wait()
+            if not ran:
+                return store.record_finished(records, self.new_rows, self.started)
+        assert counted is not None
+        runnable = counted[0]
+        return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in runnable})
+
+
+def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -> None:
+    if job_ids:
+        for job in store.get_jobs(job_ids):
+            outcomes[job.id] = {"status": job.status, "result": job.result, "error": job.error}
+
+
+def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+                   priority: int, started: float, announcement: Announcement | None,
+                   first_delivery: bool, after_reply: AfterReply | None) -> dict[str, dict[str, Any]]:
+    outcomes: dict[str, dict[str, Any]] = {}
+    count = DeliveryCount(jobs, first_delivery)
+    if count.before_run is not None:
+        # Duplicate deliveries of finished jobs and jobs over the delivery cap do not run.
+        runnable = count.before_run[0]
+        _answer_from_rows([job["job_id"] for job in jobs if job["job_id"] not in runnable], outcomes)
+        jobs = [job for job in jobs if job["job_id"] in runnable]
+        if not jobs:
+            return outcomes
+    try:
+        results, answered_by = _results_of(task, model_name, params, jobs, priority, announcement,
+                                           after_reply)
+    except JobInputError as exc:
+        error = {"code": exc.code, "message": str(exc), "details": exc.details}
+        answers = {job["job_id"]: {"status": store.FAILED, "error": error} for job in jobs}
+        records = {job_id: (store.FAILED, error) for job_id in answers}
+    else:
+        answers, records = _job_outcomes(task, jobs, results, answered_by,
+                                         round((time.perf_counter() - started) * 1000, 2))
+    recorded = count.record(records)
+    outcomes.update({job_id: answer for job_id, answer in answers.items() if job_id in recorded})
+    _answer_from_rows([job_id for job_id in answers if job_id not in recorded], outcomes)
+    return outcomes
+
+
+def _job_outcomes(task: str, jobs: list[dict[str, Any]], results: list[Any], answered_by: dict[str, Any],
+                  worker_ms: float) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, Any]]]:
+    """Each job's answer for its caller and its record for the job row, from the results of all inputs."""
+    answers: dict[str, dict[str, Any]] = {}
+    records: dict[str, tuple[str, Any]] = {}
+    position = 0
+    for job in jobs:
+        job_results = results[position:position + len(job["inputs"])]
+        position += len(job["inputs"])
+        failures = [(i, r) for i, r in enumerate(job_results) if isinstance(r, ItemFailure)]
+        outputs = [_item_error(i, r) if isinstance(r, ItemFailure) else r for i, r in enumerate(job_results)]
+        if failures and not job.get("inline_errors"):
+            first_index, first = failures[0]
+            error = {"code": first.code, "message": f"inputs[{first_index}]: {first.message}",
+                     "details": {"items": [_item_error(i, f) for i, f in failures]}}
+            records[job["job_id"]] = (store.FAILED, error)
+            answers[job["job_id"]] = {"status": store.FAILED, "error": error, "model": answered_by}
+            continue
+        result = {"task": task, "model": answered_by, "outputs": outputs, "timings": {"worker_ms": worker_ms}}
+        records[job["job_id"]] = (store.SUCCEEDED, result)
+        answers[job["job_id"]] = {"status": store.SUCCEEDED, "result": result}
+    return answers, records
+
+
+def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]], priority: int,
+                announcement: Announcement | None,
+                after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """One result (or ItemFailure) per input of every job, in order, and which model answered."""
+    if answers_per_job(find_model(model_name), params):
+        results, answered_by = _run_items(task, model_name, params, [job["inputs"] for job in jobs], priority,
+                                          announcement)
+        return ([item for job, result in zip(jobs, results)
+                 for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))],
+                answered_by)
+    # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
+    write_through = any(job.get("warm") for job in jobs)
+    # What a gateway looked up in L2 just before sending is not looked up there again.
+    looked_up = all(job.get("looked_up") for job in jobs)
+    return _run_cached(task, model_name, params, [v for job in jobs for v in job["inputs"]], priority,
+                       announcement, write_through, looked_up, after_reply)

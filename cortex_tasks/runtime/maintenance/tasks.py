@@ -1,0 +1,73 @@
+"""Periodic housekeeping tasks (scheduled by beat_schedule.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from cortex_tasks import app
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.runtime.maintenance import housekeeping, service
+
+HOUSEKEEPING: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "max_retries": 3}
+
+
+@app.task(name="cortex.maintenance.sweep_stale_jobs", soft_time_limit=60, time_limit=90, **HOUSEKEEPING)
+def sweep_stale_jobs() -> dict[str, int]:
+    from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
+    from cortex_tasks.runtime.training.recovery import requeue_dead_training
+
+    # Re-enqueue what can safely run again first; only what is past its deadline is failed.
+    requeued = {**requeue_stalled_batches(), **requeue_dead_training()}
+    failed = service.fail_stale_jobs()
+    from cortex_tasks.runtime.training.recovery import fail_orphaned_runs
+
+    return {"failed": failed, **requeued, "training_runs_failed": fail_orphaned_runs()}
+
+
+@app.task(name="cortex.maintenance.expire_job_records", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+def expire_job_records() -> dict[str, int]:
+    return {"deleted": service.delete_expired_jobs(get_settings().job_retention_days)}
+
+
+@app.task(name="cortex.maintenance.purge_audit_events", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+def purge_audit_events() -> dict[str, int]:
+    """Audit events older than the retention period (architecture document: audit.retention_period)."""
+    from cortex_tasks.core.audit.service import purge_older_than
+
+    return {"deleted": purge_older_than(get_settings().audit_retention_days)}
+
+
+@app.task(name="cortex.maintenance.expire_results", soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
+def expire_results() -> dict[str, int]:
+    from cortex_tasks.core.batch.config import batch_config
+
+    return housekeeping.expire_results(batch_config().result_retention_days)
+
+
+@app.task(name="cortex.maintenance.roll_up_metrics", soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
+def roll_up_metrics() -> dict[str, int]:
+    return housekeeping.roll_up_metrics()
+
+
+@app.task(name="cortex.maintenance.warm_cache", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+def warm_cache() -> dict[str, Any]:
+    return housekeeping.warm_cache()
+
+
+@app.task(name="cortex.maintenance.retrain_due_models", soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
+def retrain_due_models() -> dict[str, Any]:
+    from cortex_tasks.core.training.schedules import retrain_due_models as start_due
+
+    return start_due()
+
+
+@app.task(name="cortex.maintenance.promote_aged_jobs", soft_time_limit=20, time_limit=30, **HOUSEKEEPING)
+def promote_aged_jobs() -> dict[str, dict[str, int]]:
+    import redis
+
+    from cortex_tasks.core.load_control.aging import promote_aged
+    from cortex_tasks.core.queues import GPU, NLP
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    return {queue: promote_aged(client, queue, settings.priority_aging_seconds) for queue in (GPU, NLP)}

@@ -1,0 +1,43 @@
+"""Thin Celery tasks of the registry."""
+from __future__ import annotations
+
+from typing import Any
+
+from cortex_tasks import app
+from cortex_tasks.core.jobs.outcomes import publish_outcome
+from cortex_tasks.core.jobs.running import JobInputError, run_job
+from cortex_tasks.core.registry import readiness, service
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.storage.object_store import ObjectStoreError, ObjectStoreUnavailable
+
+
+def activate(deployment_id: int, job_id: str) -> dict[str, Any]:
+    """Check the version is ready, then switch traffic to it. A failed check fails the deployment and
+    leaves the serving versions as they were."""
+    name, pending = service.deployment(deployment_id)
+    record = service.get_version(name, pending["version"])
+    try:
+        check = readiness.check_ready(record)
+    except ObjectStoreUnavailable:
+        raise  # transient: the task retries, the deployment stays pending
+    except ObjectStoreError as exc:
+        error = {"code": exc.code, "message": exc.message}
+        service.fail_deployment(deployment_id, error, job_id)
+        raise JobInputError(exc.code, f"{record.reference} is not ready: {exc.message}",
+                            {"deployment_id": deployment_id}) from None
+    except Exception as exc:  # noqa: BLE001 (any failure of a probe means: not ready)
+        error = {"code": "readiness_check_failed", "message": f"{type(exc).__name__}: {exc}"}
+        service.fail_deployment(deployment_id, error, job_id)
+        raise JobInputError("readiness_check_failed", f"{record.reference} is not ready: {error['message']}",
+                            {"deployment_id": deployment_id}) from None
+    switched = service.complete_deployment(deployment_id, job_id)
+    _, done = service.deployment(deployment_id)
+    return {"version": switched.as_dict(), "deployment": done, "readiness": check}
+
+
+@app.task(name="cortex.registry.activate_version", soft_time_limit=300, time_limit=360,
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
+def activate_version(*, job_id: str, deployment_id: int, reply_to: str | None = None) -> dict[str, Any]:
+    outcome = run_job(job_id, lambda: activate(deployment_id, job_id))
+    publish_outcome(reply_to, job_id, outcome)
+    return outcome
