@@ -40,7 +40,7 @@ from cortex_web.replies import ReplyListener
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp)
-PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page"}
+PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset"}
 _queue_collector_registered = False
 
 

@@ -1,62 +1,152 @@
-"""The OpenAPI 3 document, built from the app's own URL map so every route is listed, with the request
-bodies the gateway validates."""
+"""The OpenAPI 3.1 document, built from the app's own URL map so every route is listed, with the request
+models the gateway validates with and the response models of cortex_web/responses.py.
+
+3.1 because its schemas are JSON Schema 2020-12, which is what pydantic emits (`{"type": "null"}`,
+`const`); every model lands in components/schemas and every reference points there."""
 from __future__ import annotations
 
 import re
 from typing import Any
 
 from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
+from cortex_web import responses
 from cortex_web.schemas import CreateKeyRequest, PipelineRequest, PredictRequest
 
-REQUEST_BODIES: dict[tuple[str, str], type] = {
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict"): PredictRequest,
     ("post", "/api/v1/predict/batch"): PredictRequest,
     ("post", "/api/v1/predict/stream"): PredictRequest,
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
 }
-PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs"}
-ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}},
+# These views read the body only when one is sent (an empty body means the defaults).
+OPTIONAL_BODIES = {("post", "/api/v1/models/{name}/rollback"), ("post", "/api/v1/vectors/{collection}/index")}
+
+ACCEPTED = (responses.Accepted, "Not finished within `wait`: the job id and the URL to poll.")
+# job_reply (cortex_web/dispatch.py): the job id and the worker's result fields (they differ by task).
+JOB_RESULT = (None, "Finished within the wait: job_id and the job's result fields.")
+RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] = {
+    ("post", "/api/v1/predict"): {"200": (responses.PredictResponse, "The prediction."), "202": ACCEPTED},
+    ("post", "/api/v1/predict/batch"): {
+        "200": (responses.PredictBatchResponse, "Every item's output; a failed item is {index, error}."),
+        "202": ACCEPTED},
+    ("post", "/api/v1/predict/pipeline"): {"200": (responses.PipelineResponse, "Every step and the last outputs.")},
+    ("get", "/api/v1/jobs/{job_id}"): {"200": (responses.JobResponse, "The job's state, and its result once done.")},
+    ("post", "/api/v1/batch/submit"): {"202": (responses.BatchSubmitted, "Accepted; poll progress_url.")},
+    ("get", "/api/v1/batch/progress/{job_id}"): {"200": (responses.BatchProgress, "Progress of the batch.")},
+    ("get", "/api/v1/batch/results/{job_id}"): {"200": (responses.BatchResultsPage, "A page of results.")},
+    ("get", "/api/v1/batch/errors/{job_id}"): {"200": (responses.BatchErrors, "The failed items.")},
+    ("post", "/api/v1/keys"): {"201": (responses.KeyCreated, "The new key; its secret is shown only here.")},
+    ("post", "/api/v1/documents"): {"200": JOB_RESULT, "202": ACCEPTED},
+    ("post", "/api/v1/qa"): {"200": JOB_RESULT, "202": ACCEPTED},
+    ("post", "/api/v1/vectors/{collection}"): {"200": JOB_RESULT, "202": ACCEPTED},
+    ("post", "/api/v1/vectors/{collection}/search"): {"200": JOB_RESULT, "202": ACCEPTED},
+    ("post", "/api/v1/vectors/{collection}/index"): {"200": JOB_RESULT, "202": ACCEPTED},
 }
+# Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
+BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
+                                                                "application/vnd.apache.parquet"}},
+                  "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "contentMediaType":
+                                                                     "application/vnd.apache.arrow.stream"}}}
+PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs",
+                "/api/v1/docs/assets/{filename}"}
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
+    "401": ("No key, or a bad, revoked or expired one (missing_api_key, invalid_api_key).", False),
+    "403": ("The key's role lacks the permission this route needs (forbidden).", False),
+    "422": ("The body or query is invalid (invalid_request, invalid_query and task-specific codes).", False),
+    "429": ("Rate limited (rate_limited) or a quota is used up; see Retry-After.", True),
+    "4XX": (("Another client error, e.g. 400 malformed JSON, 404 unknown job or model, 409 conflict, "
+             "413 body too large, 415 not JSON."), False),
+    "503": (("Overloaded (overloaded: load shedding or too many requests in flight), the model's circuit is "
+             "open (circuit_open), or a dependency is not configured; see Retry-After where given."), True),
+    "5XX": (("A server or worker failure (500 internal_error, 502 the job failed in the worker, "
+             "504 a pipeline step timed out)."), False),
+}
+PATH_PARAMETER = re.compile(r"<(?:([^:<>]+):)?([^<>]+)>")
 
 
-def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type] | None = None) -> dict[str, Any]:
+def _error_responses(public: bool) -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for status, (meaning, retry_after) in ERROR_RESPONSES.items():
+        if public and status in ("401", "403", "429"):
+            continue
+        answers[status] = {"description": meaning, "content": {"application/json": {"schema": ERROR_REF}}}
+        if retry_after:
+            answers[status]["headers"] = RETRY_AFTER
+    return answers
+
+
+def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """Every request and response model's schema under components/schemas; returns the {"$ref": ...} of each
+    (model, mode) and the schemas. Requests in validation mode (what is accepted), responses in
+    serialization mode (what is sent)."""
+    requests = {model for model in bodies.values()}
+    answers = {model for by_status in RESPONSES.values() for model, _ in by_status.values() if model is not None}
+    answers.add(responses.ErrorResponse)
+    wanted = ([(model, "validation") for model in sorted(requests, key=lambda m: m.__name__)]
+              + [(model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)])
+    refs, schemas = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
+    return refs, schemas.get("$defs", {})
+
+
+def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseModel]] | None = None) -> dict[str, Any]:
     """`blueprint_bodies`: the request models the blueprints declare, by (method, path)."""
     bodies = {**REQUEST_BODIES, **(blueprint_bodies or {})}
+    refs, schemas = _components(bodies)
     paths: dict[str, dict[str, Any]] = {}
+    operation_ids: set[str] = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        path = PATH_PARAMETER.sub(r"{\2}", rule.rule)
+        converters = {name: converter for converter, name in PATH_PARAMETER.findall(rule.rule)}
         view = app.view_functions[rule.endpoint]
+        doc = (view.__doc__ or rule.endpoint).strip()
+        public = path in PUBLIC_PATHS
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            method = method.lower()
+            # An operationId must be unique; one view serving several methods or rules would repeat it.
+            operation_id = rule.endpoint if rule.endpoint not in operation_ids else f"{rule.endpoint}_{method}"
+            operation_ids.add(operation_id)
+            documented = RESPONSES.get((method, path), {})
+            answers: dict[str, Any] = {"200": {"description": "OK"}} if not documented else {}
+            for status, (model, meaning) in documented.items():
+                schema = {"type": "object"} if model is None else refs[(model, "serialization")]
+                answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}
+            if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
+                answers["200"]["content"].update(BINARY_RESULTS)
+            answers.update(_error_responses(public))
             operation: dict[str, Any] = {
-                "operationId": rule.endpoint,
-                "summary": (view.__doc__ or rule.endpoint).strip().splitlines()[0],
-                "parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                "operationId": operation_id,
+                "summary": doc.splitlines()[0],
+                "parameters": [{"name": name, "in": "path", "required": True,
+                                "schema": {"type": "integer" if converters[name] == "int" else "string"}}
                                for name in rule.arguments],
-                "responses": {"200": {"description": "OK"},
-                              "4XX": {"description": "Client error",
-                                      "content": {"application/json": {"schema": ERROR_SCHEMA}}}},
+                "responses": answers,
             }
-            body_model = bodies.get((method.lower(), path))
+            if "\n" in doc:
+                operation["description"] = doc
+            body_model = bodies.get((method, path))
             if body_model is not None:
-                operation["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": body_model.model_json_schema()}}}
-            if path not in PUBLIC_PATHS:
+                operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES, "content": {
+                    "application/json": {"schema": refs[(body_model, "validation")]}}}
+            if not public:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            paths.setdefault(path, {})[method.lower()] = operation
+            paths.setdefault(path, {})[method] = operation
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Cortex API", "version": "1.0.0",
                  "description": "Submit AI jobs, poll or wait for results. See API.md for the contract."},
         "servers": [{"url": "/"}],
-        "components": {"securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
         "paths": dict(sorted(paths.items())),
     }

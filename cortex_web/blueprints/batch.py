@@ -51,6 +51,9 @@ class BatchSubmitRequest(BaseModel):
     _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
 
 
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {("post", "/api/v1/batch/submit"): BatchSubmitRequest}
+
+
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:

@@ -9,7 +9,7 @@ import pytest
 from cortex_tasks.core.auth.keys import create_key, revoke_key
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 
-PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs"}
+PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/assets/<path:filename>"}
 
 
 def api_routes(app) -> list[tuple[str, str, str | None]]:

@@ -1,0 +1,173 @@
+"""The OpenAPI document: valid OpenAPI 3.1, every reference resolves, every JSON-body route has the request
+model its view parses, the documented responses match what the views build, and /api/v1/docs serves an
+interactive page whose assets come from the installed package (no network)."""
+from __future__ import annotations
+
+import inspect
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from cortex_web import create_app
+from cortex_web.errors import error_response
+
+# How a view names the model it parses its body with (request_body.parse_body, predict.parse_prediction).
+PARSED_MODEL = re.compile(r"(?<!\w)(?:parse_body|_body)\(([A-Z]\w+)")
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app()
+
+
+@pytest.fixture(scope="module")
+def spec(app) -> dict[str, Any]:
+    response = app.test_client().get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _resolve(spec: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = spec
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"{ref} does not resolve at {part!r}"
+        node = node[part]
+    return node
+
+
+def _matches(spec: dict[str, Any], ref: str, body: Any) -> list[str]:
+    """The errors of `body` against the schema `ref` points at (an empty list: it matches)."""
+    validator = Draft202012Validator({"$ref": ref, "components": spec["components"]})
+    return [error.message for error in validator.iter_errors(body)]
+
+
+def test_document_is_valid_openapi_3_1(spec):
+    assert spec["openapi"] == "3.1.0"
+    validate(spec)  # raises OpenAPIValidationError with the first problem
+
+
+def test_every_reference_resolves_into_components(spec):
+    refs = set(_refs(spec))
+    assert refs, "the document references no schema"
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/"), ref
+        _resolve(spec, ref)
+    assert "$defs" not in str(spec)
+
+
+def test_every_json_body_route_documents_the_model_it_parses(app, spec):
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        view = inspect.unwrap(app.view_functions[rule.endpoint])
+        source = inspect.getsource(view)
+        parsed = PARSED_MODEL.findall(source) or (["PredictRequest"] if "parse_prediction()" in source else [])
+        if not parsed:
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            body = spec["paths"][path][method.lower()].get("requestBody")
+            assert body is not None, (method, path)
+            assert body["content"]["application/json"]["schema"] == {
+                "$ref": f"#/components/schemas/{parsed[0]}"}, (method, path)
+            checked += 1
+    assert checked >= 18  # predict x4, keys, batch, chat, documents x2, models x2, training x2, vectors x5
+
+
+def test_errors_are_documented_with_the_error_schema(spec):
+    predict = spec["paths"]["/api/v1/predict"]["post"]["responses"]
+    for status in ("401", "403", "422", "429", "4XX", "503", "5XX"):
+        assert predict[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"}, status
+        assert predict[status]["description"]
+    assert "Retry-After" in predict["429"]["headers"] and "Retry-After" in predict["503"]["headers"]
+    # Public routes need no key, so they document no 401/403.
+    assert "401" not in spec["paths"]["/health"]["get"]["responses"]
+
+
+def test_error_answers_match_the_error_schema(app, spec):
+    with app.test_request_context():
+        body = error_response(429, "rate_limited", "slow down", {"retry_after": 2}).get_json()
+    assert _matches(spec, "#/components/schemas/ErrorResponse", body) == []
+    assert _matches(spec, "#/components/schemas/ErrorResponse", {"error": {"code": "x"}}) != []
+
+
+def test_predict_responses_match_what_the_view_builds(app, spec):
+    from cortex_tasks.core.catalogue import MODELS, TASKS
+    from cortex_web.blueprints.predict import Prediction, accepted, success_body
+
+    responses = spec["paths"]["/api/v1/predict"]["post"]["responses"]
+    ok = responses["200"]["content"]["application/json"]["schema"]["$ref"]
+    queued = responses["202"]["content"]["application/json"]["schema"]["$ref"]
+    model = next(iter(MODELS.values()))
+    outcome = {"status": "succeeded", "result": {"task": model.task, "model": {"name": model.name},
+                                                 "outputs": [{"label": "POSITIVE"}, "x"],
+                                                 "timings": {"inference_ms": 3.5}}}
+    for cached_items in (0, 1):
+        body = success_body(Prediction("job-1", TASKS[model.task], model, outcome, time.perf_counter(),
+                                       cached_items))
+        assert _matches(spec, ok, body) == [], body
+    with app.test_request_context():
+        response, status = accepted("job-1")
+    assert status == 202 and _matches(spec, queued, response.get_json()) == []
+    assert _matches(spec, ok, {"job_id": "job-1", "status": "queued", "status_url": "/x"}) != []
+
+
+def test_job_and_batch_responses_are_documented(spec):
+    expected = {("get", "/api/v1/jobs/{job_id}", "200"): "JobResponse",
+                ("post", "/api/v1/batch/submit", "202"): "BatchSubmitted",
+                ("get", "/api/v1/batch/progress/{job_id}", "200"): "BatchProgress",
+                ("get", "/api/v1/batch/results/{job_id}", "200"): "BatchResultsPage",
+                ("post", "/api/v1/predict/batch", "202"): "Accepted"}
+    for (method, path, status), name in expected.items():
+        content = spec["paths"][path][method]["responses"][status]["content"]
+        assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    assert "200" not in spec["paths"]["/api/v1/batch/submit"]["post"]["responses"]
+
+
+def test_job_response_matches_job_to_api(spec):
+    from datetime import UTC, datetime
+
+    from cortex_tasks.core.jobs.store import job_to_api
+    from cortex_tasks.core.storage.tables import Job
+
+    now = datetime.now(UTC)
+    job = Job(id="job-1", owner="k", kind="predict", task="sentiment", model="m", status="succeeded",
+              progress_done=1, progress_total=1, created_at=now, started_at=now, finished_at=now, attempts=1,
+              result={"outputs": [1]}, result_ref=None, error=None)
+    assert _matches(spec, "#/components/schemas/JobResponse", job_to_api(job)) == []
+
+
+def test_docs_page_is_swagger_ui_served_from_the_package(app):
+    client = app.test_client()
+    page = client.get("/api/v1/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "SwaggerUIBundle" in html and "/api/v1/openapi.json" in html
+    assets = re.findall(r'(?:src|href)="(/api/v1/docs/assets/[^"]+)"', html)
+    assert {asset.rsplit("/", 1)[1] for asset in assets} >= {"swagger-ui.css", "swagger-ui-bundle.js"}
+    assert "http://" not in html and "https://" not in html  # nothing from a CDN
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert response.get_data(), asset
+    assert client.get("/api/v1/docs/assets/index.html").status_code == 404
+    assert client.get("/api/v1/docs/assets/../__init__.py").status_code == 404
