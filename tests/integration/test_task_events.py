@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from cortex_tasks import app as celery_app
+from cortex_web.sent_events import FLUSH_DELAY_SECONDS
 from tests.support.waiting import wait_for
 
 
@@ -60,5 +61,7 @@ def test_prediction_messages_are_announced_to_flower_with_their_send_time(api, w
     sent, received = events["task-sent"], events["task-received"]
     assert sent["name"] == "cortex.inference.run_gpu_jobs" and sent["queue"] == "gpu"
     assert "'items': 1" in sent["kwargs"]
-    # Stamped when the message left, not when the batch of events was published after it.
-    assert sent["timestamp"] <= received["timestamp"]
+    # Stamped when the message left, not when the batch of events was published after it (FLUSH_DELAY_SECONDS,
+    # 100 ms, later). Celery stamps the event just after the publish call returns, so on a busy machine the
+    # worker may stamp its receipt a few milliseconds earlier: allowed, a stamp at flush time is not.
+    assert sent["timestamp"] <= received["timestamp"] + FLUSH_DELAY_SECONDS / 2
