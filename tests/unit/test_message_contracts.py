@@ -103,3 +103,31 @@ def test_every_registered_task_is_in_the_contract():
     from tests.unit.test_celery_config import registered_tasks
 
     assert sorted(registered_tasks()) == sorted(task_names.ALL_TASK_NAMES)
+
+
+def test_worker_fails_the_jobs_of_a_message_it_cannot_read(monkeypatch: pytest.MonkeyPatch):
+    """A version-2 message is not run: its jobs are failed with the reason (rows written from the records
+    it carries, or updated where the sender created them) and the caller is answered on its channel."""
+    from cortex_tasks.runtime.inference import tasks
+
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(tasks.store, "record_finished",
+                        lambda outcomes, rows, started: calls.setdefault("created", (outcomes, rows)) and set(rows))
+    monkeypatch.setattr(tasks.store, "finish_jobs", lambda outcomes: calls.setdefault("updated", outcomes) and set())
+    monkeypatch.setattr(tasks, "publish_outcomes",
+                        lambda reply_to, message_id, outcomes: calls.update(published=(reply_to, message_id, outcomes)))
+    monkeypatch.setattr(tasks, "run_jobs", lambda *args: pytest.fail("an unreadable message must not run"))
+    kwargs = {**gateway_message().to_kwargs(), "version": 2}
+
+    class Request:
+        retries, delivery_info = 0, {}
+
+    summary = tasks._run(Request(), kwargs)
+    assert summary["succeeded"] == 0 and "version 2" in summary["refused"]
+    outcomes, rows = calls["created"]
+    assert set(outcomes) == {"j1"} and rows["j1"].owner == "alice"
+    assert set(calls["updated"]) == {"j2"}  # no record: its row is the sender's
+    reply_to, message_id, answered = calls["published"]
+    assert (reply_to, message_id) == ("cortex:replies:abc", "m1")
+    assert {job_id: outcome["error"]["code"] for job_id, outcome in answered.items()} == {
+        "j1": UNSUPPORTED_MESSAGE, "j2": UNSUPPORTED_MESSAGE}
