@@ -6,49 +6,51 @@ minute, so a model's schedule changes without restarting Beat.
 """
 from celery.schedules import crontab
 
+from cortex_tasks.core.contracts import task_names
+
 MAINTENANCE = {"queue": "maintenance"}
 
 BEAT_SCHEDULE = {
     "sweep-stale-jobs-every-5-minutes": {
-        "task": "cortex.maintenance.sweep_stale_jobs",
+        "task": task_names.SWEEP_STALE_JOBS,
         "schedule": crontab(minute="*/5"),
         "options": MAINTENANCE,
     },
     "expire-job-records-daily": {
-        "task": "cortex.maintenance.expire_job_records",
+        "task": task_names.EXPIRE_JOB_RECORDS,
         "schedule": crontab(minute=17, hour=3),
         "options": MAINTENANCE,
     },
     # architecture document, cache_warming.schedule: '*/30 * * * *'
     "warm-cache-every-30-minutes": {
-        "task": "cortex.maintenance.warm_cache",
+        "task": task_names.WARM_CACHE,
         "schedule": crontab(minute="*/30"),
         "options": MAINTENANCE,
     },
     # Priority aging: low-priority work that waited too long moves up, so it is never starved.
     "promote-aged-jobs-every-5-seconds": {
-        "task": "cortex.maintenance.promote_aged_jobs",
+        "task": task_names.PROMOTE_AGED_JOBS,
         "schedule": 5.0,
         "options": MAINTENANCE,
     },
     "retrain-due-models-every-minute": {
-        "task": "cortex.maintenance.retrain_due_models",
+        "task": task_names.RETRAIN_DUE_MODELS,
         "schedule": crontab(),
         "options": MAINTENANCE,
     },
     # Audit retention (architecture document: audit.retention_period, 90d by default).
     "purge-audit-events-daily": {
-        "task": "cortex.maintenance.purge_audit_events",
+        "task": task_names.PURGE_AUDIT_EVENTS,
         "schedule": crontab(minute=29, hour=3),
         "options": MAINTENANCE,
     },
     "expire-results-hourly": {
-        "task": "cortex.maintenance.expire_results",
+        "task": task_names.EXPIRE_RESULTS,
         "schedule": crontab(minute=41),
         "options": MAINTENANCE,
     },
     "roll-up-metrics-every-5-minutes": {
-        "task": "cortex.maintenance.roll_up_metrics",
+        "task": task_names.ROLL_UP_METRICS,
         "schedule": crontab(minute="*/5"),
         "options": MAINTENANCE,
     },

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex_tasks import app as celery_app
+from cortex_tasks.core.contracts.messages import JobRecord, PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
@@ -150,15 +151,17 @@ class Coalescer:
             # result key (a Redis round trip on this path).
             # kwargsrepr: what Flower shows of the message. Celery would otherwise format every input
             # (a quarter of the cost of sending it).
+            message = PredictionMessage(
+                task=group.task, model=group.model, params=json.loads(group.params_json), priority=group.priority,
+                reply_to=self.listener.channel, message_id=message_id,
+                # The worker creates each job's row from its record (see jobs/store.py).
+                jobs=[PredictionJob(job_id=job.job_id, inputs=job.inputs, inline_errors=job.inline_errors,
+                                    record=JobRecord.model_validate(store.job_record(job.record)),
+                                    looked_up=job.looked_up)
+                      for job in jobs])
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
-                ignore_result=True,
-                kwargs={"task": group.task, "model": group.model, "params": json.loads(group.params_json),
-                        "priority": group.priority, "reply_to": self.listener.channel, "message_id": message_id,
-                        # The worker creates each job's row from its record (see jobs/store.py).
-                        "jobs": [{"job_id": job.job_id, "inputs": job.inputs, "inline_errors": job.inline_errors,
-                                  "record": store.job_record(job.record), "looked_up": job.looked_up}
-                                 for job in jobs]},
+                ignore_result=True, kwargs=message.to_kwargs(),
                 kwargsrepr=repr({"task": group.task, "model": group.model, "params": group.params_json,
                                  "items": sum(len(job.inputs) for job in jobs),
                                  "jobs": [job.job_id for job in jobs]}),

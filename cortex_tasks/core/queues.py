@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from kombu import Queue
 
+from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.task_names import every_task_of
+
 GPU = "gpu"
 NLP = "nlp"
 TRAINING = "training"
@@ -22,22 +25,22 @@ TASK_QUEUES: tuple[Queue, ...] = tuple(Queue(name, routing_key=name) for name in
 
 # Task name patterns -> queue. Inference tasks are split by the hardware they want, not by domain.
 TASK_ROUTES: dict[str, dict[str, str]] = {
-    "cortex.inference.run_gpu_jobs": {"queue": GPU},
-    "cortex.inference.run_nlp_jobs": {"queue": NLP},
-    "cortex.inference.stream_generation": {"queue": GPU},
-    "cortex.batch.*": {"queue": BATCH},
-    "cortex.training.*": {"queue": TRAINING},
-    "cortex.maintenance.*": {"queue": MAINTENANCE},
+    task_names.RUN_GPU_JOBS: {"queue": GPU},
+    task_names.RUN_NLP_JOBS: {"queue": NLP},
+    task_names.STREAM_GENERATION: {"queue": GPU},
+    every_task_of("batch"): {"queue": BATCH},
+    every_task_of("training"): {"queue": TRAINING},
+    every_task_of("maintenance"): {"queue": MAINTENANCE},
     # Vector tasks that embed texts need the embedding model: gpu. Index builds are long and model-free.
-    "cortex.vectors.upsert_items": {"queue": GPU},
-    "cortex.vectors.search_text": {"queue": GPU},
-    "cortex.vectors.build_index": {"queue": MAINTENANCE},
+    task_names.VECTORS_UPSERT_ITEMS: {"queue": GPU},
+    task_names.VECTORS_SEARCH_TEXT: {"queue": GPU},
+    task_names.VECTORS_BUILD_INDEX: {"queue": MAINTENANCE},
     # Haystack indexing and question answering embed with MiniLM (and generate with SmolLM2): gpu.
-    "cortex.documents.*": {"queue": GPU},
+    every_task_of("documents"): {"queue": GPU},
     # A chat reply generates text (SmolLM2, or OpenAI with SmolLM2 as fallback): gpu.
-    "cortex.chat.*": {"queue": GPU},
+    every_task_of("chat"): {"queue": GPU},
     # Promotions are sent to the queue of the version's task (its readiness is checked there); this is the default.
-    "cortex.registry.*": {"queue": MAINTENANCE},
+    every_task_of("registry"): {"queue": MAINTENANCE},
 }
 
 

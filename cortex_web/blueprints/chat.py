@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.chat import history
 from cortex_tasks.core.chat.config import chat_config
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.openai.config import CHAT_MODELS
@@ -97,7 +98,7 @@ def chat(session_id: str) -> tuple[Response, int]:
     wait = config.default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=owner, kind="chat", task="chat", model=model, priority=priority, total=1),
-        "cortex.chat.reply", GPU,
+        task_names.CHAT_REPLY, GPU,
         {"session_id": session_id, "owner": owner, "message": body.message, "model": model,
          "system": body.system, "params": body.params},
         wait)

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
 from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.documents import catalog
 from cortex_tasks.core.documents.requests import (
     COLLECTION_NAME,
@@ -81,7 +82,7 @@ def index_documents() -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=principal.key_id, kind="documents", task="documents.index", model=None,
                priority=priority_of("normal"), total=len(documents)),
-        "cortex.documents.index_documents", GPU,
+        task_names.DOCUMENTS_INDEX, GPU,
         {"collection": body.collection, "documents": documents, "indexed_by": principal.key_id},
         _wait(body.wait))
     return job_reply(submitted)
@@ -124,5 +125,5 @@ def answer_question() -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="documents", task="documents.qa", model=None,
                priority=priority_of("normal"), total=1),
-        "cortex.documents.answer_question", GPU, arguments, _wait(body.wait))
+        task_names.DOCUMENTS_ANSWER, GPU, arguments, _wait(body.wait))
     return job_reply(submitted)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.catalogue import MODELS
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
@@ -247,7 +248,7 @@ def upsert(collection: str) -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=principal.key_id, kind="vectors", task="vectors.upsert", model=None,
                priority=priority_of("normal"), total=len(items)),
-        "cortex.vectors.upsert_items", GPU,
+        task_names.VECTORS_UPSERT_ITEMS, GPU,
         {"collection": name, "items": items, "created_by": principal.key_id}, wait)
     return job_reply(submitted)
 
@@ -272,7 +273,7 @@ def search(collection: str) -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.search", model=None,
                priority=priority_of("high"), total=1),
-        "cortex.vectors.search_text", GPU,
+        task_names.VECTORS_SEARCH_TEXT, GPU,
         {"collection": name, "text": body.text, "k": body.k, "filter": body.filter}, wait)
     return job_reply(submitted)
 
@@ -324,5 +325,5 @@ def build_index(collection: str) -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,
                priority=priority_of("normal"), total=1),
-        "cortex.vectors.build_index", MAINTENANCE, {"collection": name}, wait)
+        task_names.VECTORS_BUILD_INDEX, MAINTENANCE, {"collection": name}, wait)
     return job_reply(submitted)

@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy import text
 
 from cortex_tasks.core.batch.config import batch_config, batch_queue
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.store import IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
 
-CHUNK_TASK = "cortex.batch.run_chunk"
-FINISH_TASK = "cortex.batch.finish_batch"
+CHUNK_TASK = task_names.BATCH_RUN_CHUNK
+FINISH_TASK = task_names.BATCH_FINISH
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import redis
 
 from cortex_tasks.core.cache.keys import normalize_input
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
+from cortex_tasks.core.contracts.messages import PredictionJob, PredictionMessage
 from cortex_tasks.core.process_threads import helper_threads
 from cortex_tasks.core.settings import get_settings
 
@@ -126,9 +127,11 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
             job_id = str(uuid.uuid4())
             store.create_jobs([(job_id, store.NewJob(owner=WARMING_OWNER, kind="predict", task=task, model=model,
                                                      priority=low, total=len(chunk), params=params or None))])
-            celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, ignore_result=True, kwargs={
-                "task": task, "model": model, "params": params, "priority": low,
-                "jobs": [{"job_id": job_id, "inputs": chunk, "inline_errors": True, "warm": True}]})
+            # No record: the row was created just above, owned by the system (see WARMING_OWNER).
+            message = PredictionMessage(task=task, model=model, params=params or {}, priority=low, jobs=[
+                PredictionJob(job_id=job_id, inputs=chunk, inline_errors=True, warm=True)])
+            celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, ignore_result=True,
+                                 kwargs=message.to_kwargs())
             sent += len(chunk)
     report = {
         "frequent_queries": considered,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from cortex_tasks.core.catalogue.entries import ModelEntry, TaskEntry
 from cortex_tasks.core.catalogue.registered import registered_entry
 from cortex_tasks.core.catalogue.user_models import find_user_model, list_user_models
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.queues import GPU, NLP
 
 MODELS: dict[str, ModelEntry] = {
@@ -139,7 +140,7 @@ TASKS: dict[str, TaskEntry] = {
     )
 }
 
-QUEUE_TASK_NAMES = {GPU: "cortex.inference.run_gpu_jobs", NLP: "cortex.inference.run_nlp_jobs"}
+QUEUE_TASK_NAMES = {GPU: task_names.RUN_GPU_JOBS, NLP: task_names.RUN_NLP_JOBS}
 
 
 class UnknownName(LookupError):

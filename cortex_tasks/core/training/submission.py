@@ -15,12 +15,13 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.config import training_config
 
-TRAIN_TASK = "cortex.training.train_model"
+TRAIN_TASK = task_names.TRAIN_MODEL
 QUOTA_LOCK = 0x7C0A7E  # pg_advisory_xact_lock key serialising training submissions
 DEADLINE = timedelta(days=2)
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from cortex_tasks import app
 from cortex_tasks.core.batch.config import batch_config
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.runtime.batch import chunks
 
@@ -13,7 +14,7 @@ from cortex_tasks.runtime.batch import chunks
 CHUNK_LIMITS: dict[str, Any] = {"soft_time_limit": 1200, "time_limit": 1260, "ignore_result": True}
 
 
-@app.task(name="cortex.batch.run_chunk", bind=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True,
+@app.task(name=task_names.BATCH_RUN_CHUNK, bind=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True,
           max_retries=5, **CHUNK_LIMITS)
 def run_chunk(self, *, job_id: str, chunk_index: int) -> dict[str, Any]:
     try:
@@ -25,7 +26,7 @@ def run_chunk(self, *, job_id: str, chunk_index: int) -> dict[str, Any]:
                          max_retries=batch_config().retry_count) from None
 
 
-@app.task(name="cortex.batch.finish_batch", soft_time_limit=300, time_limit=360, ignore_result=True,
+@app.task(name=task_names.BATCH_FINISH, soft_time_limit=300, time_limit=360, ignore_result=True,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=5)
 def finish_batch(*, job_id: str) -> dict[str, Any]:
     return chunks.finish_batch(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.jobs.running import run_job
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
@@ -15,7 +16,7 @@ RETRIES: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": T
 
 
 # 50 documents of 50,000 characters are about 20,000 passages to embed: minutes on a small CPU.
-@app.task(name="cortex.documents.index_documents", soft_time_limit=600, time_limit=660, **RETRIES)
+@app.task(name=task_names.DOCUMENTS_INDEX, soft_time_limit=600, time_limit=660, **RETRIES)
 def index_documents(*, job_id: str, collection: str, documents: list[dict[str, Any]],
                     indexed_by: str | None = None, reply_to: str | None = None) -> dict[str, Any]:
     outcome = run_job(job_id, lambda: service.index_documents(collection, documents, indexed_by))
@@ -23,7 +24,7 @@ def index_documents(*, job_id: str, collection: str, documents: list[dict[str, A
     return outcome
 
 
-@app.task(name="cortex.documents.answer_question", soft_time_limit=120, time_limit=180, **RETRIES)
+@app.task(name=task_names.DOCUMENTS_ANSWER, soft_time_limit=120, time_limit=180, **RETRIES)
 def answer_question(*, job_id: str, question: str, top_k: int = 5, collection: str = "default",
                     filters: dict[str, Any] | None = None, generate: bool = True, max_tokens: int = 96,
                     reply_to: str | None = None) -> dict[str, Any]:

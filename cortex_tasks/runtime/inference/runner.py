@@ -11,6 +11,7 @@ from typing import Any
 
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.catalogue import TASKS, find_model
+from cortex_tasks.core.contracts.messages import PredictionJob
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.core.jobs.running import JobInputError
@@ -142,7 +143,7 @@ def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
     return {"index": index, "error": {"code": failure.code, "message": failure.message}}
 
 
-def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob],
              priority: int = 4, first_delivery: bool = False,
              after_reply: AfterReply | None = None) -> dict[str, dict[str, Any]]:
     """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
@@ -155,7 +156,7 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[dict
     # While this message is being prepared (cache lookup; for a redelivery, a database round trip), a batch
     # forming for the same model may wait a moment for its items instead of leaving without them.
     batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
-    announcement = batcher.announce(sum(len(job["inputs"]) for job in jobs)) if batcher else None
+    announcement = batcher.announce(sum(len(job.inputs) for job in jobs)) if batcher else None
     try:
         return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery,
                               after_reply)
@@ -175,10 +176,10 @@ class DeliveryCount:
     every prediction's path instead of two. Should a first delivery kill its worker before it was
     counted, its redeliveries still count up to the cap (one delivery later)."""
 
-    def __init__(self, jobs: list[dict[str, Any]], first_delivery: bool) -> None:
-        job_ids = [job["job_id"] for job in jobs]
+    def __init__(self, jobs: list[PredictionJob], first_delivery: bool) -> None:
+        job_ids = [job.job_id for job in jobs]
         self.started = time.time()
-        self.new_rows = {job["job_id"]: store.NewJob(**job["record"]) for job in jobs if job.get("record")}
+        self.new_rows = {job.job_id: store.NewJob(**dict(job.record)) for job in jobs if job.record}
         count = partial(store.begin_attempts, job_ids, get_settings().max_deliveries, self.new_rows)
         self.before_run: Counted | None = None
         self._deferred: DeferredCall[Counted] | None = None
@@ -206,7 +207,7 @@ def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -
             outcomes[job.id] = {"status": job.status, "result": job.result, "error": job.error}
 
 
-def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]],
+def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob],
                    priority: int, started: float, announcement: Announcement | None,
                    first_delivery: bool, after_reply: AfterReply | None) -> dict[str, dict[str, Any]]:
     outcomes: dict[str, dict[str, Any]] = {}
@@ -214,8 +215,8 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
     if count.before_run is not None:
         # Duplicate deliveries of finished jobs and jobs over the delivery cap do not run.
         runnable = count.before_run[0]
-        _answer_from_rows([job["job_id"] for job in jobs if job["job_id"] not in runnable], outcomes)
-        jobs = [job for job in jobs if job["job_id"] in runnable]
+        _answer_from_rows([job.job_id for job in jobs if job.job_id not in runnable], outcomes)
+        jobs = [job for job in jobs if job.job_id in runnable]
         if not jobs:
             return outcomes
     try:
@@ -223,7 +224,7 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
                                            after_reply)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
-        answers = {job["job_id"]: {"status": store.FAILED, "error": error} for job in jobs}
+        answers = {job.job_id: {"status": store.FAILED, "error": error} for job in jobs}
         records = {job_id: (store.FAILED, error) for job_id in answers}
     else:
         answers, records = _job_outcomes(task, jobs, results, answered_by,
@@ -234,43 +235,43 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
     return outcomes
 
 
-def _job_outcomes(task: str, jobs: list[dict[str, Any]], results: list[Any], answered_by: dict[str, Any],
+def _job_outcomes(task: str, jobs: list[PredictionJob], results: list[Any], answered_by: dict[str, Any],
                   worker_ms: float) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, Any]]]:
     """Each job's answer for its caller and its record for the job row, from the results of all inputs."""
     answers: dict[str, dict[str, Any]] = {}
     records: dict[str, tuple[str, Any]] = {}
     position = 0
     for job in jobs:
-        job_results = results[position:position + len(job["inputs"])]
-        position += len(job["inputs"])
+        job_results = results[position:position + len(job.inputs)]
+        position += len(job.inputs)
         failures = [(i, r) for i, r in enumerate(job_results) if isinstance(r, ItemFailure)]
         outputs = [_item_error(i, r) if isinstance(r, ItemFailure) else r for i, r in enumerate(job_results)]
-        if failures and not job.get("inline_errors"):
+        if failures and not job.inline_errors:
             first_index, first = failures[0]
             error = {"code": first.code, "message": f"inputs[{first_index}]: {first.message}",
                      "details": {"items": [_item_error(i, f) for i, f in failures]}}
-            records[job["job_id"]] = (store.FAILED, error)
-            answers[job["job_id"]] = {"status": store.FAILED, "error": error, "model": answered_by}
+            records[job.job_id] = (store.FAILED, error)
+            answers[job.job_id] = {"status": store.FAILED, "error": error, "model": answered_by}
             continue
         result = {"task": task, "model": answered_by, "outputs": outputs, "timings": {"worker_ms": worker_ms}}
-        records[job["job_id"]] = (store.SUCCEEDED, result)
-        answers[job["job_id"]] = {"status": store.SUCCEEDED, "result": result}
+        records[job.job_id] = (store.SUCCEEDED, result)
+        answers[job.job_id] = {"status": store.SUCCEEDED, "result": result}
     return answers, records
 
 
-def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[dict[str, Any]], priority: int,
+def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob], priority: int,
                 announcement: Announcement | None,
                 after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
     """One result (or ItemFailure) per input of every job, in order, and which model answered."""
     if answers_per_job(find_model(model_name), params):
-        results, answered_by = _run_items(task, model_name, params, [job["inputs"] for job in jobs], priority,
+        results, answered_by = _run_items(task, model_name, params, [job.inputs for job in jobs], priority,
                                           announcement)
         return ([item for job, result in zip(jobs, results)
-                 for item in (result if isinstance(result, list) else [result] * len(job["inputs"]))],
+                 for item in (result if isinstance(result, list) else [result] * len(job.inputs))],
                 answered_by)
     # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
-    write_through = any(job.get("warm") for job in jobs)
+    write_through = any(job.warm for job in jobs)
     # What a gateway looked up in L2 just before sending is not looked up there again.
-    looked_up = all(job.get("looked_up") for job in jobs)
-    return _run_cached(task, model_name, params, [v for job in jobs for v in job["inputs"]], priority,
+    looked_up = all(job.looked_up for job in jobs)
+    return _run_cached(task, model_name, params, [v for job in jobs for v in job.inputs], priority,
                        announcement, write_through, looked_up, after_reply)

@@ -1,17 +1,26 @@
 """Thin Celery tasks for inference, one per queue so that routing follows the hardware a model needs.
 
 A message carries one or more prediction jobs for the same task, model and params (the gateway
-coalesces concurrent requests); `jobs` is a list of {"job_id", "inputs", "inline_errors"?}.
+coalesces concurrent requests): its contract is core.contracts.messages.PredictionMessage.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from cortex_tasks import app
+from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.messages import JobRecord, MessageRefused, read_prediction_message
+from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.runtime.inference import streaming
 from cortex_tasks.runtime.inference.runner import AfterReply, run_jobs
+
+log = logging.getLogger(__name__)
 
 # Outcomes travel back on the caller's reply channel and live in the job rows, so the result backend
 # would only duplicate them.
@@ -19,33 +28,61 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
                           "retry_backoff": True, "max_retries": 3, "ignore_result": True}
 
 
-def _run(request: Any, task: str, model: str, jobs: list[dict[str, Any]], params: dict[str, Any] | None,
-         priority: int, reply_to: str | None, message_id: str | None) -> dict[str, Any]:
+def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        message = read_prediction_message(kwargs)
+    except MessageRefused as exc:
+        return _refuse(kwargs, exc)
     # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
     after_reply: AfterReply = []
-    outcomes = run_jobs(task, model, params or {}, jobs, priority, first_delivery, after_reply)
-    publish_outcomes(reply_to, message_id, outcomes)
+    outcomes = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
+                        first_delivery, after_reply)
+    publish_outcomes(message.reply_to, message.message_id, outcomes)
     for work in after_reply:  # the shared cache is filled once the callers have their answers
         work()
-    return {"jobs": len(jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
+    return {"jobs": len(message.jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
 
 
-@app.task(name="cortex.inference.run_gpu_jobs", bind=True, **LIMITS)
-def run_gpu_jobs(self: Any, *, task: str, model: str, jobs: list[dict[str, Any]],
-                 params: dict[str, Any] | None = None, priority: int = 4, reply_to: str | None = None,
-                 message_id: str | None = None) -> dict[str, Any]:
-    return _run(self.request, task, model, jobs, params, priority, reply_to, message_id)
+def _refuse(kwargs: dict[str, Any], exc: MessageRefused) -> dict[str, Any]:
+    """Fail every job of a message this worker cannot read, with the reason, instead of raising: a retry or
+    another worker of the same release would refuse it again. The job ids and records are taken from the
+    raw message where they can be (a sender's caller still learns the outcome and its row is written)."""
+    log.error("refused a prediction message: %s", exc)
+    error = {"code": exc.code, "message": str(exc)}
+    raw_jobs = kwargs.get("jobs")
+    new_rows: dict[str, store.NewJob] = {}
+    existing: list[str] = []
+    for job in raw_jobs if isinstance(raw_jobs, list) else []:
+        job_id = job.get("job_id") if isinstance(job, dict) else None
+        if not isinstance(job_id, str):
+            continue
+        try:  # a record is used only if it is one: it may be what made the message unreadable
+            new_rows[job_id] = store.NewJob(**dict(JobRecord.model_validate(job["record"])))
+        except (KeyError, ValidationError):  # no usable record: the sender created the row (or nobody did)
+            existing.append(job_id)
+    recorded = store.record_finished({job_id: (store.FAILED, error) for job_id in new_rows}, new_rows, time.time())
+    if existing:
+        recorded |= store.finish_jobs({job_id: (store.FAILED, error) for job_id in existing})
+    reply_to, message_id = kwargs.get("reply_to"), kwargs.get("message_id")
+    publish_outcomes(reply_to if isinstance(reply_to, str) else None,
+                     message_id if isinstance(message_id, str) else None,
+                     {job_id: {"status": store.FAILED, "error": error} for job_id in [*new_rows, *existing]})
+    return {"jobs": len(new_rows) + len(existing), "succeeded": 0, "refused": str(exc), "recorded": len(recorded)}
 
 
-@app.task(name="cortex.inference.run_nlp_jobs", bind=True, **LIMITS)
-def run_nlp_jobs(self: Any, *, task: str, model: str, jobs: list[dict[str, Any]],
-                 params: dict[str, Any] | None = None, priority: int = 4, reply_to: str | None = None,
-                 message_id: str | None = None) -> dict[str, Any]:
-    return _run(self.request, task, model, jobs, params, priority, reply_to, message_id)
+# The kwargs are the message (messages.PredictionMessage): read through the contract, not as parameters.
+@app.task(name=task_names.RUN_GPU_JOBS, bind=True, **LIMITS)
+def run_gpu_jobs(self: Any, **message: Any) -> dict[str, Any]:
+    return _run(self.request, message)
 
 
-@app.task(name="cortex.inference.stream_generation", soft_time_limit=300, time_limit=360,
+@app.task(name=task_names.RUN_NLP_JOBS, bind=True, **LIMITS)
+def run_nlp_jobs(self: Any, **message: Any) -> dict[str, Any]:
+    return _run(self.request, message)
+
+
+@app.task(name=task_names.STREAM_GENERATION, soft_time_limit=300, time_limit=360,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
 def stream_generation(*, job_id: str, model: str, inputs: list[str],
                       params: dict[str, Any] | None = None) -> dict[str, Any]:

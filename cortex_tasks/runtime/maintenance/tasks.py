@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.runtime.maintenance import housekeeping, service
@@ -11,7 +12,7 @@ from cortex_tasks.runtime.maintenance import housekeeping, service
 HOUSEKEEPING: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "max_retries": 3}
 
 
-@app.task(name="cortex.maintenance.sweep_stale_jobs", soft_time_limit=60, time_limit=90, **HOUSEKEEPING)
+@app.task(name=task_names.SWEEP_STALE_JOBS, soft_time_limit=60, time_limit=90, **HOUSEKEEPING)
 def sweep_stale_jobs() -> dict[str, int]:
     from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
     from cortex_tasks.runtime.training.recovery import requeue_dead_training
@@ -24,12 +25,12 @@ def sweep_stale_jobs() -> dict[str, int]:
     return {"failed": failed, **requeued, "training_runs_failed": fail_orphaned_runs()}
 
 
-@app.task(name="cortex.maintenance.expire_job_records", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+@app.task(name=task_names.EXPIRE_JOB_RECORDS, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
 def expire_job_records() -> dict[str, int]:
     return {"deleted": service.delete_expired_jobs(get_settings().job_retention_days)}
 
 
-@app.task(name="cortex.maintenance.purge_audit_events", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+@app.task(name=task_names.PURGE_AUDIT_EVENTS, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
 def purge_audit_events() -> dict[str, int]:
     """Audit events older than the retention period (architecture document: audit.retention_period)."""
     from cortex_tasks.core.audit.service import purge_older_than
@@ -37,31 +38,31 @@ def purge_audit_events() -> dict[str, int]:
     return {"deleted": purge_older_than(get_settings().audit_retention_days)}
 
 
-@app.task(name="cortex.maintenance.expire_results", soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
+@app.task(name=task_names.EXPIRE_RESULTS, soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
 def expire_results() -> dict[str, int]:
     from cortex_tasks.core.batch.config import batch_config
 
     return housekeeping.expire_results(batch_config().result_retention_days)
 
 
-@app.task(name="cortex.maintenance.roll_up_metrics", soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
+@app.task(name=task_names.ROLL_UP_METRICS, soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
 def roll_up_metrics() -> dict[str, int]:
     return housekeeping.roll_up_metrics()
 
 
-@app.task(name="cortex.maintenance.warm_cache", soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
+@app.task(name=task_names.WARM_CACHE, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
 def warm_cache() -> dict[str, Any]:
     return housekeeping.warm_cache()
 
 
-@app.task(name="cortex.maintenance.retrain_due_models", soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
+@app.task(name=task_names.RETRAIN_DUE_MODELS, soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
 def retrain_due_models() -> dict[str, Any]:
     from cortex_tasks.core.training.schedules import retrain_due_models as start_due
 
     return start_due()
 
 
-@app.task(name="cortex.maintenance.promote_aged_jobs", soft_time_limit=20, time_limit=30, **HOUSEKEEPING)
+@app.task(name=task_names.PROMOTE_AGED_JOBS, soft_time_limit=20, time_limit=30, **HOUSEKEEPING)
 def promote_aged_jobs() -> dict[str, dict[str, int]]:
     import redis
 

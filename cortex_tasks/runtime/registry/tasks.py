@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.jobs.running import JobInputError, run_job
 from cortex_tasks.core.registry import readiness, service
@@ -35,7 +36,7 @@ def activate(deployment_id: int, job_id: str) -> dict[str, Any]:
     return {"version": switched.as_dict(), "deployment": done, "readiness": check}
 
 
-@app.task(name="cortex.registry.activate_version", soft_time_limit=300, time_limit=360,
+@app.task(name=task_names.REGISTRY_ACTIVATE_VERSION, soft_time_limit=300, time_limit=360,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
 def activate_version(*, job_id: str, deployment_id: int, reply_to: str | None = None) -> dict[str, Any]:
     outcome = run_job(job_id, lambda: activate(deployment_id, job_id))

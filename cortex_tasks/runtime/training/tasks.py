@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.runtime.training import service
@@ -13,7 +14,7 @@ from cortex_tasks.runtime.training import service
 TRAINING_LIMITS: dict[str, Any] = {"soft_time_limit": 4 * 3600 - 600, "time_limit": 4 * 3600 - 300}
 
 
-@app.task(name="cortex.training.train_model", bind=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True,
+@app.task(name=task_names.TRAIN_MODEL, bind=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True,
           max_retries=5, ignore_result=True, **TRAINING_LIMITS)
 def train_model(self, *, job_id: str) -> dict[str, Any]:
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.jobs.running import run_job
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
@@ -15,7 +16,7 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
                           "retry_backoff": True, "max_retries": 3, "ignore_result": True}
 
 
-@app.task(name="cortex.vectors.upsert_items", **LIMITS)
+@app.task(name=task_names.VECTORS_UPSERT_ITEMS, **LIMITS)
 def upsert_items(*, job_id: str, collection: str, items: list[dict[str, Any]], created_by: str | None = None,
                  reply_to: str | None = None) -> dict[str, Any]:
     outcome = run_job(job_id, lambda: service.upsert_items(collection, items, created_by))
@@ -23,7 +24,7 @@ def upsert_items(*, job_id: str, collection: str, items: list[dict[str, Any]], c
     return outcome
 
 
-@app.task(name="cortex.vectors.search_text", **LIMITS)
+@app.task(name=task_names.VECTORS_SEARCH_TEXT, **LIMITS)
 def search_text(*, job_id: str, collection: str, text: str, k: int = 10, filter: dict[str, Any] | None = None,
                 reply_to: str | None = None) -> dict[str, Any]:
     outcome = run_job(job_id, lambda: service.search_text(collection, text, k, filter))
@@ -45,7 +46,7 @@ def _build_index(collection: str) -> dict[str, Any]:
 
 
 # An index build over a large collection takes minutes: it runs on the maintenance queue, not the gpu one.
-@app.task(name="cortex.vectors.build_index", soft_time_limit=3300, time_limit=3600,
+@app.task(name=task_names.VECTORS_BUILD_INDEX, soft_time_limit=3300, time_limit=3600,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
 def build_index(*, job_id: str, collection: str, reply_to: str | None = None) -> dict[str, Any]:
     outcome = run_job(job_id, lambda: _build_index(collection))

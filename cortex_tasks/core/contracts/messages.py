@@ -1,0 +1,98 @@
+"""The messages the gateway (and the cache warmer) send to the workers, as typed, versioned models.
+
+Every sender builds a message through its model and every receiver reads it through the same model, so
+a field renamed or retyped on one side fails loudly at the edge (a job failed with `unsupported_message`)
+instead of as a KeyError deep in a worker.
+
+The wire format stays JSON (the Celery serializer is JSON-only): senders pass `to_kwargs()` to
+`send_task(kwargs=...)`, receivers `read_*` the kwargs the task receives. `version` is the schema
+version: a message without one was sent by a release before this contract and is version 1 (its fields
+are exactly version 1's), so messages queued across an upgrade stay readable. A breaking change bumps it;
+a worker refuses versions it does not know. Fields a newer sender adds without bumping are ignored.
+
+Cost (the prediction message is the hot path), measured with timeit on the development machine: one job
+of 1 or 32 inputs builds in 8-11 us (the untyped dict took 4 us), dumps in 3-4 us and parses in 5 us; 32
+one-input jobs build in 86 us (dict: 66), dump in 38 us, parse in 56 us. json.dumps of the same message
+costs as much as building it, and the broker round trip far more. Models are strict: the values come from JSON, so a string where a number
+belongs is a sender's bug, not something to coerce.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PREDICTION_MESSAGE_VERSION = 1
+SUPPORTED_PREDICTION_VERSIONS = frozenset({1})
+UNSUPPORTED_MESSAGE = "unsupported_message"  # the error code of a job whose message could not be read
+
+
+class MessageRefused(ValueError):
+    """A message a worker cannot read: an unknown version or fields that do not match the contract."""
+
+    code = UNSUPPORTED_MESSAGE
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class JobRecord(_Message):
+    """What the worker needs to create a job's row (store.NewJob's persisted fields): the gateway leaves
+    creating prediction rows to the worker, which writes them once, finished (see jobs/store.py)."""
+
+    owner: str
+    kind: str
+    task: str
+    model: str | None = None
+    priority: int = 4
+    total: int = 0
+    params: dict[str, Any] | None = None
+    deadline_seconds: int = 3600
+
+
+class PredictionJob(_Message):
+    job_id: str
+    inputs: list[Any]
+    # Item failures are returned in the outputs instead of failing the whole job.
+    inline_errors: bool = False
+    # Without a record the job's row was created by the sender (cache warming, messages of older releases).
+    record: JobRecord | None = None
+    # The inputs were just looked up in the shared cache (L2) by the gateway, and missed.
+    looked_up: bool = False
+    # A cache-warming job: its results are written through to L2 even when this worker's L1 has them.
+    warm: bool = False
+
+
+class PredictionMessage(_Message):
+    """One message of prediction jobs for the same task, model, params and priority (the gateway
+    coalesces concurrent requests into one message)."""
+
+    version: Literal[1] = PREDICTION_MESSAGE_VERSION
+    task: str
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = 4
+    # The gateway's reply channel and the message id it waits for; absent for fire-and-forget senders.
+    reply_to: str | None = None
+    message_id: str | None = None
+    jobs: list[PredictionJob] = Field(min_length=1)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The JSON-safe kwargs for `send_task` (mode="json" measured a little faster than python mode).
+        None fields are left out: the receiver's defaults are the same, and the message is smaller."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def read_prediction_message(kwargs: dict[str, Any]) -> PredictionMessage:
+    """The prediction message a task received as kwargs; MessageRefused when it cannot be read."""
+    version = kwargs.get("version", 1)  # no version: sent before this contract, which is version 1
+    if version not in SUPPORTED_PREDICTION_VERSIONS or isinstance(version, bool):
+        raise MessageRefused(f"prediction message version {version!r} is not supported by this worker "
+                             f"(it reads versions {sorted(SUPPORTED_PREDICTION_VERSIONS)})")
+    try:
+        return PredictionMessage.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'message'}: {error['msg']}"
+                             for error in exc.errors(include_url=False))
+        raise MessageRefused(f"prediction message does not match version {version}: {problems}") from None
