@@ -21,7 +21,7 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=17, hour=3),
         "options": MAINTENANCE,
     },
-    # architecture document, cache_warming.schedule: '*/30 * * * *'
+    # every 30 minutes ('*/30 * * * *')
     "warm-cache-every-30-minutes": {
         "task": task_names.WARM_CACHE,
         "schedule": crontab(minute="*/30"),
@@ -38,7 +38,7 @@ BEAT_SCHEDULE = {
         "schedule": crontab(),
         "options": MAINTENANCE,
     },
-    # Audit retention (architecture document: audit.retention_period, 90d by default).
+    # Audit retention (CORTEX_AUDIT_RETENTION, 90d by default).
     "purge-audit-events-daily": {
         "task": task_names.PURGE_AUDIT_EVENTS,
         "schedule": crontab(minute=29, hour=3),

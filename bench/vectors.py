@@ -150,7 +150,7 @@ def run(quick: bool) -> dict[str, Any]:
     truth = exact_neighbours(base, queries)
     ids = [f"doc-{i}" for i in range(count)]
     metadata = [{"shard": i % 16} for i in range(count)]
-    hnsw, ivfflat = HnswIndex(), IvfflatIndex()  # the store's defaults (architecture document: vector_search)
+    hnsw, ivfflat = HnswIndex(), IvfflatIndex()  # the store's defaults
     suffix = uuid.uuid4().hex[:8]
     hnsw_name, ivf_name = f"bench-hnsw-{suffix}", f"bench-ivfflat-{suffix}"
     figures: dict[str, Any] = {"vectors": count, "dimension": DIMENSION, "queries": query_count, "k": K,

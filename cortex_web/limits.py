@@ -142,7 +142,7 @@ class RateLimiter:
 
 class ConcurrencyGate:
     """At most `bound` prediction requests in flight in this process; a request waits up to `timeout`
-    seconds for a slot (architecture document: inference.max_concurrent_requests, queue_timeout)."""
+    seconds for a slot (CORTEX_MAX_CONCURRENT_REQUESTS, CORTEX_QUEUE_TIMEOUT)."""
 
     def __init__(self, bound: int, timeout: float) -> None:
         self.bound, self.timeout = bound, timeout

@@ -141,7 +141,7 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
     return {
         "openapi": "3.1.0",
         "info": {"title": "Cortex API", "version": "1.0.0",
-                 "description": "Submit AI jobs, poll or wait for results. See API.md for the contract."},
+                 "description": "Submit AI jobs, poll or wait for results. Errors are JSON: {"error": {"code", "message", "details"}}."},
         "servers": [{"url": "/"}],
         "components": {
             "schemas": dict(sorted(schemas.items())),

@@ -1,5 +1,5 @@
 """Every /api/v1 route needs a key: none or a bad one is 401, a role without the permission is 403,
-a role with it gets through (API.md, "Authentication and roles"). Walks the app's real URL map."""
+a role with it gets through (reader < inference_user < model_admin). Walks the app's real URL map."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Worker profiles: the shapes DESIGN.md asks for, and the arguments they give celery."""
+"""Worker profiles: the pool shape each kind of work needs, and the arguments they give celery."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,6 @@
 """The audit log in PostgreSQL: writing events in bulk, reading them back, and expiring old ones.
 
-Event types are the architecture document's (audit_system.events) plus the alerts it raises:
+Event types are the audited actions plus the alerts they raise:
 - model_access: which key used which model; aggregated, one row per (key, model, action, minute) whose
   `count` gateways add to, never one row per request;
 - configuration_changes: keys, model stages, training jobs, vector collections;

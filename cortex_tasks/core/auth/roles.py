@@ -1,4 +1,4 @@
-"""Roles and the permissions they grant (API.md, "Authentication and roles")."""
+"""Roles and the permissions they grant (reader < inference_user < model_admin)."""
 from __future__ import annotations
 
 READ = "read"

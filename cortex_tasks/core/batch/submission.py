@@ -1,7 +1,7 @@
 """Creating a batch job (gateway side, torch-free): the job row and all its chunk rows in one transaction,
 then the first chunks enqueued.
 
-Idempotency (API.md): the jobs table has a unique (owner, idempotency_key). The INSERT ... ON CONFLICT DO
+Idempotency (the `Idempotency-Key` header): the jobs table has a unique (owner, idempotency_key). The INSERT ... ON CONFLICT DO
 NOTHING makes concurrent duplicate submissions safe: the second one waits on the first one's index entry,
 inserts nothing, and reads the job the first one created. Only the submission that created the job
 enqueues its chunks, so duplicates never run a batch twice.

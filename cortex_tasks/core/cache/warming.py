@@ -1,4 +1,4 @@
-"""Cache warming (architecture document, cache_warming): every 30 minutes, the most frequent recent
+"""Cache warming: every 30 minutes, the most frequent recent
 queries of the most popular models are recomputed into L2 if they are no longer there.
 
 Gateways count the queries they look up (in-process, flushed to an hourly Redis sorted set every few

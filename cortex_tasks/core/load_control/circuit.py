@@ -1,4 +1,4 @@
-"""Circuit breaking per model (architecture document, load_balancing.circuit_breaker).
+"""Circuit breaking per model.
 
 Outcomes are counted in Redis in 10-second buckets shared by every gateway. When a model's error rate
 over the last `window` seconds reaches the threshold (with at least `min_requests` outcomes), its

@@ -1,4 +1,4 @@
-"""Load shedding (architecture document, load_balancing): when a queue is deeper than a bound, or its
+"""Load shedding: when a queue is deeper than a bound, or its
 oldest message has waited longer than the queue timeout, new low-priority work is refused with a 503 and
 Retry-After instead of piling up. Interactive (normal/high) work is never shed here.
 

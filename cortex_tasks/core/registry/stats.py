@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cortex:model_stats:"
 INDEX_KEY = "cortex:model_stats:index"
-# Latency bucket upper bounds in milliseconds (the architecture document's inference_latency buckets,
+# Latency bucket upper bounds in milliseconds (the inference latency buckets the metrics use,
 # 10 ms .. 1 s, with finer steps around them).
 BUCKETS_MS: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, math.inf)
 

@@ -1,5 +1,5 @@
 """Apache Arrow for batch results and dataset transfers: Parquet files and Arrow IPC streams, compressed
-with lz4 or zstd (architecture document: `arrow_config`, compression lz4, batch_size 10000).
+with lz4 (the default) or zstd, in record batches of 10,000 rows.
 
 Vectors are kept as `fixed_size_list<float32>[dim]` columns, converted to and from numpy without copying
 where Arrow allows it (a C-contiguous float32 matrix is one buffer either way).

@@ -73,7 +73,7 @@ def roll_up_metrics(hours: int = 2) -> dict[str, int]:
 
 
 def warm_cache() -> dict[str, Any]:
-    """Cache warming (architecture document: cache_warming, every 30 minutes)."""
+    """Cache warming (Beat runs it every 30 minutes)."""
     from cortex_tasks.core.cache import warming
 
     return warming.warm_cache()

@@ -32,7 +32,7 @@ def expire_job_records() -> dict[str, int]:
 
 @app.task(name=task_names.PURGE_AUDIT_EVENTS, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
 def purge_audit_events() -> dict[str, int]:
-    """Audit events older than the retention period (architecture document: audit.retention_period)."""
+    """Audit events older than the retention period (CORTEX_AUDIT_RETENTION)."""
     from cortex_tasks.core.audit.service import purge_older_than
 
     return {"deleted": purge_older_than(get_settings().audit_retention_days)}

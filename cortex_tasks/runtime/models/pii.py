@@ -18,7 +18,7 @@ pii_mask, per text:   {"text": masked, "entities": [{"type", "start", "end", "sc
 Offsets (start/end) are in the text the client sent, and masking rewrites that text (see
 models/preprocessing.py). masked_start/masked_end locate each replacement in the masked text.
 
-Masking rules (architecture document, pii_protection.masking_rules), per type, changeable per request with
+Masking rules per type, changeable per request with
 `params.rules` ({"EMAIL": "redact", "phone": "keep", ...}; "address" means ADDRESS and LOCATION):
   partial       EMAIL only: first character of the local part, then ***, domain kept (j***@example.com)
   last_four     every letter and digit but the last four becomes * (separators stay)
@@ -53,7 +53,7 @@ DEFAULT_RULES = {"EMAIL": "partial", "PHONE": "last_four", "ADDRESS": "country_o
                  "LOCATION": "country_only"}
 RULES = ("partial", "last_four", "country_only", "redact", "keep")
 RULE_TYPES = {"partial": frozenset({"EMAIL"}), "country_only": frozenset({"ADDRESS", "LOCATION"})}
-# Other spellings clients use for a type (architecture document, presidio).
+# Other spellings clients use for a type (presidio's names among them).
 TYPE_ALIASES = {"EMAIL_ADDRESS": ("EMAIL",), "PHONE_NUMBER": ("PHONE",), "IBAN_CODE": ("IBAN",),
                 "IP": ("IP_ADDRESS",), "SSN": ("US_SSN",), "ADDRESS": ("ADDRESS", "LOCATION")}
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "AT", "CH", "IL", "IN", "CA", "AU", "BR")

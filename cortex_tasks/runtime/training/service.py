@@ -90,7 +90,7 @@ class Gate:
 def gate_of(kind: TrainingKind, params: dict[str, Any]) -> Gate | None:
     """params.gate = {"metric": "macro_f1", "min": 0.9} (or "max" for errors); params.auto_promote=false
     registers without promoting. The default gate is the kind's primary metric against the configured
-    threshold (architecture document: model_selection.criteria.minimum_confidence)."""
+    threshold (the evaluation gate's minimum confidence)."""
     config = training_config()
     if params.get("auto_promote") is False or (not config.gate_enabled and "gate" not in params):
         return None
