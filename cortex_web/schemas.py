@@ -6,10 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.validation import timeseries as timeseries_inputs
-from cortex_web.errors import ApiError
 from cortex_web.request_body import CONTROL_CHARACTERS
 
 MAX_INPUTS = 32
@@ -35,10 +33,7 @@ def check_numeric_inputs(task_name: str, model_name: str, model_loader: str, inp
                          params: dict[str, Any] | None) -> None:
     """Time-series inputs and params, checked as the worker checks them, so a bad request is a 422
     before anything is queued (params None: the items' shapes only)."""
-    try:
-        timeseries_inputs.check_request(task_name, model_name, model_loader, inputs, params)
-    except JobInputError as exc:
-        raise ApiError(422, exc.code, str(exc), exc.details) from None
+    timeseries_inputs.check_request(task_name, model_name, model_loader, inputs, params)  # JobInputError: a 422
 
 
 def implied_model(task_name: str, params: dict[str, Any], inputs: list[Any]) -> str | None:

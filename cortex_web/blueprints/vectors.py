@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.catalogue import MODELS
-from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
@@ -33,7 +32,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import (
     MAX_DIMENSION,
     MAX_K,
-    VectorStoreError,
+    CollectionNotFound,
     check_collection_name,
 )
 from cortex_tasks.core.vectors import service
@@ -152,18 +151,10 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
 }
 
 
-def _api_error(exc: VectorStoreError | JobInputError) -> ApiError:
-    if isinstance(exc, VectorStoreError):
-        return ApiError(exc.status, exc.code, exc.message, exc.details)
-    details = dict(exc.details)
-    return ApiError(int(details.pop("status", 422)), exc.code, str(exc), details)
-
-
+# The store's errors (VectorStoreError, JobInputError) reach the gateway's one error handler unchanged:
+# their codes and statuses are the answer's.
 def _collection_name(collection: str) -> str:
-    try:
-        return check_collection_name(collection)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    return check_collection_name(collection)
 
 
 def _body(model: type[BaseModel]) -> Any:
@@ -194,17 +185,14 @@ def create_collection(collection: str) -> tuple[Response, int]:
     if model_dimension is not None and dimension != model_dimension:
         raise ApiError(422, "dimension_mismatch", f"{body.model} makes {model_dimension}-d vectors, not {dimension}")
     store = service.vector_store()
+    existed = True
     try:
-        existed = True
-        try:
-            store.get_collection(name)
-        except VectorStoreError:
-            existed = False
-        created = store.create_collection(name, dimension, body.metric, body.index.as_spec(), body.model,
-                                          created_by=current_principal().key_id,
-                                          build_index=not body.defer_index, exist_ok=True)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+        store.get_collection(name)
+    except CollectionNotFound:
+        existed = False
+    created = store.create_collection(name, dimension, body.metric, body.index.as_spec(), body.model,
+                                      created_by=current_principal().key_id,
+                                      build_index=not body.defer_index, exist_ok=True)
     return jsonify(created.as_dict()), 200 if existed else 201
 
 
@@ -212,10 +200,7 @@ def create_collection(collection: str) -> tuple[Response, int]:
 @require(PREDICT)
 def describe_collection(collection: str) -> Response:
     """A collection's configuration, item count and sizes."""
-    try:
-        return jsonify(service.vector_store().describe(_collection_name(collection)))
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    return jsonify(service.vector_store().describe(_collection_name(collection)))
 
 
 @bp.delete("/vectors/<collection>")
@@ -238,10 +223,7 @@ def upsert(collection: str) -> tuple[Response, int]:
     items = [item.model_dump(exclude_none=True) for item in body.items]
     principal = current_principal()
     if not any("text" in item for item in items):
-        try:
-            return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
-        except JobInputError as exc:
-            raise _api_error(exc) from None
+        return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
     settings = get_settings()
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
@@ -260,11 +242,8 @@ def search(collection: str) -> tuple[Response, int]:
     name = _collection_name(collection)
     body = _body(SearchRequest)
     if body.vector is not None:
-        try:
-            result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
-                                                   effort=body.effort, include_vectors=body.include_vectors)
-        except VectorStoreError as exc:
-            raise _api_error(exc) from None
+        result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
+                                               effort=body.effort, include_vectors=body.include_vectors)
         return jsonify({"collection": name, "metric": result.metric, "strategy": result.strategy, "k": body.k,
                         "results": [hit.as_dict() for hit in result.hits],
                         "timings": {"search_ms": result.elapsed_ms}}), 200
@@ -283,10 +262,7 @@ def delete_items(collection: str) -> Response:
     """Delete items by id."""
     name = _collection_name(collection)
     body = _body(DeleteItemsRequest)
-    try:
-        deleted = service.vector_store().delete(name, body.ids)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    deleted = service.vector_store().delete(name, body.ids)
     return jsonify({"collection": name, "deleted": deleted})
 
 
@@ -304,10 +280,7 @@ def count_items(collection: str) -> Response:
             raise ApiError(400, "invalid_filter", "filter must be a JSON object") from None
         if not isinstance(filters, dict):
             raise ApiError(400, "invalid_filter", "filter must be a JSON object")
-    try:
-        return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
 
 
 @bp.post("/vectors/<collection>/index")
@@ -316,10 +289,7 @@ def build_index(collection: str) -> tuple[Response, int]:
     """(Re)build the vector index over the items the collection holds now (a job on the maintenance queue)."""
     name = _collection_name(collection)
     body = _body(BuildIndexRequest) if request.get_data(cache=True) else BuildIndexRequest()
-    try:
-        service.vector_store().get_collection(name)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    service.vector_store().get_collection(name)  # a missing collection is a 404 before any job is queued
     wait = get_settings().default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,
