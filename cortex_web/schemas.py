@@ -8,21 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.validation import timeseries as timeseries_inputs
-from cortex_web.request_body import CONTROL_CHARACTERS
 
 MAX_INPUTS = 32
-MAX_TEXT_CHARS = 10_000
 # name or name@version: letters, digits, dot, dash, underscore. Nothing path-like.
 MODEL_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[0-9A-Za-z._-]{1,32})?$")
-
-
-def check_text(index: int, text: str) -> None:
-    if not text.strip():
-        raise ValueError(f"inputs[{index}] is empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"inputs[{index}] has {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed")
-    if CONTROL_CHARACTERS.search(text):
-        raise ValueError(f"inputs[{index}] contains control characters")
 
 
 # Task input kinds checked by check_numeric_inputs (catalogue TaskEntry.input_kind).

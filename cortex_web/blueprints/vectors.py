@@ -35,36 +35,46 @@ from cortex_tasks.core.storage.vector_store import (
     CollectionNotFound,
     check_collection_name,
 )
+from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.core.vectors import service
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_work
-from cortex_web.request_body import CONTROL_CHARACTERS, parse_body
+from cortex_web.request_body import parse_body
 
 bp = Blueprint("vectors", __name__, url_prefix="/api/v1")
 
 MAX_UPSERT_ITEMS = service.MAX_ITEMS
-MAX_TEXT_CHARS = 10_000
 FilterValue = str | int | float | bool | None
 
 
-def _check_text(value: str | None) -> str | None:
-    if value is not None and (not value.strip() or CONTROL_CHARACTERS.search(value)):
-        raise ValueError("must be non-blank text without control characters")
-    return value
+def _check_text(value: str | None, where: str) -> str | None:
+    """The shared text rules (items.py: an ItemError, 422 invalid_input); blank text stays this
+    endpoint's invalid_request, as before."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("must be non-blank text")
+    return check_text(value, where, {"field": where})
+
+
+def _check_vector(value: list[float] | None, where: str) -> list[float] | None:
+    """The shared vector rules (at most 4096 finite numbers); the collection's dimension is the store's."""
+    return None if value is None else check_vector(value, where, {"field": where})
 
 
 class VectorItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=256)
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
-    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIMENSION)
+    text: str | None = Field(default=None, min_length=1)
+    vector: list[float] | None = Field(default=None, min_length=1)
     metadata: dict[str, Any] | None = None
 
-    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
+    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "items.text")))
+    _vector = field_validator("vector")(classmethod(lambda cls, value: _check_vector(value, "items.vector")))
 
     @model_validator(mode="after")
     def _one_source(self) -> VectorItem:
@@ -83,8 +93,8 @@ class UpsertRequest(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
-    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIMENSION)
+    text: str | None = Field(default=None, min_length=1)
+    vector: list[float] | None = Field(default=None, min_length=1)
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)
     include_vectors: bool = False
@@ -93,7 +103,8 @@ class SearchRequest(BaseModel):
     exact: bool = False
     wait: WaitSeconds = Field(default=None, ge=0, le=30)
 
-    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
+    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "text")))
+    _vector = field_validator("vector")(classmethod(lambda cls, value: _check_vector(value, "vector")))
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
