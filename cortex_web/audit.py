@@ -42,8 +42,8 @@ from cortex_tasks.core.audit.service import (
     record_events,
 )
 from cortex_tasks.core.auth.keys import PREFIX
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import Settings
-from cortex_web.errors import ApiError
 from cortex_web.metrics import AUDIT_ALERTS, AUDIT_EVENTS_DROPPED
 
 log = logging.getLogger("cortex.audit")
@@ -274,7 +274,7 @@ def audited(action: str) -> Callable[[View], View]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
             try:
                 response = current_app.make_response(view(*args, **kwargs))
-            except ApiError as exc:
+            except CortexError as exc:  # every error a client can cause, as the error handler answers it
                 _record_change(action, kwargs, "failure", {"status": exc.status, "code": exc.code})
                 raise
             except Exception:

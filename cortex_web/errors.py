@@ -7,15 +7,17 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from cortex_tasks.core.errors import CortexError
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(CortexError):
+    """An error the gateway itself raises; its status comes first because a view always names one."""
+
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details, self.headers = details or {}, headers or {}
+        super().__init__(code, message, details, status=status, headers=headers)
 
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
@@ -33,9 +35,10 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(error: ApiError) -> Response:
-        return error_response(error.status, error.code, error.message, error.details, error.headers)
+    # The one mapping of Cortex's errors (the gateway's, the registry's, the stores', bad job input) to HTTP.
+    @app.errorhandler(CortexError)
+    def _cortex_error(error: CortexError) -> Response:
+        return error_response(error.status, error.code, error.message, error.public_details(), error.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, TypeVar
 
 from flask import g, request
 from pydantic import BaseModel, ValidationError
 
+from cortex_tasks.core.validation.items import CONTROL_CHARACTERS
 from cortex_web.errors import ApiError
 
+__all__ = ["CONTROL_CHARACTERS", "json_body", "parse_body", "positive_int_arg"]  # the rule's home: items.py
+
 Model = TypeVar("Model", bound=BaseModel)
-# C0 controls other than tab, newline and carriage return, plus DEL: never meaningful in text input.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _reject_constant(name: str) -> Any:

@@ -6,25 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.validation import timeseries as timeseries_inputs
-from cortex_web.errors import ApiError
-from cortex_web.request_body import CONTROL_CHARACTERS
 
 MAX_INPUTS = 32
-MAX_TEXT_CHARS = 10_000
 # name or name@version: letters, digits, dot, dash, underscore. Nothing path-like.
 MODEL_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[0-9A-Za-z._-]{1,32})?$")
-
-
-def check_text(index: int, text: str) -> None:
-    if not text.strip():
-        raise ValueError(f"inputs[{index}] is empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"inputs[{index}] has {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed")
-    if CONTROL_CHARACTERS.search(text):
-        raise ValueError(f"inputs[{index}] contains control characters")
 
 
 # Task input kinds checked by check_numeric_inputs (catalogue TaskEntry.input_kind).
@@ -35,10 +22,7 @@ def check_numeric_inputs(task_name: str, model_name: str, model_loader: str, inp
                          params: dict[str, Any] | None) -> None:
     """Time-series inputs and params, checked as the worker checks them, so a bad request is a 422
     before anything is queued (params None: the items' shapes only)."""
-    try:
-        timeseries_inputs.check_request(task_name, model_name, model_loader, inputs, params)
-    except JobInputError as exc:
-        raise ApiError(422, exc.code, str(exc), exc.details) from None
+    timeseries_inputs.check_request(task_name, model_name, model_loader, inputs, params)  # JobInputError: a 422
 
 
 def implied_model(task_name: str, params: dict[str, Any], inputs: list[Any]) -> str | None:

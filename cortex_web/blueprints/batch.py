@@ -22,6 +22,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage import arrow_io
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import ObjectStoreError
+from cortex_tasks.core.validation.items import check_finite
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
 from cortex_web.blueprints.predict import resolve
@@ -83,6 +84,10 @@ def submit() -> tuple[Response, int]:
     if len(body.inputs) > limit:
         raise ApiError(422, "too_many_inputs", f"A batch holds at most {limit} inputs, not {len(body.inputs)}; "
                        "split it into several batches.", {"max": limit, "given": len(body.inputs)})
+    # Items are checked in the worker, where a bad one fails alone; a non-finite number cannot even be
+    # stored with the batch, so that item rule refuses the request here, with the same invalid_input.
+    for index, item in enumerate(body.inputs):
+        check_finite(item, f"inputs[{index}]", {"index": index})
     key = _idempotency_key()
     task, model = resolve(body.task, body.model)
     batch = BatchRequest(owner=current_principal().key_id, task=task.name, model=model.name,

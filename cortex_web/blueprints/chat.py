@@ -15,7 +15,6 @@ from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.chat import history
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.contracts import task_names
-from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.openai.config import CHAT_MODELS
 from cortex_tasks.core.queues import GPU, priority_of
@@ -84,10 +83,7 @@ def chat(session_id: str) -> tuple[Response, int]:
     model = body.model or config.default_model
     if model not in CHAT_MODEL_NAMES:
         raise ApiError(404, "unknown_model", f"Model {model!r} cannot chat.", {"valid": list(CHAT_MODEL_NAMES)})
-    try:
-        generation_params(body.params)
-    except JobInputError as exc:
-        raise ApiError(422, exc.code, str(exc), exc.details) from None
+    generation_params(body.params)  # bad params raise JobInputError: a 422 naming the parameter
     refuse_unavailable_openai(model)
     owner = current_principal().key_id
     try:

@@ -63,13 +63,6 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
 }
 
 
-def _registry_call(function, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return function(*args, **kwargs)
-    except service.RegistryError as exc:
-        raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
-
-
 def _stats(name: str, version: int | str) -> dict[str, Any]:
     return stats.read(name, version)
 
@@ -106,8 +99,6 @@ def show_model(name: str) -> Response:
             return jsonify(_catalogue_view(name))
         raise ApiError(404, "model_not_found", f"No model named {name!r}.",
                        {"valid": sorted({*MODELS, *(item["name"] for item in service.list_models())})}) from None
-    except service.RegistryError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
     versions = service.list_versions(name)
     history = service.deployments(name)
     by_number = {record.version: record for record in versions}
@@ -133,7 +124,7 @@ def show_model(name: str) -> Response:
 
 
 def _version_body(name: str, version: int) -> dict[str, Any]:
-    record = _registry_call(service.get_version, name, version)
+    record = service.get_version(name, version)
     body = record.as_dict()
     body["stats"] = _stats(name, version)
     history = service.deployments(name, version=version)
@@ -160,7 +151,7 @@ def version_card(name: str, version: int) -> Response:
 @require(READ)
 def route_for_caller(name: str) -> Response:
     """Which version answers the calling key for this model (canary routing is sticky per key)."""
-    _registry_call(service.check_model_name, name)
+    service.check_model_name(name)
     choice = routing.choose_version(name, current_principal().key_id)
     if choice is None:
         if name in MODELS:
@@ -185,10 +176,10 @@ def promote(name: str, version: int) -> tuple[Response, int]:
     if body.stage in (service.STAGING, service.ARCHIVED):
         if body.traffic is not None:
             raise ApiError(422, "invalid_traffic", "traffic applies to canary only")
-        record = _registry_call(service.demote, name, version, body.stage, actor)
+        record = service.demote(name, version, body.stage, actor)
         return jsonify({"model": name, "version": version, "stage": record.stage, "traffic_percent": None}), 200
-    pending = _registry_call(service.request_promotion, name, version, body.stage, body.traffic, actor)
-    record = _registry_call(service.get_version, name, version)
+    pending = service.request_promotion(name, version, body.stage, body.traffic, actor)
+    record = service.get_version(name, version)
     wait = get_settings().default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=actor, kind="deploy", task="registry.promote", model=record.reference,
@@ -221,6 +212,6 @@ def rollback(name: str) -> Response:
     """Return production to the previous production version (or `to_version`), at once."""
     body = (parse_body(RollbackRequest, get_settings().max_json_depth) if request.get_data(cache=True)
             else RollbackRequest())
-    result = _registry_call(service.rollback, name, body.to_version, current_principal().key_id)
+    result = service.rollback(name, body.to_version, current_principal().key_id)
     return jsonify({"model": name, "version": result["version"]["version"], "stage": "production",
                     "rolled_back_from": result["rolled_back_from"], "deployment": result["deployment"]})

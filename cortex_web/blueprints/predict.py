@@ -5,7 +5,6 @@ Each validates, authorizes and hands its jobs to the coalescer, then answers wit
 """
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cortex_tasks.core.openai.billing import billed_params
 from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.registry.routing import routed_reference
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.usage import refuse_unavailable_openai
 from cortex_web.coalescer import PendingJob, group_for
@@ -45,7 +45,6 @@ from cortex_web.schemas import (
     PipelineRequest,
     PredictRequest,
     check_numeric_inputs,
-    check_text,
     implied_model,
 )
 
@@ -95,17 +94,11 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
         check_numeric_inputs(task.name, chosen.name, chosen.loader, inputs, params)
         return
     for index, item in enumerate(inputs):
+        # The shared item rules: an ItemError is a 422 invalid_input naming the item.
         if isinstance(item, str):
-            try:
-                check_text(index, item)
-            except ValueError as exc:
-                raise ApiError(422, "invalid_input", str(exc), {"index": index}) from None
+            check_text(item, f"inputs[{index}]", {"index": index})
         elif task.input_kind == "text_or_vector" and isinstance(item, list):
-            if not item or len(item) > 4096 or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in item):
-                raise ApiError(422, "invalid_input",
-                               f"inputs[{index}] must be a non-empty list of at most 4096 finite numbers",
-                               {"index": index})
+            check_vector(item, f"inputs[{index}]", {"index": index})
         else:
             expected = "a string or a list of numbers" if task.input_kind == "text_or_vector" else "a string"
             raise ApiError(422, "invalid_request", f"inputs[{index}] must be {expected}", {"index": index})

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from cortex_tasks.core.auth.roles import READ, TRAIN
 from cortex_tasks.core.queues import TRAINING, priority_of
-from cortex_tasks.core.registry.service import RegistryError, check_model_name
+from cortex_tasks.core.registry.service import check_model_name
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.training import runs
@@ -116,10 +116,7 @@ def submit() -> tuple[Response, int]:
     kind = KINDS.get(body.kind)
     if kind is None:
         raise ApiError(422, "unknown_kind", f"Unknown training kind {body.kind!r}.", {"valid": kind_names()})
-    try:
-        check_model_name(body.model)
-    except RegistryError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
+    check_model_name(body.model)  # a RegistryError: 422 invalid_model_name
     _check_dataset(body.dataset)
     _check_registered_task(body.model, kind.task)
     owner = current_principal().key_id

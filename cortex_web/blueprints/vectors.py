@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.catalogue import MODELS
 from cortex_tasks.core.contracts import task_names
-from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
@@ -34,39 +33,49 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import (
     MAX_DIMENSION,
     MAX_K,
-    VectorStoreError,
+    CollectionNotFound,
     check_collection_name,
 )
+from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.core.vectors import service
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_work
-from cortex_web.request_body import CONTROL_CHARACTERS, parse_body
+from cortex_web.request_body import parse_body
 
 bp = Blueprint("vectors", __name__, url_prefix="/api/v1")
 
 MAX_UPSERT_ITEMS = service.MAX_ITEMS
-MAX_TEXT_CHARS = 10_000
 FilterValue = str | int | float | bool | None
 
 
-def _check_text(value: str | None) -> str | None:
-    if value is not None and (not value.strip() or CONTROL_CHARACTERS.search(value)):
-        raise ValueError("must be non-blank text without control characters")
-    return value
+def _check_text(value: str | None, where: str) -> str | None:
+    """The shared text rules (items.py: an ItemError, 422 invalid_input); blank text stays this
+    endpoint's invalid_request, as before."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("must be non-blank text")
+    return check_text(value, where, {"field": where})
+
+
+def _check_vector(value: list[float] | None, where: str) -> list[float] | None:
+    """The shared vector rules (at most 4096 finite numbers); the collection's dimension is the store's."""
+    return None if value is None else check_vector(value, where, {"field": where})
 
 
 class VectorItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=256)
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
-    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIMENSION)
+    text: str | None = Field(default=None, min_length=1)
+    vector: list[float] | None = Field(default=None, min_length=1)
     metadata: dict[str, Any] | None = None
 
-    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
+    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "items.text")))
+    _vector = field_validator("vector")(classmethod(lambda cls, value: _check_vector(value, "items.vector")))
 
     @model_validator(mode="after")
     def _one_source(self) -> VectorItem:
@@ -85,8 +94,8 @@ class UpsertRequest(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
-    vector: list[float] | None = Field(default=None, min_length=1, max_length=MAX_DIMENSION)
+    text: str | None = Field(default=None, min_length=1)
+    vector: list[float] | None = Field(default=None, min_length=1)
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)
     include_vectors: bool = False
@@ -95,7 +104,8 @@ class SearchRequest(BaseModel):
     exact: bool = False
     wait: WaitSeconds = Field(default=None, ge=0, le=30)
 
-    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value)))
+    _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "text")))
+    _vector = field_validator("vector")(classmethod(lambda cls, value: _check_vector(value, "vector")))
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -153,18 +163,10 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
 }
 
 
-def _api_error(exc: VectorStoreError | JobInputError) -> ApiError:
-    if isinstance(exc, VectorStoreError):
-        return ApiError(exc.status, exc.code, exc.message, exc.details)
-    details = dict(exc.details)
-    return ApiError(int(details.pop("status", 422)), exc.code, str(exc), details)
-
-
+# The store's errors (VectorStoreError, JobInputError) reach the gateway's one error handler unchanged:
+# their codes and statuses are the answer's.
 def _collection_name(collection: str) -> str:
-    try:
-        return check_collection_name(collection)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    return check_collection_name(collection)
 
 
 def _body(model: type[BaseModel]) -> Any:
@@ -195,17 +197,14 @@ def create_collection(collection: str) -> tuple[Response, int]:
     if model_dimension is not None and dimension != model_dimension:
         raise ApiError(422, "dimension_mismatch", f"{body.model} makes {model_dimension}-d vectors, not {dimension}")
     store = service.vector_store()
+    existed = True
     try:
-        existed = True
-        try:
-            store.get_collection(name)
-        except VectorStoreError:
-            existed = False
-        created = store.create_collection(name, dimension, body.metric, body.index.as_spec(), body.model,
-                                          created_by=current_principal().key_id,
-                                          build_index=not body.defer_index, exist_ok=True)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+        store.get_collection(name)
+    except CollectionNotFound:
+        existed = False
+    created = store.create_collection(name, dimension, body.metric, body.index.as_spec(), body.model,
+                                      created_by=current_principal().key_id,
+                                      build_index=not body.defer_index, exist_ok=True)
     return jsonify(created.as_dict()), 200 if existed else 201
 
 
@@ -213,10 +212,7 @@ def create_collection(collection: str) -> tuple[Response, int]:
 @require(PREDICT)
 def describe_collection(collection: str) -> Response:
     """A collection's configuration, item count and sizes."""
-    try:
-        return jsonify(service.vector_store().describe(_collection_name(collection)))
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    return jsonify(service.vector_store().describe(_collection_name(collection)))
 
 
 @bp.delete("/vectors/<collection>")
@@ -239,10 +235,7 @@ def upsert(collection: str) -> tuple[Response, int]:
     items = [item.model_dump(exclude_none=True) for item in body.items]
     principal = current_principal()
     if not any("text" in item for item in items):
-        try:
-            return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
-        except JobInputError as exc:
-            raise _api_error(exc) from None
+        return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
     settings = get_settings()
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
@@ -261,11 +254,8 @@ def search(collection: str) -> tuple[Response, int]:
     name = _collection_name(collection)
     body = _body(SearchRequest)
     if body.vector is not None:
-        try:
-            result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
-                                                   effort=body.effort, include_vectors=body.include_vectors)
-        except VectorStoreError as exc:
-            raise _api_error(exc) from None
+        result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
+                                               effort=body.effort, include_vectors=body.include_vectors)
         return jsonify({"collection": name, "metric": result.metric, "strategy": result.strategy, "k": body.k,
                         "results": [hit.as_dict() for hit in result.hits],
                         "timings": {"search_ms": result.elapsed_ms}}), 200
@@ -284,10 +274,7 @@ def delete_items(collection: str) -> Response:
     """Delete items by id."""
     name = _collection_name(collection)
     body = _body(DeleteItemsRequest)
-    try:
-        deleted = service.vector_store().delete(name, body.ids)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    deleted = service.vector_store().delete(name, body.ids)
     return jsonify({"collection": name, "deleted": deleted})
 
 
@@ -305,10 +292,7 @@ def count_items(collection: str) -> Response:
             raise ApiError(400, "invalid_filter", "filter must be a JSON object") from None
         if not isinstance(filters, dict):
             raise ApiError(400, "invalid_filter", "filter must be a JSON object")
-    try:
-        return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
 
 
 @bp.post("/vectors/<collection>/index")
@@ -317,10 +301,7 @@ def build_index(collection: str) -> tuple[Response, int]:
     """(Re)build the vector index over the items the collection holds now (a job on the maintenance queue)."""
     name = _collection_name(collection)
     body = _body(BuildIndexRequest) if request.get_data(cache=True) else BuildIndexRequest()
-    try:
-        service.vector_store().get_collection(name)
-    except VectorStoreError as exc:
-        raise _api_error(exc) from None
+    service.vector_store().get_collection(name)  # a missing collection is a 404 before any job is queued
     wait = get_settings().default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.validation.items import CONTROL_CHARACTERS, check_no_control_characters
 
 MAX_DOCUMENTS = 50
 MAX_CONTENT_CHARS = 50_000
@@ -31,8 +32,6 @@ COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Metadata keys become Haystack filter fields (`meta.<key>`): identifiers only, so a key can never be
 # mistaken for a nested path.
 META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-# C0 controls other than tab, newline and carriage return, plus DEL: never meaningful in text input.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # Keys Cortex keeps in each passage's `meta` beside the user's metadata (and the ones Haystack's
 # DocumentSplitter adds): a user key of the same name would be overwritten or would break scoping.
@@ -47,9 +46,9 @@ MetaValue = str | int | float | bool | None
 def _check_text(value: str, what: str) -> str:
     if not value.strip():
         raise ValueError(f"{what} must not be blank")
-    if CONTROL_CHARACTERS.search(value):
-        raise ValueError(f"{what} must not contain control characters")
-    return value
+    # A document's content has its own length limit (MAX_CONTENT_CHARS); the control-character rule is
+    # the one every text item meets (an ItemError: 422 invalid_input, as on /predict).
+    return check_no_control_characters(value, what, {"field": what})
 
 
 def _check_collection(value: str) -> str:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
@@ -17,12 +18,22 @@ from cortex_tasks.core.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-class JobInputError(Exception):
-    """The job's input cannot be processed (a client error discovered in the worker)."""
+class JobInputError(CortexError):
+    """The job's input cannot be processed (a client error discovered in the worker).
+
+    Its HTTP status travels in details["status"] (default 422), because details are what a job record
+    keeps; the gateway reads it from there (dispatch.py) and leaves it out of the answer's details.
+    """
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.code, self.details = code, details or {}
+        super().__init__(code, message, details)
+
+    @property  # type: ignore[override]
+    def status(self) -> int:
+        return int(self.details.get("status", 422))
+
+    def public_details(self) -> dict[str, Any]:
+        return {name: value for name, value in self.details.items() if name != "status"}
 
 
 def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:

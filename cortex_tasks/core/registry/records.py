@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Deployment, ModelVersion, RegisteredModel
 
@@ -22,12 +23,8 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 GENERATION_KEY = "cortex:registry:generation"
 
 
-class RegistryError(Exception):
+class RegistryError(CortexError):
     status = 422
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details or {}
 
 
 class ModelNotFound(RegistryError):

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from cortex_tasks.core.atomic_files import replace_file
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import Settings, get_settings
 
 MAX_NAME_CHARS = 512
@@ -44,12 +45,8 @@ CHUNK_BYTES = 1024 * 1024
 META_SHA256, META_SIZE, META_ENCRYPTED = "cortex-sha256", "cortex-size", "cortex-encrypted"
 
 
-class ObjectStoreError(Exception):
+class ObjectStoreError(CortexError):
     status = 422
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class InvalidObjectName(ObjectStoreError):

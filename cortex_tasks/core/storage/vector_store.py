@@ -42,6 +42,8 @@ from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
 
+from cortex_tasks.core.errors import CortexError
+
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
 MAX_METADATA_BYTES = 16_384
@@ -55,14 +57,10 @@ INDEX_BUILD_MEMORY = os.environ.get("CORTEX_VECTOR_BUILD_MEMORY", "512MB")
 COPY_CHUNK_ROWS = 2000
 
 
-class VectorStoreError(Exception):
+class VectorStoreError(CortexError):
     """A request the store cannot honour; `status` and `code` are what an API answers with."""
 
     status = 422
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details or {}
 
 
 class CollectionNotFound(VectorStoreError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import compute
 
 log = logging.getLogger(__name__)
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # How many items chunks waiting for one model may send through it together (see _predict_combined).
 COMBINED_MAX_ITEMS = 300
 
@@ -106,19 +105,15 @@ def item_problem(task: str, item: Any) -> dict[str, Any] | None:
     kind = getattr(TASKS.get(task), "input_kind", "text")
     if kind not in ("text", "text_or_vector"):
         return None  # structured inputs (series, rows) are checked by their model
-    if isinstance(item, str):
-        if not item.strip():
-            return {"code": "invalid_input", "message": "the text is empty"}
-        limit = get_settings().max_text_length
-        if len(item) > limit:
-            return {"code": "invalid_input",
-                    "message": f"the text has {len(item)} characters; at most {limit} are allowed"}
-        if CONTROL_CHARACTERS.search(item):
-            return {"code": "invalid_input", "message": "the text contains control characters"}
-        return None
-    if kind == "text_or_vector" and isinstance(item, list) and item and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in item):
-        return None
+    try:  # the shared item rules (core/validation/items.py), as /predict applies them
+        if isinstance(item, str):
+            check_text(item, "the text")
+            return None
+        if kind == "text_or_vector" and isinstance(item, list):
+            check_vector(item, "the vector")
+            return None
+    except ItemError as exc:
+        return {"code": exc.code, "message": exc.message}
     expected = "a string or a list of numbers" if kind == "text_or_vector" else "a string"
     return {"code": "invalid_input", "message": f"the input must be {expected}, not {type(item).__name__}"}
 

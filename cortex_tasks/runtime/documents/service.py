@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from cortex_tasks.core.documents.catalog import user_meta
 from cortex_tasks.core.documents.requests import IndexRequest, QuestionRequest
+from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.jobs.running import JobInputError
 
 # SmolLM2 often opens with "The answer is:"; the answer field holds the answer itself.
@@ -28,6 +29,8 @@ def _validated(model: type[IndexRequest | QuestionRequest], payload: dict[str, A
         problems = [{"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
                     for error in exc.errors(include_url=False, include_input=False)]
         raise JobInputError("invalid_request", "The job's payload is not valid.", {"errors": problems}) from None
+    except ItemError as exc:  # a shared item rule (core/validation/items.py): the same code as at the gateway
+        raise JobInputError(exc.code, exc.message, exc.details) from None
 
 
 def generated_document_id(content: str) -> str:

@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from cortex_tasks.core.catalogue import TASKS, find_model
-from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.errors import CortexError, ItemError
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.registry import stats as model_stats
 from cortex_tasks.runtime.models import postprocessing, preprocessing
@@ -21,8 +21,7 @@ class RequestInputError(JobInputError, ItemError):
     """
 
     def __init__(self, source: JobInputError) -> None:
-        Exception.__init__(self, str(source))
-        self.code, self.details = source.code, source.details
+        CortexError.__init__(self, source.code, str(source), source.details)
 
 
 def predict(task: str, model_name: str, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
