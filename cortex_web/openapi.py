@@ -141,7 +141,8 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
     return {
         "openapi": "3.1.0",
         "info": {"title": "Cortex API", "version": "1.0.0",
-                 "description": "Submit AI jobs, poll or wait for results. Errors are JSON objects with an error code, a message and details."},
+                 "description": "Submit AI jobs, poll or wait for results. Errors are JSON objects with an "
+                                "error code, a message and details."},
         "servers": [{"url": "/"}],
         "components": {
             "schemas": dict(sorted(schemas.items())),
