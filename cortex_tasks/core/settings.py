@@ -7,6 +7,7 @@ Service URLs left unset mean "use the embedded stack": `cortex up` writes the UR
 started into `<CORTEX_DATA_DIR>/stack.json`, and every other process (workers, CLI, Beat) reads them
 from there, so that they all find the same stack through the same data folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,13 +116,21 @@ def _rate_tier(name: str, spec: object) -> RateTier | None:
         raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}] needs requests_per_minute and burst_size (or null)")
     rate, burst = float(spec["requests_per_minute"]), int(spec["burst_size"])
     per_model = spec.get("per_model", {"requests_per_minute": rate / 2, "burst_size": max(1, burst // 2)})
-    if per_model is not None and not (isinstance(per_model, dict)
-                                      and {"requests_per_minute", "burst_size"} <= set(per_model)):
+    if per_model is not None and not (
+        isinstance(per_model, dict) and {"requests_per_minute", "burst_size"} <= set(per_model)
+    ):
         raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}].per_model needs requests_per_minute and burst_size")
-    tier = RateTier(rate, burst, float(per_model["requests_per_minute"]) if per_model else None,
-                    int(per_model["burst_size"]) if per_model else None)
-    if tier.requests_per_minute <= 0 or tier.burst_size < 1 or (
-            per_model and (tier.model_requests_per_minute <= 0 or tier.model_burst_size < 1)):
+    tier = RateTier(
+        rate,
+        burst,
+        float(per_model["requests_per_minute"]) if per_model else None,
+        int(per_model["burst_size"]) if per_model else None,
+    )
+    if (
+        tier.requests_per_minute <= 0
+        or tier.burst_size < 1
+        or (per_model and (tier.model_requests_per_minute <= 0 or tier.model_burst_size < 1))
+    ):
         raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}]: rates must be positive and bursts at least 1")
     return tier
 
@@ -155,8 +164,9 @@ def _batching(model: str, spec: object, default: Batching) -> Batching:
     size, wait_ms = spec.get("max_batch_size", default.max_batch_size), spec.get("max_wait_ms")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"{where}.max_batch_size must be a whole number of at least 1")
-    if wait_ms is not None and (isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float))
-                                or wait_ms < 0):
+    if wait_ms is not None and (
+        isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float)) or wait_ms < 0
+    ):
         raise ValueError(f"{where}.max_wait_ms must be a number of milliseconds, 0 or more")
     return Batching(size, default.max_wait_seconds if wait_ms is None else wait_ms / 1000)
 
@@ -174,15 +184,17 @@ def audit_alerts_from(raw: str | None) -> tuple[AlertRule, ...]:
         return DEFAULT_AUDIT_ALERTS
     try:
         given = json.loads(raw)
-        rules = tuple(AlertRule(str(rule["type"]), int(rule["threshold"]), parse_duration(rule["window"]))
-                      for rule in given)
+        rules = tuple(
+            AlertRule(str(rule["type"]), int(rule["threshold"]), parse_duration(rule["window"]))
+            for rule in given
+        )
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"CORTEX_AUDIT_ALERTS must be a JSON list of {{type, threshold, window}}: {exc}") from None
+        raise ValueError(
+            f"CORTEX_AUDIT_ALERTS must be a JSON list of {{type, threshold, window}}: {exc}"
+        ) from None
     if any(rule.threshold < 1 for rule in rules):
         raise ValueError("CORTEX_AUDIT_ALERTS: thresholds are at least 1")
     return rules
-
-
 
 
 # US dollars per 1,000 tokens (OpenAI's list prices when this was written); CORTEX_OPENAI_PRICES overrides.
@@ -199,21 +211,37 @@ def openai_prices_from(raw: str | None) -> dict[str, dict[str, float]]:
     try:
         given = json.loads(raw)
         for model, price in given.items():
-            prices[str(model)] = {"input": float(price.get("input", 0.0)), "output": float(price.get("output", 0.0))}
+            prices[str(model)] = {
+                "input": float(price.get("input", 0.0)),
+                "output": float(price.get("output", 0.0)),
+            }
     except (ValueError, AttributeError, TypeError):
-        raise ValueError('CORTEX_OPENAI_PRICES must be JSON like {"gpt-4o-mini": {"input": 0.00015, '
-                         '"output": 0.0006}} (US dollars per 1,000 tokens)') from None
+        raise ValueError(
+            'CORTEX_OPENAI_PRICES must be JSON like {"gpt-4o-mini": {"input": 0.00015, '
+            '"output": 0.0006}} (US dollars per 1,000 tokens)'
+        ) from None
     return prices
 
 
-def variable(name: str | AliasChoices, default: Any = None, description: str = "", *, shown: str | None = None,
-             **options: Any) -> Any:
+def variable(
+    name: str | AliasChoices,
+    default: Any = None,
+    description: str = "",
+    *,
+    shown: str | None = None,
+    **options: Any,
+) -> Any:
     """One environment variable: its exact name, default and one-line description (README.md lists them);
     `shown` is the default as the README says it, where the value itself would mislead (a computed one)."""
     extra = {"shown_default": shown} if shown is not None else None
     if callable(default):
-        return Field(default_factory=default, validation_alias=name, description=description,
-                     json_schema_extra=extra, **options)
+        return Field(
+            default_factory=default,
+            validation_alias=name,
+            description=description,
+            json_schema_extra=extra,
+            **options,
+        )
     return Field(default, validation_alias=name, description=description, json_schema_extra=extra, **options)
 
 
@@ -229,15 +257,22 @@ class BatchConfig(FromEnvironment):
     max_batch_size: int = variable("CORTEX_BATCH_MAX_SIZE", 1000, "Most items one batch job may hold.")
     chunk_size: int = variable("CORTEX_BATCH_CHUNK_SIZE", 100, "Items per chunk task.")
     parallel_workers: int = variable(
-        "CORTEX_BATCH_PARALLEL_WORKERS", 4,
-        "Chunks of one batch in flight at once, so a big batch cannot take every worker thread.")
+        "CORTEX_BATCH_PARALLEL_WORKERS",
+        4,
+        "Chunks of one batch in flight at once, so a big batch cannot take every worker thread.",
+    )
     retry_count: int = variable("CORTEX_BATCH_RETRY_COUNT", 3, "Retries of a failed chunk.")
     stale_chunk_seconds: int = variable(
-        "CORTEX_BATCH_STALE_CHUNK_SECONDS", 900,
-        "A chunk silent this long is re-enqueued; longer than a chunk's hard time limit.")
+        "CORTEX_BATCH_STALE_CHUNK_SECONDS",
+        900,
+        "A chunk silent this long is re-enqueued; longer than a chunk's hard time limit.",
+    )
     result_retention_days: int = variable(
-        "CORTEX_BATCH_RESULT_RETENTION_DAYS", 7, "Days a finished batch's result objects are kept.")
-    queue: str = variable("CORTEX_BATCH_QUEUE", "batch", "The queue chunk tasks go to (recorded with the job).")
+        "CORTEX_BATCH_RESULT_RETENTION_DAYS", 7, "Days a finished batch's result objects are kept."
+    )
+    queue: str = variable(
+        "CORTEX_BATCH_QUEUE", "batch", "The queue chunk tasks go to (recorded with the job)."
+    )
     # Not configurable: pagination of /batch/results (response_config.pagination) and a batch's deadline,
     # past which the stale-job sweep fails what is still unfinished.
     default_page_size: ClassVar[int] = 50
@@ -248,13 +283,18 @@ class BatchConfig(FromEnvironment):
 class ChatConfig(FromEnvironment):
     """Chat sessions (chat_config)."""
 
-    default_model: str = variable("CORTEX_CHAT_MODEL", "SmolLM2-135M-Instruct",
-                                  "The model a chat session uses unless it names one.")
-    memory_turns: int = variable("CORTEX_CHAT_MEMORY_TURNS", 10,
-                                 "Earlier turns (a message and its answer) a reply sees at most.")
+    default_model: str = variable(
+        "CORTEX_CHAT_MODEL", "SmolLM2-135M-Instruct", "The model a chat session uses unless it names one."
+    )
+    memory_turns: int = variable(
+        "CORTEX_CHAT_MEMORY_TURNS", 10, "Earlier turns (a message and its answer) a reply sees at most."
+    )
     # SmolLM2's context is 8192 tokens; about 4 characters per token leaves room for the answer.
-    memory_chars: int = variable("CORTEX_CHAT_MEMORY_CHARS", 6000,
-                                 "Characters of earlier turns a reply sees at most (oldest dropped first).")
+    memory_chars: int = variable(
+        "CORTEX_CHAT_MEMORY_CHARS",
+        6000,
+        "Characters of earlier turns a reply sees at most (oldest dropped first).",
+    )
     default_system: ClassVar[str] = "You are a helpful assistant. Answer briefly."
     max_message_chars: ClassVar[int] = 4000
     default_wait_seconds: ClassVar[float] = 30.0
@@ -265,24 +305,33 @@ class ChatConfig(FromEnvironment):
 class OpenAIConfig(FromEnvironment):
     """OpenAI models (External Model Integration); without a key their requests are refused with 503."""
 
-    api_key: str | None = variable("CORTEX_OPENAI_API_KEY", None, "OpenAI API key; unset: OpenAI models refused.",
-                                   repr=False)
+    api_key: str | None = variable(
+        "CORTEX_OPENAI_API_KEY", None, "OpenAI API key; unset: OpenAI models refused.", repr=False
+    )
     base_url: str = variable("CORTEX_OPENAI_BASE_URL", "https://api.openai.com/v1", "OpenAI API base URL.")
     prices: Annotated[dict[str, dict[str, float]], NoDecode] = variable(
-        "CORTEX_OPENAI_PRICES", lambda: openai_prices_from(None),
+        "CORTEX_OPENAI_PRICES",
+        lambda: openai_prices_from(None),
         'US dollars per 1,000 tokens, JSON, e.g. `{"gpt-4o-mini": {"input": 0.00015, "output": 0.0006}}`.',
-        shown="list prices")
+        shown="list prices",
+    )
     # Shared by every worker (Redis): OpenAI's own limits are per organisation, not per process.
     requests_per_minute: int = variable("CORTEX_OPENAI_RPM", 500, "OpenAI requests per minute, all workers.")
     tokens_per_minute: int = variable("CORTEX_OPENAI_TPM", 200_000, "OpenAI tokens per minute, all workers.")
     max_rate_wait_seconds: float = variable(
-        "CORTEX_OPENAI_MAX_RATE_WAIT", 5.0, "Seconds a call may wait for the next rate window before failing.")
+        "CORTEX_OPENAI_MAX_RATE_WAIT", 5.0, "Seconds a call may wait for the next rate window before failing."
+    )
     max_retries: int = variable("CORTEX_OPENAI_MAX_RETRIES", 3, "Retries of 429, 5xx and connection errors.")
-    backoff_seconds: float = variable("CORTEX_OPENAI_BACKOFF", 0.5, "First retry's backoff in seconds (doubling).")
+    backoff_seconds: float = variable(
+        "CORTEX_OPENAI_BACKOFF", 0.5, "First retry's backoff in seconds (doubling)."
+    )
     timeout_seconds: float = variable("CORTEX_OPENAI_TIMEOUT", 30.0, "Seconds one OpenAI call may take.")
     monthly_budget_usd: float | None = variable(
-        "CORTEX_OPENAI_MONTHLY_BUDGET", None, "Month-to-date US dollars above which OpenAI calls are refused.",
-        shown="no budget")
+        "CORTEX_OPENAI_MONTHLY_BUDGET",
+        None,
+        "Month-to-date US dollars above which OpenAI calls are refused.",
+        shown="no budget",
+    )
     max_retry_after_seconds: ClassVar[float] = 20.0
     parallel_requests: ClassVar[int] = 8
 
@@ -308,14 +357,28 @@ class TrainingConfig(FromEnvironment):
     """Training jobs (training_endpoints) and the evaluation gate (model_selection.criteria)."""
 
     max_concurrent_jobs: int = variable(
-        "CORTEX_TRAINING_MAX_CONCURRENT", 5, "Training jobs running at once, across workers (and waiting per owner).")
-    queue_size: int = variable("CORTEX_TRAINING_QUEUE_SIZE", 100,
-                               "Training jobs waiting over all owners; past it a submission gets 429.")
+        "CORTEX_TRAINING_MAX_CONCURRENT",
+        5,
+        "Training jobs running at once, across workers (and waiting per owner).",
+    )
+    queue_size: int = variable(
+        "CORTEX_TRAINING_QUEUE_SIZE",
+        100,
+        "Training jobs waiting over all owners; past it a submission gets 429.",
+    )
     gate_threshold: float = variable(
-        "CORTEX_TRAINING_GATE_THRESHOLD", 0.85, "Held-out metric at which a new version is promoted to canary.")
-    gate_enabled: bool = variable("CORTEX_TRAINING_GATE", True, "Promote versions that pass the gate on their own.")
-    slot_retry_seconds: int = variable("CORTEX_TRAINING_SLOT_RETRY_SECONDS", 10,
-                                       "How long a job that found no free training slot waits to try again.")
+        "CORTEX_TRAINING_GATE_THRESHOLD",
+        0.85,
+        "Held-out metric at which a new version is promoted to canary.",
+    )
+    gate_enabled: bool = variable(
+        "CORTEX_TRAINING_GATE", True, "Promote versions that pass the gate on their own."
+    )
+    slot_retry_seconds: int = variable(
+        "CORTEX_TRAINING_SLOT_RETRY_SECONDS",
+        10,
+        "How long a job that found no free training slot waits to try again.",
+    )
     priority_levels: ClassVar[int] = 3  # high, normal, low
     max_rows: ClassVar[int] = 100_000
 
@@ -324,99 +387,171 @@ class Settings(FromEnvironment):
     """Services, request handling, cache, overload protection, rate limits, audit and processes."""
 
     # Where things are: see the module docstring for the stack.json fallback.
-    data_dir: Path = variable("CORTEX_DATA_DIR", Path("./var"), "The data folder (stack.json, models, caches).",
-                              shown="./var")
-    redis_url: str = variable("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis: broker, results, cache.",
-                              shown="the stack's, else redis://127.0.0.1:6379/0")
-    database_url: str = variable("DATABASE_URL", "postgresql://cortex@127.0.0.1:5432/cortex",
-                                 "PostgreSQL with pgvector: jobs, keys, registry, audit.",
-                                 shown="the stack's, else postgresql://cortex@127.0.0.1:5432/cortex")
-    artifact_dir: Path = variable("CORTEX_ARTIFACT_DIR", Path("./var/artifacts"),
-                                  "Artifact folder when no object store is configured.",
-                                  shown="the stack's, else CORTEX_DATA_DIR/artifacts")
-    models_dir: Path | None = variable("CORTEX_MODELS_DIR", None, "Your own Hugging Face classifier folders.",
-                                       shown="CORTEX_DATA_DIR/models")
+    data_dir: Path = variable(
+        "CORTEX_DATA_DIR", Path("./var"), "The data folder (stack.json, models, caches).", shown="./var"
+    )
+    redis_url: str = variable(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis: broker, results, cache.",
+        shown="the stack's, else redis://127.0.0.1:6379/0",
+    )
+    database_url: str = variable(
+        "DATABASE_URL",
+        "postgresql://cortex@127.0.0.1:5432/cortex",
+        "PostgreSQL with pgvector: jobs, keys, registry, audit.",
+        shown="the stack's, else postgresql://cortex@127.0.0.1:5432/cortex",
+    )
+    artifact_dir: Path = variable(
+        "CORTEX_ARTIFACT_DIR",
+        Path("./var/artifacts"),
+        "Artifact folder when no object store is configured.",
+        shown="the stack's, else CORTEX_DATA_DIR/artifacts",
+    )
+    models_dir: Path | None = variable(
+        "CORTEX_MODELS_DIR", None, "Your own Hugging Face classifier folders.", shown="CORTEX_DATA_DIR/models"
+    )
     # Object storage (minio_config, storage_security).
-    s3_endpoint: str | None = variable(AliasChoices("MINIO_ENDPOINT", "S3_ENDPOINT"), None,
-                                       "S3/MinIO endpoint; unset: artifacts on the local disk.")
+    s3_endpoint: str | None = variable(
+        AliasChoices("MINIO_ENDPOINT", "S3_ENDPOINT"),
+        None,
+        "S3/MinIO endpoint; unset: artifacts on the local disk.",
+    )
     s3_access_key: str | None = variable("MINIO_ACCESS_KEY", None, "Object store access key.", repr=False)
     s3_secret_key: str | None = variable("MINIO_SECRET_KEY", None, "Object store secret key.", repr=False)
     s3_bucket: str = variable("MINIO_BUCKET", "model-artifacts", "Object store bucket.")
     s3_secure: bool = variable("MINIO_SECURE", False, "Use HTTPS to the object store.")
     s3_region: str = variable("MINIO_REGION", "us-east-1", "Object store region.")
     artifact_key: bytes | None = variable(
-        "CORTEX_ARTIFACT_KEY", None, "Base64 of 32 bytes: AES-256-GCM for artifacts; unset: unencrypted.",
-        repr=False)
-    admin_key: str | None = variable("CORTEX_ADMIN_KEY", None, "An API key for automation, never stored.",
-                                     repr=False)
+        "CORTEX_ARTIFACT_KEY",
+        None,
+        "Base64 of 32 bytes: AES-256-GCM for artifacts; unset: unencrypted.",
+        repr=False,
+    )
+    admin_key: str | None = variable(
+        "CORTEX_ADMIN_KEY", None, "An API key for automation, never stored.", repr=False
+    )
     # Batching (DESIGN.md "Batching").
     max_batch_size: int = variable("MAX_BATCH_SIZE", 32, "Items per model call and per gateway message.")
     batching_enabled: bool = variable("CORTEX_BATCHING", True, "Batch concurrent items of one model.")
-    batch_max_wait_ms: float = variable("CORTEX_BATCH_MAX_WAIT_MS", 2.0,
-                                        "How long a partial batch waits for items on their way.")
+    batch_max_wait_ms: float = variable(
+        "CORTEX_BATCH_MAX_WAIT_MS", 2.0, "Milliseconds a partial batch waits for items on their way."
+    )
     batching_per_model: Annotated[dict[str, Batching], NoDecode] = variable(
-        "CORTEX_BATCHING_PER_MODEL", dict, "Per-model overrides of the two above, JSON (see above).", shown="none")
+        "CORTEX_BATCHING_PER_MODEL",
+        dict,
+        "Per-model overrides of the two above, JSON (see above).",
+        shown="none",
+    )
     coalesce_max_inflight: int = variable(
-        "CORTEX_COALESCE_MAX_INFLIGHT", 4, "Messages per model and params the gateway keeps in flight.")
-    gateway_processes: int = variable("CORTEX_GATEWAY_PROCESSES", 1,
-                                      "Set by gunicorn_conf.py for the processes it starts.")
+        "CORTEX_COALESCE_MAX_INFLIGHT",
+        4,
+        "Messages per model and params the whole gateway keeps in flight (its processes share them).",
+    )
+    gateway_processes: int = variable(
+        "CORTEX_GATEWAY_PROCESSES", 1, "Set by gunicorn_conf.py for the processes it starts."
+    )
     # Prediction cache (cache_config).
     cache_enabled: bool = variable("CORTEX_CACHE", True, "Cache predictions.")
-    cache_l1_max_mb: int = variable("CORTEX_CACHE_L1_MAX_MB", 256, "In-process cache size per process.")
-    cache_l1_ttl_seconds: float = variable("CORTEX_CACHE_L1_TTL", 300.0, "In-process cache entries' lifetime.")
-    cache_l2_max_mb: int = variable("CORTEX_CACHE_L2_MAX_MB", 1024, "Redis cache size.")
-    cache_l2_ttl_seconds: int = variable("CORTEX_CACHE_L2_TTL", 3600, "Redis cache entries' lifetime.")
+    cache_l1_max_mb: int = variable(
+        "CORTEX_CACHE_L1_MAX_MB", 256, "In-process cache size per process, in MB."
+    )
+    cache_l1_ttl_seconds: float = variable(
+        "CORTEX_CACHE_L1_TTL", 300.0, "In-process cache entries' lifetime in seconds."
+    )
+    cache_l2_max_mb: int = variable("CORTEX_CACHE_L2_MAX_MB", 1024, "Redis cache size, in MB.")
+    cache_l2_ttl_seconds: int = variable(
+        "CORTEX_CACHE_L2_TTL", 3600, "Redis cache entries' lifetime in seconds."
+    )
     # Overload protection (load_balancing).
-    shed_max_queue_depth: int = variable("CORTEX_SHED_MAX_DEPTH", 500, "Queue depth past which requests are shed.")
-    shed_max_queue_age_seconds: float = variable("CORTEX_SHED_MAX_AGE", 0.5,
-                                                 "Oldest message's age past which requests are shed.")
-    circuit_error_threshold: float = variable("CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5,
-                                              "Error ratio that opens a model's circuit.")
-    circuit_min_requests: int = variable("CORTEX_CIRCUIT_MIN_REQUESTS", 5, "Requests before a circuit may open.")
-    circuit_reset_timeout_seconds: float = variable("CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0,
-                                                    "Seconds an open circuit waits before a trial request.")
-    priority_aging_seconds: float = variable("CORTEX_PRIORITY_AGING_SECONDS", 60.0,
-                                             "Waiting time that raises a job one priority step.")
-    default_wait_seconds: float = variable("CORTEX_DEFAULT_WAIT", 5.0,
-                                           "How long a request waits for its result unless it says.")
+    shed_max_queue_depth: int = variable(
+        "CORTEX_SHED_MAX_DEPTH", 500, "Queue depth past which new requests are shed (503)."
+    )
+    shed_max_queue_age_seconds: float = variable(
+        "CORTEX_SHED_MAX_AGE", 0.5, "Oldest queued message's age in seconds past which new requests are shed."
+    )
+    circuit_error_threshold: float = variable(
+        "CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5, "Error ratio that opens a model's circuit."
+    )
+    circuit_min_requests: int = variable(
+        "CORTEX_CIRCUIT_MIN_REQUESTS", 5, "Requests before a circuit may open."
+    )
+    circuit_reset_timeout_seconds: float = variable(
+        "CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0, "Seconds an open circuit waits before a trial request."
+    )
+    priority_aging_seconds: float = variable(
+        "CORTEX_PRIORITY_AGING_SECONDS", 60.0, "Seconds of waiting that raise a job one priority step."
+    )
+    default_wait_seconds: float = variable(
+        "CORTEX_DEFAULT_WAIT", 5.0, "Seconds a request waits for its result unless it says."
+    )
     # Delivery (DESIGN.md "Delivery").
     max_deliveries: int = variable("CORTEX_MAX_DELIVERIES", 3, "Deliveries of one job before it fails.")
     result_expires_seconds: int = variable("CORTEX_RESULT_EXPIRES", 3600, "Seconds results stay in Redis.")
     visibility_timeout_seconds: int | None = variable(
-        "CORTEX_VISIBILITY_TIMEOUT", None, "Seconds before Redis redelivers an unacknowledged message.",
-        shown="longest task time limit + 1 h")
+        "CORTEX_VISIBILITY_TIMEOUT",
+        None,
+        "Seconds before Redis redelivers an unacknowledged message.",
+        shown="longest task time limit + 1 h",
+    )
     unacked_restore_interval_seconds: int = variable(
-        "CORTEX_UNACKED_RESTORE_INTERVAL", 10, "How often a worker looks for messages whose worker died.")
+        "CORTEX_UNACKED_RESTORE_INTERVAL",
+        10,
+        "Seconds between a worker's looks for messages whose worker died.",
+    )
     # Rate limiting (rate_limits). A key's tier names one of these.
     rate_limit_tiers: Annotated[dict[str, RateTier | None], NoDecode] = variable(
-        "CORTEX_RATE_LIMITS", lambda: dict(DEFAULT_RATE_TIERS), "Rate limit tiers, JSON (see above).",
-        shown="default, premium, unlimited")
+        "CORTEX_RATE_LIMITS",
+        lambda: dict(DEFAULT_RATE_TIERS),
+        "Rate limit tiers, JSON (see above).",
+        shown="default, premium, unlimited",
+    )
     admin_key_tier: str = variable("CORTEX_ADMIN_KEY_TIER", UNLIMITED_TIER, "The tier of CORTEX_ADMIN_KEY.")
-    max_concurrent_requests: int = variable("CORTEX_MAX_CONCURRENT_REQUESTS", 100,
-                                            "In-flight prediction requests per gateway process.")
-    queue_timeout_seconds: float = variable("CORTEX_QUEUE_TIMEOUT", 30.0,
-                                            "How long a request waits for an in-flight slot.", shown="30s")
+    max_concurrent_requests: int = variable(
+        "CORTEX_MAX_CONCURRENT_REQUESTS", 100, "In-flight prediction requests per gateway process."
+    )
+    queue_timeout_seconds: float = variable(
+        "CORTEX_QUEUE_TIMEOUT", 30.0, "How long a request waits for an in-flight slot.", shown="30s"
+    )
     # Audit log (audit_system, storage_security.audit).
     audit_enabled: bool = variable("CORTEX_AUDIT", True, "Write the audit log.")
-    audit_retention_days: float = variable("CORTEX_AUDIT_RETENTION", 90.0, "How long audit records are kept.",
-                                           shown="90d")
-    audit_flush_seconds: float = variable("CORTEX_AUDIT_FLUSH_SECONDS", 1.0, "How often audit records are written.")
+    audit_retention_days: float = variable(
+        "CORTEX_AUDIT_RETENTION", 90.0, "How long audit records are kept.", shown="90d"
+    )
+    audit_flush_seconds: float = variable(
+        "CORTEX_AUDIT_FLUSH_SECONDS", 1.0, "Seconds between writes of buffered audit records."
+    )
     audit_alerts: Annotated[tuple[AlertRule, ...], NoDecode] = variable(
-        "CORTEX_AUDIT_ALERTS", DEFAULT_AUDIT_ALERTS, "Alert rules, JSON (see above).",
-        shown='[{"type": "security_breach", "threshold": 3, "window": "5m"}, ...]')
+        "CORTEX_AUDIT_ALERTS",
+        DEFAULT_AUDIT_ALERTS,
+        "Alert rules, JSON (see above).",
+        shown='[{"type": "security_breach", "threshold": 3, "window": "5m"}, ...]',
+    )
     audit_log_level: str = variable("CORTEX_AUDIT_LOG_LEVEL", "INFO", "Log level of audit records.")
     # Processes.
     web_workers: int = variable("CORTEX_WEB_WORKERS", 2, "Gateway processes (gunicorn_conf.py).")
-    web_threads: int = variable("CORTEX_WEB_THREADS", 64, "Threads per gateway process: one per waiting client.")
-    torch_threads: int | None = variable("CORTEX_TORCH_THREADS", None, "Cores a gpu worker gives its models.",
-                                         shown="every core")
-    language_candidates: str = variable("CORTEX_LANGUAGE_CANDIDATES", "",
-                                        "ISO 639-1 codes language detection considers, comma-separated, or `all`.",
-                                        shown="22 common languages")
-    vector_build_memory: str = variable("CORTEX_VECTOR_BUILD_MEMORY", "512MB",
-                                        "PostgreSQL maintenance_work_mem for vector index builds.")
-    flower_password: str | None = variable("CORTEX_FLOWER_PASSWORD", None, "Flower's password in `cortex up`.",
-                                           shown="generated into the data folder", repr=False)
+    web_threads: int = variable(
+        "CORTEX_WEB_THREADS", 64, "Threads per gateway process: one per waiting client."
+    )
+    torch_threads: int | None = variable(
+        "CORTEX_TORCH_THREADS", None, "Cores a gpu worker gives its models.", shown="every core"
+    )
+    language_candidates: str = variable(
+        "CORTEX_LANGUAGE_CANDIDATES",
+        "",
+        "ISO 639-1 codes language detection considers, comma-separated, or `all`.",
+        shown="22 common languages",
+    )
+    vector_build_memory: str = variable(
+        "CORTEX_VECTOR_BUILD_MEMORY", "512MB", "PostgreSQL maintenance_work_mem for vector index builds."
+    )
+    flower_password: str | None = variable(
+        "CORTEX_FLOWER_PASSWORD",
+        None,
+        "Flower's password in `cortex up`.",
+        shown="generated into the data folder",
+        repr=False,
+    )
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024
@@ -435,8 +570,11 @@ class Settings(FromEnvironment):
         folder = Path(given.get("CORTEX_DATA_DIR") or "./var").resolve()
         stack = read_stack_file(folder)
         filled = dict(given)
-        for name, key in (("REDIS_URL", "redis_url"), ("DATABASE_URL", "database_url"),
-                          ("CORTEX_ARTIFACT_DIR", "artifact_dir")):
+        for name, key in (
+            ("REDIS_URL", "redis_url"),
+            ("DATABASE_URL", "database_url"),
+            ("CORTEX_ARTIFACT_DIR", "artifact_dir"),
+        ):
             if not filled.get(name) and stack.get(key):
                 filled[name] = stack[key]
         filled.setdefault("CORTEX_ARTIFACT_DIR", str(folder / "artifacts"))
@@ -462,7 +600,9 @@ class Settings(FromEnvironment):
     def _batching_per_model(cls, raw: Any, info: ValidationInfo) -> Any:
         if not isinstance(raw, str):
             return raw
-        default = Batching(info.data.get("max_batch_size", 32), info.data.get("batch_max_wait_ms", 2.0) / 1000)
+        default = Batching(
+            info.data.get("max_batch_size", 32), info.data.get("batch_max_wait_ms", 2.0) / 1000
+        )
         return batching_from(raw, default)
 
     @field_validator("rate_limit_tiers", mode="before")
@@ -539,8 +679,13 @@ class Settings(FromEnvironment):
         return -(-self.coalesce_max_inflight // self.gateway_processes)
 
 
-SETTINGS_GROUPS: tuple[type[FromEnvironment], ...] = (Settings, BatchConfig, ChatConfig, OpenAIConfig,
-                                                      TrainingConfig)
+SETTINGS_GROUPS: tuple[type[FromEnvironment], ...] = (
+    Settings,
+    BatchConfig,
+    ChatConfig,
+    OpenAIConfig,
+    TrainingConfig,
+)
 
 
 @lru_cache(maxsize=1)

@@ -112,6 +112,8 @@ def run_up(options: UpOptions) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        # The variables themselves, not get_settings(): it would fall back to a previous run's stack.json,
+        # and unset here means "start one".
         redis_url = os.environ.get("REDIS_URL")
         if not redis_url:
             redis_server = EmbeddedRedis(data_dir / "redis", ports.get("redis") or free_port())
