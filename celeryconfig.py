@@ -1,5 +1,4 @@
 """Celery settings as data. Values come from the typed settings object (cortex_tasks.core.settings)."""
-import os
 from urllib.parse import urlparse
 
 from cortex_tasks.core.broker_transport import TRANSPORT
@@ -13,9 +12,9 @@ _settings = get_settings()
 # twice; a test checks every registered task against it. It is also how long a job whose worker was
 # SIGKILLed waits before another worker takes it over (a worker that loses a pool child requeues at once).
 LONGEST_HARD_TIME_LIMIT = 4 * 3600
-VISIBILITY_TIMEOUT = int(os.environ.get("CORTEX_VISIBILITY_TIMEOUT") or LONGEST_HARD_TIME_LIMIT + 3600)
+VISIBILITY_TIMEOUT = _settings.visibility_timeout_seconds or LONGEST_HARD_TIME_LIMIT + 3600
 # How often a worker looks for messages whose worker died (kombu's default sweep is ~100 s).
-UNACKED_RESTORE_INTERVAL = int(os.environ.get("CORTEX_UNACKED_RESTORE_INTERVAL") or 10)
+UNACKED_RESTORE_INTERVAL = _settings.unacked_restore_interval_seconds
 
 broker_url = _settings.redis_url
 if urlparse(broker_url).scheme in ("redis", "rediss"):  # not for sentinel:// or other transports
@@ -60,6 +59,6 @@ worker_hijack_root_logger = False
 
 beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
 
-from beat_schedule import BEAT_SCHEDULE  # noqa: E402
+from beat_schedule import BEAT_SCHEDULE
 
 beat_schedule = BEAT_SCHEDULE

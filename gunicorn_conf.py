@@ -23,12 +23,18 @@ from pathlib import Path
 
 from gunicorn.workers.gthread import ThreadWorker
 
-DEFAULT_WORKERS = 2  # on two cores: cache hits reach twice one process's rate, model-bound paths unchanged
-DEFAULT_THREADS = 64  # one per waiting client: requests block while their jobs run
+from cortex_tasks.core.settings import Settings
+
+# A fresh read, not the cached get_settings(): the master must not cache settings that the processes it
+# forks would inherit before on_starting sets CORTEX_GATEWAY_PROCESSES for them.
+_settings = Settings()
 
 worker_class = "gunicorn_conf.BalancedThreadWorker"
-workers = int(os.environ.get("CORTEX_WEB_WORKERS") or DEFAULT_WORKERS)
-threads = int(os.environ.get("CORTEX_WEB_THREADS") or DEFAULT_THREADS)
+# Defaults (settings.py): 2 processes, since on two cores cache hits reach twice one process's rate and
+# model-bound paths are unchanged; 64 threads, one per waiting client, since requests block while their
+# jobs run.
+workers = _settings.web_workers
+threads = _settings.web_threads
 timeout = 120
 graceful_timeout = 20
 

@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _started: list[subprocess.Popen] = []
 _folder: Path | None = None
 
@@ -58,6 +60,16 @@ def pytest_configure(config) -> None:
 
     reset_settings_cache()
     upgrade_to_head(os.environ["DATABASE_URL"])
+
+
+@pytest.fixture(autouse=True)
+def _settings_read_afresh_after_each_test():
+    """Settings are cached per process. Torn down after the test's own fixtures (monkeypatch included),
+    so that variables a test changed, once undone, are not left cached for the next test."""
+    yield
+    from cortex_tasks.core.settings import reset_settings_cache
+
+    reset_settings_cache()
 
 
 def pytest_unconfigure(config) -> None:

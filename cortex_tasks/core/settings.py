@@ -1,46 +1,30 @@
-"""One typed settings object, read from the environment.
+"""One typed settings object, read from the environment: every variable Cortex reads is declared once
+below, with its type, default and a one-line description. An unset or empty variable means the default; a
+value that cannot be read stops start-up with the variable's name. `python -m cortex_tasks.core.settings
+--markdown` prints the list README.md shows (a unit test keeps the two the same).
 
 Service URLs left unset mean "use the embedded stack": `cortex up` writes the URLs of the services it
 started into `<CORTEX_DATA_DIR>/stack.json`, and every other process (workers, CLI, Beat) reads them
 from there, so that they all find the same stack through the same data folder.
 """
+
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
-from functools import lru_cache
+import sys
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STACK_FILE_NAME = "stack.json"
 
 
-# Readers of one environment variable, for settings.py and the per-area config modules (batch, training,
-# chat, openai); an unset or empty variable means the default.
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("CORTEX_DATA_DIR", "./var")).resolve()
-
-
 def read_stack_file(folder: Path | None = None) -> dict[str, str]:
-    path = (folder or data_dir()) / STACK_FILE_NAME
+    path = (folder or get_settings().data_dir) / STACK_FILE_NAME
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -132,13 +116,21 @@ def _rate_tier(name: str, spec: object) -> RateTier | None:
         raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}] needs requests_per_minute and burst_size (or null)")
     rate, burst = float(spec["requests_per_minute"]), int(spec["burst_size"])
     per_model = spec.get("per_model", {"requests_per_minute": rate / 2, "burst_size": max(1, burst // 2)})
-    if per_model is not None and not (isinstance(per_model, dict)
-                                      and {"requests_per_minute", "burst_size"} <= set(per_model)):
+    if per_model is not None and not (
+        isinstance(per_model, dict) and {"requests_per_minute", "burst_size"} <= set(per_model)
+    ):
         raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}].per_model needs requests_per_minute and burst_size")
-    tier = RateTier(rate, burst, float(per_model["requests_per_minute"]) if per_model else None,
-                    int(per_model["burst_size"]) if per_model else None)
-    if tier.requests_per_minute <= 0 or tier.burst_size < 1 or (
-            per_model and (tier.model_requests_per_minute <= 0 or tier.model_burst_size < 1)):
+    tier = RateTier(
+        rate,
+        burst,
+        float(per_model["requests_per_minute"]) if per_model else None,
+        int(per_model["burst_size"]) if per_model else None,
+    )
+    if (
+        tier.requests_per_minute <= 0
+        or tier.burst_size < 1
+        or (per_model and (tier.model_requests_per_minute <= 0 or tier.model_burst_size < 1))
+    ):
         raise ValueError(f"CORTEX_RATE_LIMITS[{name!r}]: rates must be positive and bursts at least 1")
     return tier
 
@@ -172,8 +164,9 @@ def _batching(model: str, spec: object, default: Batching) -> Batching:
     size, wait_ms = spec.get("max_batch_size", default.max_batch_size), spec.get("max_wait_ms")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"{where}.max_batch_size must be a whole number of at least 1")
-    if wait_ms is not None and (isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float))
-                                or wait_ms < 0):
+    if wait_ms is not None and (
+        isinstance(wait_ms, bool) or not isinstance(wait_ms, (int, float)) or wait_ms < 0
+    ):
         raise ValueError(f"{where}.max_wait_ms must be a number of milliseconds, 0 or more")
     return Batching(size, default.max_wait_seconds if wait_ms is None else wait_ms / 1000)
 
@@ -191,77 +184,488 @@ def audit_alerts_from(raw: str | None) -> tuple[AlertRule, ...]:
         return DEFAULT_AUDIT_ALERTS
     try:
         given = json.loads(raw)
-        rules = tuple(AlertRule(str(rule["type"]), int(rule["threshold"]), parse_duration(rule["window"]))
-                      for rule in given)
+        rules = tuple(
+            AlertRule(str(rule["type"]), int(rule["threshold"]), parse_duration(rule["window"]))
+            for rule in given
+        )
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"CORTEX_AUDIT_ALERTS must be a JSON list of {{type, threshold, window}}: {exc}") from None
+        raise ValueError(
+            f"CORTEX_AUDIT_ALERTS must be a JSON list of {{type, threshold, window}}: {exc}"
+        ) from None
     if any(rule.threshold < 1 for rule in rules):
         raise ValueError("CORTEX_AUDIT_ALERTS: thresholds are at least 1")
     return rules
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    redis_url: str
-    database_url: str
-    artifact_dir: Path
-    s3_endpoint: str | None
-    s3_access_key: str | None
-    s3_secret_key: str | None
-    s3_bucket: str
-    s3_secure: bool
-    admin_key: str | None
-    # Request limits (architecture document: input_validation, inference_config).
-    max_batch_size: int = 32
-    batching_enabled: bool = True
-    batch_max_wait_seconds: float = 0.002
-    coalesce_max_inflight: int = 4  # for the whole gateway: its processes share it
-    gateway_processes: int = 1  # set by gunicorn_conf.py for the processes it starts
-    batching_per_model: dict[str, Batching] = field(default_factory=dict)  # overrides of the two above
-    # Prediction cache (architecture document: cache_config).
-    cache_enabled: bool = True
-    cache_l1_max_bytes: int = 256 * 1024 * 1024
-    cache_l1_ttl_seconds: float = 300.0
-    cache_l2_max_bytes: int = 1024 * 1024 * 1024
-    cache_l2_ttl_seconds: int = 3600
-    cache_max_item_bytes: int = 1024 * 1024
-    # Overload protection (architecture document: load_balancing).
-    shed_max_queue_depth: int = 500
-    shed_max_queue_age_seconds: float = 0.5
-    circuit_error_threshold: float = 0.5
-    circuit_min_requests: int = 5
-    circuit_reset_timeout_seconds: float = 30.0
-    priority_aging_seconds: float = 60.0
-    max_text_length: int = 10_000
-    max_body_bytes: int = 2 * 1024 * 1024
-    max_json_depth: int = 20
-    default_wait_seconds: float = 5.0
-    max_wait_seconds: float = 30.0
+# US dollars per 1,000 tokens (OpenAI's list prices when this was written); CORTEX_OPENAI_PRICES overrides.
+DEFAULT_OPENAI_PRICES: dict[str, dict[str, float]] = {
+    "gpt-4o-mini": {"input": 0.00015, "output": 0.0006},
+    "text-embedding-3-small": {"input": 0.00002, "output": 0.0},
+}
+
+
+def openai_prices_from(raw: str | None) -> dict[str, dict[str, float]]:
+    prices = {model: dict(price) for model, price in DEFAULT_OPENAI_PRICES.items()}
+    if raw in (None, ""):
+        return prices
+    try:
+        given = json.loads(raw)
+        for model, price in given.items():
+            prices[str(model)] = {
+                "input": float(price.get("input", 0.0)),
+                "output": float(price.get("output", 0.0)),
+            }
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(
+            'CORTEX_OPENAI_PRICES must be JSON like {"gpt-4o-mini": {"input": 0.00015, '
+            '"output": 0.0006}} (US dollars per 1,000 tokens)'
+        ) from None
+    return prices
+
+
+def variable(
+    name: str | AliasChoices,
+    default: Any = None,
+    description: str = "",
+    *,
+    shown: str | None = None,
+    **options: Any,
+) -> Any:
+    """One environment variable: its exact name, default and one-line description (README.md lists them);
+    `shown` is the default as the README says it, where the value itself would mislead (a computed one)."""
+    extra = {"shown_default": shown} if shown is not None else None
+    if callable(default):
+        return Field(
+            default_factory=default,
+            validation_alias=name,
+            description=description,
+            json_schema_extra=extra,
+            **options,
+        )
+    return Field(default, validation_alias=name, description=description, json_schema_extra=extra, **options)
+
+
+class FromEnvironment(BaseSettings):
+    """Variables are read by their exact names; an empty one is the same as an unset one."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, case_sensitive=True, frozen=True, extra="ignore")
+
+
+class BatchConfig(FromEnvironment):
+    """Batch jobs (architecture document: batch_config)."""
+
+    max_batch_size: int = variable("CORTEX_BATCH_MAX_SIZE", 1000, "Most items one batch job may hold.")
+    chunk_size: int = variable("CORTEX_BATCH_CHUNK_SIZE", 100, "Items per chunk task.")
+    parallel_workers: int = variable(
+        "CORTEX_BATCH_PARALLEL_WORKERS",
+        4,
+        "Chunks of one batch in flight at once, so a big batch cannot take every worker thread.",
+    )
+    retry_count: int = variable("CORTEX_BATCH_RETRY_COUNT", 3, "Retries of a failed chunk.")
+    stale_chunk_seconds: int = variable(
+        "CORTEX_BATCH_STALE_CHUNK_SECONDS",
+        900,
+        "A chunk silent this long is re-enqueued; longer than a chunk's hard time limit.",
+    )
+    result_retention_days: int = variable(
+        "CORTEX_BATCH_RESULT_RETENTION_DAYS", 7, "Days a finished batch's result objects are kept."
+    )
+    queue: str = variable(
+        "CORTEX_BATCH_QUEUE", "batch", "The queue chunk tasks go to (recorded with the job)."
+    )
+    # Not configurable: pagination of /batch/results (response_config.pagination) and a batch's deadline,
+    # past which the stale-job sweep fails what is still unfinished.
+    default_page_size: ClassVar[int] = 50
+    max_page_size: ClassVar[int] = 200
+    deadline_seconds: ClassVar[int] = 24 * 3600
+
+
+class ChatConfig(FromEnvironment):
+    """Chat sessions (chat_config)."""
+
+    default_model: str = variable(
+        "CORTEX_CHAT_MODEL", "SmolLM2-135M-Instruct", "The model a chat session uses unless it names one."
+    )
+    memory_turns: int = variable(
+        "CORTEX_CHAT_MEMORY_TURNS", 10, "Earlier turns (a message and its answer) a reply sees at most."
+    )
+    # SmolLM2's context is 8192 tokens; about 4 characters per token leaves room for the answer.
+    memory_chars: int = variable(
+        "CORTEX_CHAT_MEMORY_CHARS",
+        6000,
+        "Characters of earlier turns a reply sees at most (oldest dropped first).",
+    )
+    default_system: ClassVar[str] = "You are a helpful assistant. Answer briefly."
+    max_message_chars: ClassVar[int] = 4000
+    default_wait_seconds: ClassVar[float] = 30.0
+    # One reply per session at a time; a message waits this long for the one before it.
+    lock_wait_seconds: ClassVar[int] = 240
+
+
+class OpenAIConfig(FromEnvironment):
+    """OpenAI models (External Model Integration); without a key their requests are refused with 503."""
+
+    api_key: str | None = variable(
+        "CORTEX_OPENAI_API_KEY", None, "OpenAI API key; unset: OpenAI models refused.", repr=False
+    )
+    base_url: str = variable("CORTEX_OPENAI_BASE_URL", "https://api.openai.com/v1", "OpenAI API base URL.")
+    prices: Annotated[dict[str, dict[str, float]], NoDecode] = variable(
+        "CORTEX_OPENAI_PRICES",
+        lambda: openai_prices_from(None),
+        'US dollars per 1,000 tokens, JSON, e.g. `{"gpt-4o-mini": {"input": 0.00015, "output": 0.0006}}`.',
+        shown="list prices",
+    )
+    # Shared by every worker (Redis): OpenAI's own limits are per organisation, not per process.
+    requests_per_minute: int = variable("CORTEX_OPENAI_RPM", 500, "OpenAI requests per minute, all workers.")
+    tokens_per_minute: int = variable("CORTEX_OPENAI_TPM", 200_000, "OpenAI tokens per minute, all workers.")
+    max_rate_wait_seconds: float = variable(
+        "CORTEX_OPENAI_MAX_RATE_WAIT", 5.0, "Seconds a call may wait for the next rate window before failing."
+    )
+    max_retries: int = variable("CORTEX_OPENAI_MAX_RETRIES", 3, "Retries of 429, 5xx and connection errors.")
+    backoff_seconds: float = variable(
+        "CORTEX_OPENAI_BACKOFF", 0.5, "First retry's backoff in seconds (doubling)."
+    )
+    timeout_seconds: float = variable("CORTEX_OPENAI_TIMEOUT", 30.0, "Seconds one OpenAI call may take.")
+    monthly_budget_usd: float | None = variable(
+        "CORTEX_OPENAI_MONTHLY_BUDGET",
+        None,
+        "Month-to-date US dollars above which OpenAI calls are refused.",
+        shown="no budget",
+    )
+    max_retry_after_seconds: ClassVar[float] = 20.0
+    parallel_requests: ClassVar[int] = 8
+
+    @field_validator("base_url")
+    @classmethod
+    def _without_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices(cls, raw: Any) -> Any:
+        return openai_prices_from(raw) if isinstance(raw, str) else raw
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key)
+
+    def price(self, model: str) -> dict[str, float]:
+        return self.prices.get(model, {"input": 0.0, "output": 0.0})
+
+
+class TrainingConfig(FromEnvironment):
+    """Training jobs (training_endpoints) and the evaluation gate (model_selection.criteria)."""
+
+    max_concurrent_jobs: int = variable(
+        "CORTEX_TRAINING_MAX_CONCURRENT",
+        5,
+        "Training jobs running at once, across workers (and waiting per owner).",
+    )
+    queue_size: int = variable(
+        "CORTEX_TRAINING_QUEUE_SIZE",
+        100,
+        "Training jobs waiting over all owners; past it a submission gets 429.",
+    )
+    gate_threshold: float = variable(
+        "CORTEX_TRAINING_GATE_THRESHOLD",
+        0.85,
+        "Held-out metric at which a new version is promoted to canary.",
+    )
+    gate_enabled: bool = variable(
+        "CORTEX_TRAINING_GATE", True, "Promote versions that pass the gate on their own."
+    )
+    slot_retry_seconds: int = variable(
+        "CORTEX_TRAINING_SLOT_RETRY_SECONDS",
+        10,
+        "How long a job that found no free training slot waits to try again.",
+    )
+    priority_levels: ClassVar[int] = 3  # high, normal, low
+    max_rows: ClassVar[int] = 100_000
+
+
+class Settings(FromEnvironment):
+    """Services, request handling, cache, overload protection, rate limits, audit and processes."""
+
+    # Where things are: see the module docstring for the stack.json fallback.
+    data_dir: Path = variable(
+        "CORTEX_DATA_DIR", Path("./var"), "The data folder (stack.json, models, caches).", shown="./var"
+    )
+    redis_url: str = variable(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis: broker, results, cache.",
+        shown="the stack's, else redis://127.0.0.1:6379/0",
+    )
+    database_url: str = variable(
+        "DATABASE_URL",
+        "postgresql://cortex@127.0.0.1:5432/cortex",
+        "PostgreSQL with pgvector: jobs, keys, registry, audit.",
+        shown="the stack's, else postgresql://cortex@127.0.0.1:5432/cortex",
+    )
+    artifact_dir: Path = variable(
+        "CORTEX_ARTIFACT_DIR",
+        Path("./var/artifacts"),
+        "Artifact folder when no object store is configured.",
+        shown="the stack's, else CORTEX_DATA_DIR/artifacts",
+    )
+    models_dir: Path | None = variable(
+        "CORTEX_MODELS_DIR", None, "Your own Hugging Face classifier folders.", shown="CORTEX_DATA_DIR/models"
+    )
+    # Object storage (minio_config, storage_security).
+    s3_endpoint: str | None = variable(
+        AliasChoices("MINIO_ENDPOINT", "S3_ENDPOINT"),
+        None,
+        "S3/MinIO endpoint; unset: artifacts on the local disk.",
+    )
+    s3_access_key: str | None = variable("MINIO_ACCESS_KEY", None, "Object store access key.", repr=False)
+    s3_secret_key: str | None = variable("MINIO_SECRET_KEY", None, "Object store secret key.", repr=False)
+    s3_bucket: str = variable("MINIO_BUCKET", "model-artifacts", "Object store bucket.")
+    s3_secure: bool = variable("MINIO_SECURE", False, "Use HTTPS to the object store.")
+    s3_region: str = variable("MINIO_REGION", "us-east-1", "Object store region.")
+    artifact_key: bytes | None = variable(
+        "CORTEX_ARTIFACT_KEY",
+        None,
+        "Base64 of 32 bytes: AES-256-GCM for artifacts; unset: unencrypted.",
+        repr=False,
+    )
+    admin_key: str | None = variable(
+        "CORTEX_ADMIN_KEY", None, "An API key for automation, never stored.", repr=False
+    )
+    # Batching (DESIGN.md "Batching").
+    max_batch_size: int = variable("MAX_BATCH_SIZE", 32, "Items per model call and per gateway message.")
+    batching_enabled: bool = variable("CORTEX_BATCHING", True, "Batch concurrent items of one model.")
+    batch_max_wait_ms: float = variable(
+        "CORTEX_BATCH_MAX_WAIT_MS", 2.0, "Milliseconds a partial batch waits for items on their way."
+    )
+    batching_per_model: Annotated[dict[str, Batching], NoDecode] = variable(
+        "CORTEX_BATCHING_PER_MODEL",
+        dict,
+        "Per-model overrides of the two above, JSON (see above).",
+        shown="none",
+    )
+    coalesce_max_inflight: int = variable(
+        "CORTEX_COALESCE_MAX_INFLIGHT",
+        4,
+        "Messages per model and params the whole gateway keeps in flight (its processes share them).",
+    )
+    gateway_processes: int = variable(
+        "CORTEX_GATEWAY_PROCESSES", 1, "Set by gunicorn_conf.py for the processes it starts."
+    )
+    # Prediction cache (cache_config).
+    cache_enabled: bool = variable("CORTEX_CACHE", True, "Cache predictions.")
+    cache_l1_max_mb: int = variable(
+        "CORTEX_CACHE_L1_MAX_MB", 256, "In-process cache size per process, in MB."
+    )
+    cache_l1_ttl_seconds: float = variable(
+        "CORTEX_CACHE_L1_TTL", 300.0, "In-process cache entries' lifetime in seconds."
+    )
+    cache_l2_max_mb: int = variable("CORTEX_CACHE_L2_MAX_MB", 1024, "Redis cache size, in MB.")
+    cache_l2_ttl_seconds: int = variable(
+        "CORTEX_CACHE_L2_TTL", 3600, "Redis cache entries' lifetime in seconds."
+    )
+    # Overload protection (load_balancing).
+    shed_max_queue_depth: int = variable(
+        "CORTEX_SHED_MAX_DEPTH", 500, "Queue depth past which new requests are shed (503)."
+    )
+    shed_max_queue_age_seconds: float = variable(
+        "CORTEX_SHED_MAX_AGE", 0.5, "Oldest queued message's age in seconds past which new requests are shed."
+    )
+    circuit_error_threshold: float = variable(
+        "CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5, "Error ratio that opens a model's circuit."
+    )
+    circuit_min_requests: int = variable(
+        "CORTEX_CIRCUIT_MIN_REQUESTS", 5, "Requests before a circuit may open."
+    )
+    circuit_reset_timeout_seconds: float = variable(
+        "CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0, "Seconds an open circuit waits before a trial request."
+    )
+    priority_aging_seconds: float = variable(
+        "CORTEX_PRIORITY_AGING_SECONDS", 60.0, "Seconds of waiting that raise a job one priority step."
+    )
+    default_wait_seconds: float = variable(
+        "CORTEX_DEFAULT_WAIT", 5.0, "Seconds a request waits for its result unless it says."
+    )
     # Delivery (DESIGN.md "Delivery").
-    max_deliveries: int = 3
-    result_expires_seconds: int = 3600
-    job_retention_days: int = 30
-    extra: dict[str, str] = field(default_factory=dict)
-    # Object storage (architecture document: minio_config, storage_security). The key is 32 bytes,
-    # given base64-encoded in CORTEX_ARTIFACT_KEY; without it artifacts are stored unencrypted.
-    s3_region: str = "us-east-1"
-    artifact_key: bytes | None = field(default=None, repr=False)
-    # Rate limiting (architecture document: rate_limits). A key's tier names one of these.
-    rate_limit_tiers: dict[str, RateTier | None] = field(default_factory=lambda: dict(DEFAULT_RATE_TIERS))
-    admin_key_tier: str = UNLIMITED_TIER  # CORTEX_ADMIN_KEY is for automation
-    max_concurrent_requests: int = 100  # in-flight prediction requests per gateway process
-    queue_timeout_seconds: float = 30.0  # how long a request waits for one of those slots
-    # Audit log (architecture document: audit_system, storage_security.audit).
-    audit_enabled: bool = True
-    audit_retention_days: float = 90.0
-    audit_flush_seconds: float = 1.0
-    audit_alerts: tuple[AlertRule, ...] = DEFAULT_AUDIT_ALERTS
-    audit_log_level: str = "INFO"
+    max_deliveries: int = variable("CORTEX_MAX_DELIVERIES", 3, "Deliveries of one job before it fails.")
+    result_expires_seconds: int = variable("CORTEX_RESULT_EXPIRES", 3600, "Seconds results stay in Redis.")
+    visibility_timeout_seconds: int | None = variable(
+        "CORTEX_VISIBILITY_TIMEOUT",
+        None,
+        "Seconds before Redis redelivers an unacknowledged message.",
+        shown="longest task time limit + 1 h",
+    )
+    unacked_restore_interval_seconds: int = variable(
+        "CORTEX_UNACKED_RESTORE_INTERVAL",
+        10,
+        "Seconds between a worker's looks for messages whose worker died.",
+    )
+    # Rate limiting (rate_limits). A key's tier names one of these.
+    rate_limit_tiers: Annotated[dict[str, RateTier | None], NoDecode] = variable(
+        "CORTEX_RATE_LIMITS",
+        lambda: dict(DEFAULT_RATE_TIERS),
+        "Rate limit tiers, JSON (see above).",
+        shown="default, premium, unlimited",
+    )
+    admin_key_tier: str = variable("CORTEX_ADMIN_KEY_TIER", UNLIMITED_TIER, "The tier of CORTEX_ADMIN_KEY.")
+    max_concurrent_requests: int = variable(
+        "CORTEX_MAX_CONCURRENT_REQUESTS", 100, "In-flight prediction requests per gateway process."
+    )
+    queue_timeout_seconds: float = variable(
+        "CORTEX_QUEUE_TIMEOUT", 30.0, "How long a request waits for an in-flight slot.", shown="30s"
+    )
+    # Audit log (audit_system, storage_security.audit).
+    audit_enabled: bool = variable("CORTEX_AUDIT", True, "Write the audit log.")
+    audit_retention_days: float = variable(
+        "CORTEX_AUDIT_RETENTION", 90.0, "How long audit records are kept.", shown="90d"
+    )
+    audit_flush_seconds: float = variable(
+        "CORTEX_AUDIT_FLUSH_SECONDS", 1.0, "Seconds between writes of buffered audit records."
+    )
+    audit_alerts: Annotated[tuple[AlertRule, ...], NoDecode] = variable(
+        "CORTEX_AUDIT_ALERTS",
+        DEFAULT_AUDIT_ALERTS,
+        "Alert rules, JSON (see above).",
+        shown='[{"type": "security_breach", "threshold": 3, "window": "5m"}, ...]',
+    )
+    audit_log_level: str = variable("CORTEX_AUDIT_LOG_LEVEL", "INFO", "Log level of audit records.")
+    # Processes.
+    web_workers: int = variable("CORTEX_WEB_WORKERS", 2, "Gateway processes (gunicorn_conf.py).")
+    web_threads: int = variable(
+        "CORTEX_WEB_THREADS", 64, "Threads per gateway process: one per waiting client."
+    )
+    torch_threads: int | None = variable(
+        "CORTEX_TORCH_THREADS", None, "Cores a gpu worker gives its models.", shown="every core"
+    )
+    language_candidates: str = variable(
+        "CORTEX_LANGUAGE_CANDIDATES",
+        "",
+        "ISO 639-1 codes language detection considers, comma-separated, or `all`.",
+        shown="22 common languages",
+    )
+    vector_build_memory: str = variable(
+        "CORTEX_VECTOR_BUILD_MEMORY", "512MB", "PostgreSQL maintenance_work_mem for vector index builds."
+    )
+    flower_password: str | None = variable(
+        "CORTEX_FLOWER_PASSWORD",
+        None,
+        "Flower's password in `cortex up`.",
+        shown="generated into the data folder",
+        repr=False,
+    )
+
+    # Fixed limits (input_validation, inference_config), not read from the environment.
+    cache_max_item_bytes: ClassVar[int] = 1024 * 1024
+    max_text_length: ClassVar[int] = 10_000
+    max_body_bytes: ClassVar[int] = 2 * 1024 * 1024
+    max_json_depth: ClassVar[int] = 20
+    max_wait_seconds: ClassVar[float] = 30.0
+    job_retention_days: ClassVar[int] = 30
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stack_urls(cls, given: Any) -> Any:
+        """Unset service URLs come from the running `cortex up` stack (stack.json), then local defaults."""
+        if not isinstance(given, dict):
+            return given
+        folder = Path(given.get("CORTEX_DATA_DIR") or "./var").resolve()
+        stack = read_stack_file(folder)
+        filled = dict(given)
+        for name, key in (
+            ("REDIS_URL", "redis_url"),
+            ("DATABASE_URL", "database_url"),
+            ("CORTEX_ARTIFACT_DIR", "artifact_dir"),
+        ):
+            if not filled.get(name) and stack.get(key):
+                filled[name] = stack[key]
+        filled.setdefault("CORTEX_ARTIFACT_DIR", str(folder / "artifacts"))
+        return filled
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, folder: Path) -> Path:
+        return folder.resolve()
+
+    @field_validator("artifact_key", mode="before")
+    @classmethod
+    def _decode_artifact_key(cls, raw: Any) -> Any:
+        return _artifact_key(raw) if isinstance(raw, str) else raw
+
+    @field_validator("coalesce_max_inflight", "gateway_processes")
+    @classmethod
+    def _at_least_one(cls, count: int) -> int:
+        return max(1, count)
+
+    @field_validator("batching_per_model", mode="before")
+    @classmethod
+    def _batching_per_model(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        default = Batching(
+            info.data.get("max_batch_size", 32), info.data.get("batch_max_wait_ms", 2.0) / 1000
+        )
+        return batching_from(raw, default)
+
+    @field_validator("rate_limit_tiers", mode="before")
+    @classmethod
+    def _rate_limit_tiers(cls, raw: Any) -> Any:
+        return rate_tiers_from(raw) if isinstance(raw, str) else raw
+
+    @field_validator("queue_timeout_seconds", mode="before")
+    @classmethod
+    def _queue_timeout(cls, raw: Any) -> Any:
+        return parse_duration(raw) if isinstance(raw, str) else raw
+
+    @field_validator("audit_retention_days", mode="before")
+    @classmethod
+    def _retention_days(cls, raw: Any) -> Any:
+        return parse_duration(raw) / 86400 if isinstance(raw, str) else raw
+
+    @field_validator("audit_alerts", mode="before")
+    @classmethod
+    def _audit_alerts(cls, raw: Any) -> Any:
+        return audit_alerts_from(raw) if isinstance(raw, str) else raw
+
+    @field_validator("audit_log_level")
+    @classmethod
+    def _upper(cls, level: str) -> str:
+        return level.upper()
+
+    # The per-area groups, read on first use (as the per-area config modules did before).
+    @cached_property
+    def batch(self) -> BatchConfig:
+        return BatchConfig()
+
+    @cached_property
+    def chat(self) -> ChatConfig:
+        return ChatConfig()
+
+    @cached_property
+    def openai(self) -> OpenAIConfig:
+        return OpenAIConfig()
+
+    @cached_property
+    def training(self) -> TrainingConfig:
+        return TrainingConfig()
 
     @property
     def uses_s3(self) -> bool:
         return bool(self.s3_endpoint)
+
+    @property
+    def batch_max_wait_seconds(self) -> float:
+        return self.batch_max_wait_ms / 1000
+
+    @property
+    def cache_l1_max_bytes(self) -> int:
+        return self.cache_l1_max_mb * 1024 * 1024
+
+    @property
+    def cache_l2_max_bytes(self) -> int:
+        return self.cache_l2_max_mb * 1024 * 1024
+
+    @property
+    def user_models_dir(self) -> Path:
+        return self.models_dir.resolve() if self.models_dir else self.data_dir / "models"
 
     def batching_for(self, model: str) -> Batching:
         """A model's batching: its own, else its registered name's (`name@3` -> `name`), else the global."""
@@ -275,61 +679,60 @@ class Settings:
         return -(-self.coalesce_max_inflight // self.gateway_processes)
 
 
+SETTINGS_GROUPS: tuple[type[FromEnvironment], ...] = (
+    Settings,
+    BatchConfig,
+    ChatConfig,
+    OpenAIConfig,
+    TrainingConfig,
+)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    folder = data_dir()
-    stack = read_stack_file(folder)
-    # Without URLs and without a running `cortex up` stack, fall back to local default ports, as Celery
-    # and most tools do; /ready reports clearly if nothing is listening there.
-    redis_url = os.environ.get("REDIS_URL") or stack.get("redis_url") or "redis://127.0.0.1:6379/0"
-    database_url = (os.environ.get("DATABASE_URL") or stack.get("database_url")
-                    or "postgresql://cortex@127.0.0.1:5432/cortex")
-    batching = Batching(env_int("MAX_BATCH_SIZE", 32), env_float("CORTEX_BATCH_MAX_WAIT_MS", 2.0) / 1000)
-    return Settings(
-        data_dir=folder,
-        redis_url=redis_url,
-        database_url=database_url,
-        artifact_dir=Path(os.environ.get("CORTEX_ARTIFACT_DIR") or stack.get("artifact_dir")
-                          or folder / "artifacts"),
-        s3_endpoint=os.environ.get("MINIO_ENDPOINT") or os.environ.get("S3_ENDPOINT") or None,
-        s3_access_key=os.environ.get("MINIO_ACCESS_KEY"),
-        s3_secret_key=os.environ.get("MINIO_SECRET_KEY"),
-        s3_bucket=os.environ.get("MINIO_BUCKET", "model-artifacts"),
-        s3_secure=env_bool("MINIO_SECURE", False),
-        s3_region=os.environ.get("MINIO_REGION", "us-east-1"),
-        artifact_key=_artifact_key(os.environ.get("CORTEX_ARTIFACT_KEY")),
-        admin_key=os.environ.get("CORTEX_ADMIN_KEY") or None,
-        max_batch_size=batching.max_batch_size,
-        batching_enabled=env_bool("CORTEX_BATCHING", True),
-        batch_max_wait_seconds=batching.max_wait_seconds,
-        coalesce_max_inflight=max(1, env_int("CORTEX_COALESCE_MAX_INFLIGHT", 4)),
-        gateway_processes=max(1, env_int("CORTEX_GATEWAY_PROCESSES", 1)),
-        batching_per_model=batching_from(os.environ.get("CORTEX_BATCHING_PER_MODEL"), batching),
-        cache_enabled=env_bool("CORTEX_CACHE", True),
-        shed_max_queue_depth=env_int("CORTEX_SHED_MAX_DEPTH", 500),
-        shed_max_queue_age_seconds=env_float("CORTEX_SHED_MAX_AGE", 0.5),
-        circuit_error_threshold=env_float("CORTEX_CIRCUIT_ERROR_THRESHOLD", 0.5),
-        circuit_min_requests=env_int("CORTEX_CIRCUIT_MIN_REQUESTS", 5),
-        circuit_reset_timeout_seconds=env_float("CORTEX_CIRCUIT_RESET_TIMEOUT", 30.0),
-        priority_aging_seconds=env_float("CORTEX_PRIORITY_AGING_SECONDS", 60.0),
-        cache_l1_max_bytes=env_int("CORTEX_CACHE_L1_MAX_MB", 256) * 1024 * 1024,
-        cache_l1_ttl_seconds=env_float("CORTEX_CACHE_L1_TTL", 300.0),
-        cache_l2_max_bytes=env_int("CORTEX_CACHE_L2_MAX_MB", 1024) * 1024 * 1024,
-        cache_l2_ttl_seconds=env_int("CORTEX_CACHE_L2_TTL", 3600),
-        default_wait_seconds=env_float("CORTEX_DEFAULT_WAIT", 5.0),
-        max_deliveries=env_int("CORTEX_MAX_DELIVERIES", 3),
-        result_expires_seconds=env_int("CORTEX_RESULT_EXPIRES", 3600),
-        rate_limit_tiers=rate_tiers_from(os.environ.get("CORTEX_RATE_LIMITS")),
-        admin_key_tier=os.environ.get("CORTEX_ADMIN_KEY_TIER") or UNLIMITED_TIER,
-        max_concurrent_requests=env_int("CORTEX_MAX_CONCURRENT_REQUESTS", 100),
-        queue_timeout_seconds=parse_duration(os.environ.get("CORTEX_QUEUE_TIMEOUT") or "30s"),
-        audit_enabled=env_bool("CORTEX_AUDIT", True),
-        audit_retention_days=parse_duration(os.environ.get("CORTEX_AUDIT_RETENTION") or "90d") / 86400,
-        audit_flush_seconds=env_float("CORTEX_AUDIT_FLUSH_SECONDS", 1.0),
-        audit_alerts=audit_alerts_from(os.environ.get("CORTEX_AUDIT_ALERTS")),
-        audit_log_level=(os.environ.get("CORTEX_AUDIT_LOG_LEVEL") or "INFO").upper(),
-    )
+    return Settings()
 
 
 def reset_settings_cache() -> None:
     get_settings.cache_clear()
+
+
+def data_dir() -> Path:
+    return get_settings().data_dir
+
+
+def variable_names(group: type[FromEnvironment]) -> dict[str, list[str]]:
+    """Field name -> the environment variable names it is read from (the first is the main one)."""
+    names = {}
+    for field_name, info in group.model_fields.items():
+        alias = info.validation_alias
+        names[field_name] = list(alias.choices) if isinstance(alias, AliasChoices) else [str(alias)]
+    return names
+
+
+def _shown_default(info: Any) -> str:
+    extra = info.json_schema_extra or {}
+    if "shown_default" in extra:
+        return str(extra["shown_default"])
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return "unset" if default is None else str(default)
+
+
+def settings_markdown() -> str:
+    """The settings list README.md shows, one line per variable: name, default, description."""
+    lines = []
+    for group in SETTINGS_GROUPS:
+        lines.append(f"- {(group.__doc__ or '').strip().splitlines()[0]}")
+        for field_name, names in variable_names(group).items():
+            info = group.model_fields[field_name]
+            spelled = " or ".join(f"`{name}`" for name in names)
+            lines.append(f"  - {spelled} ({_shown_default(info)}): {info.description}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m cortex_tasks.core.settings --markdown")
+    sys.stdout.write(settings_markdown())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cortex_tasks.core.atomic_files import replace_file
-from cortex_tasks.core.settings import STACK_FILE_NAME
+from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
@@ -50,7 +50,7 @@ def _saved_ports(data_dir: Path) -> dict[str, int]:
 
 
 def _flower_password(data_dir: Path) -> str:
-    configured = os.environ.get("CORTEX_FLOWER_PASSWORD")
+    configured = get_settings().flower_password
     if configured:
         return configured
     path = data_dir / "flower_password"
@@ -112,6 +112,8 @@ def run_up(options: UpOptions) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        # The variables themselves, not get_settings(): it would fall back to a previous run's stack.json,
+        # and unset here means "start one".
         redis_url = os.environ.get("REDIS_URL")
         if not redis_url:
             redis_server = EmbeddedRedis(data_dir / "redis", ports.get("redis") or free_port())
@@ -190,10 +192,9 @@ def run_up(options: UpOptions) -> int:
 
 
 def _admin_key_line() -> str:
-    if os.environ.get("CORTEX_ADMIN_KEY"):
+    if get_settings().admin_key:
         return "admin key: the value of CORTEX_ADMIN_KEY"
     from cortex_tasks.core.auth.keys import create_key
-    from cortex_tasks.core.settings import get_settings
 
     # The operator's own key, like CORTEX_ADMIN_KEY: on the admin tier (unlimited by default), so trying
     # Cortex out is not throttled; keys for clients get their tiers from `cortex keys create --tier`.

@@ -20,12 +20,12 @@ ZERO_SHOT_BATCHING = {"max_batch_size": 3, "max_wait_ms": 7}
 def fake_openai() -> Iterator[FakeOpenAI]:
     """A local OpenAI-compatible server (the only test double: OpenAI is an external paid API). Its URL
     and a key are in the environment before any worker starts, so workers and the gateway both use it."""
-    from cortex_tasks.core.openai.config import reset_openai_config
+    from cortex_tasks.core.settings import reset_settings_cache
 
     server = FakeOpenAI().start()
     os.environ["CORTEX_OPENAI_API_KEY"] = "sk-test-fake"
     os.environ["CORTEX_OPENAI_BASE_URL"] = server.base_url
-    reset_openai_config()
+    reset_settings_cache()
     try:
         yield server
     finally:
@@ -89,7 +89,7 @@ class Api:
     def delete(self, path: str, **kwargs: Any):
         return self.client.delete(path, headers=self.headers(kwargs.pop("headers", None)), **kwargs)
 
-    def as_key(self, key: str | None) -> "Api":
+    def as_key(self, key: str | None) -> Api:
         return Api(self.client, key)
 
     def predict(self, task: str, inputs: list[Any], poll_seconds: float = 300, **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cortex_tasks.core.batch.config import batch_config
+from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 from tests.support.processes import WorkerProcess
@@ -163,6 +163,7 @@ def test_batch_survives_its_worker_being_killed_mid_run(api, monkeypatch):
     runs the rest, and the finished chunks are not run again."""
     queue = f"batch-kill-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("CORTEX_BATCH_QUEUE", queue)
+    reset_settings_cache()
     env = {"CORTEX_VISIBILITY_TIMEOUT": "8", "CORTEX_UNACKED_RESTORE_INTERVAL": "1"}
     first = WorkerProcess(queue, pool="prefork", concurrency=1, name="batch-doomed", env=env).start()
     texts = [sentence(i) for i in range(1000)]
@@ -193,13 +194,13 @@ def test_batch_survives_its_worker_being_killed_mid_run(api, monkeypatch):
             # can bring it back and the stale-job sweep (Beat, every 5 minutes) re-sends it. Run the sweep
             # as Beat would, with the staleness bound shortened like the visibility timeout above.
             monkeypatch.setenv("CORTEX_BATCH_STALE_CHUNK_SECONDS", "5")
-            batch_config.cache_clear()
+            reset_settings_cache()
             time.sleep(6)
             assert requeue_stalled_batches()["chunks_requeued"] >= 1
             progress = wait_until_finished(api, job_id, timeout=180)
     finally:
         second.stop()
-        batch_config.cache_clear()
+        reset_settings_cache()
     assert progress["status"] == "succeeded", progress
     assert (progress["done"], progress["failed"]) == (1000, 0)
     items = all_items(api, job_id)

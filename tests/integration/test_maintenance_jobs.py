@@ -14,9 +14,11 @@ from tests.integration.test_training_jobs import topic_rows
 
 
 def test_sweep_requeues_a_batch_whose_messages_were_lost(api, workers, monkeypatch):
+    from cortex_tasks.core.settings import reset_settings_cache
     from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 
     monkeypatch.setenv("CORTEX_BATCH_QUEUE", f"nobody-listens-{uuid.uuid4().hex[:6]}")
+    reset_settings_cache()
     job_id = api.post("/api/v1/batch/submit", {"task": "embed", "inputs": [sentence(i) for i in range(120)]}
                       ).get_json()["job_id"]
     with session_scope() as session:  # the messages are gone (say, Redis lost them) and time has passed

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from cortex_tasks.core.openai.config import cost_usd, reset_openai_config
+from cortex_tasks.core.openai.config import cost_usd
+from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 
 pytestmark = pytest.mark.usefixtures("workers")
@@ -106,7 +107,7 @@ def test_embeddings_api(api, own_key, fake_openai):
 
 def test_not_configured_is_a_clear_503(api, monkeypatch, fake_openai):
     monkeypatch.delenv("CORTEX_OPENAI_API_KEY")
-    reset_openai_config()
+    reset_settings_cache()
     try:
         response = api.post("/api/v1/predict", {"task": "generate", "inputs": ["hi"], "model": "gpt-4o-mini"})
         assert response.status_code == 503
@@ -114,13 +115,13 @@ def test_not_configured_is_a_clear_503(api, monkeypatch, fake_openai):
         assert fake_openai.calls() == []
     finally:
         monkeypatch.undo()
-        reset_openai_config()
+        reset_settings_cache()
 
 
 def test_monthly_budget_refuses_new_calls(api, monkeypatch, fake_openai):
     api.predict("generate", ["Spend a little."], model="gpt-4o-mini", params={"temperature": 0.3})
     monkeypatch.setenv("CORTEX_OPENAI_MONTHLY_BUDGET", "0.0000001")
-    reset_openai_config()
+    reset_settings_cache()
     try:
         response = api.post("/api/v1/predict", {"task": "generate", "inputs": ["more"], "model": "gpt-4o-mini"})
         assert response.status_code == 402
@@ -128,7 +129,7 @@ def test_monthly_budget_refuses_new_calls(api, monkeypatch, fake_openai):
         assert len(fake_openai.calls("/chat/completions")) == 1
     finally:
         monkeypatch.undo()
-        reset_openai_config()
+        reset_settings_cache()
 
 
 def test_usage_endpoint_scope(api, admin_api, keys):

@@ -137,11 +137,11 @@ def test_bad_requests_and_quota(admin_api, monkeypatch):
                           {"action": "pause"}).status_code == 404
 
     from cortex_tasks.core.auth.keys import create_key
-    from cortex_tasks.core.training.config import training_config
+    from cortex_tasks.core.settings import reset_settings_cache
 
     owner = admin_api.as_key(create_key("model_admin").key)
     monkeypatch.setenv("CORTEX_TRAINING_MAX_CONCURRENT", "1")
-    training_config.cache_clear()
+    reset_settings_cache()
     try:
         body = {"kind": "classifier", "model": f"quota-{uuid.uuid4().hex[:6]}",
                 "dataset": {"rows": topic_rows(per_label=4)}, "params": {"epochs": 100_000}}
@@ -155,7 +155,7 @@ def test_bad_requests_and_quota(admin_api, monkeypatch):
                           {"action": "cancel"}).status_code == 202
     finally:
         monkeypatch.delenv("CORTEX_TRAINING_MAX_CONCURRENT")
-        training_config.cache_clear()
+        reset_settings_cache()
 
 
 def test_resources_report_queue_capacity_and_host(admin_api, workers):

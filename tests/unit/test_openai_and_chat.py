@@ -1,7 +1,6 @@
 """Plain logic of the OpenAI integration and the chat memory (no services)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -9,21 +8,22 @@ import pytest
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.chat.history import StoredMessage, valid_session_id
 from cortex_tasks.core.openai.billing import BILLING_PARAM, billed_params, billing_owner
-from cortex_tasks.core.openai.config import _prices, cost_usd, openai_config
+from cortex_tasks.core.openai.config import cost_usd, openai_config
 from cortex_tasks.core.openai.rate_limit import estimate_tokens
+from cortex_tasks.core.settings import openai_prices_from
 from cortex_tasks.runtime.chat.service import PROMPT, memory_window
 
 
 def test_cost_uses_prices_per_thousand_tokens():
-    config = replace(openai_config(), prices={"m": {"input": 0.5, "output": 2.0}})
+    config = openai_config().model_copy(update={"prices": {"m": {"input": 0.5, "output": 2.0}}})
     assert cost_usd("m", 2000, 500, config) == pytest.approx(1.0 + 1.0)
     assert cost_usd("unknown", 1000, 1000, config) == 0.0
 
 
 def test_price_overrides_are_checked():
-    assert _prices('{"gpt-4o-mini": {"input": 1, "output": 2}}')["gpt-4o-mini"] == {"input": 1.0, "output": 2.0}
+    assert openai_prices_from('{"gpt-4o-mini": {"input": 1, "output": 2}}')["gpt-4o-mini"] == {"input": 1.0, "output": 2.0}
     with pytest.raises(ValueError, match="CORTEX_OPENAI_PRICES"):
-        _prices("not json")
+        openai_prices_from("not json")
 
 
 def test_billing_is_set_by_the_gateway_not_the_client():
@@ -52,13 +52,13 @@ def stored(count: int, size: int = 100) -> list[StoredMessage]:
 
 
 def test_memory_window_keeps_the_last_turns_in_order():
-    window = memory_window(stored(30), replace(chat_config(), memory_turns=3, memory_chars=100_000))
+    window = memory_window(stored(30), chat_config().model_copy(update={"memory_turns": 3, "memory_chars": 100_000}))
     assert [m.content[:3] for m in window] == ["m24", "m25", "m26", "m27", "m28", "m29"]
     assert window[0].type == "human" and window[1].type == "ai"
 
 
 def test_memory_window_drops_oldest_beyond_the_character_budget_and_starts_on_a_question():
-    window = memory_window(stored(10), replace(chat_config(), memory_chars=350))
+    window = memory_window(stored(10), chat_config().model_copy(update={"memory_chars": 350}))
     assert [m.content[:3] for m in window] == ["m08", "m09"]  # three fit, but not an answer without its question
     assert memory_window([], chat_config()) == []
 

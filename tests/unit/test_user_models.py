@@ -8,6 +8,7 @@ import pytest
 
 from cortex_tasks.core.catalogue import TASKS, UnknownName, find_model, model_entry, task_model_names
 from cortex_tasks.core.catalogue.user_models import find_user_model, list_user_models, models_dir
+from cortex_tasks.core.settings import reset_settings_cache
 
 
 def write_model(folder, architecture="DistilBertForSequenceClassification", labels=("neg", "pos"),
@@ -25,12 +26,14 @@ def write_model(folder, architecture="DistilBertForSequenceClassification", labe
 @pytest.fixture()
 def models_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CORTEX_MODELS_DIR", str(tmp_path / "models"))
+    reset_settings_cache()
     return tmp_path / "models"
 
 
 def test_models_dir_defaults_to_the_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("CORTEX_MODELS_DIR", raising=False)
     monkeypatch.setenv("CORTEX_DATA_DIR", str(tmp_path))
+    reset_settings_cache()
     assert models_dir() == tmp_path.resolve() / "models"
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cortex_tasks.core.settings import data_dir
+from cortex_tasks.core.settings import get_settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -42,8 +41,7 @@ class UserModel:
 
 
 def models_dir() -> Path:
-    configured = os.environ.get("CORTEX_MODELS_DIR")
-    return Path(configured).resolve() if configured else data_dir() / "models"
+    return get_settings().user_models_dir
 
 
 def describe_dir(path: Path) -> UserModel | None:

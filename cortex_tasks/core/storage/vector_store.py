@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 import threading
@@ -43,6 +42,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
 
 from cortex_tasks.core.errors import CortexError
+from cortex_tasks.core.settings import get_settings
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
@@ -51,9 +51,6 @@ MAX_FILTER_KEYS = 16
 MAX_K = 100
 # pgvector indexes `vector` columns of at most 2,000 dimensions.
 MAX_DIMENSION = 2000
-# HNSW builds are far faster when the whole graph fits in maintenance_work_mem (pgvector's advice);
-# raised for the index build's own transaction only.
-INDEX_BUILD_MEMORY = os.environ.get("CORTEX_VECTOR_BUILD_MEMORY", "512MB")
 COPY_CHUNK_ROWS = 2000
 
 
@@ -528,7 +525,9 @@ class VectorStore:
         options = sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.SQL(key), sql.Literal(value))  # keys: fixed dataclass fields
             for key, value in collection.index.build_parameters().items())
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (INDEX_BUILD_MEMORY,))
+        # HNSW builds are far faster when the whole graph fits in maintenance_work_mem (pgvector's advice);
+        # raised for the index build's own transaction only.
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (get_settings().vector_build_memory,))
         # Build beside the old index and swap at the end: CREATE INDEX blocks writes but not reads,
         # and the old index keeps serving searches until the new one is complete.
         fresh = sql.Identifier(f"vectors_{collection.id}_embedding_new")

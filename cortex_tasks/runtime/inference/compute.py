@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cortex_tasks.core.process_threads import helper_threads
+from cortex_tasks.core.settings import get_settings
 
 LANES, EXCLUSIVE, REMOTE = "lanes", "exclusive", "remote"
 COMPUTE_MODES = (LANES, EXCLUSIVE, REMOTE)
@@ -132,8 +133,8 @@ def torch_threads() -> int:
     """Cores a solo/threads worker gives its model calls (below): every core by default.
     A call that is alone uses them all; under load, calls run side by side with one thread each.
     CORTEX_TORCH_THREADS=1 keeps a worker to one core, next to other heavy processes."""
-    configured = os.environ.get("CORTEX_TORCH_THREADS")
-    return max(1, int(configured)) if configured else (os.cpu_count() or 1)
+    configured = get_settings().torch_threads
+    return max(1, configured) if configured is not None else (os.cpu_count() or 1)
 
 
 def core_budget() -> CoreBudget:

@@ -15,10 +15,10 @@ detector knows a set of widely used languages (CANDIDATES) unless CORTEX_LANGUAG
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.settings import get_settings
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.postprocessing import DECIMALS, read_threshold, read_top_k
 
@@ -32,7 +32,7 @@ _DISPLAY_NAMES = {"BOKMAL": "Norwegian Bokmål", "NYNORSK": "Norwegian Nynorsk"}
 
 def configured_candidates() -> tuple[str, ...] | None:
     """ISO 639-1 codes to build the detector for; None means every language lingua knows."""
-    raw = os.environ.get(CANDIDATES_ENV, "").strip().lower()
+    raw = get_settings().language_candidates.strip().lower()
     if raw == "all":
         return None
     if raw:
