@@ -13,6 +13,9 @@ from functools import lru_cache
 
 from celery import signals
 
+from cortex_tasks.core.catalogue import TASKS, find_model
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.db import reset_engine
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,6 @@ def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
     A model that fails to load does not keep the worker from serving the others: requests for it are
     answered by its fallback (or fail clearly), and /ready shows the failure.
     """
-    from cortex_tasks.core.catalogue import TASKS
     from cortex_tasks.runtime.models.loaded import get_model
 
     loaded, failed = [], {}
@@ -68,7 +70,6 @@ def _after_fork(**_: object) -> None:
     _prefork_child = True
     import torch
 
-    from cortex_tasks.core.storage.db import reset_engine
     from cortex_tasks.runtime.inference import compute
 
     # Prefork children share the cores: one torch thread each avoids oversubscription.
@@ -102,7 +103,6 @@ def _announce_ready(sender=None, **_: object) -> None:
 
 def _batching_of(models: list[str]) -> dict[str, dict[str, float]]:
     """How this worker batches each model's requests (shown by GET /api/v1/health/model/{name})."""
-    from cortex_tasks.core.catalogue import find_model
     from cortex_tasks.runtime.inference.runner import batching_of
 
     shown = {}
@@ -126,6 +126,5 @@ def _refresh_ready(sender=None, **_: object) -> None:
 def _redis():
     import redis
 
-    from cortex_tasks.core.settings import get_settings
 
     return redis.Redis.from_url(get_settings().redis_url)

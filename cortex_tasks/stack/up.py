@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cortex_tasks.core.atomic_files import replace_file
-from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings
+from cortex_tasks.core.auth.keys import create_key
+from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
+from cortex_tasks.core.storage.migrate import upgrade_to_head
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
@@ -134,8 +136,6 @@ def run_up(options: UpOptions) -> int:
         env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
         os.environ.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
 
-        from cortex_tasks.core.settings import reset_settings_cache
-        from cortex_tasks.core.storage.migrate import upgrade_to_head
 
         reset_settings_cache()
         upgrade_to_head(database_url)
@@ -194,7 +194,6 @@ def run_up(options: UpOptions) -> int:
 def _admin_key_line() -> str:
     if get_settings().admin_key:
         return "admin key: the value of CORTEX_ADMIN_KEY"
-    from cortex_tasks.core.auth.keys import create_key
 
     # The operator's own key, like CORTEX_ADMIN_KEY: on the admin tier (unlimited by default), so trying
     # Cortex out is not throttled; keys for clients get their tiers from `cortex keys create --tier`.

@@ -11,7 +11,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from cortex_tasks.core.auth.roles import READ
+from cortex_tasks.core.cache.service import get_cache
+from cortex_tasks.core.cache.warming import effectiveness
 from cortex_tasks.core.catalogue import MODELS, TASKS
+from cortex_tasks.core.chat.config import chat_config
+from cortex_tasks.core.documents import catalog
+from cortex_tasks.core.openai.config import CHAT_MODELS, openai_config
 from cortex_tasks.core.storage.db import get_engine
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX
 from cortex_web.auth import require
@@ -103,7 +108,6 @@ def health_haystack() -> tuple[Response, int]:
     and whether a gpu worker (which runs the pipelines) is ready."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from cortex_tasks.core.documents import catalog
 
     packages: dict[str, str | None] = {}
     for package in ("haystack-ai", "pgvector-haystack"):
@@ -127,9 +131,6 @@ def health_haystack() -> tuple[Response, int]:
 @require(READ)
 def health_cache() -> Response:
     """Cache status: hit and miss counts and the L1 of all the gateway's processes, and the shared L2."""
-    from cortex_tasks.core.cache.service import get_cache
-    from cortex_tasks.core.cache.warming import effectiveness
-
     return jsonify({**get_cache().stats(), "warming": effectiveness()})
 
 
@@ -139,8 +140,6 @@ def health_langchain() -> Response:
     """Chat with memory (LangChain): the library, the chat models and their state, the memory window."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from cortex_tasks.core.chat.config import chat_config
-    from cortex_tasks.core.openai.config import CHAT_MODELS, openai_config
 
     try:
         langchain_version = version("langchain-core")

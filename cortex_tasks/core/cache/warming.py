@@ -19,8 +19,12 @@ import redis
 
 from cortex_tasks.core.cache.keys import normalize_input
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
+from cortex_tasks.core.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
 from cortex_tasks.core.contracts.messages import PredictionJob, PredictionMessage
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.process_threads import helper_threads
+from cortex_tasks.core.queues import PRIORITY_CLASSES
 from cortex_tasks.core.settings import get_settings
 
 FREQUENCY_KEY = "cortex:cache-queries:"  # + hour number; members are JSON [task, model, params, input]
@@ -91,10 +95,6 @@ def frequent_queries(client: redis.Redis, min_frequency: int, hours: int = 1) ->
 
 def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: int = 2000) -> dict[str, Any]:
     from cortex_tasks import app as celery_app
-    from cortex_tasks.core.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
-    from cortex_tasks.core.jobs import store
-    from cortex_tasks.core.openai.config import is_openai_model
-    from cortex_tasks.core.queues import PRIORITY_CLASSES
 
     started = time.monotonic()
     cache = get_cache()
@@ -147,8 +147,6 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
 
 def effectiveness(min_frequency: int = 10) -> dict[str, Any]:
     """Share of the frequent queries that L2 can answer now (after a warming run: its effectiveness)."""
-    from cortex_tasks.core.catalogue import find_model
-
     client = redis.Redis.from_url(get_settings().redis_url)
     queries = frequent_queries(client, min_frequency)
     groups: dict[tuple[str, str, str], list[str]] = {}

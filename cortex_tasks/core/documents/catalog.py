@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cortex_tasks.core.documents.requests import RESERVED_META_KEYS
 from cortex_tasks.core.storage.db import get_engine
 
 TABLE = "document_passages"
@@ -59,8 +60,6 @@ def list_documents(collection: str | None, limit: int = 100, offset: int = 0) ->
 
 def user_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The metadata the user gave, without Cortex's and Haystack's bookkeeping keys."""
-    from cortex_tasks.core.documents.requests import RESERVED_META_KEYS
-
     return {key: value for key, value in meta.items() if key not in RESERVED_META_KEYS}
 
 

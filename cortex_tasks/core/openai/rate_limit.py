@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import redis
 
+from cortex_tasks.core.openai.config import openai_config
 from cortex_tasks.core.settings import get_settings
 
 KEY_PREFIX = "cortex:openai:window:"
@@ -79,8 +80,6 @@ class OutboundRateLimiter:
 
 
 def shared_limiter() -> OutboundRateLimiter:
-    from cortex_tasks.core.openai.config import openai_config
-
     config = openai_config()
     return OutboundRateLimiter(_client(), config.requests_per_minute, config.tokens_per_minute,
                                config.max_rate_wait_seconds)

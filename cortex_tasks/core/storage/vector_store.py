@@ -43,6 +43,7 @@ from sqlalchemy import Engine
 
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.db import get_engine
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
@@ -409,7 +410,6 @@ class VectorStore:
     def engine(self) -> Engine:
         if self._engine is not None:
             return self._engine
-        from cortex_tasks.core.storage.db import get_engine
 
         return get_engine()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.storage.arrow_io import read_parquet
 from cortex_tasks.core.storage.object_store import ObjectStoreError, get_object_store, resolve_uri
 from cortex_tasks.core.training.config import training_config
 
@@ -47,8 +48,6 @@ def parse_rows(name: str, data: bytes, fmt: str | None = None) -> list[Any]:
         if fmt == "csv":
             return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
         if fmt == "parquet":
-            from cortex_tasks.core.storage.arrow_io import read_parquet
-
             return read_parquet(data).to_pylist()
     except (ValueError, UnicodeDecodeError) as exc:
         raise JobInputError("invalid_dataset", f"The dataset {name!r} is not valid {fmt}: {exc}") from None

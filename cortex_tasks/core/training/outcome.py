@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cortex_tasks.core.jobs.running import JobInputError
+
 
 @dataclass
 class TrainedModel:
@@ -18,8 +20,6 @@ class TrainedModel:
 
 
 def param_int(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    from cortex_tasks.core.jobs.running import JobInputError
-
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise JobInputError("invalid_params", f"params.{name} must be an integer from {low} to {high}")
@@ -27,8 +27,6 @@ def param_int(params: dict[str, Any], name: str, default: int, low: int, high: i
 
 
 def param_float(params: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    from cortex_tasks.core.jobs.running import JobInputError
-
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise JobInputError("invalid_params", f"params.{name} must be a number from {low} to {high}")

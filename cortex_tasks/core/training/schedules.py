@@ -17,8 +17,11 @@ from typing import Any
 from celery.schedules import crontab
 from sqlalchemy import select, text
 
+from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import TrainingSchedule
+from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
 log = logging.getLogger(__name__)
 METRIC_COOLDOWN = timedelta(hours=6)
@@ -77,7 +80,6 @@ def tracked_metric(model: str, metric: str) -> float | None:
                 "WHERE kind = 'predict' AND model = :model AND hour >= now() - interval '1 hour' "
                 "AND hour < date_trunc('hour', now()) + interval '1 hour'"), {"model": model}).one()
         return None if not row[1] else row[0] / row[1]
-    from cortex_tasks.core.registry import service as registry
 
     try:
         versions = registry.list_versions(model)
@@ -107,9 +109,6 @@ def _active_run(model: str) -> bool:
 
 def retrain_due_models(now: datetime | None = None) -> dict[str, Any]:
     """Submit a training job for every schedule that is due; returns what was started and skipped."""
-    from cortex_tasks.core.queues import priority_of
-    from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
-
     now = now or datetime.now(UTC)
     started, skipped = [], []
     for schedule in list_schedules():

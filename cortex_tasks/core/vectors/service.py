@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cortex_tasks.core.jobs.running import JobInputError
-from cortex_tasks.core.storage.vector_store import VectorStore, VectorStoreError
+from cortex_tasks.core.storage.vector_store import VectorStore, VectorStoreError, as_matrix
 
 # Plain data the gateway can import too: the dimension of each embedding model.
 EMBEDDING_DIMENSIONS: dict[str, int] = {"all-MiniLM-L6-v2": 384}
@@ -96,8 +96,6 @@ def upsert_items(collection: str, items: list[dict[str, Any]], created_by: str |
 
 
 def store_matrix(vectors: list[Any], dimension: int) -> np.ndarray:
-    from cortex_tasks.core.storage.vector_store import as_matrix
-
     return as_matrix(vectors, dimension)
 
 

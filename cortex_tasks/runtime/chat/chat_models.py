@@ -18,6 +18,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
 from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.validation.generation import GenerationParams
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
@@ -49,7 +50,6 @@ class LocalChatModel(CortexChatModel):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         import torch
 
-        from cortex_tasks.core.validation.generation import GenerationParams
         from cortex_tasks.runtime.models.generator import cut_at_stop
         from cortex_tasks.runtime.models.loaded import get_model
 

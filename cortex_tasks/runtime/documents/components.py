@@ -20,6 +20,8 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no phoning home:
 from haystack import Document, component
 from haystack.dataclasses import ExtractedAnswer
 
+from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.validation.generation import GenerationParams
 from cortex_tasks.runtime.documents.text_splitting import sentences
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -99,8 +101,6 @@ class CortexLocalGenerator:
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
     def run(self, prompt: str, max_tokens: int | None = None) -> dict[str, Any]:
-        from cortex_tasks.core.errors import ItemError
-        from cortex_tasks.core.validation.generation import GenerationParams
         from cortex_tasks.runtime.models.loaded import get_model
 
         model = get_model(GENERATOR_MODEL)

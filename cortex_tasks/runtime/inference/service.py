@@ -8,6 +8,7 @@ from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.errors import CortexError, ItemError
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.registry import stats as model_stats
+from cortex_tasks.core.vectors.service import store_embeddings
 from cortex_tasks.runtime.models import postprocessing, preprocessing
 from cortex_tasks.runtime.models.loaded import get_model
 from cortex_tasks.runtime.models.preprocessing import Prepared
@@ -58,7 +59,6 @@ def _predict(task: str, model_name: str, inputs: list[Any], params: dict[str, An
     outputs = postprocessing.apply(task, outputs, params)
     if task == "embed" and params.get("collection"):
         # Embedding jobs can fill a vector collection (params.collection, params.ids): core/vectors/service.py.
-        from cortex_tasks.core.vectors.service import store_embeddings
 
         store_embeddings(model_info, inputs, outputs, params)
     return {

@@ -7,8 +7,11 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cortex_tasks.core.batch.results import delete_results
+from cortex_tasks.core.cache import warming
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
 
 log = logging.getLogger(__name__)
 
@@ -16,9 +19,6 @@ log = logging.getLogger(__name__)
 def expire_results(batch_retention_days: int, checkpoint_retention_days: int = 1) -> dict[str, int]:
     """Delete batch result objects and training checkpoints past their retention; the job rows stay
     (with `result.expired`) until the job-record expiry removes them."""
-    from cortex_tasks.core.batch.results import delete_results
-    from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
-
     with session_scope() as session:
         batches = session.execute(text(
             "SELECT id FROM jobs WHERE kind = 'batch' AND status IN ('succeeded', 'failed', 'cancelled') "
@@ -74,6 +74,4 @@ def roll_up_metrics(hours: int = 2) -> dict[str, int]:
 
 def warm_cache() -> dict[str, Any]:
     """Cache warming (Beat runs it every 30 minutes)."""
-    from cortex_tasks.core.cache import warming
-
     return warming.warm_cache()

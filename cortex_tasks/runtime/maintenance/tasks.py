@@ -4,9 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 from cortex_tasks import app
+from cortex_tasks.core.audit.service import purge_older_than
+from cortex_tasks.core.batch.config import batch_config
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.load_control.aging import promote_aged
+from cortex_tasks.core.queues import GPU, NLP
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.training.schedules import retrain_due_models as start_due
 from cortex_tasks.runtime.maintenance import housekeeping, service
 
 HOUSEKEEPING: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "max_retries": 3}
@@ -33,15 +38,11 @@ def expire_job_records() -> dict[str, int]:
 @app.task(name=task_names.PURGE_AUDIT_EVENTS, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)
 def purge_audit_events() -> dict[str, int]:
     """Audit events older than the retention period (CORTEX_AUDIT_RETENTION)."""
-    from cortex_tasks.core.audit.service import purge_older_than
-
     return {"deleted": purge_older_than(get_settings().audit_retention_days)}
 
 
 @app.task(name=task_names.EXPIRE_RESULTS, soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
 def expire_results() -> dict[str, int]:
-    from cortex_tasks.core.batch.config import batch_config
-
     return housekeeping.expire_results(batch_config().result_retention_days)
 
 
@@ -57,8 +58,6 @@ def warm_cache() -> dict[str, Any]:
 
 @app.task(name=task_names.RETRAIN_DUE_MODELS, soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
 def retrain_due_models() -> dict[str, Any]:
-    from cortex_tasks.core.training.schedules import retrain_due_models as start_due
-
     return start_due()
 
 
@@ -66,8 +65,6 @@ def retrain_due_models() -> dict[str, Any]:
 def promote_aged_jobs() -> dict[str, dict[str, int]]:
     import redis
 
-    from cortex_tasks.core.load_control.aging import promote_aged
-    from cortex_tasks.core.queues import GPU, NLP
 
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url)

@@ -10,12 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.registry import artifacts, service
+from cortex_tasks.core.validation.timeseries import check_item, read_params
 from cortex_tasks.runtime.models.base import ModelInfo
 
 
 def _fetch(reference: str) -> tuple[Any, Path]:
-    from cortex_tasks.core.registry import artifacts, service
-
     name, _, version = reference.partition("@")
     record = service.get_version(name, int(version))
     return record, artifacts.fetch_artifact(record)
@@ -110,8 +111,6 @@ class RegisteredForecaster:
                               max_input_chars=10_000, max_batch_size=16)
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-        from cortex_tasks.core.jobs.running import JobInputError
-        from cortex_tasks.core.validation.timeseries import check_item, read_params
         from cortex_tasks.runtime.models.timeseries import trained_forecast
 
         options = read_params("forecast", self.info.name, params, trained=True)

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.registry import readiness
 from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
@@ -120,8 +121,6 @@ def register(run: Any, kind: TrainingKind, trained: TrainedModel, fingerprint: s
 
 def promote_to_canary(record: registry.VersionRecord, job_id: str) -> dict[str, Any]:
     """Blue-green, as a promotion through the API: pending deployment, readiness check, switch."""
-    from cortex_tasks.core.registry import readiness
-
     deployment = registry.request_promotion(record.model, record.version, registry.CANARY,
                                             actor=f"training:{job_id}")
     try:

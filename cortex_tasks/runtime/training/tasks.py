@@ -5,6 +5,7 @@ from typing import Any
 
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.registry import readiness
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.runtime.training import service
@@ -26,7 +27,6 @@ def train_model(self, *, job_id: str) -> dict[str, Any]:
 
 def _register_readiness_probes() -> None:
     """A promotion of a version this training produced loads its artifact the way serving will."""
-    from cortex_tasks.core.registry import readiness
     from cortex_tasks.runtime.training import probes
 
     for framework, probe in probes.PROBES.items():

@@ -7,8 +7,9 @@ from typing import Any
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.jobs.running import run_job
+from cortex_tasks.core.jobs.running import JobInputError, run_job
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.storage.vector_store import VectorStoreError
 from cortex_tasks.core.vectors.service import vector_store
 from cortex_tasks.runtime.vectors import service
 
@@ -33,9 +34,6 @@ def search_text(*, job_id: str, collection: str, text: str, k: int = 10, filter:
 
 
 def _build_index(collection: str) -> dict[str, Any]:
-    from cortex_tasks.core.jobs.running import JobInputError
-    from cortex_tasks.core.storage.vector_store import VectorStoreError
-
     try:
         seconds = vector_store().build_index(collection)
         return {"collection": collection, "index_build_seconds": round(seconds, 3),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cortex_tasks.core.catalogue.user_models import NAME_PATTERN, models_dir
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.settings import data_dir
 from cortex_tasks.core.training.outcome import TrainedModel, param_float, param_int
@@ -38,8 +39,6 @@ def validate(rows: list[Any], params: dict[str, Any]):
 
 
 def base_model_dir(name: Any) -> Path:
-    from cortex_tasks.core.catalogue.user_models import NAME_PATTERN, models_dir
-
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise JobInputError("invalid_params", "params.base_model is the name of a folder in the models directory")
     folder = models_dir() / name
