@@ -1,4 +1,4 @@
-"""JSON errors with a stable code (API.md): every failure a client can cause is a 4xx in this shape."""
+"""JSON errors with a stable code: every failure a client can cause is a 4xx in this shape."""
 from __future__ import annotations
 
 import logging

@@ -50,7 +50,7 @@ def _artifact_key(raw: str | None) -> bytes | None:
 @dataclass(frozen=True)
 class RateTier:
     """A token bucket per API key, and a narrower one per (key, model) for prediction calls, so that one
-    model cannot take a caller's whole budget (architecture document: rate_limits)."""
+    model cannot take a caller's whole budget."""
 
     requests_per_minute: float
     burst_size: int
@@ -70,7 +70,7 @@ DEFAULT_RATE_TIERS: dict[str, RateTier | None] = {
 @dataclass(frozen=True)
 class AlertRule:
     """Alert when security violations from one key or one IP reach `threshold` within `window_seconds`
-    (architecture document: audit_system.alerts)."""
+    (CORTEX_AUDIT_ALERTS)."""
 
     type: str
     threshold: int
@@ -82,7 +82,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(raw: str | float) -> float:
-    """Seconds from `30`, `30s`, `5m`, `1h` or `90d` (the architecture document's notation)."""
+    """Seconds from `30`, `30s`, `5m`, `1h` or `90d`."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return float(raw)
     text = str(raw).strip().lower()
@@ -146,7 +146,7 @@ def rate_tiers_from(raw: str | None) -> dict[str, RateTier | None]:
 
 @dataclass(frozen=True)
 class Batching:
-    """How one model's concurrent items are batched (DESIGN.md "Batching"): at most `max_batch_size` items
+    """How one model's concurrent items are batched: at most `max_batch_size` items
     per model call (and per message a gateway coalesces), and how long a partial batch may wait for items
     known to be on their way (inference/batcher.py)."""
 
@@ -252,7 +252,7 @@ class FromEnvironment(BaseSettings):
 
 
 class BatchConfig(FromEnvironment):
-    """Batch jobs (architecture document: batch_config)."""
+    """Batch jobs."""
 
     max_batch_size: int = variable("CORTEX_BATCH_MAX_SIZE", 1000, "Most items one batch job may hold.")
     chunk_size: int = variable("CORTEX_BATCH_CHUNK_SIZE", 100, "Items per chunk task.")
@@ -431,7 +431,7 @@ class Settings(FromEnvironment):
     admin_key: str | None = variable(
         "CORTEX_ADMIN_KEY", None, "An API key for automation, never stored.", repr=False
     )
-    # Batching (DESIGN.md "Batching").
+    # Batching: concurrent requests for one model share a call.
     max_batch_size: int = variable("MAX_BATCH_SIZE", 32, "Items per model call and per gateway message.")
     batching_enabled: bool = variable("CORTEX_BATCHING", True, "Batch concurrent items of one model.")
     batch_max_wait_ms: float = variable(
@@ -485,7 +485,7 @@ class Settings(FromEnvironment):
     default_wait_seconds: float = variable(
         "CORTEX_DEFAULT_WAIT", 5.0, "Seconds a request waits for its result unless it says."
     )
-    # Delivery (DESIGN.md "Delivery").
+    # Delivery: at least once, with a cap on redeliveries.
     max_deliveries: int = variable("CORTEX_MAX_DELIVERIES", 3, "Deliveries of one job before it fails.")
     result_expires_seconds: int = variable("CORTEX_RESULT_EXPIRES", 3600, "Seconds results stay in Redis.")
     visibility_timeout_seconds: int | None = variable(

@@ -1,4 +1,4 @@
-"""`batch_config` from the architecture document: the batch group of the settings object."""
+"""The batch group of the settings object."""
 from __future__ import annotations
 
 from cortex_tasks.core.settings import BatchConfig, get_settings

@@ -1,5 +1,4 @@
-"""`openai_config`: the OpenAI group of the settings object (architecture document: External Model
-Integration, OpenAI).
+"""`openai_config`: the OpenAI group of the settings object.
 
 Without CORTEX_OPENAI_API_KEY the OpenAI models stay in the catalogue but every request for them is
 refused with 503 `openai_not_configured`, so clients see the same model list everywhere and a clear

@@ -15,7 +15,7 @@ from cortex_tasks.core.storage.tables import Deployment, ModelVersion, Registere
 
 STAGING, CANARY, PRODUCTION, ARCHIVED = "staging", "canary", "production", "archived"
 STAGES = (STAGING, CANARY, PRODUCTION, ARCHIVED)
-# architecture document, deployment_validation.canary_deployment.traffic_percentage
+# The share of traffic a canary takes when a promotion names none.
 DEFAULT_CANARY_TRAFFIC = 10.0
 # A deployment still pending after this long lost its activation job; a new promotion may proceed.
 PENDING_DEPLOYMENT_EXPIRY = timedelta(minutes=15)

@@ -99,7 +99,7 @@ def _bounded_int(name: str, value: Any, low: int, high: int) -> int:
 
 @dataclass(frozen=True)
 class HnswIndex:
-    """Defaults per the architecture document's `vector_search` (ef_search 64, ef_construction 200)."""
+    """Defaults: ef_search 64, ef_construction 200, m 16."""
 
     m: int = 16
     ef_construction: int = 200
@@ -129,7 +129,7 @@ class HnswIndex:
 
 @dataclass(frozen=True)
 class IvfflatIndex:
-    """Defaults per the architecture document's `vector_search` (nlist 100, nprobe 10)."""
+    """Defaults: nlist 100, nprobe 10."""
 
     lists: int = 100
     probes: int = 10

@@ -1,5 +1,5 @@
-"""`training_endpoints` from the architecture document (quotas, priorities) and the evaluation gate
-(`model_selection.criteria.minimum_confidence`): the training group of the settings object."""
+"""Training quotas and priorities, and the evaluation gate (the minimum confidence a new version needs):
+the training group of the settings object."""
 from __future__ import annotations
 
 from cortex_tasks.core.settings import TrainingConfig, get_settings
