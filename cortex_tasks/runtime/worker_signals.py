@@ -13,10 +13,14 @@ from functools import lru_cache
 
 from celery import signals
 
+from cortex_tasks import app
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import reset_engine
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
+from cortex_tasks.runtime.inference import compute
+from cortex_tasks.runtime.inference.runner import batching_of
+from cortex_tasks.runtime.models.loaded import get_model
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,6 @@ def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
     A model that fails to load does not keep the worker from serving the others: requests for it are
     answered by its fallback (or fail clearly), and /ready shows the failure.
     """
-    from cortex_tasks.runtime.models.loaded import get_model
-
     loaded, failed = [], {}
     for name in dict.fromkeys(task.default_model for task in TASKS.values() if task.queue in queues):
         try:
@@ -70,8 +72,6 @@ def _after_fork(**_: object) -> None:
     _prefork_child = True
     import torch
 
-    from cortex_tasks.runtime.inference import compute
-
     # Prefork children share the cores: one torch thread each avoids oversubscription.
     torch.set_num_threads(1)
     compute.configure(1)
@@ -80,17 +80,12 @@ def _after_fork(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _announce_ready(sender=None, **_: object) -> None:
-
-    from cortex_tasks import app
-
     queues = _consumed_queues(app)
     started = time.perf_counter()
     pool = app.conf.worker_pool if sender is None else type(sender.pool).__module__
     loaded: list[str] = []
     failed: dict[str, str] = {}
     if "prefork" not in str(pool):
-        from cortex_tasks.runtime.inference import compute
-
         compute.configure(compute.torch_threads())  # the cores go to model calls through the core budget
         loaded, failed = preload_models(queues)
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
@@ -103,8 +98,6 @@ def _announce_ready(sender=None, **_: object) -> None:
 
 def _batching_of(models: list[str]) -> dict[str, dict[str, float]]:
     """How this worker batches each model's requests (shown by GET /api/v1/health/model/{name})."""
-    from cortex_tasks.runtime.inference.runner import batching_of
-
     shown = {}
     for name in models:
         batching = batching_of(name, find_model(name), {})
@@ -125,6 +118,5 @@ def _refresh_ready(sender=None, **_: object) -> None:
 @lru_cache(maxsize=1)
 def _redis():
     import redis
-
 
     return redis.Redis.from_url(get_settings().redis_url)

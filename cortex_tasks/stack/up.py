@@ -136,7 +136,6 @@ def run_up(options: UpOptions) -> int:
         env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
         os.environ.update(REDIS_URL=redis_url, DATABASE_URL=database_url, CORTEX_ARTIFACT_DIR=str(artifact_dir))
 
-
         reset_settings_cache()
         upgrade_to_head(database_url)
         admin_line = _admin_key_line()

@@ -108,7 +108,6 @@ def health_haystack() -> tuple[Response, int]:
     and whether a gpu worker (which runs the pipelines) is ready."""
     from importlib.metadata import PackageNotFoundError, version
 
-
     packages: dict[str, str | None] = {}
     for package in ("haystack-ai", "pgvector-haystack"):
         try:
@@ -139,7 +138,6 @@ def health_cache() -> Response:
 def health_langchain() -> Response:
     """Chat with memory (LangChain): the library, the chat models and their state, the memory window."""
     from importlib.metadata import PackageNotFoundError, version
-
 
     try:
         langchain_version = version("langchain-core")

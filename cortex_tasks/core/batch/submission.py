@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cortex_tasks import app as celery_app
 from cortex_tasks.core.batch.config import batch_config, batch_queue
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.store import IdempotencyConflict
@@ -100,14 +101,10 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
 def send_chunks(job_id: str, chunk_indexes: list[int], queue: str, priority: int) -> None:
     """Enqueue chunk tasks. A lost send is not lost work: the chunk row stays `queued` and the stale-job
     sweep enqueues it again."""
-    from cortex_tasks import app as celery_app
-
     for index in chunk_indexes:
         celery_app.send_task(CHUNK_TASK, kwargs={"job_id": job_id, "chunk_index": index},
                              queue=queue, priority=priority)
 
 
 def send_finish(job_id: str, queue: str, priority: int) -> None:
-    from cortex_tasks import app as celery_app
-
     celery_app.send_task(FINISH_TASK, kwargs={"job_id": job_id}, queue=queue, priority=priority)

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from cortex_tasks import app as celery_app
 from cortex_tasks.core.cache.keys import normalize_input
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
@@ -94,8 +95,6 @@ def frequent_queries(client: redis.Redis, min_frequency: int, hours: int = 1) ->
 
 
 def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: int = 2000) -> dict[str, Any]:
-    from cortex_tasks import app as celery_app
-
     started = time.monotonic()
     cache = get_cache()
     client = redis.Redis.from_url(get_settings().redis_url)

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.db import session_scope
@@ -99,8 +100,6 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
 
 
 def send_training(job_id: str, priority: int) -> None:
-    from cortex_tasks import app as celery_app
-
     celery_app.send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=TRAINING, priority=priority)
 
 

@@ -19,6 +19,8 @@ from pydantic import Field
 
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.validation.generation import GenerationParams
+from cortex_tasks.runtime.models.generator import cut_at_stop
+from cortex_tasks.runtime.models.loaded import get_model
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
@@ -49,9 +51,6 @@ class LocalChatModel(CortexChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         import torch
-
-        from cortex_tasks.runtime.models.generator import cut_at_stop
-        from cortex_tasks.runtime.models.loaded import get_model
 
         generator: Any = get_model(self.model_name)
         options = GenerationParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,

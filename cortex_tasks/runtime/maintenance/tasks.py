@@ -65,7 +65,6 @@ def retrain_due_models() -> dict[str, Any]:
 def promote_aged_jobs() -> dict[str, dict[str, int]]:
     import redis
 
-
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url)
     return {queue: promote_aged(client, queue, settings.priority_aging_seconds) for queue in (GPU, NLP)}

@@ -28,6 +28,7 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.settings import data_dir
 from cortex_tasks.runtime.models import postprocessing
 from cortex_tasks.runtime.models.base import ModelInfo
+from cortex_tasks.runtime.models.loaded import get_model
 
 DATASET_PATH = Path(__file__).resolve().parents[1] / "data" / "topics.jsonl"
 EMBEDDER = "all-MiniLM-L6-v2"
@@ -207,8 +208,6 @@ class TopicClassifier:
     """The default `classify` model: the topic head over MiniLM embeddings."""
 
     def __init__(self, name: str, version: str) -> None:
-        from cortex_tasks.runtime.models.loaded import get_model
-
         self.embedder = get_model(EMBEDDER)
         self.head = load_or_train_default_head(self.embedder.encode)  # type: ignore[attr-defined]
         self.card = self.head.metadata

@@ -43,6 +43,7 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.postprocessing import read_threshold
 from cortex_tasks.runtime.models.preprocessing import Prepared
+from cortex_tasks.runtime.models.spacy_ner import PIPELINE_PACKAGE, english_pipeline, pipeline_in_use
 
 SUPPORTED_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "US_SSN", "ADDRESS", "PERSON",
                    "LOCATION", "URL")
@@ -111,8 +112,6 @@ def _build_analyzer(with_ner: bool):
         UrlRecognizer,
         UsSsnRecognizer,
     )
-
-    from cortex_tasks.runtime.models.spacy_ner import PIPELINE_PACKAGE, english_pipeline, pipeline_in_use
 
     # presidio's e-mail check asks tldextract, which downloads the public-suffix list on first use;
     # the snapshot inside the package is enough and keeps workers offline.

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from cortex_tasks.core.jobs.running import JobInputError
-from cortex_tasks.runtime.models.base import ModelInfo
+from cortex_tasks.runtime.models.base import ModelInfo, device_name
+from cortex_tasks.runtime.models.loaded import get_model
 
 METHODS = ("pca", "umap")
 METRICS = ("euclidean", "cosine")
@@ -125,8 +126,6 @@ def project(vectors: np.ndarray, options: ReduceParams) -> np.ndarray:
 
 class VectorReducer:
     def __init__(self, name: str, version: str) -> None:
-        from cortex_tasks.runtime.models.base import device_name
-
         self.info = ModelInfo(name=name, version=version, task="reduce", device=device_name(),
                               max_input_chars=10_000, max_batch_size=1000)
         self.card = {"methods": list(METHODS), "embedder_for_texts": EMBEDDER, "random_state": RANDOM_STATE}
@@ -134,8 +133,6 @@ class VectorReducer:
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[list[float]]:
         vectors = vectors_from_inputs(inputs)
         if vectors is None:
-            from cortex_tasks.runtime.models.loaded import get_model
-
             vectors = np.asarray(get_model(EMBEDDER).encode(inputs), dtype=np.float64)  # type: ignore[attr-defined]
         options = reduce_params(params, len(vectors), vectors.shape[1])
         return np.round(project(vectors, options), DECIMALS).tolist()

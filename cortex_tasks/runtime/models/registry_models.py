@@ -14,6 +14,13 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.registry import artifacts, service
 from cortex_tasks.core.validation.timeseries import check_item, read_params
 from cortex_tasks.runtime.models.base import ModelInfo
+from cortex_tasks.runtime.models.classifier import EmbeddingHead, multi_label_param, shape_scores, texts_of
+from cortex_tasks.runtime.models.forecaster import load_forecaster
+from cortex_tasks.runtime.models.hf_classifier import HFSequenceClassifier
+from cortex_tasks.runtime.models.loaded import get_model
+from cortex_tasks.runtime.models.preprocessing import Prepared
+from cortex_tasks.runtime.models.spacy_ner import read_labels
+from cortex_tasks.runtime.models.timeseries import trained_forecast
 
 
 def _fetch(reference: str) -> tuple[Any, Path]:
@@ -26,9 +33,6 @@ class RegisteredEmbeddingHead:
     """A classification head trained on MiniLM embeddings (training/trainers/classifier.py)."""
 
     def __init__(self, name: str, version: str) -> None:
-        from cortex_tasks.runtime.models.classifier import EmbeddingHead
-        from cortex_tasks.runtime.models.loaded import get_model
-
         record, path = _fetch(name)
         self.head = EmbeddingHead.load(path)
         self.embedder = get_model(self.head.metadata.get("embedder", "all-MiniLM-L6-v2"))
@@ -42,8 +46,6 @@ class RegisteredEmbeddingHead:
         return self.head.labels
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-        from cortex_tasks.runtime.models.classifier import multi_label_param, shape_scores, texts_of
-
         multi_label = multi_label_param(params, self.default_multi_label)
         vectors = self.embedder.encode(texts_of(inputs))  # type: ignore[attr-defined]
         return shape_scores(self.head.labels, self.head.scores(vectors, multi_label))
@@ -54,8 +56,6 @@ class RegisteredSequenceClassifier:
     Hugging Face folder: the loading and predict code are the same class's."""
 
     def __new__(cls, name: str, version: str) -> Any:
-        from cortex_tasks.runtime.models.hf_classifier import HFSequenceClassifier
-
         record, path = _fetch(name)
         return HFSequenceClassifier.from_folder(path, record.model, str(record.version),
                                                 {"registry": record.reference})
@@ -77,9 +77,6 @@ class RegisteredEntityRecognizer:
                               max_input_chars=10_000, max_batch_size=64)
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-        from cortex_tasks.runtime.models.preprocessing import Prepared
-        from cortex_tasks.runtime.models.spacy_ner import read_labels
-
         wanted = read_labels(params, self.labels)
         prepared = [item if isinstance(item, Prepared) else Prepared(str(item), str(item)) for item in inputs]
         with self._lock:
@@ -103,16 +100,12 @@ class RegisteredForecaster:
     default. Answers have the shape of the bundled forecasters' (models/timeseries.py)."""
 
     def __init__(self, name: str, version: str) -> None:
-        from cortex_tasks.runtime.models.forecaster import load_forecaster
-
         record, path = _fetch(name)
         self.forecaster = load_forecaster(path.read_bytes())
         self.info = ModelInfo(name=record.model, version=str(record.version), task="forecast", device="cpu",
                               max_input_chars=10_000, max_batch_size=16)
 
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-        from cortex_tasks.runtime.models.timeseries import trained_forecast
-
         options = read_params("forecast", self.info.name, params, trained=True)
         default = options.horizon or self.forecaster.default_horizon
         outputs = []

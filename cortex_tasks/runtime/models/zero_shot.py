@@ -18,6 +18,7 @@ import numpy as np
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.classifier import EMBEDDER, shape_scores, softmax, texts_of
+from cortex_tasks.runtime.models.loaded import get_model
 
 HYPOTHESIS_TEMPLATE = "This text is about {label}."
 TEMPERATURE = 0.0175
@@ -79,8 +80,6 @@ class ZeroShotSimilarity:
     response_metadata = METHOD
 
     def __init__(self, name: str, version: str) -> None:
-        from cortex_tasks.runtime.models.loaded import get_model
-
         self.embedder = get_model(EMBEDDER)
         self.card = METHOD
         self.info = ModelInfo(name=name, version=version, task="zero_shot", device=self.embedder.info.device,

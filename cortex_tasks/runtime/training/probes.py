@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cortex_tasks.runtime.models.classifier import EmbeddingHead
+from cortex_tasks.runtime.models.forecaster import load_forecaster
+
 
 def embedding_head(record: Any, path: Path) -> None:
-    from cortex_tasks.runtime.models.classifier import EmbeddingHead
-
     head = EmbeddingHead.load(path)
     if head.softmax_weights.shape[0] != len(head.labels) or head.ovr_weights.shape != head.softmax_weights.shape:
         raise ValueError("the head's layers do not match its labels")
@@ -30,8 +31,6 @@ def spacy_pipeline(record: Any, path: Path) -> None:
 
 
 def forecaster(record: Any, path: Path) -> None:
-    from cortex_tasks.runtime.models.forecaster import load_forecaster
-
     load_forecaster(path.read_bytes())
 
 

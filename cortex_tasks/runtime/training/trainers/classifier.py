@@ -22,6 +22,8 @@ from cortex_tasks.core.training.datasets import (
     require_mapping_rows,
 )
 from cortex_tasks.core.training.outcome import TrainedModel, param_float, param_int
+from cortex_tasks.runtime.models.classifier import EmbeddingHead
+from cortex_tasks.runtime.models.loaded import get_model
 from cortex_tasks.runtime.training.context import TrainingContext
 
 EMBEDDER = "all-MiniLM-L6-v2"
@@ -104,9 +106,6 @@ def evaluate(softmax_scores: np.ndarray, ovr_scores: np.ndarray, targets: np.nda
 
 def train(context: TrainingContext, examples: list[tuple[str, tuple[str, ...]]], params: dict[str, Any]) -> TrainedModel:
     import torch
-
-    from cortex_tasks.runtime.models.classifier import EmbeddingHead
-    from cortex_tasks.runtime.models.loaded import get_model
 
     epochs = param_int(params, "epochs", 30, 1, 100_000)
     learning_rate = param_float(params, "learning_rate", 0.1, 1e-6, 10.0)
