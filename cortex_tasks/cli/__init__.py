@@ -1,4 +1,9 @@
-"""The `cortex` command: run the stack, manage keys, look at jobs, start one worker or the gateway."""
+"""The `cortex` command: run the stack, manage keys, look at jobs, start one worker or the gateway.
+
+Each command imports what it uses inside its own function: `cortex up` becomes the supervisor of every
+other process and should hold neither the database layer nor the Celery app, `cortex keys list` should
+not pay for the batch client's pyarrow, and `cortex --help` answers at once.
+"""
 from __future__ import annotations
 
 import json
