@@ -35,7 +35,7 @@ def _check(probe) -> dict[str, Any]:
     try:
         probe()
         return {"ok": True}
-    except Exception as exc:  # readiness reports, it does not raise
+    except Exception as exc:  # noqa: BLE001 (readiness reports, it does not raise)
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -104,19 +104,19 @@ def health_model(model_id: str) -> Response:
 @bp.get("/api/v1/health/haystack")
 @require(READ)
 def health_haystack() -> tuple[Response, int]:
-    """Haystack: packages installed, the document store's table reachable, documents per collection,
+    """Haystack: installed, the vector store that keeps the passages reachable, documents per collection,
     and whether a gpu worker (which runs the pipelines) is ready."""
     from importlib.metadata import PackageNotFoundError, version
 
     packages: dict[str, str | None] = {}
-    for package in ("haystack-ai", "pgvector-haystack"):
+    for package in ("haystack-ai",):
         try:
             packages[package] = version(package)  # metadata only: importing haystack would import torch
         except PackageNotFoundError:
             packages[package] = None
     try:
-        store: dict[str, Any] = {**catalog.table_ready(), "collections": catalog.collection_counts()}
-        store["ok"] = store["exists"] and store["embedding_dimension"] == catalog.EMBEDDING_DIMENSION
+        store: dict[str, Any] = {**catalog.store_ready(), "collections": catalog.collection_counts()}
+        store["ok"] = not store["collections_of_another_dimension"]
     except Exception as exc:  # noqa: BLE001 (health reports any failure, it does not raise)
         store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     gpu_workers = [worker.get("hostname") for worker in ready_workers() if "gpu" in worker.get("queues", [])]

@@ -81,7 +81,8 @@ class VectorCollection(Base):
     __tablename__ = "vector_collections"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # An API name (64 characters) or a reserved `<owner>:<name>` one (migration 0007).
+    name: Mapped[str] = mapped_column(String(80), unique=True)
     dimension: Mapped[int] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(16))  # cosine | l2 | inner_product
     index_type: Mapped[str] = mapped_column(String(16))  # hnsw | ivfflat

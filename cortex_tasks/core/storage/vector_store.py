@@ -46,6 +46,12 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import get_engine
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Collections that a Cortex feature keeps for itself are named `<owner>:<name>` (document passages:
+# `documents:<collection>`). ':' is outside COLLECTION_NAME, and only a store made for that owner
+# (`VectorStore(owner=...)`) takes such names, so the /vectors API and embed jobs, whose store has no
+# owner, can neither create, read, write nor drop them.
+OWNER_NAME = re.compile(r"^[a-z]{1,15}$")
+RESERVED_COLLECTION_NAME = re.compile(r"^(?P<owner>[a-z]{1,15}):[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
 MAX_METADATA_BYTES = 16_384
 MAX_FILTER_KEYS = 16
@@ -220,6 +226,13 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Group:
+    value: str | None
+    count: int
+    first: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class SearchResult:
     hits: list[Hit]
     metric: str
@@ -283,7 +296,8 @@ def check_ids(ids: Sequence[Any]) -> list[str]:
     return checked
 
 
-def encode_metadata(metadata: Sequence[Any] | None, count: int) -> list[bytes]:
+def encode_metadata(metadata: Sequence[Any] | None, count: int,
+                    max_bytes: int = MAX_METADATA_BYTES) -> list[bytes]:
     if metadata is None:
         return [b"{}"] * count
     if len(metadata) != count:
@@ -300,9 +314,9 @@ def encode_metadata(metadata: Sequence[Any] | None, count: int) -> list[bytes]:
         except (TypeError, ValueError) as exc:
             raise VectorStoreError("invalid_metadata", f"metadata {index} is not valid JSON: {exc}",
                                    {"index": index}) from None
-        if len(raw) > MAX_METADATA_BYTES or "\\u0000" in raw.decode():
+        if len(raw) > max_bytes or "\\u0000" in raw.decode():
             raise VectorStoreError("invalid_metadata",
-                                   f"metadata {index} is over {MAX_METADATA_BYTES} bytes or holds a NUL",
+                                   f"metadata {index} is over {max_bytes} bytes or holds a NUL",
                                    {"index": index})
         encoded.append(raw)
     return encoded
@@ -324,6 +338,32 @@ def filter_document(filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
                                    f"filter value for {key!r} must be a string, number, boolean or null",
                                    {"key": key})
     return dict(filters)
+
+
+def any_of_documents(any_of: Mapping[str, Sequence[Any]] | None) -> list[list[Jsonb]]:
+    """Per key, the one-key documents of which an item's metadata must contain one (`key` is any of
+    the values), served by `metadata @> ANY(...)`. Keys and values follow filter_document's rules."""
+    checked: list[list[Jsonb]] = []
+    for key, values in (any_of or {}).items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise VectorStoreError("invalid_filter", f"the choices for {key!r} must be a non-empty list")
+        checked.append([Jsonb(filter_document({key: value})) for value in values])
+    return checked
+
+
+def _where(document: dict[str, Any] | None, choices: list[list[Jsonb]]) -> tuple[sql.Composable, dict[str, Any]]:
+    """The WHERE clause (or nothing) and its parameters for an equality filter and any-of choices."""
+    conditions: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    if document is not None:
+        conditions.append(sql.SQL("metadata @> %(filter)s"))
+        params["filter"] = Jsonb(document)
+    for index, options in enumerate(choices):
+        conditions.append(sql.SQL("metadata @> ANY({}::jsonb[])").format(sql.Placeholder(f"any_{index}")))
+        params[f"any_{index}"] = options
+    if not conditions:
+        return sql.SQL(""), params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions), params
 
 
 def check_k(k: Any) -> int:
@@ -403,8 +443,23 @@ def _collection_from_row(row: Sequence[Any]) -> Collection:
 class VectorStore:
     """All collection operations. Safe to share between threads: each call takes its own connection."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, max_metadata_bytes: int = MAX_METADATA_BYTES,
+                 owner: str | None = None) -> None:
         self._engine = engine
+        # The /vectors limit by default; a feature that keeps larger items (a passage's text beside its
+        # metadata) passes its own, having validated its items' sizes where they came in.
+        self.max_metadata_bytes = max_metadata_bytes
+        if owner is not None and not OWNER_NAME.match(owner):
+            raise ValueError(f"an owner is 1-15 lowercase letters, not {owner!r}")
+        self.owner = owner
+
+    def check_name(self, name: Any) -> str:
+        """An API collection name, or (for a store with an owner) one of the owner's `<owner>:<name>`."""
+        if self.owner is not None and isinstance(name, str):
+            reserved = RESERVED_COLLECTION_NAME.match(name)
+            if reserved and reserved["owner"] == self.owner:
+                return name
+        return check_collection_name(name)
 
     @property
     def engine(self) -> Engine:
@@ -438,7 +493,7 @@ class VectorStore:
     def _find(self, conn: psycopg.Connection, name: str, lock: bool = False) -> Collection:
         query = sql.SQL("SELECT {} FROM vector_collections WHERE name = %s{}").format(
             COLLECTION_COLUMNS, sql.SQL(" FOR UPDATE") if lock else sql.SQL(""))
-        row = conn.execute(query, (check_collection_name(name),)).fetchone()
+        row = conn.execute(query, (self.check_name(name),)).fetchone()
         if row is None:
             raise CollectionNotFound(name)
         return _collection_from_row(row)
@@ -447,10 +502,17 @@ class VectorStore:
         with self.connection() as conn:
             return self._find(conn, name)
 
-    def list_collections(self) -> list[Collection]:
+    def list_collections(self, reserved: bool = False) -> list[Collection]:
+        """The API's collections; with `reserved`, instead the owner's `<owner>:<name>` ones."""
+        if not reserved:
+            where, params = sql.SQL("WHERE strpos(name, ':') = 0"), ()
+        elif self.owner is None:
+            raise ValueError("only a store with an owner lists reserved collections")
+        else:
+            where, params = sql.SQL("WHERE starts_with(name, %s)"), (f"{self.owner}:",)
         with self.connection() as conn:
-            rows = conn.execute(sql.SQL("SELECT {} FROM vector_collections ORDER BY name").format(
-                COLLECTION_COLUMNS)).fetchall()
+            rows = conn.execute(sql.SQL("SELECT {} FROM vector_collections {} ORDER BY name").format(
+                COLLECTION_COLUMNS, where), params).fetchall()
         return [_collection_from_row(row) for row in rows]
 
     def create_collection(self, name: str, dimension: int, metric: str = "cosine",
@@ -460,7 +522,7 @@ class VectorStore:
         """Create a collection and its table. `build_index=False` leaves the vector index to
         `build_index()`: load first, index after, as pgvector recommends for IVFFlat (its lists are
         trained on the rows present) and as is much faster for a large HNSW load."""
-        check_collection_name(name)
+        self.check_name(name)
         _bounded_int("dimension", dimension, 1, MAX_DIMENSION)
         if metric not in METRICS:
             raise VectorStoreError("invalid_metric", f"metric must be one of {sorted(METRICS)}", {"metric": metric})
@@ -514,7 +576,7 @@ class VectorStore:
     def drop_collection(self, name: str) -> bool:
         with self.connection() as conn:
             row = conn.execute("DELETE FROM vector_collections WHERE name = %s RETURNING id",
-                               (check_collection_name(name),)).fetchone()
+                               (self.check_name(name),)).fetchone()
             if row is None:
                 return False
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"vectors_{row[0]}")))
@@ -585,7 +647,7 @@ class VectorStore:
         checked_ids = check_ids(ids)
         if not checked_ids:
             return WriteResult(0, 0.0)
-        encoded = encode_metadata(metadata, len(checked_ids))
+        encoded = encode_metadata(metadata, len(checked_ids), self.max_metadata_bytes)
         with self.connection() as conn:
             collection = self._find(conn, name)
             matrix = as_matrix(vectors, collection.dimension)
@@ -623,15 +685,46 @@ class VectorStore:
             return cursor.rowcount
 
     def count(self, name: str, filters: Mapping[str, Any] | None = None) -> int:
-        document = filter_document(filters)
+        where, params = _where(filter_document(filters), [])
         with self.connection() as conn:
             collection = self._find(conn, name)
-            if document is None:
-                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table)).fetchone()
-            else:
-                row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE metadata @> %s").format(collection.table),
-                                   (Jsonb(document),)).fetchone()
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(collection.table, where),
+                               params).fetchone()
         return int(row[0])
+
+    def delete_where(self, name: str, filters: Mapping[str, Any]) -> int:
+        """Delete the items whose metadata matches every equality filter; returns how many."""
+        document = filter_document(filters)
+        if document is None:
+            raise VectorStoreError("invalid_filter", "delete_where needs at least one filter key")
+        where, params = _where(document, [])
+        with self.connection() as conn:
+            collection = self._find(conn, name)
+            return conn.execute(sql.SQL("DELETE FROM {}{}").format(collection.table, where), params).rowcount
+
+    def items(self, name: str, filters: Mapping[str, Any] | None = None,
+              any_of: Mapping[str, Sequence[Any]] | None = None, include_vectors: bool = False) -> list[Hit]:
+        """Every item matching the filters (distance 0), in id order."""
+        where, params = _where(filter_document(filters), any_of_documents(any_of))
+        with self.connection() as conn:
+            collection = self._find(conn, name)
+            with conn.cursor(binary=True) as cursor:
+                rows = cursor.execute(sql.SQL("SELECT id, metadata, {} FROM {}{} ORDER BY id").format(
+                    sql.SQL("embedding") if include_vectors else sql.SQL("NULL::vector"), collection.table, where),
+                    params).fetchall()
+        return [Hit(row[0], 0.0, row[1], row[2].tolist() if include_vectors else None) for row in rows]
+
+    def groups(self, name: str, key: str, first_by: str, omit: Sequence[str] = ()) -> list[Group]:
+        """The items grouped by the (text) value of one metadata key: per group, how many items and the
+        metadata of its first item by the value of `first_by`, less the keys in `omit`."""
+        with self.connection() as conn:
+            collection = self._find(conn, name)
+            rows = conn.execute(sql.SQL(
+                "SELECT metadata->>%(key)s, count(*), "
+                "(array_agg(metadata - %(omit)s::text[] ORDER BY metadata->%(first_by)s, id))[1] "
+                "FROM {} GROUP BY 1 ORDER BY 1").format(collection.table),
+                {"key": key, "first_by": first_by, "omit": list(omit)}).fetchall()
+        return [Group(row[0], int(row[1]), row[2]) for row in rows]
 
     def get(self, name: str, ids: Sequence[str], include_vectors: bool = False) -> list[Hit]:
         """Items by id (in the order asked; missing ids are left out), distance 0."""
@@ -650,7 +743,7 @@ class VectorStore:
 
     # --- search ---
 
-    def _search_sql(self, collection: Collection, with_filter: bool, include_vectors: bool,
+    def _search_sql(self, collection: Collection, where: sql.Composable, include_vectors: bool,
                     exact: bool) -> sql.Composed:
         operator = sql.SQL(METRICS[collection.metric].operator)
         # psycopg prepares a statement after a few runs and PostgreSQL keeps its plan across setting
@@ -659,8 +752,7 @@ class VectorStore:
             "SELECT {marker}id, embedding {op} %(query)b AS distance, metadata{vector} FROM {table}{where} "
             "ORDER BY embedding {op} %(query)b LIMIT %(k)s"
         ).format(marker=sql.SQL("/* exact */ " if exact else ""), op=operator, table=collection.table,
-                 vector=sql.SQL(", embedding") if include_vectors else sql.SQL(""),
-                 where=sql.SQL(" WHERE metadata @> %(filter)s") if with_filter else sql.SQL(""))
+                 vector=sql.SQL(", embedding") if include_vectors else sql.SQL(""), where=where)
 
     def _apply_search_settings(self, conn: psycopg.Connection, collection: Collection, exact: bool,
                                effort: int | None, k: int) -> None:
@@ -669,28 +761,31 @@ class VectorStore:
             conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
 
     def search(self, name: str, vector: Any, k: int = 10, filters: Mapping[str, Any] | None = None, *,
-               exact: bool = False, effort: int | None = None, include_vectors: bool = False) -> SearchResult:
+               exact: bool = False, effort: int | None = None, include_vectors: bool = False,
+               any_of: Mapping[str, Sequence[Any]] | None = None) -> SearchResult:
         """The k nearest items. `effort` overrides ef_search (HNSW) or probes (IVFFlat) for this query;
-        `exact=True` forces a sequential scan (the ground truth approximate results are measured against)."""
+        `exact=True` forces a sequential scan (the ground truth approximate results are measured against).
+        `any_of` ({key: [values]}) keeps the items whose `key` is one of the values, beside `filters`."""
         started = time.perf_counter()
         check_k(k)
-        document = filter_document(filters)
+        where, filter_params = _where(filter_document(filters), any_of_documents(any_of))
+        filtered = bool(filter_params)
         with self.connection() as conn:
             collection = self._find(conn, name)
             query = as_matrix(vector, collection.dimension)[0]
             use_exact = exact or collection.index_state != "ready"
-            params = {"query": query, "k": k, "filter": Jsonb(document) if document else None}
+            params = {"query": query, "k": k, **filter_params}
             self._apply_search_settings(conn, collection, use_exact, effort, k)
             with conn.cursor(binary=include_vectors) as cursor:
-                rows = cursor.execute(self._search_sql(collection, document is not None, include_vectors, use_exact),
+                rows = cursor.execute(self._search_sql(collection, where, include_vectors, use_exact),
                                       params).fetchall()
             strategy = "exact" if use_exact else "index"
-            if document is not None and len(rows) < k and not use_exact:
+            if filtered and len(rows) < k and not use_exact:
                 # pgvector filters after the index scan: a selective filter can leave fewer than k of the
                 # ef_search candidates. An exact scan (helped by the metadata GIN index) fills the gap.
                 self._apply_search_settings(conn, collection, True, None, k)
                 with conn.cursor(binary=include_vectors) as cursor:
-                    rows = cursor.execute(self._search_sql(collection, True, include_vectors, True),
+                    rows = cursor.execute(self._search_sql(collection, where, include_vectors, True),
                                           params).fetchall()
                 strategy = "exact"
         hits = [Hit(row[0], float(row[1]), row[2], row[3].tolist() if include_vectors else None) for row in rows]
@@ -699,15 +794,14 @@ class VectorStore:
     def explain(self, name: str, vector: Any, k: int = 10, filters: Mapping[str, Any] | None = None,
                 exact: bool = False) -> str:
         """The plan PostgreSQL chooses for this search (to check that the vector index is used)."""
-        document = filter_document(filters)
+        where, filter_params = _where(filter_document(filters), [])
         with self.connection() as conn:
             collection = self._find(conn, name)
             query = as_matrix(vector, collection.dimension)[0]
             use_exact = exact or collection.index_state != "ready"
             self._apply_search_settings(conn, collection, use_exact, None, check_k(k))
-            statement = sql.SQL("EXPLAIN ") + self._search_sql(collection, document is not None, False, use_exact)
-            rows = conn.execute(statement, {"query": query, "k": check_k(k),
-                                            "filter": Jsonb(document) if document else None}).fetchall()
+            statement = sql.SQL("EXPLAIN ") + self._search_sql(collection, where, False, use_exact)
+            rows = conn.execute(statement, {"query": query, "k": check_k(k), **filter_params}).fetchall()
         return "\n".join(row[0] for row in rows)
 
 

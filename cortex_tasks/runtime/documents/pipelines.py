@@ -1,12 +1,13 @@
-"""The Haystack document store and pipelines, built once per worker thread.
+"""The Haystack pipelines, built once per worker thread, over one shared passage store.
 
-Per thread because `PgvectorDocumentStore` keeps one psycopg connection with shared cursors: the gpu
-worker's threads must not interleave statements on it. Building a pipeline is cheap (the components
-hold no weights; the models are the worker's loaded ones).
+The store (`store.CortexPassageStore`, over Cortex's vector store) takes a pooled connection per call,
+so the gpu worker's threads share it. Pipelines stay one per thread: Haystack does not promise that one
+Pipeline object runs safely in several threads at once, and building one is cheap (the components hold
+no weights; the models are the worker's loaded ones).
 
 Indexing:  DocumentSplitter (sentence-packed passages) -> PassageKeys -> CortexDocumentEmbedder -> DocumentWriter
-Answering: CortexTextEmbedder -> PgvectorEmbeddingRetriever -> PromptBuilder -> CortexLocalGenerator -> AnswerBuilder
-                                                            \\-> SentenceAnswerExtractor (extractive answer)
+Answering: CortexTextEmbedder -> CortexEmbeddingRetriever -> PromptBuilder -> CortexLocalGenerator -> AnswerBuilder
+                                                          \\-> SentenceAnswerExtractor (extractive answer)
 """
 from __future__ import annotations
 
@@ -20,12 +21,7 @@ from haystack.components.builders import AnswerBuilder, PromptBuilder
 from haystack.components.preprocessors import DocumentSplitter
 from haystack.components.writers import DocumentWriter
 from haystack.document_stores.types import DuplicatePolicy
-from haystack.utils import Secret
-from haystack_integrations.components.retrievers.pgvector import PgvectorEmbeddingRetriever
-from haystack_integrations.document_stores.pgvector import PgvectorDocumentStore
 
-from cortex_tasks.core.documents import catalog
-from cortex_tasks.core.settings import get_settings
 from cortex_tasks.runtime.documents.components import (
     CortexDocumentEmbedder,
     CortexLocalGenerator,
@@ -33,6 +29,7 @@ from cortex_tasks.runtime.documents.components import (
     PassageKeys,
     SentenceAnswerExtractor,
 )
+from cortex_tasks.runtime.documents.store import CortexEmbeddingRetriever, CortexPassageStore
 from cortex_tasks.runtime.documents.text_splitting import passages
 
 # The generator reads only the best few passages: SmolLM2-135M does worse, not better, with a long
@@ -54,25 +51,11 @@ Answer:"""
 _local = threading.local()
 
 
-def libpq_url(url: str) -> str:
-    """psycopg wants a libpq URL, not SQLAlchemy's `postgresql+psycopg://` form."""
-    scheme, separator, rest = url.partition("://")
-    return f"{scheme.split('+')[0]}{separator}{rest}" if separator else url
+_store = CortexPassageStore()
 
 
-def document_store() -> PgvectorDocumentStore:
-    """This thread's store over the migration-made table (so it never creates tables or extensions)."""
-    store = getattr(_local, "store", None)
-    if store is None:
-        store = PgvectorDocumentStore(
-            connection_string=Secret.from_token(libpq_url(get_settings().database_url)),
-            create_extension=False, table_name=catalog.TABLE, keyword_index_name=catalog.KEYWORD_INDEX,
-            embedding_dimension=catalog.EMBEDDING_DIMENSION, vector_function="cosine_similarity",
-            # Exact search: every query is scoped to one collection (and maybe metadata filters), and an
-            # approximate index filters after its scan, which can return fewer than top_k passages.
-            search_strategy="exact_nearest_neighbor")
-        _local.store = store
-    return store
+def document_store() -> CortexPassageStore:
+    return _store
 
 
 def indexing_pipeline() -> Pipeline:
@@ -97,7 +80,7 @@ def question_pipeline(generate: bool) -> Pipeline:
     if pipeline is None:
         pipeline = Pipeline()
         pipeline.add_component("query_embedder", CortexTextEmbedder())
-        pipeline.add_component("retriever", PgvectorEmbeddingRetriever(document_store=document_store()))
+        pipeline.add_component("retriever", CortexEmbeddingRetriever(document_store=document_store()))
         pipeline.add_component("extractor", SentenceAnswerExtractor())
         pipeline.connect("query_embedder.embedding", "retriever.query_embedding")
         pipeline.connect("query_embedder.embedding", "extractor.query_embedding")

@@ -68,11 +68,7 @@ def index_documents(collection: str, documents: list[dict[str, Any]], indexed_by
     store = document_store()
     stale = 0
     for source in sources:
-        stale += store.delete_by_filter({"operator": "AND", "conditions": [
-            {"field": "meta.collection", "operator": "==", "value": request.collection},
-            {"field": "meta.document_id", "operator": "==", "value": source.id},
-            {"field": "meta.passage_index", "operator": ">=", "value": counts.get(source.id or "", 0)},
-        ]})
+        stale += store.delete_passages_from(request.collection, source.id or "", counts.get(source.id or "", 0))
     model = output["embedder"]["meta"].get("model")
     return {"collection": request.collection,
             "documents": [{"id": source.id, "passages": counts.get(source.id or "", 0)} for source in sources],

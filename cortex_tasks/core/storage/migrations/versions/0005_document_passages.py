@@ -16,7 +16,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-# Must match cortex_tasks.core.documents.catalog (TABLE, KEYWORD_INDEX) and the MiniLM dimension.
+# The MiniLM dimension. (Migration 0007 moves these passages into the vector store and drops the table.)
 TABLE = "document_passages"
 EMBEDDING_DIMENSION = 384
 
