@@ -25,10 +25,10 @@ from cortex_tasks.core.storage.object_store import ObjectStoreError
 from cortex_tasks.core.validation.items import check_finite
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
-from cortex_web.blueprints.predict import resolve
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_model_work
 from cortex_web.metrics import JOBS_SUBMITTED
+from cortex_web.predictions import resolve
 from cortex_web.request_body import parse_body, positive_int_arg
 from cortex_web.schemas import check_model_reference
 
