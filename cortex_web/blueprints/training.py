@@ -18,9 +18,9 @@ from cortex_tasks.core.training.comparison import compare_runs
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.core.training.intake import RetrainingSchedule, accept_training
 from cortex_tasks.core.training.submission import ControlRefused, TrainingRequest, control
+from cortex_tasks.core.worker_records import ready_workers
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, is_admin, require
-from cortex_web.blueprints.health import ready_workers
 from cortex_web.blueprints.jobs import visible_job
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
@@ -137,7 +137,7 @@ def resources() -> Response:
     load = training_load()
     running, counts = load.running, load.jobs_by_status
     principal = current_principal()
-    workers = [worker for worker in ready_workers() if TRAINING in worker.get("queues", [])]
+    workers = [worker for worker in ready_workers(redis_client()) if TRAINING in worker.get("queues", [])]
     gpu_reports = [row.resources for row in running if (row.resources or {}).get("device") == "cuda"]
     return jsonify({
         "queue": {"name": TRAINING, "depth": queue_depths(redis_client()).get(TRAINING, 0),
