@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import text
 
 from cortex_tasks.core.auth.roles import PREDICT, READ
 from cortex_tasks.core.batch import results
 from cortex_tasks.core.batch.config import batch_config
-from cortex_tasks.core.batch.submission import BatchRequest, create_batch, request_hash
-from cortex_tasks.core.jobs.store import FINISHED_STATES, SUCCEEDED, IdempotencyConflict
+from cortex_tasks.core.batch.progress import failed_items, progress_report, result_chunks
+from cortex_tasks.core.batch.submission import BatchRequest, check_batch_inputs, create_batch, request_hash
+from cortex_tasks.core.jobs.store import SUCCEEDED, IdempotencyConflict
 from cortex_tasks.core.openai.billing import billed_params
 from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage import arrow_io
-from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import ObjectStoreError
-from cortex_tasks.core.validation.items import check_finite
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.jobs import visible_job
-from cortex_web.blueprints.predict import resolve
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_model_work
 from cortex_web.metrics import JOBS_SUBMITTED
+from cortex_web.predictions import resolve
 from cortex_web.request_body import parse_body, positive_int_arg
 from cortex_web.schemas import check_model_reference
 
@@ -80,14 +77,7 @@ def submit() -> tuple[Response, int]:
     request.max_content_length = MAX_BATCH_BODY_BYTES
     settings = get_settings()
     body = parse_body(BatchSubmitRequest, settings.max_json_depth)
-    limit = batch_config().max_batch_size
-    if len(body.inputs) > limit:
-        raise ApiError(422, "too_many_inputs", f"A batch holds at most {limit} inputs, not {len(body.inputs)}; "
-                       "split it into several batches.", {"max": limit, "given": len(body.inputs)})
-    # Items are checked in the worker, where a bad one fails alone; a non-finite number cannot even be
-    # stored with the batch, so that item rule refuses the request here, with the same invalid_input.
-    for index, item in enumerate(body.inputs):
-        check_finite(item, f"inputs[{index}]", {"index": index})
+    check_batch_inputs(body.inputs)
     key = _idempotency_key()
     task, model = resolve(body.task, body.model)
     batch = BatchRequest(owner=current_principal().key_id, task=task.name, model=model.name,
@@ -115,37 +105,11 @@ def batch_job(job_id: str):
     return job
 
 
-def _chunk_rows(job_id: str) -> list[Any]:
-    with session_scope() as session:
-        return session.execute(text(
-            "SELECT chunk_index, start_index, stop_index, status, succeeded_count, failed_count, result_ref "
-            "FROM batch_chunks WHERE job_id = :id ORDER BY chunk_index"), {"id": job_id}).all()
-
-
 @bp.get("/batch/progress/<job_id>")
 @require(READ)
 def progress(job_id: str) -> Response:
     """Items done and failed so far, chunk states and an estimate of the time left."""
-    job = batch_job(job_id)
-    chunks = _chunk_rows(job_id)
-    done = sum(chunk.succeeded_count for chunk in chunks if chunk.status == "succeeded")
-    failed = sum(chunk.failed_count for chunk in chunks if chunk.status == "succeeded")
-    states = {state: sum(chunk.status == state for chunk in chunks)
-              for state in ("pending", "queued", "running", "succeeded")}
-    body: dict[str, Any] = {
-        "job_id": job.id, "status": job.status, "done": done, "failed": failed, "total": job.progress_total,
-        "chunks": {"total": len(chunks), "finished": states.pop("succeeded"), **states},
-        "created_at": job.created_at.isoformat(), "started_at": job.started_at and job.started_at.isoformat(),
-        "finished_at": job.finished_at and job.finished_at.isoformat(),
-    }
-    processed = done + failed
-    if job.status not in FINISHED_STATES and job.started_at and processed:
-        elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
-        body["eta_seconds"] = round(elapsed / processed * (job.progress_total - processed), 1)
-        body["items_per_second"] = round(processed / elapsed, 2) if elapsed > 0 else None
-    if job.error:
-        body["error"] = job.error
-    return jsonify(body)
+    return jsonify(progress_report(batch_job(job_id)))
 
 
 def _download(job, fmt: str) -> Response:
@@ -182,10 +146,8 @@ def results_page(job_id: str) -> Response:
     page = positive_int_arg("page", 1)
     total = job.progress_total
     first, last = (page - 1) * size, min(page * size, total)
-    chunks = [results.ChunkRef(c.chunk_index, c.start_index, c.stop_index,
-                               c.result_ref if c.status == "succeeded" else None) for c in _chunk_rows(job_id)]
     try:
-        items = results.page_items(chunks, first, last) if first < total else []
+        items = results.page_items(result_chunks(job_id), first, last) if first < total else []
     except ObjectStoreError as exc:
         raise ApiError(410 if exc.status == 404 else 502, "batch_result_unavailable",
                        f"The results cannot be read ({exc.message}).") from None
@@ -205,13 +167,5 @@ def results_page(job_id: str) -> Response:
 def errors(job_id: str) -> Response:
     """The failed items with their inputs and errors, in input order."""
     job = batch_job(job_id)
-    with session_scope() as session:
-        rows = session.execute(text(
-            "SELECT start_index, inputs, errors FROM batch_chunks WHERE job_id = :id AND status = 'succeeded' "
-            "AND failed_count > 0 ORDER BY chunk_index"), {"id": job_id}).all()
-    items = []
-    for row in rows:
-        for entry in row.errors or []:
-            items.append({"index": entry["index"], "input": row.inputs[entry["index"] - row.start_index],
-                          "error": entry["error"]})
+    items = failed_items(job_id)
     return jsonify({"job_id": job.id, "status": job.status, "failed": len(items), "errors": items})

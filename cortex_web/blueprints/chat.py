@@ -16,13 +16,13 @@ from cortex_tasks.core.chat import history
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.store import NewJob
+from cortex_tasks.core.openai.availability import refuse_unavailable_openai
 from cortex_tasks.core.openai.config import CHAT_MODELS
 from cortex_tasks.core.queues import GPU, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.validation.generation import generation_params
 from cortex_web.auth import current_principal, require
-from cortex_web.blueprints.usage import refuse_unavailable_openai
 from cortex_web.dispatch import submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_model_work

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 
 from cortex_tasks.core.auth.roles import READ
 from cortex_tasks.core.cache.service import get_cache
@@ -17,8 +15,8 @@ from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.documents import catalog
 from cortex_tasks.core.openai.config import CHAT_MODELS, openai_config
-from cortex_tasks.core.storage.db import get_engine
-from cortex_tasks.core.worker_records import READY_KEY_PREFIX
+from cortex_tasks.core.storage.probes import ping_database
+from cortex_tasks.core.worker_records import ready_workers as read_ready_workers
 from cortex_web.auth import require
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
@@ -40,9 +38,7 @@ def _check(probe) -> dict[str, Any]:
 
 
 def ready_workers() -> list[dict[str, Any]]:
-    client = redis_client()
-    keys = list(client.scan_iter(match=READY_KEY_PREFIX + "*", count=100))
-    return [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+    return read_ready_workers(redis_client())
 
 
 @bp.get("/health")
@@ -52,11 +48,7 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> tuple[Response, int]:
-    def database() -> None:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
-
-    checks = {"database": _check(database), "redis": _check(lambda: redis_client().ping())}
+    checks = {"database": _check(ping_database), "redis": _check(lambda: redis_client().ping())}
     missing = [name for name, package in MODEL_PACKAGES.items() if importlib.util.find_spec(package) is None]
     checks["models"] = {"ok": not missing, **({"missing": missing} if missing else {})}
     workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []

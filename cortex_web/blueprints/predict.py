@@ -1,237 +1,32 @@
 """Prediction endpoints: /predict, /predict/batch and /predict/pipeline.
 
-Each validates, authorizes and hands its jobs to the coalescer, then answers within the wait budget
-(or 202 with the job's status URL when the result is not ready yet).
+Each parses its body and hands it to the prediction service (cortex_web/predictions.py), then answers
+with the result when it is ready within the wait budget, or 202 with the job's status URL.
 """
 from __future__ import annotations
-
-import time
-import uuid
-from dataclasses import dataclass
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 
 from cortex_tasks.core.auth.roles import PREDICT
-from cortex_tasks.core.cache.keys import params_fingerprint
-from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
-from cortex_tasks.core.cache.warming import QUERY_COUNTER
-from cortex_tasks.core.catalogue import (
-    MODELS,
-    QUEUE_TASK_NAMES,
-    ModelEntry,
-    TaskEntry,
-    UnknownName,
-    find_model,
-    model_entry,
-    task_entry,
-)
-from cortex_tasks.core.jobs.store import NewJob, create_jobs
-from cortex_tasks.core.openai.billing import billed_params
-from cortex_tasks.core.queues import priority_of
-from cortex_tasks.core.registry.routing import routed_reference
 from cortex_tasks.core.settings import get_settings
-from cortex_tasks.core.validation.items import check_text, check_vector
-from cortex_web.auth import current_principal, require
-from cortex_web.blueprints.usage import refuse_unavailable_openai
-from cortex_web.coalescer import PendingJob, group_for
-from cortex_web.dispatch import circuit_breaker, coalescer, reply_listener, shedder
-from cortex_web.errors import ApiError
+from cortex_web.auth import require
 from cortex_web.limits import limit_prediction
-from cortex_web.metrics import JOB_OUTCOMES
-from cortex_web.request_body import parse_body
-from cortex_web.schemas import (
-    NUMERIC_INPUT_KINDS,
-    PipelineRequest,
-    PredictRequest,
-    check_numeric_inputs,
-    implied_model,
+from cortex_web.predictions import (
+    parse_prediction,
+    raise_for_failure,
+    run_pipeline,
+    run_prediction,
+    success_body,
 )
+from cortex_web.request_body import parse_body
+from cortex_web.schemas import PipelineRequest
 
 bp = Blueprint("predict", __name__, url_prefix="/api/v1")
-# Codes a worker reports for problems with the input itself (a 422), as opposed to its own failures.
-WORKER_FAILURE_CODES = {"model_error", "job_failed", "unavailable"}
-# Refusals a worker reports for OpenAI models (cortex_tasks/runtime/openai/client.py).
-STATUS_BY_CODE = {"rate_limited": 429, "budget_exceeded": 402, "openai_not_configured": 503}
-
-
-@dataclass
-class Prediction:
-    job_id: str | None  # None when the cache answered every item (no job was needed)
-    task: TaskEntry
-    model: ModelEntry
-    outcome: dict[str, Any] | None  # None: not finished within the wait budget
-    submitted_at: float
-    cached_items: int = 0
-
-
-def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntry]:
-    try:
-        task = task_entry(task_name)
-        if model_ref and "@" not in model_ref and model_ref not in MODELS:
-            # A model deployed through the registry: this caller's sticky canary or production version.
-            model_ref = routed_reference(model_ref, current_principal().key_id)
-        name, _, version = (model_ref or "").partition("@")
-        # name@version of a model trained by Cortex is served from the registry.
-        registered = find_model(model_ref) if version and model_ref and name not in MODELS else None
-        if registered is not None and registered.task == task.name:
-            return task, registered
-        model = model_entry(task, name or None)
-    except UnknownName as exc:
-        raise ApiError(404, f"unknown_{exc.kind}", f"Unknown {exc.kind} {exc.name!r}.",
-                       {"valid": exc.valid}) from None
-    if version and version != model.version:
-        raise ApiError(404, "unknown_model_version", f"Model {model.name!r} has no version {version!r}.",
-                       {"valid": [f"{model.name}@{model.version}"]})
-    refuse_unavailable_openai(model.name)  # OpenAI models: configured and within the monthly budget
-    return task, model
-
-
-def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] | None = None,
-                    model: ModelEntry | None = None) -> None:
-    if task.input_kind in NUMERIC_INPUT_KINDS:  # time series: items and params checked together
-        chosen = model or MODELS[task.default_model]
-        check_numeric_inputs(task.name, chosen.name, chosen.loader, inputs, params)
-        return
-    for index, item in enumerate(inputs):
-        # The shared item rules: an ItemError is a 422 invalid_input naming the item.
-        if isinstance(item, str):
-            check_text(item, f"inputs[{index}]", {"index": index})
-        elif task.input_kind == "text_or_vector" and isinstance(item, list):
-            check_vector(item, f"inputs[{index}]", {"index": index})
-        else:
-            expected = "a string or a list of numbers" if task.input_kind == "text_or_vector" else "a string"
-            raise ApiError(422, "invalid_request", f"inputs[{index}] must be {expected}", {"index": index})
-
-
-def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
-                     priority_class: str, inline_errors: bool = False,
-                     looked_up: bool = False) -> tuple[str, PendingJob]:
-    job_id = str(uuid.uuid4())
-    priority = priority_of(priority_class)
-    pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
-                                                task=task.name, model=model.name, priority=priority,
-                                                total=len(inputs), params=params or None),
-                         inline_errors=inline_errors, looked_up=looked_up)
-    reply_listener().expect(job_id)
-    group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue])
-    coalescer().submit(group, pending)
-    return job_id, pending
-
-
-def admit(task: TaskEntry, model: ModelEntry, priority_class: str) -> tuple[ModelEntry, dict[str, str]]:
-    """Load shedding and circuit breaking, before any work is queued: returns the model to use (the
-    fallback while the chosen model's circuit is open) and a note for the response when it changed."""
-    refusal = shedder().refusal(task.queue, priority_class)
-    if refusal is not None:
-        reason, retry_after = refusal
-        raise ApiError(503, "overloaded", f"Low-priority work is being shed: {reason}. Retry later.",
-                       {"queue": task.queue}, headers={"Retry-After": str(retry_after)})
-    breaker = circuit_breaker()
-    if not breaker.is_open(model.name):
-        return model, {}
-    fallback = MODELS.get(task.fallback_model or "")
-    if fallback is None or breaker.is_open(fallback.name):
-        raise ApiError(503, "circuit_open", f"Model {model.name!r} is failing; its circuit is open.",
-                       {"model": model.name}, headers={"Retry-After": str(breaker.retry_after(model.name))})
-    return fallback, {"fallback_from": model.name, "fallback_reason": "circuit open"}
-
-
-def record_for_circuit(model: ModelEntry, outcome: dict[str, Any]) -> None:
-    """Model failures (not bad input) count against the model's circuit; so does a worker-side fallback."""
-    if outcome["status"] == "succeeded":
-        failed = "fallback_from" in outcome["result"].get("model", {})
-    else:
-        failed = (outcome.get("error") or {}).get("code") in ("model_error", "job_failed")
-    circuit_breaker().record(model.name, failed)
-
-
-def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
-                   priority_class: str, wait: float, inline_errors: bool = False) -> Prediction:
-    """Answer from the cache what it holds; send only the misses to a worker as one job."""
-    submitted_at = time.perf_counter()
-    model, circuit_note = admit(task, model, priority_class)
-    params = billed_params(model.name, params, current_principal().key_id)  # OpenAI calls are billed per key
-    cache = get_cache()
-    keys: list[str] = []
-    outputs: list[Any] = [MISSING] * len(inputs)
-    # A job that writes into a vector collection must reach the worker even if its vectors are known.
-    if cache.enabled and task.cacheable and not params.get("collection"):
-        keys = keys_for(task.name, model.name, model.version, params, inputs)
-        outputs = cache.lookup(keys)
-        QUERY_COUNTER.record(task.name, model.name, params_fingerprint(params), inputs)
-    missing = [i for i, output in enumerate(outputs) if output is MISSING]
-    if not missing:
-        result = {"task": task.name, "model": {"name": model.name, "version": model.version},
-                  "outputs": outputs, "timings": {}}
-        return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
-                          cached_items=len(inputs))
-    job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,
-                                       inline_errors, looked_up=bool(keys))
-    outcome = reply_listener().wait(job_id, wait)
-    if outcome is None:
-        # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
-        # before anyone is sent to poll it.
-        pending.sent.wait(10)
-        create_jobs([(job_id, pending.record)])
-        return Prediction(job_id, task, model, None, submitted_at)
-    JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
-    record_for_circuit(model, outcome)
-    if circuit_note and outcome["status"] == "succeeded":
-        outcome["result"]["model"].update(circuit_note)
-    if outcome["status"] == "succeeded" and keys:
-        result = outcome["result"]
-        fresh = result["outputs"]
-        if "fallback_from" not in result["model"]:  # a fallback's answer must not pass for the model's
-            answered = [(keys[i], out) for i, out in zip(missing, fresh)
-                        if not (isinstance(out, dict) and set(out) == {"index", "error"})]
-            cache.remember([key for key, _ in answered], [out for _, out in answered])
-        for i, out in zip(missing, fresh):
-            if isinstance(out, dict) and set(out) == {"index", "error"}:
-                out = {**out, "index": i}
-            outputs[i] = out
-        outcome = {**outcome, "result": {**result, "outputs": outputs}}
-    return Prediction(job_id, task, model, outcome, submitted_at, cached_items=len(inputs) - len(missing))
-
-
-def raise_for_failure(prediction: Prediction) -> None:
-    outcome = prediction.outcome
-    if outcome is None or outcome["status"] == "succeeded":
-        return
-    error = outcome.get("error") or {"code": "job_failed", "message": "the job failed"}
-    code = error.get("code", "job_failed")
-    status = (503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES
-              else STATUS_BY_CODE.get(code, 422))
-    raise ApiError(status, code, error.get("message", "the job failed"),
-                   {"job_id": prediction.job_id, **error.get("details", {})})
-
-
-def success_body(prediction: Prediction) -> dict[str, Any]:
-    assert prediction.outcome is not None
-    result = prediction.outcome["result"]
-    timings = {**result.get("timings", {}),
-               "total_ms": round((time.perf_counter() - prediction.submitted_at) * 1000, 2)}
-    body = {"job_id": prediction.job_id, "task": result["task"], "model": result["model"],
-            "outputs": result["outputs"], "cached": prediction.cached_items == len(result["outputs"]),
-            "timings": timings}
-    if 0 < prediction.cached_items < len(result["outputs"]):
-        body["cached_items"] = prediction.cached_items
-    return body
 
 
 def accepted(job_id: str) -> tuple[Response, int]:
     return jsonify({"job_id": job_id, "status": "queued",
                     "status_url": url_for("jobs.show_job", job_id=job_id)}), 202
-
-
-def parse_prediction() -> tuple[PredictRequest, TaskEntry, ModelEntry, float]:
-    settings = get_settings()
-    body = parse_body(PredictRequest, settings.max_json_depth)
-    # A time-series request without a model runs the one its params.method (or its inputs) call for.
-    task, model = resolve(body.task, body.model or implied_model(body.task, body.params, body.inputs))
-    validate_inputs(task, body.inputs, body.params, model)
-    wait = settings.default_wait_seconds if body.wait is None else body.wait
-    return body, task, model, wait
 
 
 @bp.post("/predict")
@@ -264,20 +59,6 @@ def predict_batch() -> tuple[Response, int]:
     return jsonify(response), 200
 
 
-def next_inputs(previous_inputs: list[Any], outputs: list[Any]) -> list[Any]:
-    """What a pipeline step hands to the next one: text it produced (e.g. pii_mask's masked text),
-    otherwise the same inputs it was given (e.g. language -> ner)."""
-    produced = []
-    for original, output in zip(previous_inputs, outputs):
-        if isinstance(output, str):
-            produced.append(output)
-        elif isinstance(output, dict) and isinstance(output.get("text"), str) and "entities" in output:
-            produced.append(output["text"])
-        else:
-            produced.append(original)
-    return produced
-
-
 @bp.post("/predict/pipeline")
 @require(PREDICT)
 @limit_prediction
@@ -285,24 +66,5 @@ def predict_pipeline() -> tuple[Response, int]:
     """Steps run in order, each on the previous step's output where that makes sense; every step shown."""
     settings = get_settings()
     body = parse_body(PipelineRequest, settings.max_json_depth)
-    steps = [(resolve(step.task, step.model), step.params) for step in body.steps]
-    for (task, _), _ in steps[:1]:
-        validate_inputs(task, body.inputs)
-    wait = settings.max_wait_seconds if body.wait is None else body.wait
-    deadline = time.monotonic() + wait
-    inputs, results = list(body.inputs), []
-    for index, ((task, model), params) in enumerate(steps):
-        prediction = run_prediction(task, model, inputs, params, body.priority,
-                                    max(0.5, deadline - time.monotonic()))
-        if prediction.outcome is None:
-            raise ApiError(504, "pipeline_timeout", f"Step {index} ({task.name}) did not finish in time.",
-                           {"job_id": prediction.job_id, "step": index})
-        try:
-            raise_for_failure(prediction)
-        except ApiError as exc:
-            exc.details["step"] = index
-            raise
-        step_result = success_body(prediction)
-        results.append({"step": index, "inputs": inputs, **step_result})
-        inputs = next_inputs(inputs, step_result["outputs"])
+    results = run_pipeline(body, settings.max_wait_seconds if body.wait is None else body.wait)
     return jsonify({"steps": results, "outputs": results[-1]["outputs"]}), 200

@@ -1,40 +1,36 @@
 """POST /api/v1/predict/stream: Server-Sent Events, one event per output item (or per generated token
 for `generate`), then a final `done` event with the job summary. A client that disconnects stops the
-work: the gateway raises the job's stop flag and the generating worker checks it between tokens."""
+work (cortex_web/prediction_streams.py)."""
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, stream_with_context
 
-from cortex_tasks import app as celery_app
 from cortex_tasks.core.auth.roles import PREDICT
-from cortex_tasks.core.contracts import task_names
-from cortex_tasks.core.jobs import store
-from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
-from cortex_tasks.core.openai.billing import billed_params
-from cortex_tasks.core.queues import priority_of
-from cortex_tasks.core.settings import get_settings
-from cortex_web.auth import current_principal, require
-from cortex_web.blueprints.predict import parse_prediction, run_prediction
-from cortex_web.dispatch import redis_client
+from cortex_web.auth import require
 from cortex_web.limits import limit_prediction
-from cortex_web.metrics import JOBS_SUBMITTED
+from cortex_web.prediction_streams import StreamEvent, item_events, token_events
+from cortex_web.predictions import parse_prediction
 
 bp = Blueprint("stream", __name__, url_prefix="/api/v1")
-IDLE_TIMEOUT_SECONDS = 120.0
 
 
 def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _events_response(events: Iterator[str]) -> Response:
-    return Response(stream_with_context(events), mimetype="text/event-stream",
+def _events_response(events: Generator[StreamEvent, None, None]) -> Response:
+    def written() -> Iterator[str]:
+        try:
+            for event, data in events:
+                yield sse(event, data)
+        finally:
+            events.close()  # a client that went away stops the work behind the events
+
+    return Response(stream_with_context(written()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -45,66 +41,5 @@ def predict_stream() -> Response:
     """Stream a prediction as Server-Sent Events (tokens for `generate`, items otherwise)."""
     body, task, model, _ = parse_prediction()
     if task.name == "generate":
-        return _events_response(_stream_tokens(model.name, body.inputs, body.params, body.priority))
-    return _events_response(_stream_items(task, model, body))
-
-
-def _stream_items(task, model, body) -> Iterator[str]:
-    prediction = run_prediction(task, model, body.inputs, body.params, body.priority,
-                                get_settings().max_wait_seconds)
-    yield sse("start", {"job_id": prediction.job_id, "task": task.name})
-    outcome = prediction.outcome
-    if outcome is None:
-        yield sse("error", {"job_id": prediction.job_id, "error": {
-            "code": "timeout", "message": "The job did not finish in time; poll its status URL."}})
-        return
-    if outcome["status"] != "succeeded":
-        yield sse("error", {"job_id": prediction.job_id, "error": outcome.get("error")})
-        return
-    result = outcome["result"]
-    for index, output in enumerate(result["outputs"]):
-        yield sse("item", {"index": index, "output": output})
-    yield sse("done", {"job_id": prediction.job_id, "status": "succeeded", "model": result["model"],
-                       "count": len(result["outputs"])})
-
-
-def _stream_tokens(model_name: str, inputs: list[Any], params: dict[str, Any], priority_class: str) -> Iterator[str]:
-    client = redis_client()
-    priority = priority_of(priority_class)
-    job_id = str(uuid.uuid4())
-    params = billed_params(model_name, params, current_principal().key_id)  # OpenAI calls are billed per key
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no token is missed
-    finished = False
-    try:
-        store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
-                                      model=model_name, priority=priority, total=len(inputs),
-                                      params=params or None), job_id=job_id)
-        celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
-                             kwargs={"job_id": job_id, "model": model_name, "inputs": inputs, "params": params})
-        JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
-        yield sse("start", {"job_id": job_id, "task": "generate"})
-        last_event = time.monotonic()
-        while time.monotonic() - last_event < IDLE_TIMEOUT_SECONDS:
-            message = pubsub.get_message(timeout=1.0)
-            if message is None or message.get("type") != "message":
-                continue
-            last_event = time.monotonic()
-            event = json.loads(message["data"])
-            kind = event.pop("type")
-            if kind == "done":
-                finished = True
-                job = store.get_job(job_id)
-                yield sse("done", {"job_id": job_id, "status": event.get("status"),
-                                   "result": job.result if job else None})
-                return
-            if kind == "error":
-                finished = True
-                yield sse("error", {"job_id": job_id, **event})
-                return
-            yield sse(kind, event)
-        yield sse("error", {"job_id": job_id, "error": {"code": "timeout", "message": "no tokens for too long"}})
-    finally:
-        if not finished:  # the client went away (or we gave up): stop the generation
-            client.set(STOP_KEY_PREFIX + job_id, 1, ex=600)
-        pubsub.close()
+        return _events_response(token_events(model.name, body.inputs, body.params, body.priority))
+    return _events_response(item_events(task, model, body.inputs, body.params, body.priority))

@@ -1,5 +1,4 @@
-"""OpenAI usage and cost: GET /api/v1/usage/openai, and the gateway's checks before any OpenAI work is
-queued (configured, within the monthly budget), so a refusal is immediate and clear."""
+"""OpenAI usage and cost: GET /api/v1/usage/openai."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -8,30 +7,13 @@ from flask import Blueprint, Response, jsonify, request
 
 from cortex_tasks.core.auth.roles import READ
 from cortex_tasks.core.openai import usage as usage_ledger
-from cortex_tasks.core.openai.config import CHAT_MODELS, EMBEDDING_MODELS, is_openai_model, openai_config
+from cortex_tasks.core.openai.config import CHAT_MODELS, EMBEDDING_MODELS, openai_config
 from cortex_web.auth import current_principal, is_admin, require
 from cortex_web.errors import ApiError
 from cortex_web.metrics import register_shared_collector
 
 bp = Blueprint("usage", __name__, url_prefix="/api/v1")
 register_shared_collector(usage_ledger.OpenAIUsageCollector())
-
-
-def refuse_unavailable_openai(model_name: str) -> None:
-    """503 when OpenAI is not configured, 402 when the monthly budget is spent; nothing for other models."""
-    if not is_openai_model(model_name):
-        return
-    config = openai_config()
-    if not config.configured:
-        raise ApiError(503, "openai_not_configured",
-                       f"Model {model_name!r} needs OpenAI, which is not configured on this deployment "
-                       "(set CORTEX_OPENAI_API_KEY). The local model SmolLM2-135M-Instruct serves generate.",
-                       {"model": model_name})
-    try:
-        usage_ledger.check_budget(config)
-    except usage_ledger.BudgetExceeded as exc:
-        raise ApiError(402, "budget_exceeded", str(exc),
-                       {"model": model_name, "spent_usd": round(exc.spent, 6), "budget_usd": exc.budget}) from None
 
 
 @bp.get("/usage/openai")

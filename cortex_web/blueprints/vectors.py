@@ -24,7 +24,6 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cortex_tasks.core.auth.roles import PREDICT
-from cortex_tasks.core.catalogue import MODELS
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
@@ -33,7 +32,6 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import (
     MAX_DIMENSION,
     MAX_K,
-    CollectionNotFound,
     check_collection_name,
 )
 from cortex_tasks.core.validation.items import check_text, check_vector
@@ -187,25 +185,10 @@ def create_collection(collection: str) -> tuple[Response, int]:
     """Create a collection (idempotent for the same configuration; 409 for another one)."""
     name = _collection_name(collection)
     body = _body(CreateCollectionRequest)
-    if body.model is not None and (body.model not in MODELS or MODELS[body.model].task != "embed"):
-        raise ApiError(404, "unknown_model", f"{body.model!r} is not an embedding model.",
-                       {"valid": sorted(n for n, m in MODELS.items() if m.task == "embed")})
-    model_dimension = service.EMBEDDING_DIMENSIONS.get(body.model or "")
-    dimension = body.dimension or model_dimension
-    if dimension is None:
-        raise ApiError(422, "invalid_request", "dimension is required for a collection without a model")
-    if model_dimension is not None and dimension != model_dimension:
-        raise ApiError(422, "dimension_mismatch", f"{body.model} makes {model_dimension}-d vectors, not {dimension}")
-    store = service.vector_store()
-    existed = True
-    try:
-        store.get_collection(name)
-    except CollectionNotFound:
-        existed = False
-    created = store.create_collection(name, dimension, body.metric, body.index.as_spec(), body.model,
-                                      created_by=current_principal().key_id,
-                                      build_index=not body.defer_index, exist_ok=True)
-    return jsonify(created.as_dict()), 200 if existed else 201
+    created, new = service.create_collection(name, body.dimension, body.metric, body.index.as_spec(), body.model,
+                                             created_by=current_principal().key_id,
+                                             build_index=not body.defer_index)
+    return jsonify(created.as_dict()), 201 if new else 200
 
 
 @bp.get("/vectors/<collection>")

@@ -112,7 +112,8 @@ def test_error_answers_match_the_error_schema(app, spec):
 
 def test_predict_responses_match_what_the_view_builds(app, spec):
     from cortex_tasks.core.catalogue import MODELS, TASKS
-    from cortex_web.blueprints.predict import Prediction, accepted, success_body
+    from cortex_web.blueprints.predict import accepted
+    from cortex_web.predictions import Prediction, success_body
 
     responses = spec["paths"]["/api/v1/predict"]["post"]["responses"]
     ok = responses["200"]["content"]["application/json"]["schema"]["$ref"]

@@ -70,7 +70,8 @@ def test_generated_models_read_what_predict_returns(app, client_package):
     from cortex_client.models import Accepted, PredictResponse
 
     from cortex_tasks.core.catalogue import MODELS, TASKS
-    from cortex_web.blueprints.predict import Prediction, accepted, success_body
+    from cortex_web.blueprints.predict import accepted
+    from cortex_web.predictions import Prediction, success_body
 
     model = next(iter(MODELS.values()))
     outcome = {"status": "succeeded", "result": {"task": model.task, "model": {"name": model.name},

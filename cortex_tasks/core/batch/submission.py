@@ -20,8 +20,10 @@ from sqlalchemy import text
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.batch.config import batch_config, batch_queue
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs.store import IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.validation.items import check_finite
 
 CHUNK_TASK = task_names.BATCH_RUN_CHUNK
 FINISH_TASK = task_names.BATCH_FINISH
@@ -44,6 +46,18 @@ class SubmittedBatch:
     job_id: str
     created: bool
     chunks: int
+
+
+def check_batch_inputs(inputs: list[Any]) -> None:
+    """At most `max_batch_size` inputs. Items are otherwise checked in the worker, where a bad one fails
+    alone; a non-finite number cannot even be stored with the batch, so that item rule refuses the whole
+    request, with the same invalid_input as a worker would report."""
+    limit = batch_config().max_batch_size
+    if len(inputs) > limit:
+        raise CortexError("too_many_inputs", f"A batch holds at most {limit} inputs, not {len(inputs)}; "
+                          "split it into several batches.", {"max": limit, "given": len(inputs)})
+    for index, item in enumerate(inputs):
+        check_finite(item, f"inputs[{index}]", {"index": index})
 
 
 def request_hash(task: str, model: str | None, inputs: list[Any], params: dict[str, Any], priority: str) -> str:

@@ -188,6 +188,12 @@ def model_summary(name: str) -> dict[str, Any]:
                 "updated_at": iso_or_none(model.updated_at)}
 
 
+def registered_task(name: str) -> str | None:
+    """The task a registered model serves; None while no version of it has been registered."""
+    with session_scope() as session:
+        return session.scalar(select(RegisteredModel.task).where(RegisteredModel.name == name))
+
+
 def list_models() -> list[dict[str, Any]]:
     with session_scope() as session:
         models = session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)).all()

@@ -12,8 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from cortex_tasks.core.catalogue import MODELS
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs.running import JobInputError
-from cortex_tasks.core.storage.vector_store import VectorStore, VectorStoreError, as_matrix
+from cortex_tasks.core.storage.vector_store import (
+    Collection,
+    CollectionNotFound,
+    VectorStore,
+    VectorStoreError,
+    as_matrix,
+)
 
 # Plain data the gateway can import too: the dimension of each embedding model.
 EMBEDDING_DIMENSIONS: dict[str, int] = {"all-MiniLM-L6-v2": 384}
@@ -28,6 +36,31 @@ _store = VectorStore()
 
 def vector_store() -> VectorStore:
     return _store
+
+
+def create_collection(name: str, dimension: int | None, metric: str, index: dict[str, Any], model: str | None,
+                      created_by: str | None, build_index: bool) -> tuple[Collection, bool]:
+    """Create a collection for `model`'s embeddings (or for given vectors only, without a model); the same
+    configuration again changes nothing, another one is refused by the store. The collection, and whether
+    it is new."""
+    if model is not None and (model not in MODELS or MODELS[model].task != "embed"):
+        raise CortexError("unknown_model", f"{model!r} is not an embedding model.",
+                          {"valid": sorted(n for n, m in MODELS.items() if m.task == "embed")}, status=404)
+    model_dimension = EMBEDDING_DIMENSIONS.get(model or "")
+    dimension = dimension or model_dimension
+    if dimension is None:
+        raise CortexError("invalid_request", "dimension is required for a collection without a model")
+    if model_dimension is not None and dimension != model_dimension:
+        raise CortexError("dimension_mismatch", f"{model} makes {model_dimension}-d vectors, not {dimension}")
+    store = vector_store()
+    try:
+        store.get_collection(name)
+        existed = True
+    except CollectionNotFound:
+        existed = False
+    collection = store.create_collection(name, dimension, metric, index, model, created_by=created_by,
+                                         build_index=build_index, exist_ok=True)
+    return collection, not existed
 
 
 def input_error(exc: VectorStoreError) -> JobInputError:

@@ -1,0 +1,91 @@
+"""Predictions as a stream of events for /predict/stream: one event per output item, or per generated
+token for `generate`, then a final `done` (or `error`) event. Each event is an (event name, data) pair;
+the route writes them as Server-Sent Events. A consumer that stops reading stops the generation: the
+job's stop flag is raised and the generating worker checks it between tokens."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Generator
+from typing import Any
+
+from cortex_tasks import app as celery_app
+from cortex_tasks.core.catalogue import ModelEntry, TaskEntry
+from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
+from cortex_tasks.core.openai.billing import billed_params
+from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.settings import get_settings
+from cortex_web.auth import current_principal
+from cortex_web.dispatch import redis_client
+from cortex_web.metrics import JOBS_SUBMITTED
+from cortex_web.predictions import run_prediction
+
+IDLE_TIMEOUT_SECONDS = 120.0
+StreamEvent = tuple[str, Any]
+
+
+def item_events(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
+                priority_class: str) -> Generator[StreamEvent, None, None]:
+    """Run the prediction as usual, then hand out its outputs one item at a time."""
+    prediction = run_prediction(task, model, inputs, params, priority_class, get_settings().max_wait_seconds)
+    yield "start", {"job_id": prediction.job_id, "task": task.name}
+    outcome = prediction.outcome
+    if outcome is None:
+        yield "error", {"job_id": prediction.job_id, "error": {
+            "code": "timeout", "message": "The job did not finish in time; poll its status URL."}}
+        return
+    if outcome["status"] != "succeeded":
+        yield "error", {"job_id": prediction.job_id, "error": outcome.get("error")}
+        return
+    result = outcome["result"]
+    for index, output in enumerate(result["outputs"]):
+        yield "item", {"index": index, "output": output}
+    yield "done", {"job_id": prediction.job_id, "status": "succeeded", "model": result["model"],
+                   "count": len(result["outputs"])}
+
+
+def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
+                 priority_class: str) -> Generator[StreamEvent, None, None]:
+    """Start a generation job and relay the tokens its worker publishes, as they come."""
+    client = redis_client()
+    priority = priority_of(priority_class)
+    job_id = str(uuid.uuid4())
+    params = billed_params(model_name, params, current_principal().key_id)  # OpenAI calls are billed per key
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no token is missed
+    finished = False
+    try:
+        store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
+                                      model=model_name, priority=priority, total=len(inputs),
+                                      params=params or None), job_id=job_id)
+        celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
+                             kwargs={"job_id": job_id, "model": model_name, "inputs": inputs, "params": params})
+        JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
+        yield "start", {"job_id": job_id, "task": "generate"}
+        last_event = time.monotonic()
+        while time.monotonic() - last_event < IDLE_TIMEOUT_SECONDS:
+            message = pubsub.get_message(timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            last_event = time.monotonic()
+            event = json.loads(message["data"])
+            kind = event.pop("type")
+            if kind == "done":
+                finished = True
+                job = store.get_job(job_id)
+                yield "done", {"job_id": job_id, "status": event.get("status"),
+                               "result": job.result if job else None}
+                return
+            if kind == "error":
+                finished = True
+                yield "error", {"job_id": job_id, **event}
+                return
+            yield kind, event
+        yield "error", {"job_id": job_id, "error": {"code": "timeout", "message": "no tokens for too long"}}
+    finally:
+        if not finished:  # the client went away (or we gave up): stop the generation
+            client.set(STOP_KEY_PREFIX + job_id, 1, ex=600)
+        pubsub.close()
