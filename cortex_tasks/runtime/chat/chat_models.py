@@ -79,7 +79,8 @@ class OpenAIChatModel(CortexChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        from cortex_tasks.runtime.openai.client import ChatOptions, openai_service  # the SDK loads on first use
+        # The OpenAI SDK loads on first use: most workers never call it.
+        from cortex_tasks.runtime.openai.client import ChatOptions, openai_service
 
         options = ChatOptions(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                               stop=tuple(stop or self.stop_sequences))
