@@ -14,6 +14,7 @@ from flask import Blueprint, Response, stream_with_context
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import StreamGenerationMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
 from cortex_tasks.core.openai.billing import billed_params
@@ -80,8 +81,9 @@ def _stream_tokens(model_name: str, inputs: list[Any], params: dict[str, Any], p
         store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
                                       model=model_name, priority=priority, total=len(inputs),
                                       params=params or None), job_id=job_id)
+        message = StreamGenerationMessage(job_id=job_id, model=model_name, inputs=inputs, params=params)
         celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
-                             kwargs={"job_id": job_id, "model": model_name, "inputs": inputs, "params": params})
+                             kwargs=message.to_kwargs())
         JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
         yield sse("start", {"job_id": job_id, "task": "generate"})
         last_event = time.monotonic()
