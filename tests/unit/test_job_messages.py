@@ -239,3 +239,22 @@ def test_batch_and_training_senders_build_readable_messages(monkeypatch: pytest.
         (batch.FINISH_TASK, jm.BatchFinishMessage(job_id="j")),
         (training.TRAIN_TASK, jm.TrainingMessage(job_id="j")),
     ]
+
+
+def test_maintenance_message_of_beat_is_versioned_and_the_previous_release_sent_none():
+    from beat_schedule import BEAT_SCHEDULE
+
+    assert all(read_message(jm.MaintenanceMessage, json.loads(json.dumps(entry["kwargs"])))
+               == jm.MaintenanceMessage() for entry in BEAT_SCHEDULE.values())
+    assert read_message(jm.MaintenanceMessage, {}).version == 1  # Beat of the previous release sent no kwargs
+    with pytest.raises(MessageRefused, match="maintenance message version 2 is not supported"):
+        read_message(jm.MaintenanceMessage, {"version": 2})
+
+
+def test_maintenance_task_refuses_an_unknown_version_without_running(monkeypatch: pytest.MonkeyPatch):
+    from cortex_tasks.runtime.maintenance import tasks
+
+    monkeypatch.setattr(tasks.housekeeping, "roll_up_metrics", _must_not_run)
+    assert "version 2 is not supported" in tasks.roll_up_metrics(version=2)["refused"]
+    monkeypatch.setattr(tasks.housekeeping, "roll_up_metrics", lambda: {"rolled": 1})
+    assert tasks.roll_up_metrics() == tasks.roll_up_metrics(**jm.MaintenanceMessage().to_kwargs()) == {"rolled": 1}

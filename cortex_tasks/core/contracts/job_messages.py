@@ -130,3 +130,13 @@ class StreamGenerationMessage(JobMessage):
     # The generate task's input schema checked them at the gateway; the contract only carries them.
     inputs: list[Any]
     params: dict[str, Any] | None = None
+
+
+class MaintenanceMessage(VersionedMessage):
+    """Every periodic task Beat sends (beat_schedule.py): no fields of its own, only the version, so that a
+    future field can be added without an old worker misreading it. No job to fail: a refused one is logged
+    and Beat sends the next one on schedule."""
+
+    describes: ClassVar[str] = "maintenance message"
+
+    version: Literal[1] = 1
