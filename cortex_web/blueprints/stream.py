@@ -78,12 +78,13 @@ def _stream_tokens(model_name: str, inputs: list[Any], params: dict[str, Any], p
     pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no token is missed
     finished = False
     try:
+        # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
+        generation = StreamGenerationMessage(job_id=job_id, model=model_name, inputs=inputs, params=params)
         store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
                                       model=model_name, priority=priority, total=len(inputs),
                                       params=params or None), job_id=job_id)
-        message = StreamGenerationMessage(job_id=job_id, model=model_name, inputs=inputs, params=params)
         celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
-                             kwargs=message.to_kwargs())
+                             kwargs=generation.to_kwargs())
         JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
         yield sse("start", {"job_id": job_id, "task": "generate"})
         last_event = time.monotonic()
