@@ -7,51 +7,62 @@ minute, so a model's schedule changes without restarting Beat.
 from celery.schedules import crontab
 
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
 
 MAINTENANCE = {"queue": "maintenance"}
+# Every entry's message, built through its contract (its only field is the version).
+MESSAGE = MaintenanceMessage().to_kwargs()
 
 BEAT_SCHEDULE = {
     "sweep-stale-jobs-every-5-minutes": {
         "task": task_names.SWEEP_STALE_JOBS,
         "schedule": crontab(minute="*/5"),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     "expire-job-records-daily": {
         "task": task_names.EXPIRE_JOB_RECORDS,
         "schedule": crontab(minute=17, hour=3),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     # every 30 minutes ('*/30 * * * *')
     "warm-cache-every-30-minutes": {
         "task": task_names.WARM_CACHE,
         "schedule": crontab(minute="*/30"),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     # Priority aging: low-priority work that waited too long moves up, so it is never starved.
     "promote-aged-jobs-every-5-seconds": {
         "task": task_names.PROMOTE_AGED_JOBS,
         "schedule": 5.0,
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     "retrain-due-models-every-minute": {
         "task": task_names.RETRAIN_DUE_MODELS,
         "schedule": crontab(),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     # Audit retention (CORTEX_AUDIT_RETENTION, 90d by default).
     "purge-audit-events-daily": {
         "task": task_names.PURGE_AUDIT_EVENTS,
         "schedule": crontab(minute=29, hour=3),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     "expire-results-hourly": {
         "task": task_names.EXPIRE_RESULTS,
         "schedule": crontab(minute=41),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
     "roll-up-metrics-every-5-minutes": {
         "task": task_names.ROLL_UP_METRICS,
         "schedule": crontab(minute="*/5"),
+        "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
 }

@@ -1,6 +1,7 @@
 """Enqueueing jobs and waiting for their outcomes within a budget."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,6 +9,7 @@ import redis
 from flask import Response, current_app, jsonify, url_for
 
 from cortex_tasks import app as celery_app
+from cortex_tasks.core.contracts.job_messages import RepliedJobMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.load_control.circuit import CircuitBreaker
 from cortex_tasks.core.load_control.shedding import LoadShedder
@@ -44,20 +46,23 @@ def redis_client() -> redis.Redis:
     return current_app.extensions["cortex_redis"]
 
 
-def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, kwargs: dict[str, Any],
+# Builds a task's message from the new job's id and the reply channel (None when nobody waits).
+MessageBuilder = Callable[[str, str | None], RepliedJobMessage]
+
+
+def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, message: MessageBuilder,
                     wait_seconds: float) -> Submitted:
     """One job, one message: for tasks that take `job_id` and `reply_to` and publish one outcome
     (cortex_tasks.core.jobs.outcomes.publish_outcome)."""
-    job, _ = store.create_job(new_job)
     listener = reply_listener()
     waiting = wait_seconds > 0
+    job_id = store.new_job_id()
+    # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
+    kwargs = message(job_id, listener.channel if waiting else None).to_kwargs()
+    job, _ = store.create_job(new_job, job_id=job_id)
     if waiting:
         listener.expect(job.id)
-    celery_app.send_task(
-        task_name,
-        kwargs={"job_id": job.id, **kwargs, "reply_to": listener.channel if waiting else None},
-        task_id=job.id, queue=queue, priority=new_job.priority,
-    )
+    celery_app.send_task(task_name, kwargs=kwargs, task_id=job.id, queue=queue, priority=new_job.priority)
     JOBS_SUBMITTED.labels(new_job.kind, new_job.task, queue).inc()
     outcome = listener.wait(job.id, wait_seconds) if waiting else None
     return Submitted(job.id, outcome)

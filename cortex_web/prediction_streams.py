@@ -13,6 +13,7 @@ from typing import Any
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.catalogue import ModelEntry, TaskEntry
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import StreamGenerationMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
 from cortex_tasks.core.openai.billing import billed_params
@@ -58,11 +59,13 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
     pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no token is missed
     finished = False
     try:
+        # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
+        generation = StreamGenerationMessage(job_id=job_id, model=model_name, inputs=inputs, params=params)
         store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
                                       model=model_name, priority=priority, total=len(inputs),
                                       params=params or None), job_id=job_id)
         celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
-                             kwargs={"job_id": job_id, "model": model_name, "inputs": inputs, "params": params})
+                             kwargs=generation.to_kwargs())
         JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
         yield "start", {"job_id": job_id, "task": "generate"}
         last_event = time.monotonic()

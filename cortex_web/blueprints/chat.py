@@ -15,6 +15,7 @@ from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.chat import history
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import ChatReplyMessage
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.openai.availability import refuse_unavailable_openai
 from cortex_tasks.core.openai.config import CHAT_MODELS
@@ -95,8 +96,9 @@ def chat(session_id: str) -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=owner, kind="chat", task="chat", model=model, priority=priority, total=1),
         task_names.CHAT_REPLY, GPU,
-        {"session_id": session_id, "owner": owner, "message": body.message, "model": model,
-         "system": body.system, "params": body.params},
+        lambda job_id, reply_to: ChatReplyMessage(job_id=job_id, reply_to=reply_to, session_id=session_id,
+                                                  owner=owner, message=body.message, model=model,
+                                                  system=body.system, params=body.params),
         wait)
     outcome = submitted.outcome
     if outcome is None:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import DocumentIndexMessage, QuestionMessage
 from cortex_tasks.core.documents import catalog
 from cortex_tasks.core.documents.requests import (
     COLLECTION_NAME,
@@ -83,7 +84,8 @@ def index_documents() -> tuple[Response, int]:
         NewJob(owner=principal.key_id, kind="documents", task="documents.index", model=None,
                priority=priority_of("normal"), total=len(documents)),
         task_names.DOCUMENTS_INDEX, GPU,
-        {"collection": body.collection, "documents": documents, "indexed_by": principal.key_id},
+        lambda job_id, reply_to: DocumentIndexMessage(job_id=job_id, reply_to=reply_to, collection=body.collection,
+                                                      documents=documents, indexed_by=principal.key_id),
         _wait(body.wait))
     return job_reply(submitted)
 
@@ -125,5 +127,6 @@ def answer_question() -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="documents", task="documents.qa", model=None,
                priority=priority_of("normal"), total=1),
-        task_names.DOCUMENTS_ANSWER, GPU, arguments, _wait(body.wait))
+        task_names.DOCUMENTS_ANSWER, GPU,
+        lambda job_id, reply_to: QuestionMessage(job_id=job_id, reply_to=reply_to, **arguments), _wait(body.wait))
     return job_reply(submitted)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cortex_tasks.core.auth.roles import DEPLOY, READ
 from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import ActivationMessage
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import MAINTENANCE, priority_of
 from cortex_tasks.core.registry import routing, service, stats
@@ -184,7 +185,8 @@ def promote(name: str, version: int) -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=actor, kind="deploy", task="registry.promote", model=record.reference,
                priority=priority_of("high"), total=1),
-        task_names.REGISTRY_ACTIVATE_VERSION, _activation_queue(record.task), {"deployment_id": pending["id"]},
+        task_names.REGISTRY_ACTIVATE_VERSION, _activation_queue(record.task),
+        lambda job_id, reply_to: ActivationMessage(job_id=job_id, reply_to=reply_to, deployment_id=pending["id"]),
         wait)
     outcome = submitted.outcome
     if outcome is None:

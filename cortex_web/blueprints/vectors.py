@@ -25,6 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import (
+    VectorIndexMessage,
+    VectorSearchMessage,
+    VectorUpsertMessage,
+)
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
@@ -225,7 +230,8 @@ def upsert(collection: str) -> tuple[Response, int]:
         NewJob(owner=principal.key_id, kind="vectors", task="vectors.upsert", model=None,
                priority=priority_of("normal"), total=len(items)),
         task_names.VECTORS_UPSERT_ITEMS, GPU,
-        {"collection": name, "items": items, "created_by": principal.key_id}, wait)
+        lambda job_id, reply_to: VectorUpsertMessage(job_id=job_id, reply_to=reply_to, collection=name, items=items,
+                                                     created_by=principal.key_id), wait)
     return job_reply(submitted)
 
 
@@ -247,7 +253,8 @@ def search(collection: str) -> tuple[Response, int]:
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.search", model=None,
                priority=priority_of("high"), total=1),
         task_names.VECTORS_SEARCH_TEXT, GPU,
-        {"collection": name, "text": body.text, "k": body.k, "filter": body.filter}, wait)
+        lambda job_id, reply_to: VectorSearchMessage(job_id=job_id, reply_to=reply_to, collection=name,
+                                                     text=body.text, k=body.k, filter=body.filter), wait)
     return job_reply(submitted)
 
 
@@ -289,5 +296,6 @@ def build_index(collection: str) -> tuple[Response, int]:
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,
                priority=priority_of("normal"), total=1),
-        task_names.VECTORS_BUILD_INDEX, MAINTENANCE, {"collection": name}, wait)
+        task_names.VECTORS_BUILD_INDEX, MAINTENANCE,
+        lambda job_id, reply_to: VectorIndexMessage(job_id=job_id, reply_to=reply_to, collection=name), wait)
     return job_reply(submitted)

@@ -11,8 +11,12 @@ import uuid
 import numpy as np
 import pytest
 
+from cortex_tasks import app as celery_app
+from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.jobs import store as jobs
 from cortex_tasks.core.storage import arrow_io
 from cortex_tasks.core.storage.vector_store import CollectionConflict, VectorStore, VectorStoreError
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +399,27 @@ def _count(store: VectorStore, name: str) -> int:
         return store.count(name)
     except VectorStoreError:
         return 0
+
+
+def test_worker_reads_queued_messages_of_the_previous_release_and_refuses_unknown_versions(api, workers):
+    """Messages sent straight to the queue as another release's sender would: the old keyword arguments
+    (no version) run; a version this worker does not know fails its job, and the worker goes on."""
+    name = unique("versions")
+    response = api.post(f"/api/v1/vectors/{name}", {"items": [
+        {"id": "cat", "text": "The cat sits on the mat."},
+        {"id": "revenue", "text": "Quarterly revenue grew by four percent."}], "wait": 30})
+    assert response.status_code == 200, response.get_json()
+
+    def send(kwargs: dict) -> jobs.Job:
+        job, _ = jobs.create_job(jobs.NewJob(owner="versions-test", kind="vectors", task="vectors.search", total=1))
+        celery_app.send_task(task_names.VECTORS_SEARCH_TEXT, queue="gpu", task_id=job.id,
+                             kwargs={"job_id": job.id, **kwargs})
+        return wait_for(lambda: (row := jobs.get_job(job.id)) and row.status in ("succeeded", "failed") and row,
+                        60, "the search job to finish")
+
+    newer = send({"version": 2, "collection": name, "text": "a kitten", "k": 1})
+    assert newer.status == "failed" and newer.error["code"] == "unsupported_message"
+    assert "version 2 is not supported" in newer.error["message"]
+    old = send({"collection": name, "text": "a kitten on a rug", "k": 1, "filter": None, "reply_to": None})
+    assert old.status == "succeeded", old.error
+    assert [hit["id"] for hit in old.result["results"]] == ["cat"]

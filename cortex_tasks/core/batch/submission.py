@@ -20,6 +20,7 @@ from sqlalchemy import text
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.batch.config import batch_config, batch_queue
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import BatchChunkMessage, BatchFinishMessage
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs.store import IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
@@ -116,9 +117,10 @@ def send_chunks(job_id: str, chunk_indexes: list[int], queue: str, priority: int
     """Enqueue chunk tasks. A lost send is not lost work: the chunk row stays `queued` and the stale-job
     sweep enqueues it again."""
     for index in chunk_indexes:
-        celery_app.send_task(CHUNK_TASK, kwargs={"job_id": job_id, "chunk_index": index},
+        celery_app.send_task(CHUNK_TASK, kwargs=BatchChunkMessage(job_id=job_id, chunk_index=index).to_kwargs(),
                              queue=queue, priority=priority)
 
 
 def send_finish(job_id: str, queue: str, priority: int) -> None:
-    celery_app.send_task(FINISH_TASK, kwargs={"job_id": job_id}, queue=queue, priority=priority)
+    celery_app.send_task(FINISH_TASK, kwargs=BatchFinishMessage(job_id=job_id).to_kwargs(), queue=queue,
+                         priority=priority)

@@ -1,11 +1,12 @@
-"""The messages the gateway (and the cache warmer) send to the workers, as typed, versioned models.
+"""The messages the gateway (and the cache warmer) send to the workers, as typed, versioned models: the
+prediction message here, every other task's message in job_messages.py.
 
 Every sender builds a message through its model and every receiver reads it through the same model, so
 a field renamed or retyped on one side fails loudly at the edge (a job failed with `unsupported_message`)
 instead of as a KeyError deep in a worker.
 
 The wire format stays JSON (the Celery serializer is JSON-only): senders pass `to_kwargs()` to
-`send_task(kwargs=...)`, receivers `read_*` the kwargs the task receives. `version` is the schema
+`send_task(kwargs=...)`, receivers `read_message` the kwargs the task receives. `version` is the schema
 version: a message without one was sent by a release before this contract and is version 1 (its fields
 are exactly version 1's), so messages queued across an upgrade stay readable. A breaking change bumps it;
 a worker refuses versions it does not know. Fields a newer sender adds without bumping are ignored.
@@ -18,7 +19,7 @@ belongs is a sender's bug, not something to coerce.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +36,37 @@ class MessageRefused(ValueError):
 
 class _Message(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class VersionedMessage(_Message):
+    """A whole message (the kwargs of one task): a subclass declares `version: Literal[...]`, the versions
+    this release reads, and its name for error messages."""
+
+    supported_versions: ClassVar[frozenset[int]] = frozenset({1})
+    describes: ClassVar[str] = "message"
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The JSON-safe kwargs for `send_task` (mode="json" measured a little faster than python mode).
+        None fields are left out: the receiver's defaults are the same, and the message is smaller."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+M = TypeVar("M", bound=VersionedMessage)
+
+
+def read_message(message_type: type[M], kwargs: dict[str, Any]) -> M:
+    """The message a task received as kwargs; MessageRefused when it cannot be read."""
+    name, supported = message_type.describes, message_type.supported_versions
+    version = kwargs.get("version", 1)  # no version: sent before this contract, which is version 1
+    if version not in supported or isinstance(version, bool):
+        raise MessageRefused(f"{name} version {version!r} is not supported by this worker "
+                             f"(it reads versions {sorted(supported)})")
+    try:
+        return message_type.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'message'}: {error['msg']}"
+                             for error in exc.errors(include_url=False))
+        raise MessageRefused(f"{name} does not match version {version}: {problems}") from None
 
 
 class JobRecord(_Message):
@@ -64,9 +96,12 @@ class PredictionJob(_Message):
     warm: bool = False
 
 
-class PredictionMessage(_Message):
+class PredictionMessage(VersionedMessage):
     """One message of prediction jobs for the same task, model, params and priority (the gateway
     coalesces concurrent requests into one message)."""
+
+    supported_versions: ClassVar[frozenset[int]] = SUPPORTED_PREDICTION_VERSIONS
+    describes: ClassVar[str] = "prediction message"
 
     version: Literal[1] = PREDICTION_MESSAGE_VERSION
     task: str
@@ -78,21 +113,7 @@ class PredictionMessage(_Message):
     message_id: str | None = None
     jobs: list[PredictionJob] = Field(min_length=1)
 
-    def to_kwargs(self) -> dict[str, Any]:
-        """The JSON-safe kwargs for `send_task` (mode="json" measured a little faster than python mode).
-        None fields are left out: the receiver's defaults are the same, and the message is smaller."""
-        return self.model_dump(mode="json", exclude_none=True)
-
 
 def read_prediction_message(kwargs: dict[str, Any]) -> PredictionMessage:
     """The prediction message a task received as kwargs; MessageRefused when it cannot be read."""
-    version = kwargs.get("version", 1)  # no version: sent before this contract, which is version 1
-    if version not in SUPPORTED_PREDICTION_VERSIONS or isinstance(version, bool):
-        raise MessageRefused(f"prediction message version {version!r} is not supported by this worker "
-                             f"(it reads versions {sorted(SUPPORTED_PREDICTION_VERSIONS)})")
-    try:
-        return PredictionMessage.model_validate(kwargs)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'message'}: {error['msg']}"
-                             for error in exc.errors(include_url=False))
-        raise MessageRefused(f"prediction message does not match version {version}: {problems}") from None
+    return read_message(PredictionMessage, kwargs)

@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cortex_tasks.core.contracts.messages import MessageRefused
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 
@@ -61,3 +63,20 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     result.setdefault("timings", {})["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
     store.finish_job(job_id, result)
     return {"status": "succeeded", "result": result}
+
+
+def refuse_message(kwargs: dict[str, Any], refused: MessageRefused) -> dict[str, Any]:
+    """Fail the job of a single-job message this worker cannot read (job_messages.JobMessage), with the
+    reason, instead of raising: a retry, or another worker of the same release, would refuse it again. The
+    job id and reply channel are taken from the raw message where they can be, so the row the sender
+    created is failed and a waiting caller is answered at once. `recorded`: the row was failed here (it
+    was still queued or running)."""
+    log.error("refused a message: %s", refused)
+    error = {"code": refused.code, "message": str(refused)}
+    outcome = {"status": store.FAILED, "error": error}
+    job_id, reply_to = kwargs.get("job_id"), kwargs.get("reply_to")
+    if not isinstance(job_id, str):  # nothing to fail: the log line is all that is left of it
+        return {**outcome, "recorded": False}
+    recorded = store.fail_job(job_id, error)
+    publish_outcome(reply_to if isinstance(reply_to, str) else None, job_id, outcome)
+    return {**outcome, "recorded": recorded}

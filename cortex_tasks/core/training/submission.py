@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import TrainingMessage
 from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.training import runs
@@ -100,7 +101,8 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
 
 
 def send_training(job_id: str, priority: int) -> None:
-    celery_app.send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=TRAINING, priority=priority)
+    celery_app.send_task(TRAIN_TASK, kwargs=TrainingMessage(job_id=job_id).to_kwargs(), queue=TRAINING,
+                         priority=priority)
 
 
 def control(job_id: str, action: str) -> dict[str, Any]:

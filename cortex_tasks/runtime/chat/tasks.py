@@ -5,19 +5,25 @@ from typing import Any
 
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import ChatReplyMessage
+from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.jobs.running import run_job
+from cortex_tasks.core.jobs.running import refuse_message, run_job
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.runtime.chat import service
 
 
 # Past the soft limit a reply is abandoned; the session lock outlives the hard limit (chat/config.py).
+# The kwargs are the message (core.contracts.job_messages.ChatReplyMessage), read through the contract.
 @app.task(name=task_names.CHAT_REPLY, soft_time_limit=240, time_limit=300, autoretry_for=TRANSIENT_ERRORS,
           retry_backoff=True, max_retries=3, ignore_result=True)
-def reply(*, job_id: str, session_id: str, owner: str, message: str, model: str | None = None,
-          system: str | None = None, params: dict[str, Any] | None = None,
-          reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: service.reply(job_id=job_id, session_id=session_id, owner=owner,
-                                                    message=message, model=model, system=system, params=params))
-    publish_outcome(reply_to, job_id, outcome)
+def reply(**kwargs: Any) -> dict[str, Any]:
+    try:
+        turn = read_message(ChatReplyMessage, kwargs)
+    except MessageRefused as exc:
+        return refuse_message(kwargs, exc)
+    outcome = run_job(turn.job_id, lambda: service.reply(
+        job_id=turn.job_id, session_id=turn.session_id, owner=turn.owner, message=turn.message, model=turn.model,
+        system=turn.system, params=turn.params))
+    publish_outcome(turn.reply_to, turn.job_id, outcome)
     return {"status": outcome["status"]}

@@ -28,7 +28,7 @@ def stop_requested(job_id: str) -> bool:
     return bool(_client().exists(STOP_KEY_PREFIX + job_id))
 
 
-def _publish(job_id: str, event: dict[str, Any]) -> None:
+def publish_event(job_id: str, event: dict[str, Any]) -> None:
     _client().publish(STREAM_CHANNEL_PREFIX + job_id, json.dumps(event, separators=(",", ":")))
 
 
@@ -38,7 +38,7 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
     if attempt is None:
         job = store.get_job(job_id)
         status = job.status if job else store.FAILED
-        _publish(job_id, {"type": "done", "status": status})
+        publish_event(job_id, {"type": "done", "status": status})
         return status
     model = get_model(model_name)
     outputs: list[Any] = []
@@ -50,26 +50,26 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
                 for piece in tokens:
                     if stop_requested(job_id):
                         store.cancel_job(job_id, "the client disconnected from the stream")
-                        _publish(job_id, {"type": "done", "status": store.CANCELLED})
+                        publish_event(job_id, {"type": "done", "status": store.CANCELLED})
                         return store.CANCELLED
                     pieces.append(piece)
-                    _publish(job_id, {"type": "token", "index": index, "text": piece})
+                    publish_event(job_id, {"type": "token", "index": index, "text": piece})
             finally:
                 tokens.close()  # stops the generating thread at its next token
             outputs.append({"text": "".join(pieces)})
-            _publish(job_id, {"type": "item", "index": index, "output": outputs[-1]})
+            publish_event(job_id, {"type": "item", "index": index, "output": outputs[-1]})
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc)}
         store.fail_job(job_id, error)
-        _publish(job_id, {"type": "error", "error": error})
+        publish_event(job_id, {"type": "error", "error": error})
         return store.FAILED
     except Exception as exc:
         error = {"code": "model_error", "message": f"{type(exc).__name__}: {exc}"}
         store.fail_job(job_id, error)
-        _publish(job_id, {"type": "error", "error": error})
+        publish_event(job_id, {"type": "error", "error": error})
         return store.FAILED
     result = {"task": "generate", "model": {"name": model.info.name, "version": model.info.version},
               "outputs": outputs}
     store.finish_job(job_id, result)
-    _publish(job_id, {"type": "done", "status": store.SUCCEEDED})
+    publish_event(job_id, {"type": "done", "status": store.SUCCEEDED})
     return store.SUCCEEDED

@@ -13,9 +13,16 @@ from pydantic import ValidationError
 
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
-from cortex_tasks.core.contracts.messages import JobRecord, MessageRefused, read_prediction_message
+from cortex_tasks.core.contracts.job_messages import StreamGenerationMessage
+from cortex_tasks.core.contracts.messages import (
+    JobRecord,
+    MessageRefused,
+    read_message,
+    read_prediction_message,
+)
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
+from cortex_tasks.core.jobs.running import refuse_message
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.runtime.inference import streaming
 from cortex_tasks.runtime.inference.runner import AfterReply, run_jobs
@@ -84,6 +91,15 @@ def run_nlp_jobs(self: Any, **message: Any) -> dict[str, Any]:
 
 @app.task(name=task_names.STREAM_GENERATION, soft_time_limit=300, time_limit=360,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
-def stream_generation(*, job_id: str, model: str, inputs: list[str],
-                      params: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"status": streaming.stream_generation(job_id, model, inputs, params or {})}
+def stream_generation(**kwargs: Any) -> dict[str, Any]:
+    """The kwargs are the message (core.contracts.job_messages.StreamGenerationMessage). An unreadable one
+    fails its job and ends the stream with the error, so the client is not left waiting for tokens."""
+    try:
+        message = read_message(StreamGenerationMessage, kwargs)
+    except MessageRefused as exc:
+        outcome = refuse_message(kwargs, exc)
+        if outcome["recorded"]:
+            streaming.publish_event(kwargs["job_id"], {"type": "error", "error": outcome["error"]})
+        return {"status": outcome["status"], "refused": str(exc)}
+    return {"status": streaming.stream_generation(message.job_id, message.model, message.inputs,
+                                                  message.params or {})}

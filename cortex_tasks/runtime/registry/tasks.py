@@ -5,8 +5,10 @@ from typing import Any
 
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import ActivationMessage
+from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.jobs.running import JobInputError, run_job
+from cortex_tasks.core.jobs.running import JobInputError, refuse_message, run_job
 from cortex_tasks.core.registry import readiness, service
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.storage.object_store import ObjectStoreError, ObjectStoreUnavailable
@@ -38,7 +40,18 @@ def activate(deployment_id: int, job_id: str) -> dict[str, Any]:
 
 @app.task(name=task_names.REGISTRY_ACTIVATE_VERSION, soft_time_limit=300, time_limit=360,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
-def activate_version(*, job_id: str, deployment_id: int, reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: activate(deployment_id, job_id))
-    publish_outcome(reply_to, job_id, outcome)
+def activate_version(**kwargs: Any) -> dict[str, Any]:
+    """The kwargs are the message (core.contracts.job_messages.ActivationMessage). An unreadable one fails
+    its job and, where its id can be read, its deployment (a pending one would block every later promotion
+    of the model); serving is unchanged."""
+    try:
+        message = read_message(ActivationMessage, kwargs)
+    except MessageRefused as exc:
+        outcome = refuse_message(kwargs, exc)
+        deployment_id, job_id = kwargs.get("deployment_id"), kwargs.get("job_id")
+        if outcome["recorded"] and isinstance(deployment_id, int) and not isinstance(deployment_id, bool):
+            service.fail_deployment(deployment_id, outcome["error"], job_id if isinstance(job_id, str) else None)
+        return outcome
+    outcome = run_job(message.job_id, lambda: activate(message.deployment_id, message.job_id))
+    publish_outcome(message.reply_to, message.job_id, outcome)
     return outcome

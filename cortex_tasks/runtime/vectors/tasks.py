@@ -6,8 +6,14 @@ from typing import Any
 
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.job_messages import (
+    VectorIndexMessage,
+    VectorSearchMessage,
+    VectorUpsertMessage,
+)
+from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.jobs.running import JobInputError, run_job
+from cortex_tasks.core.jobs.running import JobInputError, refuse_message, run_job
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.storage.vector_store import VectorStoreError
 from cortex_tasks.core.vectors.service import vector_store
@@ -17,19 +23,28 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
                           "retry_backoff": True, "max_retries": 3, "ignore_result": True}
 
 
+# The kwargs of each task are its message (core.contracts.job_messages): read through the contract.
 @app.task(name=task_names.VECTORS_UPSERT_ITEMS, **LIMITS)
-def upsert_items(*, job_id: str, collection: str, items: list[dict[str, Any]], created_by: str | None = None,
-                 reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: service.upsert_items(collection, items, created_by))
-    publish_outcome(reply_to, job_id, outcome)
+def upsert_items(**kwargs: Any) -> dict[str, Any]:
+    try:
+        message = read_message(VectorUpsertMessage, kwargs)
+    except MessageRefused as exc:
+        return refuse_message(kwargs, exc)
+    outcome = run_job(message.job_id,
+                      lambda: service.upsert_items(message.collection, message.items, message.created_by))
+    publish_outcome(message.reply_to, message.job_id, outcome)
     return outcome
 
 
 @app.task(name=task_names.VECTORS_SEARCH_TEXT, **LIMITS)
-def search_text(*, job_id: str, collection: str, text: str, k: int = 10, filter: dict[str, Any] | None = None,
-                reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: service.search_text(collection, text, k, filter))
-    publish_outcome(reply_to, job_id, outcome)
+def search_text(**kwargs: Any) -> dict[str, Any]:
+    try:
+        message = read_message(VectorSearchMessage, kwargs)
+    except MessageRefused as exc:
+        return refuse_message(kwargs, exc)
+    outcome = run_job(message.job_id,
+                      lambda: service.search_text(message.collection, message.text, message.k, message.filter))
+    publish_outcome(message.reply_to, message.job_id, outcome)
     return outcome
 
 
@@ -46,7 +61,11 @@ def _build_index(collection: str) -> dict[str, Any]:
 # An index build over a large collection takes minutes: it runs on the maintenance queue, not the gpu one.
 @app.task(name=task_names.VECTORS_BUILD_INDEX, soft_time_limit=3300, time_limit=3600,
           autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3, ignore_result=True)
-def build_index(*, job_id: str, collection: str, reply_to: str | None = None) -> dict[str, Any]:
-    outcome = run_job(job_id, lambda: _build_index(collection))
-    publish_outcome(reply_to, job_id, outcome)
+def build_index(**kwargs: Any) -> dict[str, Any]:
+    try:
+        message = read_message(VectorIndexMessage, kwargs)
+    except MessageRefused as exc:
+        return refuse_message(kwargs, exc)
+    outcome = run_job(message.job_id, lambda: _build_index(message.collection))
+    publish_outcome(message.reply_to, message.job_id, outcome)
     return outcome
