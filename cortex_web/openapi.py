@@ -22,6 +22,17 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
 }
+# A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
+# guesses a catalogue task name and inputs that task accepts).
+_TEXTS = ["The river rose overnight.", "Markets opened higher on Monday."]
+REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/predict"): {"task": "embed", "inputs": _TEXTS[:1], "wait": 10},
+    ("post", "/api/v1/predict/batch"): {"task": "embed", "inputs": _TEXTS, "wait": 10},
+    ("post", "/api/v1/predict/stream"): {"task": "embed", "inputs": _TEXTS},
+    ("post", "/api/v1/predict/pipeline"): {"steps": [{"task": "pii_mask"}, {"task": "embed"}],
+                                           "inputs": ["Write to jane.roe@example.org about the invoice."],
+                                           "wait": 60},
+}
 # These views read the body only when one is sent (an empty body means the defaults).
 OPTIONAL_BODIES = {("post", "/api/v1/models/{name}/rollback"), ("post", "/api/v1/vectors/{collection}/index")}
 
@@ -45,6 +56,18 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/api/v1/vectors/{collection}"): {"200": JOB_RESULT, "202": ACCEPTED},
     ("post", "/api/v1/vectors/{collection}/search"): {"200": JOB_RESULT, "202": ACCEPTED},
     ("post", "/api/v1/vectors/{collection}/index"): {"200": JOB_RESULT, "202": ACCEPTED},
+    # The chat reply's fields (cortex_tasks/runtime/chat/) with the job id; a 202 also names the session.
+    ("post", "/api/v1/chat/{session_id}"): {"200": (None, "The reply: job_id and the reply's fields."),
+                                            "202": ACCEPTED},
+    ("put", "/api/v1/vectors/{collection}"): {
+        "200": (responses.Collection, "It already existed with this configuration."),
+        "201": (responses.Collection, "Created.")},
+    ("post", "/api/v1/training/submit"): {"202": (responses.TrainingSubmitted, "Queued; poll status_url.")},
+    ("post", "/api/v1/training/control/{job_id}"): {
+        "202": (responses.TrainingControlled, "Done, or asked of the worker; poll status_url.")},
+    ("post", "/api/v1/models/{name}/versions/{version}/promote"): {
+        "200": (responses.Promoted, "Promoted or retired."),
+        "202": (responses.Deploying, "The activation job is still running; poll status_url.")},
 }
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
@@ -133,8 +156,11 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 operation["description"] = doc
             body_model = bodies.get((method, path))
             if body_model is not None:
-                operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES, "content": {
-                    "application/json": {"schema": refs[(body_model, "validation")]}}}
+                media: dict[str, Any] = {"schema": refs[(body_model, "validation")]}
+                if (method, path) in REQUEST_EXAMPLES:
+                    media["examples"] = {"example": {"value": REQUEST_EXAMPLES[(method, path)]}}
+                operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
+                                            "content": {"application/json": media}}
             if not public:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method] = operation
