@@ -68,6 +68,19 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/api/v1/models/{name}/versions/{version}/promote"): {
         "200": (responses.Promoted, "Promoted or retired."),
         "202": (responses.Deploying, "The activation job is still running; poll status_url.")},
+    ("get", "/health"): {"200": (responses.Health, "The process answers.")},
+    ("get", "/ready"): {"200": (responses.Readiness, "Every check is ok."),
+                        "503": (responses.Readiness, "A check failed (this body, not an error object).")},
+    ("get", "/api/v1/keys"): {"200": (responses.KeyList, "Every key, without secrets.")},
+    ("delete", "/api/v1/keys/{key_id}"): {"200": (responses.KeyRevoked, "Revoked.")},
+    ("get", "/api/v1/vectors"): {"200": (responses.CollectionList, "Every collection.")},
+    ("delete", "/api/v1/vectors/{collection}"): {"200": (responses.CollectionDropped, "Dropped.")},
+    ("post", "/api/v1/vectors/{collection}/delete"): {"200": (responses.ItemsDeleted, "Deleted.")},
+    ("get", "/api/v1/vectors/{collection}/count"): {"200": (responses.ItemCount, "Items (matching the filter).")},
+    ("get", "/api/v1/chat/{session_id}"): {"200": (responses.ChatHistory, "The session's messages in order.")},
+    ("delete", "/api/v1/chat/{session_id}"): {"200": (responses.ChatCleared, "Forgotten.")},
+    ("delete", "/api/v1/documents/{document_id}"): {"200": (responses.DocumentDeleted, "Deleted.")},
+    ("get", "/api/v1/audit"): {"200": (responses.AuditPage, "A page of audit events, newest first.")},
 }
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
@@ -143,7 +156,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}
             if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
                 answers["200"]["content"].update(BINARY_RESULTS)
-            answers.update(_error_responses(public))
+            # A status the route documents itself (/ready's 503 is its own body) is not an error object.
+            for status, answer in _error_responses(public).items():
+                answers.setdefault(status, answer)
             operation: dict[str, Any] = {
                 "operationId": operation_id,
                 "summary": doc.splitlines()[0],

@@ -200,3 +200,69 @@ class Deploying(_Response):
     deployment: dict[str, Any]
     status_url: str
 
+
+class Health(_Response):
+    status: Literal["ok"]
+
+
+class Readiness(_Response):
+    """200 when every check is ok; 503 (this same body, not an error object) when one is not."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, dict[str, Any]] = Field(description="database, redis, models: each {ok, ...}.")
+    workers: list[dict[str, Any]] = Field(description="The workers that have reported ready.")
+    queues_served: list[str]
+
+
+class KeyList(_Response):
+    keys: list[dict[str, Any]] = Field(description="Every key's id, name, role, tier and dates; never secrets.")
+
+
+class KeyRevoked(_Response):
+    key_id: str
+    revoked: bool
+
+
+class CollectionList(_Response):
+    collections: list[Collection]
+
+
+class CollectionDropped(_Response):
+    collection: str
+    dropped: bool
+
+
+class ItemsDeleted(_Response):
+    collection: str
+    deleted: int = Field(description="How many of the given ids existed and were deleted.")
+
+
+class ItemCount(_Response):
+    collection: str
+    count: int
+
+
+class ChatHistory(_Response):
+    session_id: str
+    messages: list[dict[str, Any]]
+    turns: int
+
+
+class ChatCleared(_Response):
+    session_id: str
+    deleted: bool
+    deleted_messages: int
+
+
+class DocumentDeleted(_Response):
+    collection: str
+    document_id: str
+    deleted: bool
+    passages_deleted: int
+
+
+class AuditPage(_Response):
+    events: list[dict[str, Any]]
+    page: int
+    size: int
+    next_page: int | None = Field(description="The next page's number; null on the last page.")

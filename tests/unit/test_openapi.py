@@ -208,3 +208,14 @@ def test_request_examples_are_valid_request_bodies(spec):
             assert _matches(spec, media["schema"]["$ref"], example["value"]) == [], (method, path)
             REQUEST_BODIES[(method, path)].model_validate(example["value"])  # what the view parses with
 
+
+def test_health_and_ready_answers_match_their_documented_schemas(app, spec):
+    client = app.test_client()
+    for path in ("/health", "/ready"):
+        response = client.get(path)
+        documented = spec["paths"][path]["get"]["responses"][str(response.status_code)]
+        ref = documented["content"]["application/json"]["schema"]["$ref"]
+        assert _matches(spec, ref, response.get_json()) == [], (path, response.get_json())
+    # /ready's 503 is its own body, not the error object the other 503s are.
+    assert spec["paths"]["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Readiness"}
