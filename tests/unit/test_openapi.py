@@ -219,3 +219,17 @@ def test_health_and_ready_answers_match_their_documented_schemas(app, spec):
     # /ready's 503 is its own body, not the error object the other 503s are.
     assert spec["paths"]["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Readiness"}
+
+
+def test_key_name_with_a_nul_character_is_refused_and_documented(spec):
+    from pydantic import ValidationError
+
+    from cortex_web.schemas import CreateKeyRequest
+
+    # PostgreSQL text cannot store U+0000: the view answered 500 before the model refused it.
+    with pytest.raises(ValidationError):
+        CreateKeyRequest.model_validate({"role": "reader", "name": "a\x00b"})
+    assert CreateKeyRequest.model_validate({"role": "reader", "name": "ci\tbot é"}).name == "ci\tbot é"
+    ref = "#/components/schemas/CreateKeyRequest"
+    assert _matches(spec, ref, {"role": "reader", "name": "a\x00b"}) != []
+    assert _matches(spec, ref, {"role": "reader", "name": "ci bot"}) == []
