@@ -22,6 +22,17 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
 }
+# A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
+# guesses a catalogue task name and inputs that task accepts).
+_TEXTS = ["The river rose overnight.", "Markets opened higher on Monday."]
+REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/predict"): {"task": "embed", "inputs": _TEXTS[:1], "wait": 10},
+    ("post", "/api/v1/predict/batch"): {"task": "embed", "inputs": _TEXTS, "wait": 10},
+    ("post", "/api/v1/predict/stream"): {"task": "embed", "inputs": _TEXTS},
+    ("post", "/api/v1/predict/pipeline"): {"steps": [{"task": "pii_mask"}, {"task": "embed"}],
+                                           "inputs": ["Write to jane.roe@example.org about the invoice."],
+                                           "wait": 60},
+}
 # These views read the body only when one is sent (an empty body means the defaults).
 OPTIONAL_BODIES = {("post", "/api/v1/models/{name}/rollback"), ("post", "/api/v1/vectors/{collection}/index")}
 
@@ -45,6 +56,31 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/api/v1/vectors/{collection}"): {"200": JOB_RESULT, "202": ACCEPTED},
     ("post", "/api/v1/vectors/{collection}/search"): {"200": JOB_RESULT, "202": ACCEPTED},
     ("post", "/api/v1/vectors/{collection}/index"): {"200": JOB_RESULT, "202": ACCEPTED},
+    # The chat reply's fields (cortex_tasks/runtime/chat/) with the job id; a 202 also names the session.
+    ("post", "/api/v1/chat/{session_id}"): {"200": (None, "The reply: job_id and the reply's fields."),
+                                            "202": ACCEPTED},
+    ("put", "/api/v1/vectors/{collection}"): {
+        "200": (responses.Collection, "It already existed with this configuration."),
+        "201": (responses.Collection, "Created.")},
+    ("post", "/api/v1/training/submit"): {"202": (responses.TrainingSubmitted, "Queued; poll status_url.")},
+    ("post", "/api/v1/training/control/{job_id}"): {
+        "202": (responses.TrainingControlled, "Done, or asked of the worker; poll status_url.")},
+    ("post", "/api/v1/models/{name}/versions/{version}/promote"): {
+        "200": (responses.Promoted, "Promoted or retired."),
+        "202": (responses.Deploying, "The activation job is still running; poll status_url.")},
+    ("get", "/health"): {"200": (responses.Health, "The process answers.")},
+    ("get", "/ready"): {"200": (responses.Readiness, "Every check is ok."),
+                        "503": (responses.Readiness, "A check failed (this body, not an error object).")},
+    ("get", "/api/v1/keys"): {"200": (responses.KeyList, "Every key, without secrets.")},
+    ("delete", "/api/v1/keys/{key_id}"): {"200": (responses.KeyRevoked, "Revoked.")},
+    ("get", "/api/v1/vectors"): {"200": (responses.CollectionList, "Every collection.")},
+    ("delete", "/api/v1/vectors/{collection}"): {"200": (responses.CollectionDropped, "Dropped.")},
+    ("post", "/api/v1/vectors/{collection}/delete"): {"200": (responses.ItemsDeleted, "Deleted.")},
+    ("get", "/api/v1/vectors/{collection}/count"): {"200": (responses.ItemCount, "Items (matching the filter).")},
+    ("get", "/api/v1/chat/{session_id}"): {"200": (responses.ChatHistory, "The session's messages in order.")},
+    ("delete", "/api/v1/chat/{session_id}"): {"200": (responses.ChatCleared, "Forgotten.")},
+    ("delete", "/api/v1/documents/{document_id}"): {"200": (responses.DocumentDeleted, "Deleted.")},
+    ("get", "/api/v1/audit"): {"200": (responses.AuditPage, "A page of audit events, newest first.")},
 }
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
@@ -120,7 +156,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}
             if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
                 answers["200"]["content"].update(BINARY_RESULTS)
-            answers.update(_error_responses(public))
+            # A status the route documents itself (/ready's 503 is its own body) is not an error object.
+            for status, answer in _error_responses(public).items():
+                answers.setdefault(status, answer)
             operation: dict[str, Any] = {
                 "operationId": operation_id,
                 "summary": doc.splitlines()[0],
@@ -133,8 +171,11 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 operation["description"] = doc
             body_model = bodies.get((method, path))
             if body_model is not None:
-                operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES, "content": {
-                    "application/json": {"schema": refs[(body_model, "validation")]}}}
+                media: dict[str, Any] = {"schema": refs[(body_model, "validation")]}
+                if (method, path) in REQUEST_EXAMPLES:
+                    media["examples"] = {"example": {"value": REQUEST_EXAMPLES[(method, path)]}}
+                operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
+                                            "content": {"application/json": media}}
             if not public:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(path, {})[method] = operation

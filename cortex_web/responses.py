@@ -34,7 +34,7 @@ class Accepted(_Response):
 
 
 class PredictResponse(_Response):
-    job_id: str
+    job_id: str | None = Field(description="null when the cache answered every input (no job was run).")
     task: str
     model: dict[str, Any] = Field(description="The model that answered: name, version, and fallback or "
                                               "circuit notes when another model stood in.")
@@ -147,3 +147,122 @@ class KeyCreated(_Response):
     role: str
     tier: str
     expires_at: str | None
+
+
+class Collection(_Response):
+    """A vector collection (PUT /vectors/{collection}: 201 when created, 200 when it already existed)."""
+
+    name: str
+    dimension: int
+    metric: str
+    index: dict[str, Any] = Field(description="type and its parameters, state, and built_at once built.")
+    model: str | None = Field(description="The embedding model that fills it from text, if any.")
+    created_by: str | None
+    created_at: str | None
+
+
+class TrainingSubmitted(_Response):
+    job_id: str
+    status: Literal["queued"]
+    kind: str
+    model: str
+    status_url: str
+    control_url: str
+
+
+class TrainingControlled(_Response):
+    job_id: str
+    action: str
+    status: str = Field(description="cancelled or paused when done at once; cancelling or pausing while the "
+                                    "worker checkpoints; queued on resume.")
+    status_url: str
+
+
+class Promoted(_Response):
+    """The version's new stage. Promotions to canary or production also carry the activation job's
+    deployment and readiness; retirements to staging or archived do not."""
+
+    model: str
+    version: int
+    stage: str
+    traffic_percent: float | None
+    job_id: str | None = Field(default=None, description="The activation job (canary and production).")
+    previous_production: int | None = Field(default=None, description="Canary and production only.")
+    deployment: dict[str, Any] | None = Field(default=None, description="Canary and production only.")
+    readiness: Any = Field(default=None, description="Canary and production only.")
+
+
+class Deploying(_Response):
+    """The activation job did not finish within `wait`: poll status_url."""
+
+    job_id: str
+    status: Literal["deploying"]
+    deployment: dict[str, Any]
+    status_url: str
+
+
+class Health(_Response):
+    status: Literal["ok"]
+
+
+class Readiness(_Response):
+    """200 when every check is ok; 503 (this same body, not an error object) when one is not."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, dict[str, Any]] = Field(description="database, redis, models: each {ok, ...}.")
+    workers: list[dict[str, Any]] = Field(description="The workers that have reported ready.")
+    queues_served: list[str]
+
+
+class KeyList(_Response):
+    keys: list[dict[str, Any]] = Field(description="Every key's id, name, role, tier and dates; never secrets.")
+
+
+class KeyRevoked(_Response):
+    key_id: str
+    revoked: bool
+
+
+class CollectionList(_Response):
+    collections: list[Collection]
+
+
+class CollectionDropped(_Response):
+    collection: str
+    dropped: bool
+
+
+class ItemsDeleted(_Response):
+    collection: str
+    deleted: int = Field(description="How many of the given ids existed and were deleted.")
+
+
+class ItemCount(_Response):
+    collection: str
+    count: int
+
+
+class ChatHistory(_Response):
+    session_id: str
+    messages: list[dict[str, Any]]
+    turns: int
+
+
+class ChatCleared(_Response):
+    session_id: str
+    deleted: bool
+    deleted_messages: int
+
+
+class DocumentDeleted(_Response):
+    collection: str
+    document_id: str
+    deleted: bool
+    passages_deleted: int
+
+
+class AuditPage(_Response):
+    events: list[dict[str, Any]]
+    page: int
+    size: int
+    next_page: int | None = Field(description="The next page's number; null on the last page.")

@@ -56,7 +56,8 @@ class CreateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["reader", "inference_user", "model_admin"]
-    name: str | None = Field(default=None, max_length=200)
+    # PostgreSQL text cannot hold U+0000: such a name was a 500 (and an audit event that could never be written).
+    name: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00]*$")
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
     tier: str = Field(default="default", min_length=1, max_length=32)  # checked against the configured tiers
 

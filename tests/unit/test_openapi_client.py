@@ -3,17 +3,13 @@ gateway in-process (httpx's WSGI transport) and reads the views' bodies into its
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from cortex_web import create_app
+from tests.support.openapi_client import generated_client
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +19,9 @@ def app():
 
 @pytest.fixture(scope="module")
 def client_package(app, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("generated")
-    spec = folder / "openapi.json"
-    spec.write_text(json.dumps(app.test_client().get("/api/v1/openapi.json").get_json()))
-    # The generator formats its output with ruff, found on PATH: the venv's.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    out = subprocess.run([sys.executable, "-m", "openapi_python_client", "generate", "--path", str(spec),
-                          "--output-path", str(folder / "cortex_client"), "--meta", "none"],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
-    # It warns (and skips the operation or model) about what it cannot turn into Python.
-    assert "Warning" not in out.stdout + out.stderr, out.stdout + out.stderr
-    sys.path.insert(0, str(folder))
-    try:
-        yield importlib.import_module("cortex_client")
-    finally:
-        sys.path.remove(str(folder))
-        for name in [name for name in sys.modules if name == "cortex_client" or name.startswith("cortex_client.")]:
-            del sys.modules[name]
+    spec = app.test_client().get("/api/v1/openapi.json").get_json()
+    with generated_client(spec, tmp_path_factory.mktemp("generated")) as package:
+        yield package
 
 
 def test_every_operation_has_a_client_function(app, client_package):
