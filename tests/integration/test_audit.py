@@ -163,3 +163,15 @@ def test_retention_deletes_only_old_rows(workers):
     # schemathesis run makes hundreds) would push the marker's rows off it.
     left, _ = query_events("configuration_changes", since=now - timedelta(days=100), until=now - timedelta(days=80))
     assert [row["action"] for row in left if row["resource"] == marker] == ["test.recent"]
+
+
+def test_an_event_holding_a_nul_character_is_stored_and_does_not_block_the_log(admin_api, keys, flush):
+    # A revoke of a key id holding U+0000: PostgreSQL refuses that character, and before it was replaced
+    # the failed write kept every later event of this gateway process out of the log.
+    assert admin_api.delete("/api/v1/keys/bad%00id").status_code in (404, 422)
+    created = admin_api.post("/api/v1/keys", {"role": "reader", "name": "after-nul"}).get_json()
+    flush()
+    changes = events(admin_api, type="configuration_changes", actor=key_id(keys["model_admin"]))
+    resources = {event["resource"] for event in changes}
+    assert created["key_id"] in resources
+    assert "bad\ufffdid" in resources

@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.storable import storable
 from cortex_tasks.core.storage.tables import AuditEvent
 
 MODEL_ACCESS = "model_access"
@@ -42,10 +43,12 @@ class AuditRecord:
     count: int = 1
 
     def row(self) -> dict[str, Any]:
-        return {"at": self.at, "event_type": self.event_type, "action": self.action[:64],
-                "actor_key_id": self.actor_key_id, "actor_role": self.actor_role,
-                "resource": self.resource[:256] if self.resource else None, "outcome": self.outcome,
-                "ip": self.ip, "count": self.count, "details": self.details}
+        """The table row. What a client sent (a path, a key id, body fields in details) may hold characters
+        PostgreSQL cannot store; they are replaced, since one such event would fail its whole batch."""
+        return {"at": self.at, "event_type": self.event_type, "action": storable(self.action[:64]),
+                "actor_key_id": storable(self.actor_key_id), "actor_role": self.actor_role,
+                "resource": storable(self.resource[:256]) if self.resource else None, "outcome": self.outcome,
+                "ip": self.ip, "count": self.count, "details": storable(self.details)}
 
 
 def cli_actor(action: str, resource: str | None, details: dict[str, Any] | None = None) -> AuditRecord:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -38,6 +39,11 @@ class IssuedKey:
     tier: str = "default"
 
 
+# Ids are token_hex(6); anything else (a NUL, which PostgreSQL refuses, a path) names no key: answered
+# as unknown without a query.
+KEY_ID = re.compile(r"[0-9a-f]{12}")
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -66,6 +72,8 @@ def verify_key(presented: str, admin_key: str | None = None) -> Principal | None
     if len(parts) != 3 or parts[0] != PREFIX:
         return None
     _, key_id, secret = parts
+    if not KEY_ID.fullmatch(key_id):
+        return None
     with session_scope() as session:
         row = session.get(ApiKey, key_id)
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(secret)):
@@ -77,6 +85,8 @@ def verify_key(presented: str, admin_key: str | None = None) -> Principal | None
 
 
 def revoke_key(key_id: str) -> bool:
+    if not KEY_ID.fullmatch(key_id):
+        return False
     with session_scope() as session:
         changed = session.execute(
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
