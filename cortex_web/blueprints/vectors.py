@@ -55,13 +55,8 @@ FilterValue = str | int | float | bool | None
 
 
 def _check_text(value: str | None, where: str) -> str | None:
-    """The shared text rules (items.py: an ItemError, 422 invalid_input); blank text stays this
-    endpoint's invalid_request, as before."""
-    if value is None:
-        return None
-    if not value.strip():
-        raise ValueError("must be non-blank text")
-    return check_text(value, where, {"field": where})
+    """The shared text rules (items.py: an ItemError, 422 invalid_input, as on /predict)."""
+    return None if value is None else check_text(value, where, {"field": where})
 
 
 def _check_vector(value: list[float] | None, where: str) -> list[float] | None:
@@ -73,7 +68,7 @@ class VectorItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=256)
-    text: str | None = Field(default=None, min_length=1)
+    text: str | None = None
     vector: list[float] | None = Field(default=None, min_length=1)
     metadata: dict[str, Any] | None = None
 
@@ -97,7 +92,7 @@ class UpsertRequest(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    text: str | None = Field(default=None, min_length=1)
+    text: str | None = None
     vector: list[float] | None = Field(default=None, min_length=1)
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)

@@ -184,8 +184,6 @@ def test_list_delete_and_job_record(api, workers):
 
 @pytest.mark.parametrize("body", [
     {"documents": []},
-    {"documents": [{"content": ""}]},
-    {"documents": [{"content": "   "}]},
     {"documents": [{"content": "x" * 50_001}]},
     {"documents": [{"content": "ok", "meta": {"nested": {"a": 1}}}]},
     {"documents": [{"content": "ok", "meta": {"tags": ["a", "b"]}}]},

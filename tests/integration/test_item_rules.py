@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 CODE = "invalid_input"
-BAD_TEXTS = {"over-long text": "x" * 10_001, "control character": "bell\x07 character"}
+BAD_TEXTS = {"over-long text": "x" * 10_001, "control character": "bell\x07 character", "empty text": "",
+             "blank text": "   "}
 # JSON cannot spell NaN or Infinity (the body parser refuses them with 400 non_finite_number), but 1e999
 # decodes to infinity: the item rule is what catches it.
 BAD_VECTORS = {"infinite value": [1.0, float("inf"), 0.0], "too many values": [0.5] * 4097}
@@ -58,11 +59,15 @@ def test_a_bad_vector_is_refused_by_vectors(api, vector):
     assert_refused(post_raw(api, f"/api/v1/vectors/{name}/search", {"vector": vector}))
 
 
-def test_a_control_character_is_refused_by_documents(api):
+@pytest.mark.parametrize("text", [text for name, text in BAD_TEXTS.items() if name != "over-long text"],
+                         ids=[name for name in BAD_TEXTS if name != "over-long text"])
+def test_a_bad_text_is_refused_by_documents(api, text):
     # A document's content has its own, larger limit (50,000 characters): an over-long *item* text is a
-    # fine document, so only the control-character rule applies here.
-    for field in ("content", "id"):
-        document = {"content": "fine content", field: BAD_TEXTS["control character"]}
+    # fine document, so every other text rule applies here.
+    document = {"content": text}
+    assert_refused(api.post("/api/v1/documents", {"collection": unique("items"), "documents": [document]}))
+    if text.strip():  # an id is never blank (a 422 invalid_request by its own length rule)
+        document = {"content": "fine content", "id": text}
         assert_refused(api.post("/api/v1/documents", {"collection": unique("items"), "documents": [document]}))
 
 
@@ -81,7 +86,8 @@ def test_the_same_bad_items_fail_alone_in_a_batch_with_the_same_code(api, worker
     # Every item is bad, so the chunk fails them without calling a model.
     for task, bad in (("embed", list(BAD_TEXTS.values())), ("reduce", [BAD_VECTORS["too many values"]] * 2)):
         errors = batch_errors(api, task, bad)
-        assert [(entry["index"], entry["error"]["code"]) for entry in errors] == [(0, CODE), (1, CODE)], errors
+        assert [(entry["index"], entry["error"]["code"]) for entry in errors] == [
+            (index, CODE) for index in range(len(bad))], errors
 
 
 def test_a_non_finite_number_refuses_the_batch_with_the_same_code(api):

@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.request_fields import WaitSeconds
-from cortex_tasks.core.validation.items import CONTROL_CHARACTERS, check_no_control_characters
+from cortex_tasks.core.validation.items import CONTROL_CHARACTERS, INVALID_INPUT, check_no_control_characters
 
 MAX_DOCUMENTS = 50
 MAX_CONTENT_CHARS = 50_000
@@ -44,10 +45,11 @@ MetaValue = str | int | float | bool | None
 
 
 def _check_text(value: str, what: str) -> str:
+    # A document's content has its own length limit (MAX_CONTENT_CHARS); being non-blank and free of
+    # control characters are the rules every text item meets (an ItemError: 422 invalid_input, as on
+    # /predict).
     if not value.strip():
-        raise ValueError(f"{what} must not be blank")
-    # A document's content has its own length limit (MAX_CONTENT_CHARS); the control-character rule is
-    # the one every text item meets (an ItemError: 422 invalid_input, as on /predict).
+        raise ItemError(INVALID_INPUT, f"{what} is empty", {"field": what})
     return check_no_control_characters(value, what, {"field": what})
 
 
@@ -71,7 +73,7 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = Field(default=None, min_length=1, max_length=MAX_DOCUMENT_ID_CHARS)
-    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+    content: str = Field(max_length=MAX_CONTENT_CHARS)
     # A flat JSON object: values are strings, numbers, booleans or null (filterable in POST /qa).
     meta: dict[str, MetaValue] = Field(default_factory=dict, max_length=MAX_META_KEYS)
 
