@@ -13,6 +13,12 @@ of idling while the answer travels back and the next message comes (with 2, lane
 64 clients; with 4, 1.98). It is the whole gateway's: each of N gateway processes keeps 4/N (rounded up);
 two processes keeping 4 each sent smaller messages (16 clients x 1 item: 0.40 of the raw limit against
 0.47 with one process; with 2 each, 0.47 again).
+
+Its gathering shares no code with the worker's dynamic batcher (runtime/inference/batcher.py): it takes
+whole jobs of any size, in arrival order, from groups keyed by priority and queue too (one message carries
+one priority), while the batcher takes single items across priorities from a heap, in shares per idle lane
+and up to each item's call size. What they have in common, stopping at the max size, is one line; a policy
+serving both would need a peek-and-pop interface over a list and a heap, and read worse in each.
 """
 from __future__ import annotations
 

@@ -113,3 +113,48 @@ def test_model_crash_is_reported_per_item_and_the_batcher_survives():
     results = batcher.submit(["a", "b"])
     assert all(isinstance(r, ItemFailure) and r.code == "model_error" for r in results)
     assert isinstance(batcher.submit(["c"])[0], ItemFailure)  # still answering
+
+
+def _behind_a_busy_model(batcher: DynamicBatcher, model: RecordingModel,
+                         submissions: list[tuple[list[str], dict]]) -> None:
+    """Make the submissions while the model is busy with an earlier call, each queued before the next."""
+    gate = threading.Event()
+    run = batcher.run_batch
+
+    def held_while_busy(values: list[str]) -> list[str]:
+        if values == ["busy"]:
+            gate.wait(5)
+        return run(values)
+
+    batcher.run_batch = held_while_busy
+    threads = [threading.Thread(target=batcher.submit, args=(["busy"],))]
+    threads[0].start()
+    waiting = 0
+    for values, options in submissions:
+        threads.append(threading.Thread(target=batcher.submit, args=(values,), kwargs=options))
+        threads[-1].start()
+        waiting += len(values)
+        deadline = time.monotonic() + 5
+        while len(batcher._heap) < waiting and time.monotonic() < deadline:
+            time.sleep(0.002)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    batcher.run_batch = run
+    assert model.calls[0] == ["busy"]
+
+
+def test_a_submission_may_share_larger_calls_but_never_makes_a_call_larger_than_its_smallest_call_size():
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_wait=0)
+    _behind_a_busy_model(batcher, model, [([f"bulk{i}" for i in range(10)], {"call_size": 10}),
+                                          ([f"small{i}" for i in range(3)], {})])
+    assert model.calls[1] == [f"bulk{i}" for i in range(10)]  # above max_batch_size: its own call size
+    assert model.calls[2] == [f"small{i}" for i in range(3)]
+
+    model.calls.clear()
+    _behind_a_busy_model(batcher, model, [([f"bulk{i}" for i in range(6)], {"call_size": 10}),
+                                          ([f"small{i}" for i in range(3)], {"priority": 0})])
+    # The higher-priority items lead, and the call joining them keeps their max_batch_size of 4.
+    assert model.calls[1] == ["small0", "small1", "small2", "bulk0"]
+    assert model.calls[2] == [f"bulk{i}" for i in range(1, 6)]

@@ -2,19 +2,18 @@
 its items, store its results, and count it done, all guarded so that a redelivered or duplicated chunk
 message is harmless.
 
+The chunk's items go through the model's dynamic batcher (inference/batcher.py), the one /predict's items
+use, so concurrent chunks and predictions of one model and params share its calls and the worker's cores.
 A chunk whose model call fails is retried whole (`retry_count` times, with backoff); after that, and at
-once for errors that retrying cannot fix (a bad item, bad params), its items run one by one, so a bad
-item fails alone and every other item still gets its answer.
+once for errors that retrying cannot fix (a bad item, bad params), its items run one by one (the batcher
+does that for any failed call), so a bad item fails alone and every other item still gets its answer.
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, ContextManager
+from typing import Any
 
 from sqlalchemy import text
 
@@ -24,17 +23,19 @@ from cortex_tasks.core.batch.submission import send_chunks, send_finish
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.jobs import store
-from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.validation.items import check_text, check_vector
-from cortex_tasks.runtime.inference import compute
+from cortex_tasks.runtime.inference import runner
+from cortex_tasks.runtime.inference.batcher import ItemFailure
 
 log = logging.getLogger(__name__)
 
-# How many items chunks waiting for one model may send through it together (see _predict_combined).
-COMBINED_MAX_ITEMS = 300
+# How many chunk items one model call may hold (the batcher's call_size). Chunks waiting for one model are
+# run a few hundred texts at once, which the model sorts by length as it would the whole dataset: far less
+# padding than 100 texts (one chunk) at a time. /predict's items keep their model's max_batch_size.
+CHUNK_CALL_SIZE = 300
 
 
 class ChunkModelFailure(Exception):
@@ -118,115 +119,38 @@ def item_problem(task: str, item: Any) -> dict[str, Any] | None:
     return {"code": "invalid_input", "message": f"the input must be {expected}, not {type(item).__name__}"}
 
 
-def _model_call(model: str, wide_if: compute.WideIf = compute.always) -> ContextManager[compute.CoreGrant]:
-    """A lane of the model and cores for one call: concurrent chunks on a threads worker share the cores
-    with each other and with /predict's batches instead of oversubscribing them (compute.py)."""
-    entry = find_model(model)
-    return compute.model_call(model, entry.compute if entry else compute.EXCLUSIVE, wide_if)
+def _answers(chunk: ClaimedChunk, values: list[Any], per_job: bool) -> list[Any]:
+    """One output (or ItemFailure) per value, from the model's batcher in this process: the chunk's items
+    share model calls, lanes and cores with /predict's items and other chunks' of the same model and
+    params, at the chunk's priority. The batcher runs the items of a failed call one by one."""
+    batcher = runner.batcher_for(chunk.task, chunk.model, chunk.params)
+    if not per_job:
+        return batcher.submit(values, chunk.priority, call_size=CHUNK_CALL_SIZE)
+    # A model that answers per job sees the chunk's values together, as one value (a failure fails them all).
+    whole = _per_job_outputs(batcher.submit([values], chunk.priority)[0], len(values))
+    return [whole] * len(values) if isinstance(whole, ItemFailure) else whole
 
 
-def _predict(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
-    """One model call for these values alone (the per-item path, and models that must not be combined)."""
-    from cortex_tasks.runtime.inference import service
-
-    with _model_call(model) as grant:
-        outputs = grant.run(lambda: service.predict(task, model, values, params))["outputs"]
-    if len(outputs) != len(values):
-        raise RuntimeError(f"model returned {len(outputs)} outputs for {len(values)} inputs")
-    return outputs
+def _one_by_one(chunk: ClaimedChunk, values: list[Any]) -> list[Any]:
+    """A model that answers per job, given each value alone, so that a bad item fails alone."""
+    batcher = runner.batcher_for(chunk.task, chunk.model, chunk.params)
+    answers = [_per_job_outputs(answer, 1)
+               for answer in batcher.submit([[value] for value in values], chunk.priority)]
+    return [answer if isinstance(answer, ItemFailure) else answer[0] for answer in answers]
 
 
-@dataclass
-class _Waiting:
-    values: list[Any]
-    outputs: list[Any] | None = None
-    error: BaseException | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class _Group:
-    pending: list[_Waiting] = field(default_factory=list)
-
-
-_groups: dict[tuple[str, str, str], _Group] = defaultdict(_Group)
-_groups_guard = threading.Lock()
-
-
-def _predict_combined(task: str, model: str, values: list[Any], params: dict[str, Any]) -> list[Any]:
-    """Run the chunk's values in one model call together with the other chunks (of any batch) waiting for
-    the same model and params in this process. Chunks wait for a lane of the model anyway; whoever gets one
-    takes every waiting chunk, up to COMBINED_MAX_ITEMS, so the model sees a few hundred texts at once and
-    sorts them by length, as it would the whole dataset: far less padding than 100 texts at a time."""
-    key = (task, model, json.dumps(params, sort_keys=True, default=str))
-    mine = _Waiting(values)
-    with _groups_guard:
-        group = _groups[key]
-        group.pending.append(mine)
-
-    def one_call_takes_all() -> bool:
-        with _groups_guard:
-            return sum(len(entry.values) for entry in group.pending) <= COMBINED_MAX_ITEMS
-
-    while not mine.finished.is_set():
-        with _model_call(model, one_call_takes_all) as grant:
-            taken = _take_waiting(group)
-            if taken:
-                grant.run(partial(_run_combined, task, model, params, taken))
-        if not taken:
-            mine.finished.wait()  # another lane took this chunk's values and is running them
-    if mine.error is not None:
-        raise mine.error
-    assert mine.outputs is not None
-    return mine.outputs
-
-
-def _take_waiting(group: _Group) -> list[_Waiting]:
-    with _groups_guard:
-        taken, size = [], 0
-        while group.pending and (not taken or size + len(group.pending[0].values) <= COMBINED_MAX_ITEMS):
-            entry = group.pending.pop(0)
-            taken.append(entry)
-            size += len(entry.values)
-        return taken
-
-
-def _run_combined(task: str, model: str, params: dict[str, Any], taken: list[_Waiting]) -> None:
-    from cortex_tasks.runtime.inference import service
-
-    size = sum(len(entry.values) for entry in taken)
-    try:
-        combined = service.predict(task, model, [v for entry in taken for v in entry.values], params)["outputs"]
-        if len(combined) != size:
-            raise RuntimeError(f"model returned {len(combined)} outputs for {size} inputs")
-        position = 0
-        for entry in taken:
-            entry.outputs = combined[position:position + len(entry.values)]
-            position += len(entry.values)
-    except BaseException as exc:  # noqa: BLE001 (each chunk's own call decides whose failure it is)
-        for entry in taken:
-            if len(taken) == 1:
-                entry.error = exc
-                continue
-            try:
-                entry.outputs = service.predict(task, model, entry.values, params)["outputs"]
-            except BaseException as own:  # noqa: BLE001 (handed to the chunk that owns it)
-                entry.error = own
-    finally:
-        for entry in taken:
-            entry.finished.set()
-
-
-def _error_of(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, (ItemError, JobInputError)):
-        return {"code": exc.code, "message": str(exc)}
-    return {"code": "model_error", "message": f"{type(exc).__name__}: {exc}"}
+def _per_job_outputs(answer: Any, count: int) -> Any:
+    if isinstance(answer, ItemFailure) or (isinstance(answer, list) and len(answer) == count):
+        return answer
+    size = len(answer) if isinstance(answer, list) else "no list of"
+    return ItemFailure("model_error", f"RuntimeError: model returned {size} outputs for {count} inputs")
 
 
 def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
     """Outputs for every item of the chunk (None where it failed) and the failures by batch position.
 
-    Raises ChunkModelFailure when the whole-chunk call failed and `whole_chunk_allowed` (retries left)."""
+    Raises ChunkModelFailure when the model failed on any item and `whole_chunk_allowed` (retries left);
+    a bad item (ItemError) fails alone at once."""
     outputs: list[Any] = [None] * len(chunk.inputs)
     errors: dict[int, dict[str, Any]] = {}
     runnable: list[int] = []
@@ -238,30 +162,32 @@ def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
             errors[chunk.start_index + offset] = problem
     if not runnable:
         return ChunkResult(outputs, errors)
+    entry = find_model(chunk.model)
+    if entry is None:  # removed since the batch was submitted
+        message = f"model {chunk.model!r} does not serve task {chunk.task!r}"
+        unknown = {"code": "unknown_model", "message": message}
+        errors.update({chunk.start_index + offset: unknown for offset in runnable})
+        return ChunkResult(outputs, errors)
     values = [chunk.inputs[offset] for offset in runnable]
-    one_by_one = False
-    predict = _predict_combined if chunk.batchable else _predict
-    try:
-        for offset, output in zip(runnable, predict(chunk.task, chunk.model, values, chunk.params)):
-            outputs[offset] = output
-    except TRANSIENT_ERRORS:
-        raise
-    except (ItemError, JobInputError):
-        one_by_one = True  # retrying the same items cannot help: find the bad ones now
-    except Exception as exc:
-        if whole_chunk_allowed:
-            raise ChunkModelFailure(f"{type(exc).__name__}: {exc}") from exc
-        log.warning("chunk %s/%d failed after its retries (%s); running its items one by one",
-                    chunk.job_id, chunk.chunk_index, exc)
-        one_by_one = True
-    if one_by_one:
-        for offset in runnable:
-            try:
-                outputs[offset] = _predict(chunk.task, chunk.model, [chunk.inputs[offset]], chunk.params)[0]
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 (whatever one item raises fails that item alone)
-                errors[chunk.start_index + offset] = _error_of(exc)
+    per_job = runner.answers_per_job(entry, chunk.params)
+    answers = _answers(chunk, values, per_job)
+    failures = [answer for answer in answers if isinstance(answer, ItemFailure)]
+    for failure in failures:
+        if isinstance(failure.cause, TRANSIENT_ERRORS):
+            raise failure.cause  # a lost connection: the task retries the chunk (autoretry_for)
+    model_failures = [failure for failure in failures if failure.code == "model_error"]
+    if model_failures and whole_chunk_allowed:
+        raise ChunkModelFailure(model_failures[0].message)
+    if failures and per_job:
+        if model_failures:
+            log.warning("chunk %s/%d failed after its retries (%s); running its items one by one",
+                        chunk.job_id, chunk.chunk_index, model_failures[0].message)
+        answers = _one_by_one(chunk, values)
+    for offset, answer in zip(runnable, answers):
+        if isinstance(answer, ItemFailure):
+            errors[chunk.start_index + offset] = {"code": answer.code, "message": answer.message}
+        else:
+            outputs[offset] = answer
     return ChunkResult(outputs, errors)
 
 

@@ -4,6 +4,9 @@ Task threads submit their items and block; batching threads ("lanes", one per mo
 once: see compute.py) take the waiting items in priority order (0 first, then arrival), up to
 `max_batch_size`, and run the model once. A lane takes its items only once it holds the cores for the
 call, so items that arrive while it waits still join its batch.
+A submission may let its items share larger calls (`call_size`: batch chunks, which gain from a few
+hundred texts sorted by length in one call); a call is never larger than the smallest call size among its
+items, so a prediction's call keeps its model's `max_batch_size` however many chunk items wait.
 It does not wait when the model is idle: batches form by themselves while the previous call runs, and
 a submission that finds nothing to batch with is run by the submitting thread itself.
 `max_wait` only lets a batch fill up while more items are known to be on their way (a message's items
@@ -18,10 +21,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ContextManager
+from typing import Any
 
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.runtime.inference.compute import NO_CORES, CoreGrant
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 RunBatch = Callable[[list[Any]], list[Any]]
 # Given "is this call all the work there is?", holds what one model call needs and yields the grant to
 # run it with (cores: compute.py).
-CallSlot = Callable[[Callable[[], bool]], ContextManager[CoreGrant]]
+CallSlot = Callable[[Callable[[], bool]], AbstractContextManager[CoreGrant]]
 
 
 def _calls_at_once(count: int) -> CallSlot:
@@ -53,6 +56,7 @@ class _Item:
     value: Any = field(compare=False)
     slot: _Slot = field(compare=False)
     index: int = field(compare=False)
+    call_size: int = field(compare=False)  # the most items a call holding this item may have
 
 
 class _Slot:
@@ -77,6 +81,9 @@ class _Slot:
 class ItemFailure:
     code: str
     message: str
+    # What the model call raised, for callers whose retry policy depends on it (batch chunks retry the
+    # whole task on a lost database or broker connection).
+    cause: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 class DynamicBatcher:
@@ -105,22 +112,24 @@ class DynamicBatcher:
             thread.start()
 
     def submit(self, values: list[Any], priority: int = 4, timeout: float | None = None,
-               announcement: Announcement | None = None) -> list[Any]:
+               announcement: Announcement | None = None, call_size: int | None = None) -> list[Any]:
         """Run `values` through the model (possibly alongside others'); returns results in order.
-        A failed item's result is an ItemFailure."""
+        A failed item's result is an ItemFailure. `call_size`: the most items a model call holding these
+        values may have (default `max_batch_size`)."""
         if announcement is not None:
             announcement.cancel()
         if not values:
             return []
+        size = self.max_batch_size if call_size is None else max(1, call_size)
         slot = _Slot(len(values))
-        items = [_Item(priority, next(self._sequence), value, slot, index)
+        items = [_Item(priority, next(self._sequence), value, slot, index, size)
                  for index, value in enumerate(values)]
         with self._condition:
             # Nothing else to batch with, now or announced, and one call takes it all: this thread makes
             # the call itself. Handing the items to a lane and the results back costs two thread wake-ups
             # (about 0.7 ms on an idle two-core VM), on every request that arrives alone.
             alone = (not self._heap and not self._running and not self._announced
-                     and len(values) <= self._wide_limit)
+                     and len(values) <= min(self._wide_limit, size))
             if alone:
                 self._running += 1
             else:
@@ -147,12 +156,17 @@ class DynamicBatcher:
 
     def _take_batch(self) -> list[_Item]:
         """The next batch for this lane: everything, if it is too little to share; otherwise an even share
-        across the idle lanes, so that they finish together instead of one idling while another runs long."""
+        across the idle lanes, so that they finish together instead of one idling while another runs long.
+        Either way no more than the smallest call size among the items taken."""
         with self._condition:
             waiting = len(self._heap)
             idle_lanes = self.lanes - self._running
-            count = waiting if waiting <= self._wide_limit else -(-waiting // idle_lanes)
-            batch = [heapq.heappop(self._heap) for _ in range(min(self.max_batch_size, count))]
+            limit = waiting if waiting <= self._wide_limit else -(-waiting // idle_lanes)
+            batch: list[_Item] = []
+            while self._heap and len(batch) < min(limit, self._heap[0].call_size):
+                item = heapq.heappop(self._heap)
+                limit = min(limit, item.call_size)
+                batch.append(item)
             if batch:
                 self._running += 1
             if self._heap:
@@ -195,7 +209,7 @@ class DynamicBatcher:
         except BaseException as exc:
             log.exception("batch failed")
             error = exc
-            results = [ItemFailure("model_error", f"{type(exc).__name__}: {exc}")] * len(batch)
+            results = [ItemFailure("model_error", f"{type(exc).__name__}: {exc}", exc)] * len(batch)
         with self._condition:
             if batch:
                 self._running -= 1
@@ -216,9 +230,9 @@ class DynamicBatcher:
         except ItemError as exc:
             if len(values) == 1:
                 return [ItemFailure(exc.code, str(exc))]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (whatever a call raises, its items are tried alone)
             if len(values) == 1:
-                return [ItemFailure("model_error", f"{type(exc).__name__}: {exc}")]
+                return [ItemFailure("model_error", f"{type(exc).__name__}: {exc}", exc)]
             log.warning("batch of %d failed (%s); retrying items one by one", len(values), exc)
         # Isolate the bad item(s): everyone else still gets an answer.
         return [self._run([item])[0] for item in batch]

@@ -45,7 +45,9 @@ def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching
     return Batching(1, batching.max_wait_seconds)
 
 
-def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
+def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
+    """The process's batcher of a model and params: predictions and batch chunks share its calls and lanes.
+    Raises KeyError for an unknown model."""
     key = (model_name, json.dumps(params, sort_keys=True))
     entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
     if entry is None:
@@ -70,7 +72,7 @@ def _batcher(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatch
 
 def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
             announcement: Announcement | None = None) -> list[Any]:
-    return _batcher(task, model_name, params).submit(values, priority, announcement=announcement)
+    return batcher_for(task, model_name, params).submit(values, priority, announcement=announcement)
 
 
 def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
@@ -155,7 +157,7 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[Pred
     started = time.perf_counter()
     # While this message is being prepared (cache lookup; for a redelivery, a database round trip), a batch
     # forming for the same model may wait a moment for its items instead of leaving without them.
-    batcher = _batcher(task, model_name, params) if find_model(model_name) is not None else None
+    batcher = batcher_for(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job.inputs) for job in jobs)) if batcher else None
     try:
         return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery,
