@@ -76,6 +76,13 @@ def test_model_views_show_versions_metrics_and_card(admin_api, keys):
     assert reader.get("/api/v1/models/all-MiniLM-L6-v2").get_json()["source"] == "catalogue"
     missing = reader.get(f"/api/v1/models/{unique('nope')}")
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "model_not_found"
+    # A version number PostgreSQL's integer cannot hold is a version that does not exist (schemathesis
+    # found these answering 500).
+    for path in (f"/api/v1/models/{name}/versions/{2**31}", f"/api/v1/models/{name}/versions/{10**20}/card"):
+        too_big = reader.get(path)
+        assert too_big.status_code == 404 and too_big.get_json()["error"]["code"] == "version_not_found"
+    promoted = admin_api.post(f"/api/v1/models/{name}/versions/{2**40}/promote", {"stage": "canary"})
+    assert promoted.status_code == 404, promoted.get_json()
 
 
 def test_promote_canary_split_production_and_rollback(admin_api, workers):

@@ -21,6 +21,8 @@ DEFAULT_CANARY_TRAFFIC = 10.0
 PENDING_DEPLOYMENT_EXPIRY = timedelta(minutes=15)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 GENERATION_KEY = "cortex:registry:generation"
+# Version numbers are PostgreSQL integers.
+MAX_VERSION = 2**31 - 1
 
 
 class RegistryError(CortexError):

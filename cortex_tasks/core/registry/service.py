@@ -32,6 +32,7 @@ from cortex_tasks.core.registry.records import (  # noqa: F401  (the registry's 
     CANARY,
     DEFAULT_CANARY_TRAFFIC,
     GENERATION_KEY,
+    MAX_VERSION,
     MODEL_NAME,
     PENDING_DEPLOYMENT_EXPIRY,
     PRODUCTION,
@@ -93,6 +94,8 @@ def _model_row(session: Session, name: str, lock: bool = False) -> RegisteredMod
 
 
 def _version_row(session: Session, model: RegisteredModel, version: int) -> ModelVersion:
+    if not 1 <= version <= MAX_VERSION:  # a number the column cannot hold names no version (not a 500)
+        raise VersionNotFound(model.name, version)
     row = session.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id,
                                                      ModelVersion.version == version)).one_or_none()
     if row is None:
