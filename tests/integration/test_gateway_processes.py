@@ -34,7 +34,7 @@ def gateway(tmp_path: Path):
     def up() -> bool:
         try:
             return requests.get(f"{url}/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading the app
             return False
 
     try:
