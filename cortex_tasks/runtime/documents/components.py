@@ -23,6 +23,8 @@ from haystack.dataclasses import ExtractedAnswer
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.validation.generation import GenerationParams
 from cortex_tasks.runtime.documents.text_splitting import sentences
+from cortex_tasks.runtime.models.loaded import get_model
+from cortex_tasks.runtime.vectors.service import embed_texts
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 GENERATOR_MODEL = "SmolLM2-135M-Instruct"
@@ -35,8 +37,6 @@ PASSAGE_WEIGHT = 0.25
 
 def embed(texts: list[str]) -> tuple[np.ndarray, dict[str, str]]:
     """Unit-length MiniLM vectors from the worker's loaded model (counted in its serving statistics)."""
-    from cortex_tasks.runtime.vectors.service import embed_texts
-
     return embed_texts(EMBEDDING_MODEL, texts)
 
 
@@ -101,8 +101,6 @@ class CortexLocalGenerator:
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
     def run(self, prompt: str, max_tokens: int | None = None) -> dict[str, Any]:
-        from cortex_tasks.runtime.models.loaded import get_model
-
         model = get_model(GENERATOR_MODEL)
         options = GenerationParams(max_tokens=max_tokens or self.max_tokens, temperature=0.0, system=self.system)
         info = {"name": model.info.name, "version": model.info.version}

@@ -2,6 +2,9 @@
 
 Each passage row carries, in `meta`, the user's metadata plus `collection`, `document_id`,
 `passage_index`, `passage_count`, `document_chars`, `indexed_by` and `indexed_at`.
+
+Haystack (and torch through it) is imported inside the functions that run a pipeline: every gpu worker
+imports this module through its task, and only the ones that index or answer pay for Haystack.
 """
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ from cortex_tasks.core.queues import GPU, NLP
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.training.schedules import retrain_due_models as start_due
+from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 from cortex_tasks.runtime.maintenance import housekeeping, service
+from cortex_tasks.runtime.training.recovery import fail_orphaned_runs, requeue_dead_training
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,10 @@ def _refused(kwargs: dict[str, Any]) -> dict[str, Any] | None:
 def sweep_stale_jobs(**kwargs: Any) -> dict[str, Any]:
     if (refused := _refused(kwargs)) is not None:
         return refused
-    from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
-    from cortex_tasks.runtime.training.recovery import requeue_dead_training
 
     # Re-enqueue what can safely run again first; only what is past its deadline is failed.
     requeued = {**requeue_stalled_batches(), **requeue_dead_training()}
     failed = service.fail_stale_jobs()
-    from cortex_tasks.runtime.training.recovery import fail_orphaned_runs
 
     return {"failed": failed, **requeued, "training_runs_failed": fail_orphaned_runs()}
 

@@ -12,7 +12,7 @@ from cortex_tasks.core.registry import readiness
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.config import training_config
-from cortex_tasks.runtime.training import service
+from cortex_tasks.runtime.training import probes, service
 
 # Under the visibility timeout (celeryconfig.LONGEST_HARD_TIME_LIMIT): a long run pauses and resumes
 # rather than outliving it.
@@ -40,8 +40,6 @@ def train_model(self, **kwargs: Any) -> dict[str, Any]:
 
 def _register_readiness_probes() -> None:
     """A promotion of a version this training produced loads its artifact the way serving will."""
-    from cortex_tasks.runtime.training import probes
-
     for framework, probe in probes.PROBES.items():
         readiness.register_probe(framework, probe)
 
