@@ -13,11 +13,12 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import text
+from sqlalchemy import func, insert, not_, select
 
 from cortex_tasks.core.openai.config import OpenAIConfig, cost_usd, openai_config
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import OpenAIUsage
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,10 @@ def record(usage: Usage) -> float:
     """Store one call's usage; returns its cost in US dollars."""
     cost = usage.cost()
     with session_scope() as session:
-        session.execute(text(
-            "INSERT INTO openai_usage (owner, model, kind, source, prompt_tokens, completion_tokens, cost_usd, "
-            "cached) VALUES (:owner, :model, :kind, :source, :prompt, :completion, :cost, :cached)"
-        ), {"owner": usage.owner, "model": usage.model, "kind": usage.kind, "source": usage.source,
-            "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cost": cost,
-            "cached": usage.cached})
+        session.execute(insert(OpenAIUsage).values(
+            owner=usage.owner, model=usage.model, kind=usage.kind, source=usage.source,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost_usd=cost,
+            cached=usage.cached))
     try:
         pipe = _client().pipeline(transaction=False)
         pipe.hincrby(TOTALS_KEY, f"{usage.model}\x1frequests\x1f{'cached' if usage.cached else 'api'}", 1)
@@ -89,9 +88,9 @@ def month_start(now: datetime | None = None) -> datetime:
 
 def month_spend() -> float:
     with session_scope() as session:
-        return float(session.execute(text(
-            "SELECT coalesce(sum(cost_usd), 0) FROM openai_usage WHERE created_at >= :since"
-        ), {"since": month_start()}).scalar() or 0.0)
+        return float(session.execute(
+            select(func.coalesce(func.sum(OpenAIUsage.cost_usd), 0)).where(OpenAIUsage.created_at >= month_start())
+        ).scalar() or 0.0)
 
 
 def check_budget(config: OpenAIConfig | None = None) -> None:
@@ -106,14 +105,20 @@ def check_budget(config: OpenAIConfig | None = None) -> None:
 
 def summary(owner: str | None, since: datetime) -> dict[str, Any]:
     """Usage since `since`, per key and model (one key's own when `owner` is given)."""
-    where = "created_at >= :since" + (" AND owner = :owner" if owner else "")
+    query = (
+        select(OpenAIUsage.owner, OpenAIUsage.model,
+               func.count().filter(not_(OpenAIUsage.cached)).label("calls"),
+               func.count().filter(OpenAIUsage.cached).label("cached_calls"),
+               func.sum(OpenAIUsage.prompt_tokens).label("prompt_tokens"),
+               func.sum(OpenAIUsage.completion_tokens).label("completion_tokens"),
+               func.sum(OpenAIUsage.cost_usd).label("cost_usd"))
+        .where(OpenAIUsage.created_at >= since)
+        .group_by(OpenAIUsage.owner, OpenAIUsage.model).order_by(OpenAIUsage.owner, OpenAIUsage.model)
+    )
+    if owner:
+        query = query.where(OpenAIUsage.owner == owner)
     with session_scope() as session:
-        rows = session.execute(text(
-            "SELECT owner, model, count(*) FILTER (WHERE NOT cached) AS calls, "
-            "count(*) FILTER (WHERE cached) AS cached_calls, sum(prompt_tokens) AS prompt_tokens, "
-            "sum(completion_tokens) AS completion_tokens, sum(cost_usd) AS cost_usd "
-            f"FROM openai_usage WHERE {where} GROUP BY owner, model ORDER BY owner, model"
-        ), {"since": since, "owner": owner}).mappings().all()
+        rows = session.execute(query).mappings().all()
     items = [{"key_id": row["owner"], "model": row["model"], "calls": int(row["calls"]),
               "cached_calls": int(row["cached_calls"]), "prompt_tokens": int(row["prompt_tokens"] or 0),
               "completion_tokens": int(row["completion_tokens"] or 0),
