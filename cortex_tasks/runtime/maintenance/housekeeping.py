@@ -97,7 +97,9 @@ def roll_up_metrics(hours: int = 2) -> dict[str, int]:
         index_elements=["hour", "kind", "task", "model"],
         set_={**{name: insert.excluded[name] for name in recomputed}, "updated_at": func.now()})
     with session_scope() as session:
-        written = session.execute(upsert).rowcount
+        # An INSERT's rowcount is kept only when asked for (a text() statement's always was); on the
+        # session's connection, so the ORM's bulk-insert path does not handle it.
+        written = session.connection().execute(upsert.execution_options(preserve_rowcount=True)).rowcount
     return {"rows_written": written}
 
 
