@@ -17,7 +17,6 @@ ALLOWED = {
     "cortex_tasks/core/storage/tables.py": "partial unique indexes' WHERE predicates are DDL",
     "cortex_tasks/core/storage/probes.py": "the readiness probe's SELECT 1",
     "cortex_tasks/core/jobs/store.py": "the prediction hot path's bulk statements (see the module)",
-    "cortex_tasks/runtime/batch/chunks.py": "not converted yet",
 }
 
 
