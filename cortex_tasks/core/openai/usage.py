@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from sqlalchemy import func, insert, not_, select
+from sqlalchemy import bindparam, func, insert, not_, select
 
 from cortex_tasks.core.openai.config import OpenAIConfig, cost_usd, openai_config
 from cortex_tasks.core.settings import get_settings
@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 TOTALS_KEY = "cortex:openai:totals"
 # Who is billed when a call was not made for a key (cache warming, a worker's own use).
 UNATTRIBUTED = "unattributed"
+
+
+# Built once, with bound parameters: every OpenAI call runs both, and a statement built per call costs ~10x
+# text()'s Python time while a prebuilt one's cache key is memoized (measured with timeit).
+_INSERT_USAGE = insert(OpenAIUsage).values(
+    owner=bindparam("owner"), model=bindparam("model"), kind=bindparam("kind"), source=bindparam("source"),
+    prompt_tokens=bindparam("prompt"), completion_tokens=bindparam("completion"), cost_usd=bindparam("cost"),
+    cached=bindparam("cached"))
+_MONTH_SPEND = select(func.coalesce(func.sum(OpenAIUsage.cost_usd), 0)).where(
+    OpenAIUsage.created_at >= bindparam("since"))
 
 
 class BudgetExceeded(Exception):
@@ -58,10 +68,10 @@ def record(usage: Usage) -> float:
     """Store one call's usage; returns its cost in US dollars."""
     cost = usage.cost()
     with session_scope() as session:
-        session.execute(insert(OpenAIUsage).values(
-            owner=usage.owner, model=usage.model, kind=usage.kind, source=usage.source,
-            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost_usd=cost,
-            cached=usage.cached))
+        session.execute(_INSERT_USAGE, {
+            "owner": usage.owner, "model": usage.model, "kind": usage.kind, "source": usage.source,
+            "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cost": cost,
+            "cached": usage.cached})
     try:
         pipe = _client().pipeline(transaction=False)
         pipe.hincrby(TOTALS_KEY, f"{usage.model}\x1frequests\x1f{'cached' if usage.cached else 'api'}", 1)
@@ -88,9 +98,7 @@ def month_start(now: datetime | None = None) -> datetime:
 
 def month_spend() -> float:
     with session_scope() as session:
-        return float(session.execute(
-            select(func.coalesce(func.sum(OpenAIUsage.cost_usd), 0)).where(OpenAIUsage.created_at >= month_start())
-        ).scalar() or 0.0)
+        return float(session.execute(_MONTH_SPEND, {"since": month_start()}).scalar() or 0.0)
 
 
 def check_budget(config: OpenAIConfig | None = None) -> None:
