@@ -16,7 +16,7 @@ ALLOWED_FOLDERS = ("cortex_tasks/core/storage/migrations/",)
 ALLOWED = {
     "cortex_tasks/core/storage/tables.py": "partial unique indexes' WHERE predicates are DDL",
     "cortex_tasks/core/storage/probes.py": "the readiness probe's SELECT 1",
-    "cortex_tasks/core/jobs/store.py": "the prediction path: text() is far cheaper to build than a construct",
+    "cortex_tasks/core/jobs/store.py": "prediction path; per-call constructs cost ~20x text() (see begin_attempt)",
 }
 
 
