@@ -83,3 +83,42 @@ def test_roll_ups_and_result_expiry(api, workers):
     assert expire_results(batch_retention_days=7)["batches_expired"] >= 1
     assert api.get(f"/api/v1/batch/results/{job_id}?format=parquet").status_code == 409
     assert api.get(f"/api/v1/jobs/{job_id}").get_json()["result"]["expired"] is True
+
+
+def test_the_stale_job_sweep_and_record_expiry(api, monkeypatch):
+    """The sweep's statements on rows set up as a lost message, a dead trainer and a failed job's run
+    leave them: past its deadline a job fails; a trainer silent past its limit is re-enqueued; a failed
+    job's run fails with the job's error; records past their retention go."""
+    from cortex_tasks.core.jobs.store import NewJob, create_job, get_job
+    from cortex_tasks.core.training.runs import get_run
+    from cortex_tasks.runtime.maintenance import service
+    from cortex_tasks.runtime.training import recovery
+
+    def job(kind: str, **values) -> str:
+        return create_job(NewJob(owner="sweep-test", kind=kind, task="classifier", priority=3, **values))[0].id
+
+    lost, expired = job("predict", deadline_seconds=-60), job("predict")
+    dead, orphan = job("training"), job("training")
+    with session_scope() as session:
+        session.execute(text("UPDATE jobs SET status = 'succeeded', finished_at = now() - interval '40 days' "
+                             "WHERE id = :id"), {"id": expired})
+        session.execute(text("UPDATE jobs SET status = 'running' WHERE id = :id"), {"id": dead})
+        session.execute(text("UPDATE jobs SET status = 'failed', error = '{\"code\": \"redelivery_limit\"}' "
+                             "WHERE id = :id"), {"id": orphan})
+        for run_id in (dead, orphan):
+            session.execute(text("INSERT INTO training_runs (id, owner, model_name, kind, phase, updated_at) "
+                                 "VALUES (:id, 'sweep-test', :id, 'classifier', 'training', "
+                                 "now() - interval '1 day')"), {"id": run_id})
+    sent: list[tuple[str, int]] = []
+    monkeypatch.setattr(recovery, "send_training", lambda job_id, priority: sent.append((job_id, priority)))
+
+    assert service.fail_stale_jobs() >= 1
+    assert get_job(lost).status == "failed" and get_job(lost).error["code"] == "stale_job"
+    assert recovery.requeue_dead_training()["training_requeued"] >= 1
+    assert (dead, 3) in sent and get_job(dead).status == "queued" and get_run(dead).phase == "queued"
+    assert recovery.fail_orphaned_runs() >= 1
+    run = get_run(orphan)
+    assert (run.phase, run.error, run.finished_at is not None) == ("failed", {"code": "redelivery_limit"}, True)
+    assert get_run(dead).phase == "queued"  # its job is queued, not failed
+    assert service.delete_expired_jobs(30) >= 1
+    assert get_job(expired) is None and get_job(lost) is not None

@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Text, bindparam, cast, insert, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.batch.config import batch_config, batch_queue
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import BatchChunkMessage, BatchFinishMessage
 from cortex_tasks.core.errors import CortexError
-from cortex_tasks.core.jobs.store import IdempotencyConflict
+from cortex_tasks.core.jobs.store import QUEUED, IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.validation.items import check_finite
 
 CHUNK_TASK = task_names.BATCH_RUN_CHUNK
@@ -82,29 +85,30 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
     job_params = {"params": request.params, "queue": queue, "chunk_size": size, "chunks": len(bounds),
                   "batchable": request.batchable}
     with session_scope() as session:
-        inserted = session.execute(text(
-            "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_done, progress_total, "
-            "attempts, idempotency_key, request_hash, params, deadline_at) "
-            "VALUES (:id, :owner, 'batch', :task, :model, 'queued', :priority, 0, :total, 0, :key, :hash, "
-            "CAST(:params AS jsonb), :deadline) "
-            "ON CONFLICT (owner, idempotency_key) DO NOTHING RETURNING id"
-        ), {"id": job_id, "owner": request.owner, "task": request.task, "model": request.model,
-            "priority": request.priority, "total": len(request.inputs), "key": request.idempotency_key,
-            "hash": hash_of_request, "params": json.dumps(job_params), "deadline": deadline}).scalar()
+        inserted = session.execute(
+            pg_insert(Job).values(
+                id=job_id, owner=request.owner, kind="batch", task=request.task, model=request.model,
+                status=QUEUED, priority=request.priority, progress_done=0, progress_total=len(request.inputs),
+                attempts=0, idempotency_key=request.idempotency_key, request_hash=hash_of_request,
+                params=job_params, deadline_at=deadline)
+            .on_conflict_do_nothing(index_elements=[Job.owner, Job.idempotency_key])
+            .returning(Job.id)).scalar()
         if inserted is None:
-            existing = session.execute(text(
-                "SELECT id, request_hash, params FROM jobs WHERE owner = :owner AND idempotency_key = :key"
-            ), {"owner": request.owner, "key": request.idempotency_key}).one()
+            existing = session.execute(
+                select(Job.id, Job.request_hash, Job.params)
+                .where(Job.owner == request.owner, Job.idempotency_key == request.idempotency_key)).one()
             if existing.request_hash != hash_of_request:
                 raise IdempotencyConflict(request.idempotency_key)
             return SubmittedBatch(existing.id, False, int((existing.params or {}).get("chunks", 0)))
         first_wave = config.parallel_workers
         now = datetime.now(UTC)
-        session.execute(text(
-            "INSERT INTO batch_chunks (job_id, chunk_index, start_index, stop_index, inputs, status, queued_at) "
-            "VALUES (:job_id, :chunk_index, :start, :stop, CAST(:inputs AS jsonb), :status, "
-            ":queued_at)"
-        ), [{"job_id": job_id, "chunk_index": index, "start": start, "stop": stop,
+        # One executemany on the connection, as before: the inputs are serialized here (non-ASCII kept as
+        # is, not escaped) and cast by the database, so the ORM's bulk path and its serializer stay out.
+        chunk_insert = insert(BatchChunk).values(
+            job_id=bindparam("job_id"), chunk_index=bindparam("chunk_index"), start_index=bindparam("start"),
+            stop_index=bindparam("stop"), inputs=cast(bindparam("inputs", type_=Text), JSONB),
+            status=bindparam("status"), queued_at=bindparam("queued_at"))
+        session.connection().execute(chunk_insert, [{"job_id": job_id, "chunk_index": index, "start": start, "stop": stop,
              "inputs": json.dumps(request.inputs[start:stop], ensure_ascii=False),
              "status": "queued" if index < first_wave else "pending",
              "queued_at": now if index < first_wave else None}

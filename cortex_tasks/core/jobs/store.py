@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from cortex_tasks.core.storage.db import quick_write_engine, session_scope
@@ -52,7 +52,7 @@ def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
         id=job_id or new_job_id(), owner=job.owner, kind=job.kind, task=job.task, model=job.model,
         status=QUEUED, priority=job.priority, progress_total=job.total, params=job.params,
         idempotency_key=job.idempotency_key, request_hash=job.request_hash,
-        deadline_at=datetime.now(timezone.utc) + timedelta(seconds=job.deadline_seconds),
+        deadline_at=datetime.now(UTC) + timedelta(seconds=job.deadline_seconds),
     )
     try:
         with session_scope() as session:
@@ -86,6 +86,9 @@ def begin_attempt(job_id: str, max_deliveries: int) -> int | None:
     delivery), or it has been delivered more than `max_deliveries` times (it is then marked failed, so a
     message that keeps killing its worker cannot loop forever).
     """
+    # Still raw SQL: every job's delivery runs this, and the same update() construct built per call took
+    # ~20x the Python time of text() (about 190 us against 10 us, timeit). Built once at import with bound
+    # parameters its cache key is memoized and it costs less than text(): the way to convert this module.
     with session_scope() as session:
         attempt = session.execute(
             text(
@@ -114,7 +117,7 @@ def finish_job(job_id: str, result: Any = None, result_ref: str | None = None) -
             update(Job)
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
             .values(status=SUCCEEDED, result=result, result_ref=result_ref,
-                    progress_done=Job.progress_total, finished_at=text("now()"))
+                    progress_done=Job.progress_total, finished_at=func.now())
         ).rowcount
     return bool(changed)
 
@@ -124,7 +127,7 @@ def fail_job(job_id: str, error: dict[str, Any]) -> bool:
         changed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
-            .values(status=FAILED, error=error, finished_at=text("now()"))
+            .values(status=FAILED, error=error, finished_at=func.now())
         ).rowcount
     return bool(changed)
 
@@ -134,7 +137,7 @@ def cancel_job(job_id: str, reason: str) -> bool:
         changed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
-            .values(status=CANCELLED, error={"code": "cancelled", "message": reason}, finished_at=text("now()"))
+            .values(status=CANCELLED, error={"code": "cancelled", "message": reason}, finished_at=func.now())
         ).rowcount
     return bool(changed)
 
@@ -202,7 +205,8 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
 
 
 # Rows from arrays in one statement (plain SQL: ORM unit-of-work bookkeeping cost the gateway more CPU
-# than the insert itself). {status}, {attempts} and {started} are filled in by the caller.
+# than the insert itself; SQLAlchemy constructs, too, cost more to build per message than text(), see
+# begin_attempt, and these are written once per coalesced message on every prediction's path). {status}, {attempts} and {started} are filled in by the caller.
 # The columns of _record_columns as a row source `d`, for unnest(...) AS d(...).
 _RECORD_ARRAYS = (
     "CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -323,7 +323,7 @@ def complete_deployment(deployment_id: int, job_id: str | None = None) -> Versio
 def fail_deployment(deployment_id: int, error: dict[str, Any], job_id: str | None = None) -> None:
     with session_scope() as session:
         session.execute(update(Deployment).where(Deployment.id == deployment_id, Deployment.status == "pending")
-                        .values(status="failed", error=error, finished_at=text("now()"),
+                        .values(status="failed", error=error, finished_at=func.now(),
                                 job_id=func.coalesce(job_id, Deployment.job_id)))
 
 

@@ -6,14 +6,14 @@ trainer as it goes and read by /training/status and /training/runs.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, literal, null, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.tables import TrainingRun
+from cortex_tasks.core.storage.tables import Job, TrainingRun
 
 QUEUED, PAUSED, CANCELLED, SUCCEEDED, FAILED = "queued", "paused", "cancelled", "succeeded", "failed"
 ACTIVE_PHASES = ("validating", "preparing", "training", "evaluating", "registering")
@@ -27,40 +27,38 @@ def get_run(run_id: str) -> TrainingRun | None:
 
 
 def update_run(run_id: str, **values: Any) -> None:
-    assignments, params = [], {"id": run_id}
+    assignments: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, (dict, list)):
-            assignments.append(f"{key} = CAST(:{key} AS jsonb)")
-            params[key] = json.dumps(value)
-        elif value == "now()":
-            assignments.append(f"{key} = now()")
-        else:
-            assignments.append(f"{key} = :{key}")
-            params[key] = value
-    assignments.append("updated_at = now()")
+        # None is SQL NULL, as a bound None always was (the ORM would write a JSONB column's None as JSON
+        # null); the string "now()" is the database's clock.
+        assignments[key] = null() if value is None else func.now() if value == "now()" else value
+    assignments["updated_at"] = func.now()
     with session_scope() as session:
-        session.execute(text(f"UPDATE training_runs SET {', '.join(assignments)} WHERE id = :id"), params)
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(assignments)
+                        .execution_options(synchronize_session=False))
 
 
 def append_history(run_id: str, epochs: list[dict[str, Any]], epoch: int) -> None:
     with session_scope() as session:
         # The job row before the run row: the lock order of every transaction that touches both.
-        session.execute(text(
-            "UPDATE jobs SET progress_done = :epoch, progress_total = greatest(progress_total, :epoch) "
-            "WHERE id = :id"), {"id": run_id, "epoch": epoch})
-        session.execute(text(
-            "UPDATE training_runs SET history = history || CAST(:epochs AS jsonb), epoch = :epoch, "
-            "updated_at = now() WHERE id = :id"), {"id": run_id, "epochs": json.dumps(epochs), "epoch": epoch})
+        session.execute(update(Job).where(Job.id == run_id)
+                        .values(progress_done=epoch, progress_total=func.greatest(Job.progress_total, epoch))
+                        .execution_options(synchronize_session=False))
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id)
+                        .values(history=TrainingRun.history.op("||", return_type=JSONB)(literal(epochs, JSONB)),
+                                epoch=epoch, updated_at=func.now())
+                        .execution_options(synchronize_session=False))
 
 
 def set_job_total(run_id: str, total: int) -> None:
     with session_scope() as session:
-        session.execute(text("UPDATE jobs SET progress_total = :total WHERE id = :id"), {"id": run_id, "total": total})
+        session.execute(update(Job).where(Job.id == run_id).values(progress_total=total)
+                        .execution_options(synchronize_session=False))
 
 
 def read_control(run_id: str) -> str | None:
     with session_scope() as session:
-        return session.execute(text("SELECT control FROM training_runs WHERE id = :id"), {"id": run_id}).scalar()
+        return session.execute(select(TrainingRun.control).where(TrainingRun.id == run_id)).scalar()
 
 
 def runs_of_model(model_name: str, limit: int = 50) -> list[TrainingRun]:

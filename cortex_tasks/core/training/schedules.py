@@ -9,18 +9,20 @@ its threshold is not retrained in a loop.
 """
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.schedules import crontab
-from sqlalchemy import select, text
+from sqlalchemy import DateTime, Float, cast, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from cortex_tasks.core.jobs.store import QUEUED, RUNNING
 from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.tables import TrainingSchedule
+from cortex_tasks.core.storage.tables import Job, JobMetricsHourly, TrainingRun, TrainingSchedule
+from cortex_tasks.core.training.runs import PAUSED
 from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
 log = logging.getLogger(__name__)
@@ -49,14 +51,14 @@ def save_schedule(model: str, owner: str, kind: str, dataset: dict[str, Any], pa
     if cron:
         parse_cron(cron)
     with session_scope() as session:
-        session.execute(text(
-            "INSERT INTO training_schedules (model_name, owner, kind, dataset, params, cron, metric, threshold, "
-            "enabled, last_run_at) VALUES (:model, :owner, :kind, CAST(:dataset AS jsonb), CAST(:params AS jsonb), "
-            ":cron, :metric, :threshold, true, now()) ON CONFLICT (model_name) DO UPDATE SET owner = :owner, "
-            "kind = :kind, dataset = CAST(:dataset AS jsonb), params = CAST(:params AS jsonb), cron = :cron, "
-            "metric = :metric, threshold = :threshold, enabled = true, updated_at = now()"
-        ), {"model": model, "owner": owner, "kind": kind, "dataset": json.dumps(dataset),
-            "params": json.dumps(params), "cron": cron, "metric": metric, "threshold": threshold})
+        # A saved schedule is enabled again; its last_run_at is set on creation only, so saving an existing
+        # schedule does not restart its cron.
+        fields = {"owner": owner, "kind": kind, "dataset": dataset, "params": params, "cron": cron,
+                  "metric": metric, "threshold": threshold, "enabled": True}
+        session.execute(
+            pg_insert(TrainingSchedule).values(model_name=model, last_run_at=func.now(), **fields)
+            .on_conflict_do_update(index_elements=[TrainingSchedule.model_name],
+                                   set_={**fields, "updated_at": func.now()}))
 
 
 def list_schedules() -> list[TrainingSchedule]:
@@ -75,10 +77,13 @@ def tracked_metric(model: str, metric: str) -> float | None:
     """The current value of `metric` for the model's serving version, or None if unknown."""
     if metric == "success_rate":
         with session_scope() as session:
-            row = session.execute(text(
-                "SELECT sum(succeeded)::float, sum(jobs)::float FROM job_metrics_hourly "
-                "WHERE kind = 'predict' AND model = :model AND hour >= now() - interval '1 hour' "
-                "AND hour < date_trunc('hour', now()) + interval '1 hour'"), {"model": model}).one()
+            hour = timedelta(hours=1)
+            row = session.execute(
+                select(cast(func.sum(JobMetricsHourly.succeeded), Float), cast(func.sum(JobMetricsHourly.jobs), Float))
+                .where(JobMetricsHourly.kind == "predict", JobMetricsHourly.model == model,
+                       JobMetricsHourly.hour >= func.now() - hour,
+                       JobMetricsHourly.hour < func.date_trunc("hour", func.now(), type_=DateTime(timezone=True))
+                       + hour)).one()
         return None if not row[1] else row[0] / row[1]
 
     try:
@@ -102,9 +107,9 @@ def metric_due(schedule: TrainingSchedule, now: datetime) -> tuple[bool, float |
 
 def _active_run(model: str) -> bool:
     with session_scope() as session:
-        return bool(session.execute(text(
-            "SELECT 1 FROM training_runs r JOIN jobs j ON j.id = r.id WHERE r.model_name = :model "
-            "AND j.status IN ('queued', 'running', 'paused') LIMIT 1"), {"model": model}).first())
+        return bool(session.execute(
+            select(1).select_from(TrainingRun).join(Job, Job.id == TrainingRun.id)
+            .where(TrainingRun.model_name == model, Job.status.in_((QUEUED, RUNNING, PAUSED))).limit(1)).first())
 
 
 def retrain_due_models(now: datetime | None = None) -> dict[str, Any]:
@@ -132,9 +137,9 @@ def retrain_due_models(now: datetime | None = None) -> dict[str, Any]:
             skipped.append({"model": schedule.model_name, "reason": exc.code})
             continue
         with session_scope() as session:
-            session.execute(text("UPDATE training_schedules SET last_run_at = :now, last_job_id = :job, "
-                                 "updated_at = now() WHERE model_name = :model"),
-                            {"now": now, "job": job_id, "model": schedule.model_name})
+            session.execute(update(TrainingSchedule).where(TrainingSchedule.model_name == schedule.model_name)
+                            .values(last_run_at=now, last_job_id=job_id, updated_at=func.now())
+                            .execution_options(synchronize_session=False))
         log.info("retraining %s (%s%s): job %s", schedule.model_name, trigger,
                  f", {schedule.metric}={value:.4f} < {schedule.threshold}" if by_metric and value is not None else "",
                  job_id)

@@ -7,19 +7,20 @@ transaction-scoped advisory lock, so concurrent submissions cannot slip past a q
 """
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import func, insert, select, update
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import TrainingMessage
+from cortex_tasks.core.jobs.store import QUEUED, RUNNING
 from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import Job, TrainingRun
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.config import training_config
 
@@ -64,37 +65,31 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
     job_id = str(uuid.uuid4())
     epochs = request.params.get("epochs") if isinstance(request.params.get("epochs"), int) else 0
     with session_scope() as session:
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": QUOTA_LOCK})
-        owner_active = session.execute(text(
-            "SELECT count(*) FROM jobs WHERE kind = 'training' AND owner = :owner "
-            "AND status IN ('queued', 'running')"), {"owner": request.owner}).scalar()
+        session.execute(select(func.pg_advisory_xact_lock(QUOTA_LOCK)))
+        training_jobs = select(func.count()).select_from(Job).where(Job.kind == "training")
+        owner_active = session.execute(
+            training_jobs.where(Job.owner == request.owner, Job.status.in_((QUEUED, RUNNING)))).scalar()
         if owner_active >= config.max_concurrent_jobs:
             raise QuotaExceeded("training_quota_exceeded",
                                 f"This key already has {owner_active} training jobs queued or running; at most "
                                 f"{config.max_concurrent_jobs} are allowed at once. Wait for one to finish, or "
                                 "cancel one.", {"active": owner_active, "max_concurrent_jobs": config.max_concurrent_jobs})
-        waiting = session.execute(text(
-            "SELECT count(*) FROM jobs WHERE kind = 'training' AND status = 'queued'")).scalar()
+        waiting = session.execute(training_jobs.where(Job.status == QUEUED)).scalar()
         if waiting >= config.queue_size:
             raise QuotaExceeded("training_queue_full",
                                 f"The training queue is full ({waiting} jobs waiting, at most {config.queue_size}); "
                                 "try again later.", {"queued": waiting, "queue_size": config.queue_size})
-        session.execute(text(
-            "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_done, progress_total, "
-            "attempts, params, deadline_at) VALUES (:id, :owner, 'training', :kind, :model, 'queued', :priority, "
-            "0, :epochs, 0, CAST(:params AS jsonb), :deadline)"
-        ), {"id": job_id, "owner": request.owner, "kind": request.kind, "model": request.model,
-            "priority": request.priority, "epochs": epochs, "params": json.dumps(request.params),
-            "deadline": datetime.now(UTC) + DEADLINE})
-        session.execute(text(
-            "INSERT INTO training_runs (id, owner, model_name, kind, priority, phase, epochs, config, dataset, "
-            "trigger) VALUES (:id, :owner, :model, :kind, :priority, 'queued', :epochs, CAST(:config AS jsonb), "
-            "CAST(:dataset AS jsonb), :trigger)"
-        ), {"id": job_id, "owner": request.owner, "model": request.model, "kind": request.kind,
-            "priority": request.priority, "epochs": epochs, "trigger": request.trigger,
-            "config": json.dumps({"kind": request.kind, "params": request.params,
-                                  "dataset": dataset_description(request.dataset)}),
-            "dataset": json.dumps(request.dataset)})
+        # Columns left out take the tables' defaults, which are the database's own (0, '[]').
+        session.execute(insert(Job).values(
+            id=job_id, owner=request.owner, kind="training", task=request.kind, model=request.model,
+            status=QUEUED, priority=request.priority, progress_done=0, progress_total=epochs, attempts=0,
+            params=request.params, deadline_at=datetime.now(UTC) + DEADLINE))
+        session.execute(insert(TrainingRun).values(
+            id=job_id, owner=request.owner, model_name=request.model, kind=request.kind,
+            priority=request.priority, phase=runs.QUEUED, epochs=epochs, trigger=request.trigger,
+            config={"kind": request.kind, "params": request.params,
+                    "dataset": dataset_description(request.dataset)},
+            dataset=request.dataset))
     if send:
         send_training(job_id, request.priority)
     return job_id
@@ -109,8 +104,7 @@ def control(job_id: str, action: str) -> dict[str, Any]:
     """Cancel, pause or resume. A running job is asked (its trainer obeys between steps); a queued or
     paused one changes at once."""
     with session_scope() as session:
-        job = session.execute(text("SELECT status, priority FROM jobs WHERE id = :id FOR UPDATE"),
-                              {"id": job_id}).one()
+        job = session.execute(select(Job.status, Job.priority).where(Job.id == job_id).with_for_update()).one()
         status = job.status
         if action == "cancel":
             if status in ("queued", "paused"):
@@ -129,10 +123,12 @@ def control(job_id: str, action: str) -> dict[str, Any]:
         elif action == "resume":
             if status == "paused":
                 # A resumed job starts a fresh delivery count: pausing is not a failed delivery.
-                session.execute(text("UPDATE jobs SET status = 'queued', attempts = 0, finished_at = NULL "
-                                     "WHERE id = :id"), {"id": job_id})
-                session.execute(text("UPDATE training_runs SET phase = 'queued', control = NULL, "
-                                     "updated_at = now() WHERE id = :id"), {"id": job_id})
+                session.execute(update(Job).where(Job.id == job_id)
+                                .values(status=QUEUED, attempts=0, finished_at=None)
+                                .execution_options(synchronize_session=False))
+                session.execute(update(TrainingRun).where(TrainingRun.id == job_id)
+                                .values(phase=runs.QUEUED, control=None, updated_at=func.now())
+                                .execution_options(synchronize_session=False))
                 resumed = True
             else:
                 resumed = False
@@ -147,14 +143,14 @@ def control(job_id: str, action: str) -> dict[str, Any]:
 
 
 def _request(session: Any, job_id: str, action: str) -> None:
-    session.execute(text("UPDATE training_runs SET control = :action, updated_at = now() WHERE id = :id"),
-                    {"id": job_id, "action": action})
+    session.execute(update(TrainingRun).where(TrainingRun.id == job_id)
+                    .values(control=action, updated_at=func.now()).execution_options(synchronize_session=False))
 
 
 def _set(session: Any, job_id: str, job_status: str, phase: str, finished: bool = False) -> None:
-    session.execute(text(
-        f"UPDATE jobs SET status = :status{', finished_at = now()' if finished else ''} WHERE id = :id"),
-        {"id": job_id, "status": job_status})
-    session.execute(text(
-        f"UPDATE training_runs SET phase = :phase, control = NULL, updated_at = now()"
-        f"{', finished_at = now()' if finished else ''} WHERE id = :id"), {"id": job_id, "phase": phase})
+    finished_at = {"finished_at": func.now()} if finished else {}
+    session.execute(update(Job).where(Job.id == job_id).values(status=job_status, **finished_at)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(TrainingRun).where(TrainingRun.id == job_id)
+                    .values(phase=phase, control=None, updated_at=func.now(), **finished_at)
+                    .execution_options(synchronize_session=False))

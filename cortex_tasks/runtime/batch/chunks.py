@@ -10,12 +10,12 @@ does that for any failed call), so a bad item fails alone and every other item s
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from cortex_tasks.core.batch import results
 from cortex_tasks.core.batch.config import batch_config
@@ -26,11 +26,13 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import runner
 from cortex_tasks.runtime.inference.batcher import ItemFailure
 
 log = logging.getLogger(__name__)
+PENDING = "pending"  # a chunk waiting for a free place among the batch's parallel chunks
 
 # How many chunk items one model call may hold (the batcher's call_size). Chunks waiting for one model are
 # run a few hundred texts at once, which the model sorts by length as it would the whole dataset: far less
@@ -64,27 +66,38 @@ class ChunkResult:
     errors: dict[int, dict[str, Any]] = field(default_factory=dict)  # batch position -> error
 
 
+def _no_wal_wait(session: Session) -> None:
+    """SET LOCAL synchronous_commit TO off, as set_config(..., is_local => true): for this transaction only."""
+    session.execute(select(func.set_config("synchronous_commit", "off", True)))
+
+
+def _chunk(job_id: str, chunk_index: int) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    return BatchChunk.job_id == job_id, BatchChunk.chunk_index == chunk_index
+
+
 def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
     """Mark the chunk running and count the attempt; None if the chunk or its job is already finished."""
     with session_scope() as session:
         # Chunk bookkeeping is recoverable (a chunk whose record a crash loses runs again), so it need not
         # wait for the WAL flush: three fewer fsyncs per chunk.
-        session.execute(text("SET LOCAL synchronous_commit TO off"))
-        job = session.execute(text(
-            "SELECT status, task, model, params, priority FROM jobs WHERE id = :id AND kind = 'batch'"
-        ), {"id": job_id}).one_or_none()
+        _no_wal_wait(session)
+        job = session.execute(select(Job.status, Job.task, Job.model, Job.params, Job.priority)
+                              .where(Job.id == job_id, Job.kind == "batch")).one_or_none()
         if job is None or job.status not in (store.QUEUED, store.RUNNING):
             return None
-        row = session.execute(text(
-            "UPDATE batch_chunks SET status = 'running', attempts = attempts + 1, started_at = now(), "
-            "updated_at = now() WHERE job_id = :job_id AND chunk_index = :chunk_index "
-            "AND status IN ('pending', 'queued', 'running') RETURNING attempts, start_index, inputs"
-        ), {"job_id": job_id, "chunk_index": chunk_index}).one_or_none()
+        row = session.execute(
+            update(BatchChunk)
+            .where(*_chunk(job_id, chunk_index), BatchChunk.status.in_((PENDING, store.QUEUED, store.RUNNING)))
+            .values(status=store.RUNNING, attempts=BatchChunk.attempts + 1, started_at=func.now(),
+                    updated_at=func.now())
+            .returning(BatchChunk.attempts, BatchChunk.start_index, BatchChunk.inputs)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
         if row is None:
             return None
-        session.execute(text(
-            "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()) "
-            "WHERE id = :id AND status = 'queued'"), {"id": job_id})
+        session.execute(update(Job).where(Job.id == job_id, Job.status == store.QUEUED)
+                        .values(status=store.RUNNING, started_at=func.coalesce(Job.started_at, func.now()))
+                        .execution_options(synchronize_session=False))
     params = job.params or {}
     return ClaimedChunk(job_id, chunk_index, row.start_index, row.inputs, row.attempts, job.task, job.model,
                         params.get("params") or {}, params.get("queue") or "batch", job.priority,
@@ -95,10 +108,9 @@ def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
 def release(job_id: str, chunk_index: int) -> None:
     """Back to queued before a retry, so progress views do not show it running while it waits."""
     with session_scope() as session:
-        session.execute(text(
-            "UPDATE batch_chunks SET status = 'queued', queued_at = now(), updated_at = now() "
-            "WHERE job_id = :job_id AND chunk_index = :chunk_index AND status = 'running'"
-        ), {"job_id": job_id, "chunk_index": chunk_index})
+        session.execute(update(BatchChunk).where(*_chunk(job_id, chunk_index), BatchChunk.status == store.RUNNING)
+                        .values(status=store.QUEUED, queued_at=func.now(), updated_at=func.now())
+                        .execution_options(synchronize_session=False))
 
 
 def item_problem(task: str, item: Any) -> dict[str, Any] | None:
@@ -204,29 +216,36 @@ def record(chunk: ClaimedChunk, result: ChunkResult, result_ref: str) -> Recorde
     failed = len(result.errors)
     errors = [{"index": index, "error": error} for index, error in sorted(result.errors.items())]
     with session_scope() as session:
-        session.execute(text("SET LOCAL synchronous_commit TO off"))
-        job_status = session.execute(text("SELECT status FROM jobs WHERE id = :id FOR UPDATE"),
-                                     {"id": chunk.job_id}).scalar()
-        counted = session.execute(text(
-            "UPDATE batch_chunks SET status = 'succeeded', succeeded_count = :succeeded, "
-            "failed_count = :failed, errors = CAST(:errors AS jsonb), result_ref = :ref, finished_at = now(), "
-            "updated_at = now() WHERE job_id = :job_id AND chunk_index = :chunk_index AND status <> 'succeeded'"
-        ), {"succeeded": len(chunk.inputs) - failed, "failed": failed, "errors": json.dumps(errors),
-            "ref": result_ref, "job_id": chunk.job_id, "chunk_index": chunk.chunk_index}).rowcount
+        _no_wal_wait(session)
+        job_status = session.execute(select(Job.status).where(Job.id == chunk.job_id).with_for_update()).scalar()
+        counted = session.execute(
+            update(BatchChunk)
+            .where(*_chunk(chunk.job_id, chunk.chunk_index), BatchChunk.status != store.SUCCEEDED)
+            .values(status=store.SUCCEEDED, succeeded_count=len(chunk.inputs) - failed, failed_count=failed,
+                    errors=errors, result_ref=result_ref, finished_at=func.now(), updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        ).rowcount
         if not counted:
             return Recorded(False, [], False)
-        session.execute(text("UPDATE jobs SET progress_done = progress_done + :n WHERE id = :id"),
-                        {"n": len(chunk.inputs), "id": chunk.job_id})
+        session.execute(update(Job).where(Job.id == chunk.job_id)
+                        .values(progress_done=Job.progress_done + len(chunk.inputs))
+                        .execution_options(synchronize_session=False))
         next_chunks: list[int] = []
         if job_status in (store.QUEUED, store.RUNNING):
-            next_chunks = list(session.execute(text(
-                "UPDATE batch_chunks SET status = 'queued', queued_at = now(), updated_at = now() "
-                "WHERE job_id = :job_id AND chunk_index = (SELECT min(chunk_index) FROM batch_chunks "
-                "WHERE job_id = :job_id AND status = 'pending') RETURNING chunk_index"
-            ), {"job_id": chunk.job_id}).scalars())
-        unfinished = session.execute(text(
-            "SELECT count(*) FROM batch_chunks WHERE job_id = :job_id AND status <> 'succeeded'"
-        ), {"job_id": chunk.job_id}).scalar()
+            # An alias, so the subquery reads the job's chunks instead of correlating with the updated row.
+            pending = aliased(BatchChunk)
+            first_pending = (select(func.min(pending.chunk_index))
+                             .where(pending.job_id == chunk.job_id, pending.status == PENDING).scalar_subquery())
+            next_chunks = list(session.execute(
+                update(BatchChunk)
+                .where(BatchChunk.job_id == chunk.job_id, BatchChunk.chunk_index == first_pending)
+                .values(status=store.QUEUED, queued_at=func.now(), updated_at=func.now())
+                .returning(BatchChunk.chunk_index)
+                .execution_options(synchronize_session=False)
+            ).scalars())
+        unfinished = session.execute(
+            select(func.count()).select_from(BatchChunk)
+            .where(BatchChunk.job_id == chunk.job_id, BatchChunk.status != store.SUCCEEDED)).scalar()
     return Recorded(True, next_chunks, unfinished == 0)
 
 
@@ -275,12 +294,12 @@ def finish_batch(job_id: str) -> dict[str, Any]:
     """Merge the chunk results into the job's Parquet file and finish the job. Idempotent: a second run
     rewrites the same file and changes nothing in the job row."""
     with session_scope() as session:
-        job = session.execute(text(
-            "SELECT status, progress_total, params FROM jobs WHERE id = :id AND kind = 'batch'"),
-            {"id": job_id}).one_or_none()
-        chunks = session.execute(text(
-            "SELECT chunk_index, status, result_ref, succeeded_count, failed_count FROM batch_chunks "
-            "WHERE job_id = :id ORDER BY chunk_index"), {"id": job_id}).all()
+        job = session.execute(select(Job.status, Job.progress_total, Job.params)
+                              .where(Job.id == job_id, Job.kind == "batch")).one_or_none()
+        chunks = session.execute(
+            select(BatchChunk.chunk_index, BatchChunk.status, BatchChunk.result_ref, BatchChunk.succeeded_count,
+                   BatchChunk.failed_count)
+            .where(BatchChunk.job_id == job_id).order_by(BatchChunk.chunk_index)).all()
     if job is None or job.status not in (store.QUEUED, store.RUNNING):
         return {"job_id": job_id, "finished": False, "reason": "not running"}
     if not chunks or any(chunk.status != "succeeded" for chunk in chunks):
@@ -293,13 +312,13 @@ def finish_batch(job_id: str) -> dict[str, Any]:
                "format": "parquet", "size_bytes": size, "chunks": len(chunks)}
     if succeeded == 0:
         with session_scope() as session:
-            session.execute(text(
-                "UPDATE jobs SET status = 'failed', result = CAST(:result AS jsonb), result_ref = :ref, "
-                "progress_done = progress_total, finished_at = now(), error = CAST(:error AS jsonb) "
-                "WHERE id = :id AND status IN ('queued', 'running')"
-            ), {"id": job_id, "ref": name, "result": json.dumps(summary), "error": json.dumps({
-                "code": "all_items_failed", "message": f"All {failed} items failed; see /batch/errors.",
-                "details": {"failed": failed}})})
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_((store.QUEUED, store.RUNNING)))
+                .values(status=store.FAILED, result=summary, result_ref=name, progress_done=Job.progress_total,
+                        finished_at=func.now(),
+                        error={"code": "all_items_failed", "message": f"All {failed} items failed; see /batch/errors.",
+                               "details": {"failed": failed}})
+                .execution_options(synchronize_session=False))
     else:
         store.finish_job(job_id, summary, result_ref=name)
     return {"job_id": job_id, "finished": True, **summary}

@@ -7,41 +7,61 @@ under guards: a duplicate message for a finished chunk is skipped.
 """
 from __future__ import annotations
 
-from sqlalchemy import text
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import aliased
 
 from cortex_tasks.core.batch.config import batch_config
 from cortex_tasks.core.batch.submission import send_chunks, send_finish
+from cortex_tasks.core.jobs.store import QUEUED, RUNNING, SUCCEEDED
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import BatchChunk, Job
 
 
 def requeue_stalled_batches() -> dict[str, int]:
-    stale = batch_config().stale_chunk_seconds
+    stale = timedelta(seconds=batch_config().stale_chunk_seconds)
+    open_job = Job.status.in_((QUEUED, RUNNING))
+    in_flight = BatchChunk.status.in_((QUEUED, RUNNING))
+    queue = Job.params["queue"].astext.label("queue")
     with session_scope() as session:
         # Queued or running without news for longer than a chunk may run: its message or worker is gone.
-        chunks = session.execute(text(
-            "UPDATE batch_chunks c SET status = 'queued', queued_at = now(), updated_at = now() FROM jobs j "
-            "WHERE j.id = c.job_id AND j.status IN ('queued', 'running') AND c.status IN ('queued', 'running') "
-            "AND c.updated_at < now() - make_interval(secs => :stale) "
-            "RETURNING c.job_id, c.chunk_index, j.params->>'queue' AS queue, j.priority"
-        ), {"stale": stale}).all()
+        chunks = session.execute(
+            update(BatchChunk)
+            .where(Job.id == BatchChunk.job_id, open_job, in_flight, BatchChunk.updated_at < func.now() - stale)
+            .values(status=QUEUED, queued_at=func.now(), updated_at=func.now())
+            .returning(BatchChunk.job_id, BatchChunk.chunk_index, queue, Job.priority)
+            .execution_options(synchronize_session=False)
+        ).all()
         # Pending chunks with nothing of theirs in flight: the follow-up send was lost.
-        idle = session.execute(text(
-            "SELECT c.job_id, min(c.chunk_index) AS chunk_index, j.params->>'queue' AS queue, j.priority "
-            "FROM batch_chunks c JOIN jobs j ON j.id = c.job_id WHERE j.status IN ('queued', 'running') "
-            "AND c.status = 'pending' AND NOT EXISTS (SELECT 1 FROM batch_chunks o WHERE o.job_id = c.job_id "
-            "AND o.status IN ('queued', 'running')) AND j.created_at < now() - make_interval(secs => :stale) "
-            "GROUP BY c.job_id, j.params, j.priority"), {"stale": 60}).all()
+        other = aliased(BatchChunk)
+        idle = session.execute(
+            select(BatchChunk.job_id, func.min(BatchChunk.chunk_index).label("chunk_index"), queue, Job.priority)
+            .join(Job, Job.id == BatchChunk.job_id)
+            .where(open_job, BatchChunk.status == "pending",
+                   ~select(1).where(other.job_id == BatchChunk.job_id, other.status.in_((QUEUED, RUNNING)))
+                   .exists(),
+                   Job.created_at < func.now() - timedelta(seconds=60))
+            .group_by(BatchChunk.job_id, Job.params, Job.priority)
+        ).all()
         for row in idle:
-            session.execute(text("UPDATE batch_chunks SET status = 'queued', queued_at = now(), updated_at = now() "
-                                 "WHERE job_id = :job AND chunk_index = :chunk AND status = 'pending'"),
-                            {"job": row.job_id, "chunk": row.chunk_index})
+            session.execute(
+                update(BatchChunk)
+                .where(BatchChunk.job_id == row.job_id, BatchChunk.chunk_index == row.chunk_index,
+                       BatchChunk.status == "pending")
+                .values(status=QUEUED, queued_at=func.now(), updated_at=func.now())
+                .execution_options(synchronize_session=False))
         # Every chunk done but the job still open: the finish message was lost.
-        unfinished = session.execute(text(
-            "SELECT j.id, j.params->>'queue' AS queue, j.priority FROM jobs j WHERE j.kind = 'batch' "
-            "AND j.status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM batch_chunks c WHERE c.job_id = j.id) "
-            "AND NOT EXISTS (SELECT 1 FROM batch_chunks c WHERE c.job_id = j.id AND c.status <> 'succeeded') "
-            "AND (SELECT max(finished_at) FROM batch_chunks c WHERE c.job_id = j.id) < now() - interval '60 seconds'"
-        )).all()
+        chunk = aliased(BatchChunk)
+        of_job = chunk.job_id == Job.id
+        unfinished = session.execute(
+            select(Job.id, queue, Job.priority)
+            .where(Job.kind == "batch", open_job,
+                   select(1).where(of_job).exists(),
+                   ~select(1).where(of_job, chunk.status != SUCCEEDED).exists(),
+                   select(func.max(chunk.finished_at)).where(of_job).scalar_subquery()
+                   < func.now() - timedelta(seconds=60))
+        ).all()
     for row in [*chunks, *idle]:
         send_chunks(row.job_id, [row.chunk_index], row.queue or "batch", row.priority)
     for row in unfinished:

@@ -8,24 +8,35 @@ marked failed too.
 """
 from __future__ import annotations
 
-from sqlalchemy import text
+from datetime import timedelta
 
+from sqlalchemy import func, or_, update
+
+from cortex_tasks.core.jobs.store import FAILED, QUEUED, RUNNING
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import Job, TrainingRun
+from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.submission import send_training
 from cortex_tasks.runtime.training.tasks import TRAINING_LIMITS
 
 
 def requeue_dead_training() -> dict[str, int]:
-    dead_after = int(TRAINING_LIMITS["time_limit"]) + 300
+    dead_after = timedelta(seconds=int(TRAINING_LIMITS["time_limit"]) + 300)
     with session_scope() as session:
-        dead = session.execute(text(
-            "UPDATE jobs j SET status = 'queued' FROM training_runs r WHERE r.id = j.id AND j.kind = 'training' "
-            "AND j.status = 'running' AND r.updated_at < now() - make_interval(secs => :dead) "
-            "AND (j.deadline_at IS NULL OR j.deadline_at > now()) RETURNING j.id, j.priority"),
-            {"dead": dead_after}).all()
+        # UPDATE jobs ... FROM training_runs: the guard and the requeue are one statement.
+        dead = session.execute(
+            update(Job)
+            .where(TrainingRun.id == Job.id, Job.kind == "training", Job.status == RUNNING,
+                   TrainingRun.updated_at < func.now() - dead_after,
+                   or_(Job.deadline_at.is_(None), Job.deadline_at > func.now()))
+            .values(status=QUEUED)
+            .returning(Job.id, Job.priority)
+            .execution_options(synchronize_session=False)
+        ).all()
         for row in dead:
-            session.execute(text("UPDATE training_runs SET phase = 'queued', updated_at = now() WHERE id = :id"),
-                            {"id": row.id})
+            session.execute(update(TrainingRun).where(TrainingRun.id == row.id)
+                            .values(phase=runs.QUEUED, updated_at=func.now())
+                            .execution_options(synchronize_session=False))
     for row in dead:
         send_training(row.id, row.priority)
     return {"training_requeued": len(dead)}
@@ -34,7 +45,10 @@ def requeue_dead_training() -> dict[str, int]:
 def fail_orphaned_runs() -> int:
     """Runs whose job was failed outside the trainer (the sweep's deadline, the delivery cap)."""
     with session_scope() as session:
-        return session.execute(text(
-            "UPDATE training_runs r SET phase = 'failed', finished_at = coalesce(r.finished_at, now()), "
-            "error = j.error, updated_at = now() FROM jobs j WHERE j.id = r.id AND j.status = 'failed' "
-            "AND r.phase NOT IN ('failed', 'succeeded', 'cancelled')")).rowcount
+        return session.execute(
+            update(TrainingRun)
+            .where(Job.id == TrainingRun.id, Job.status == FAILED, TrainingRun.phase.not_in(runs.FINISHED_PHASES))
+            .values(phase=runs.FAILED, finished_at=func.coalesce(TrainingRun.finished_at, func.now()),
+                    error=Job.error, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        ).rowcount

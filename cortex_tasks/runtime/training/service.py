@@ -10,7 +10,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Integer, cast, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.running import JobInputError
@@ -19,6 +20,7 @@ from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.tables import Job, TrainingRun
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.core.training.datasets import load_rows
@@ -41,30 +43,38 @@ def claim_slot(job_id: str, model_name: str) -> str:
     its job is redelivered (same job id) or failed by the stale-job sweep."""
     limit = training_config().max_concurrent_jobs
     with session_scope() as session:
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SLOT_LOCK})
+        session.execute(select(func.pg_advisory_xact_lock(SLOT_LOCK)))
         # Rows are locked job first, then run, everywhere (see submission.control): the other order
         # deadlocked with a cancel arriving as the run started.
-        session.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
-        active = session.execute(text(
-            "SELECT r.model_name FROM training_runs r JOIN jobs j ON j.id = r.id "
-            "WHERE j.status = 'running' AND r.phase = ANY(:phases) AND r.id <> :id"
-        ), {"phases": list(runs.ACTIVE_PHASES), "id": job_id}).scalars().all()
+        session.execute(select(1).select_from(Job).where(Job.id == job_id).with_for_update())
+        active = session.execute(
+            select(TrainingRun.model_name).join(Job, Job.id == TrainingRun.id)
+            .where(Job.status == store.RUNNING, TrainingRun.phase.in_(runs.ACTIVE_PHASES), TrainingRun.id != job_id)
+        ).scalars().all()
         if len(active) >= limit or model_name in active:
             return "busy"
-        claimed = session.execute(text(
-            "UPDATE training_runs SET phase = 'validating', control = NULL, started_at = coalesce(started_at, now()), "
-            "updated_at = now() WHERE id = :id AND phase IN ('queued', 'validating', 'preparing', 'training', "
-            "'evaluating', 'registering') RETURNING id"), {"id": job_id}).scalar()
+        claimed = session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == job_id, TrainingRun.phase.in_((runs.QUEUED, *runs.ACTIVE_PHASES)))
+            .values(phase="validating", control=None, started_at=func.coalesce(TrainingRun.started_at, func.now()),
+                    updated_at=func.now())
+            .returning(TrainingRun.id)
+            .execution_options(synchronize_session=False)
+        ).scalar()
         if claimed is None:
             return "gone"  # paused, cancelled or finished meanwhile
         # Epochs recorded after the checkpoint are trained again (a worker died mid-run): drop them.
-        session.execute(text(
-            "UPDATE training_runs SET history = (SELECT coalesce(jsonb_agg(e ORDER BY (e->>'epoch')::int), "
-            "'[]'::jsonb) FROM jsonb_array_elements(history) e WHERE (e->>'epoch')::int <= coalesce("
-            "checkpoint_epoch, 0)), epoch = coalesce(checkpoint_epoch, 0) WHERE id = :id"), {"id": job_id})
-        session.execute(text(
-            "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()) "
-            "WHERE id = :id AND status = 'queued'"), {"id": job_id})
+        checkpoint_epoch = func.coalesce(TrainingRun.checkpoint_epoch, 0)
+        entry = func.jsonb_array_elements(TrainingRun.history, type_=JSONB).column_valued("e")
+        entry_epoch = cast(entry["epoch"].astext, Integer)
+        kept = (select(func.coalesce(func.jsonb_agg(aggregate_order_by(entry, entry_epoch)), literal([], JSONB)))
+                .where(entry_epoch <= checkpoint_epoch).scalar_subquery())
+        session.execute(update(TrainingRun).where(TrainingRun.id == job_id)
+                        .values(history=kept, epoch=checkpoint_epoch)
+                        .execution_options(synchronize_session=False))
+        session.execute(update(Job).where(Job.id == job_id, Job.status == store.QUEUED)
+                        .values(status=store.RUNNING, started_at=func.coalesce(Job.started_at, func.now()))
+                        .execution_options(synchronize_session=False))
     return "claimed"
 
 
@@ -160,14 +170,15 @@ def run_training(job_id: str) -> dict[str, Any]:
         raise
     except Paused as paused:
         with session_scope() as session:
-            session.execute(text("UPDATE jobs SET status = 'paused' WHERE id = :id AND status = 'running'"),
-                            {"id": job_id})
+            session.execute(update(Job).where(Job.id == job_id, Job.status == store.RUNNING)
+                            .values(status=runs.PAUSED).execution_options(synchronize_session=False))
         runs.update_run(job_id, phase=runs.PAUSED, control=None, resources=context.resources())
         return {"job_id": job_id, "status": "paused", "checkpoint_epoch": paused.epoch}
     except Cancelled:
         with session_scope() as session:
-            session.execute(text("UPDATE jobs SET status = 'cancelled', finished_at = now() "
-                                 "WHERE id = :id AND status = 'running'"), {"id": job_id})
+            session.execute(update(Job).where(Job.id == job_id, Job.status == store.RUNNING)
+                            .values(status=store.CANCELLED, finished_at=func.now())
+                            .execution_options(synchronize_session=False))
         runs.update_run(job_id, phase=runs.CANCELLED, control=None, finished_at="now()",
                         resources=context.resources())
         return {"job_id": job_id, "status": "cancelled"}
