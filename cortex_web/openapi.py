@@ -12,8 +12,16 @@ from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from cortex_tasks.core.audit.service import EVENT_TYPES
+from cortex_tasks.core.catalogue import TASKS
+from cortex_tasks.core.chat.history import SESSION_ID
+from cortex_tasks.core.documents.catalog import MAX_LIST_LIMIT
+from cortex_tasks.core.registry.records import MODEL_NAME
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.vector_store import COLLECTION_NAME
+from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_web import responses
-from cortex_web.schemas import CreateKeyRequest, PipelineRequest, PredictRequest
+from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict"): PredictRequest,
@@ -105,6 +113,69 @@ ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
 }
 PATH_PARAMETER = re.compile(r"<(?:([^:<>]+):)?([^<>]+)>")
 
+# What the views accept in their path parameters, by name, so generated requests reach the view's logic
+# instead of its 422 (or, for a job id that is not a UUID, a 404 found without looking).
+_UUID = {"type": "string", "format": "uuid",
+         "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+# check_model_name also refuses '..' anywhere (a lookahead, which JSON Schema's ECMA-262 patterns allow).
+_MODEL_NAME = {"type": "string", "pattern": "^(?!.*\\.\\.)" + MODEL_NAME.pattern.removeprefix("^")}
+_COLLECTION = {"type": "string", "pattern": COLLECTION_NAME.pattern}
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "job_id": _UUID,
+    "collection": _COLLECTION,
+    "session_id": {"type": "string", "pattern": SESSION_ID.pattern},
+    "name": _MODEL_NAME,
+    "model_id": _MODEL_NAME,
+    "version": {"type": "integer", "minimum": 0},
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _page_parameters(default_size: int, max_size: int) -> list[dict[str, Any]]:
+    # request_body.positive_int_arg: digits only, at least 1, `max_size` at most.
+    return [_query("page", {"type": "integer", "minimum": 1, "default": 1}, "The page, from 1."),
+            _query("size", {"type": "integer", "minimum": 1, "maximum": max_size, "default": default_size},
+                   "Items per page.")]
+
+
+def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The query parameters each view reads (request.args), with the bounds it checks them against."""
+    batch = get_settings().batch
+    moment = {"type": "string", "format": "date-time"}
+    return {
+        ("get", "/api/v1/audit"): [
+            _query("type", {"type": "string", "enum": list(EVENT_TYPES)}, "Only events of this type."),
+            _query("actor", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this key id's events."),
+            _query("since", moment, "Events at or after this time (ISO 8601; before `until`)."),
+            _query("until", moment, "Events before this time (ISO 8601)."),
+            *_page_parameters(50, 200)],
+        ("get", "/api/v1/batch/results/{job_id}"): [
+            _query("format", {"type": "string", "enum": ["json", "parquet", "arrow"], "default": "json"},
+                   "json: a page of results; parquet or arrow: the whole merged result as a file."),
+            *_page_parameters(batch.default_page_size, batch.max_page_size)],
+        ("get", "/api/v1/documents"): [
+            _query("collection", _COLLECTION, "Only this collection's documents."),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100},
+                   "At most this many documents."),
+            _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0},
+                   "Skip this many documents.")],
+        ("delete", "/api/v1/documents/{document_id}"): [
+            _query("collection", {**_COLLECTION, "default": "default"}, "The collection holding the document.")],
+        ("get", "/api/v1/usage/openai"): [
+            _query("since", {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}]},
+                   "Usage since this date or time (ISO 8601); default: the start of this month (UTC).")],
+        ("get", "/api/v1/training/runs/{name}"): [
+            _query("history", {"type": "string", "default": "1"},
+                   "0 or false: without each run's per-epoch history; anything else: with it.")],
+        ("get", "/api/v1/vectors/{collection}/count"): [
+            {"name": "filter", "in": "query", "required": False,
+             "description": "A JSON object: count only the items whose metadata match it.",
+             "content": {"application/json": {"schema": {"type": "object"}}}}],
+    }
+
 
 def _error_responses(public: bool) -> dict[str, Any]:
     answers: dict[str, Any] = {}
@@ -117,6 +188,55 @@ def _error_responses(public: bool) -> dict[str, Any]:
     return answers
 
 
+# check_text: not blank, and none of items.CONTROL_CHARACTERS (tab, newline and carriage return are fine).
+_CONTROL = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f"
+TEXT_PATTERN = f"^[^{_CONTROL}]*[^\\s{_CONTROL}][^{_CONTROL}]*$"
+
+
+def _text() -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_text_chars(), "pattern": TEXT_PATTERN}
+
+
+def _input_items(kind: str) -> dict[str, Any]:
+    """What predictions.validate_inputs accepts as one input of a task of this input kind. Time series
+    (series, series_or_rows) are checked with their params by core/validation/timeseries.py, a shape this
+    document does not spell out."""
+    if kind == "text":
+        return _text()
+    if kind == "text_or_vector":  # check_vector: finite numbers (JSON has no others)
+        return {"anyOf": [_text(), {"type": "array", "items": {"type": "number"}, "minItems": 1,
+                                    "maxItems": MAX_VECTOR_VALUES}]}
+    return {}
+
+
+def _describe_requests(schemas: dict[str, Any]) -> None:
+    """What pydantic cannot say of the prediction bodies, because the views check it against the catalogue:
+    the task names, each task's inputs, and a model reference's form (schemas.check_model_reference).
+    PredictRequest becomes one variant per input kind, each naming its tasks."""
+    model = {"anyOf": [{"type": "string", "pattern": "^(?!.*\\.\\.)" + MODEL_REFERENCE.pattern.removeprefix("^")},
+                       {"type": "null"}], "default": None, "title": "Model",
+             "description": "A catalogue or registry model name, optionally name@version; default: the "
+                            "task's model."}
+    step = schemas["PipelineStep"]["properties"]
+    step["task"] = {"type": "string", "enum": sorted(TASKS), "title": "Task"}
+    step["model"] = model
+    base = schemas["PredictRequest"]
+    kinds: dict[str, list[str]] = {}
+    for task in sorted(TASKS.values(), key=lambda entry: entry.name):
+        kinds.setdefault(task.input_kind, []).append(task.name)
+    variants = []
+    for kind, names in sorted(kinds.items()):
+        properties = {**base["properties"], "task": {"type": "string", "enum": names, "title": "Task"},
+                      "model": model}
+        properties["inputs"] = {**properties["inputs"], "items": _input_items(kind)}
+        # Each variant a component of its own: client generators name a model after its component.
+        name = "PredictRequest" + "".join(part.title() for part in kind.split("_"))
+        schemas[name] = {**base, "title": name, "properties": properties,
+                         "description": f"A prediction of a task whose inputs are {kind.replace('_', ' ')}."}
+        variants.append({"$ref": f"#/components/schemas/{name}"})
+    schemas["PredictRequest"] = {"title": "PredictRequest", "anyOf": variants}
+
+
 def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[Any, Any], dict[str, Any]]:
     """Every request and response model's schema under components/schemas; returns the {"$ref": ...} of each
     (model, mode) and the schemas. Requests in validation mode (what is accepted), responses in
@@ -127,7 +247,9 @@ def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[An
     wanted = ([(model, "validation") for model in sorted(requests, key=lambda m: m.__name__)]
               + [(model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)])
     refs, schemas = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
-    return refs, schemas.get("$defs", {})
+    defined = schemas.get("$defs", {})
+    _describe_requests(defined)
+    return refs, defined
 
 
 def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseModel]] | None = None) -> dict[str, Any]:
@@ -136,6 +258,7 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
     refs, schemas = _components(bodies)
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
+    query = query_parameters()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
@@ -162,9 +285,11 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             operation: dict[str, Any] = {
                 "operationId": operation_id,
                 "summary": doc.splitlines()[0],
-                "parameters": [{"name": name, "in": "path", "required": True,
-                                "schema": {"type": "integer" if converters[name] == "int" else "string"}}
-                               for name in rule.arguments],
+                "parameters": [*({"name": name, "in": "path", "required": True,
+                                  "schema": PATH_SCHEMAS.get(name, {"type": "integer"} if converters[name] == "int"
+                                                             else {"type": "string"})}
+                                 for name in sorted(rule.arguments)),
+                               *query.get((method, path), [])],
                 "responses": answers,
             }
             if "\n" in doc:

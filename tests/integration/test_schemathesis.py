@@ -53,6 +53,7 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(gateway_url, keys
     out = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False,
                          cwd=tmp_path)
     output = out.stdout + out.stderr
+    print(output)  # the run's report (its warnings name the operations), shown with -s or on failure
     assert out.returncode == 0, output
     # Every operation of the document was tested (none filtered out or skipped as unloadable).
     selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", output)
