@@ -89,6 +89,39 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("delete", "/api/v1/chat/{session_id}"): {"200": (responses.ChatCleared, "Forgotten.")},
     ("delete", "/api/v1/documents/{document_id}"): {"200": (responses.DocumentDeleted, "Deleted.")},
     ("get", "/api/v1/audit"): {"200": (responses.AuditPage, "A page of audit events, newest first.")},
+    ("get", "/api/v1/documents"): {"200": (responses.DocumentList, "A page of the indexed documents.")},
+    ("get", "/api/v1/health/metrics"): {"200": (responses.QueueHealth, "Queue depths and ready workers.")},
+    ("get", "/api/v1/health/resources"): {"200": (responses.HostResources, "The gateway host's CPU load.")},
+    ("get", "/api/v1/health/model/{model_id}"): {"200": (responses.ModelHealth, "Where the model is loaded.")},
+    ("get", "/api/v1/health/haystack"): {
+        "200": (responses.HaystackHealth, "The package and the passage store are usable."),
+        "503": (responses.HaystackHealth, "They are not (this body, not an error object).")},
+    ("get", "/api/v1/health/cache"): {"200": (responses.CacheHealth, "Hits, misses, L1 and L2.")},
+    ("get", "/api/v1/health/langchain"): {"200": (responses.LangchainHealth, "Chat models and memory.")},
+    ("get", "/api/v1/models"): {"200": (responses.ModelList, "Registered and bundled models.")},
+    ("get", "/api/v1/models/{name}"): {"200": (responses.ModelDetail, "The model.")},
+    ("get", "/api/v1/models/{name}/versions/{version}"): {"200": (responses.ModelVersion, "The version.")},
+    ("get", "/api/v1/models/{name}/route"): {"200": (responses.ModelRoute, "The version this key is served.")},
+    ("post", "/api/v1/models/{name}/rollback"): {"200": (responses.RolledBack, "Rolled back, at once.")},
+    ("get", "/api/v1/training/status/{job_id}"): {"200": (responses.TrainingStatus, "The training job's state.")},
+    ("get", "/api/v1/training/resources"): {"200": (responses.TrainingResources, "Training capacity and use.")},
+    ("get", "/api/v1/training/runs/{name}"): {"200": (responses.TrainingRuns, "The model's runs, compared.")},
+    ("get", "/api/v1/usage/openai"): {"200": (responses.OpenAIUsage, "OpenAI tokens and cost.")},
+    ("get", "/api/v1/vectors/{collection}"): {"200": (responses.CollectionDetail, "The collection and its size.")},
+    ("get", "/api/v1/openapi.json"): {"200": (None, "This document.")},
+}
+# Answers that are not JSON: (media type, schema, description).
+_TEXT_BODY = {"type": "string"}
+OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
+    ("get", "/metrics"): ("text/plain", _TEXT_BODY, "Prometheus text exposition."),
+    ("get", "/api/v1/docs"): ("text/html", _TEXT_BODY, "The Swagger UI page."),
+    ("get", "/api/v1/models/{name}/versions/{version}/card"): ("text/markdown", _TEXT_BODY, "The model card."),
+    # For an event stream the schema is each event's (schemathesis checks them one by one).
+    ("post", "/api/v1/predict/stream"): (
+        "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"type": "string", "description": "start; token (generate) or item; done or error last."},
+            "data": {"type": "string", "contentMediaType": "application/json"}}},
+        "Server-Sent Events: tokens for generate, items otherwise, then a final event (or an error event)."),
 }
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
@@ -274,6 +307,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             operation_ids.add(operation_id)
             documented = RESPONSES.get((method, path), {})
             answers: dict[str, Any] = {"200": {"description": "OK"}} if not documented else {}
+            if (method, path) in OTHER_MEDIA:
+                media_type, media_schema, meaning = OTHER_MEDIA[(method, path)]
+                answers["200"] = {"description": meaning, "content": {media_type: {"schema": media_schema}}}
             for status, (model, meaning) in documented.items():
                 schema = {"type": "object"} if model is None else refs[(model, "serialization")]
                 answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}

@@ -319,3 +319,32 @@ def test_prediction_bodies_name_the_catalogue_tasks_and_their_inputs(spec):
         assert _matches(spec, ref, {"task": "embed", "inputs": ["x"], "model": model}) != [], model
     step = "#/components/schemas/PipelineStep"
     assert _matches(spec, step, {"task": "pii_mask"}) == [] and _matches(spec, step, {"task": "nope"}) != []
+
+
+def test_every_success_answer_documents_its_body(spec):
+    # The docs page's assets (CSS, JavaScript, icons) are files of several types, described by their names.
+    undescribed = {("get", "/api/v1/docs/assets/{filename}")}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if status.startswith("2") and (method, path) not in undescribed:
+                    assert answer.get("content"), (method, path, status)
+    card = spec["paths"]["/api/v1/models/{name}/versions/{version}/card"]["get"]["responses"]["200"]
+    assert list(card["content"]) == ["text/markdown"]
+    haystack = spec["paths"]["/api/v1/health/haystack"]["get"]["responses"]["503"]
+    assert haystack["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/HaystackHealth"}
+
+
+def test_catalogue_model_answers_match_their_documented_schemas(app, spec):
+    from cortex_tasks.core.catalogue import MODELS, TASKS
+
+    name, entry = next(iter(MODELS.items()))
+    listed = {"name": name, "task": entry.task, "source": "catalogue", "latest_version": entry.version,
+              "production": {"version": entry.version}, "canary": None, "description": entry.description}
+    assert _matches(spec, "#/components/schemas/ModelList", {"models": [listed]}) == []
+    route = {"model": name, "version": entry.version, "stage": "production", "source": "catalogue"}
+    assert _matches(spec, "#/components/schemas/ModelRoute", route) == []
+    health = {"model": entry.name, "version": entry.version, "task": entry.task, "queue": TASKS[entry.task].queue,
+              "loaded_on_workers": [], "status": "not_loaded", "batching": {}}
+    assert _matches(spec, "#/components/schemas/ModelHealth", health) == []
+    assert _matches(spec, "#/components/schemas/ModelHealth", {**health, "status": "gone"}) != []
