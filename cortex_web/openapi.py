@@ -16,10 +16,18 @@ from cortex_tasks.core.audit.service import EVENT_TYPES
 from cortex_tasks.core.catalogue import TASKS
 from cortex_tasks.core.chat.history import SESSION_ID
 from cortex_tasks.core.documents.catalog import MAX_LIST_LIMIT
+from cortex_tasks.core.documents.requests import (
+    MAX_CONTENT_CHARS,
+    MAX_DOCUMENT_ID_CHARS,
+    META_KEY,
+    RESERVED_META_KEYS,
+)
 from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
-from cortex_tasks.core.storage.vector_store import COLLECTION_NAME
+from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
+from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
+from cortex_tasks.core.validation.timeseries import MAX_HORIZON, MAX_POINTS
 from cortex_web import responses
 from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
 
@@ -226,8 +234,8 @@ _CONTROL = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f"
 TEXT_PATTERN = f"^[^{_CONTROL}]*[^\\s{_CONTROL}][^{_CONTROL}]*$"
 
 
-def _text() -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_text_chars(), "pattern": TEXT_PATTERN}
+def _text(max_length: int | None = None) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length or max_text_chars(), "pattern": TEXT_PATTERN}
 
 
 def _input_items(kind: str) -> dict[str, Any]:
@@ -239,7 +247,15 @@ def _input_items(kind: str) -> dict[str, Any]:
     if kind == "text_or_vector":  # check_vector: finite numbers (JSON has no others)
         return {"anyOf": [_text(), {"type": "array", "items": {"type": "number"}, "minItems": 1,
                                     "maxItems": MAX_VECTOR_VALUES}]}
-    return {}
+    # timeseries.parse_item: a list of numbers, of {"ds", "y"} points, or (anomaly) of feature rows.
+    return {"type": "array", "items": {}, "maxItems": MAX_POINTS}
+
+
+def _series_params(task: str) -> dict[str, Any]:
+    # timeseries.read_params: a forecast needs its horizon; the other params are checked there too.
+    horizon = {"type": "integer", "minimum": 1, "maximum": MAX_HORIZON}
+    return {"type": "object", "additionalProperties": True, "properties": {"horizon": horizon},
+            **({"required": ["horizon"]} if task == "forecast" else {})}
 
 
 def _describe_requests(schemas: dict[str, Any]) -> None:
@@ -254,20 +270,46 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
     step["task"] = {"type": "string", "enum": sorted(TASKS), "title": "Task"}
     step["model"] = model
     base = schemas["PredictRequest"]
-    kinds: dict[str, list[str]] = {}
+    # Text tasks share a variant per input kind; each time-series task has its own (their params differ).
+    groups: dict[str, list[str]] = {}
     for task in sorted(TASKS.values(), key=lambda entry: entry.name):
-        kinds.setdefault(task.input_kind, []).append(task.name)
+        series = task.input_kind in ("series", "series_or_rows")
+        groups.setdefault(task.name if series else task.input_kind, []).append(task.name)
     variants = []
-    for kind, names in sorted(kinds.items()):
+    for group, names in sorted(groups.items()):
+        kind = TASKS[names[0]].input_kind
         properties = {**base["properties"], "task": {"type": "string", "enum": names, "title": "Task"},
                       "model": model}
         properties["inputs"] = {**properties["inputs"], "items": _input_items(kind)}
+        required = list(base["required"])
+        if group in TASKS:
+            properties["params"] = _series_params(group)
+            required += ["params"] if "required" in properties["params"] else []
         # Each variant a component of its own: client generators name a model after its component.
-        name = "PredictRequest" + "".join(part.title() for part in kind.split("_"))
-        schemas[name] = {**base, "title": name, "properties": properties,
-                         "description": f"A prediction of a task whose inputs are {kind.replace('_', ' ')}."}
+        name = "PredictRequest" + "".join(part.title() for part in group.split("_"))
+        schemas[name] = {**base, "title": name, "properties": properties, "required": required,
+                         "description": f"A prediction of {', '.join(names)} ({kind.replace('_', ' ')} inputs)."}
         variants.append({"$ref": f"#/components/schemas/{name}"})
     schemas["PredictRequest"] = {"title": "PredictRequest", "anyOf": variants}
+    # The other bodies' rules that their validators (not their field types) enforce.
+    if "DocumentIn" in schemas:  # documents/requests.py
+        document = schemas["DocumentIn"]["properties"]
+        document["content"] = {**_text(MAX_CONTENT_CHARS), "title": "Content"}
+        document["id"] = {"anyOf": [_text(MAX_DOCUMENT_ID_CHARS), {"type": "null"}], "default": None, "title": "Id"}
+        document["meta"]["propertyNames"] = {"pattern": META_KEY.pattern, "not": {"enum": sorted(RESERVED_META_KEYS)}}
+    item_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": "^[^\\u0000]*$"}
+    if "VectorItem" in schemas:  # blueprints/vectors.py, the store's check_ids
+        item = schemas["VectorItem"]
+        item["properties"]["id"] = {**item_id, "title": "Id"}
+        item["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
+    if "DeleteItemsRequest" in schemas:
+        schemas["DeleteItemsRequest"]["properties"]["ids"]["items"] = item_id
+    if "SearchRequest" in schemas:
+        search = schemas["SearchRequest"]
+        search["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
+    if "TrainingSubmitRequest" in schemas:
+        schemas["TrainingSubmitRequest"]["properties"]["kind"] = {"type": "string", "enum": sorted(KINDS),
+                                                                  "title": "Kind"}
 
 
 def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[Any, Any], dict[str, Any]]:

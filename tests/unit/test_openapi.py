@@ -348,3 +348,29 @@ def test_catalogue_model_answers_match_their_documented_schemas(app, spec):
               "loaded_on_workers": [], "status": "not_loaded", "batching": {}}
     assert _matches(spec, "#/components/schemas/ModelHealth", health) == []
     assert _matches(spec, "#/components/schemas/ModelHealth", {**health, "status": "gone"}) != []
+
+
+def test_other_bodies_carry_their_validators_rules(spec):
+    from pydantic import ValidationError
+
+    from cortex_tasks.core.documents.requests import DocumentIn
+    from cortex_tasks.core.errors import ItemError
+    from cortex_tasks.core.training.kinds import KINDS
+
+    document = "#/components/schemas/DocumentIn"
+    for body in ({"content": "text"}, {"content": "", "id": "d"}, {"content": " \n"}, {"content": "a\x01"},
+                 {"content": "x", "id": ""}, {"content": "x", "meta": {"collection": "a"}},
+                 {"content": "x", "meta": {"1bad": 1}}, {"content": "x", "meta": {"ok_key": 1}}):
+        try:
+            accepted = bool(DocumentIn.model_validate(body))
+        except (ValidationError, ItemError):  # the view answers both with a 422
+            accepted = False
+        assert (_matches(spec, document, body) == []) == accepted, body
+    assert _matches(spec, "#/components/schemas/DeleteItemsRequest", {"ids": [""]}) != []
+    assert _matches(spec, "#/components/schemas/DeleteItemsRequest", {"ids": ["a"]}) == []
+    kind = spec["components"]["schemas"]["TrainingSubmitRequest"]["properties"]["kind"]
+    assert kind["enum"] == sorted(KINDS)
+    predict = "#/components/schemas/PredictRequest"
+    assert _matches(spec, predict, {"task": "forecast", "inputs": [[1, 2, 3, 4, 5]]}) != []  # horizon needed
+    assert _matches(spec, predict, {"task": "forecast", "inputs": [[1, 2, 3, 4, 5]], "params": {"horizon": 2}}) == []
+    assert _matches(spec, predict, {"task": "anomaly", "inputs": ["text"]}) != []
