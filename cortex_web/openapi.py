@@ -27,7 +27,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
-from cortex_tasks.core.validation.timeseries import MAX_HORIZON, MAX_POINTS
+from cortex_tasks.core.validation.timeseries import MAX_HORIZON, MAX_POINTS, min_points, read_params
 from cortex_web import responses
 from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
 
@@ -266,6 +266,8 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
                        {"type": "null"}], "default": None, "title": "Model",
              "description": "A catalogue or registry model name, optionally name@version; default: the "
                             "task's model."}
+    # The first step's inputs: texts, or vectors where that step takes them (run_pipeline's validate_inputs).
+    schemas["PipelineRequest"]["properties"]["inputs"]["items"] = _input_items("text_or_vector")
     step = schemas["PipelineStep"]["properties"]
     step["task"] = {"type": "string", "enum": sorted(TASKS), "title": "Task"}
     step["model"] = model
@@ -284,6 +286,9 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
         required = list(base["required"])
         if group in TASKS:
             properties["params"] = _series_params(group)
+            # The shortest series its default method takes (a params.period asks for more: two cycles).
+            defaults = read_params(group, TASKS[group].default_model, {"horizon": 1})
+            properties["inputs"]["items"] = {**properties["inputs"]["items"], "minItems": min_points(group, defaults)}
             required += ["params"] if "required" in properties["params"] else []
         # Each variant a component of its own: client generators name a model after its component.
         name = "PredictRequest" + "".join(part.title() for part in group.split("_"))
@@ -308,8 +313,9 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
         search = schemas["SearchRequest"]
         search["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
     if "TrainingSubmitRequest" in schemas:
-        schemas["TrainingSubmitRequest"]["properties"]["kind"] = {"type": "string", "enum": sorted(KINDS),
-                                                                  "title": "Kind"}
+        training = schemas["TrainingSubmitRequest"]["properties"]
+        training["kind"] = {"type": "string", "enum": sorted(KINDS), "title": "Kind"}
+        training["model"] = {**_MODEL_NAME, "title": "Model", "description": "The registry model it trains."}
 
 
 def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[Any, Any], dict[str, Any]]:

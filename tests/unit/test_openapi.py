@@ -374,3 +374,7 @@ def test_other_bodies_carry_their_validators_rules(spec):
     assert _matches(spec, predict, {"task": "forecast", "inputs": [[1, 2, 3, 4, 5]]}) != []  # horizon needed
     assert _matches(spec, predict, {"task": "forecast", "inputs": [[1, 2, 3, 4, 5]], "params": {"horizon": 2}}) == []
     assert _matches(spec, predict, {"task": "anomaly", "inputs": ["text"]}) != []
+    assert _matches(spec, predict, {"task": "anomaly", "inputs": [[1, 2]]}) != []  # too short for any method
+    pipeline = "#/components/schemas/PipelineRequest"
+    assert _matches(spec, pipeline, {"steps": [{"task": "ner"}], "inputs": [{}]}) != []
+    assert _matches(spec, pipeline, {"steps": [{"task": "ner"}], "inputs": ["a text"]}) == []
