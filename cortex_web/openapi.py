@@ -27,7 +27,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
-from cortex_tasks.core.validation.timeseries import MAX_HORIZON, MAX_POINTS, min_points, read_params
+from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import responses
 from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
 
@@ -238,64 +238,30 @@ def _text(max_length: int | None = None) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length or max_text_chars(), "pattern": TEXT_PATTERN}
 
 
-def _input_items(kind: str) -> dict[str, Any]:
-    """What predictions.validate_inputs accepts as one input of a task of this input kind. Time series
-    (series, series_or_rows) are checked with their params by core/validation/timeseries.py, a shape this
-    document does not spell out."""
-    if kind == "text":
-        return _text()
-    if kind == "text_or_vector":  # check_vector: finite numbers (JSON has no others)
-        return {"anyOf": [_text(), {"type": "array", "items": {"type": "number"}, "minItems": 1,
-                                    "maxItems": MAX_VECTOR_VALUES}]}
-    # timeseries.parse_item: a list of numbers, of {"ds", "y"} points, or (anomaly) of feature rows.
-    return {"type": "array", "items": {}, "maxItems": MAX_POINTS}
-
-
-def _series_params(task: str) -> dict[str, Any]:
-    # timeseries.read_params: a forecast needs its horizon; the other params are checked there too.
-    horizon = {"type": "integer", "minimum": 1, "maximum": MAX_HORIZON}
-    return {"type": "object", "additionalProperties": True, "properties": {"horizon": horizon},
-            **({"required": ["horizon"]} if task == "forecast" else {})}
-
-
 def _describe_requests(schemas: dict[str, Any]) -> None:
     """What pydantic cannot say of the prediction bodies, because the views check it against the catalogue:
-    the task names, each task's inputs, and a model reference's form (schemas.check_model_reference).
-    PredictRequest becomes one variant per input kind, each naming its tasks."""
+    the task names, the inputs' forms, and a model reference's form (schemas.check_model_reference)."""
     model = {"anyOf": [{"type": "string", "pattern": "^(?!.*\\.\\.)" + MODEL_REFERENCE.pattern.removeprefix("^")},
                        {"type": "null"}], "default": None, "title": "Model",
              "description": "A catalogue or registry model name, optionally name@version; default: the "
                             "task's model."}
     # The first step's inputs: texts, or vectors where that step takes them (run_pipeline's validate_inputs).
-    schemas["PipelineRequest"]["properties"]["inputs"]["items"] = _input_items("text_or_vector")
+    schemas["PipelineRequest"]["properties"]["inputs"]["items"] = {"anyOf": [
+        _text(), {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": MAX_VECTOR_VALUES}]}
     step = schemas["PipelineStep"]["properties"]
-    step["task"] = {"type": "string", "enum": sorted(TASKS), "title": "Task"}
+    # The catalogue's task names as a pattern, not an enum: a generated client keeps `task` a plain string
+    # (an enum would become a class its callers must use instead).
+    task = {"type": "string", "pattern": f"^({'|'.join(sorted(TASKS))})$", "title": "Task",
+            "description": f"A catalogue task: {', '.join(sorted(TASKS))}."}
+    step["task"] = task
     step["model"] = model
-    base = schemas["PredictRequest"]
-    # Text tasks share a variant per input kind; each time-series task has its own (their params differ).
-    groups: dict[str, list[str]] = {}
-    for task in sorted(TASKS.values(), key=lambda entry: entry.name):
-        series = task.input_kind in ("series", "series_or_rows")
-        groups.setdefault(task.name if series else task.input_kind, []).append(task.name)
-    variants = []
-    for group, names in sorted(groups.items()):
-        kind = TASKS[names[0]].input_kind
-        properties = {**base["properties"], "task": {"type": "string", "enum": names, "title": "Task"},
-                      "model": model}
-        properties["inputs"] = {**properties["inputs"], "items": _input_items(kind)}
-        required = list(base["required"])
-        if group in TASKS:
-            properties["params"] = _series_params(group)
-            # The shortest series its default method takes (a params.period asks for more: two cycles).
-            defaults = read_params(group, TASKS[group].default_model, {"horizon": 1})
-            properties["inputs"]["items"] = {**properties["inputs"]["items"], "minItems": min_points(group, defaults)}
-            required += ["params"] if "required" in properties["params"] else []
-        # Each variant a component of its own: client generators name a model after its component.
-        name = "PredictRequest" + "".join(part.title() for part in group.split("_"))
-        schemas[name] = {**base, "title": name, "properties": properties, "required": required,
-                         "description": f"A prediction of {', '.join(names)} ({kind.replace('_', ' ')} inputs)."}
-        variants.append({"$ref": f"#/components/schemas/{name}"})
-    schemas["PredictRequest"] = {"title": "PredictRequest", "anyOf": variants}
+    predict = schemas["PredictRequest"]["properties"]
+    predict["task"], predict["model"] = task, model
+    # One item of any task: a text, a vector (text_or_vector tasks) or a series (time-series tasks). Which
+    # a task takes, and a time series' params, are the views' to check: a per-task variant (anyOf of
+    # objects) would turn PredictRequest into a union that generated clients no longer name.
+    predict["inputs"]["items"] = {"anyOf": [_text(), {"type": "array", "items": {},
+                                                      "maxItems": max(MAX_VECTOR_VALUES, MAX_POINTS)}]}
     # The other bodies' rules that their validators (not their field types) enforce.
     if "DocumentIn" in schemas:  # documents/requests.py
         document = schemas["DocumentIn"]["properties"]
@@ -314,7 +280,8 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
         search["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
     if "TrainingSubmitRequest" in schemas:
         training = schemas["TrainingSubmitRequest"]["properties"]
-        training["kind"] = {"type": "string", "enum": sorted(KINDS), "title": "Kind"}
+        training["kind"] = {"type": "string", "pattern": f"^({'|'.join(sorted(KINDS))})$", "title": "Kind",
+                            "description": f"A training kind: {', '.join(sorted(KINDS))}."}
         training["model"] = {**_MODEL_NAME, "title": "Model", "description": "The registry model it trains."}
 
 
