@@ -12,8 +12,24 @@ from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from cortex_tasks.core.audit.service import EVENT_TYPES
+from cortex_tasks.core.catalogue import TASKS
+from cortex_tasks.core.chat.history import SESSION_ID
+from cortex_tasks.core.documents.catalog import MAX_LIST_LIMIT
+from cortex_tasks.core.documents.requests import (
+    MAX_CONTENT_CHARS,
+    MAX_DOCUMENT_ID_CHARS,
+    META_KEY,
+    RESERVED_META_KEYS,
+)
+from cortex_tasks.core.registry.records import MODEL_NAME
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
+from cortex_tasks.core.training.kinds import KINDS
+from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
+from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import responses
-from cortex_web.schemas import CreateKeyRequest, PipelineRequest, PredictRequest
+from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict"): PredictRequest,
@@ -81,6 +97,39 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("delete", "/api/v1/chat/{session_id}"): {"200": (responses.ChatCleared, "Forgotten.")},
     ("delete", "/api/v1/documents/{document_id}"): {"200": (responses.DocumentDeleted, "Deleted.")},
     ("get", "/api/v1/audit"): {"200": (responses.AuditPage, "A page of audit events, newest first.")},
+    ("get", "/api/v1/documents"): {"200": (responses.DocumentList, "A page of the indexed documents.")},
+    ("get", "/api/v1/health/metrics"): {"200": (responses.QueueHealth, "Queue depths and ready workers.")},
+    ("get", "/api/v1/health/resources"): {"200": (responses.HostResources, "The gateway host's CPU load.")},
+    ("get", "/api/v1/health/model/{model_id}"): {"200": (responses.ModelHealth, "Where the model is loaded.")},
+    ("get", "/api/v1/health/haystack"): {
+        "200": (responses.HaystackHealth, "The package and the passage store are usable."),
+        "503": (responses.HaystackHealth, "They are not (this body, not an error object).")},
+    ("get", "/api/v1/health/cache"): {"200": (responses.CacheHealth, "Hits, misses, L1 and L2.")},
+    ("get", "/api/v1/health/langchain"): {"200": (responses.LangchainHealth, "Chat models and memory.")},
+    ("get", "/api/v1/models"): {"200": (responses.ModelList, "Registered and bundled models.")},
+    ("get", "/api/v1/models/{name}"): {"200": (responses.ModelDetail, "The model.")},
+    ("get", "/api/v1/models/{name}/versions/{version}"): {"200": (responses.ModelVersion, "The version.")},
+    ("get", "/api/v1/models/{name}/route"): {"200": (responses.ModelRoute, "The version this key is served.")},
+    ("post", "/api/v1/models/{name}/rollback"): {"200": (responses.RolledBack, "Rolled back, at once.")},
+    ("get", "/api/v1/training/status/{job_id}"): {"200": (responses.TrainingStatus, "The training job's state.")},
+    ("get", "/api/v1/training/resources"): {"200": (responses.TrainingResources, "Training capacity and use.")},
+    ("get", "/api/v1/training/runs/{name}"): {"200": (responses.TrainingRuns, "The model's runs, compared.")},
+    ("get", "/api/v1/usage/openai"): {"200": (responses.OpenAIUsage, "OpenAI tokens and cost.")},
+    ("get", "/api/v1/vectors/{collection}"): {"200": (responses.CollectionDetail, "The collection and its size.")},
+    ("get", "/api/v1/openapi.json"): {"200": (None, "This document.")},
+}
+# Answers that are not JSON: (media type, schema, description).
+_TEXT_BODY = {"type": "string"}
+OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
+    ("get", "/metrics"): ("text/plain", _TEXT_BODY, "Prometheus text exposition."),
+    ("get", "/api/v1/docs"): ("text/html", _TEXT_BODY, "The Swagger UI page."),
+    ("get", "/api/v1/models/{name}/versions/{version}/card"): ("text/markdown", _TEXT_BODY, "The model card."),
+    # For an event stream the schema is each event's (schemathesis checks them one by one).
+    ("post", "/api/v1/predict/stream"): (
+        "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"type": "string", "description": "start; token (generate) or item; done or error last."},
+            "data": {"type": "string", "contentMediaType": "application/json"}}},
+        "Server-Sent Events: tokens for generate, items otherwise, then a final event (or an error event)."),
 }
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
@@ -105,6 +154,69 @@ ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
 }
 PATH_PARAMETER = re.compile(r"<(?:([^:<>]+):)?([^<>]+)>")
 
+# What the views accept in their path parameters, by name, so generated requests reach the view's logic
+# instead of its 422 (or, for a job id that is not a UUID, a 404 found without looking).
+_UUID = {"type": "string", "format": "uuid",
+         "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+# check_model_name also refuses '..' anywhere (a lookahead, which JSON Schema's ECMA-262 patterns allow).
+_MODEL_NAME = {"type": "string", "pattern": "^(?!.*\\.\\.)" + MODEL_NAME.pattern.removeprefix("^")}
+_COLLECTION = {"type": "string", "pattern": COLLECTION_NAME.pattern}
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "job_id": _UUID,
+    "collection": _COLLECTION,
+    "session_id": {"type": "string", "pattern": SESSION_ID.pattern},
+    "name": _MODEL_NAME,
+    "model_id": _MODEL_NAME,
+    "version": {"type": "integer", "minimum": 0},
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _page_parameters(default_size: int, max_size: int) -> list[dict[str, Any]]:
+    # request_body.positive_int_arg: digits only, at least 1, `max_size` at most.
+    return [_query("page", {"type": "integer", "minimum": 1, "default": 1}, "The page, from 1."),
+            _query("size", {"type": "integer", "minimum": 1, "maximum": max_size, "default": default_size},
+                   "Items per page.")]
+
+
+def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The query parameters each view reads (request.args), with the bounds it checks them against."""
+    batch = get_settings().batch
+    moment = {"type": "string", "format": "date-time"}
+    return {
+        ("get", "/api/v1/audit"): [
+            _query("type", {"type": "string", "enum": list(EVENT_TYPES)}, "Only events of this type."),
+            _query("actor", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this key id's events."),
+            _query("since", moment, "Events at or after this time (ISO 8601; before `until`)."),
+            _query("until", moment, "Events before this time (ISO 8601)."),
+            *_page_parameters(50, 200)],
+        ("get", "/api/v1/batch/results/{job_id}"): [
+            _query("format", {"type": "string", "enum": ["json", "parquet", "arrow"], "default": "json"},
+                   "json: a page of results; parquet or arrow: the whole merged result as a file."),
+            *_page_parameters(batch.default_page_size, batch.max_page_size)],
+        ("get", "/api/v1/documents"): [
+            _query("collection", _COLLECTION, "Only this collection's documents."),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100},
+                   "At most this many documents."),
+            _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0},
+                   "Skip this many documents.")],
+        ("delete", "/api/v1/documents/{document_id}"): [
+            _query("collection", {**_COLLECTION, "default": "default"}, "The collection holding the document.")],
+        ("get", "/api/v1/usage/openai"): [
+            _query("since", {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}]},
+                   "Usage since this date or time (ISO 8601); default: the start of this month (UTC).")],
+        ("get", "/api/v1/training/runs/{name}"): [
+            _query("history", {"type": "string", "default": "1"},
+                   "0 or false: without each run's per-epoch history; anything else: with it.")],
+        ("get", "/api/v1/vectors/{collection}/count"): [
+            {"name": "filter", "in": "query", "required": False,
+             "description": "A JSON object: count only the items whose metadata match it.",
+             "content": {"application/json": {"schema": {"type": "object"}}}}],
+    }
+
 
 def _error_responses(public: bool) -> dict[str, Any]:
     answers: dict[str, Any] = {}
@@ -117,6 +229,62 @@ def _error_responses(public: bool) -> dict[str, Any]:
     return answers
 
 
+# check_text: not blank, and none of items.CONTROL_CHARACTERS (tab, newline and carriage return are fine).
+_CONTROL = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f"
+TEXT_PATTERN = f"^[^{_CONTROL}]*[^\\s{_CONTROL}][^{_CONTROL}]*$"
+
+
+def _text(max_length: int | None = None) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length or max_text_chars(), "pattern": TEXT_PATTERN}
+
+
+def _describe_requests(schemas: dict[str, Any]) -> None:
+    """What pydantic cannot say of the prediction bodies, because the views check it against the catalogue:
+    the task names, the inputs' forms, and a model reference's form (schemas.check_model_reference)."""
+    model = {"anyOf": [{"type": "string", "pattern": "^(?!.*\\.\\.)" + MODEL_REFERENCE.pattern.removeprefix("^")},
+                       {"type": "null"}], "default": None, "title": "Model",
+             "description": "A catalogue or registry model name, optionally name@version; default: the "
+                            "task's model."}
+    # The first step's inputs: texts, or vectors where that step takes them (run_pipeline's validate_inputs).
+    schemas["PipelineRequest"]["properties"]["inputs"]["items"] = {"anyOf": [
+        _text(), {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": MAX_VECTOR_VALUES}]}
+    step = schemas["PipelineStep"]["properties"]
+    # The catalogue's task names as a pattern, not an enum: a generated client keeps `task` a plain string
+    # (an enum would become a class its callers must use instead).
+    task = {"type": "string", "pattern": f"^({'|'.join(sorted(TASKS))})$", "title": "Task",
+            "description": f"A catalogue task: {', '.join(sorted(TASKS))}."}
+    step["task"] = task
+    step["model"] = model
+    predict = schemas["PredictRequest"]["properties"]
+    predict["task"], predict["model"] = task, model
+    # One item of any task: a text, a vector (text_or_vector tasks) or a series (time-series tasks). Which
+    # a task takes, and a time series' params, are the views' to check: a per-task variant (anyOf of
+    # objects) would turn PredictRequest into a union that generated clients no longer name.
+    predict["inputs"]["items"] = {"anyOf": [_text(), {"type": "array", "items": {},
+                                                      "maxItems": max(MAX_VECTOR_VALUES, MAX_POINTS)}]}
+    # The other bodies' rules that their validators (not their field types) enforce.
+    if "DocumentIn" in schemas:  # documents/requests.py
+        document = schemas["DocumentIn"]["properties"]
+        document["content"] = {**_text(MAX_CONTENT_CHARS), "title": "Content"}
+        document["id"] = {"anyOf": [_text(MAX_DOCUMENT_ID_CHARS), {"type": "null"}], "default": None, "title": "Id"}
+        document["meta"]["propertyNames"] = {"pattern": META_KEY.pattern, "not": {"enum": sorted(RESERVED_META_KEYS)}}
+    item_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": "^[^\\u0000]*$"}
+    if "VectorItem" in schemas:  # blueprints/vectors.py, the store's check_ids
+        item = schemas["VectorItem"]
+        item["properties"]["id"] = {**item_id, "title": "Id"}
+        item["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
+    if "DeleteItemsRequest" in schemas:
+        schemas["DeleteItemsRequest"]["properties"]["ids"]["items"] = item_id
+    if "SearchRequest" in schemas:
+        search = schemas["SearchRequest"]
+        search["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
+    if "TrainingSubmitRequest" in schemas:
+        training = schemas["TrainingSubmitRequest"]["properties"]
+        training["kind"] = {"type": "string", "pattern": f"^({'|'.join(sorted(KINDS))})$", "title": "Kind",
+                            "description": f"A training kind: {', '.join(sorted(KINDS))}."}
+        training["model"] = {**_MODEL_NAME, "title": "Model", "description": "The registry model it trains."}
+
+
 def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[Any, Any], dict[str, Any]]:
     """Every request and response model's schema under components/schemas; returns the {"$ref": ...} of each
     (model, mode) and the schemas. Requests in validation mode (what is accepted), responses in
@@ -127,7 +295,9 @@ def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[An
     wanted = ([(model, "validation") for model in sorted(requests, key=lambda m: m.__name__)]
               + [(model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)])
     refs, schemas = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
-    return refs, schemas.get("$defs", {})
+    defined = schemas.get("$defs", {})
+    _describe_requests(defined)
+    return refs, defined
 
 
 def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseModel]] | None = None) -> dict[str, Any]:
@@ -136,6 +306,7 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
     refs, schemas = _components(bodies)
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
+    query = query_parameters()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
@@ -151,6 +322,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             operation_ids.add(operation_id)
             documented = RESPONSES.get((method, path), {})
             answers: dict[str, Any] = {"200": {"description": "OK"}} if not documented else {}
+            if (method, path) in OTHER_MEDIA:
+                media_type, media_schema, meaning = OTHER_MEDIA[(method, path)]
+                answers["200"] = {"description": meaning, "content": {media_type: {"schema": media_schema}}}
             for status, (model, meaning) in documented.items():
                 schema = {"type": "object"} if model is None else refs[(model, "serialization")]
                 answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}
@@ -162,9 +336,11 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             operation: dict[str, Any] = {
                 "operationId": operation_id,
                 "summary": doc.splitlines()[0],
-                "parameters": [{"name": name, "in": "path", "required": True,
-                                "schema": {"type": "integer" if converters[name] == "int" else "string"}}
-                               for name in rule.arguments],
+                "parameters": [*({"name": name, "in": "path", "required": True,
+                                  "schema": PATH_SCHEMAS.get(name, {"type": "integer"} if converters[name] == "int"
+                                                             else {"type": "string"})}
+                                 for name in sorted(rule.arguments)),
+                               *query.get((method, path), [])],
                 "responses": answers,
             }
             if "\n" in doc:

@@ -266,3 +266,144 @@ class AuditPage(_Response):
     page: int
     size: int
     next_page: int | None = Field(description="The next page's number; null on the last page.")
+
+
+class DocumentSummary(_Response):
+    id: str
+    collection: str
+    passages: int
+    characters: int | None = None
+    meta: dict[str, Any] | None = None
+    indexed_at: Any = Field(default=None, description="When it was indexed (ISO 8601).")
+
+
+class DocumentList(_Response):
+    documents: list[DocumentSummary] = Field(description="Newest first.")
+    total: int
+    limit: int
+    offset: int
+    collections: dict[str, Any] = Field(description="Documents per collection.")
+
+
+class QueueHealth(_Response):
+    queues: dict[str, Any] = Field(description="Messages waiting per queue.")
+    workers: list[dict[str, Any]] = Field(description="The workers that have reported ready.")
+
+
+class HostResources(QueueHealth):
+    cpu_count: int | None
+    load_average: list[float] = Field(description="1, 5 and 15 minutes.")
+
+
+class ModelHealth(_Response):
+    model: str
+    version: str
+    task: str
+    queue: str
+    loaded_on_workers: list[str]
+    status: Literal["loaded", "not_loaded"]
+    batching: dict[str, Any] = Field(description="Each worker's batching settings for the model, by host.")
+
+
+class HaystackHealth(_Response):
+    """200 when the package and the store are usable; 503 (this same body, not an error object) when not."""
+
+    status: Literal["ok", "degraded", "unavailable"]
+    packages: dict[str, str | None] = Field(description="Installed version by package; null: not installed.")
+    store: dict[str, Any] = Field(description="ok, and collections (documents per collection) or error.")
+    pipelines_run_on: list[Any] = Field(description="The ready gpu workers' host names.")
+
+
+class CacheHealth(_Response):
+    enabled: bool
+    hits: int
+    misses: int
+    warming: Any = Field(description="How well cache warming has paid off.")
+
+
+class LangchainHealth(_Response):
+    status: Literal["ok", "degraded"]
+    langchain_core: str | None = Field(description="The installed version; null: not installed.")
+    workers_serving_chat: int
+    default_model: str
+    models: dict[str, dict[str, Any]] = Field(description="Each chat model's provider and availability.")
+    memory: dict[str, int] = Field(description="The memory window: turns and characters.")
+
+
+class ModelList(_Response):
+    models: list[dict[str, Any]] = Field(description="Registered models (source registry) with their production "
+                                                     "and canary versions, then bundled ones (source catalogue).")
+
+
+class ModelDetail(_Response):
+    """A registered model's versions, deployments and training runs; a bundled model's one version."""
+
+    name: str
+    task: str | None = None
+    source: Literal["registry", "catalogue"]
+    versions: list[dict[str, Any]]
+    serving: dict[str, Any] = Field(description="production and canary (null when none), with live stats.")
+
+
+class ModelVersion(_Response):
+    """One registered version: its record, live stats, deployments and model card."""
+
+    stats: dict[str, Any]
+    deployments: list[dict[str, Any]]
+    card: str = Field(description="The model card as Markdown.")
+
+
+class ModelRoute(_Response):
+    model: str
+    version: Any = Field(description="The version that answers the calling key.")
+    stage: str
+    source: Literal["registry", "catalogue"]
+
+
+class RolledBack(_Response):
+    model: str
+    version: int = Field(description="The version now in production.")
+    stage: Literal["production"]
+    rolled_back_from: Any
+    deployment: Any
+
+
+class TrainingStatus(_Response):
+    job_id: str
+    status: str
+    progress: JobProgress
+    metrics_so_far: Any = Field(default=None, description="The last epoch's metrics, once a run exists.")
+    result: Any = Field(default=None, description="Present once the job has a result.")
+    error: dict[str, Any] | None = Field(default=None, description="Present when the job failed.")
+
+
+class TrainingResources(_Response):
+    queue: dict[str, Any]
+    concurrency: dict[str, Any]
+    running: list[dict[str, Any]] = Field(description="Running jobs; the owner is shown to admins only.")
+    host: dict[str, Any]
+    gpu: dict[str, Any]
+    quotas: dict[str, Any]
+
+
+class TrainingRuns(_Response):
+    model: str
+    runs: list[dict[str, Any]] = Field(description="Config, data fingerprint, metrics and resource use of each.")
+    comparison: Any
+
+
+class OpenAIUsage(_Response):
+    since: str
+    items: list[dict[str, Any]] = Field(description="Calls, tokens and cost per key and model.")
+    total_cost_usd: float
+    scope: Literal["all_keys", "own_key"]
+    configured: bool
+    models: dict[str, list[str]]
+    prices_per_1k_tokens_usd: dict[str, Any]
+    budget: dict[str, Any]
+
+
+class CollectionDetail(Collection):
+    count: int
+    table_bytes: int
+    index_bytes: int

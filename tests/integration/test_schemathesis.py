@@ -3,10 +3,11 @@ real workers, so a valid request runs): a few generated requests per operation, 
 on a 5xx, on an answer its documented schema does not describe, and on an undocumented status or content
 type; a schema it cannot load or resolve fails the run too.
 
-Not asserted: its 'schema validation mismatch' warning. The gateway checks bodies against the catalogue
-(task names, each task's inputs, existing collections and model versions), which the document does not
-enumerate, so generated bodies are mostly refused with a 422 there; the request examples in the document
-(cortex_web/openapi.py) are what reach the workers."""
+Its 'schema validation mismatch' warning (generated valid requests mostly refused with a 400/422) is
+asserted for every operation but those in KNOWN_MISMATCH, whose refusals come from rules the document
+cannot state without an object-level anyOf, which the generated Python client (openapi-python-client)
+cannot read; the document (cortex_web/openapi.py) states the rest: catalogue task names and each task's
+inputs, path and query parameters' patterns and bounds, and the validators' text rules."""
 from __future__ import annotations
 
 import re
@@ -20,6 +21,19 @@ import pytest
 from werkzeug.serving import make_server
 
 CHECKS = ("not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance")
+# Operation: the rule that refuses generated requests the document allows.
+KNOWN_MISMATCH = {
+    "POST /api/v1/vectors/{collection}": "an item gives exactly one of text or vector",
+    "POST /api/v1/vectors/{collection}/search": "exactly one of text or vector; vector-only fields with text",
+    "POST /api/v1/models/{name}/versions/{version}/promote": "traffic applies to canary only",
+    "POST /api/v1/models/{name}/rollback": "a strict integer: JSON Schema's integer also admits 638.0",
+    "POST /api/v1/training/submit": "dataset needs exactly one of rows, object or uri",
+    # Which inputs each task takes and a time series' params (core/validation/timeseries.py): per-task
+    # variants would make PredictRequest a union the generated client no longer names. These warn in some
+    # runs, not in others.
+    "POST /api/v1/predict": "each task's inputs and params", "POST /api/v1/predict/batch": "the same",
+    "POST /api/v1/predict/stream": "the same", "POST /api/v1/predict/pipeline": "the first step's inputs",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +67,14 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(gateway_url, keys
     out = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False,
                          cwd=tmp_path)
     output = out.stdout + out.stderr
+    print(output)  # the run's report (its warnings name the operations), shown with -s or on failure
     assert out.returncode == 0, output
     # Every operation of the document was tested (none filtered out or skipped as unloadable).
     selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", output)
     assert selected and selected[1] == selected[2] and int(selected[1]) >= 50, output
+    mismatch = re.search(r"^Schema validation mismatch:.*?\n\n(.*?)\n\n", output, re.DOTALL | re.MULTILINE)
+    mismatched = set(re.findall(r"^  - (\w+ \S+)$", mismatch[1], re.MULTILINE)) if mismatch else set()
+    assert mismatched <= set(KNOWN_MISMATCH), (mismatched - set(KNOWN_MISMATCH), output)
 
 
 def test_key_name_with_a_nul_character_is_a_422_not_a_500(own_app, keys):

@@ -234,3 +234,147 @@ def test_key_name_with_a_nul_character_is_refused_and_documented(spec):
     ref = "#/components/schemas/CreateKeyRequest"
     assert _matches(spec, ref, {"role": "reader", "name": "a\x00b"}) != []
     assert _matches(spec, ref, {"role": "reader", "name": "ci bot"}) == []
+
+
+# How a view reads a query argument: request.args.get("x"), positive_int_arg("x", ...), _int_arg("x", ...).
+QUERY_ARGUMENT = re.compile(r"""(?:request\.args\.get|positive_int_arg|_int_arg)\(\s*["'](\w+)["']""")
+# Helpers the views call to read an argument, and the argument each reads.
+QUERY_HELPERS = {"_collection_arg(": "collection", "_moment(": None}
+
+
+def test_every_query_argument_a_view_reads_is_documented(app, spec):
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        source = inspect.getsource(inspect.unwrap(app.view_functions[rule.endpoint]))
+        names = set(QUERY_ARGUMENT.findall(source))
+        names |= {name for helper, name in QUERY_HELPERS.items() if name and helper in source}
+        names |= set(re.findall(r"""_moment\(["'](\w+)["']\)""", source))
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            documented = {parameter["name"]: parameter for parameter in spec["paths"][path][method.lower()][
+                "parameters"] if parameter["in"] == "query"}
+            assert names <= set(documented), (method, path, names - set(documented))
+            checked += len(names)
+    assert checked >= 14  # audit x6, batch results x3, documents x4, usage, training runs, vectors count
+
+
+def test_path_parameters_carry_the_patterns_the_views_check(spec):
+    from cortex_tasks.core.chat.history import valid_session_id
+    from cortex_tasks.core.errors import CortexError
+    from cortex_tasks.core.jobs.store import get_job
+    from cortex_tasks.core.registry.records import check_model_name
+    from cortex_tasks.core.storage.vector_store import check_collection_name
+
+    def schema(path: str, method: str, name: str) -> dict[str, Any]:
+        return next(parameter["schema"] for parameter in spec["paths"][path][method]["parameters"]
+                    if parameter["name"] == name)
+
+    def valid(parameter: dict[str, Any], value: str) -> bool:
+        return not list(Draft202012Validator(parameter).iter_errors(value))
+
+    collection = schema("/api/v1/vectors/{collection}", "get", "collection")
+    for value in ("docs", "a.b-c_1", "x" * 64, "", "-a", "x" * 65, "a/b", "a b", "é"):
+        try:
+            accepted = check_collection_name(value) == value
+        except CortexError:
+            accepted = False
+        assert valid(collection, value) == accepted, value
+    model = schema("/api/v1/models/{name}", "get", "name")
+    for value in ("sst2-distilbert", "a.b", "a..b", "..", ".a", "a/b", "x" * 129):
+        try:
+            accepted = check_model_name(value) == value
+        except CortexError:
+            accepted = False
+        assert valid(model, value) == accepted, value
+    session = schema("/api/v1/chat/{session_id}", "get", "session_id")
+    for value in ("s-1", "A_b", "", "_a", "a.b", "x" * 129):
+        assert valid(session, value) == valid_session_id(value), value
+    job_id = schema("/api/v1/jobs/{job_id}", "get", "job_id")
+    assert valid(job_id, "0b8e6f1e-54a1-4c7e-9a53-3c1f0d2b9e11") and not valid(job_id, "job-1")
+    assert get_job("job-1") is None  # not a UUID: never looked up, a 404
+
+
+def test_prediction_bodies_name_the_catalogue_tasks_and_their_inputs(spec):
+    from cortex_tasks.core.catalogue import TASKS
+    from cortex_tasks.core.errors import ItemError
+    from cortex_tasks.core.validation.items import check_text
+
+    ref = "#/components/schemas/PredictRequest"
+    for name in TASKS:
+        assert _matches(spec, ref, {"task": name, "inputs": ["x"]}) == [], name
+    for name in ("embed ", "Embed", "embed|ner", ""):
+        assert _matches(spec, ref, {"task": name, "inputs": ["x"]}) != [], name
+    assert _matches(spec, ref, {"task": "no-such-task", "inputs": ["x"]}) != []
+    for text in ("hello", " a\tb\n", "é", "", "  \n", "a\x00b", "bell\x07", "x" * 10_001):
+        try:
+            accepted = check_text(text, "inputs[0]") == text
+        except ItemError:
+            accepted = False
+        assert (_matches(spec, ref, {"task": "embed", "inputs": [text]}) == []) == accepted, repr(text)
+    assert _matches(spec, ref, {"task": "reduce", "inputs": [[0.5, 1.0]]}) == []
+    assert _matches(spec, ref, {"task": "embed", "inputs": [{"text": "x"}]}) != []
+    for model in ("sst2-distilbert", "m@3", None):
+        assert _matches(spec, ref, {"task": "embed", "inputs": ["x"], "model": model}) == [], model
+    for model in ("a/b", "a..b", "", "m@"):
+        assert _matches(spec, ref, {"task": "embed", "inputs": ["x"], "model": model}) != [], model
+    step = "#/components/schemas/PipelineStep"
+    assert _matches(spec, step, {"task": "pii_mask"}) == [] and _matches(spec, step, {"task": "nope"}) != []
+
+
+def test_every_success_answer_documents_its_body(spec):
+    # The docs page's assets (CSS, JavaScript, icons) are files of several types, described by their names.
+    undescribed = {("get", "/api/v1/docs/assets/{filename}")}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if status.startswith("2") and (method, path) not in undescribed:
+                    assert answer.get("content"), (method, path, status)
+    card = spec["paths"]["/api/v1/models/{name}/versions/{version}/card"]["get"]["responses"]["200"]
+    assert list(card["content"]) == ["text/markdown"]
+    haystack = spec["paths"]["/api/v1/health/haystack"]["get"]["responses"]["503"]
+    assert haystack["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/HaystackHealth"}
+
+
+def test_catalogue_model_answers_match_their_documented_schemas(app, spec):
+    from cortex_tasks.core.catalogue import MODELS, TASKS
+
+    name, entry = next(iter(MODELS.items()))
+    listed = {"name": name, "task": entry.task, "source": "catalogue", "latest_version": entry.version,
+              "production": {"version": entry.version}, "canary": None, "description": entry.description}
+    assert _matches(spec, "#/components/schemas/ModelList", {"models": [listed]}) == []
+    route = {"model": name, "version": entry.version, "stage": "production", "source": "catalogue"}
+    assert _matches(spec, "#/components/schemas/ModelRoute", route) == []
+    health = {"model": entry.name, "version": entry.version, "task": entry.task, "queue": TASKS[entry.task].queue,
+              "loaded_on_workers": [], "status": "not_loaded", "batching": {}}
+    assert _matches(spec, "#/components/schemas/ModelHealth", health) == []
+    assert _matches(spec, "#/components/schemas/ModelHealth", {**health, "status": "gone"}) != []
+
+
+def test_other_bodies_carry_their_validators_rules(spec):
+    from pydantic import ValidationError
+
+    from cortex_tasks.core.documents.requests import DocumentIn
+    from cortex_tasks.core.errors import ItemError
+    from cortex_tasks.core.training.kinds import KINDS
+
+    document = "#/components/schemas/DocumentIn"
+    for body in ({"content": "text"}, {"content": "", "id": "d"}, {"content": " \n"}, {"content": "a\x01"},
+                 {"content": "x", "id": ""}, {"content": "x", "meta": {"collection": "a"}},
+                 {"content": "x", "meta": {"1bad": 1}}, {"content": "x", "meta": {"ok_key": 1}}):
+        try:
+            accepted = bool(DocumentIn.model_validate(body))
+        except (ValidationError, ItemError):  # the view answers both with a 422
+            accepted = False
+        assert (_matches(spec, document, body) == []) == accepted, body
+    assert _matches(spec, "#/components/schemas/DeleteItemsRequest", {"ids": [""]}) != []
+    assert _matches(spec, "#/components/schemas/DeleteItemsRequest", {"ids": ["a"]}) == []
+    training = "#/components/schemas/TrainingSubmitRequest"
+    for kind in KINDS:
+        assert _matches(spec, training, {"kind": kind, "model": "m", "dataset": {}}) == [], kind
+    assert _matches(spec, training, {"kind": "no-such-kind", "model": "m", "dataset": {}}) != []
+    assert _matches(spec, training, {"kind": next(iter(KINDS)), "model": "a/b", "dataset": {}}) != []
+    pipeline = "#/components/schemas/PipelineRequest"
+    assert _matches(spec, pipeline, {"steps": [{"task": "ner"}], "inputs": [{}]}) != []
+    assert _matches(spec, pipeline, {"steps": [{"task": "ner"}], "inputs": ["a text"]}) == []
