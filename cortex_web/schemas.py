@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.storage.storable import first_unstorable
 from cortex_tasks.core.validation import timeseries as timeseries_inputs
 
 MAX_INPUTS = 32
@@ -39,6 +40,15 @@ def check_model_reference(value: str | None) -> str | None:
     return value
 
 
+def storable_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Params are kept with the job (PostgreSQL JSON), which refuses NUL and unpaired surrogates: such a
+    request was a 500, or a broken event stream on /predict/stream."""
+    where = first_unstorable(params, "params")
+    if where is not None:
+        raise ValueError(f"{where} holds a NUL character or an unpaired surrogate, which cannot be stored")
+    return params
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -50,6 +60,7 @@ class PredictRequest(BaseModel):
     wait: WaitSeconds = Field(default=None, ge=0, le=30)
 
     _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
+    _storable = field_validator("params")(classmethod(lambda cls, value: storable_params(value)))
 
 
 class CreateKeyRequest(BaseModel):
@@ -70,6 +81,7 @@ class PipelineStep(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
     _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
+    _storable = field_validator("params")(classmethod(lambda cls, value: storable_params(value)))
 
 
 class PipelineRequest(BaseModel):

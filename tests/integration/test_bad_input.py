@@ -49,6 +49,10 @@ BODY_CASES = [
     ("path-like model", {"task": "embed", "inputs": ["a"], "model": "../../etc/passwd"}, 422, "invalid_request"),
     ("absolute path model", {"task": "embed", "inputs": ["a"], "model": "/tmp/model"}, 422, "invalid_request"),
     ("backslash model", {"task": "embed", "inputs": ["a"], "model": "..\\models"}, 422, "invalid_request"),
+    # PostgreSQL keeps params with the job and refuses these characters: it was a 500.
+    ("NUL in a params key", {"task": "pii_mask", "inputs": ["a"], "params": {"a\x00b": 1}}, 422, "invalid_request"),
+    ("unpaired surrogate in params", {"task": "embed", "inputs": ["a"], "params": {"x": ["\ud800"]}}, 422,
+     "invalid_request"),
 ]
 
 
@@ -82,6 +86,11 @@ def test_raw_bodies(api, nothing_enqueued, name, raw, content_type, status, code
 @pytest.mark.parametrize("name,body,status,code", BODY_CASES, ids=[c[0] for c in BODY_CASES])
 def test_json_bodies(api, nothing_enqueued, name, body, status, code):
     assert_error(api.post("/api/v1/predict", body), status, code)
+
+
+@pytest.mark.parametrize("name,body,status,code", BODY_CASES[-2:], ids=[c[0] for c in BODY_CASES[-2:]])
+def test_unstorable_params_are_refused_before_a_stream_starts(api, nothing_enqueued, name, body, status, code):
+    assert_error(api.post("/api/v1/predict/stream", body), status, code)
 
 
 def test_unknown_task_and_model_list_valid_names(api):

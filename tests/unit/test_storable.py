@@ -24,3 +24,11 @@ def test_an_audit_row_keeps_its_shape_without_unstorable_characters():
     assert "\\ud800" not in row_text
     assert row["resource"] == f"/api/v1/vectors/a{REPLACEMENT}b"
     assert row["details"] == {"body": {"name": REPLACEMENT}}
+
+
+def test_the_first_unstorable_place_is_named_by_its_path():
+    from cortex_tasks.core.storage.storable import first_unstorable
+
+    assert first_unstorable({"a": [1, "fine", {"b": "x\x00"}]}, "params") == "params.a[2].b"
+    assert first_unstorable({"k\ud800": 1}, "params") == f"params.k{REPLACEMENT}"
+    assert first_unstorable({"a": ["ok", {"b": 2.5}], "c": None}, "params") is None

@@ -21,3 +21,23 @@ def storable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [storable(item) for item in value]
     return value
+
+
+def first_unstorable(value: Any, path: str = "") -> str | None:
+    """Where in `value` (a JSON path like `params.a[2]`) the first unstorable character sits, or None."""
+    if isinstance(value, str):
+        return path if UNSTORABLE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if UNSTORABLE.search(str(key)):
+                return UNSTORABLE.sub(REPLACEMENT, where)
+            found = first_unstorable(item, where)
+            if found is not None:
+                return UNSTORABLE.sub(REPLACEMENT, found)
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = first_unstorable(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
