@@ -29,6 +29,7 @@ from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import responses
+from cortex_web.request_body import MAX_QUERY_INT
 from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
@@ -177,7 +178,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 def _page_parameters(default_size: int, max_size: int) -> list[dict[str, Any]]:
     # request_body.positive_int_arg: digits only, at least 1, `max_size` at most.
-    return [_query("page", {"type": "integer", "minimum": 1, "default": 1}, "The page, from 1."),
+    return [_query("page", {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT, "default": 1}, "The page, from 1."),
             _query("size", {"type": "integer", "minimum": 1, "maximum": max_size, "default": default_size},
                    "Items per page.")]
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from cortex_tasks.core.validation.items import CONTROL_CHARACTERS
 from cortex_web.errors import ApiError
 
-__all__ = ["CONTROL_CHARACTERS", "json_body", "parse_body", "positive_int_arg"]  # the rule's home: items.py
+__all__ = ["CONTROL_CHARACTERS", "MAX_QUERY_INT", "json_body", "parse_body", "positive_int_arg"]  # the rule's home: items.py
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -85,14 +85,22 @@ def parse_body(model: type[Model], max_depth: int) -> Model:
                        {"problems": problems}) from None
 
 
-def positive_int_arg(name: str, default: int, maximum: int | None = None) -> int:
-    """A positive integer query argument (?page=, ?size=), `default` when absent; 422 when malformed."""
+# The largest number a query argument takes: a page number becomes an SQL OFFSET (page x size), which must
+# fit PostgreSQL's bigint (a page of 10^35 was a 500); no listing has a million pages.
+MAX_QUERY_INT = 1_000_000
+
+
+def positive_int_arg(name: str, default: int, maximum: int = MAX_QUERY_INT) -> int:
+    """A positive integer query argument (?page=, ?size=), `default` when absent; 422 when malformed or above
+    `maximum`."""
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+    digits = raw.lstrip("0")
+    if not (raw.isascii() and raw.isdigit()) or not digits:
         raise ApiError(422, "invalid_query", f"?{name}= must be a positive integer.")
-    value = int(raw)
-    if maximum is not None and value > maximum:
+    value = int(digits) if len(digits) <= len(str(maximum)) else maximum + 1  # int() of 5,000 digits raises
+    if value > maximum:
         raise ApiError(422, "invalid_query", f"?{name}= is at most {maximum}.", {"max": maximum})
     return value
