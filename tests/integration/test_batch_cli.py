@@ -3,27 +3,21 @@ in, a progress bar, results written in input order (more than 1000 inputs become
 from __future__ import annotations
 
 import json
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from werkzeug.serving import make_server
 
 from cortex_tasks.cli import main
 from tests.integration.test_batch_jobs import sentence
+from tests.support.serving import served
 
 
 @pytest.fixture()
 def gateway_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+    with served(app) as url:
+        yield url
 
 
 def test_jsonl_in_jsonl_out_with_a_bad_line(tmp_path, gateway_url, keys, workers):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
+
+from tests.support.serving import served
 
 CHECKS = ("not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance")
 # Operation: the rule that refuses generated requests the document allows.
@@ -38,9 +38,8 @@ KNOWN_MISMATCH = {
 
 @pytest.fixture(scope="module")
 def own_app():
-    """A gateway of its own, not the session's: generated bodies holding U+0000 are audited, and such an
-    event cannot be written to PostgreSQL; it stays in its app's audit buffer and blocks that buffer's later
-    writes (cortex_tasks/core/audit/service.py), which must not be the buffer test_audit.py reads."""
+    """A gateway of its own, not the session's: the run's thousands of generated requests are audited, and
+    their events must not fill the buffer test_audit.py reads."""
     from cortex_web import create_app
 
     return create_app()
@@ -48,14 +47,8 @@ def own_app():
 
 @pytest.fixture(scope="module")
 def gateway_url(own_app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, own_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
+    with served(own_app) as url:
+        yield url
 
 
 def test_schemathesis_finds_no_server_error_or_schema_mismatch(gateway_url, keys, workers, tmp_path):
