@@ -75,6 +75,8 @@ def create_app() -> Flask:
         if request.path.startswith("/api/v1/") and request.endpoint not in PUBLIC_API_ENDPOINTS:
             auth.authenticate()
 
+    app.teardown_request(lambda _error: auth.leave_request_tenant())
+
     @app.after_request
     def _observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"

@@ -18,6 +18,7 @@ from flask import g, request
 from cortex_tasks.core.auth.keys import Principal, verify_key
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import enter_tenant, leave_tenant
 from cortex_web.errors import ApiError
 
 CACHE_SECONDS = 2.0
@@ -75,6 +76,15 @@ def authenticate() -> None:
         raise ApiError(401, "invalid_api_key", "The API key is unknown, expired or revoked.",
                        headers={"WWW-Authenticate": "Bearer"})
     g.principal = principal
+    # Every storage call of this request now sees only the key's tenant (core/tenancy.py).
+    g.tenant_token = enter_tenant(principal.tenant)
+
+
+def leave_request_tenant() -> None:
+    """teardown_request: a pooled thread must not carry one request's tenant into the next."""
+    token = g.pop("tenant_token", None)
+    if token is not None:
+        leave_tenant(token)
 
 
 def current_principal() -> Principal:

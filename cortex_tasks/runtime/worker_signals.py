@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from functools import lru_cache
 
@@ -17,6 +18,7 @@ from cortex_tasks import app
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import reset_engine
+from cortex_tasks.core.tenancy import TENANT_ID, enter_tenant, leave_tenant
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
 from cortex_tasks.runtime.inference import compute
 from cortex_tasks.runtime.inference.runner import batching_of
@@ -76,6 +78,27 @@ def _after_fork(**_: object) -> None:
     torch.set_num_threads(1)
     compute.configure(1)
     reset_engine()
+
+
+@signals.task_prerun.connect
+def _enter_message_tenant(kwargs=None, **_: object) -> None:
+    """A job's task acts for the tenant its message names (job_messages.JobMessage.tenant); a task whose
+    message names none acts for no tenant, so a tenant-owned table it touches without entering a scope
+    itself (tenancy.all_tenants for maintenance) fails instead of reading every tenant's rows."""
+    tenant = (kwargs or {}).get("tenant")
+    token = enter_tenant(tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else None)
+    _task_scopes.__dict__.setdefault("tokens", []).append(token)
+
+
+@signals.task_postrun.connect
+def _leave_message_tenant(**_: object) -> None:
+    tokens = _task_scopes.__dict__.get("tokens")
+    if tokens:
+        leave_tenant(tokens.pop())
+
+
+# Pre- and postrun run in the task's own thread: each pool thread keeps its own stack of scope tokens.
+_task_scopes = threading.local()
 
 
 @signals.worker_ready.connect

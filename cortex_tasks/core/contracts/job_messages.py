@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from cortex_tasks.core.contracts.messages import VersionedMessage
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID
 
 
 class JobMessage(VersionedMessage):
@@ -21,6 +22,9 @@ class JobMessage(VersionedMessage):
 
     version: Literal[1] = 1
     job_id: str
+    # The tenant the job acts for: the worker runs it in that tenant's scope (core/tenancy.py). A message
+    # queued before tenants existed has none and belongs, like all data of that time, to `default`.
+    tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_ID.pattern)
 
 
 class RepliedJobMessage(JobMessage):

@@ -9,10 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.orm import Session, sessionmaker
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
+from sqlalchemy.sql.util import find_tables
 
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.tables import Base, TenantOwned
+from cortex_tasks.core.tenancy import ALL_TENANTS, TenantScopeMissing, current_scope
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -71,6 +76,55 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# --- tenant isolation (core/tenancy.py says why it lives here) ---
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _only_the_current_tenant(state: ORMExecuteState) -> None:
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if state.is_column_load or state.is_relationship_load:
+        return  # loads of an object already read through a filtered statement
+    scope = current_scope()
+    if scope is ALL_TENANTS:
+        return
+    if isinstance(scope, str):
+        # Added to every statement, not only to those whose entities look tenant-owned: the criteria
+        # reach tables named only in select_from() or a join, which the statement's mappers do not list.
+        state.statement = state.statement.options(
+            with_loader_criteria(TenantOwned, lambda cls: cls.tenant == scope, include_aliases=True))
+        return
+    touched = {table.name for table in find_tables(state.statement, include_crud=True, include_joins=True)}
+    if touched & _tenant_owned_tables():
+        raise TenantScopeMissing(f"a statement on a tenant-owned table ran with no tenant in scope: "
+                                 f"{str(state.statement)[:200]}")
+
+
+@event.listens_for(Session, "before_flush")
+def _stamp_new_rows(session: Session, _context: Any, _instances: Any) -> None:
+    for row in session.new:
+        if not _is_tenant_owned(type(row)):
+            continue
+        scope = current_scope()
+        if getattr(row, "tenant", None) is None:
+            if not isinstance(scope, str):
+                raise TenantScopeMissing(f"a new {type(row).__name__} has no tenant and none is in scope")
+            row.tenant = scope
+        elif isinstance(scope, str) and row.tenant != scope:
+            raise TenantScopeMissing(f"a new {type(row).__name__} names tenant {row.tenant!r} "
+                                     f"while acting for {scope!r}")
+
+
+def _is_tenant_owned(cls: type) -> bool:
+    return issubclass(cls, TenantOwned)
+
+
+@lru_cache(maxsize=1)
+def _tenant_owned_tables() -> frozenset[str]:
+    return frozenset(mapper.local_table.name for mapper in Base.registry.mappers
+                     if _is_tenant_owned(mapper.class_))
 
 
 def reset_engine() -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -27,7 +28,26 @@ class Base(DeclarativeBase):
     pass
 
 
-class Job(Base):
+class TenantOwned:
+    """A table whose rows belong to one tenant. The storage layer (core/tenancy.py, with the session
+    events in storage/db.py) adds `tenant = <current tenant>` to every ORM statement on it and stamps new
+    rows with the current tenant; routes and tasks never filter by tenant themselves."""
+
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), index=True)
+
+
+class Tenant(Base):
+    """A customer of the platform: keys, jobs, collections, documents, models and usage belong to one.
+    Migration 0008 creates `default`, which owns everything made before tenants existed."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # a slug, tenancy.TENANT_ID
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Job(TenantOwned, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
@@ -65,6 +85,13 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(32))
     # The rate-limit tier (settings.rate_limit_tiers); migration 0004.
     tier: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
+    # Keys are looked up before any tenant is known, so they are not TenantOwned: key administration
+    # filters by tenant itself (auth/keys.py). Migration 0008.
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), default="default",
+                                        server_default="default", index=True)
+    # Per-model permissions: None allows every model (task); a list allows only those.
+    models: Mapped[list[str] | None] = mapped_column(JSONB)
+    tasks: Mapped[list[str] | None] = mapped_column(JSONB)
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -74,15 +101,16 @@ class ApiKey(Base):
 # --- vectors and the model registry (migration 0002) ---
 
 
-class VectorCollection(Base):
+class VectorCollection(TenantOwned, Base):
     """The catalogue of vector collections. Each collection's items live in their own table,
     `vectors_<id>` (see storage/vector_store.py for why), created and dropped with the row."""
 
     __tablename__ = "vector_collections"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_vector_collections_tenant_name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # An API name (64 characters) or a reserved `<owner>:<name>` one (migration 0007).
-    name: Mapped[str] = mapped_column(String(80), unique=True)
+    name: Mapped[str] = mapped_column(String(80))  # unique per tenant (migration 0008)
     dimension: Mapped[int] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(16))  # cosine | l2 | inner_product
     index_type: Mapped[str] = mapped_column(String(16))  # hnsw | ivfflat
@@ -94,11 +122,12 @@ class VectorCollection(Base):
     index_built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class RegisteredModel(Base):
+class RegisteredModel(TenantOwned, Base):
     __tablename__ = "registry_models"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_registry_models_tenant_name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128))  # unique per tenant
     task: Mapped[str] = mapped_column(String(32))
     description: Mapped[str | None] = mapped_column(Text)
     # Versions are numbered from this counter, never from max(version): numbers are not reused even
@@ -108,7 +137,7 @@ class RegisteredModel(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class ModelVersion(Base):
+class ModelVersion(TenantOwned, Base):
     __tablename__ = "registry_versions"
     __table_args__ = (
         UniqueConstraint("model_id", "version", name="uq_registry_versions_model_version"),
@@ -140,7 +169,7 @@ class ModelVersion(Base):
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Deployment(Base):
+class Deployment(TenantOwned, Base):
     """Every stage change of a model, in order: the deployment history, and what rollback reads."""
 
     __tablename__ = "registry_deployments"
@@ -189,7 +218,7 @@ class BatchChunk(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class TrainingRun(Base):
+class TrainingRun(TenantOwned, Base):
     """A training job's experiment record: config, data fingerprint, metrics per epoch, resource use,
     checkpoint and the registry version it produced. Kept after the job row expires."""
 
@@ -226,11 +255,13 @@ class TrainingRun(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class TrainingSchedule(Base):
+class TrainingSchedule(TenantOwned, Base):
     """When a model is retrained: a cron expression, and/or a tracked metric with a floor."""
 
     __tablename__ = "training_schedules"
 
+    # One schedule per model of a tenant: the primary key is (tenant, model_name) since migration 0008.
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
@@ -265,7 +296,7 @@ class JobMetricsHourly(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class OpenAIUsage(Base):
+class OpenAIUsage(TenantOwned, Base):
     """One OpenAI call (or a cache hit that replaced one): tokens and cost, billed to a key."""
 
     __tablename__ = "openai_usage"
@@ -284,25 +315,31 @@ class OpenAIUsage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class ChatSession(Base):
+class ChatSession(TenantOwned, Base):
     """A conversation, owned by the key that started it."""
 
     __tablename__ = "chat_sessions"
 
+    # Session ids are chosen by clients: two tenants may use the same one (primary key since 0008).
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), primary_key=True)
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class ChatMessage(Base):
+class ChatMessage(TenantOwned, Base):
     """One turn's message (user or assistant) of a chat session, in order of id."""
 
     __tablename__ = "chat_messages"
-    __table_args__ = (Index("ix_chat_messages_session_id", "session_id", "id"),)
+    __table_args__ = (
+        Index("ix_chat_messages_session_id", "tenant", "session_id", "id"),
+        ForeignKeyConstraint(["tenant", "session_id"], ["chat_sessions.tenant", "chat_sessions.id"],
+                             ondelete="CASCADE", name="fk_chat_messages_session"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    session_id: Mapped[str] = mapped_column(String(128), ForeignKey("chat_sessions.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(128))
     owner: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))  # user | assistant
     content: Mapped[str] = mapped_column(Text)
