@@ -49,6 +49,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure_or_timeout = True
 worker_prefetch_multiplier = 1
+# A prefork child loads its models before it takes a task (runtime/worker_signals.py); Celery kills a child
+# that has not reported up within this many seconds (default 4, less than one model load).
+worker_proc_alive_timeout = 600
 task_track_started = False
 task_soft_time_limit = 60
 task_time_limit = 90
