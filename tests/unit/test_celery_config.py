@@ -94,6 +94,14 @@ def test_beat_schedule_is_pinned():
     assert all(entry["task"] in registered_tasks() for entry in BEAT_SCHEDULE.values())
 
 
+def test_the_broker_connection_says_redis_so_flower_knows_it():
+    from cortex_tasks.core.broker_transport import Transport
+
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        assert connection.as_uri().startswith("redis://")  # was "cortex_tasks.core.broker_transport:Transport://"
+
+
 def test_the_broker_channel_keeps_one_redis_client():
     from cortex_tasks.core.broker_transport import Transport
 
