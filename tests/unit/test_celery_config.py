@@ -82,7 +82,6 @@ def test_beat_schedule_is_pinned():
         "expire-job-records-daily": ("cortex.maintenance.expire_job_records",
                                      "<crontab: 17 3 * * * (m/h/dM/MY/d)>"),
         "warm-cache-every-30-minutes": ("cortex.maintenance.warm_cache", "<crontab: */30 * * * * (m/h/dM/MY/d)>"),
-        "promote-aged-jobs-every-5-seconds": ("cortex.maintenance.promote_aged_jobs", "5.0"),
         "retrain-due-models-every-minute": ("cortex.maintenance.retrain_due_models",
                                             "<crontab: * * * * * (m/h/dM/MY/d)>"),
         "expire-results-hourly": ("cortex.maintenance.expire_results", "<crontab: 41 * * * * (m/h/dM/MY/d)>"),
