@@ -3,11 +3,16 @@
 Housekeeping goes to the maintenance queue. Retraining is one entry: per-model schedules (cron, or a
 tracked metric under its threshold) live in the database (training_schedules) and are checked every
 minute, so a model's schedule changes without restarting Beat.
+
+Priority aging (low-priority work that waited too long moves up, so it is never starved) runs every 5 s
+inside Beat's process rather than as an entry here: see core/load_control/aging.py.
 """
+from celery import signals
 from celery.schedules import crontab
 
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
+from cortex_tasks.core.load_control.aging import start_aging_in_beat
 
 MAINTENANCE = {"queue": "maintenance"}
 # Every entry's message, built through its contract (its only field is the version).
@@ -30,13 +35,6 @@ BEAT_SCHEDULE = {
     "warm-cache-every-30-minutes": {
         "task": task_names.WARM_CACHE,
         "schedule": crontab(minute="*/30"),
-        "kwargs": MESSAGE,
-        "options": MAINTENANCE,
-    },
-    # Priority aging: low-priority work that waited too long moves up, so it is never starved.
-    "promote-aged-jobs-every-5-seconds": {
-        "task": task_names.PROMOTE_AGED_JOBS,
-        "schedule": 5.0,
         "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
@@ -66,3 +64,5 @@ BEAT_SCHEDULE = {
         "options": MAINTENANCE,
     },
 }
+
+signals.beat_init.connect(start_aging_in_beat, weak=False)

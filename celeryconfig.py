@@ -1,7 +1,5 @@
 """Celery settings as data. Values come from the typed settings object (cortex_tasks.core.settings)."""
-from urllib.parse import urlparse
-
-from cortex_tasks.core.broker_transport import TRANSPORT
+from cortex_tasks.core.broker_transport import use_for_redis_urls
 from cortex_tasks.core.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
 from cortex_tasks.core.settings import get_settings
 
@@ -17,8 +15,7 @@ VISIBILITY_TIMEOUT = _settings.visibility_timeout_seconds or LONGEST_HARD_TIME_L
 UNACKED_RESTORE_INTERVAL = _settings.unacked_restore_interval_seconds
 
 broker_url = _settings.redis_url
-if urlparse(broker_url).scheme in ("redis", "rediss"):  # not for sentinel:// or other transports
-    broker_transport = TRANSPORT
+use_for_redis_urls()  # redis:// and rediss:// use cortex_tasks.core.broker_transport
 result_backend = _settings.redis_url
 broker_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT,
@@ -49,6 +46,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure_or_timeout = True
 worker_prefetch_multiplier = 1
+# A prefork child loads its models before it takes a task (runtime/worker_signals.py); Celery kills a child
+# that has not reported up within this many seconds (default 4, less than one model load).
+worker_proc_alive_timeout = 600
 task_track_started = False
 task_soft_time_limit = 60
 task_time_limit = 90

@@ -163,7 +163,9 @@ def batch_submit(file: Path, task: str, model: str | None, params_json: str, pri
         raise click.BadParameter("--params must be a JSON object")
     out = out or file.with_name(file.stem + ".results.jsonl")
     try:
-        inputs = client.read_inputs(file, column)
+        client.check_output_path(out)
+        source = client.read_inputs(file, column)
+        inputs = source.inputs
         if not inputs:
             raise click.ClickException(f"{file.name} holds no inputs")
         gateway = client.Gateway(_gateway_url(url), key)
@@ -182,7 +184,7 @@ def batch_submit(file: Path, task: str, model: str | None, params_json: str, pri
         table = client.collect(gateway, [part for part in parts if part.status == "succeeded"]) \
             if len(failed_jobs) < len(parts) else None
         if table is not None:
-            client.write_results(table, inputs, out)
+            client.write_results(table, source, out)
     except client.BatchClientError as exc:
         raise click.ClickException(str(exc)) from None
     done, failed = sum(part.done for part in parts), sum(part.failed for part in parts)

@@ -31,9 +31,25 @@ class BatchClientError(Exception):
     pass
 
 
-def read_inputs(path: Path, column: str | None = None) -> list[Any]:
+@dataclass(frozen=True)
+class InputFile:
+    inputs: list[Any]
+    ids: list[Any] | None  # the file's own `id` column or field, carried into every result format
+
+
+ID_COLUMN = "id"
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an output format before anything is submitted (not after the batch ran)."""
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise BatchClientError(f"--out must end in one of {', '.join(OUTPUT_FORMATS)} (got {out.name!r})")
+
+
+def read_inputs(path: Path, column: str | None = None) -> InputFile:
     """Inputs from JSON Lines (a string, or an object whose `column`/"text"/"input" field is the input,
-    or any other JSON value for structured tasks), a JSON array, CSV (a column) or Parquet (a column)."""
+    or any other JSON value for structured tasks), a JSON array, CSV (a column) or Parquet (a column).
+    An `id` column (or an `id` field in every object) is kept to label the results."""
     suffix = path.suffix.lower()
     if suffix not in INPUT_FORMATS:
         raise BatchClientError(f"{path.name}: use one of {', '.join(INPUT_FORMATS)}")
@@ -46,14 +62,23 @@ def read_inputs(path: Path, column: str | None = None) -> list[Any]:
             raise BatchClientError(f"{path.name} is not valid JSON: {exc}") from None
         if not isinstance(values, list):
             raise BatchClientError(f"{path.name} must hold a JSON array")
-        return [_pick(value, column) for value in values]
+        has_ids = bool(values) and column != ID_COLUMN and all(
+            isinstance(value, dict) and ID_COLUMN in value for value in values)
+        return InputFile([_pick(value, column) for value in values],
+                         [value[ID_COLUMN] for value in values] if has_ids else None)
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            name = _column(reader.fieldnames or [], column, path)
-            return [row[name] for row in reader]
+            names = reader.fieldnames or []
+            name = _column(names, column, path)
+            rows = list(reader)
+        has_ids = ID_COLUMN in names and name != ID_COLUMN
+        return InputFile([row[name] for row in rows], [row[ID_COLUMN] for row in rows] if has_ids else None)
     table = pq.read_table(path)
-    return table.column(_column(table.column_names, column, path)).to_pylist()
+    name = _column(table.column_names, column, path)
+    has_ids = ID_COLUMN in table.column_names and name != ID_COLUMN
+    return InputFile(table.column(name).to_pylist(),
+                     table.column(ID_COLUMN).to_pylist() if has_ids else None)
 
 
 def _pick(value: Any, column: str | None) -> Any:
@@ -72,8 +97,9 @@ def _column(names: list[str], column: str | None, path: Path) -> str:
     for name in ("text", "input"):
         if name in names:
             return name
-    if len(names) == 1:
-        return names[0]
+    candidates = [name for name in names if name != ID_COLUMN]
+    if len(candidates) == 1:
+        return candidates[0]
     raise BatchClientError(f"{path.name} has several columns; say which one holds the inputs with --column")
 
 
@@ -186,35 +212,66 @@ def collect(gateway: Gateway, parts: list[Part]) -> pa.Table:
                                                                       else b"json") or b"arrow"})
 
 
-def write_results(table: pa.Table, inputs: list[Any], out: Path) -> None:
-    suffix = out.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise BatchClientError(f"--out must end in one of {', '.join(OUTPUT_FORMATS)}")
+def result_table(table: pa.Table, source: InputFile) -> pa.Table:
+    """The columns every output format carries, in this order: the input file's `id` (when it has one),
+    `index` (position in the file), `input`, `status` (succeeded|failed), `output` (the model's, typed as
+    the gateway sent it), `error` (JSON text: {"code", "message"})."""
+    indices = table.column("index").to_pylist()
+    errors = table.column("error")
+    status = pc.if_else(pc.is_null(errors), "succeeded", "failed")
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    if source.ids is not None:
+        columns[ID_COLUMN] = _arrow_values([source.ids[i] for i in indices])
+    columns.update({"index": table.column("index"), "input": _arrow_values([source.inputs[i] for i in indices]),
+                    "status": status, "output": table.column("output"), "error": errors})
+    return pa.table(columns).replace_schema_metadata(table.schema.metadata)
+
+
+def _arrow_values(values: list[Any]) -> pa.Array:
+    """Values as one Arrow column: their own type when they share one, else JSON text (structured inputs
+    of mixed shapes)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([json.dumps(value, ensure_ascii=False) for value in values], pa.string())
+
+
+def write_results(table: pa.Table, source: InputFile, out: Path) -> None:
+    check_output_path(out)
+    results = result_table(table, source)
     out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
     if suffix == ".parquet":
-        pq.write_table(table, out, compression="zstd")
+        pq.write_table(results, out, compression="zstd")
         return
     if suffix == ".arrow":
-        with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+        # The Arrow IPC *file* format (random access, what pa.ipc.open_file and pandas.read_feather read).
+        with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_file(sink, results.schema) as writer:
+            writer.write_table(results)
         return
-    as_json = (table.schema.metadata or {}).get(b"cortex.output_encoding") == b"json"
-    rows = []
-    for index, output, error in zip(table.column("index").to_pylist(), table.column("output").to_pylist(),
-                                    table.column("error").to_pylist()):
-        if as_json and output is not None:
-            output = json.loads(output)
-        row: dict[str, Any] = {"index": index, "input": inputs[index]}
-        row.update({"status": "failed", "error": json.loads(error)} if error else {"status": "succeeded", "output": output})
-        rows.append(row)
+    as_json = (results.schema.metadata or {}).get(b"cortex.output_encoding") == b"json"
+    names = results.column_names
     with open(out, "w", encoding="utf-8", newline="") as handle:
-        if suffix == ".jsonl":
-            for row in rows:
+        writer = csv.writer(handle) if suffix == ".csv" else None
+        if writer is not None:
+            writer.writerow(names)
+        for row in results.to_pylist():
+            if as_json and row["output"] is not None:
+                row["output"] = json.loads(row["output"])
+            row["error"] = json.loads(row["error"]) if row["error"] else None
+            if writer is None:
+                if row["status"] == "succeeded":
+                    del row["error"]
+                else:
+                    del row["output"]
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            writer = csv.writer(handle)
-            writer.writerow(["index", "input", "status", "output", "error"])
-            for row in rows:
-                writer.writerow([row["index"], row["input"] if isinstance(row["input"], str) else json.dumps(row["input"]),
-                                 row["status"], json.dumps(row.get("output")) if "output" in row else "",
-                                 json.dumps(row.get("error")) if "error" in row else ""])
+            else:
+                writer.writerow([_csv_cell(row[name], name) for name in names])
+
+
+def _csv_cell(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    if column in ("output", "error") or not isinstance(value, str | int | float):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 
-# What celeryconfig names as broker_transport for redis:// and rediss:// broker URLs.
 TRANSPORT = "cortex_tasks.core.broker_transport:Transport"
 
 
@@ -35,3 +35,17 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def use_for_redis_urls() -> None:
+    """Make `redis://` and `rediss://` broker URLs use this transport in this process (celeryconfig calls it).
+
+    Registered under kombu's own aliases rather than named by `broker_transport`: a connection then still
+    describes itself as `redis://...` (`Connection.as_uri`), which is how Flower recognises a Redis broker
+    for its Broker tab and /api/queues/length (with a class path it answered 404 "broker is not
+    supported"). `sentinel://` and other schemes keep kombu's transports.
+    """
+    for scheme in ("redis", "rediss"):
+        kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT
+        # kombu remembers each alias's class once resolved; one resolved before this call would stay kombu's.
+        kombu_transports._transport_cache.pop(scheme, None)

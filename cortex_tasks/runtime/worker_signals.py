@@ -78,6 +78,12 @@ def _after_fork(**_: object) -> None:
     torch.set_num_threads(1)
     compute.configure(1)
     reset_engine()
+    # The child loads its models before its first task: the pool sends a child no task until this hook
+    # returns (celeryconfig.worker_proc_alive_timeout gives it the time), so no request waits on a load.
+    # The parent announces the worker once every child has reported (_announce_when_children_loaded).
+    loaded, failed = preload_models(_consumed_queues(app))
+    _redis().hset(_children_key(os.getppid()), str(os.getpid()), json.dumps({"models": loaded, "failed": failed}))
+    _redis().expire(_children_key(os.getppid()), READY_TTL_SECONDS)
 
 
 @signals.task_prerun.connect
@@ -104,19 +110,66 @@ _task_scopes = threading.local()
 @signals.worker_ready.connect
 def _announce_ready(sender=None, **_: object) -> None:
     queues = _consumed_queues(app)
-    started = time.perf_counter()
-    pool = app.conf.worker_pool if sender is None else type(sender.pool).__module__
-    loaded: list[str] = []
-    failed: dict[str, str] = {}
-    if "prefork" not in str(pool):
-        compute.configure(compute.torch_threads())  # the cores go to model calls through the core budget
-        loaded, failed = preload_models(queues)
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
+    pool = app.conf.worker_pool if sender is None else type(sender.pool).__module__
+    if "prefork" in str(pool):
+        # The children load the models (_after_fork); waiting for them here would hold up the consumer.
+        concurrency = getattr(sender, "concurrency", None) or 1
+        threading.Thread(target=_announce_when_children_loaded, args=(hostname, queues, concurrency),
+                         name="announce-ready", daemon=True).start()
+        return
+    started = time.perf_counter()
+    compute.configure(compute.torch_threads())  # the cores go to model calls through the core budget
+    loaded, failed = preload_models(queues)
+    _announce(hostname, queues, loaded, failed, time.perf_counter() - started)
+
+
+def _announce_when_children_loaded(hostname: str, queues: list[str], concurrency: int,
+                                   timeout: float = 600.0) -> None:
+    started = time.perf_counter()
+    reports: dict[bytes, bytes] = {}
+    while time.perf_counter() - started < timeout and not _stopping.is_set():
+        reports = _redis().hgetall(_children_key(os.getpid()))
+        if len(reports) >= concurrency:
+            break
+        time.sleep(0.2)
+    if _stopping.is_set():
+        return
+    loaded: dict[str, None] = {}
+    failed: dict[str, str] = {}
+    for raw in reports.values():
+        report = json.loads(raw)
+        loaded.update(dict.fromkeys(report["models"]))
+        failed.update(report["failed"])
+    if len(reports) < concurrency:
+        log.warning("only %d of %d pool processes reported their models within %.0f s", len(reports),
+                    concurrency, timeout)
+    _announce(hostname, queues, list(loaded), failed, time.perf_counter() - started)
+
+
+def _announce(hostname: str, queues: list[str], loaded: list[str], failed: dict[str, str],
+              load_seconds: float) -> None:
     status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,
-              "batching": _batching_of(loaded), "pid": os.getpid(),
-              "load_seconds": round(time.perf_counter() - started, 2)}
+              "batching": _batching_of(loaded), "pid": os.getpid(), "load_seconds": round(load_seconds, 2)}
     _redis().set(READY_KEY_PREFIX + hostname, json.dumps(status), ex=READY_TTL_SECONDS)
     log.info("worker ready: %s", status)
+
+
+@signals.worker_shutting_down.connect
+def _withdraw_ready(sender=None, **_: object) -> None:
+    """A worker stopping warmly takes no new task: it leaves /ready now, not when its record's TTL lapses."""
+    _stopping.set()
+    if sender:
+        _redis().delete(READY_KEY_PREFIX + str(sender), _children_key(os.getpid()))
+
+
+def _children_key(worker_pid: int) -> str:
+    """Where a prefork worker's children report the models they loaded (by the parent's pid: a child does
+    not know its worker's node name)."""
+    return f"cortex:worker-children:{os.uname().nodename}:{worker_pid}"
+
+
+_stopping = threading.Event()
 
 
 def _batching_of(models: list[str]) -> dict[str, dict[str, float]]:
@@ -134,7 +187,7 @@ def _refresh_ready(sender=None, **_: object) -> None:
     # Keep the readiness key alive while the worker lives (heartbeats come every 2 s while events are on);
     # it expires soon after the worker dies.
     hostname = getattr(getattr(sender, "eventer", None), "hostname", None)
-    if hostname:
+    if hostname and not _stopping.is_set():
         _redis().expire(READY_KEY_PREFIX + hostname, READY_TTL_SECONDS)
 
 

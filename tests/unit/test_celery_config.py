@@ -82,7 +82,6 @@ def test_beat_schedule_is_pinned():
         "expire-job-records-daily": ("cortex.maintenance.expire_job_records",
                                      "<crontab: 17 3 * * * (m/h/dM/MY/d)>"),
         "warm-cache-every-30-minutes": ("cortex.maintenance.warm_cache", "<crontab: */30 * * * * (m/h/dM/MY/d)>"),
-        "promote-aged-jobs-every-5-seconds": ("cortex.maintenance.promote_aged_jobs", "5.0"),
         "retrain-due-models-every-minute": ("cortex.maintenance.retrain_due_models",
                                             "<crontab: * * * * * (m/h/dM/MY/d)>"),
         "expire-results-hourly": ("cortex.maintenance.expire_results", "<crontab: 41 * * * * (m/h/dM/MY/d)>"),
@@ -92,6 +91,14 @@ def test_beat_schedule_is_pinned():
     }
     assert all(entry.get("options", {}).get("queue") == "maintenance" for entry in BEAT_SCHEDULE.values())
     assert all(entry["task"] in registered_tasks() for entry in BEAT_SCHEDULE.values())
+
+
+def test_the_broker_connection_says_redis_so_flower_knows_it():
+    from cortex_tasks.core.broker_transport import Transport
+
+    with app.connection_for_write() as connection:
+        assert isinstance(connection.transport, Transport)
+        assert connection.as_uri().startswith("redis://")  # was "cortex_tasks.core.broker_transport:Transport://"
 
 
 def test_the_broker_channel_keeps_one_redis_client():

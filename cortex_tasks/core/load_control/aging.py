@@ -2,17 +2,28 @@
 
 A message in a low-priority list (step > normal) that has waited `max_age` seconds moves to the normal
 list; one in the normal range (steps 1..4) that has waited twice that moves to the highest list, where it
-is served in arrival order with interactive work. Runs from Beat every few seconds; each move is atomic
-(one Lua script per queue), and kombu's list layout is unchanged: only the list a message waits in.
+is served in arrival order with interactive work. Each move is atomic (one Lua script per queue), and
+kombu's list layout is unchanged: only the list a message waits in.
+
+It runs every few seconds in Beat's own process (`start_aging_in_beat`, connected in beat_schedule.py),
+not as a task Beat sends: a task every 5 s was most of what Flower listed (59 of 98 tasks in a minute) and
+buried the real work. Two Beats (there should be one) would only run the same idempotent moves twice.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
 
 import redis
 from prometheus_client import Counter
 
-from cortex_tasks.core.queues import PRIORITY_CLASSES, PRIORITY_STEPS
+from cortex_tasks.core.queues import GPU, NLP, PRIORITY_CLASSES, PRIORITY_STEPS
+from cortex_tasks.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+AGED_QUEUES = (GPU, NLP)
+AGING_INTERVAL_SECONDS = 5.0
 
 PROMOTED = Counter("cortex_priority_promotions_total", "Messages promoted by priority aging", ["queue", "to"])
 
@@ -54,3 +65,22 @@ def promote_aged(client: redis.Redis, queue: str, max_age: float, limit: int = 1
     if to_high:
         PROMOTED.labels(queue, "high").inc(to_high)
     return {"to_normal": to_normal, "to_high": to_high}
+
+
+def age_queues_forever(client: redis.Redis, max_age: float, stop: threading.Event,
+                       interval: float = AGING_INTERVAL_SECONDS) -> None:
+    while not stop.wait(interval):
+        try:
+            for queue in AGED_QUEUES:
+                promote_aged(client, queue, max_age)
+        except redis.RedisError as exc:  # Redis restarting: try again next round
+            log.warning("priority aging skipped a round: %s", exc)
+
+
+def start_aging_in_beat(**_: object) -> threading.Event:
+    """celery.signals.beat_init: age the queues from a thread of the Beat process. Returns its stop event."""
+    settings = get_settings()
+    stop = threading.Event()
+    threading.Thread(target=age_queues_forever, name="priority-aging", daemon=True,
+                     args=(redis.Redis.from_url(settings.redis_url), settings.priority_aging_seconds, stop)).start()
+    return stop

@@ -298,7 +298,7 @@ def finish_batch(job_id: str) -> dict[str, Any]:
                               .where(Job.id == job_id, Job.kind == "batch")).one_or_none()
         chunks = session.execute(
             select(BatchChunk.chunk_index, BatchChunk.status, BatchChunk.result_ref, BatchChunk.succeeded_count,
-                   BatchChunk.failed_count)
+                   BatchChunk.failed_count, BatchChunk.attempts)
             .where(BatchChunk.job_id == job_id).order_by(BatchChunk.chunk_index)).all()
     if job is None or job.status not in (store.QUEUED, store.RUNNING):
         return {"job_id": job_id, "finished": False, "reason": "not running"}
@@ -310,15 +310,21 @@ def finish_batch(job_id: str) -> dict[str, Any]:
     failed = sum(chunk.failed_count for chunk in chunks)
     summary = {"total": job.progress_total, "done": succeeded, "failed": failed, "result_ref": name,
                "format": "parquet", "size_bytes": size, "chunks": len(chunks)}
+    # A batch's deliveries are its chunks': it took as many attempts as its most retried chunk (the job
+    # row's own counter is never incremented for a batch, so it said 0).
+    attempts = max(chunk.attempts for chunk in chunks)
     if succeeded == 0:
         with session_scope() as session:
             session.execute(
                 update(Job).where(Job.id == job_id, Job.status.in_((store.QUEUED, store.RUNNING)))
                 .values(status=store.FAILED, result=summary, result_ref=name, progress_done=Job.progress_total,
-                        finished_at=func.now(),
+                        finished_at=func.now(), attempts=attempts,
                         error={"code": "all_items_failed", "message": f"All {failed} items failed; see /batch/errors.",
                                "details": {"failed": failed}})
                 .execution_options(synchronize_session=False))
     else:
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(attempts=attempts)
+                            .execution_options(synchronize_session=False))
         store.finish_job(job_id, summary, result_ref=name)
     return {"job_id": job_id, "finished": True, **summary}
