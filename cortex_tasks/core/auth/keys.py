@@ -28,6 +28,9 @@ class Principal:
     key_id: str
     role: str
     tier: str = "default"  # rate-limit tier (settings.rate_limit_tiers)
+    tenant: str = "default"  # every key belongs to a tenant
+    models: frozenset[str] | None = None  # None: any model; else only these model names
+    tasks: frozenset[str] | None = None  # None: any task; else only these tasks
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,20 @@ def verify_key(presented: str, admin_key: str | None = None) -> Principal | None
         row = session.get(ApiKey, key_id)
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(secret)):
         return None
+    return _active(row)
+
+
+def active_principal(key_id: str) -> Principal | None:
+    """Who holds the key `key_id` while it is active (no secret: for access tokens issued to the key,
+    which stop working when the key is revoked or expires); None otherwise."""
+    if not KEY_ID.fullmatch(key_id):
+        return None
+    with session_scope() as session:
+        row = session.get(ApiKey, key_id)
+    return None if row is None else _active(row)
+
+
+def _active(row: ApiKey) -> Principal | None:
     now = datetime.now(timezone.utc)
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
