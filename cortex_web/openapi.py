@@ -121,8 +121,8 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/api/v1/oauth/token"): {
         "200": (responses.TokenIssued, "The access token."),
         "400": (responses.OAuthErrorResponse, "invalid_request, unsupported_grant_type or invalid_scope."),
-        "401": (responses.OAuthErrorResponse, "invalid_client: unknown client, wrong secret, revoked or "
-                                              "expired key.")},
+        "401": (responses.OAuthErrorResponse,
+                "invalid_client: unknown client, wrong secret, revoked or expired key.")},
     ("get", "/api/v1/oauth/jwks.json"): {"200": (responses.Jwks, "The key set.")},
 }
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
@@ -160,8 +160,8 @@ PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
-    "401": ("No key or token, or a bad, revoked or expired one (missing_api_key, invalid_api_key, "
-            "invalid_token).", False),
+    "401": (("No key or token, or a bad, revoked or expired one (missing_api_key, invalid_api_key, "
+             "invalid_token)."), False),
     "403": ("The key's role lacks the permission this route needs (forbidden).", False),
     "422": ("The body or query is invalid (invalid_request, invalid_query and task-specific codes).", False),
     "429": ("Rate limited (rate_limited) or a quota is used up; see Retry-After.", True),

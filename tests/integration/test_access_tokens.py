@@ -145,6 +145,37 @@ def test_dropping_retired_keys_ends_their_tokens(app):
     assert refused.status_code == 401 and refused.get_json()["error"]["details"]["reason"] == "unknown_kid"
 
 
+def test_the_signing_key_is_replaced_when_older_than_the_rotation_age(app, monkeypatch):
+    client = app.test_client()
+    key = create_key("reader", tier="unlimited")
+    first = jwt.get_unverified_header(request_token(client, key.key).get_json()["access_token"])["kid"]
+    monkeypatch.setenv("CORTEX_TOKEN_KEY_ROTATION", "5s")
+    reset_settings_cache()
+    time.sleep(5.1)
+    token = request_token(client, key.key).get_json()["access_token"]
+    second = jwt.get_unverified_header(token)["kid"]
+    assert second != first
+    # One new key, not one per token: the next token within the age has the same kid.
+    assert jwt.get_unverified_header(request_token(client, key.key).get_json()["access_token"])["kid"] == second
+
+
+def test_cli_rotates_and_lists_the_signing_keys():
+    from click.testing import CliRunner
+
+    from cortex_tasks.cli import main
+
+    before = signing_keys.KEY_RING.signing_key().kid
+    rotated = CliRunner().invoke(main, ["tokens", "rotate"])
+    assert rotated.exit_code == 0, rotated.output
+    kid = rotated.output.strip().rsplit(" ", 1)[-1]
+    assert kid != before and signing_keys.KEY_RING.signing_key().kid == kid
+    listed = CliRunner().invoke(main, ["tokens", "keys"])
+    assert listed.exit_code == 0, listed.output
+    by_kid = {entry["kid"]: entry for entry in json.loads(listed.output)}
+    assert by_kid[kid]["retired_at"] is None and by_kid[before]["retired_at"] is not None
+    assert "PRIVATE" not in listed.output
+
+
 def test_own_tokens_that_are_expired_or_forged_are_refused(app):
     client = app.test_client()
     key = create_key("reader", tier="unlimited")
@@ -185,7 +216,8 @@ def test_token_request_errors_are_oauth2_errors_and_audited(app, admin_api):
     as_json = client.post("/api/v1/oauth/token", json={"grant_type": "client_credentials"},
                           environ_base={"REMOTE_ADDR": remote})
     assert as_json.status_code == 400 and as_json.get_json()["error"] == "invalid_request"
-    assert request_token(client, key.key, remote=remote).status_code == 200
+    granted = request_token(client, key.key, remote=remote)
+    assert granted.status_code == 200
 
     app.extensions["cortex_audit"].flush()
     events = admin_api.get("/api/v1/audit", query_string={"size": 200}).get_json()["events"]
@@ -196,6 +228,7 @@ def test_token_request_errors_are_oauth2_errors_and_audited(app, admin_api):
     violation = next(event for event in mine if event["type"] == "security_violations")
     assert violation["action"] == "invalid_client" and violation["actor"]["key_id"] == key_id
     assert key.key.split("_", 2)[2] not in json.dumps(events)
+    assert granted.get_json()["access_token"] not in json.dumps(events)
 
 
 def test_token_route_is_rate_limited_per_client_address(app):
