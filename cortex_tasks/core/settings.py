@@ -440,7 +440,9 @@ class TokensConfig(FromEnvironment):
 
     @field_validator("lifetime_seconds", "key_rotation_seconds", "leeway_seconds", mode="before")
     @classmethod
-    def _duration(cls, raw: Any) -> Any:
+    def _duration(cls, raw: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "leeway_seconds" and isinstance(raw, str) and raw.strip().rstrip("s") == "0":
+            return 0  # no leeway at all is a valid choice; the other two must be positive
         return int(parse_duration(raw)) if isinstance(raw, str) else raw
 
     @field_validator("oidc_algorithms", mode="before")

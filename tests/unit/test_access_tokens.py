@@ -152,8 +152,12 @@ def test_oidc_settings_refuse_shared_secret_algorithms_and_half_configurations(m
         TokensConfig()
     monkeypatch.setenv("CORTEX_OIDC_JWKS_URL", "https://idp.example/jwks")
     monkeypatch.setenv("CORTEX_TOKEN_LIFETIME", "5m")
+    monkeypatch.setenv("CORTEX_TOKEN_LEEWAY", "0s")
     config = TokensConfig()
-    assert config.oidc_enabled and config.lifetime_seconds == 300
+    assert config.oidc_enabled and config.lifetime_seconds == 300 and config.leeway_seconds == 0
+    monkeypatch.setenv("CORTEX_TOKEN_LIFETIME", "0")
+    with pytest.raises(ValidationError, match="positive"):
+        TokensConfig()
 
 
 def oauth_error(form: dict[str, list[str]], content_type: str | None = FORM,
