@@ -25,6 +25,7 @@ from cortex_web.blueprints import (
     jobs,
     keys,
     models,
+    oauth,
     predict,
     stream,
     training,
@@ -39,8 +40,8 @@ from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector,
 from cortex_web.replies import ReplyListener
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
-              audit.bp, documents.bp, chat.bp, usage.bp)
-PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset"}
+              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp)
+PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}
 _queue_collector_registered = False
 
 

@@ -223,13 +223,29 @@ def _route() -> str:
 
 
 def _claimed_key_id() -> str | None:
-    """The id part of a presented `ctx_<id>_<secret>` key (never the secret), for 401s."""
+    """The id part of a presented `ctx_<id>_<secret>` key (never the secret), or the client id a token
+    request names (HTTP Basic or the client_id field), for 401s."""
     header = request.headers.get("Authorization", "")
+    if header[:6].lower() == "basic " and request.authorization is not None:
+        client_id = request.authorization.username or ""
+        return client_id[:16] if client_id.isalnum() else None
+    if request.mimetype == "application/x-www-form-urlencoded" and "client_id" in request.form:
+        client_id = request.form["client_id"]
+        return client_id[:16] if client_id.isalnum() else None
     presented = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key", "")
     parts = presented.split("_", 2)
     if len(parts) == 3 and parts[0] == PREFIX and parts[1].isalnum():
         return parts[1][:16]
     return None
+
+
+def _error_code(response: Response) -> str | None:
+    """The error code of an error answer: Cortex's `{"error": {"code"}}` or OAuth2's `{"error": "<code>"}`."""
+    body = response.get_json(silent=True) if response.is_json else None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return error.get("code")
+    return error if isinstance(error, str) else None
 
 
 def init_app(app: Flask, client: redis.Redis, settings: Settings) -> None:
@@ -251,9 +267,8 @@ def init_app(app: Flask, client: redis.Redis, settings: Settings) -> None:
                 buffer.count_access(principal.key_id, principal.role, models, request.endpoint or "")
         elif status in (401, 403) or (status == 429 and g.get("rate_limited")):
             principal = g.get("principal")
-            error = (response.get_json(silent=True) or {}).get("error") or {}
             buffer.add(AuditRecord(
-                SECURITY_VIOLATIONS, error.get("code") or str(status), "denied",
+                SECURITY_VIOLATIONS, _error_code(response) or str(status), "denied",
                 actor_key_id=principal.key_id if principal else _claimed_key_id(),
                 actor_role=principal.role if principal else None, resource=_route(), ip=request.remote_addr,
                 details={"status": status, "path": request.path[:300]}))

@@ -1,9 +1,13 @@
 """Authentication (Bearer or X-API-Key) and per-route permission checks.
 
-Verified keys are remembered for a short time so that a busy client costs one database lookup every
-few seconds, not one per request; a revoked key therefore stops working within that window. When a
-remembered key expires, one of its waiting requests looks it up and the others use that answer (64
-concurrent requests of one client used to make 64 lookups at once).
+A bearer credential shaped like a JWT is verified as an access token (cortex_tasks/core/auth/tokens.py:
+Cortex's own, or the configured identity provider's); anything else as an API key.
+
+Verified keys and tokens are remembered for a short time so that a busy client costs one database lookup
+every few seconds, not one per request; a revoked key (and the tokens issued to it) therefore stops working
+within that window, and a token is never remembered past its expiry. When a remembered credential expires,
+one of its waiting requests looks it up and the others use that answer (64 concurrent requests of one
+client used to make 64 lookups at once).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from flask import g, request
 
 from cortex_tasks.core.auth.keys import Principal, verify_key
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
+from cortex_tasks.core.auth.tokens import looks_like_jwt, verify_token
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import enter_tenant, leave_tenant
 from cortex_web.errors import ApiError
@@ -52,16 +57,22 @@ def _principal_for(key: str) -> Principal | None:
         principal = _remembered(key)  # another request may have looked it up while this one waited
         if principal is not None:
             return principal
+        remember_for = CACHE_SECONDS
         try:
-            principal = verify_key(key, get_settings().admin_key)
+            if looks_like_jwt(key):
+                verified = verify_token(key)  # raises TokenError (401) with the reason
+                principal = verified.principal
+                remember_for = min(CACHE_SECONDS, verified.expires_at - time.time())
+            else:
+                principal = verify_key(key, get_settings().admin_key)
         finally:
             with _cache_lock:
                 _lookups.pop(key, None)
-        if principal is not None:
+        if principal is not None and remember_for > 0:
             with _cache_lock:
                 if len(_cache) >= MAX_CACHED_KEYS:
                     _cache.clear()
-                _cache[key] = (time.monotonic() + CACHE_SECONDS, principal)
+                _cache[key] = (time.monotonic() + remember_for, principal)
     return principal
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from cortex_tasks.core.auth.oauth import OAuthError
 from cortex_tasks.core.errors import CortexError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CortexError)
     def _cortex_error(error: CortexError) -> Response:
         return error_response(error.status, error.code, error.message, error.public_details(), error.headers)
+
+    # The token endpoint answers in RFC 6749 §5.2's shape, which OAuth2 client libraries parse: there the
+    # error is a string, so the two shapes cannot share the `error` field.
+    @app.errorhandler(OAuthError)
+    def _oauth_error(error: OAuthError) -> Response:
+        response = jsonify({"error": error.code, "error_description": error.message})
+        response.status_code = error.status
+        response.headers.update(error.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

@@ -23,6 +23,7 @@ Usage on a route, below `require` (so a 403 costs no token):
 
 `limit_model_work` is the same without the in-flight bound (for calls that only queue work, such as
 batch submit), and `limit_work` limits per key only (training, vector writes, documents, chat, ...).
+`limit_by_address(tier)` limits a route that needs no key (POST /oauth/token) per client address.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import redis
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
 from werkzeug.wrappers import Response
 
 from cortex_tasks.core.catalogue import TASKS
@@ -193,9 +194,12 @@ def requested_models() -> list[str]:
     return list(dict.fromkeys(name for name in map(_model_name, specs) if name))
 
 
-def _take_token(models: list[str]) -> None:
-    principal = current_principal()
-    decision = current_app.extensions["cortex_rate_limiter"].take(principal.key_id, principal.tier, models)
+def _take_token(models: list[str], bucket: tuple[str, str] | None = None) -> None:
+    """One token from the caller's buckets: the key's (and its models'), or `bucket` (id, tier) if given."""
+    if bucket is None:
+        principal = current_principal()
+        bucket = (principal.key_id, principal.tier)
+    decision = current_app.extensions["cortex_rate_limiter"].take(bucket[0], bucket[1], models)
     if decision is None:
         return
     g.rate_decision = decision
@@ -218,6 +222,20 @@ def limit_work(view: View) -> View:
         return view(*args, **kwargs)
 
     return limited  # type: ignore[return-value]
+
+
+def limit_by_address(tier: Callable[[], str]) -> Callable[[View], View]:
+    """Rate-limit a route that needs no key, per client address, with the buckets of the tier that
+    `tier()` names when the request comes."""
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            _take_token([], (f"addr:{request.remote_addr or 'unknown'}", tier()))
+            return view(*args, **kwargs)
+
+        return limited  # type: ignore[return-value]
+
+    return decorate
 
 
 def _releasing(body: Iterable[bytes], release: Callable[[], None]) -> Iterator[bytes]:

@@ -118,7 +118,25 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("get", "/api/v1/usage/openai"): {"200": (responses.OpenAIUsage, "OpenAI tokens and cost.")},
     ("get", "/api/v1/vectors/{collection}"): {"200": (responses.CollectionDetail, "The collection and its size.")},
     ("get", "/api/v1/openapi.json"): {"200": (None, "This document.")},
+    ("post", "/api/v1/oauth/token"): {
+        "200": (responses.TokenIssued, "The access token."),
+        "400": (responses.OAuthErrorResponse, "invalid_request, unsupported_grant_type or invalid_scope."),
+        "401": (responses.OAuthErrorResponse,
+                "invalid_client: unknown client, wrong secret, revoked or expired key.")},
+    ("get", "/api/v1/oauth/jwks.json"): {"200": (responses.Jwks, "The key set.")},
 }
+# Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
+FORM_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/oauth/token"): {
+        "type": "object", "required": ["grant_type"],
+        "properties": {
+            "grant_type": {"type": "string", "const": "client_credentials"},
+            "client_id": {"type": "string", "description": "The key's id (instead of HTTP Basic)."},
+            "client_secret": {"type": "string", "description": "The key's secret part, or the whole key "
+                                                               "(instead of HTTP Basic)."}}},
+}
+# Public routes limited per client address (limits.limit_by_address): they answer 429 too.
+ADDRESS_LIMITED = {("post", "/api/v1/oauth/token")}
 # Answers that are not JSON: (media type, schema, description).
 _TEXT_BODY = {"type": "string"}
 OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
@@ -138,11 +156,12 @@ BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string"
                   "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "contentMediaType":
                                                                      "application/vnd.apache.arrow.stream"}}}
 PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs",
-                "/api/v1/docs/assets/{filename}"}
+                "/api/v1/docs/assets/{filename}", "/api/v1/oauth/token", "/api/v1/oauth/jwks.json"}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
-    "401": ("No key, or a bad, revoked or expired one (missing_api_key, invalid_api_key).", False),
+    "401": (("No key or token, or a bad, revoked or expired one (missing_api_key, invalid_api_key, "
+             "invalid_token)."), False),
     "403": ("The key's role lacks the permission this route needs (forbidden).", False),
     "422": ("The body or query is invalid (invalid_request, invalid_query and task-specific codes).", False),
     "429": ("Rate limited (rate_limited) or a quota is used up; see Retry-After.", True),
@@ -334,6 +353,8 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             # A status the route documents itself (/ready's 503 is its own body) is not an error object.
             for status, answer in _error_responses(public).items():
                 answers.setdefault(status, answer)
+            if (method, path) in ADDRESS_LIMITED:
+                answers.setdefault("429", _error_responses(False)["429"])
             operation: dict[str, Any] = {
                 "operationId": operation_id,
                 "summary": doc.splitlines()[0],
@@ -353,8 +374,12 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                     media["examples"] = {"example": {"value": REQUEST_EXAMPLES[(method, path)]}}
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": media}}
+            if (method, path) in FORM_BODIES:
+                operation["requestBody"] = {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": FORM_BODIES[(method, path)]}}}
+                operation["security"] = [{}, {"clientBasic": []}]
             if not public:
-                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation["security"] = [{"bearer": []}, {"apiKey": []}, {"oauth2": []}]
             paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",
@@ -365,7 +390,14 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
         "components": {
             "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An API key, or an access token (JWT) from /api/v1/oauth/token "
+                                          "or the configured identity provider."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "oauth2": {"type": "oauth2", "description": "Client credentials: client id = the key's id, "
+                                                            "client secret = its secret part.",
+                           "flows": {"clientCredentials": {"tokenUrl": "/api/v1/oauth/token", "scopes": {}}}},
+                "clientBasic": {"type": "http", "scheme": "basic",
+                                "description": "The token route's client authentication: key id and secret."}}},
         "paths": dict(sorted(paths.items())),
     }

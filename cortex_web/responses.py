@@ -223,6 +223,27 @@ class KeyRevoked(_Response):
     revoked: bool
 
 
+class TokenIssued(BaseModel):
+    """RFC 6749 §5.1: an access token; send it as `Authorization: Bearer <access_token>`."""
+
+    access_token: str = Field(description="A JWT signed by Cortex (ES256, kid in its header).")
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds the token is valid (CORTEX_TOKEN_LIFETIME).")
+
+
+class OAuthErrorResponse(BaseModel):
+    """RFC 6749 §5.2: the token route's errors, in the shape OAuth2 clients read."""
+
+    error: Literal["invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"]
+    error_description: str = Field(description="What went wrong, for people.")
+
+
+class Jwks(BaseModel):
+    """RFC 7517 JSON Web Key Set: the public keys that verify Cortex's access tokens."""
+
+    keys: list[dict[str, Any]] = Field(description="Public JWKs (kty, crv, x, y, kid, alg, use), newest first.")
+
+
 class CollectionList(_Response):
     collections: list[Collection]
 

@@ -1,4 +1,5 @@
-"""The `cortex` command: run the stack, manage keys, look at jobs, start one worker or the gateway.
+"""The `cortex` command: run the stack, manage keys and token signing keys, look at jobs, start one worker
+or the gateway.
 
 Each command imports what it uses inside its own function: `cortex up` becomes the supervisor of every
 other process and should hold neither the database layer nor the Celery app, `cortex keys list` should
@@ -110,6 +111,32 @@ def keys_revoke(key_id: str) -> None:
         raise click.ClickException(f"no active key {key_id}")
     record_events([cli_actor("key.revoke", key_id)])
     click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def tokens() -> None:
+    """The keys that sign access tokens (POST /api/v1/oauth/token)."""
+
+
+@tokens.command("rotate")
+@click.option("--drop-retired", is_flag=True,
+              help="Also forget the retired keys at once, ending their tokens (for a key that leaked).")
+def tokens_rotate(drop_retired: bool) -> None:
+    """Sign new tokens with a new key; tokens signed before keep working until they expire."""
+    from cortex_tasks.core.audit.service import cli_actor, record_events
+    from cortex_tasks.core.auth.signing_keys import rotate
+
+    kid = rotate(drop_retired=drop_retired)
+    record_events([cli_actor("token.rotate", kid, {"drop_retired": drop_retired})])
+    click.echo(f"new tokens are signed with key {kid}")
+
+
+@tokens.command("keys")
+def tokens_keys() -> None:
+    """The signing keys: the one signing now (retired_at null) and the retired ones that still verify."""
+    from cortex_tasks.core.auth.signing_keys import list_signing_keys
+
+    click.echo(json.dumps(list_signing_keys(), indent=2))
 
 
 @main.group()

@@ -383,6 +383,94 @@ class TrainingConfig(FromEnvironment):
     max_rows: ClassVar[int] = 100_000
 
 
+# Asymmetric only: a shared-secret algorithm (HS*) would let whoever holds the IdP's public key sign tokens.
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                   "ES256", "ES384", "ES512", "EdDSA"})
+
+
+class TokensConfig(FromEnvironment):
+    """Access tokens: Cortex's own (POST /oauth/token) and an external identity provider's (JWKS)."""
+
+    issuer: str = variable("CORTEX_TOKEN_ISSUER", "cortex", "`iss` of the tokens Cortex issues.")
+    audience: str = variable("CORTEX_TOKEN_AUDIENCE", "cortex-api", "`aud` of the tokens Cortex issues.")
+    lifetime_seconds: int = variable(
+        "CORTEX_TOKEN_LIFETIME", 900, "How long an issued token is valid.", shown="15m"
+    )
+    key_rotation_seconds: int = variable(
+        "CORTEX_TOKEN_KEY_ROTATION",
+        30 * 86400,
+        "Age at which the signing key is replaced on the next token issued.",
+        shown="30d",
+    )
+    leeway_seconds: int = variable(
+        "CORTEX_TOKEN_LEEWAY", 30, "Clock skew allowed on exp, nbf and iat.", shown="30s"
+    )
+    rate_tier: str = variable(
+        "CORTEX_TOKEN_RATE_TIER", "default", "Rate-limit tier of POST /oauth/token, per client address."
+    )
+    oidc_issuer: str | None = variable(
+        "CORTEX_OIDC_ISSUER", None, "External identity provider's `iss`; unset: its tokens are refused."
+    )
+    oidc_audience: str | None = variable("CORTEX_OIDC_AUDIENCE", None, "The `aud` its tokens must carry.")
+    oidc_jwks_url: str | None = variable("CORTEX_OIDC_JWKS_URL", None, "Where its public keys are (JWKS).")
+    oidc_algorithms: Annotated[tuple[str, ...], NoDecode] = variable(
+        "CORTEX_OIDC_ALGORITHMS",
+        ("RS256", "ES256"),
+        "Signature algorithms accepted from it, comma-separated (asymmetric only).",
+        shown="RS256,ES256",
+    )
+    oidc_tenant_claim: str = variable(
+        "CORTEX_OIDC_TENANT_CLAIM", "tenant", "Claim naming the tenant (dots reach into objects)."
+    )
+    oidc_role_claim: str = variable("CORTEX_OIDC_ROLE_CLAIM", "role", "Claim naming the Cortex role.")
+    oidc_models_claim: str = variable(
+        "CORTEX_OIDC_MODELS_CLAIM", "models", "Claim listing the allowed models; absent: any model."
+    )
+    oidc_tasks_claim: str = variable(
+        "CORTEX_OIDC_TASKS_CLAIM", "tasks", "Claim listing the allowed tasks; absent: any task."
+    )
+    oidc_default_tenant: str | None = variable(
+        "CORTEX_OIDC_DEFAULT_TENANT", None, "Tenant of a token without the tenant claim.", shown="none: required"
+    )
+    oidc_tier: str = variable("CORTEX_OIDC_TIER", "default", "Rate-limit tier of external tokens.")
+    # The IdP's key set is cached this long; a token with a kid not in it refetches at most this often, so
+    # made-up kids cannot make the gateway fetch once per request.
+    jwks_cache_seconds: ClassVar[int] = 300
+    jwks_min_refetch_seconds: ClassVar[float] = 30.0
+
+    @field_validator("lifetime_seconds", "key_rotation_seconds", "leeway_seconds", mode="before")
+    @classmethod
+    def _duration(cls, raw: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "leeway_seconds" and isinstance(raw, str) and raw.strip().rstrip("s") == "0":
+            return 0  # no leeway at all is a valid choice; the other two must be positive
+        return int(parse_duration(raw)) if isinstance(raw, str) else raw
+
+    @field_validator("oidc_algorithms", mode="before")
+    @classmethod
+    def _algorithms(cls, raw: Any) -> Any:
+        names = tuple(part.strip() for part in raw.split(",") if part.strip()) if isinstance(raw, str) else raw
+        unsafe = [name for name in names if name not in ASYMMETRIC_ALGORITHMS]
+        if not names or unsafe:
+            raise ValueError(f"CORTEX_OIDC_ALGORITHMS takes asymmetric algorithms only "
+                             f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}), not {', '.join(unsafe) or 'none'}")
+        return names
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> TokensConfig:
+        given = [self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url]
+        if any(given) and not all(given):
+            raise ValueError("CORTEX_OIDC_ISSUER, CORTEX_OIDC_AUDIENCE and CORTEX_OIDC_JWKS_URL go together")
+        if self.oidc_jwks_url and not self.oidc_jwks_url.startswith(("https://", "http://")):
+            raise ValueError("CORTEX_OIDC_JWKS_URL must be an http(s) URL")
+        if self.oidc_issuer and self.oidc_issuer == self.issuer:
+            raise ValueError("CORTEX_OIDC_ISSUER must differ from CORTEX_TOKEN_ISSUER")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+
 class Settings(FromEnvironment):
     """Services, request handling, cache, overload protection, rate limits, audit and processes."""
 
@@ -647,6 +735,10 @@ class Settings(FromEnvironment):
     def training(self) -> TrainingConfig:
         return TrainingConfig()
 
+    @cached_property
+    def tokens(self) -> TokensConfig:
+        return TokensConfig()
+
     @property
     def uses_s3(self) -> bool:
         return bool(self.s3_endpoint)
@@ -685,6 +777,7 @@ SETTINGS_GROUPS: tuple[type[FromEnvironment], ...] = (
     ChatConfig,
     OpenAIConfig,
     TrainingConfig,
+    TokensConfig,
 )
 
 

@@ -9,7 +9,9 @@ import pytest
 from cortex_tasks.core.auth.keys import create_key, revoke_key
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 
-PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/assets/<path:filename>"}
+# The token route is the login and the key set is public (tests/integration/test_access_tokens.py).
+PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/assets/<path:filename>", "/api/v1/oauth/token",
+          "/api/v1/oauth/jwks.json"}
 
 
 def api_routes(app) -> list[tuple[str, str, str | None]]:
@@ -38,13 +40,14 @@ def test_every_api_route_declares_a_permission(app):
 
 @pytest.mark.parametrize("headers", [
     {}, {"Authorization": "Bearer nope"}, {"X-API-Key": "ctx_abc_def"}, {"Authorization": "Basic Zm9vOmJhcg=="},
+    {"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoibW9kZWxfYWRtaW4ifQ."},  # a JWT with alg none
 ])
 def test_missing_or_bad_key_is_401_everywhere(app, headers):
     client = app.test_client()
     for method, path, _ in api_routes(app):
         response = call(client, method, path, headers)
         assert response.status_code == 401, (method, path)
-        assert response.get_json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
+        assert response.get_json()["error"]["code"] in ("missing_api_key", "invalid_api_key", "invalid_token")
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_PERMISSIONS))
@@ -109,7 +112,7 @@ def test_admin_key_from_environment_is_model_admin(app, monkeypatch):
 
 def test_public_endpoints_need_no_key(app):
     client = app.test_client()
-    for path in ("/health", "/metrics", "/api/v1/openapi.json", "/api/v1/docs"):
+    for path in ("/health", "/metrics", "/api/v1/openapi.json", "/api/v1/docs", "/api/v1/oauth/jwks.json"):
         assert client.get(path).status_code == 200, path
 
 

@@ -10,8 +10,8 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -97,6 +97,13 @@ def create_tenant(tenant: str, name: str | None = None) -> bool:
     return True
 
 
+def tenant_exists(tenant: str) -> bool:
+    if not TENANT_ID.fullmatch(tenant):
+        return False
+    with session_scope() as session:
+        return session.get(Tenant, tenant) is not None
+
+
 def list_tenants() -> list[dict[str, str | None]]:
     with session_scope() as session:
         rows = session.scalars(select(Tenant).order_by(Tenant.id)).all()
@@ -118,6 +125,20 @@ def verify_key(presented: str, admin_key: str | None = None) -> Principal | None
         row = session.get(ApiKey, key_id)
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(secret)):
         return None
+    return _active(row)
+
+
+def active_principal(key_id: str) -> Principal | None:
+    """Who holds the key `key_id` while it is active (no secret: for access tokens issued to the key,
+    which stop working when the key is revoked or expires); None otherwise."""
+    if not KEY_ID.fullmatch(key_id):
+        return None
+    with session_scope() as session:
+        row = session.get(ApiKey, key_id)
+    return None if row is None else _active(row)
+
+
+def _active(row: ApiKey) -> Principal | None:
     now = datetime.now(timezone.utc)
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None

@@ -19,3 +19,4 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "platform_admin": frozenset({READ, PREDICT, TRAIN, DEPLOY, ADMIN, PLATFORM}),
 }
 ROLES: tuple[str, ...] = tuple(ROLE_PERMISSIONS)
+PLATFORM_ADMIN = "platform_admin"

@@ -98,6 +98,20 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class TokenSigningKey(Base):
+    """A key pair that signs Cortex's access tokens (auth/tokens.py; migration 0008_signing_keys). The newest
+    key not retired signs; retired keys still verify the tokens they signed until those expire."""
+
+    __tablename__ = "token_signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    private_pem: Mapped[str] = mapped_column(Text)  # PKCS#8; the database is its only copy
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 # --- vectors and the model registry (migration 0002) ---
 
 
