@@ -28,6 +28,7 @@ class Principal:
     key_id: str
     role: str
     tier: str = "default"  # rate-limit tier (settings.rate_limit_tiers)
+    tenant: str = "default"
 
 
 @dataclass(frozen=True)
