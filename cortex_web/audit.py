@@ -43,6 +43,7 @@ from cortex_tasks.core.audit.service import (
     MODEL_ACCESS,
     SECURITY_VIOLATIONS,
     AuditRecord,
+    ChainMissing,
     record_events,
 )
 from cortex_tasks.core.auth.keys import PREFIX
@@ -149,7 +150,7 @@ class AuditBuffer:
                 for (tenant, key_id, role, model, action, minute), count in access.items()]
             try:
                 written = record_events(rows)
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, OSError, ChainMissing) as exc:
                 log.warning("audit: could not write %d events, will retry: %s", len(rows), exc)
                 self._give_back([event for event in events if event.event_type != ALERTS], access)
                 return 0

@@ -98,10 +98,14 @@ def _transaction(engine: Engine | None) -> Iterator[Session]:
         yield session
 
 
+class ChainMissing(RuntimeError):
+    """audit_chain has no row: the database was not migrated (or the row was removed by its owner)."""
+
+
 def _lock_chain(session: Session) -> AuditChain:
     chain = session.scalars(select(AuditChain).where(AuditChain.id == CHAIN_ID).with_for_update()).one_or_none()
     if chain is None:
-        raise RuntimeError("audit_chain has no row: run `cortex migrate`")
+        raise ChainMissing("audit_chain has no row: run `cortex migrate`")
     return chain
 
 
