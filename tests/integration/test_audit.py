@@ -192,3 +192,21 @@ def test_an_event_holding_a_nul_character_is_stored_and_does_not_block_the_log(a
     resources = {event["resource"] for event in changes}
     assert created["key_id"] in resources
     assert "bad\ufffdid" in resources
+
+
+def test_deletions_are_recorded_with_tenant_key_action_and_resource(admin_api, keys, flush):
+    user = admin_api.as_key(keys["inference_user"])
+    name = f"audited{uuid.uuid4().hex[:8]}"
+    assert user.client.put(f"/api/v1/vectors/{name}", json={"dimension": 3, "model": None},
+                           headers=user.headers()).status_code in (200, 201)
+    assert user.post(f"/api/v1/vectors/{name}", {"items": [{"id": "a", "vector": [1.0, 0.0, 0.0]}]}).status_code == 200
+    assert user.post(f"/api/v1/vectors/{name}/delete", {"ids": ["a", "b"]}).status_code == 200
+    assert user.delete(f"/api/v1/vectors/{name}").status_code == 200
+    flush()
+    changes = [event for event in events(admin_api, type="configuration_changes", actor=key_id(keys["inference_user"]))
+               if event["resource"] == name]
+    assert sorted((event["action"], event["tenant"], event["actor"]["role"], event["outcome"]) for event in changes) == [
+        ("collection.create", "default", "inference_user", "success"),
+        ("collection.delete", "default", "inference_user", "success"),
+        ("vectors.delete", "default", "inference_user", "success")]
+    assert next(event for event in changes if event["action"] == "vectors.delete")["details"]["deleted"] == 1
