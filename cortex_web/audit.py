@@ -4,9 +4,9 @@ No request waits for the database. Handlers append to a buffer (model_access onl
 key, model, action and minute); a background thread writes the buffer every `audit_flush_seconds`, or
 sooner when it fills, and at process exit. A flush appends all its rows to the log's hash chain in one
 transaction (one lock, one multi-row insert; core/audit/service.py); the log is append-only, so a
-minute's model_access counts from several flushes or processes are several rows that readers sum. If the database is down the events stay buffered and are
-retried; only past MAX_PENDING_EVENTS are the oldest dropped, logged and counted
-(cortex_audit_events_dropped_total). A process killed with SIGKILL loses at most its last flush interval.
+minute's model_access counts from several flushes or processes are several rows that readers sum. If the
+database is down the events stay buffered and are retried; only past MAX_PENDING_EVENTS are the oldest
+dropped, logged and counted (cortex_audit_events_dropped_total). A process killed with SIGKILL loses at most its last flush interval.
 
 The same thread counts security violations into the shared alert windows (cortex_tasks.core.audit.alerts):
 an alert is a WARNING log line, a metric and an `alerts` audit event.
