@@ -2,17 +2,21 @@
 
 No request waits for the database. Handlers append to a buffer (model_access only bumps a counter per
 key, model, action and minute); a background thread writes the buffer every `audit_flush_seconds`, or
-sooner when it fills, and at process exit. If the database is down the events stay buffered and are
-retried; only past MAX_PENDING_EVENTS are the oldest dropped, logged and counted
-(cortex_audit_events_dropped_total). A process killed with SIGKILL loses at most its last flush interval.
+sooner when it fills, and at process exit. A flush appends all its rows to the log's hash chain in one
+transaction (one lock, one multi-row insert; core/audit/service.py); the log is append-only, so a
+minute's model_access counts from several flushes or processes are several rows that readers sum. If the
+database is down the events stay buffered and are retried; only past MAX_PENDING_EVENTS are the oldest
+dropped, logged and counted (cortex_audit_events_dropped_total). A process killed with SIGKILL loses at most its last flush interval.
 
 The same thread counts security violations into the shared alert windows (cortex_tasks.core.audit.alerts):
 an alert is a WARNING log line, a metric and an `alerts` audit event.
 
 What is recorded:
 - security_violations: every 401 and 403, and every 429 of the rate limiter (after_request hook);
-- model_access: successful calls of routes marked with `limits.limit_prediction`;
+- model_access: successful calls of routes marked with `limits.limit_prediction` or `limit_model_work`;
 - configuration_changes: routes marked with `@audited("key.create")` and the like, success or failure.
+Every row names the actor's tenant, key and role, the action and the resource. Every state-changing
+route is one or the other, or is listed with its reason in tests/unit/test_audited_routes.py.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from cortex_tasks.core.audit.service import (
     MODEL_ACCESS,
     SECURITY_VIOLATIONS,
     AuditRecord,
+    ChainMissing,
     record_events,
 )
 from cortex_tasks.core.auth.keys import PREFIX
@@ -53,8 +58,11 @@ MAX_PENDING_EVENTS = 100_000
 # Fields of a configuration change's request and response worth keeping (never the key secret itself).
 DETAIL_FIELDS = ("key_id", "role", "tier", "name", "expires_in_days", "stage", "traffic", "traffic_percent",
                  "version", "to_version", "rolled_back_from", "action", "kind", "model", "job_id", "status",
-                 "dimension", "metric")
-AccessKey = tuple[str, str | None, str, str, int]  # key id, role, model, action, minute (epoch // 60)
+                 "dimension", "metric", "collection", "deleted", "passages_deleted", "deleted_messages")
+AccessKey = tuple[str | None, str, str | None, str, str, int]  # tenant, key id, role, model, action, minute
+# What a view function carries to say how its calls are recorded (the route-coverage test reads it).
+AUDIT_MARK = "cortex_audit"
+MODEL_ACCESS_MARK = "model_access"
 
 
 class AuditBuffer:
@@ -80,12 +88,13 @@ class AuditBuffer:
         if waiting >= FLUSH_AT_EVENTS:
             self._wake.set()
 
-    def count_access(self, key_id: str, role: str | None, models: list[str], action: str) -> None:
+    def count_access(self, tenant: str | None, key_id: str, role: str | None, models: list[str],
+                     action: str) -> None:
         self._ensure_writer()
         minute = int(time.time() // 60)
         with self._lock:
             for model in models:
-                self._access[(key_id, role, model, action, minute)] += 1
+                self._access[(tenant, key_id, role, model, action, minute)] += 1
 
     def _ensure_writer(self) -> None:
         pid = os.getpid()
@@ -137,18 +146,18 @@ class AuditBuffer:
             events += self._check_alerts(events)
             rows = events + [
                 AuditRecord(MODEL_ACCESS, action, "success", actor_key_id=key_id, actor_role=role, resource=model,
-                            at=datetime.fromtimestamp(minute * 60, UTC), count=count)
-                for (key_id, role, model, action, minute), count in access.items()]
+                            at=datetime.fromtimestamp(minute * 60, UTC), count=count, tenant=tenant)
+                for (tenant, key_id, role, model, action, minute), count in access.items()]
             try:
                 written = record_events(rows)
-            except (SQLAlchemyError, OSError) as exc:
+            except (SQLAlchemyError, OSError, ChainMissing) as exc:
                 log.warning("audit: could not write %d events, will retry: %s", len(rows), exc)
                 self._give_back([event for event in events if event.event_type != ALERTS], access)
                 return 0
             for event in events:
-                log.log(self._log_level, "audit %s %s outcome=%s actor=%s resource=%s ip=%s count=%d",
-                        event.event_type, event.action, event.outcome, event.actor_key_id, event.resource,
-                        event.ip, event.count)
+                log.log(self._log_level, "audit %s %s outcome=%s tenant=%s actor=%s resource=%s ip=%s count=%d",
+                        event.event_type, event.action, event.outcome, event.tenant, event.actor_key_id,
+                        event.resource, event.ip, event.count)
             return written
 
     def _check_alerts(self, events: list[AuditRecord]) -> list[AuditRecord]:
@@ -190,7 +199,8 @@ def _merge_repeated_violations(events: list[AuditRecord]) -> list[AuditRecord]:
         if event.event_type != SECURITY_VIOLATIONS:
             out.append(event)
             continue
-        same = (event.action, event.outcome, event.actor_key_id, event.actor_role, event.resource, event.ip)
+        same = (event.action, event.outcome, event.tenant, event.actor_key_id, event.actor_role, event.resource,
+                event.ip)
         first = merged.get(same)
         if first is None:
             merged[same] = event
@@ -264,14 +274,16 @@ def init_app(app: Flask, client: redis.Redis, settings: Settings) -> None:
             models = g.get("audit_models")
             if models:
                 principal = g.principal
-                buffer.count_access(principal.key_id, principal.role, models, request.endpoint or "")
+                buffer.count_access(principal.tenant, principal.key_id, principal.role, models,
+                                    request.endpoint or "")
         elif status in (401, 403) or (status == 429 and g.get("rate_limited")):
             principal = g.get("principal")
             buffer.add(AuditRecord(
                 SECURITY_VIOLATIONS, _error_code(response) or str(status), "denied",
                 actor_key_id=principal.key_id if principal else _claimed_key_id(),
                 actor_role=principal.role if principal else None, resource=_route(), ip=request.remote_addr,
-                details={"status": status, "path": request.path[:300]}))
+                details={"status": status, "path": request.path[:300]},
+                tenant=principal.tenant if principal else None))
         return response
 
 
@@ -300,6 +312,7 @@ def audited(action: str) -> Callable[[View], View]:
                            {"status": response.status_code, **answer})
             return response
 
+        setattr(recorded, AUDIT_MARK, action)
         return recorded  # type: ignore[return-value]
 
     return decorate
@@ -315,4 +328,5 @@ def _record_change(action: str, view_args: dict[str, Any], outcome: str, details
     buffer.add(AuditRecord(CONFIGURATION_CHANGES, action, outcome,
                            actor_key_id=principal.key_id if principal else None,
                            actor_role=principal.role if principal else None, resource=resource,
-                           ip=request.remote_addr, details={"request": asked, **details}))
+                           ip=request.remote_addr, details={"request": asked, **details},
+                           tenant=principal.tenant if principal else None))

@@ -42,6 +42,7 @@ from werkzeug.wrappers import Response
 
 from cortex_tasks.core.catalogue import TASKS
 from cortex_tasks.core.settings import RateTier, Settings, get_settings
+from cortex_web.audit import AUDIT_MARK, MODEL_ACCESS_MARK
 from cortex_web.auth import current_principal
 from cortex_web.errors import ApiError
 from cortex_web.metrics import INFLIGHT_REJECTED, RATE_LIMITED
@@ -259,6 +260,7 @@ def limit_model_work(view: View) -> View:
         _take_token(models)
         return view(*args, **kwargs)
 
+    setattr(limited, AUDIT_MARK, MODEL_ACCESS_MARK)
     return limited  # type: ignore[return-value]
 
 
@@ -289,4 +291,5 @@ def limit_prediction(view: View) -> View:
             gate.leave()
         return response
 
+    setattr(limited, AUDIT_MARK, MODEL_ACCESS_MARK)
     return limited  # type: ignore[return-value]

@@ -98,6 +98,7 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("delete", "/api/v1/chat/{session_id}"): {"200": (responses.ChatCleared, "Forgotten.")},
     ("delete", "/api/v1/documents/{document_id}"): {"200": (responses.DocumentDeleted, "Deleted.")},
     ("get", "/api/v1/audit"): {"200": (responses.AuditPage, "A page of audit events, newest first.")},
+    ("get", "/api/v1/audit/verify"): {"200": (responses.AuditChainReport, "The chain checked, intact or not.")},
     ("get", "/api/v1/documents"): {"200": (responses.DocumentList, "A page of the indexed documents.")},
     ("get", "/api/v1/health/metrics"): {"200": (responses.QueueHealth, "Queue depths and ready workers.")},
     ("get", "/api/v1/health/resources"): {"200": (responses.HostResources, "The gateway host's CPU load.")},

@@ -289,6 +289,28 @@ class AuditPage(_Response):
     next_page: int | None = Field(description="The next page's number; null on the last page.")
 
 
+class ChainHead(_Response):
+    id: int | None = Field(description="The last row appended; null while the log is empty.")
+    hash: str = Field(description="Its row_hash (SHA-256, hex): keep it outside the database to compare later.")
+
+
+class ChainBreak(_Response):
+    row_id: int | None
+    kind: Literal["content_changed", "rows_missing", "row_inserted", "start_missing", "end_missing",
+                  "outside_chain"]
+    message: str
+
+
+class AuditChainReport(_Response):
+    """The audit log's hash chain checked row by row (GET /api/v1/audit/verify)."""
+
+    ok: bool
+    rows: int = Field(description="Rows checked before the first break (all of them when ok).")
+    head: ChainHead
+    start_after_id: int | None = Field(description="The last row retention deleted; null if none was.")
+    broken: ChainBreak | None = Field(description="The first broken link; null when the chain is intact.")
+
+
 class DocumentSummary(_Response):
     id: str
     collection: str

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from cortex_tasks.cli import audit as audit_commands
+
 
 @click.group()
 def main() -> None:
@@ -220,6 +222,8 @@ def batch_submit(file: Path, task: str, model: str | None, params_json: str, pri
         raise click.ClickException(f"{len(failed_jobs)} batch job(s) did not succeed: "
                                    + ", ".join(f"{part.job_id} ({part.status})" for part in failed_jobs))
 
+
+main.add_command(audit_commands.audit)
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ import io
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,6 +114,11 @@ class Gateway:
     max_retries: int = 20
     max_retry_wait: float = 60.0
 
+    def __post_init__(self) -> None:
+        # urllib also opens file:// and ftp:// URLs; a gateway is only ever reached over HTTP(S).
+        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
+            raise BatchClientError(f"the gateway URL must start with http:// or https://, not {self.url!r}")
+
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(self.max_retries + 1):
@@ -120,7 +126,7 @@ class Gateway:
                 "Authorization": f"Bearer {self.key}", **({"Content-Type": "application/json"} if data else {}),
                 **(headers or {})})
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310 - scheme checked
                     return response.status, response.read()
             except urllib.error.HTTPError as exc:
                 wait = _retry_after(exc)

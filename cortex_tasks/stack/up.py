@@ -25,6 +25,9 @@ from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
 from workers import PROFILES
 
+# Bind addresses that mean "every interface"; the stack's own clients reach such a gateway on loopback.
+WILDCARD_HOSTS = ("0.0.0.0", "::")  # nosec B104 - compared with --host, never bound here
+
 
 @dataclass(frozen=True)
 class UpOptions:
@@ -66,7 +69,7 @@ def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not supervisor.stopping:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:  # nosec B310 - our own http:// gateway URL
                 if response.status == 200:
                     return True
         except OSError:
@@ -78,7 +81,7 @@ def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> bool:
 
 def _workers_ready(url: str) -> set[str]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:  # nosec B310 - our own http:// gateway URL
             return set(json.load(response).get("queues_served", []))
     except (OSError, ValueError):
         return set()
@@ -140,7 +143,7 @@ def run_up(options: UpOptions) -> int:
         upgrade_to_head(database_url)
         admin_line = _admin_key_line()
 
-        gateway_url = f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '::') else options.host}:{options.port}"
+        gateway_url = f"http://{'127.0.0.1' if options.host in WILDCARD_HOSTS else options.host}:{options.port}"
         flower_url = f"http://127.0.0.1:{options.flower_port}"
         stack.update(redis_url=redis_url, database_url=database_url, artifact_dir=str(artifact_dir),
                      gateway_url=gateway_url, flower_url=flower_url)

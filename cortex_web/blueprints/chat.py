@@ -23,6 +23,7 @@ from cortex_tasks.core.queues import GPU, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.validation.generation import generation_params
+from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import submit_and_wait
 from cortex_web.errors import ApiError
@@ -124,6 +125,7 @@ def chat_history(session_id: str) -> Response:
 
 @bp.delete("/chat/<session_id>")
 @require(PREDICT)
+@audited("chat.delete")
 def clear_chat(session_id: str) -> Response:
     """Forget the session and its messages (the id becomes free again)."""
     _owned_session(session_id)

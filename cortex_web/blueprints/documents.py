@@ -31,6 +31,7 @@ from cortex_tasks.core.documents.requests import (
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, priority_of
 from cortex_tasks.core.settings import get_settings
+from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError
@@ -104,6 +105,7 @@ def list_documents() -> Response:
 
 @bp.delete("/documents/<path:document_id>")
 @require(PREDICT)
+@audited("document.delete")
 def delete_document(document_id: str) -> Response:
     """Delete a document and its passages from a collection (`?collection=`, default "default")."""
     collection = _collection_arg(required=True)

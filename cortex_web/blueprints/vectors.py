@@ -255,6 +255,7 @@ def search(collection: str) -> tuple[Response, int]:
 
 @bp.post("/vectors/<collection>/delete")
 @require(PREDICT)
+@audited("vectors.delete")
 def delete_items(collection: str) -> Response:
     """Delete items by id."""
     name = _collection_name(collection)
@@ -282,6 +283,7 @@ def count_items(collection: str) -> Response:
 
 @bp.post("/vectors/<collection>/index")
 @require(PREDICT)
+@audited("collection.index")
 def build_index(collection: str) -> tuple[Response, int]:
     """(Re)build the vector index over the items the collection holds now (a job on the maintenance queue)."""
     name = _collection_name(collection)

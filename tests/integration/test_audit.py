@@ -1,6 +1,6 @@
 """The audit log through the HTTP API and real PostgreSQL: configuration changes, security violations and
 model access recorded with the right fields, alerts at the threshold, GET /audit for admins only, and
-retention deleting only old rows."""
+retention leaving the chain intact."""
 from __future__ import annotations
 
 import uuid
@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cortex_tasks.core.audit.chain import verify_chain
 from cortex_tasks.core.audit.service import AuditRecord, query_events, record_events
 from cortex_tasks.core.auth.keys import create_key
 from cortex_web.metrics import AUDIT_ALERTS
@@ -39,6 +40,7 @@ def test_key_changes_are_recorded_without_the_secret(admin_api, keys, flush):
     by_action = {(event["action"], event["resource"]): event for event in changes}
     made = by_action[("key.create", created["key_id"])]
     assert made["outcome"] == "success" and made["actor"] == {"key_id": admin, "role": "model_admin"}
+    assert made["tenant"] == "default"  # the principal's
     assert made["details"]["tier"] == "premium" and made["details"]["request"]["role"] == "reader"
     assert made["ip"] == "127.0.0.1"
     assert created["key"] not in str(changes) and created["key"].split("_", 2)[2] not in str(changes)
@@ -78,7 +80,7 @@ def test_security_violations_are_recorded(app, admin_api, keys, flush):
 
     from_address = {event["action"]: event for event in events(admin_api, type="security_violations")
                     if event["ip"] == address}
-    assert from_address["missing_api_key"]["actor"]["key_id"] is None
+    assert from_address["missing_api_key"]["actor"]["key_id"] is None and from_address["missing_api_key"]["tenant"] is None
     claimed = from_address["invalid_api_key"]
     assert claimed["actor"]["key_id"] == "abcdef123456" and "wrongsecret" not in str(claimed)
     assert claimed["resource"] == "GET /api/v1/models" and claimed["outcome"] == "denied"
@@ -148,21 +150,36 @@ def test_audit_endpoint_is_admin_only_filters_and_pages(app, admin_api, keys, fl
     assert future == {"events": [], "page": 1, "size": 50, "next_page": None}
 
 
-def test_retention_deletes_only_old_rows(workers):
+def test_retention_through_the_worker_keeps_the_chain(workers):
+    """The Beat task on the session's log. Its rows are all recent, so nothing before the back-dated
+    row can go, and so neither can it: retention deletes only the oldest rows of the chain
+    (test_audit_chain.py deletes a real prefix in a log of its own)."""
     from cortex_tasks import app as celery_app
 
     marker = f"retention-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
     record_events([AuditRecord("configuration_changes", "test.old", "success", resource=marker,
-                               at=now - timedelta(days=91)),
-                   AuditRecord("configuration_changes", "test.recent", "success", resource=marker,
-                               at=now - timedelta(days=89))])
+                               at=now - timedelta(days=91))])
     result = celery_app.send_task("cortex.maintenance.purge_audit_events", queue="maintenance").get(timeout=180)
-    assert result["deleted"] >= 1
-    # Only the marker's era: a page holds 50 rows, newest first, and other tests' recent changes (the
-    # schemathesis run makes hundreds) would push the marker's rows off it.
+    assert result == {"deleted": 0}
     left, _ = query_events("configuration_changes", since=now - timedelta(days=100), until=now - timedelta(days=80))
-    assert [row["action"] for row in left if row["resource"] == marker] == ["test.recent"]
+    assert [row["action"] for row in left if row["resource"] == marker] == ["test.old"]
+    assert verify_chain().ok
+
+
+def test_model_access_rows_of_one_minute_are_summed(admin_api):
+    """Each flush appends its own model_access rows (the log is never updated); readers sum a minute's."""
+    caller = f"sum{uuid.uuid4().hex[:9]}"
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    for count in (2, 5):  # two flushes, or two gateway processes
+        record_events([AuditRecord("model_access", "predict.predict", "success", actor_key_id=caller,
+                                   actor_role="inference_user", resource="m", at=minute, count=count,
+                                   tenant="default")])
+    record_events([AuditRecord("model_access", "predict.predict", "success", actor_key_id=caller,
+                               actor_role="inference_user", resource="m", at=minute + timedelta(minutes=1))])
+    rows = events(admin_api, type="model_access", actor=caller)
+    assert [(row["at"], row["count"], row["tenant"]) for row in rows] == [
+        ((minute + timedelta(minutes=1)).isoformat(), 1, None), (minute.isoformat(), 7, "default")]
 
 
 def test_an_event_holding_a_nul_character_is_stored_and_does_not_block_the_log(admin_api, keys, flush):
@@ -175,3 +192,21 @@ def test_an_event_holding_a_nul_character_is_stored_and_does_not_block_the_log(a
     resources = {event["resource"] for event in changes}
     assert created["key_id"] in resources
     assert "bad\ufffdid" in resources
+
+
+def test_deletions_are_recorded_with_tenant_key_action_and_resource(admin_api, keys, flush):
+    user = admin_api.as_key(keys["inference_user"])
+    name = f"audited{uuid.uuid4().hex[:8]}"
+    assert user.client.put(f"/api/v1/vectors/{name}", json={"dimension": 3, "model": None},
+                           headers=user.headers()).status_code in (200, 201)
+    assert user.post(f"/api/v1/vectors/{name}", {"items": [{"id": "a", "vector": [1.0, 0.0, 0.0]}]}).status_code == 200
+    assert user.post(f"/api/v1/vectors/{name}/delete", {"ids": ["a", "b"]}).status_code == 200
+    assert user.delete(f"/api/v1/vectors/{name}").status_code == 200
+    flush()
+    changes = [event for event in events(admin_api, type="configuration_changes", actor=key_id(keys["inference_user"]))
+               if event["resource"] == name]
+    assert sorted((event["action"], event["tenant"], event["actor"]["role"], event["outcome"]) for event in changes) == [
+        ("collection.create", "default", "inference_user", "success"),
+        ("collection.delete", "default", "inference_user", "success"),
+        ("vectors.delete", "default", "inference_user", "success")]
+    assert next(event for event in changes if event["action"] == "vectors.delete")["details"]["deleted"] == 1

@@ -215,7 +215,7 @@ _RECORD_ARRAYS = (
 )
 _RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline"
 _INSERT_FROM_ARRAYS = (
-    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "  # nosec B608 - constant SQL, values bound
     "attempts, created_at, started_at, deadline_at) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
     "now(), {started}, now() + make_interval(secs => d.deadline) "
@@ -248,7 +248,7 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
         if with_record:
             rows += connection.execute(text(
                 _INSERT_FROM_ARRAYS.format(status="'running'", attempts="1", started="now()")
-                + "ON CONFLICT (id) DO UPDATE SET attempts = jobs.attempts + 1, status = 'running', "
+                + "ON CONFLICT (id) DO UPDATE SET attempts = jobs.attempts + 1, status = 'running', "  # nosec B608 - constants
                 "started_at = coalesce(jobs.started_at, now()) "
                 "WHERE jobs.status IN ('queued', 'running') RETURNING id, attempts"
             ), _record_columns(with_record)).all()
@@ -308,7 +308,7 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
 # updated) with the outcome and this delivery counted. Rows no longer queued or running (cancelled
 # meanwhile) keep what they say; RETURNING tells which jobs were recorded.
 _RECORD_FINISHED = (
-    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL
     "params, attempts, created_at, started_at, finished_at, deadline_at, result, error) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "

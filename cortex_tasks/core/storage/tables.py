@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -362,26 +364,27 @@ class ChatMessage(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-# --- the audit log (migration 0004) ---
+# --- the audit log (migrations 0004, 0009) ---
 
 
 class AuditEvent(Base):
-    """One audited event. model_access rows are aggregated: one per (key, model, action, minute), `count`
-    requests; every other event is one row."""
+    """One audited event, appended and never changed (migration 0009: a trigger refuses UPDATE, DELETE
+    but of the oldest rows, and TRUNCATE). model_access rows are aggregated per flush: one per (key, model,
+    action, minute) a gateway saw in that flush, `count` requests; readers sum them. Every other event is
+    one row. `row_hash` chains each row to the one before it in id order (core/audit/chain.py)."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_at", "at"),
         Index("ix_audit_events_type_at", "event_type", "at"),
         Index("ix_audit_events_actor_at", "actor_key_id", "at"),
-        Index("uq_audit_events_model_access", "actor_key_id", "resource", "action", "at", unique=True,
-              postgresql_where=text("event_type = 'model_access'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     event_type: Mapped[str] = mapped_column(String(32))  # model_access|configuration_changes|security_violations|alerts
     action: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str | None] = mapped_column(String(64))  # the actor's; None for system events
     actor_key_id: Mapped[str | None] = mapped_column(String(64))
     actor_role: Mapped[str | None] = mapped_column(String(32))
     resource: Mapped[str | None] = mapped_column(String(256))
@@ -389,3 +392,22 @@ class AuditEvent(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(Integer, default=1)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChain(Base):
+    """The audit log's hash chain, one row: its head (the last row appended; writers lock this row to
+    append in order) and its start (the last row retention deleted, whose hash the first row left holds
+    as its prev_hash)."""
+
+    __tablename__ = "audit_chain"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_audit_chain_one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    head_id: Mapped[int | None] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    start_after_id: Mapped[int | None] = mapped_column(BigInteger)
+    start_hash: Mapped[str] = mapped_column(String(64))
+    purged_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

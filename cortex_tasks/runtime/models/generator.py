@@ -117,8 +117,10 @@ def ensure_dequantized(target: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)  # fail before the slow part if we cannot write
-    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    tokenizer = AutoTokenizer.from_pretrained(  # nosec B615 - a local file, never the Hub
+        str(source.parent), gguf_file=source.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(  # nosec B615 - a local file, never the Hub
+        str(source.parent), gguf_file=source.name, local_files_only=True)
     # The weights are plain float32 after loading; only the GGUF marker forbids save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -159,8 +161,8 @@ class SmolLM2Generator:
             log.warning("cannot cache the dequantized SmolLM2 in %s (%s); loading the GGUF file", folder, exc)
             source, gguf_file = gguf_path().parent, GGUF_FILE
         device = device_name()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, local_files_only=True,
+        self.tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_file, local_files_only=True)  # nosec B615 - a local folder, local_files_only
+        self.model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_file, local_files_only=True,  # nosec B615 - a local folder, local_files_only
                                                           dtype=torch.float32)
         self.model.to(torch.device(device)).eval()
         self.context_tokens = int(getattr(self.model.config, "max_position_embeddings", 2048))

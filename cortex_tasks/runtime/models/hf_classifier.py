@@ -43,8 +43,8 @@ class HFSequenceClassifier:
 
         self.path = path
         device = device_name()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)  # nosec B615 - a local folder, local_files_only
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)  # nosec B615 - a local folder, local_files_only
         self.model.to(torch.device(device)).eval()
         config = self.model.config
         self.labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))

@@ -78,8 +78,8 @@ def initial_model(params: dict[str, Any], texts: list[str], labels: tuple[str, .
                   "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
     if "base_model" in params:
         folder = base_model_dir(params["base_model"])
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)  # nosec B615 - a local folder, local_files_only
+        model = AutoModelForSequenceClassification.from_pretrained(  # nosec B615 - a local folder, local_files_only
             str(folder), local_files_only=True, ignore_mismatched_sizes=True, **label_maps)
         if model.config.model_type != "distilbert":
             raise JobInputError("invalid_params", f"params.base_model is a {model.config.model_type} model; "

@@ -70,7 +70,7 @@ def upgrade() -> None:
                 WHERE id = collection_id;
             END LOOP;
         END $$;
-    """))
+    """))  # nosec B608 - module constants only; no data enters the SQL text
     op.execute(sa.text(f"DROP TABLE {OLD_TABLE}"))
 
 
@@ -95,5 +95,5 @@ def downgrade() -> None:
                 DELETE FROM vector_collections WHERE id = collection_id;
             END LOOP;
         END $$;
-    """))
+    """))  # nosec B608 - module constants only; no data enters the SQL text
     op.alter_column("vector_collections", "name", type_=sa.String(64), existing_type=sa.String(80))
