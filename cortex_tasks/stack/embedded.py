@@ -151,7 +151,7 @@ class EmbeddedPostgres:
         result = subprocess.run(
             [str(postgres_bin_dir() / "initdb"), "-D", str(self.folder), "-U", self.user, "--auth=trust",
              "--encoding=UTF8", "--locale=C.UTF-8"],
-            capture_output=True, text=True, user=self.system_user,
+            check=False, capture_output=True, text=True, user=self.system_user,
         )
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
