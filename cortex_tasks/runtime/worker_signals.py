@@ -17,7 +17,7 @@ from cortex_tasks import app
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import reset_engine
-from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
+from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS, load_failure
 from cortex_tasks.runtime.inference import compute
 from cortex_tasks.runtime.inference.runner import batching_of
 from cortex_tasks.runtime.models.loaded import get_model
@@ -31,11 +31,12 @@ def _consumed_queues(app) -> list[str]:
     return sorted(app.amqp.queues.consume_from or app.amqp.queues)
 
 
-def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Load the default model of every task served here; returns (loaded, {failed model: error}).
+def preload_models(queues: list[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Load the default model of every task served here; returns (loaded, {failed model: {code, message}}).
 
     A model that fails to load does not keep the worker from serving the others: requests for it are
-    answered by its fallback (or fail clearly), and /ready shows the failure.
+    answered by its fallback (or fail clearly), and /ready shows the failure (its code; the traceback is
+    in this worker's log).
     """
     loaded, failed = [], {}
     for name in dict.fromkeys(task.default_model for task in TASKS.values() if task.queue in queues):
@@ -44,7 +45,7 @@ def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
             loaded.append(name)
         except Exception as exc:
             log.exception("model %s failed to load", name)
-            failed[name] = f"{type(exc).__name__}: {exc}"
+            failed[name] = load_failure(exc)
     return loaded, failed
 
 
@@ -84,7 +85,7 @@ def _announce_ready(sender=None, **_: object) -> None:
     started = time.perf_counter()
     pool = app.conf.worker_pool if sender is None else type(sender.pool).__module__
     loaded: list[str] = []
-    failed: dict[str, str] = {}
+    failed: dict[str, dict[str, str]] = {}
     if "prefork" not in str(pool):
         compute.configure(compute.torch_threads())  # the cores go to model calls through the core budget
         loaded, failed = preload_models(queues)

@@ -211,12 +211,20 @@ def test_request_examples_are_valid_request_bodies(spec):
 
 
 def test_health_and_ready_answers_match_their_documented_schemas(app, spec):
+    from cortex_tasks.core.auth.keys import create_key
+
     client = app.test_client()
+    key = create_key("reader", name="test openapi readiness").key
     for path in ("/health", "/ready"):
-        response = client.get(path)
-        documented = spec["paths"][path]["get"]["responses"][str(response.status_code)]
-        ref = documented["content"]["application/json"]["schema"]["$ref"]
-        assert _matches(spec, ref, response.get_json()) == [], (path, response.get_json())
+        for headers in ({}, {"Authorization": f"Bearer {key}"}):
+            response = client.get(path, headers=headers)
+            documented = spec["paths"][path]["get"]["responses"][str(response.status_code)]
+            ref = documented["content"]["application/json"]["schema"]["$ref"]
+            assert _matches(spec, ref, response.get_json()) == [], (path, response.get_json())
+        # Anonymous or with a key; a bad key is a documented 401.
+        operation = spec["paths"][path]["get"]
+        assert {} in operation["security"] and {"bearer": []} in operation["security"]
+        assert "401" in operation["responses"]
     # /ready's 503 is its own body, not the error object the other 503s are.
     assert spec["paths"]["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Readiness"}
