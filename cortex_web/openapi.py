@@ -228,6 +228,8 @@ def _error_responses(public: bool, optional_key: bool = False) -> dict[str, Any]
     for status, (meaning, retry_after) in ERROR_RESPONSES.items():
         if public and status in ("401", "403", "429") and not (optional_key and status == "401"):
             continue
+        if optional_key and status == "401":
+            meaning = "A key was sent but is unknown, revoked or expired (invalid_api_key); send none, or a good one."
         answers[status] = {"description": meaning, "content": {"application/json": {"schema": ERROR_REF}}}
         if retry_after:
             answers[status]["headers"] = RETRY_AFTER

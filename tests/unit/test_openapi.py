@@ -99,8 +99,10 @@ def test_errors_are_documented_with_the_error_schema(spec):
             "$ref": "#/components/schemas/ErrorResponse"}, status
         assert predict[status]["description"]
     assert "Retry-After" in predict["429"]["headers"] and "Retry-After" in predict["503"]["headers"]
-    # Public routes need no key, so they document no 401/403.
-    assert "401" not in spec["paths"]["/health"]["get"]["responses"]
+    # Public routes need no key, so they document no 401/403; /health and /ready refuse a bad key (401).
+    assert "401" not in spec["paths"]["/metrics"]["get"]["responses"]
+    assert "403" not in spec["paths"]["/health"]["get"]["responses"]
+    assert "invalid_api_key" in spec["paths"]["/health"]["get"]["responses"]["401"]["description"]
 
 
 def test_error_answers_match_the_error_schema(app, spec):
