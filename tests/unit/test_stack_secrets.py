@@ -36,3 +36,28 @@ def test_a_record_from_an_older_worker_is_shown_without_its_exception_text():
         "m": {"code": "model_load_failed", "message": "it raised an error; the worker's log has the details"}}
     current = {"failed_models": {"m": load_failure(MemoryError())}}
     assert shown_record(current)["failed_models"]["m"]["code"] == "out_of_memory"
+
+
+def test_cortex_flower_refuses_to_start_without_a_password(monkeypatch):
+    from click.testing import CliRunner
+
+    from cortex_tasks.cli import main
+
+    monkeypatch.delenv("CORTEX_FLOWER_PASSWORD", raising=False)
+    monkeypatch.delenv("FLOWER_PASSWORD", raising=False)
+    result = CliRunner().invoke(main, ["flower", "--port=5555"])
+    assert result.exit_code != 0 and "set CORTEX_FLOWER_PASSWORD" in result.output
+
+
+def test_the_old_password_name_is_read_with_a_warning(monkeypatch, caplog):
+    from cortex_tasks.core.settings import Settings
+    from cortex_tasks.stack.flower import warn_if_deprecated_name
+
+    monkeypatch.delenv("CORTEX_FLOWER_PASSWORD", raising=False)
+    monkeypatch.setenv("FLOWER_PASSWORD", "old-name")
+    assert Settings().flower_password == "old-name"
+    with caplog.at_level("WARNING"):
+        warn_if_deprecated_name()
+    assert "FLOWER_PASSWORD is deprecated" in caplog.text
+    monkeypatch.setenv("CORTEX_FLOWER_PASSWORD", "new-name")
+    assert Settings().flower_password == "new-name"
