@@ -141,7 +141,7 @@ BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string"
 PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs",
                 "/api/v1/docs/assets/{filename}"}
 # Public paths that answer a caller with a key more (and refuse a bad key): no key, or either scheme.
-OPTIONAL_KEY_PATHS = {"/health", "/ready"}
+OPTIONAL_KEY_PATHS = {"/ready"}
 OPTIONAL_SECURITY: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"apiKey": []}]
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}

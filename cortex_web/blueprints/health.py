@@ -2,7 +2,7 @@
 
 /health and /ready are public, for load balancers and orchestrators: to a caller without a key they say
 only their status. The details of /ready (each check, the ready workers with their hosts and pids, the
-queues served) are for a caller with a key of any role. A failed check is a code and a short message;
+queues served) are for a caller with a key of any role; /health has none and looks at no key. A failed check is a code and a short message;
 the exception's own text, which can name hosts, paths or credentials, goes only to the gateway's log.
 """
 from __future__ import annotations
@@ -57,9 +57,22 @@ def ready_workers() -> list[dict[str, Any]]:
 
 @bp.get("/health")
 def health() -> Response:
-    """Liveness: the process answers. The same to every caller; a key that is sent must be valid."""
-    optional_principal()
+    """Liveness: the process answers. The same to every caller, and a key is not looked at: liveness must
+    not depend on the database that keys are checked against."""
     return jsonify({"status": "ok"})
+
+
+def _caller_has_key() -> bool:
+    """Whether a valid key came with the request (a bad one is a 401). When the key cannot be checked
+    because the database is down, the caller gets what an anonymous one gets: /ready then answers
+    not_ready, where a 500 would tell a probe nothing."""
+    try:
+        return optional_principal() is not None
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (readiness reports, it does not raise)
+        log.warning("/ready could not check the key sent: %s: %s", type(exc).__name__, exc)
+        return False
 
 
 @bp.get("/ready")
@@ -69,14 +82,14 @@ def ready() -> tuple[Response, int]:
     Without a key the body is only the status. With a key (any role): each check, the ready workers
     (hosts, pids, queues, models loaded and failed) and the queues served. A key that is sent must be
     valid (401 otherwise)."""
-    principal = optional_principal()
+    keyed = _caller_has_key()
     checks = {"database": _check("database_unreachable", "the database did not answer", ping_database),
               "redis": _check("redis_unreachable", "Redis did not answer", lambda: redis_client().ping())}
     missing = [name for name, package in MODEL_PACKAGES.items() if importlib.util.find_spec(package) is None]
     checks["models"] = {"ok": not missing, **({"missing": missing} if missing else {})}
     ok = all(check["ok"] for check in checks.values())
     status = 200 if ok else 503
-    if principal is None:
+    if not keyed:
         return jsonify({"status": "ready" if ok else "not_ready"}), status
     workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []
     queues_served = sorted({queue for worker in workers for queue in worker.get("queues", [])})

@@ -115,6 +115,11 @@ def test_cortex_up_serves_restarts_and_stops(stack):
     os.killpg(processes["worker-gpu"], signal.SIGKILL)
     wait_for(lambda: json.loads(stack_file.read_text())["processes"]["worker-gpu"] != processes["worker-gpu"],
              60, "the gpu worker to be restarted")
+    # Ready again once it has loaded its models (/ready's details, with the key, name each worker's pid).
+    restarted = json.loads(stack_file.read_text())["processes"]["worker-gpu"]
+    wait_for(lambda: restarted in [worker.get("pid") for worker in requests.get(
+        f"{url}/ready", headers=headers, timeout=10).json().get("workers", [])], 240,
+        "the restarted gpu worker to be ready", interval=1)
     response = requests.post(f"{url}/api/v1/predict", headers=headers, timeout=60,
                              json={"task": "embed", "inputs": ["after the restart"], "wait": 30})
     assert response.status_code == 200, response.text
