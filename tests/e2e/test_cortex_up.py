@@ -124,6 +124,9 @@ def test_cortex_up_serves_restarts_and_stops(stack):
                              json={"task": "embed", "inputs": ["after the restart"], "wait": 30})
     assert response.status_code == 200, response.text
 
+    made_by_up = up_keys(stack["env"])
+    assert [key["name"] for key in made_by_up] == ["cortex up admin"]
+
     # SIGTERM stops everything.
     processes = json.loads(stack_file.read_text())["processes"]
     stack["process"].send_signal(signal.SIGTERM)
@@ -132,18 +135,19 @@ def test_cortex_up_serves_restarts_and_stops(stack):
     assert [name for name, pid in processes.items() if alive(pid)] == []
 
     # Started again on the same folder: the same admin key, and no new key.
-    listed = subprocess.run([CORTEX, "keys", "list", "--made-by-up"], env=stack["env"], capture_output=True,
-                            text=True, timeout=60, check=False)
-    assert listed.returncode == 0, listed.stderr
-    assert [key["name"] for key in json.loads(listed.stdout)] == ["cortex up admin"]
     second = stack["start_again"]()
     assert re.search(r"admin key: (\S+)", stack["output_again"].read_text()).group(1) == admin_key
     assert requests.get(f"{url}/ready", headers=headers, timeout=10).json()["status"] == "ready"
-    listed = subprocess.run([CORTEX, "keys", "list"], env=stack["env"], capture_output=True, text=True, timeout=60,
-                            check=False)
-    assert [key["name"] for key in json.loads(listed.stdout)].count("cortex up admin") == 1
+    assert up_keys(stack["env"]) == made_by_up
     second.send_signal(signal.SIGTERM)
     assert second.wait(90) == 0
+
+
+def up_keys(env: dict[str, str]) -> list[dict]:
+    listed = subprocess.run([CORTEX, "keys", "list", "--made-by-up"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)
 
 
 def _descendants(pid: int) -> list[int]:
