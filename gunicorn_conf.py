@@ -9,6 +9,8 @@ its mode when it is first imported, so the directory is set up here, in the mast
 workers, and this module never imports cortex_web or prometheus_client at its top.
 
 Connections across processes: see BalancedThreadWorker.
+
+Access log: see RedactingLogger (no key or password reaches it).
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
+from cortex_tasks.core.log_redaction import SECRET_HEADERS, redact_keys, redact_query, redact_target
 from cortex_tasks.core.settings import Settings
 
 # A fresh read, not the cached get_settings(): the master must not cache settings that the processes it
@@ -30,6 +34,7 @@ from cortex_tasks.core.settings import Settings
 _settings = Settings()
 
 worker_class = "gunicorn_conf.BalancedThreadWorker"
+logger_class = "gunicorn_conf.RedactingLogger"
 # Defaults (settings.py): 2 processes, since on two cores cache hits reach twice one process's rate and
 # model-bound paths are unchanged; 64 threads, one per waiting client, since requests block while their
 # jobs run.
@@ -138,3 +143,47 @@ class BalancedThreadWorker(ThreadWorker):
             self._deferring_since = now
         self._last_deferral = now
         return now - self._deferring_since < DEFER_SECONDS
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, except that the access log's request line, query, referer and credential
+    headers are redacted (cortex_tasks/core/log_redaction.py): a client that sends `?api_key=ctx_...`
+    (which the gateway ignores; keys go in headers) would otherwise have its key written whole to the
+    log, whatever access_log_format an operator picks."""
+
+    def atoms(self, resp, req, environ, request_time) -> dict:
+        atoms = super().atoms(resp, req, environ, request_time)
+        method, _, rest = str(atoms["r"]).partition(" ")
+        target, _, protocol = rest.rpartition(" ")
+        atoms["r"] = f"{method} {redact_target(target)} {protocol}" if target else redact_keys(str(atoms["r"]))
+        atoms["q"] = redact_query(atoms.get("q") or "")
+        atoms["U"] = redact_keys(atoms.get("U") or "")
+        atoms["f"] = redact_target(str(atoms.get("f") or "-"))
+        for name in SECRET_HEADERS:
+            for suffix in ("i", "o"):
+                if f"{{{name}}}{suffix}" in atoms:
+                    atoms[f"{{{name}}}{suffix}"] = "[redacted]"
+        return atoms
+
+    # The error log names the request too ("Error handling request /path?api_key=...").
+    def critical(self, msg, *args, **kwargs) -> None:
+        super().critical(msg, *_redacted(args), **kwargs)
+
+    def error(self, msg, *args, **kwargs) -> None:
+        super().error(msg, *_redacted(args), **kwargs)
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        super().warning(msg, *_redacted(args), **kwargs)
+
+    def info(self, msg, *args, **kwargs) -> None:
+        super().info(msg, *_redacted(args), **kwargs)
+
+    def debug(self, msg, *args, **kwargs) -> None:
+        super().debug(msg, *_redacted(args), **kwargs)
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        super().exception(msg, *_redacted(args), **kwargs)
+
+
+def _redacted(args: tuple) -> tuple:
+    return tuple(redact_target(arg) if isinstance(arg, str) else arg for arg in args)

@@ -78,10 +78,18 @@ def _principal_for(key: str) -> Principal | None:
 
 def authenticate() -> None:
     """before_request for /api/v1: every route there needs a valid key."""
-    key = _presented_key()
-    if key is None:
+    if optional_principal() is None:
         raise ApiError(401, "missing_api_key", "Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key'.",
                        headers={"WWW-Authenticate": "Bearer"})
+
+
+def optional_principal() -> Principal | None:
+    """For a public route that tells a caller with a key more (GET /ready): who holds the key sent, or None
+    when none was sent. A key that is sent but unknown, expired or revoked is refused (401) as on
+    /api/v1, rather than quietly answered as if anonymous."""
+    key = _presented_key()
+    if key is None:
+        return None
     principal = _principal_for(key)
     if principal is None:
         raise ApiError(401, "invalid_api_key", "The API key is unknown, expired or revoked.",
@@ -89,6 +97,7 @@ def authenticate() -> None:
     g.principal = principal
     # Every storage call of this request now sees only the key's tenant (core/tenancy.py).
     g.tenant_token = enter_tenant(principal.tenant)
+    return principal
 
 
 def leave_request_tenant() -> None:

@@ -86,8 +86,9 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
         "200": (responses.Promoted, "Promoted or retired."),
         "202": (responses.Deploying, "The activation job is still running; poll status_url.")},
     ("get", "/health"): {"200": (responses.Health, "The process answers.")},
-    ("get", "/ready"): {"200": (responses.Readiness, "Every check is ok."),
-                        "503": (responses.Readiness, "A check failed (this body, not an error object).")},
+    ("get", "/ready"): {"200": (responses.Readiness, "Every check is ok (the details only with a key)."),
+                        "503": (responses.Readiness,
+                                "A check failed (this body, not an error object; the details only with a key).")},
     ("get", "/api/v1/keys"): {"200": (responses.KeyList, "Every key, without secrets.")},
     ("delete", "/api/v1/keys/{key_id}"): {"200": (responses.KeyRevoked, "Revoked.")},
     ("get", "/api/v1/vectors"): {"200": (responses.CollectionList, "Every collection.")},
@@ -158,6 +159,9 @@ BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string"
                                                                      "application/vnd.apache.arrow.stream"}}}
 PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs",
                 "/api/v1/docs/assets/{filename}", "/api/v1/oauth/token", "/api/v1/oauth/jwks.json"}
+# Public paths that answer a caller with a key more (and refuse a bad key): no key, or either scheme.
+OPTIONAL_KEY_PATHS = {"/ready"}
+OPTIONAL_SECURITY: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"apiKey": []}, {"oauth2": []}]
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
@@ -239,11 +243,13 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
     }
 
 
-def _error_responses(public: bool) -> dict[str, Any]:
+def _error_responses(public: bool, optional_key: bool = False) -> dict[str, Any]:
     answers: dict[str, Any] = {}
     for status, (meaning, retry_after) in ERROR_RESPONSES.items():
-        if public and status in ("401", "403", "429"):
+        if public and status in ("401", "403", "429") and not (optional_key and status == "401"):
             continue
+        if optional_key and status == "401":
+            meaning = "A key was sent but is unknown, revoked or expired (invalid_api_key); send none, or a good one."
         answers[status] = {"description": meaning, "content": {"application/json": {"schema": ERROR_REF}}}
         if retry_after:
             answers[status]["headers"] = RETRY_AFTER
@@ -352,7 +358,7 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
                 answers["200"]["content"].update(BINARY_RESULTS)
             # A status the route documents itself (/ready's 503 is its own body) is not an error object.
-            for status, answer in _error_responses(public).items():
+            for status, answer in _error_responses(public, path in OPTIONAL_KEY_PATHS).items():
                 answers.setdefault(status, answer)
             if (method, path) in ADDRESS_LIMITED:
                 answers.setdefault("429", _error_responses(False)["429"])
@@ -381,6 +387,8 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 operation["security"] = [{}, {"clientBasic": []}]
             if not public:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}, {"oauth2": []}]
+            elif path in OPTIONAL_KEY_PATHS:
+                operation["security"] = [dict(option) for option in OPTIONAL_SECURITY]
             paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",

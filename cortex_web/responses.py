@@ -206,12 +206,16 @@ class Health(_Response):
 
 
 class Readiness(_Response):
-    """200 when every check is ok; 503 (this same body, not an error object) when one is not."""
+    """200 when every check is ok; 503 (this same body, not an error object) when one is not. Without a
+    key only `status`; with a key of any role also `checks`, `workers` and `queues_served`."""
 
     status: Literal["ready", "not_ready"]
-    checks: dict[str, dict[str, Any]] = Field(description="database, redis, models: each {ok, ...}.")
-    workers: list[dict[str, Any]] = Field(description="The workers that have reported ready.")
-    queues_served: list[str]
+    checks: dict[str, dict[str, Any]] | None = Field(
+        None, description="With a key: database, redis, models, each {ok} or {ok: false, code, message}.")
+    workers: list[dict[str, Any]] | None = Field(
+        None, description="With a key: the workers that have reported ready (hostname, pid, queues, models, "
+                          "failed_models as {model: {code, message}}, batching).")
+    queues_served: list[str] | None = Field(None, description="With a key: the queues some ready worker serves.")
 
 
 class KeyList(_Response):
@@ -353,7 +357,8 @@ class HaystackHealth(_Response):
 
     status: Literal["ok", "degraded", "unavailable"]
     packages: dict[str, str | None] = Field(description="Installed version by package; null: not installed.")
-    store: dict[str, Any] = Field(description="ok, and collections (documents per collection) or error.")
+    store: dict[str, Any] = Field(
+        description="ok, and collections (documents per collection), or a code and a message.")
     pipelines_run_on: list[Any] = Field(description="The ready gpu workers' host names.")
 
 

@@ -69,6 +69,22 @@ def web(bind: str, web_workers: int | None, threads: int | None) -> None:
     os.execv(sys.executable, command(bind, web_workers, threads, "--access-logfile", "-"))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def flower(ctx: click.Context) -> None:
+    """Run Flower behind basic auth (user admin, password CORTEX_FLOWER_PASSWORD); extra arguments go to
+    flower. The password reaches Flower through its environment, never its command line."""
+    from cortex_tasks.core.settings import get_settings
+    from cortex_tasks.stack.flower import PASSWORD_VARIABLE, flower_environment, warn_if_deprecated_name
+
+    warn_if_deprecated_name()
+    password = get_settings().flower_password
+    if not password:
+        raise click.ClickException(f"set {PASSWORD_VARIABLE}: Flower is not started without a password")
+    argv = [sys.executable, "-m", "celery", "-A", "cortex_tasks", "flower", *ctx.args]
+    os.execve(sys.executable, argv, {**os.environ, **flower_environment(password)})
+
+
 @main.group()
 def keys() -> None:
     """API keys."""
@@ -97,10 +113,16 @@ def keys_create(role: str, name: str | None, expires_in_days: float | None, tier
 
 
 @keys.command("list")
-def keys_list() -> None:
+@click.option("--made-by-up", is_flag=True, help="Only the admin keys `cortex up` made (named 'cortex up admin').")
+def keys_list(made_by_up: bool) -> None:
+    """Every key (never its secret); `cortex up`'s own are named 'cortex up admin' ('cortex up' before)."""
     from cortex_tasks.core.auth.keys import list_keys
+    from cortex_tasks.stack.admin_key import made_by_up as is_up_key
 
-    click.echo(json.dumps(list_keys(), indent=2))
+    listed = list_keys()
+    if made_by_up:
+        listed = [key for key in listed if is_up_key(key.get("name"))]
+    click.echo(json.dumps(listed, indent=2))
 
 
 @keys.command("revoke")

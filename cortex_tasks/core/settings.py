@@ -634,9 +634,10 @@ class Settings(FromEnvironment):
         "CORTEX_VECTOR_BUILD_MEMORY", "512MB", "PostgreSQL maintenance_work_mem for vector index builds."
     )
     flower_password: str | None = variable(
-        "CORTEX_FLOWER_PASSWORD",
+        # FLOWER_PASSWORD: the name the Procfile and compose/ used before; still read, with a warning.
+        AliasChoices("CORTEX_FLOWER_PASSWORD", "FLOWER_PASSWORD"),
         None,
-        "Flower's password in `cortex up`.",
+        "Flower's password (user `admin`) in `cortex up`, the Procfile and compose/.",
         shown="generated into the data folder",
         repr=False,
     )

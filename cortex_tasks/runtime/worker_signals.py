@@ -19,7 +19,7 @@ from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import reset_engine
 from cortex_tasks.core.tenancy import TENANT_ID, enter_tenant, leave_tenant
-from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
+from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS, load_failure
 from cortex_tasks.runtime.inference import compute
 from cortex_tasks.runtime.inference.runner import batching_of
 from cortex_tasks.runtime.models.loaded import get_model
@@ -33,11 +33,12 @@ def _consumed_queues(app) -> list[str]:
     return sorted(app.amqp.queues.consume_from or app.amqp.queues)
 
 
-def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Load the default model of every task served here; returns (loaded, {failed model: error}).
+def preload_models(queues: list[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Load the default model of every task served here; returns (loaded, {failed model: {code, message}}).
 
     A model that fails to load does not keep the worker from serving the others: requests for it are
-    answered by its fallback (or fail clearly), and /ready shows the failure.
+    answered by its fallback (or fail clearly), and /ready shows the failure (its code; the traceback is
+    in this worker's log).
     """
     loaded, failed = [], {}
     for name in dict.fromkeys(task.default_model for task in TASKS.values() if task.queue in queues):
@@ -46,7 +47,7 @@ def preload_models(queues: list[str]) -> tuple[list[str], dict[str, str]]:
             loaded.append(name)
         except Exception as exc:
             log.exception("model %s failed to load", name)
-            failed[name] = f"{type(exc).__name__}: {exc}"
+            failed[name] = load_failure(exc)
     return loaded, failed
 
 
@@ -136,7 +137,7 @@ def _announce_when_children_loaded(hostname: str, queues: list[str], concurrency
     if _stopping.is_set():
         return
     loaded: dict[str, None] = {}
-    failed: dict[str, str] = {}
+    failed: dict[str, dict[str, str]] = {}
     for raw in reports.values():
         report = json.loads(raw)
         loaded.update(dict.fromkeys(report["models"]))
@@ -147,7 +148,7 @@ def _announce_when_children_loaded(hostname: str, queues: list[str], concurrency
     _announce(hostname, queues, list(loaded), failed, time.perf_counter() - started)
 
 
-def _announce(hostname: str, queues: list[str], loaded: list[str], failed: dict[str, str],
+def _announce(hostname: str, queues: list[str], loaded: list[str], failed: dict[str, dict[str, str]],
               load_seconds: float) -> None:
     status = {"hostname": hostname, "queues": queues, "models": loaded, "failed_models": failed,
               "batching": _batching_of(loaded), "pid": os.getpid(), "load_seconds": round(load_seconds, 2)}

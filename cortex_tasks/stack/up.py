@@ -3,24 +3,33 @@
 Starts (as needed) Redis and PostgreSQL+pgvector, migrates, then the gateway, the three workers, Beat and
 Flower under one supervisor; writes `<data>/stack.json` so the CLI and workers find the stack; prints
 where everything is; restarts what dies; stops everything on Ctrl-C or SIGTERM.
+
+Everything it writes under the data folder is its user's alone (0600 files, 0700 folders; see
+private_files.py): the umask is set before anything starts, and files left by an older version are
+brought to those modes. Secrets never go on a command line (`ps` shows those to every user) or into
+the logs: Flower's password goes to Flower through its environment, the services' passwords are in their
+URLs, which the banner prints masked.
 """
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from cortex_tasks.core.atomic_files import replace_file
-from cortex_tasks.core.auth.keys import create_key
 from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
 from cortex_tasks.core.storage.migrate import upgrade_to_head
+from cortex_tasks.stack.admin_key import ADMIN_KEY_FILE, stack_admin_key
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from cortex_tasks.stack.flower import FLOWER_USER, flower_environment, warn_if_deprecated_name
+from cortex_tasks.stack.private_files import PRIVATE_UMASK, private_dir, read_or_create_secret, restrict_tree
 from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
 from workers import PROFILES
@@ -55,14 +64,21 @@ def _saved_ports(data_dir: Path) -> dict[str, int]:
 
 
 def _flower_password(data_dir: Path) -> str:
+    warn_if_deprecated_name()
     configured = get_settings().flower_password
     if configured:
         return configured
-    path = data_dir / "flower_password"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(12))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return read_or_create_secret(data_dir / "flower_password", nbytes=12)
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ***, for printing."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> bool:
@@ -79,17 +95,27 @@ def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> bool:
     return False
 
 
-def _workers_ready(url: str) -> set[str]:
+def _workers_ready(url: str, admin_key: str) -> set[str]:
+    """The queues served by ready workers, from /ready's details (which need a key)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {admin_key}"})
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # nosec B310 - our own http:// gateway URL
+        with urllib.request.urlopen(request, timeout=2) as response:  # nosec B310 - our own http:// gateway URL
             return set(json.load(response).get("queues_served", []))
+    except urllib.error.HTTPError as answer:  # a 503 carries the details too
+        try:
+            return set(json.load(answer).get("queues_served", []))
+        except ValueError:
+            return set()
     except (OSError, ValueError):
         return set()
 
 
 def run_up(options: UpOptions) -> int:
     data_dir = options.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything is written or started: every file made from here on, by this process or a child,
+    # is 0600, every folder 0700.
+    os.umask(PRIVATE_UMASK)
+    private_dir(data_dir)
     stack_file = data_dir / STACK_FILE_NAME
     if stack_file.exists():
         previous = json.loads(stack_file.read_text() or "{}")
@@ -97,6 +123,7 @@ def run_up(options: UpOptions) -> int:
             print(f"cortex: a stack is already running from {data_dir} (pid {previous['pid']}).", file=sys.stderr)
             return 1
         stack_file.unlink()
+    restrict_tree(data_dir)  # files an older version wrote were 0644
 
     ports = _saved_ports(data_dir)
     env = {**os.environ, "CORTEX_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -141,7 +168,7 @@ def run_up(options: UpOptions) -> int:
 
         reset_settings_cache()
         upgrade_to_head(database_url)
-        admin_line = _admin_key_line()
+        admin_key, admin_line = _admin_key(data_dir)
 
         gateway_url = f"http://{'127.0.0.1' if options.host in WILDCARD_HOSTS else options.host}:{options.port}"
         flower_url = f"http://127.0.0.1:{options.flower_port}"
@@ -163,8 +190,8 @@ def run_up(options: UpOptions) -> int:
                                           "-s", str(data_dir / "celerybeat-schedule")])
         password = _flower_password(data_dir)
         supervisor.add_and_start("flower", [python, "-m", "celery", "-A", "cortex_tasks", "flower",
-                                            f"--port={options.flower_port}", "--address=127.0.0.1",
-                                            f"--basic-auth=admin:{password}"])
+                                            f"--port={options.flower_port}", "--address=127.0.0.1"],
+                                 extra_env=flower_environment(password))
 
         print(f"cortex: starting in {data_dir} ...", flush=True)
         if not _wait_http(f"{gateway_url}/ready", 180, supervisor):
@@ -175,7 +202,7 @@ def run_up(options: UpOptions) -> int:
         deadline = time.monotonic() + 240
         wanted = {queue for profile in PROFILES.values() for queue in profile.queues}
         while not supervisor.stopping and time.monotonic() < deadline:
-            if wanted <= _workers_ready(f"{gateway_url}/ready"):
+            if wanted <= _workers_ready(f"{gateway_url}/ready", admin_key):
                 break
             supervisor.check_once()
             time.sleep(0.5)
@@ -193,14 +220,15 @@ def run_up(options: UpOptions) -> int:
         print("cortex: stopped.", flush=True)
 
 
-def _admin_key_line() -> str:
-    if get_settings().admin_key:
-        return "admin key: the value of CORTEX_ADMIN_KEY"
-
-    # The operator's own key, like CORTEX_ADMIN_KEY: on the admin tier (unlimited by default), so trying
-    # Cortex out is not throttled; keys for clients get their tiers from `cortex keys create --tier`.
-    issued = create_key("model_admin", name="cortex up", tier=get_settings().admin_key_tier)
-    return f"admin key: {issued.key}"
+def _admin_key(data_dir: Path) -> tuple[str, str]:
+    """(the key `cortex up` itself uses, the banner's line about it)."""
+    configured = get_settings().admin_key
+    if configured:
+        return configured, "admin key: the value of CORTEX_ADMIN_KEY"
+    key, made_now = stack_admin_key(data_dir)
+    # Printed on the terminal only (the banner goes to no log file); kept in the data folder.
+    where = f"(new, kept in {data_dir / ADMIN_KEY_FILE})" if made_now else f"(from {data_dir / ADMIN_KEY_FILE})"
+    return key, f"admin key: {key}  {where}"
 
 
 def _print_banner(options: UpOptions, data_dir: Path, gateway_url: str, flower_url: str, password: str,
@@ -209,16 +237,17 @@ def _print_banner(options: UpOptions, data_dir: Path, gateway_url: str, flower_u
         "",
         "Cortex is up.",
         f"  gateway    {gateway_url}  (docs: {gateway_url}/api/v1/docs)",
-        f"  flower     {flower_url}  (user admin, password {password})",
-        f"  redis      {redis_url}",
-        f"  postgres   {database_url}",
+        f"  flower     {flower_url}  (user {FLOWER_USER}, password {password})",
+        # The URLs with their passwords are in stack.json (0600), for the processes that connect.
+        f"  redis      {masked(redis_url)}",
+        f"  postgres   {masked(database_url)}",
         f"  artifacts  {artifact_dir}  (filesystem object store)",
         f"  data       {data_dir}  (logs in {data_dir / 'logs'})",
         f"  {admin_line}",
         "",
         "Try:",
-        f"  curl -s {gateway_url}/api/v1/predict -H 'Authorization: Bearer <admin key>' "
-        "-H 'Content-Type: application/json' -d '{\"task\": \"embed\", \"inputs\": [\"hello world\"]}'",
+        (f"  curl -s {gateway_url}/api/v1/predict -H 'Authorization: Bearer <admin key>' "
+         "-H 'Content-Type: application/json' -d '{\"task\": \"embed\", \"inputs\": [\"hello world\"]}'"),
         "Stop with Ctrl-C.",
         "",
     ]

