@@ -1,7 +1,12 @@
 """Celery settings as data. Values come from the typed settings object (cortex_tasks.core.settings)."""
 from cortex_tasks.core.broker_transport import use_for_redis_urls
 from cortex_tasks.core.queues import PRIORITY_STEPS, TASK_QUEUES, TASK_ROUTES
-from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.settings import get_settings, stack_not_found
+
+# `celery -A cortex_tasks worker|inspect|flower|beat` with no stack to talk to says so in one line instead of
+# trying the local defaults (a system Redis on 6379, a PostgreSQL without Cortex's role).
+if (_missing := stack_not_found()) is not None:
+    raise SystemExit(f"cortex: {_missing}")
 
 _settings = get_settings()
 

@@ -17,9 +17,19 @@ import click
 from cortex_tasks.cli import audit as audit_commands
 
 
+# The commands that talk to the stack's Redis or PostgreSQL (`up` starts one; `batch` talks to a gateway).
+NEEDS_STACK = frozenset({"migrate", "worker", "web", "flower", "keys", "tenants", "tokens", "jobs", "audit"})
+
+
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Cortex: AI jobs on Celery. Commands find a running `cortex up` stack through CORTEX_DATA_DIR."""
+    if ctx.invoked_subcommand in NEEDS_STACK and "--help" not in sys.argv:
+        from cortex_tasks.core.settings import stack_not_found
+
+        if (missing := stack_not_found()) is not None:
+            raise click.ClickException(missing)
 
 
 @main.command()
@@ -187,7 +197,11 @@ def batch() -> None:
 def _gateway_url(url: str | None) -> str:
     from cortex_tasks.core.settings import read_stack_file
 
-    return url or read_stack_file().get("gateway_url") or "http://127.0.0.1:8001"
+    gateway = url or read_stack_file().get("gateway_url")
+    if not gateway:
+        raise click.ClickException("no running Cortex found (no stack.json in CORTEX_DATA_DIR); start one with "
+                                   "`cortex up` or name a gateway with --url")
+    return gateway
 
 
 @batch.command("submit")

@@ -11,6 +11,7 @@ from there, so that they all find the same stack through the same data folder.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -793,6 +794,38 @@ def reset_settings_cache() -> None:
 
 def data_dir() -> Path:
     return get_settings().data_dir
+
+
+def stack_not_found() -> str | None:
+    """One line for a command that needs a running stack and has none to talk to, else None.
+
+    A stack is found when REDIS_URL and DATABASE_URL are both set, or when the data folder holds the
+    stack.json of a `cortex up` that is still running. Without this, such a command fell back to the local
+    defaults: a 142-line traceback ending `role "cortex" does not exist` from the system PostgreSQL, or the
+    system Redis on 6379 and a timeout ("No nodes replied").
+    """
+    if os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL"):
+        return None
+    folder = data_dir()
+    stack = read_stack_file(folder)
+    if stack.get("pid") and _process_alive(int(stack["pid"])):
+        return None
+    try:
+        shown = f"./{folder.relative_to(Path.cwd())}"
+    except ValueError:
+        shown = str(folder)
+    return (f"no running Cortex found in {shown}; start one with `cortex up` or set CORTEX_DATA_DIR "
+            f"(the folder of a running stack) or REDIS_URL and DATABASE_URL")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def variable_names(group: type[FromEnvironment]) -> dict[str, list[str]]:

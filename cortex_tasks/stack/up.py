@@ -27,7 +27,7 @@ from cortex_tasks.core.atomic_files import replace_file
 from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
 from cortex_tasks.core.storage.migrate import upgrade_to_head
 from cortex_tasks.stack.admin_key import ADMIN_KEY_FILE, stack_admin_key
-from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_or_free_one
 from cortex_tasks.stack.flower import FLOWER_USER, flower_environment, warn_if_deprecated_name
 from cortex_tasks.stack.private_files import PRIVATE_UMASK, private_dir, read_or_create_secret, restrict_tree
 from cortex_tasks.stack.supervisor import Supervisor
@@ -171,7 +171,12 @@ def run_up(options: UpOptions) -> int:
         admin_key, admin_line = _admin_key(data_dir)
 
         gateway_url = f"http://{'127.0.0.1' if options.host in WILDCARD_HOSTS else options.host}:{options.port}"
-        flower_url = f"http://127.0.0.1:{options.flower_port}"
+        # Another stack's Flower may hold the port: take a free one and say so (the banner prints it), rather
+        # than print the other stack's URL while ours crash-loops on "Address already in use".
+        flower_port = port_or_free_one(options.flower_port)
+        if flower_port != options.flower_port:
+            print(f"cortex: port {options.flower_port} is taken; Flower uses {flower_port}", flush=True)
+        flower_url = f"http://127.0.0.1:{flower_port}"
         stack.update(redis_url=redis_url, database_url=database_url, artifact_dir=str(artifact_dir),
                      gateway_url=gateway_url, flower_url=flower_url)
         publish_stack()
@@ -190,7 +195,7 @@ def run_up(options: UpOptions) -> int:
                                           "-s", str(data_dir / "celerybeat-schedule")])
         password = _flower_password(data_dir)
         supervisor.add_and_start("flower", [python, "-m", "celery", "-A", "cortex_tasks", "flower",
-                                            f"--port={options.flower_port}", "--address=127.0.0.1"],
+                                            f"--port={flower_port}", "--address=127.0.0.1"],
                                  extra_env=flower_environment(password))
 
         print(f"cortex: starting in {data_dir} ...", flush=True)
