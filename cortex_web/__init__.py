@@ -38,6 +38,7 @@ from cortex_web.errors import register_error_handlers
 from cortex_web.json_provider import OrjsonProvider
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector, register_shared_collector
 from cortex_web.replies import ReplyListener
+from cortex_web.request_body import apply_route_body_limit
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp)
@@ -73,6 +74,7 @@ def create_app() -> Flask:
     @app.before_request
     def _start_and_authenticate() -> None:
         g.started = time.perf_counter()
+        apply_route_body_limit(app)
         if request.path.startswith("/api/v1/") and request.endpoint not in PUBLIC_API_ENDPOINTS:
             auth.authenticate()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cortex_tasks.core.auth.oauth import OAuthError
@@ -56,7 +56,8 @@ def register_error_handlers(app: Flask) -> None:
         code = _HTTP_CODES.get(status, "http_error")
         message = error.description or error.name
         if status == 413:
-            message = f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes."
+            limit = request.max_content_length if request else app.config["MAX_CONTENT_LENGTH"]
+            message = f"The request body is larger than {limit} bytes."
         return error_response(status, code, message)
 
     @app.errorhandler(Exception)

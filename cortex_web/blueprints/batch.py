@@ -26,7 +26,7 @@ from cortex_web.errors import ApiError
 from cortex_web.limits import limit_model_work
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.predictions import resolve
-from cortex_web.request_body import parse_body, positive_int_arg
+from cortex_web.request_body import accepts_body_up_to, parse_body, positive_int_arg
 from cortex_web.schemas import check_model_reference
 
 bp = Blueprint("batch", __name__, url_prefix="/api/v1")
@@ -70,11 +70,11 @@ def _links(job_id: str) -> dict[str, str]:
 
 
 @bp.post("/batch/submit")
+@accepts_body_up_to(MAX_BATCH_BODY_BYTES)
 @require(PREDICT)
 @limit_model_work
 def submit() -> tuple[Response, int]:
     """Submit a batch job (1..1000 inputs), answered at once with its job id."""
-    request.max_content_length = MAX_BATCH_BODY_BYTES
     settings = get_settings()
     body = parse_body(BatchSubmitRequest, settings.max_json_depth)
     check_batch_inputs(body.inputs)

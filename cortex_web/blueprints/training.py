@@ -25,7 +25,7 @@ from cortex_web.blueprints.jobs import visible_job
 from cortex_web.dispatch import queue_depths, redis_client
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_work
-from cortex_web.request_body import parse_body
+from cortex_web.request_body import accepts_body_up_to, parse_body
 
 bp = Blueprint("training", __name__, url_prefix="/api/v1")
 
@@ -73,12 +73,12 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
 
 
 @bp.post("/training/submit")
+@accepts_body_up_to(MAX_TRAINING_BODY_BYTES)
 @require(TRAIN)
 @limit_work
 @audited("training.submit")
 def submit() -> tuple[Response, int]:
     """Submit a training job; over the quota it is refused with 429."""
-    request.max_content_length = MAX_TRAINING_BODY_BYTES
     body = parse_body(TrainingSubmitRequest, get_settings().max_json_depth)
     schedule = None if body.schedule is None else RetrainingSchedule(
         body.schedule.cron, body.schedule.metric, body.schedule.threshold)
