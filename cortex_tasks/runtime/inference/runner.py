@@ -15,6 +15,7 @@ from cortex_tasks.core.contracts.messages import PredictionJob
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.registry.references import plain, plain_model_name
 from cortex_tasks.core.settings import Batching, get_settings
 from cortex_tasks.runtime.inference import compute, service
 from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
@@ -93,13 +94,13 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
         fallback_reason = f"{type(exc).__name__}: {exc}"
     fallback = TASKS[task].fallback_model
     if fallback is None or fallback == model_name:
-        return ([ItemFailure("model_error", f"model {model_name} failed: {fallback_reason}")] * len(values),
-                {"name": model_name, "version": getattr(find_model(model_name), "version", "unknown")})
+        return ([ItemFailure("model_error", f"model {plain(model_name)} failed: {fallback_reason}")] * len(values),
+                {"name": plain_model_name(model_name), "version": getattr(find_model(model_name), "version", "unknown")})
     log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
     results = _submit(task, fallback, params, values, priority)
     fallback_model = get_model(fallback)
     return results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
-                     "fallback_from": model_name, "fallback_reason": fallback_reason}
+                     "fallback_from": plain(model_name), "fallback_reason": fallback_reason}
 
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
@@ -125,7 +126,7 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
     keys = keys_for(task, model_name, entry.version, params, values)
     results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]
-    answered_by = {"name": model_name, "version": entry.version}
+    answered_by = {"name": plain_model_name(model_name), "version": entry.version}
     if missing:
         computed, answered_by = _run_items(task, model_name, params, [values[i] for i in missing], priority,
                                            announcement)
