@@ -40,7 +40,7 @@ def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching
     """How a model's batcher batches: as configured for it (settings.batching_for), or one value per call
     when batching is off or the model answers per job."""
     settings = get_settings()
-    batching = settings.batching_for(model_name)
+    batching = settings.batching_for(plain(model_name))  # configured by name, as users know it
     if settings.batching_enabled and not answers_per_job(entry, params):
         return batching
     return Batching(1, batching.max_wait_seconds)
