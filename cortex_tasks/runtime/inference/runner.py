@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -15,8 +16,9 @@ from cortex_tasks.core.contracts.messages import PredictionJob
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.core.jobs.running import JobInputError
-from cortex_tasks.core.registry.references import plain, plain_model_name
+from cortex_tasks.core.registry.references import plain, plain_model_name, split_qualified
 from cortex_tasks.core.settings import Batching, get_settings
+from cortex_tasks.core.tenancy import current_tenant, tenant_scope
 from cortex_tasks.runtime.inference import compute, service
 from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.runtime.models.loaded import get_model
@@ -49,7 +51,12 @@ def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching
 def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
     """The process's batcher of a model and params: predictions and batch chunks share its calls and lanes.
     Raises KeyError for an unknown model."""
-    key = (model_name, json.dumps(params, sort_keys=True))
+    # Its calls run on its own threads, which see no tenant: a batcher acts for one when what its calls do
+    # is a tenant's, a registered model (its qualified name says whose) or an embed job writing into a
+    # collection (params.collection is the tenant's). A shared bundled model otherwise batches every
+    # tenant's items together: its answers depend on the input alone.
+    tenant = split_qualified(model_name)[0] or (current_tenant() if params.get("collection") else None)
+    key = (tenant or "", model_name, json.dumps(params, sort_keys=True))
     entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
     if entry is None:
         raise KeyError(model_name)
@@ -59,9 +66,10 @@ def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBa
         batching = batching_of(model_name, entry, params)
 
         def run_batch(values: list[Any]) -> list[Any]:
-            if per_job:  # each value is one job's whole input list, answered as a unit
-                return [service.predict(task, model_name, value, params)["outputs"] for value in values]
-            return service.predict(task, model_name, values, params)["outputs"]
+            with tenant_scope(tenant) if tenant else nullcontext():
+                if per_job:  # each value is one job's whole input list, answered as a unit
+                    return [service.predict(task, model_name, value, params)["outputs"] for value in values]
+                return service.predict(task, model_name, values, params)["outputs"]
 
         return DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
                               max_wait=batching.max_wait_seconds, name=f"batcher-{model_name}",
