@@ -83,7 +83,7 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
         # name@version of a model trained by Cortex is served from the registry.
         registered = find_model(model_ref) if version and model_ref and name not in MODELS else None
         if registered is not None and registered.task == task.name:
-            return task, registered
+            return task, _allowed(task, registered)
         model = model_entry(task, name or None)
     except UnknownName as exc:
         raise ApiError(404, f"unknown_{exc.kind}", f"Unknown {exc.kind} {exc.name!r}.",
@@ -91,11 +91,16 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
     if version and version != model.version:
         raise ApiError(404, "unknown_model_version", f"Model {model.name!r} has no version {version!r}.",
                        {"valid": [f"{model.name}@{model.version}"]})
-    # The model that will really run (the task's default when the request named none) against the key's
-    # task and model lists.
-    check_allowed(current_principal(), task.name, plain_model_name(model.name))
+    _allowed(task, model)
     refuse_unavailable_openai(model.name)  # OpenAI models: configured and within the monthly budget
     return task, model
+
+
+def _allowed(task: TaskEntry, model: ModelEntry) -> ModelEntry:
+    """The model that will really run (the task's default when the request named none), checked against
+    the key's task and model lists."""
+    check_allowed(current_principal(), task.name, plain_model_name(model.name))
+    return model
 
 
 def shown_model(model: ModelEntry) -> dict[str, str]:
