@@ -294,3 +294,35 @@ def test_keys_limited_to_models_or_tasks_are_refused_with_the_reason(team_a, sam
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "model_not_allowed"
     refused = limited.post(f"/api/v1/vectors/{unique('c')}", {"items": [{"id": "1", "text": "words"}]})
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "model_not_allowed"
+
+
+def test_cache_warming_warms_a_tenants_model_for_that_tenant_only(team_a, team_b, same_named_models, workers):
+    from sqlalchemy import select
+
+    from cortex_tasks.core.cache.service import MISSING, get_cache
+    from cortex_tasks.core.cache.warming import QUERY_COUNTER, WARMING_OWNER, warm_cache
+    from cortex_tasks.core.storage.db import session_scope
+    from cortex_tasks.core.storage.tables import Job
+    from cortex_tasks.core.tenancy import all_tenants
+
+    name, text = same_named_models, f"asked often by team a {uuid.uuid4()}"
+    for _ in range(3):
+        assert team_a.user.predict("classify", [text], model=f"{name}@1")["outputs"][0]["label"] == "alpha"
+    QUERY_COUNTER.flush()
+    cache = get_cache()
+    cache.l2.clear()  # as if the answers had expired
+    cache.l1.clear()
+    report = warm_cache(min_frequency=3, popular_models=50)
+    assert f"classify:{team_a.id}/{name}@1" in report["models"]
+
+    with all_tenants(), session_scope() as session:
+        warming = set(session.scalars(select(Job.tenant).where(Job.owner == WARMING_OWNER,
+                                                               Job.model == f"{team_a.id}/{name}@1")))
+    assert warming == {team_a.id}  # the job, and so the message and the model's lookup, are team a's
+    ours, theirs = (keys_for("classify", f"{team.id}/{name}@1", "1", {}, [text]) for team in (team_a, team_b))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and cache.l2.get_many(ours)[0] is MISSING:
+        time.sleep(0.2)
+    assert cache.l2.get_many(ours)[0]["label"] == "alpha"
+    assert cache.l2.get_many(theirs)[0] is MISSING  # team b's model of that name was not warmed with it
+    assert team_b.user.predict("classify", [text], model=f"{name}@1")["outputs"][0]["label"] == "beta"
