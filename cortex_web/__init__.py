@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 
 from cortex_tasks.core.load_control.circuit import CircuitBreaker, CircuitPolicy
 from cortex_tasks.core.load_control.shedding import LoadShedder, SheddingPolicy
+from cortex_tasks.core.registry.references import plain
 from cortex_tasks.core.settings import get_settings
 from cortex_web import audit as audit_log
 from cortex_web import auth, limits
@@ -57,7 +58,7 @@ def create_app() -> Flask:
     app.extensions["cortex_replies"] = listener
     app.extensions["cortex_coalescer"] = Coalescer(
         listener, enabled=settings.batching_enabled, max_inflight=settings.coalesce_max_inflight_per_process,
-        max_items_for=lambda model: settings.batching_for(model).max_batch_size)
+        max_items_for=lambda model: settings.batching_for(plain(model)).max_batch_size)
     app.extensions["cortex_shedder"] = LoadShedder(client, SheddingPolicy(
         max_depth=settings.shed_max_queue_depth, max_age_seconds=settings.shed_max_queue_age_seconds))
     app.extensions["cortex_circuits"] = CircuitBreaker(client, CircuitPolicy(

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Group:
+    # Requests of different tenants never share a message: the worker acts for one tenant per message
+    # (its jobs' rows, a registered model's lookup), and two tenants' `m@1` are different models anyway.
+    tenant: str
     task: str
     model: str
     params_json: str
@@ -62,8 +65,10 @@ class PendingJob:
     sent: threading.Event = field(default_factory=threading.Event)
 
 
-def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str) -> Group:
-    return Group(task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue, task_name)
+def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str, *,
+              tenant: str) -> Group:
+    return Group(tenant, task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue,
+                 task_name)
 
 
 class Coalescer:
@@ -158,7 +163,8 @@ class Coalescer:
             # kwargsrepr: what Flower shows of the message. Celery would otherwise format every input
             # (a quarter of the cost of sending it).
             message = PredictionMessage(
-                task=group.task, model=group.model, params=json.loads(group.params_json), priority=group.priority,
+                tenant=group.tenant, task=group.task, model=group.model, params=json.loads(group.params_json),
+                priority=group.priority,
                 reply_to=self.listener.channel, message_id=message_id,
                 # The worker creates each job's row from its record (see jobs/store.py).
                 jobs=[PredictionJob(job_id=job.job_id, inputs=job.inputs, inline_errors=job.inline_errors,
@@ -168,7 +174,7 @@ class Coalescer:
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
                 ignore_result=True, kwargs=message.to_kwargs(),
-                kwargsrepr=repr({"task": group.task, "model": group.model, "params": group.params_json,
+                kwargsrepr=repr({"tenant": group.tenant, "task": group.task, "model": group.model, "params": group.params_json,
                                  "items": sum(len(job.inputs) for job in jobs),
                                  "jobs": [job.job_id for job in jobs]}),
                 event_dispatcher=self._sent_events,  # Flower's "sent" event, published off this path

@@ -167,7 +167,9 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying."
 ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
     "401": (("No key or token, or a bad, revoked or expired one (missing_api_key, invalid_api_key, "
              "invalid_token)."), False),
-    "403": ("The key's role lacks the permission this route needs (forbidden).", False),
+    "403": (("The key's role lacks the permission this route needs (forbidden), the key is limited to other "
+             "tasks or models (task_not_allowed, model_not_allowed), or the model is a bundled, read-only one "
+             "(read_only_model)."), False),
     "422": ("The body or query is invalid (invalid_request, invalid_query and task-specific codes).", False),
     "429": ("Rate limited (rate_limited) or a quota is used up; see Retry-After.", True),
     "4XX": (("Another client error, e.g. 400 malformed JSON, 404 unknown job or model, 409 conflict, "

@@ -19,6 +19,7 @@ from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_
 from cortex_tasks.core.openai.billing import billed_params
 from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_web.auth import current_principal
 from cortex_web.dispatch import redis_client
 from cortex_web.metrics import JOBS_SUBMITTED
@@ -60,7 +61,8 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
     finished = False
     try:
         # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
-        generation = StreamGenerationMessage(job_id=job_id, model=model_name, inputs=inputs, params=params)
+        generation = StreamGenerationMessage(job_id=job_id, tenant=current_tenant(), model=model_name,
+                                             inputs=inputs, params=params)
         store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
                                       model=model_name, priority=priority, total=len(inputs),
                                       params=params or None), job_id=job_id)

@@ -4,6 +4,11 @@ It resolves the task and model (catalogue, registry routing, OpenAI availability
 admits the work (load shedding, circuit breaker), answers from the cache what it holds and sends the rest
 to the coalescer, then waits for the reply within the wait budget. It lives in the gateway because the
 coalescer, the reply listener and the circuit breaker are the gateway process's own.
+
+Tenants: `name@version` (or a bare name the registry deploys) resolves to the caller's tenant's registered
+model, else to a bundled one. A registered model's catalogue entry is named by its tenant-qualified
+reference (core/registry/references.py), and that name is what the coalescer groups by, what the message
+carries and what the cache keys hold; answers and job records show the plain name.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_tasks.core.auth.permissions import check_allowed
 from cortex_tasks.core.cache.keys import params_fingerprint
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.cache.warming import QUERY_COUNTER
@@ -29,8 +35,10 @@ from cortex_tasks.core.jobs.store import NewJob, create_jobs
 from cortex_tasks.core.openai.availability import refuse_unavailable_openai
 from cortex_tasks.core.openai.billing import billed_params
 from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.registry.references import plain, plain_model_name
 from cortex_tasks.core.registry.routing import routed_reference
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_web.auth import current_principal
 from cortex_web.coalescer import PendingJob, group_for
@@ -63,6 +71,9 @@ class Prediction:
 
 
 def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntry]:
+    if model_ref and "/" in model_ref:
+        # Qualified references are internal (references.py): a request names models as its users know them.
+        raise ApiError(404, "unknown_model", f"Unknown model {model_ref!r}.", {"valid": []})
     try:
         task = task_entry(task_name)
         if model_ref and "@" not in model_ref and model_ref not in MODELS:
@@ -72,7 +83,7 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
         # name@version of a model trained by Cortex is served from the registry.
         registered = find_model(model_ref) if version and model_ref and name not in MODELS else None
         if registered is not None and registered.task == task.name:
-            return task, registered
+            return task, _allowed(task, registered)
         model = model_entry(task, name or None)
     except UnknownName as exc:
         raise ApiError(404, f"unknown_{exc.kind}", f"Unknown {exc.kind} {exc.name!r}.",
@@ -80,8 +91,21 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
     if version and version != model.version:
         raise ApiError(404, "unknown_model_version", f"Model {model.name!r} has no version {version!r}.",
                        {"valid": [f"{model.name}@{model.version}"]})
+    _allowed(task, model)
     refuse_unavailable_openai(model.name)  # OpenAI models: configured and within the monthly budget
     return task, model
+
+
+def _allowed(task: TaskEntry, model: ModelEntry) -> ModelEntry:
+    """The model that will really run (the task's default when the request named none), checked against
+    the key's task and model lists."""
+    check_allowed(current_principal(), task.name, plain_model_name(model.name))
+    return model
+
+
+def shown_model(model: ModelEntry) -> dict[str, str]:
+    """The model as an answer names it: a registered model by its plain name, as the worker does."""
+    return {"name": plain_model_name(model.name), "version": model.version}
 
 
 def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] | None = None,
@@ -107,11 +131,12 @@ def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], para
     job_id = str(uuid.uuid4())
     priority = priority_of(priority_class)
     pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
-                                                task=task.name, model=model.name, priority=priority,
+                                                task=task.name, model=plain(model.name), priority=priority,
                                                 total=len(inputs), params=params or None),
                          inline_errors=inline_errors, looked_up=looked_up)
     reply_listener().expect(job_id)
-    group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue])
+    group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue],
+                      tenant=current_tenant())
     coalescer().submit(group, pending)
     return job_id, pending
 
@@ -129,9 +154,9 @@ def admit(task: TaskEntry, model: ModelEntry, priority_class: str) -> tuple[Mode
         return model, {}
     fallback = MODELS.get(task.fallback_model or "")
     if fallback is None or breaker.is_open(fallback.name):
-        raise ApiError(503, "circuit_open", f"Model {model.name!r} is failing; its circuit is open.",
-                       {"model": model.name}, headers={"Retry-After": str(breaker.retry_after(model.name))})
-    return fallback, {"fallback_from": model.name, "fallback_reason": "circuit open"}
+        raise ApiError(503, "circuit_open", f"Model {plain(model.name)!r} is failing; its circuit is open.",
+                       {"model": plain(model.name)}, headers={"Retry-After": str(breaker.retry_after(model.name))})
+    return fallback, {"fallback_from": plain(model.name), "fallback_reason": "circuit open"}
 
 
 def record_for_circuit(model: ModelEntry, outcome: dict[str, Any]) -> None:
@@ -154,13 +179,14 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     outputs: list[Any] = [MISSING] * len(inputs)
     # A job that writes into a vector collection must reach the worker even if its vectors are known.
     if cache.enabled and task.cacheable and not params.get("collection"):
+        # model.name is tenant-qualified for a registered model: its answers are its tenant's only
+        # (bundled models' answers are shared: cache/service.py keys_for says why).
         keys = keys_for(task.name, model.name, model.version, params, inputs)
         outputs = cache.lookup(keys)
         QUERY_COUNTER.record(task.name, model.name, params_fingerprint(params), inputs)
     missing = [i for i, output in enumerate(outputs) if output is MISSING]
     if not missing:
-        result = {"task": task.name, "model": {"name": model.name, "version": model.version},
-                  "outputs": outputs, "timings": {}}
+        result = {"task": task.name, "model": shown_model(model), "outputs": outputs, "timings": {}}
         return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
                           cached_items=len(inputs))
     job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,

@@ -1,4 +1,10 @@
-"""Documents and question answering over the Haystack document store (`predict` permission).
+"""Documents and question answering over the Haystack document store.
+
+Per tenant: a key lists, deletes and retrieves from its own tenant's documents only (the vector store
+scopes every collection to the tenant; another tenant's document answers 404 like a missing one).
+Listing needs `read`; indexing and asking `predict`; deleting a document `admin` (model_admin), as for
+vector collections. A key limited to named models must be allowed MiniLM (and SmolLM2 when the answer is
+generated).
 
 Indexing and answering need MiniLM (and SmolLM2), which only the gpu worker loads: they become jobs
 on the gpu queue (`cortex.documents.index_documents`, `cortex.documents.answer_question`), answered
@@ -17,7 +23,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
-from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.auth.permissions import check_allowed
+from cortex_tasks.core.auth.roles import ADMIN, PREDICT, READ
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import DocumentIndexMessage, QuestionMessage
 from cortex_tasks.core.documents import catalog
@@ -31,6 +38,7 @@ from cortex_tasks.core.documents.requests import (
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, priority_of
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait
@@ -80,19 +88,21 @@ def index_documents() -> tuple[Response, int]:
     """Index documents into the Haystack store: split into passages, embed, write (an existing id is replaced)."""
     body = parse_body(IndexRequest, get_settings().max_json_depth)
     principal = current_principal()
+    check_allowed(principal, None, catalog.EMBEDDING_MODEL)
     documents = [document.model_dump(exclude_none=True) for document in body.documents]
     submitted = submit_and_wait(
         NewJob(owner=principal.key_id, kind="documents", task="documents.index", model=None,
                priority=priority_of("normal"), total=len(documents)),
         task_names.DOCUMENTS_INDEX, GPU,
-        lambda job_id, reply_to: DocumentIndexMessage(job_id=job_id, reply_to=reply_to, collection=body.collection,
-                                                      documents=documents, indexed_by=principal.key_id),
+        lambda job_id, reply_to: DocumentIndexMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                      collection=body.collection, documents=documents,
+                                                      indexed_by=principal.key_id),
         _wait(body.wait))
     return job_reply(submitted)
 
 
 @bp.get("/documents")
-@require(PREDICT)
+@require(READ)
 def list_documents() -> Response:
     """The indexed documents (all collections, or `?collection=`), newest first, with passage counts."""
     collection = _collection_arg()
@@ -104,7 +114,7 @@ def list_documents() -> Response:
 
 
 @bp.delete("/documents/<path:document_id>")
-@require(PREDICT)
+@require(ADMIN)
 @audited("document.delete")
 def delete_document(document_id: str) -> Response:
     """Delete a document and its passages from a collection (`?collection=`, default "default")."""
@@ -125,10 +135,14 @@ def delete_document(document_id: str) -> Response:
 def answer_question() -> tuple[Response, int]:
     """Answer a question from the indexed documents: the answer, an extractive answer and the sources."""
     body = parse_body(QuestionRequest, get_settings().max_json_depth)
+    check_allowed(current_principal(), None, catalog.EMBEDDING_MODEL)
+    if body.generate:
+        check_allowed(current_principal(), None, catalog.GENERATOR_MODEL)
     arguments: dict[str, Any] = body.model_dump(exclude={"wait"})
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="documents", task="documents.qa", model=None,
                priority=priority_of("normal"), total=1),
         task_names.DOCUMENTS_ANSWER, GPU,
-        lambda job_id, reply_to: QuestionMessage(job_id=job_id, reply_to=reply_to, **arguments), _wait(body.wait))
+        lambda job_id, reply_to: QuestionMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                 **arguments), _wait(body.wait))
     return job_reply(submitted)

@@ -4,6 +4,11 @@ Reading needs `read`; promoting and rolling back need `deploy`. A promotion is b
 records a pending deployment and sends `cortex.registry.activate_version` to a worker, which verifies
 the version is ready before traffic moves (the old production version serves until then). The answer
 comes within the wait budget (200), or as a job to poll (202).
+
+Registered models belong to the caller's tenant (the registry reads within it): another tenant's model
+answers 404 like a missing one, and the list shows the bundled catalogue models (shared by every tenant)
+beside the tenant's own. Bundled models are read-only: promoting or rolling one back is a 403
+`read_only_model`. A key limited to named models may deploy only those.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cortex_tasks.core.auth.permissions import check_allowed
 from cortex_tasks.core.auth.roles import DEPLOY, READ
 from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.contracts import task_names
@@ -21,6 +27,7 @@ from cortex_tasks.core.queues import MAINTENANCE, priority_of
 from cortex_tasks.core.registry import routing, service, stats
 from cortex_tasks.core.registry.model_card import render_model_card
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.blueprints.training import runs_summary  # experiment tracking: the model's training runs
@@ -80,7 +87,8 @@ def _catalogue_view(name: str) -> dict[str, Any]:
 @bp.get("/models")
 @require(READ)
 def list_models() -> Response:
-    """Registered models (with their production and canary versions) and the bundled catalogue models."""
+    """The tenant's registered models (with their production and canary versions) and the bundled
+    catalogue models, which every tenant shares."""
     registered = [{**item, "source": "registry"} for item in service.list_models()]
     names = {item["name"] for item in registered}
     bundled = [{"name": name, "task": entry.task, "source": "catalogue", "latest_version": entry.version,
@@ -162,6 +170,15 @@ def route_for_caller(name: str) -> Response:
     return jsonify({**choice.as_dict(), "source": "registry"})
 
 
+def _deployable(name: str) -> None:
+    """Before changing a model's deployment: the key may use it, and it is not a bundled model (shared by
+    every tenant, so no tenant may change it; a tenant's own registered model of that name is its own)."""
+    check_allowed(current_principal(), None, name)
+    if name in MODELS and service.registered_task(name) is None:
+        raise ApiError(403, "read_only_model", f"{name!r} is a bundled model, shared and read-only: it has "
+                       "no versions to promote or roll back.", {"model": name})
+
+
 def _activation_queue(task: str) -> str:
     entry = TASKS.get(task)
     return entry.queue if entry is not None else MAINTENANCE
@@ -173,6 +190,7 @@ def _activation_queue(task: str) -> str:
 def promote(name: str, version: int) -> tuple[Response, int]:
     """Promote to canary (with a traffic %) or production (blue-green); or retire to staging/archived."""
     body = parse_body(PromoteRequest, get_settings().max_json_depth)
+    _deployable(name)
     actor = current_principal().key_id
     if body.stage in (service.STAGING, service.ARCHIVED):
         if body.traffic is not None:
@@ -186,7 +204,8 @@ def promote(name: str, version: int) -> tuple[Response, int]:
         NewJob(owner=actor, kind="deploy", task="registry.promote", model=record.reference,
                priority=priority_of("high"), total=1),
         task_names.REGISTRY_ACTIVATE_VERSION, _activation_queue(record.task),
-        lambda job_id, reply_to: ActivationMessage(job_id=job_id, reply_to=reply_to, deployment_id=pending["id"]),
+        lambda job_id, reply_to: ActivationMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                   deployment_id=pending["id"]),
         wait)
     outcome = submitted.outcome
     if outcome is None:
@@ -214,6 +233,7 @@ def rollback(name: str) -> Response:
     """Return production to the previous production version (or `to_version`), at once."""
     body = (parse_body(RollbackRequest, get_settings().max_json_depth) if request.get_data(cache=True)
             else RollbackRequest())
+    _deployable(name)
     result = service.rollback(name, body.to_version, current_principal().key_id)
     return jsonify({"model": name, "version": result["version"]["version"], "stage": "production",
                     "rolled_back_from": result["rolled_back_from"], "deployment": result["deployment"]})

@@ -1,4 +1,11 @@
-"""Vector collections over HTTP (`predict` permission).
+"""Vector collections over HTTP.
+
+Each tenant has its own collections (two tenants may both have `products`): the store finds a collection by
+name within the caller's tenant, so another tenant's collection answers 404 `collection_not_found` exactly
+like a missing one. Reading needs `read`; creating, writing and searching `predict`; dropping a collection
+or deleting its items `admin` (model_admin): deletion is an administrative act on the tenant's data, not a
+deployment, so it does not ride on `deploy`. A key limited to named models may embed texts only with those
+(the collection's embedding model is checked before any job is queued).
 
 Vectors given as numbers are written and searched right here (PostgreSQL + pgvector, no model needed).
 Texts must be embedded first, and the gateway never loads a model: text upserts and text searches
@@ -23,7 +30,8 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cortex_tasks.core.auth.roles import PREDICT
+from cortex_tasks.core.auth.permissions import check_allowed
+from cortex_tasks.core.auth.roles import ADMIN, PREDICT, READ
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import (
     VectorIndexMessage,
@@ -39,6 +47,7 @@ from cortex_tasks.core.storage.vector_store import (
     MAX_K,
     check_collection_name,
 )
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.core.vectors import service
 from cortex_web.audit import audited
@@ -172,9 +181,9 @@ def _body(model: type[BaseModel]) -> Any:
 
 
 @bp.get("/vectors")
-@require(PREDICT)
+@require(READ)
 def list_collections() -> Response:
-    """The vector collections."""
+    """The vector collections of the caller's tenant."""
     return jsonify({"collections": [item.as_dict() for item in service.vector_store().list_collections()]})
 
 
@@ -185,6 +194,7 @@ def create_collection(collection: str) -> tuple[Response, int]:
     """Create a collection (idempotent for the same configuration; 409 for another one)."""
     name = _collection_name(collection)
     body = _body(CreateCollectionRequest)
+    check_allowed(current_principal(), None, body.model)
     created, new = service.create_collection(name, body.dimension, body.metric, body.index.as_spec(), body.model,
                                              created_by=current_principal().key_id,
                                              build_index=not body.defer_index)
@@ -192,14 +202,14 @@ def create_collection(collection: str) -> tuple[Response, int]:
 
 
 @bp.get("/vectors/<collection>")
-@require(PREDICT)
+@require(READ)
 def describe_collection(collection: str) -> Response:
     """A collection's configuration, item count and sizes."""
     return jsonify(service.vector_store().describe(_collection_name(collection)))
 
 
 @bp.delete("/vectors/<collection>")
-@require(PREDICT)
+@require(ADMIN)
 @audited("collection.delete")
 def drop_collection(collection: str) -> Response:
     """Drop a collection and all its items."""
@@ -219,14 +229,16 @@ def upsert(collection: str) -> tuple[Response, int]:
     principal = current_principal()
     if not any("text" in item for item in items):
         return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
+    check_allowed(principal, None, service.embedding_model(name, missing_ok=True))
     settings = get_settings()
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=principal.key_id, kind="vectors", task="vectors.upsert", model=None,
                priority=priority_of("normal"), total=len(items)),
         task_names.VECTORS_UPSERT_ITEMS, GPU,
-        lambda job_id, reply_to: VectorUpsertMessage(job_id=job_id, reply_to=reply_to, collection=name, items=items,
-                                                     created_by=principal.key_id), wait)
+        lambda job_id, reply_to: VectorUpsertMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                     collection=name, items=items, created_by=principal.key_id),
+        wait)
     return job_reply(submitted)
 
 
@@ -243,18 +255,21 @@ def search(collection: str) -> tuple[Response, int]:
         return jsonify({"collection": name, "metric": result.metric, "strategy": result.strategy, "k": body.k,
                         "results": [hit.as_dict() for hit in result.hits],
                         "timings": {"search_ms": result.elapsed_ms}}), 200
+    # A missing collection is a 404 before any job is queued; its model is the one the key must be allowed.
+    check_allowed(current_principal(), None, service.embedding_model(name))
     wait = get_settings().default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.search", model=None,
                priority=priority_of("high"), total=1),
         task_names.VECTORS_SEARCH_TEXT, GPU,
-        lambda job_id, reply_to: VectorSearchMessage(job_id=job_id, reply_to=reply_to, collection=name,
-                                                     text=body.text, k=body.k, filter=body.filter), wait)
+        lambda job_id, reply_to: VectorSearchMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                     collection=name, text=body.text, k=body.k,
+                                                     filter=body.filter), wait)
     return job_reply(submitted)
 
 
 @bp.post("/vectors/<collection>/delete")
-@require(PREDICT)
+@require(ADMIN)
 @audited("vectors.delete")
 def delete_items(collection: str) -> Response:
     """Delete items by id."""
@@ -265,7 +280,7 @@ def delete_items(collection: str) -> Response:
 
 
 @bp.get("/vectors/<collection>/count")
-@require(PREDICT)
+@require(READ)
 def count_items(collection: str) -> Response:
     """How many items the collection holds (matching `?filter=<JSON object>` when given)."""
     name = _collection_name(collection)
@@ -294,5 +309,6 @@ def build_index(collection: str) -> tuple[Response, int]:
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.index", model=None,
                priority=priority_of("normal"), total=1),
         task_names.VECTORS_BUILD_INDEX, MAINTENANCE,
-        lambda job_id, reply_to: VectorIndexMessage(job_id=job_id, reply_to=reply_to, collection=name), wait)
+        lambda job_id, reply_to: VectorIndexMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                    collection=name), wait)
     return job_reply(submitted)

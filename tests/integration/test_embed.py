@@ -5,6 +5,13 @@ import math
 import time
 import uuid
 
+import pytest
+
+from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
+
+# Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
+pytestmark = pytest.mark.usefixtures("default_tenant")
+
 
 def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))

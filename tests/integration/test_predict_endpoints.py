@@ -4,7 +4,13 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from cortex_tasks.core.jobs import store
+from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
+
+# Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
+pytestmark = pytest.mark.usefixtures("default_tenant")
 
 
 def sse_events(response) -> list[tuple[str, dict]]:

@@ -16,6 +16,10 @@ import pytest
 from cortex_tasks.core.registry import artifacts, routing, service, stats
 from cortex_tasks.core.storage.object_store import ArtifactIntegrityError
 from tests.support.processes import REPO_ROOT
+from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
+
+# Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
+pytestmark = pytest.mark.usefixtures("default_tenant")
 
 
 def unique(prefix: str) -> str:
@@ -132,9 +136,12 @@ def test_promote_canary_split_production_and_rollback(admin_api, workers):
     assert canary_view["stats"]["request_count"] == 2 and canary_view["stats"]["error_rate"] == 0.5
     assert "## Serving" in canary_view["card"]
     metrics = admin_api.client.get("/metrics").get_data(as_text=True)
-    assert f'cortex_model_version_requests_total{{model="{name}",version="2"}} 2.0' in metrics
-    assert f'cortex_model_version_errors_total{{model="{name}",version="2"}} 1.0' in metrics
-    assert f'cortex_model_version_latency_seconds_count{{model="{name}",version="1"}} 8.0' in metrics
+    series = [line for line in metrics.splitlines() if name in line]
+    # Labelled by tenant too: two tenants' versions of a model of the same name are different models.
+    one, two = (f'{{model="{name}",tenant="default",version="{version}"}}' for version in (1, 2))
+    assert f"cortex_model_version_requests_total{two} 2.0" in series, series
+    assert f"cortex_model_version_errors_total{two} 1.0" in series, series
+    assert f"cortex_model_version_latency_seconds_count{one} 8.0" in series, series
 
     # Canary to production (blue-green): v1 is archived, but stays available for a rollback.
     switched = admin_api.post(f"/api/v1/models/{name}/versions/2/promote", {"stage": "production", "wait": 30})
@@ -192,9 +199,11 @@ def test_promotions_reach_other_processes_without_a_restart():
     script = (
         "import sys\n"
         "from cortex_tasks.core.registry import routing\n"
+        "from cortex_tasks.core.tenancy import tenant_scope\n"
         "cache = routing.ServingCache(ttl=3600, check_every=0)\n"
         "for line in sys.stdin:\n"
-        f"    print(routing.choose_version({name!r}, 'caller', cache).version, flush=True)\n"
+        "    with tenant_scope('default'):\n"
+        f"        print(routing.choose_version({name!r}, 'caller', cache).version, flush=True)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})

@@ -16,7 +16,11 @@ from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs import store as jobs
 from cortex_tasks.core.storage import arrow_io
 from cortex_tasks.core.storage.vector_store import CollectionConflict, VectorStore, VectorStoreError
+from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 from tests.support.waiting import wait_for
+
+# Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
+pytestmark = pytest.mark.usefixtures("default_tenant")
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +267,7 @@ def test_arrow_vectors_convert_without_copying():
 # --- HTTP ---------------------------------------------------------------------------------------------
 
 
-def test_vector_upsert_and_search_over_http(api, app):
+def test_vector_upsert_and_search_over_http(api, admin_api, app):
     name = unique("http")
     items = [{"id": f"p{i}", "vector": [float(i == j) for j in range(4)], "metadata": {"group": i % 2}}
              for i in range(4)]
@@ -279,8 +283,11 @@ def test_vector_upsert_and_search_over_http(api, app):
                         {"vector": [0.9, 0.1, 0, 0], "k": 3, "filter": {"group": 1}}).get_json()
     assert [hit["id"] for hit in filtered["results"]] == ["p1", "p3"]
     assert api.get(f"/api/v1/vectors/{name}/count?filter=" + json.dumps({"group": 0})).get_json()["count"] == 2
-    assert api.post(f"/api/v1/vectors/{name}/delete", {"ids": ["p0"]}).get_json()["deleted"] == 1
-    assert api.delete(f"/api/v1/vectors/{name}").status_code == 200
+    # Deleting items or the collection is model_admin's (inference_user writes and searches only).
+    assert api.post(f"/api/v1/vectors/{name}/delete", {"ids": ["p0"]}).status_code == 403
+    assert api.delete(f"/api/v1/vectors/{name}").status_code == 403
+    assert admin_api.post(f"/api/v1/vectors/{name}/delete", {"ids": ["p0"]}).get_json()["deleted"] == 1
+    assert admin_api.delete(f"/api/v1/vectors/{name}").status_code == 200
     assert api.post(f"/api/v1/vectors/{name}/search", {"vector": [1, 0, 0, 0]}).status_code == 404
 
 
@@ -306,10 +313,11 @@ def test_bad_vector_requests_are_4xx(api):
     assert api.get(f"/api/v1/vectors/{name}/count?filter=%7Bnope").status_code == 400
 
 
-def test_vectors_need_the_predict_permission(api, keys):
+def test_vectors_need_the_predict_permission_to_search_and_read_to_list(api, keys):
     reader = api.as_key(keys["reader"])
     assert reader.post("/api/v1/vectors/anything/search", {"vector": [1.0]}).status_code == 403
-    assert reader.get("/api/v1/vectors").status_code == 403
+    assert reader.post("/api/v1/vectors/anything", {"items": [{"id": "1", "vector": [1.0]}]}).status_code == 403
+    assert reader.get("/api/v1/vectors").status_code == 200  # reading the tenant's own resources
     assert api.as_key(None).get("/api/v1/vectors").status_code == 401
 
 

@@ -26,6 +26,12 @@ CACHE_ITEMS = Counter("cortex_cache_items_total", "Items looked up in the cache,
 
 
 def keys_for(task: str, model: str, version: str, params: dict[str, Any], items: list[Any]) -> list[str]:
+    """One key per item. `model` is the catalogue entry's name, which for a tenant's registered model is
+    tenant-qualified (`<tenant>/<name>@<version>`, registry/references.py): two tenants' `m@1` are
+    different models, and one's answers must never be served to the other. A bundled model's name is
+    the same for every tenant, and so are its keys: the same input to the same shared model gives the
+    same output whoever asks, so sharing those answers reveals nothing a tenant could not compute itself
+    and keeps the hit rate of the common models."""
     params_json = params_fingerprint(params)
     return [cache_key(task, model, version, params_json, item) for item in items]
 

@@ -5,6 +5,12 @@ Gateways count the queries they look up (in-process, flushed to an hourly Redis 
 seconds, so the hot path stays one dictionary increment). Warming sends the missing ones to the model's
 queue as ordinary prediction jobs owned by the system; the worker stores their results in L2 as usual.
 Effectiveness is reported as the share of frequent queries found in L2 before and after warming.
+
+Tenants: the log records the catalogue name, tenant-qualified for a registered model
+(registry/references.py), so a tenant's queries can only ever warm that tenant's model, and warming
+runs each such group in its tenant's scope (its job row, its message and the model's lookup are that
+tenant's). Bundled models are shared, their answers too (cache/service.py keys_for): their warming jobs
+are the default tenant's, as the system's own.
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.process_threads import helper_threads
 from cortex_tasks.core.queues import PRIORITY_CLASSES
+from cortex_tasks.core.registry.references import split_qualified
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, tenant_scope
 
 FREQUENCY_KEY = "cortex:cache-queries:"  # + hour number; members are JSON [task, model, params, input]
 LAST_REPORT_KEY = "cortex:cache-warming:last"
@@ -94,6 +102,33 @@ def frequent_queries(client: redis.Redis, min_frequency: int, hours: int = 1) ->
     return [(json.loads(member), score) for member, score in totals.most_common() if score >= min_frequency]
 
 
+def _warm_group(cache: Any, task: str, model: str, params_json: str, texts: list[str],
+                tenant: str) -> tuple[int, int, int]:
+    """Send one group's missing queries to its model as low-priority jobs of `tenant` (in whose scope
+    this runs): (items sent, items present before, items considered)."""
+    entry = find_model(model)
+    if entry is None:
+        return 0, 0, 0
+    params = json.loads(params_json)
+    values = cache.l2.get_many(keys_for(task, model, entry.version, params, texts))
+    missing = [text for text, value in zip(texts, values) if value is MISSING]
+    queue = TASKS[task].queue
+    low = PRIORITY_CLASSES["low"]  # warming must never delay interactive work
+    sent = 0
+    for start in range(0, len(missing), 32):
+        chunk = missing[start:start + 32]
+        job_id = str(uuid.uuid4())
+        store.create_jobs([(job_id, store.NewJob(owner=WARMING_OWNER, kind="predict", task=task, model=model,
+                                                 priority=low, total=len(chunk), params=params or None))])
+        # No record: the row was created just above, owned by the system (see WARMING_OWNER).
+        message = PredictionMessage(tenant=tenant, task=task, model=model, params=params or {}, priority=low,
+                                    jobs=[PredictionJob(job_id=job_id, inputs=chunk, inline_errors=True, warm=True)])
+        celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, ignore_result=True,
+                             kwargs=message.to_kwargs())
+        sent += len(chunk)
+    return sent, len(texts) - len(missing), len(texts)
+
+
 def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: int = 2000) -> dict[str, Any]:
     started = time.monotonic()
     cache = get_cache()
@@ -111,27 +146,10 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
 
     considered = present_before = sent = 0
     for (task, model, params_json), texts in groups.items():
-        entry = find_model(model)
-        if entry is None:
-            continue
-        params = json.loads(params_json)
-        values = cache.l2.get_many(keys_for(task, model, entry.version, params, texts))
-        missing = [text for text, value in zip(texts, values) if value is MISSING]
-        considered += len(texts)
-        present_before += len(texts) - len(missing)
-        queue = TASKS[task].queue
-        low = PRIORITY_CLASSES["low"]  # warming must never delay interactive work
-        for start in range(0, len(missing), 32):
-            chunk = missing[start:start + 32]
-            job_id = str(uuid.uuid4())
-            store.create_jobs([(job_id, store.NewJob(owner=WARMING_OWNER, kind="predict", task=task, model=model,
-                                                     priority=low, total=len(chunk), params=params or None))])
-            # No record: the row was created just above, owned by the system (see WARMING_OWNER).
-            message = PredictionMessage(task=task, model=model, params=params or {}, priority=low, jobs=[
-                PredictionJob(job_id=job_id, inputs=chunk, inline_errors=True, warm=True)])
-            celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, ignore_result=True,
-                                 kwargs=message.to_kwargs())
-            sent += len(chunk)
+        tenant = split_qualified(model)[0] or DEFAULT_TENANT
+        with tenant_scope(tenant):
+            counts = _warm_group(cache, task, model, params_json, texts, tenant)
+        sent, present_before, considered = sent + counts[0], present_before + counts[1], considered + counts[2]
     report = {
         "frequent_queries": considered,
         "models": sorted(f"{task}:{model}" for task, model in chosen_models),

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID
+
 PREDICTION_MESSAGE_VERSION = 1
 SUPPORTED_PREDICTION_VERSIONS = frozenset({1})
 UNSUPPORTED_MESSAGE = "unsupported_message"  # the error code of a job whose message could not be read
@@ -104,6 +106,10 @@ class PredictionMessage(VersionedMessage):
     describes: ClassVar[str] = "prediction message"
 
     version: Literal[1] = PREDICTION_MESSAGE_VERSION
+    # The tenant the jobs act for (the worker enters it, runtime/worker_signals.py). A registered model's
+    # `model` is qualified with this same tenant (core/registry/references.py). One message, one tenant:
+    # the gateway coalesces per tenant. Messages sent before tenants existed belong to `default`.
+    tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_ID.pattern)
     task: str
     model: str
     params: dict[str, Any] = Field(default_factory=dict)

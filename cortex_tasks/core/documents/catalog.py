@@ -7,6 +7,10 @@ as metadata the passage's text (under CONTENT_KEY) beside the user's metadata an
 (`collection`, `document_id`, `passage_index`, `passage_count`, `document_chars`, `indexed_by`,
 `indexed_at`).
 
+Tenants: the passage collections live in the vector store, which finds every collection within the tenant
+in scope (storage/vector_store.py), so each tenant has its own `documents:<collection>` and a listing,
+a deletion or a retrieval for POST /qa never reaches another tenant's passages.
+
 Why not through Haystack here: importing haystack imports torch, and the gateway never imports torch.
 Listing and deleting need no model, so they run in the gateway like vector-by-number operations do;
 indexing and question answering need MiniLM (and SmolLM2) and run in the gpu worker.
@@ -22,6 +26,9 @@ from cortex_tasks.core.storage.vector_store import CollectionNotFound, VectorSto
 OWNER = "documents"
 EMBEDDING_DIMENSION = 384
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# The model POST /qa writes its answer with (runtime/documents/components.py uses the same), for per-model
+# key limits: a key limited to other models may still ask with `generate: false`.
+GENERATOR_MODEL = "SmolLM2-135M-Instruct"
 # The passage's text, under a key no user metadata key can take (they are identifiers, without ':').
 CONTENT_KEY = "passage:content"
 MAX_LIST_LIMIT = 500

@@ -10,6 +10,7 @@ them from a FIFO queue and sleeps until each is due, without a heap.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import threading
@@ -69,7 +70,10 @@ class DelayedCalls:
         self._guard = threading.Lock()
 
     def schedule(self, fn: Callable[[], T]) -> DeferredCall[T]:
-        call = DeferredCall(fn, time.monotonic() + self.delay)
+        # Run in the scheduling code's context: the call then acts for the same tenant (core/tenancy.py),
+        # which a context variable holds and this process's one thread would not otherwise see.
+        context = contextvars.copy_context()
+        call = DeferredCall(lambda: context.run(fn), time.monotonic() + self.delay)
         self._ensure_thread()
         self._queue.put(call)
         return call

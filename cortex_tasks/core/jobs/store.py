@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cortex_tasks.core.storage.db import quick_write_engine, session_scope
 from cortex_tasks.core.storage.tables import Job
+from cortex_tasks.core.tenancy import current_tenant
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
@@ -190,8 +191,10 @@ def job_record(job: NewJob) -> dict[str, Any]:
             "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds}
 
 
-def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
+def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, Any]:
     return {
+        # Raw SQL is not stamped by the ORM's tenant events: rows take the tenant in scope here.
+        "tenant": current_tenant(),
         "ids": [job_id for job_id, _ in jobs],
         "owners": [job.owner for _, job in jobs],
         "kinds": [job.kind for _, job in jobs],
@@ -215,9 +218,9 @@ _RECORD_ARRAYS = (
 )
 _RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline"
 _INSERT_FROM_ARRAYS = (
-    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "  # nosec B608 - constant SQL, values bound
-    "attempts, created_at, started_at, deadline_at) "
-    "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
+    "INSERT INTO jobs (tenant, id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL, values bound
+    "params, attempts, created_at, started_at, deadline_at) "
+    "SELECT :tenant, d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
     "now(), {started}, now() + make_interval(secs => d.deadline) "
     f"FROM unnest({_RECORD_ARRAYS}) AS d({_RECORD_NAMES}) "
 )
@@ -308,9 +311,9 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
 # updated) with the outcome and this delivery counted. Rows no longer queued or running (cancelled
 # meanwhile) keep what they say; RETURNING tells which jobs were recorded.
 _RECORD_FINISHED = (
-    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL
+    "INSERT INTO jobs (tenant, id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL
     "params, attempts, created_at, started_at, finished_at, deadline_at, result, error) "
-    "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
+    "SELECT :tenant, d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
     "to_timestamp(:started), to_timestamp(:started), now(), "
     "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "

@@ -46,21 +46,29 @@ def _pack_directory(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+def artifact_folder(tenant: str, model: str, version: int) -> str:
+    """Where a version's artifact is kept. The tenant is part of the path: two tenants' `m@1` are two
+    models and must not overwrite each other's files. (Versions registered before tenants keep the
+    `models/<name>/<version>/` URI their row records.)"""
+    return f"models/{tenant}/{model}/{version}"
+
+
 def store_artifact(model: str, version: int, source: bytes | str | Path,
-                   filename: str | None = None) -> StoredObject:
+                   filename: str | None = None, *, tenant: str) -> StoredObject:
     store = get_object_store()
+    folder = artifact_folder(tenant, model, version)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name = f"models/{model}/{version}/{filename or 'model.bin'}"
+        name = f"{folder}/{filename or 'model.bin'}"
         return store.put(check_object_name(name), bytes(source))
     path = Path(source)
     if path.is_dir():
-        name = f"models/{model}/{version}/{filename or path.name + ARCHIVE_SUFFIX}"
+        name = f"{folder}/{filename or path.name + ARCHIVE_SUFFIX}"
         if not name.endswith(ARCHIVE_SUFFIX):
             name += ARCHIVE_SUFFIX
         return store.put(check_object_name(name), _pack_directory(path), content_type="application/gzip")
     if not path.is_file():
         raise RegistryError("invalid_artifact", f"artifact path {path} is neither a file nor a directory")
-    return store.put_file(check_object_name(f"models/{model}/{version}/{filename or path.name}"), path)
+    return store.put_file(check_object_name(f"{folder}/{filename or path.name}"), path)
 
 
 def existing_artifact(uri: str, sha256: str | None) -> StoredObject:

@@ -8,6 +8,9 @@ Each process caches the serving table per model. A promotion bumps the registry 
 process checks it at most every `GENERATION_CHECK_SECONDS` and drops its cache when it moved, so
 gateways and workers follow promotions within about that time and without a restart. The cache also
 expires after `CACHE_TTL_SECONDS`, which bounds staleness if Redis is unreachable.
+
+Registered models belong to a tenant: the serving table is read within the tenant in scope and cached
+under (tenant, model), so two tenants' models of the same name route each to its own versions.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import redis
 
 from cortex_tasks.core.registry import records
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 
 GENERATION_CHECK_SECONDS = 0.5
 CACHE_TTL_SECONDS = 10.0
@@ -56,7 +60,7 @@ class Choice:
 class ServingCache:
     def __init__(self, ttl: float = CACHE_TTL_SECONDS, check_every: float = GENERATION_CHECK_SECONDS) -> None:
         self.ttl, self.check_every = ttl, check_every
-        self._entries: dict[str, tuple[float, records.Serving | None]] = {}
+        self._entries: dict[tuple[str, str], tuple[float, records.Serving | None]] = {}
         self._generation: bytes | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
@@ -77,12 +81,13 @@ class ServingCache:
     def get(self, model: str) -> records.Serving | None:
         now = time.monotonic()
         self._check_generation(now)
-        entry = self._entries.get(model)
+        key = (current_tenant(), model)
+        entry = self._entries.get(key)
         if entry is not None and now - entry[0] < self.ttl:
             return entry[1]
         value = records.serving(model)
         with self._lock:
-            self._entries[model] = (now, value)
+            self._entries[key] = (now, value)
         return value
 
     def clear(self) -> None:

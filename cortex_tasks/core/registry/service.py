@@ -11,6 +11,11 @@ that the version is ready (its artifact loads and verifies: `tasks.activate_vers
 keeps serving; after it, the old version is archived but its artifact stays, so `rollback` can bring it
 back at once. Every committed change bumps a generation number in Redis, which routing caches in every
 process check, so gateways and workers follow a promotion without a restart.
+
+Models, versions and deployments belong to a tenant (two tenants may both register `sentiment-custom`).
+Every ORM statement here is scoped to the tenant in scope by the storage layer (storage/db.py), so a
+name always means the caller's tenant's model and another tenant's is ModelNotFound (404); only the
+upsert that reserves a version number names the tenant itself, as Core inserts are not stamped.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from cortex_tasks.core.registry.records import (  # noqa: F401  (the registry's 
 )
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Deployment, ModelVersion, RegisteredModel
+from cortex_tasks.core.tenancy import current_tenant
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +117,10 @@ def reserve_version(name: str, task: str, description: str | None = None) -> int
         existing = session.scalars(select(RegisteredModel.task).where(RegisteredModel.name == name)).one_or_none()
         if existing is not None and existing != task:
             raise RegistryConflict("task_mismatch", f"Model {name!r} serves task {existing!r}, not {task!r}.")
-        statement = pg_insert(RegisteredModel).values(name=name, task=task, description=description,
-                                                      last_version=1)
+        statement = pg_insert(RegisteredModel).values(tenant=current_tenant(), name=name, task=task,
+                                                      description=description, last_version=1)
         statement = statement.on_conflict_do_update(
-            index_elements=[RegisteredModel.name],
+            index_elements=[RegisteredModel.tenant, RegisteredModel.name],
             set_={"last_version": RegisteredModel.last_version + 1, "updated_at": func.now()},
         ).returning(RegisteredModel.last_version)
         return int(session.execute(statement).scalar_one())
@@ -126,7 +132,7 @@ def register_version(name: str, *, task: str, framework: str, artifact: bytes | 
                      parameters: Mapping[str, Any] | None = None, data_fingerprint: str | None = None,
                      created_by: str | None = None, description: str | None = None) -> VersionRecord:
     """Add a new `staging` version. Give the artifact's content (`bytes`, a file or a directory path),
-    which is uploaded to `models/<name>/<version>/...`, or the URI of an artifact already stored (its
+    which is uploaded to `models/<tenant>/<name>/<version>/...`, or the URI of an artifact already stored (its
     digest is read from the store and must match `artifact_sha256` when given)."""
     if (artifact is None) == (artifact_uri is None):
         raise RegistryError("invalid_artifact", "give exactly one of artifact or artifact_uri")
@@ -137,7 +143,7 @@ def register_version(name: str, *, task: str, framework: str, artifact: bytes | 
             raise RegistryError("invalid_metadata", f"{label} must be JSON with finite numbers: {exc}") from None
     version = reserve_version(name, task, description)
     if artifact is not None:
-        stored = artifacts.store_artifact(name, version, artifact, artifact_filename)
+        stored = artifacts.store_artifact(name, version, artifact, artifact_filename, tenant=current_tenant())
     else:
         stored = artifacts.existing_artifact(artifact_uri or "", artifact_sha256)
     with session_scope() as session:

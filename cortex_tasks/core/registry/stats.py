@@ -3,7 +3,7 @@ every (model, version), kept in Redis so that every process that serves a model 
 workers) adds to the same figures.
 
 The registry view (`GET /api/v1/models/{name}`) reads them to put a canary beside production; the
-gateway's `/metrics` exports them as Prometheus series labelled by model and version, read from Redis
+gateway's `/metrics` exports them as Prometheus series labelled by model, version and tenant, read from Redis
 at scrape time (`ModelVersionCollector`), so a multi-process deployment reports one consistent total.
 """
 from __future__ import annotations
@@ -20,11 +20,13 @@ import redis
 
 from cortex_tasks.core.process_threads import helper_threads
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_scope
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cortex:model_stats:"
 INDEX_KEY = "cortex:model_stats:index"
+NO_TENANT = "-"
 # Latency bucket upper bounds in milliseconds (the inference latency buckets the metrics use,
 # 10 ms .. 1 s, with finer steps around them).
 BUCKETS_MS: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, math.inf)
@@ -40,16 +42,22 @@ def _client() -> redis.Redis:
 
 
 def _key(model: str, version: str) -> str:
-    return f"{KEY_PREFIX}{model}\x1f{version}"
+    # Per tenant: two tenants' `m@1` are different models, and one tenant's traffic on a shared bundled
+    # model is none of another's business. Code that acts for no single tenant counts under "-".
+    scope = current_scope()
+    tenant = scope if isinstance(scope, str) else NO_TENANT
+    return f"{KEY_PREFIX}{tenant}\x1e{model}\x1f{version}"
 
 
 def _bucket_field(upper_ms: float) -> str:
     return "le_inf" if math.isinf(upper_ms) else f"le_{upper_ms:g}"
 
 
-def record(model: str, version: str | int, seconds: float, ok: bool = True, items: int = 1) -> None:
-    """Count one served request. Never raises: statistics must not fail a prediction."""
-    key = _key(model, str(version))
+def record(model: str, version: str | int, seconds: float, ok: bool = True, items: int = 1,
+           key: str | None = None) -> None:
+    """Count one served request. Never raises: statistics must not fail a prediction. `key`: made by the
+    caller's thread (the tenant in scope there; a helper thread has none)."""
+    key = key or _key(model, str(version))
     milliseconds = seconds * 1000
     bucket = next(upper for upper in BUCKETS_MS if milliseconds <= upper)
     try:
@@ -82,7 +90,8 @@ def observe(model: str, version: str | int, items: int = 1) -> Iterator[None]:
 
 
 def _record_later(model: str, version: str | int, seconds: float, ok: bool, items: int) -> None:
-    helper_threads("cortex-model-stats", 1).submit(record, model, version, seconds, ok, items)
+    helper_threads("cortex-model-stats", 1).submit(record, model, version, seconds, ok, items,
+                                                   _key(model, str(version)))
 
 
 def _quantile(counts: list[int], total: int, q: float) -> float | None:
@@ -131,7 +140,7 @@ def read(model: str, version: str | int) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if not key.startswith("_")}
 
 
-def _all() -> Iterator[tuple[str, str, dict[str, Any]]]:
+def _all() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
     client = _client()
     keys = sorted(client.smembers(INDEX_KEY))
     if not keys:
@@ -140,8 +149,9 @@ def _all() -> Iterator[tuple[str, str, dict[str, Any]]]:
     for key in keys:
         pipe.hgetall(key)
     for key, raw in zip(keys, pipe.execute()):
-        model, _, version = key.decode()[len(KEY_PREFIX):].partition("\x1f")
-        yield model, version, _summary(raw)
+        tenant, _, rest = key.decode()[len(KEY_PREFIX):].rpartition("\x1e")
+        model, _, version = rest.partition("\x1f")
+        yield model, version, tenant or NO_TENANT, _summary(raw)
 
 
 class ModelVersionCollector:
@@ -153,7 +163,7 @@ class ModelVersionCollector:
     def _families(self):
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        labels = ["model", "version"]
+        labels = ["model", "version", "tenant"]
         return (
             CounterMetricFamily("cortex_model_version_requests", "Requests served per model version", labels=labels),
             CounterMetricFamily("cortex_model_version_errors", "Failed requests per model version", labels=labels),
@@ -165,8 +175,8 @@ class ModelVersionCollector:
     def collect(self):
         requests_, errors, items, latency = self._families()
         try:
-            for model, version, summary in _all():
-                labels = [model, version]
+            for model, version, tenant, summary in _all():
+                labels = [model, version, tenant]
                 requests_.add_metric(labels, summary["request_count"])
                 errors.add_metric(labels, summary["error_count"])
                 items.add_metric(labels, summary["item_count"])

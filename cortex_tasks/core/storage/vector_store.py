@@ -14,6 +14,13 @@ key with `psycopg.sql.Identifier`. Distance operators and operator classes come 
 allow-list; index build parameters are validated integers. Every value (vectors, ids, filters, k) is a
 bound parameter. Vectors are checked (dimension, finite float32) before anything is written.
 
+Tenants: every collection belongs to one (`vector_collections.tenant`), and a name is unique within its
+tenant only: two tenants may each have `products`. This module's SQL is raw, so the ORM's tenant filter
+(storage/db.py) does not reach it: every statement on the catalogue names the tenant in scope itself
+(`_tenant()`, which raises when none is: fail closed), and the items' tables are only ever reached
+through a catalogue row found that way. Another tenant's collection is therefore exactly a missing one
+(404 `collection_not_found`), which tells a caller nothing about names other tenants use.
+
 Vectors travel in binary: the bulk path streams a binary COPY of pgvector's wire format, query vectors
 are bound in binary (`%b`), and vectors read back arrive through pgvector's binary loader as numpy arrays.
 """
@@ -44,6 +51,7 @@ from sqlalchemy import Engine
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import get_engine
+from cortex_tasks.core.tenancy import current_tenant
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Collections that a Cortex feature keeps for itself are named `<owner>:<name>` (document passages:
@@ -440,6 +448,11 @@ def _collection_from_row(row: Sequence[Any]) -> Collection:
                       created_by=row[8], created_at=row[9], index_built_at=row[10])
 
 
+def _tenant() -> str:
+    """The tenant whose collections this call may see; TenantScopeMissing when none is in scope."""
+    return current_tenant()
+
+
 class VectorStore:
     """All collection operations. Safe to share between threads: each call takes its own connection."""
 
@@ -491,9 +504,9 @@ class VectorStore:
     # --- collections ---
 
     def _find(self, conn: psycopg.Connection, name: str, lock: bool = False) -> Collection:
-        query = sql.SQL("SELECT {} FROM vector_collections WHERE name = %s{}").format(
+        query = sql.SQL("SELECT {} FROM vector_collections WHERE tenant = %s AND name = %s{}").format(
             COLLECTION_COLUMNS, sql.SQL(" FOR UPDATE") if lock else sql.SQL(""))
-        row = conn.execute(query, (self.check_name(name),)).fetchone()
+        row = conn.execute(query, (_tenant(), self.check_name(name))).fetchone()
         if row is None:
             raise CollectionNotFound(name)
         return _collection_from_row(row)
@@ -505,11 +518,11 @@ class VectorStore:
     def list_collections(self, reserved: bool = False) -> list[Collection]:
         """The API's collections; with `reserved`, instead the owner's `<owner>:<name>` ones."""
         if not reserved:
-            where, params = sql.SQL("WHERE strpos(name, ':') = 0"), ()
+            where, params = sql.SQL("WHERE tenant = %s AND strpos(name, ':') = 0"), (_tenant(),)
         elif self.owner is None:
             raise ValueError("only a store with an owner lists reserved collections")
         else:
-            where, params = sql.SQL("WHERE starts_with(name, %s)"), (f"{self.owner}:",)
+            where, params = sql.SQL("WHERE tenant = %s AND starts_with(name, %s)"), (_tenant(), f"{self.owner}:")
         with self.connection() as conn:
             rows = conn.execute(sql.SQL("SELECT {} FROM vector_collections {} ORDER BY name").format(
                 COLLECTION_COLUMNS, where), params).fetchall()
@@ -531,10 +544,10 @@ class VectorStore:
         try:
             with self.connection() as conn:
                 row = conn.execute(
-                    sql.SQL("INSERT INTO vector_collections (name, dimension, metric, index_type, index_params, "
-                            "index_state, model, created_by) VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s) "
-                            "RETURNING {}").format(COLLECTION_COLUMNS),
-                    (name, dimension, metric, config.type, Jsonb(params), model, created_by),
+                    sql.SQL("INSERT INTO vector_collections (tenant, name, dimension, metric, index_type, "
+                            "index_params, index_state, model, created_by) "
+                            "VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s) RETURNING {}").format(COLLECTION_COLUMNS),
+                    (_tenant(), name, dimension, metric, config.type, Jsonb(params), model, created_by),
                 ).fetchone()
                 collection = _collection_from_row(row)
                 conn.execute(sql.SQL(
@@ -575,8 +588,8 @@ class VectorStore:
 
     def drop_collection(self, name: str) -> bool:
         with self.connection() as conn:
-            row = conn.execute("DELETE FROM vector_collections WHERE name = %s RETURNING id",
-                               (self.check_name(name),)).fetchone()
+            row = conn.execute("DELETE FROM vector_collections WHERE tenant = %s AND name = %s RETURNING id",
+                               (_tenant(), self.check_name(name))).fetchone()
             if row is None:
                 return False
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"vectors_{row[0]}")))

@@ -63,6 +63,18 @@ def create_collection(name: str, dimension: int | None, metric: str, index: dict
     return collection, not existed
 
 
+def embedding_model(collection: str, missing_ok: bool = False) -> str | None:
+    """The model that embeds texts for `collection` in this tenant (None: it takes vectors only). With
+    `missing_ok`, a collection that does not exist yet answers the model an upsert would create it with;
+    else it is a 404, raised before any job is queued. Per-model key limits are checked against this."""
+    try:
+        return vector_store().get_collection(collection).model
+    except CollectionNotFound:
+        if missing_ok:
+            return DEFAULT_EMBEDDING_MODEL
+        raise
+
+
 def input_error(exc: VectorStoreError) -> JobInputError:
     return JobInputError(exc.code, exc.message, {**exc.details, "status": exc.status})
 

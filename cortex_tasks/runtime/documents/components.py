@@ -20,6 +20,7 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no phoning home:
 from haystack import Document, component
 from haystack.dataclasses import ExtractedAnswer
 
+from cortex_tasks.core.documents.catalog import GENERATOR_MODEL  # one name for gateway and worker
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.validation.generation import GenerationParams
 from cortex_tasks.runtime.documents.text_splitting import sentences
@@ -27,7 +28,6 @@ from cortex_tasks.runtime.models.loaded import get_model
 from cortex_tasks.runtime.vectors.service import embed_texts
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-GENERATOR_MODEL = "SmolLM2-135M-Instruct"
 # The extractive answer reads at most this many sentences (from the best passages first).
 MAX_CANDIDATE_SENTENCES = 120
 # How much the passage's own retrieval score counts beside the sentence's similarity to the question:

@@ -254,10 +254,10 @@ class BatcherRegistry:
     """One batcher per (model, params) in this process, created on first use."""
 
     def __init__(self) -> None:
-        self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
+        self._batchers: dict[tuple[str, ...], DynamicBatcher] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str], factory: Callable[[], DynamicBatcher]) -> DynamicBatcher:
+    def get(self, key: tuple[str, ...], factory: Callable[[], DynamicBatcher]) -> DynamicBatcher:
         batcher = self._batchers.get(key)
         if batcher is None:
             with self._lock:

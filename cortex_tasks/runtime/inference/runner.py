@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -15,7 +16,9 @@ from cortex_tasks.core.contracts.messages import PredictionJob
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.registry.references import plain, plain_model_name, split_qualified
 from cortex_tasks.core.settings import Batching, get_settings
+from cortex_tasks.core.tenancy import current_tenant, tenant_scope
 from cortex_tasks.runtime.inference import compute, service
 from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.runtime.models.loaded import get_model
@@ -39,7 +42,7 @@ def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching
     """How a model's batcher batches: as configured for it (settings.batching_for), or one value per call
     when batching is off or the model answers per job."""
     settings = get_settings()
-    batching = settings.batching_for(model_name)
+    batching = settings.batching_for(plain(model_name))  # configured by name, as users know it
     if settings.batching_enabled and not answers_per_job(entry, params):
         return batching
     return Batching(1, batching.max_wait_seconds)
@@ -48,7 +51,12 @@ def batching_of(model_name: str, entry: Any, params: dict[str, Any]) -> Batching
 def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBatcher:
     """The process's batcher of a model and params: predictions and batch chunks share its calls and lanes.
     Raises KeyError for an unknown model."""
-    key = (model_name, json.dumps(params, sort_keys=True))
+    # Its calls run on its own threads, which see no tenant: a batcher acts for one when what its calls do
+    # is a tenant's, a registered model (its qualified name says whose) or an embed job writing into a
+    # collection (params.collection is the tenant's). A shared bundled model otherwise batches every
+    # tenant's items together: its answers depend on the input alone.
+    tenant = split_qualified(model_name)[0] or (current_tenant() if params.get("collection") else None)
+    key = (tenant or "", model_name, json.dumps(params, sort_keys=True))
     entry = find_model(model_name)  # bundled, a user's folder, or a registry version (name@version)
     if entry is None:
         raise KeyError(model_name)
@@ -58,9 +66,10 @@ def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBa
         batching = batching_of(model_name, entry, params)
 
         def run_batch(values: list[Any]) -> list[Any]:
-            if per_job:  # each value is one job's whole input list, answered as a unit
-                return [service.predict(task, model_name, value, params)["outputs"] for value in values]
-            return service.predict(task, model_name, values, params)["outputs"]
+            with tenant_scope(tenant) if tenant else nullcontext():
+                if per_job:  # each value is one job's whole input list, answered as a unit
+                    return [service.predict(task, model_name, value, params)["outputs"] for value in values]
+                return service.predict(task, model_name, values, params)["outputs"]
 
         return DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
                               max_wait=batching.max_wait_seconds, name=f"batcher-{model_name}",
@@ -93,13 +102,13 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
         fallback_reason = f"{type(exc).__name__}: {exc}"
     fallback = TASKS[task].fallback_model
     if fallback is None or fallback == model_name:
-        return ([ItemFailure("model_error", f"model {model_name} failed: {fallback_reason}")] * len(values),
-                {"name": model_name, "version": getattr(find_model(model_name), "version", "unknown")})
+        return ([ItemFailure("model_error", f"model {plain(model_name)} failed: {fallback_reason}")] * len(values),
+                {"name": plain_model_name(model_name), "version": getattr(find_model(model_name), "version", "unknown")})
     log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
     results = _submit(task, fallback, params, values, priority)
     fallback_model = get_model(fallback)
     return results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
-                     "fallback_from": model_name, "fallback_reason": fallback_reason}
+                     "fallback_from": plain(model_name), "fallback_reason": fallback_reason}
 
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
@@ -125,7 +134,7 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
     keys = keys_for(task, model_name, entry.version, params, values)
     results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]
-    answered_by = {"name": model_name, "version": entry.version}
+    answered_by = {"name": plain_model_name(model_name), "version": entry.version}
     if missing:
         computed, answered_by = _run_items(task, model_name, params, [values[i] for i in missing], priority,
                                            announcement)

@@ -1,6 +1,10 @@
 """The registry of loaded models in this process: each model is loaded once, on first use, under a lock.
 
 Never called before a fork: prefork children load their own copy after `worker_process_init`.
+
+Keyed by the catalogue name, which for a registered model is tenant-qualified (`<tenant>/<name>@<version>`,
+core/registry/references.py): two tenants' `m@1` are two entries. A task acting for one tenant is never
+handed another tenant's loaded model, even by a message that names it.
 """
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import importlib
 import threading
 
 from cortex_tasks.core.catalogue import find_model
+from cortex_tasks.core.registry.references import split_qualified
+from cortex_tasks.core.tenancy import current_scope
 from cortex_tasks.runtime.models.base import ModelBackend
 
 _loaded: dict[str, ModelBackend] = {}
@@ -16,6 +22,9 @@ _lock = threading.RLock()
 
 
 def get_model(name: str) -> ModelBackend:
+    owner, _ = split_qualified(name)
+    if owner is not None and owner != current_scope():
+        raise KeyError(name)
     model = _loaded.get(name)
     if model is not None:
         return model

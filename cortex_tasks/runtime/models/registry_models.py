@@ -12,6 +12,8 @@ from typing import Any
 
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.registry import artifacts, service
+from cortex_tasks.core.registry.references import split_qualified
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.timeseries import check_item, read_params
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.classifier import EmbeddingHead, multi_label_param, shape_scores, texts_of
@@ -24,7 +26,12 @@ from cortex_tasks.runtime.models.timeseries import trained_forecast
 
 
 def _fetch(reference: str) -> tuple[Any, Path]:
-    name, _, version = reference.partition("@")
+    """The version and its artifact for a catalogue entry's name: the tenant-qualified reference
+    (`<tenant>/<name>@<version>`), read within the tenant in scope, which must be that tenant."""
+    tenant, plain = split_qualified(reference)
+    if tenant is not None and tenant != current_tenant():
+        raise KeyError(reference)  # another tenant's model: as unknown as a missing one
+    name, _, version = plain.partition("@")
     record = service.get_version(name, int(version))
     return record, artifacts.fetch_artifact(record)
 
