@@ -200,13 +200,16 @@ def test_deletions_are_recorded_with_tenant_key_action_and_resource(admin_api, k
     assert user.client.put(f"/api/v1/vectors/{name}", json={"dimension": 3, "model": None},
                            headers=user.headers()).status_code in (200, 201)
     assert user.post(f"/api/v1/vectors/{name}", {"items": [{"id": "a", "vector": [1.0, 0.0, 0.0]}]}).status_code == 200
-    assert user.post(f"/api/v1/vectors/{name}/delete", {"ids": ["a", "b"]}).status_code == 200
-    assert user.delete(f"/api/v1/vectors/{name}").status_code == 200
+    # Deleting needs model_admin: the inference_user's attempt is refused (and recorded as a violation).
+    assert user.post(f"/api/v1/vectors/{name}/delete", {"ids": ["a", "b"]}).status_code == 403
+    assert admin_api.post(f"/api/v1/vectors/{name}/delete", {"ids": ["a", "b"]}).status_code == 200
+    assert admin_api.delete(f"/api/v1/vectors/{name}").status_code == 200
     flush()
-    changes = [event for event in events(admin_api, type="configuration_changes", actor=key_id(keys["inference_user"]))
+    changes = [event for actor in ("inference_user", "model_admin")
+               for event in events(admin_api, type="configuration_changes", actor=key_id(keys[actor]))
                if event["resource"] == name]
     assert sorted((event["action"], event["tenant"], event["actor"]["role"], event["outcome"]) for event in changes) == [
         ("collection.create", "default", "inference_user", "success"),
-        ("collection.delete", "default", "inference_user", "success"),
-        ("vectors.delete", "default", "inference_user", "success")]
+        ("collection.delete", "default", "model_admin", "success"),
+        ("vectors.delete", "default", "model_admin", "success")]
     assert next(event for event in changes if event["action"] == "vectors.delete")["details"]["deleted"] == 1
