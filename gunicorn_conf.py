@@ -11,10 +11,13 @@ workers, and this module never imports cortex_web or prometheus_client at its to
 Connections across processes: see BalancedThreadWorker.
 
 Access log: see RedactingLogger (no key or password reaches it).
+
+Errors gunicorn answers itself (a malformed request line, headers too large): see json_error.
 """
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing
 import os
 import shutil
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gunicorn import util as gunicorn_util
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -101,6 +105,25 @@ def child_exit(server, worker) -> None:
 def on_exit(server) -> None:
     if _created_metrics_dir:
         shutil.rmtree(_created_metrics_dir, ignore_errors=True)
+
+
+# What gunicorn's own refusals are called in Cortex's error shape (cortex_web/errors.py uses the same codes).
+GUNICORN_ERROR_CODES = {400: "bad_request", 403: "forbidden", 431: "request_header_fields_too_large",
+                        500: "internal_error", 501: "not_implemented"}
+
+
+def json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it could not parse, as `{"error": {"code", "message", "details"}}`
+    like every other Cortex error (gunicorn writes an HTML page, and has no setting or hook for its body:
+    its writer, gunicorn.util.write_error, is replaced below)."""
+    body = json.dumps({"error": {"code": GUNICORN_ERROR_CODES.get(status_int, "http_error"),
+                                 "message": mesg or reason, "details": {}}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    gunicorn_util.write_nonblock(sock, head + body)
+
+
+gunicorn_util.write_error = json_error
 
 
 class BalancedThreadWorker(ThreadWorker):

@@ -118,3 +118,24 @@ def test_connections_spread_and_metrics_add_up(gateway, workers, keys):
         # Each process keeps the answer in its own L1 (the second one copied it from L2 on its first hit).
         assert stats["l1"]["entries"] == 2 and stats["l1"]["misses"] == 2, stats["l1"]
     assert scraped(url, 'cortex_cache_items_total{result="hit"}') == CONNECTIONS - 1
+
+
+def test_requests_gunicorn_refuses_itself_are_answered_in_the_json_error_shape(gateway):
+    import socket
+
+    def raw(request: bytes) -> tuple[str, dict]:
+        with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10) as connection:
+            connection.sendall(request)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in head.lower(), answer[:300]
+        return head.split(b"\r\n")[0].decode(), json.loads(body)
+
+    status, body = raw(b"NOT A REQUEST LINE\r\n\r\n")
+    assert status.startswith("HTTP/1.1 400") and body["error"]["code"] == "bad_request"
+    status, body = raw(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-Filler-%d: %s\r\n" % (i, b"a" * 100) for i in range(200)) + b"\r\n")
+    assert status.startswith("HTTP/1.1 431") and body["error"]["code"] == "request_header_fields_too_large"
+    assert body["error"]["message"]
