@@ -540,6 +540,13 @@ class Settings(FromEnvironment):
     gateway_processes: int = variable(
         "CORTEX_GATEWAY_PROCESSES", 1, "Set by gunicorn_conf.py for the processes it starts."
     )
+    # What /ready waits for: a ready worker (models loaded) on each of these queues (core/queues.py names).
+    ready_queues: Annotated[tuple[str, ...], NoDecode] = variable(
+        "CORTEX_READY_QUEUES",
+        ("gpu", "nlp", "training", "batch", "maintenance"),
+        "Queues that need a ready worker for /ready to say ready, comma-separated; empty: none.",
+        shown="gpu,nlp,training,batch,maintenance",
+    )
     # Prediction cache (cache_config).
     cache_enabled: bool = variable("CORTEX_CACHE", True, "Cache predictions.")
     cache_l1_max_mb: int = variable(
@@ -679,6 +686,11 @@ class Settings(FromEnvironment):
     @classmethod
     def _decode_artifact_key(cls, raw: Any) -> Any:
         return _artifact_key(raw) if isinstance(raw, str) else raw
+
+    @field_validator("ready_queues", mode="before")
+    @classmethod
+    def _queue_list(cls, raw: Any) -> Any:
+        return tuple(part.strip() for part in raw.split(",") if part.strip()) if isinstance(raw, str) else raw
 
     @field_validator("coalesce_max_inflight", "gateway_processes")
     @classmethod

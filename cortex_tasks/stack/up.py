@@ -199,10 +199,11 @@ def run_up(options: UpOptions) -> int:
                                  extra_env=flower_environment(password))
 
         print(f"cortex: starting in {data_dir} ...", flush=True)
-        if not _wait_http(f"{gateway_url}/ready", 180, supervisor):
+        # The gateway answering first (/health), then its workers (/ready's details: every queue served).
+        if not _wait_http(f"{gateway_url}/health", 180, supervisor):
             if supervisor.stopping:
                 return 0
-            print("cortex: the gateway did not become ready; see the logs in "
+            print("cortex: the gateway did not start; see the logs in "
                   f"{data_dir / 'logs'}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + 240
         wanted = {queue for profile in PROFILES.values() for queue in profile.queues}

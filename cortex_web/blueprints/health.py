@@ -22,6 +22,7 @@ from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.documents import catalog
 from cortex_tasks.core.openai.config import CHAT_MODELS, openai_config
+from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.probes import ping_database
 from cortex_tasks.core.worker_records import ready_workers as read_ready_workers
 from cortex_web.auth import optional_principal, require
@@ -77,7 +78,8 @@ def _caller_has_key() -> bool:
 
 @bp.get("/ready")
 def ready() -> tuple[Response, int]:
-    """Readiness: 200 when the database, Redis and the bundled models are usable, else 503.
+    """Readiness: 200 when the database, Redis and the bundled models are usable and every queue of
+    CORTEX_READY_QUEUES has a ready worker (its models loaded), else 503.
 
     Without a key the body is only the status. With a key (any role): each check, the ready workers
     (hosts, pids, queues, models loaded and failed) and the queues served. A key that is sent must be
@@ -87,12 +89,16 @@ def ready() -> tuple[Response, int]:
               "redis": _check("redis_unreachable", "Redis did not answer", lambda: redis_client().ping())}
     missing = [name for name, package in MODEL_PACKAGES.items() if importlib.util.find_spec(package) is None]
     checks["models"] = {"ok": not missing, **({"missing": missing} if missing else {})}
+    workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []
+    queues_served = sorted({queue for worker in workers for queue in worker.get("queues", [])})
+    # Ready means a request of any kind finds a worker with its models loaded, not only that the gateway
+    # and its stores answer (a client trusting /ready got slow first answers while the gpu worker loaded).
+    unserved = sorted(set(get_settings().ready_queues) - set(queues_served))
+    checks["workers"] = {"ok": not unserved, **({"queues_without_worker": unserved} if unserved else {})}
     ok = all(check["ok"] for check in checks.values())
     status = 200 if ok else 503
     if not keyed:
         return jsonify({"status": "ready" if ok else "not_ready"}), status
-    workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []
-    queues_served = sorted({queue for worker in workers for queue in worker.get("queues", [])})
     return jsonify({"status": "ready" if ok else "not_ready", "checks": checks,
                     "workers": workers, "queues_served": queues_served}), status
 

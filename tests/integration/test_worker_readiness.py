@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.settings import get_settings, reset_settings_cache
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
 
 
@@ -23,7 +23,25 @@ def test_readiness_is_refreshed_by_heartbeats(workers, app, keys):
     assert {"gpu", "nlp"} <= set(ready["queues_served"])
 
 
-def test_an_anonymous_caller_learns_only_the_status(app, keys):
+def test_ready_waits_for_a_worker_on_every_queue(app, keys, workers, monkeypatch):
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {keys['reader']}"}
+    assert client.get("/ready").status_code == 200  # the session's workers serve every queue
+    monkeypatch.setenv("CORTEX_READY_QUEUES", "gpu,nlp,an-unserved-queue")
+    reset_settings_cache()
+    assert client.get("/ready").get_json() == {"status": "not_ready"}
+    details = client.get("/ready", headers=headers)
+    assert details.status_code == 503
+    assert details.get_json()["checks"]["workers"] == {"ok": False, "queues_without_worker": ["an-unserved-queue"]}
+
+
+def test_the_default_ready_queues_are_every_queue():
+    from cortex_tasks.core.queues import QUEUE_NAMES
+
+    assert set(get_settings().ready_queues) == set(QUEUE_NAMES)
+
+
+def test_an_anonymous_caller_learns_only_the_status(app, keys, workers):
     client = app.test_client()
     for path, status in (("/ready", "ready"), ("/health", "ok")):
         response = client.get(path)
@@ -38,6 +56,7 @@ def test_an_anonymous_caller_learns_only_the_status(app, keys):
     details = client.get("/ready", headers={"Authorization": f"Bearer {keys['reader']}"}).get_json()
     assert set(details) == {"status", "checks", "workers", "queues_served"}
     assert details["checks"]["database"] == {"ok": True} and details["checks"]["redis"] == {"ok": True}
+    assert details["checks"]["workers"] == {"ok": True}
 
 
 def test_a_failed_model_load_is_shown_as_a_code_never_its_text(app, keys):
