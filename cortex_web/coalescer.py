@@ -50,6 +50,7 @@ class Group:
     priority: int
     queue: str
     task_name: str
+    sensitive: bool = False  # sensitive and other jobs never share a message
 
 
 @dataclass
@@ -62,8 +63,10 @@ class PendingJob:
     sent: threading.Event = field(default_factory=threading.Event)
 
 
-def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str) -> Group:
-    return Group(task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue, task_name)
+def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str,
+              sensitive: bool = False) -> Group:
+    return Group(task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue, task_name,
+                 sensitive)
 
 
 class Coalescer:
@@ -159,7 +162,7 @@ class Coalescer:
             # (a quarter of the cost of sending it).
             message = PredictionMessage(
                 task=group.task, model=group.model, params=json.loads(group.params_json), priority=group.priority,
-                reply_to=self.listener.channel, message_id=message_id,
+                reply_to=self.listener.channel, message_id=message_id, sensitive=group.sensitive,
                 # The worker creates each job's row from its record (see jobs/store.py).
                 jobs=[PredictionJob(job_id=job.job_id, inputs=job.inputs, inline_errors=job.inline_errors,
                                     record=JobRecord.model_validate(store.job_record(job.record)),

@@ -81,6 +81,7 @@ class JobRecord(_Message):
     total: int = 0
     params: dict[str, Any] | None = None
     deadline_seconds: int = 3600
+    sensitive: bool = False
 
 
 class PredictionJob(_Message):
@@ -112,6 +113,8 @@ class PredictionMessage(VersionedMessage):
     reply_to: str | None = None
     message_id: str | None = None
     jobs: list[PredictionJob] = Field(min_length=1)
+    # Sensitive jobs (core/storage/sealing.py): the worker neither reads nor fills the shared cache for them.
+    sensitive: bool = False
 
 
 def read_prediction_message(kwargs: dict[str, Any]) -> PredictionMessage:

@@ -45,7 +45,8 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         job = store.get_job(job_id)
         if job is None:
             return {"status": "failed", "error": {"code": "unknown_job", "message": "no such job"}}
-        return {"status": job.status, "result": job.result, "error": job.error}
+        result, unavailable = store.job_result(job)
+        return {"status": job.status, "result": result, "error": job.error or unavailable}
     started = time.perf_counter()
     try:
         result = work()

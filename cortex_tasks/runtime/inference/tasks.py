@@ -44,7 +44,7 @@ def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
     after_reply: AfterReply = []
     outcomes = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
-                        first_delivery, after_reply)
+                        first_delivery, after_reply, message.sensitive)
     publish_outcomes(message.reply_to, message.message_id, outcomes)
     for work in after_reply:  # the shared cache is filled once the callers have their answers
         work()
@@ -102,4 +102,4 @@ def stream_generation(**kwargs: Any) -> dict[str, Any]:
             streaming.publish_event(kwargs["job_id"], {"type": "error", "error": outcome["error"]})
         return {"status": outcome["status"], "refused": str(exc)}
     return {"status": streaming.stream_generation(message.job_id, message.model, message.inputs,
-                                                  message.params or {})}
+                                                  message.params or {}, message.sensitive)}
