@@ -158,8 +158,8 @@ class Coalescer:
         try:
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
             # result key (a Redis round trip on this path).
-            # kwargsrepr: what Flower shows of the message. Celery would otherwise format every input
-            # (a quarter of the cost of sending it).
+            # What Flower shows of the message (kwargsrepr) is made by the app's AMQP: ids and sizes, never
+            # inputs (core/publishing.py).
             message = PredictionMessage(
                 task=group.task, model=group.model, params=json.loads(group.params_json), priority=group.priority,
                 reply_to=self.listener.channel, message_id=message_id, sensitive=group.sensitive,
@@ -171,9 +171,6 @@ class Coalescer:
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
                 ignore_result=True, kwargs=message.to_kwargs(),
-                kwargsrepr=repr({"task": group.task, "model": group.model, "params": group.params_json,
-                                 "items": sum(len(job.inputs) for job in jobs),
-                                 "jobs": [job.job_id for job in jobs]}),
                 event_dispatcher=self._sent_events,  # Flower's "sent" event, published off this path
             )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
