@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import DATA_KEYS_FILE_NAME, get_settings
 
 ENCRYPT, DISCARD = "encrypt", "discard"
@@ -38,18 +39,21 @@ KEY_BYTES = 32  # AES-256
 DISCARDED: dict[str, Any] = {"discarded": 1, "reason": "sensitive"}
 
 
-class SealedValueError(Exception):
-    """A sealed value that cannot be opened here; `code` is stable, the message says why."""
+class SealedValueError(CortexError):
+    """A sealed value that cannot be opened here (`data_key_unavailable`, `sealed_value_invalid`): a 503
+    naming the reason where it reaches an API answer, since configuring the key again fixes it."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    status = 503
 
 
-class ValueNotKept(Exception):
+class ValueNotKept(CortexError):
     """The value was discarded when it was written (CORTEX_SENSITIVE_STORAGE=discard or no data key)."""
 
+    status = 410
     code = "sensitive_not_stored"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.code, message)
 
 
 def is_sealed(value: Any) -> bool:
@@ -152,6 +156,46 @@ def reseal(value: Any, where: str, sealer: Sealer) -> Any | None:
     if not is_sealed(value) or value["kid"] == sealer.current_kid:
         return None
     return sealer.seal(sealer.open(value, where), where)
+
+
+BYTES_MAGIC = b"CXSEAL1"  # sealed objects (batch results): magic, key id length and id, nonce, ciphertext
+
+
+def protect_bytes(data: bytes, where: str) -> bytes:
+    """An object's bytes sealed under the current key. Objects are only written for sensitive jobs when a
+    key is there (sensitive batches are refused without one), so there is no discard here."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    sealer = current_sealer()
+    if sealer is None:
+        raise SealedValueError("data_key_unavailable", "no data key is configured (CORTEX_DATA_KEYS) to seal "
+                               f"{where} with")
+    kid = sealer.current_kid.encode()
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return (BYTES_MAGIC + bytes([len(kid)]) + kid + nonce
+            + AESGCM(sealer.keys[sealer.current_kid]).encrypt(nonce, data, where.encode()))
+
+
+def reveal_bytes(data: bytes, where: str) -> bytes:
+    """An object's bytes as written (opened if protect_bytes sealed them)."""
+    if not data.startswith(BYTES_MAGIC):
+        return data
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    start = len(BYTES_MAGIC) + 1
+    kid = data[start:start + data[len(BYTES_MAGIC)]].decode(errors="replace")
+    body = data[start + len(kid.encode()):]
+    sealer = current_sealer()
+    key = sealer.keys.get(kid) if sealer is not None else None
+    if key is None:
+        raise SealedValueError("data_key_unavailable", f"{where} was sealed under data key {kid!r}, which is "
+                               "not configured (CORTEX_DATA_KEYS): add it back to read it")
+    try:
+        return AESGCM(key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], where.encode())
+    except InvalidTag:
+        raise SealedValueError("sealed_value_invalid",
+                               f"{where} failed authenticated decryption: modified or moved") from None
 
 
 def new_key_line(kid: str) -> str:
