@@ -19,6 +19,7 @@ from pathlib import Path
 from cortex_tasks.core.atomic_files import replace_file
 from cortex_tasks.core.auth.keys import create_key
 from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
+from cortex_tasks.core.storage.sealing import ensure_key_file
 from cortex_tasks.core.storage.migrate import upgrade_to_head
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
@@ -87,6 +88,7 @@ def _workers_ready(url: str) -> set[str]:
 def run_up(options: UpOptions) -> int:
     data_dir = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_key_file(data_dir)  # sensitive values are sealed at rest from the first run (storage/sealing.py)
     stack_file = data_dir / STACK_FILE_NAME
     if stack_file.exists():
         previous = json.loads(stack_file.read_text() or "{}")
