@@ -112,6 +112,8 @@ def test_a_request_marked_sensitive_is_not_cached_and_others_still_are(api, work
     second = wait_for(lambda: (answer := api.post("/api/v1/predict", {"task": "embed", "inputs": [plain]})
                                .get_json())["cached"] and answer, 10, "the embedding from the cache")
     assert second["outputs"] == first["outputs"]
+    QUERY_COUNTER.flush()
+    assert plain.encode() in redis_contents()  # the query log holds ordinary inputs: the scan sees it
 
     secret = f"my diagnosis is {uuid.uuid4().hex}"
     request = {"task": "embed", "inputs": [secret], "wait": 30, "sensitive": True}
