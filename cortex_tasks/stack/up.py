@@ -19,8 +19,8 @@ from pathlib import Path
 from cortex_tasks.core.atomic_files import replace_file
 from cortex_tasks.core.auth.keys import create_key
 from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
-from cortex_tasks.core.storage.sealing import ensure_key_file
 from cortex_tasks.core.storage.migrate import upgrade_to_head
+from cortex_tasks.core.storage.sealing import ensure_key_file
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command

@@ -11,8 +11,8 @@ from cortex_tasks.core.settings import Settings, data_keys_from, reset_settings_
 from cortex_tasks.core.storage import sealing
 from cortex_tasks.core.storage.sealing import (
     DISCARDED,
-    Sealer,
     SealedValueError,
+    Sealer,
     ValueNotKept,
     ensure_key_file,
     is_sealed,

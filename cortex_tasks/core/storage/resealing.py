@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from cortex_tasks.core.batch.submission import chunk_inputs_place
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.sealing import Sealer, current_sealer, reseal
+from cortex_tasks.core.storage.sealing import SealedValueError, Sealer, current_sealer, reseal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 
 PAGE_ROWS = 200
@@ -43,8 +43,8 @@ def _sealed_elsewhere(column: Any, kid: str) -> ColumnElement[bool]:
 def _resealed(value: Any, where: str, sealer: Sealer, report: ResealReport) -> Any | None:
     try:
         return reseal(value, where, sealer)
-    except Exception as exc:  # SealedValueError: counted and left as it is, the others still go on
-        report.failed[where] = getattr(exc, "code", type(exc).__name__)
+    except SealedValueError as exc:  # counted and left as it is; the others still go on
+        report.failed[where] = exc.code
         return None
 
 
