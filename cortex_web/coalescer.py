@@ -35,6 +35,7 @@ from typing import Any
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts.messages import JobRecord, PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
+from cortex_tasks.core.storage.sealing import inputs_in_transit, seal_in_transit
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
 from cortex_web.sent_events import DeferredSentEvents
@@ -154,6 +155,14 @@ class Coalescer:
             for group, jobs, message_id in batches:
                 self._send(group, jobs, message_id)
 
+    @staticmethod
+    def _job(job: PendingJob, sensitive: bool) -> PredictionJob:
+        # A sensitive job's inputs are sealed while its message waits in the queue (when a key is there).
+        sealed = seal_in_transit(job.inputs, inputs_in_transit(job.job_id)) if sensitive else None
+        return PredictionJob(job_id=job.job_id, inputs=[] if sealed else job.inputs, sealed_inputs=sealed,
+                             inline_errors=job.inline_errors, looked_up=job.looked_up,
+                             record=JobRecord.model_validate(store.job_record(job.record)))
+
     def _send(self, group: Group, jobs: list[PendingJob], message_id: str) -> None:
         try:
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
@@ -164,10 +173,7 @@ class Coalescer:
                 task=group.task, model=group.model, params=json.loads(group.params_json), priority=group.priority,
                 reply_to=self.listener.channel, message_id=message_id, sensitive=group.sensitive,
                 # The worker creates each job's row from its record (see jobs/store.py).
-                jobs=[PredictionJob(job_id=job.job_id, inputs=job.inputs, inline_errors=job.inline_errors,
-                                    record=JobRecord.model_validate(store.job_record(job.record)),
-                                    looked_up=job.looked_up)
-                      for job in jobs])
+                jobs=[self._job(job, group.sensitive) for job in jobs])
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
                 ignore_result=True, kwargs=message.to_kwargs(),

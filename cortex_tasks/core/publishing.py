@@ -38,6 +38,12 @@ def _size(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
+def _job_shown(job: dict[str, Any]) -> dict[str, Any]:
+    if job.get("sealed_inputs"):  # the count is in its record
+        return {"job_id": job.get("job_id"), "inputs": (job.get("record") or {}).get("total"), "sealed": True}
+    return {"job_id": job.get("job_id"), "inputs": len(job.get("inputs") or ())}
+
+
 def _shown(value: Any, field: str | None, depth: int) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
@@ -48,8 +54,8 @@ def _shown(value: Any, field: str | None, depth: int) -> Any:
     if isinstance(value, list) and field == "jobs":
         # A prediction message's jobs: each job's id and input count, so an operator can find it (its
         # record repeats the message's task and model; leaving it out keeps this off the send path's cost).
-        shown: list[Any] = [{"job_id": job.get("job_id"), "inputs": len(job.get("inputs") or ())}
-                            if isinstance(job, dict) else _size(job) for job in value[:MAX_SHOWN_ITEMS]]
+        shown: list[Any] = [_job_shown(job) if isinstance(job, dict) else _size(job)
+                            for job in value[:MAX_SHOWN_ITEMS]]
         if len(value) > MAX_SHOWN_ITEMS:
             shown.append(f"<{len(value) - MAX_SHOWN_ITEMS} more>")
         return shown

@@ -16,6 +16,7 @@ import redis
 from cortex_tasks.core.batch.submission import send_chunks
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import ChatReplyMessage
+from cortex_tasks.core.contracts.messages import read_prediction_message
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.training import submission as training
@@ -58,18 +59,37 @@ def assert_no_text(message: dict[str, Any], *texts: str) -> None:
     assert all(text in body for text in texts)
 
 
-def test_a_prediction_message_shows_job_ids_and_input_counts(app, capture_queue):
-    queue, messages = capture_queue
+def _send_prediction(app, queue: str, sensitive: bool) -> str:
     job_id = str(uuid.uuid4())
     pending = PendingJob(job_id, [SECRET, "second input"],
-                         NewJob(owner="k", kind="predict", task="pii_detect", model="presidio-patterns", total=2))
-    group = group_for("pii_detect", "presidio-patterns", {"entities": ["EMAIL_ADDRESS"]}, 4, queue,
-                      task_names.RUN_NLP_JOBS, sensitive=True)
+                         NewJob(owner="k", kind="predict", task="ner", model="spacy-en-core-web-sm", total=2))
+    group = group_for("ner", "spacy-en-core-web-sm", {"labels": ["PERSON"]}, 4, queue, task_names.RUN_NLP_JOBS,
+                      sensitive=sensitive)
     app.extensions["cortex_coalescer"]._send(group, [pending], uuid.uuid4().hex)
+    return job_id
+
+
+def test_a_prediction_message_shows_job_ids_and_input_counts(app, capture_queue):
+    queue, messages = capture_queue
+    job_id = _send_prediction(app, queue, sensitive=False)
     message = only_message(messages)
-    assert_no_text(message, SECRET, "EMAIL_ADDRESS")
+    assert_no_text(message, SECRET, "PERSON")
     kwargsrepr = message["headers"]["kwargsrepr"]
-    assert job_id in kwargsrepr and "'inputs': 2" in kwargsrepr and "'model': 'presidio-patterns'" in kwargsrepr
+    assert job_id in kwargsrepr and "'inputs': 2" in kwargsrepr and "'model': 'spacy-en-core-web-sm'" in kwargsrepr
+
+
+def test_a_sensitive_prediction_s_inputs_wait_in_the_queue_sealed(app, capture_queue):
+    queue, messages = capture_queue
+    job_id = _send_prediction(app, queue, sensitive=True)
+    message = only_message(messages)
+    body = base64.b64decode(message["body"]).decode()
+    assert SECRET not in body and '"sealed_inputs"' in body
+    kwargsrepr = message["headers"]["kwargsrepr"]
+    assert f"{{'job_id': '{job_id}', 'inputs': 2, 'sealed': True}}" in kwargsrepr
+    # The worker opens them with the same key (core/contracts/messages.py).
+    kwargs = json.loads(body)[1]
+    opened = read_prediction_message(kwargs)
+    assert opened.jobs[0].inputs == [SECRET, "second input"] and opened.jobs[0].sealed_inputs is None
 
 
 def test_a_chat_message_shows_its_session_not_what_was_said(app, capture_queue):

@@ -8,10 +8,9 @@ from typing import Any
 from sqlalchemy import Row, select
 
 from cortex_tasks.core.batch.results import ChunkRef
-from cortex_tasks.core.batch.submission import chunk_inputs_place
 from cortex_tasks.core.jobs.store import FINISHED_STATES
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.sealing import reveal
+from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 
 CHUNK_STATES = ("pending", "queued", "running", "succeeded")

@@ -26,7 +26,7 @@ from cortex_tasks.core.contracts.job_messages import BatchChunkMessage, BatchFin
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs.store import QUEUED, IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.sealing import ENCRYPT, protect, storage_mode
+from cortex_tasks.core.storage.sealing import ENCRYPT, chunk_inputs_place, protect, storage_mode
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.validation.items import check_finite
 
@@ -46,11 +46,6 @@ class BatchRequest:
     batchable: bool = True  # False: the model needs all inputs together (one chunk)
     # Inputs, params and results sealed at rest (core/storage/sealing.py); refused with no key to do it.
     sensitive: bool = False
-
-
-def chunk_inputs_place(job_id: str, chunk_index: int) -> str:
-    """Where a chunk's inputs are stored: the associated data of their seal."""
-    return f"batch_chunks/{job_id}/{chunk_index}/inputs"
 
 
 def refuse_unsealable(sensitive: bool) -> None:

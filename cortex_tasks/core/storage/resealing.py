@@ -15,9 +15,14 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from cortex_tasks.core.batch.submission import chunk_inputs_place
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.sealing import SealedValueError, Sealer, current_sealer, reseal
+from cortex_tasks.core.storage.sealing import (
+    SealedValueError,
+    Sealer,
+    chunk_inputs_place,
+    current_sealer,
+    reseal,
+)
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 
 PAGE_ROWS = 200

@@ -158,6 +158,24 @@ def reseal(value: Any, where: str, sealer: Sealer) -> Any | None:
     return sealer.seal(sealer.open(value, where), where)
 
 
+def chunk_inputs_place(job_id: str, chunk_index: int) -> str:
+    """Where a batch chunk's inputs are stored: the associated data of their seal."""
+    return f"batch_chunks/{job_id}/{chunk_index}/inputs"
+
+
+def inputs_in_transit(job_id: str) -> str:
+    """Where a sensitive prediction's inputs are while its message waits in a queue."""
+    return f"messages/{job_id}/inputs"
+
+
+def seal_in_transit(value: Any, where: str) -> dict[str, Any] | None:
+    """A value sealed for the time its message waits in a Redis queue, or None when no key is configured:
+    it then travels in clear, since the worker needs it, and the broker deletes the message once it is
+    acknowledged. Sealed whatever CORTEX_SENSITIVE_STORAGE says: it is delivery, not storage."""
+    sealer = current_sealer()
+    return sealer.seal(value, where) if sealer is not None else None
+
+
 BYTES_MAGIC = b"CXSEAL1"  # sealed objects (batch results): magic, key id length and id, nonce, ciphertext
 
 

@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session, aliased
 
 from cortex_tasks.core.batch import results
 from cortex_tasks.core.batch.config import batch_config
-from cortex_tasks.core.batch.submission import chunk_inputs_place, send_chunks, send_finish
+from cortex_tasks.core.batch.submission import send_chunks, send_finish
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.storage.sealing import reveal
+from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import runner

@@ -24,6 +24,7 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import refuse_message
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.storage.sealing import SealedValueError
 from cortex_tasks.runtime.inference import streaming
 from cortex_tasks.runtime.inference.runner import AfterReply, run_jobs
 
@@ -38,7 +39,7 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
 def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
         message = read_prediction_message(kwargs)
-    except MessageRefused as exc:
+    except (MessageRefused, SealedValueError) as exc:
         return _refuse(kwargs, exc)
     # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
@@ -51,7 +52,7 @@ def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"jobs": len(message.jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
 
 
-def _refuse(kwargs: dict[str, Any], exc: MessageRefused) -> dict[str, Any]:
+def _refuse(kwargs: dict[str, Any], exc: MessageRefused | SealedValueError) -> dict[str, Any]:
     """Fail every job of a message this worker cannot read, with the reason, instead of raising: a retry or
     another worker of the same release would refuse it again. The job ids and records are taken from the
     raw message where they can be (a sender's caller still learns the outcome and its row is written)."""
