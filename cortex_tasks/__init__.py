@@ -22,7 +22,8 @@ TASK_MODULES = [
 # The worker's start-up hooks are included first: Celery imports `include` before it sends `worker_init`.
 WORKER_MODULES = ["cortex_tasks.runtime.worker_signals", *TASK_MODULES]
 
-app = Celery("cortex", include=WORKER_MODULES)
+# Flower and the logs see task arguments as ids and sizes only (core/publishing.py).
+app = Celery("cortex", include=WORKER_MODULES, amqp="cortex_tasks.core.publishing:ArgumentSummaryAMQP")
 app.config_from_object("celeryconfig")
 
 from cortex_tasks.core import publishing  # noqa: E402,F401  (stamps every published message)

@@ -35,6 +35,7 @@ from typing import Any
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts.messages import JobRecord, PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
+from cortex_tasks.core.storage.sealing import inputs_in_transit, seal_in_transit
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
 from cortex_web.sent_events import DeferredSentEvents
@@ -53,6 +54,7 @@ class Group:
     priority: int
     queue: str
     task_name: str
+    sensitive: bool = False  # sensitive and other jobs never share a message
 
 
 @dataclass
@@ -66,9 +68,9 @@ class PendingJob:
 
 
 def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str, *,
-              tenant: str) -> Group:
+              tenant: str, sensitive: bool = False) -> Group:
     return Group(tenant, task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue,
-                 task_name)
+                 task_name, sensitive)
 
 
 class Coalescer:
@@ -156,27 +158,29 @@ class Coalescer:
             for group, jobs, message_id in batches:
                 self._send(group, jobs, message_id)
 
+    @staticmethod
+    def _job(job: PendingJob, sensitive: bool) -> PredictionJob:
+        # A sensitive job's inputs are sealed while its message waits in the queue (when a key is there).
+        sealed = seal_in_transit(job.inputs, inputs_in_transit(job.job_id)) if sensitive else None
+        return PredictionJob(job_id=job.job_id, inputs=[] if sealed else job.inputs, sealed_inputs=sealed,
+                             inline_errors=job.inline_errors, looked_up=job.looked_up,
+                             record=JobRecord.model_validate(store.job_record(job.record)))
+
     def _send(self, group: Group, jobs: list[PendingJob], message_id: str) -> None:
         try:
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
             # result key (a Redis round trip on this path).
-            # kwargsrepr: what Flower shows of the message. Celery would otherwise format every input
-            # (a quarter of the cost of sending it).
+            # What Flower shows of the message (kwargsrepr) is made by the app's AMQP: ids and sizes, never
+            # inputs (core/publishing.py).
             message = PredictionMessage(
                 tenant=group.tenant, task=group.task, model=group.model, params=json.loads(group.params_json),
                 priority=group.priority,
-                reply_to=self.listener.channel, message_id=message_id,
+                reply_to=self.listener.channel, message_id=message_id, sensitive=group.sensitive,
                 # The worker creates each job's row from its record (see jobs/store.py).
-                jobs=[PredictionJob(job_id=job.job_id, inputs=job.inputs, inline_errors=job.inline_errors,
-                                    record=JobRecord.model_validate(store.job_record(job.record)),
-                                    looked_up=job.looked_up)
-                      for job in jobs])
+                jobs=[self._job(job, group.sensitive) for job in jobs])
             celery_app.send_task(
                 group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
                 ignore_result=True, kwargs=message.to_kwargs(),
-                kwargsrepr=repr({"tenant": group.tenant, "task": group.task, "model": group.model, "params": group.params_json,
-                                 "items": sum(len(job.inputs) for job in jobs),
-                                 "jobs": [job.job_id for job in jobs]}),
                 event_dispatcher=self._sent_events,  # Flower's "sent" event, published off this path
             )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))

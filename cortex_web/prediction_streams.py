@@ -30,9 +30,10 @@ StreamEvent = tuple[str, Any]
 
 
 def item_events(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
-                priority_class: str) -> Generator[StreamEvent, None, None]:
+                priority_class: str, sensitive: bool = False) -> Generator[StreamEvent, None, None]:
     """Run the prediction as usual, then hand out its outputs one item at a time."""
-    prediction = run_prediction(task, model, inputs, params, priority_class, get_settings().max_wait_seconds)
+    prediction = run_prediction(task, model, inputs, params, priority_class, get_settings().max_wait_seconds,
+                                sensitive=sensitive)
     yield "start", {"job_id": prediction.job_id, "task": task.name}
     outcome = prediction.outcome
     if outcome is None:
@@ -50,8 +51,9 @@ def item_events(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: d
 
 
 def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
-                 priority_class: str) -> Generator[StreamEvent, None, None]:
-    """Start a generation job and relay the tokens its worker publishes, as they come."""
+                 priority_class: str, sensitive: bool = False) -> Generator[StreamEvent, None, None]:
+    """Start a generation job and relay the tokens its worker publishes, as they come (over pub/sub:
+    Redis keeps none of them)."""
     client = redis_client()
     priority = priority_of(priority_class)
     job_id = str(uuid.uuid4())
@@ -62,10 +64,10 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
     try:
         # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
         generation = StreamGenerationMessage(job_id=job_id, tenant=current_tenant(), model=model_name,
-                                             inputs=inputs, params=params)
+                                             inputs=inputs, params=params, sensitive=sensitive)
         store.create_job(store.NewJob(owner=current_principal().key_id, kind="predict", task="generate",
                                       model=model_name, priority=priority, total=len(inputs),
-                                      params=params or None), job_id=job_id)
+                                      params=params or None, sensitive=sensitive), job_id=job_id)
         celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
                              kwargs=generation.to_kwargs())
         JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
@@ -81,8 +83,8 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
             if kind == "done":
                 finished = True
                 job = store.get_job(job_id)
-                yield "done", {"job_id": job_id, "status": event.get("status"),
-                               "result": job.result if job else None}
+                result = store.job_result(job)[0] if job else None
+                yield "done", {"job_id": job_id, "status": event.get("status"), "result": result}
                 return
             if kind == "error":
                 finished = True

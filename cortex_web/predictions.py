@@ -127,16 +127,16 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
 
 def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
                      priority_class: str, inline_errors: bool = False,
-                     looked_up: bool = False) -> tuple[str, PendingJob]:
+                     looked_up: bool = False, sensitive: bool = False) -> tuple[str, PendingJob]:
     job_id = str(uuid.uuid4())
     priority = priority_of(priority_class)
     pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
                                                 task=task.name, model=plain(model.name), priority=priority,
-                                                total=len(inputs), params=params or None),
+                                                total=len(inputs), params=params or None, sensitive=sensitive),
                          inline_errors=inline_errors, looked_up=looked_up)
     reply_listener().expect(job_id)
     group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue],
-                      tenant=current_tenant())
+                      tenant=current_tenant(), sensitive=sensitive)
     coalescer().submit(group, pending)
     return job_id, pending
 
@@ -169,8 +169,13 @@ def record_for_circuit(model: ModelEntry, outcome: dict[str, Any]) -> None:
 
 
 def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
-                   priority_class: str, wait: float, inline_errors: bool = False) -> Prediction:
-    """Answer from the cache what it holds; send only the misses to a worker as one job."""
+                   priority_class: str, wait: float, inline_errors: bool = False,
+                   sensitive: bool = False) -> Prediction:
+    """Answer from the cache what it holds; send only the misses to a worker as one job.
+
+    A sensitive job (its task's by nature, or the request's `sensitive`) skips the cache and the
+    cache-warming query log: both keep what they hold in clear in Redis."""
+    sensitive = sensitive or task.sensitive
     submitted_at = time.perf_counter()
     model, circuit_note = admit(task, model, priority_class)
     params = billed_params(model.name, params, current_principal().key_id)  # OpenAI calls are billed per key
@@ -178,7 +183,7 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     keys: list[str] = []
     outputs: list[Any] = [MISSING] * len(inputs)
     # A job that writes into a vector collection must reach the worker even if its vectors are known.
-    if cache.enabled and task.cacheable and not params.get("collection"):
+    if cache.enabled and task.cacheable and not sensitive and not params.get("collection"):
         # model.name is tenant-qualified for a registered model: its answers are its tenant's only
         # (bundled models' answers are shared: cache/service.py keys_for says why).
         keys = keys_for(task.name, model.name, model.version, params, inputs)
@@ -190,7 +195,7 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
         return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
                           cached_items=len(inputs))
     job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,
-                                       inline_errors, looked_up=bool(keys))
+                                       inline_errors, looked_up=bool(keys), sensitive=sensitive)
     outcome = reply_listener().wait(job_id, wait)
     if outcome is None:
         # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
@@ -270,13 +275,15 @@ def run_pipeline(body: PipelineRequest, wait: float) -> list[dict[str, Any]]:
     """Steps run in order, each on the previous step's output where that makes sense; every step's answer,
     in order. A step that fails or does not finish in time stops the pipeline with an error naming it."""
     steps = [(resolve(step.task, step.model), step.params) for step in body.steps]
+    # A step after a sensitive one works on what it produced from personal data: the whole pipeline is.
+    sensitive = body.sensitive or any(task.sensitive for (task, _), _ in steps)
     for (task, _), _ in steps[:1]:
         validate_inputs(task, body.inputs)
     deadline = time.monotonic() + wait
     inputs, results = list(body.inputs), []
     for index, ((task, model), params) in enumerate(steps):
         prediction = run_prediction(task, model, inputs, params, body.priority,
-                                    max(0.5, deadline - time.monotonic()))
+                                    max(0.5, deadline - time.monotonic()), sensitive=sensitive)
         if prediction.outcome is None:
             raise ApiError(504, "pipeline_timeout", f"Step {index} ({task.name}) did not finish in time.",
                            {"job_id": prediction.job_id, "step": index})

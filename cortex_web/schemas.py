@@ -58,6 +58,8 @@ class PredictRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
     wait: WaitSeconds = Field(default=None, ge=0, le=30)
+    # Personal data: never cached, and sealed (or not kept) at rest. Always so for pii_detect and pii_mask.
+    sensitive: bool = False
 
     _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
     _storable = field_validator("params")(classmethod(lambda cls, value: storable_params(value)))
@@ -91,3 +93,4 @@ class PipelineRequest(BaseModel):
     inputs: list[Any] = Field(min_length=1, max_length=MAX_INPUTS)
     priority: Literal["high", "normal", "low"] = "normal"
     wait: WaitSeconds = Field(default=None, ge=0, le=60)
+    sensitive: bool = False

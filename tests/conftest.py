@@ -57,7 +57,10 @@ def pytest_configure(config) -> None:
 
     from cortex_tasks.core.settings import reset_settings_cache
     from cortex_tasks.core.storage.migrate import upgrade_to_head
+    from cortex_tasks.core.storage.sealing import ensure_key_file
 
+    # The data key `cortex up` generates, so that workers and gateway seal sensitive values as they would.
+    ensure_key_file(_folder / "data")
     reset_settings_cache()
     upgrade_to_head(os.environ["DATABASE_URL"])
 

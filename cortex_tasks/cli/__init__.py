@@ -147,6 +147,34 @@ def keys_revoke(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@main.group("data-keys")
+def data_keys() -> None:
+    """Keys that seal sensitive inputs and results at rest (CORTEX_DATA_KEYS)."""
+
+
+@data_keys.command("new")
+@click.argument("kid")
+def data_keys_new(kid: str) -> None:
+    """Print a fresh `kid:base64` entry: put it first in CORTEX_DATA_KEYS, keep the old ones after it."""
+    from cortex_tasks.core.storage.sealing import new_key_line
+
+    click.echo(new_key_line(kid))
+
+
+@data_keys.command("reseal")
+def data_keys_reseal() -> None:
+    """Re-seal every stored value under the first (current) key, so older keys can be retired."""
+    from cortex_tasks.core.storage.resealing import reseal_all
+
+    try:
+        report = reseal_all()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(report.as_dict(), indent=2))
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} values could not be opened (listed above)")
+
+
 @main.group()
 def tokens() -> None:
     """The keys that sign access tokens (POST /api/v1/oauth/token)."""

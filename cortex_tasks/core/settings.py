@@ -16,12 +16,14 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STACK_FILE_NAME = "stack.json"
+# The data keys `cortex up` generates (core/storage/sealing.py), read when CORTEX_DATA_KEYS is unset.
+DATA_KEYS_FILE_NAME = "data-keys"
 
 
 def read_stack_file(folder: Path | None = None) -> dict[str, str]:
@@ -46,6 +48,33 @@ def _artifact_key(raw: str | None) -> bytes | None:
     if len(key) != 32:
         raise ValueError(f"CORTEX_ARTIFACT_KEY must decode to 32 bytes for AES-256-GCM, not {len(key)}")
     return key
+
+
+def data_keys_from(raw: str | None) -> dict[str, bytes]:
+    """Decode CORTEX_DATA_KEYS, `kid:base64,kid:base64` (the first seals, all open): ids in order. A key
+    that is set but unusable stops start-up rather than leaving sensitive values unsealed."""
+    import base64
+    import binascii
+
+    keys: dict[str, bytes] = {}
+    for entry in (raw or "").replace("\n", ",").split(","):
+        if not entry.strip():
+            continue
+        kid, separator, encoded = entry.strip().partition(":")
+        if not separator or not kid or not kid.isascii() or not kid.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("CORTEX_DATA_KEYS must be `kid:base64,...` with ids of letters, digits, - and _ "
+                             "(e.g. `k1:$(openssl rand -base64 32)`)")
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"CORTEX_DATA_KEYS: key {kid!r} is not base64") from None
+        if len(key) != 32:
+            raise ValueError(f"CORTEX_DATA_KEYS: key {kid!r} must decode to 32 bytes for AES-256-GCM, "
+                             f"not {len(key)}")
+        if kid in keys:
+            raise ValueError(f"CORTEX_DATA_KEYS: key id {kid!r} appears twice")
+        keys[kid] = key
+    return keys
 
 
 @dataclass(frozen=True)
@@ -517,6 +546,19 @@ class Settings(FromEnvironment):
         "Base64 of 32 bytes: AES-256-GCM for artifacts; unset: unencrypted.",
         repr=False,
     )
+    # Sensitive jobs (pii_detect, pii_mask, requests marked "sensitive"): see core/storage/sealing.py.
+    data_keys: Annotated[dict[str, bytes], NoDecode] = variable(
+        "CORTEX_DATA_KEYS",
+        dict,
+        "`kid:base64,...` AES-256-GCM keys for sensitive values at rest; the first seals, all open.",
+        shown="the data folder's data-keys file, else none",
+        repr=False,
+    )
+    sensitive_storage: Literal["encrypt", "discard"] = variable(
+        "CORTEX_SENSITIVE_STORAGE",
+        "encrypt",
+        "Sensitive inputs and results at rest: `encrypt` (discarded while no key is set) or `discard`.",
+    )
     admin_key: str | None = variable(
         "CORTEX_ADMIN_KEY", None, "An API key for automation, never stored.", repr=False
     )
@@ -675,6 +717,11 @@ class Settings(FromEnvironment):
             if not filled.get(name) and stack.get(key):
                 filled[name] = stack[key]
         filled.setdefault("CORTEX_ARTIFACT_DIR", str(folder / "artifacts"))
+        if not filled.get("CORTEX_DATA_KEYS"):
+            try:
+                filled["CORTEX_DATA_KEYS"] = (folder / DATA_KEYS_FILE_NAME).read_text()
+            except OSError:
+                pass
         return filled
 
     @field_validator("data_dir")
@@ -691,6 +738,11 @@ class Settings(FromEnvironment):
     @classmethod
     def _queue_list(cls, raw: Any) -> Any:
         return tuple(part.strip() for part in raw.split(",") if part.strip()) if isinstance(raw, str) else raw
+
+    @field_validator("data_keys", mode="before")
+    @classmethod
+    def _decode_data_keys(cls, raw: Any) -> Any:
+        return data_keys_from(raw) if isinstance(raw, str) else raw
 
     @field_validator("coalesce_max_inflight", "gateway_processes")
     @classmethod

@@ -26,6 +26,7 @@ from pathlib import Path
 from cortex_tasks.core.atomic_files import replace_file
 from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
 from cortex_tasks.core.storage.migrate import upgrade_to_head
+from cortex_tasks.core.storage.sealing import ensure_key_file
 from cortex_tasks.stack.admin_key import ADMIN_KEY_FILE, stack_admin_key
 from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_or_free_one
 from cortex_tasks.stack.flower import FLOWER_USER, flower_environment, warn_if_deprecated_name
@@ -116,6 +117,7 @@ def run_up(options: UpOptions) -> int:
     # is 0600, every folder 0700.
     os.umask(PRIVATE_UMASK)
     private_dir(data_dir)
+    ensure_key_file(data_dir)  # sensitive values are sealed at rest from the first run (storage/sealing.py)
     stack_file = data_dir / STACK_FILE_NAME
     if stack_file.exists():
         previous = json.loads(stack_file.read_text() or "{}")

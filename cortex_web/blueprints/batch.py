@@ -45,6 +45,8 @@ class BatchSubmitRequest(BaseModel):
     model: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
+    # Personal data: inputs and results sealed at rest. Always so for pii_detect and pii_mask.
+    sensitive: bool = False
 
     _check_model = field_validator("model")(classmethod(lambda cls, value: check_model_reference(value)))
 
@@ -84,7 +86,8 @@ def submit() -> tuple[Response, int]:
                          inputs=body.inputs, priority=priority_of(body.priority),
                          # OpenAI calls are billed to the submitting key (cortex_tasks/core/openai/billing.py)
                          params=billed_params(model.name, body.params, current_principal().key_id),
-                         idempotency_key=key, batchable=model.batchable)
+                         idempotency_key=key, batchable=model.batchable,
+                         sensitive=body.sensitive or task.sensitive)
     digest = request_hash(body.task, body.model, body.inputs, body.params, body.priority) if key else None
     try:
         submitted = create_batch(batch, digest)

@@ -35,7 +35,8 @@ def accepted(job_id: str) -> tuple[Response, int]:
 def predict() -> tuple[Response, int]:
     """Run one prediction job; the result when ready within `wait`, else 202 with a status URL."""
     body, task, model, wait = parse_prediction()
-    prediction = run_prediction(task, model, body.inputs, body.params, body.priority, wait)
+    prediction = run_prediction(task, model, body.inputs, body.params, body.priority, wait,
+                                sensitive=body.sensitive)
     if prediction.outcome is None:
         return accepted(prediction.job_id)
     raise_for_failure(prediction)
@@ -49,7 +50,8 @@ def predict_batch() -> tuple[Response, int]:
     """Up to 32 inputs, always waits; a failed item is reported in place of its output."""
     body, task, model, _ = parse_prediction()
     wait = get_settings().max_wait_seconds if body.wait is None else max(body.wait, 1.0)
-    prediction = run_prediction(task, model, body.inputs, body.params, body.priority, wait, inline_errors=True)
+    prediction = run_prediction(task, model, body.inputs, body.params, body.priority, wait, inline_errors=True,
+                                sensitive=body.sensitive)
     if prediction.outcome is None:
         return accepted(prediction.job_id)
     raise_for_failure(prediction)

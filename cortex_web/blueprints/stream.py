@@ -41,5 +41,6 @@ def predict_stream() -> Response:
     """Stream a prediction as Server-Sent Events (tokens for `generate`, items otherwise)."""
     body, task, model, _ = parse_prediction()
     if task.name == "generate":
-        return _events_response(token_events(model.name, body.inputs, body.params, body.priority))
-    return _events_response(item_events(task, model, body.inputs, body.params, body.priority))
+        return _events_response(token_events(model.name, body.inputs, body.params, body.priority,
+                                             body.sensitive))
+    return _events_response(item_events(task, model, body.inputs, body.params, body.priority, body.sensitive))

@@ -60,7 +60,9 @@ def test_prediction_messages_are_announced_to_flower_with_their_send_time(api, w
             30, "the worker's events for the same message")
     sent, received = events["task-sent"], events["task-received"]
     assert sent["name"] == "cortex.inference.run_gpu_jobs" and sent["queue"] == "gpu"
-    assert "'items': 1" in sent["kwargs"]
+    # Ids and sizes only (core/publishing.py): the job and its input count, never the text.
+    assert "'inputs': 1" in sent["kwargs"] and "watched in flower" not in sent["kwargs"]
+    assert received["kwargs"] == sent["kwargs"] and "watched in flower" not in received["kwargs"]
     # Stamped when the message left, not when the batch of events was published after it (FLUSH_DELAY_SECONDS,
     # 100 ms, later). Celery stamps the event just after the publish call returns, so on a busy machine the
     # worker may stamp its receipt a few milliseconds earlier: allowed, a stamp at flush time is not.

@@ -10,6 +10,7 @@ from sqlalchemy import Row, select
 from cortex_tasks.core.batch.results import ChunkRef
 from cortex_tasks.core.jobs.store import FINISHED_STATES
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 
 CHUNK_STATES = ("pending", "queued", "running", "succeeded")
@@ -57,8 +58,12 @@ def failed_items(job_id: str) -> list[dict[str, Any]]:
     """The items of finished chunks that failed, in input order: index, the input itself, and the error."""
     with session_scope() as session:
         rows = session.execute(
-            select(BatchChunk.start_index, BatchChunk.inputs, BatchChunk.errors)
+            select(BatchChunk.chunk_index, BatchChunk.start_index, BatchChunk.inputs, BatchChunk.errors)
             .where(BatchChunk.job_id == job_id, BatchChunk.status == "succeeded", BatchChunk.failed_count > 0)
             .order_by(BatchChunk.chunk_index)).all()
-    return [{"index": entry["index"], "input": row.inputs[entry["index"] - row.start_index], "error": entry["error"]}
-            for row in rows for entry in row.errors or []]
+    items = []
+    for row in rows:
+        inputs = reveal(row.inputs, chunk_inputs_place(job_id, row.chunk_index))  # sealed for sensitive jobs
+        items.extend({"index": entry["index"], "input": inputs[entry["index"] - row.start_index],
+                      "error": entry["error"]} for entry in row.errors or [])
+    return items

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from cortex_tasks.core.storage import arrow_io
 from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
+from cortex_tasks.core.storage.sealing import protect_bytes, reveal_bytes
 
 ENCODING_KEY = b"cortex.output_encoding"
 JSON_ENCODING, ARROW_ENCODING = b"json", b"arrow"
@@ -68,14 +69,18 @@ def chunk_table(start_index: int, outputs: Sequence[Any], errors: dict[int, dict
     return table.replace_schema_metadata({ENCODING_KEY: encoding})
 
 
-def write_chunk(job_id: str, chunk_index: int, table: pa.Table) -> str:
+def write_chunk(job_id: str, chunk_index: int, table: pa.Table, sensitive: bool = False) -> str:
+    """A sensitive batch's objects are sealed under the data key (core/storage/sealing.py), bound to
+    their names; readers open them by their magic bytes."""
     name = chunk_object_name(job_id, chunk_index)
-    get_object_store().put(name, arrow_io.write_ipc_stream(table), "application/vnd.apache.arrow.stream")
+    data = arrow_io.write_ipc_stream(table)
+    get_object_store().put(name, protect_bytes(data, name) if sensitive else data,
+                           "application/vnd.apache.arrow.stream")
     return name
 
 
 def read_chunk(name: str) -> pa.Table:
-    return arrow_io.read_ipc_stream(get_object_store().get(name))
+    return arrow_io.read_ipc_stream(reveal_bytes(get_object_store().get(name), name))
 
 
 def _encoding(table: pa.Table) -> bytes:
@@ -105,7 +110,8 @@ def merge_tables(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(converted).replace_schema_metadata({ENCODING_KEY: JSON_ENCODING})
 
 
-def write_merged(job_id: str, chunk_names: list[str], row_group_rows: int) -> tuple[str, int]:
+def write_merged(job_id: str, chunk_names: list[str], row_group_rows: int,
+                 sensitive: bool = False) -> tuple[str, int]:
     """Merge the chunk objects into the job's Parquet file; returns (object name, size in bytes)."""
     table = merge_tables([read_chunk(name) for name in chunk_names])
     # Row groups the size of a chunk: a reader after one page reads one or two groups, not the file.
@@ -115,7 +121,7 @@ def write_merged(job_id: str, chunk_names: list[str], row_group_rows: int) -> tu
     pq.write_table(table, sink, compression="zstd", use_dictionary=False, row_group_size=max(1, row_group_rows))
     data = sink.getvalue().to_pybytes()
     name = merged_object_name(job_id)
-    get_object_store().put(name, data, "application/vnd.apache.parquet")
+    get_object_store().put(name, protect_bytes(data, name) if sensitive else data, "application/vnd.apache.parquet")
     return name, len(data)
 
 
@@ -155,7 +161,7 @@ def page_items(chunks: Sequence[ChunkRef], first: int, last: int) -> list[dict[s
 
 
 def read_merged(name: str) -> bytes:
-    return get_object_store().get(name)
+    return reveal_bytes(get_object_store().get(name), name)
 
 
 def arrow_stream_from_parquet(parquet_bytes: bytes) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:

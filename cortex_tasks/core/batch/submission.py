@@ -26,6 +26,7 @@ from cortex_tasks.core.contracts.job_messages import BatchChunkMessage, BatchFin
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs.store import QUEUED, IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.sealing import ENCRYPT, chunk_inputs_place, protect, storage_mode
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.validation.items import check_finite
 
@@ -43,6 +44,19 @@ class BatchRequest:
     priority: int
     idempotency_key: str | None = None
     batchable: bool = True  # False: the model needs all inputs together (one chunk)
+    # Inputs, params and results sealed at rest (core/storage/sealing.py); refused with no key to do it.
+    sensitive: bool = False
+
+
+def refuse_unsealable(sensitive: bool) -> None:
+    """A batch's inputs wait in PostgreSQL for their chunk and its results for the client: a sensitive one
+    can only be stored sealed, so without a data key (or with CORTEX_SENSITIVE_STORAGE=discard) it is
+    refused rather than kept in clear."""
+    if sensitive and storage_mode() != ENCRYPT:
+        raise CortexError("sensitive_storage_unavailable",
+                          "Sensitive batch jobs (pii_detect, pii_mask, or \"sensitive\": true) are stored sealed, and "
+                          "no data key is configured (CORTEX_DATA_KEYS) or CORTEX_SENSITIVE_STORAGE is discard; "
+                          "send the inputs to /predict instead.", status=503)
 
 
 @dataclass(frozen=True)
@@ -82,8 +96,11 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
     queue = batch_queue()
     job_id = str(uuid.uuid4())
     deadline = datetime.now(UTC) + timedelta(seconds=config.deadline_seconds)
-    job_params = {"params": request.params, "queue": queue, "chunk_size": size, "chunks": len(bounds),
-                  "batchable": request.batchable}
+    refuse_unsealable(request.sensitive)
+    # queue, chunk_size and chunks stay readable: the stale-chunk sweep and progress views read them.
+    job_params = {"params": protect(request.params, f"jobs/{job_id}/params/params") if request.sensitive
+                  else request.params, "queue": queue, "chunk_size": size, "chunks": len(bounds),
+                  "batchable": request.batchable, "sensitive": request.sensitive}
     with session_scope() as session:
         inserted = session.execute(
             pg_insert(Job).values(
@@ -109,7 +126,8 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
             stop_index=bindparam("stop"), inputs=cast(bindparam("inputs", type_=Text), JSONB),
             status=bindparam("status"), queued_at=bindparam("queued_at"))
         session.connection().execute(chunk_insert, [{"job_id": job_id, "chunk_index": index, "start": start, "stop": stop,
-             "inputs": json.dumps(request.inputs[start:stop], ensure_ascii=False),
+             "inputs": json.dumps(protect(request.inputs[start:stop], chunk_inputs_place(job_id, index))
+                                  if request.sensitive else request.inputs[start:stop], ensure_ascii=False),
              "status": "queued" if index < first_wave else "pending",
              "queued_at": now if index < first_wave else None}
             for index, (start, stop) in enumerate(bounds)])

@@ -113,10 +113,10 @@ TASKS: dict[str, TaskEntry] = {
                   models=("spacy-en-core-web-sm",)),
         TaskEntry("pii_detect", NLP, "presidio-spacy-sm", "presidio-patterns",
                   "Find personal data: type, offsets, score, text (params.entities, "
-                  "params.confidence_threshold)", models=("presidio-spacy-sm", "presidio-patterns")),
+                  "params.confidence_threshold)", models=("presidio-spacy-sm", "presidio-patterns"), sensitive=True),
         TaskEntry("pii_mask", NLP, "presidio-spacy-sm-mask", "presidio-patterns-mask",
                   "Mask personal data by rule (params.rules, params.confidence_threshold)",
-                  models=("presidio-spacy-sm-mask", "presidio-patterns-mask")),
+                  models=("presidio-spacy-sm-mask", "presidio-patterns-mask"), sensitive=True),
         TaskEntry("language", NLP, "lingua", "lingua-fast",
                   "Language identification: ISO 639-1 code, name, confidence, alternatives",
                   models=("lingua", "lingua-fast")),

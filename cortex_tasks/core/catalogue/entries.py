@@ -27,6 +27,9 @@ class TaskEntry:
     description: str
     cacheable: bool = True
     models: tuple[str, ...] = field(default=())
+    # Its inputs and results are personal data by nature: every job of it is sensitive (never cached,
+    # sealed or not kept at rest; core/storage/sealing.py), whatever the request says.
+    sensitive: bool = False
     # "text"; "text_or_vector" for tasks that also take number lists; "series" (a list of numbers or of
     # {"ds", "y"} points, see core/validation/timeseries.py); "series_or_rows" (a series or feature rows)
     input_kind: str = "text"

@@ -134,6 +134,8 @@ class StreamGenerationMessage(JobMessage):
     # The generate task's input schema checked them at the gateway; the contract only carries them.
     inputs: list[Any]
     params: dict[str, Any] | None = None
+    # Its result is sealed (or not kept) in its row (core/storage/sealing.py).
+    sensitive: bool = False
 
 
 class MaintenanceMessage(VersionedMessage):

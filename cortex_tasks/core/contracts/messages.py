@@ -83,6 +83,7 @@ class JobRecord(_Message):
     total: int = 0
     params: dict[str, Any] | None = None
     deadline_seconds: int = 3600
+    sensitive: bool = False
 
 
 class PredictionJob(_Message):
@@ -96,6 +97,9 @@ class PredictionJob(_Message):
     looked_up: bool = False
     # A cache-warming job: its results are written through to L2 even when this worker's L1 has them.
     warm: bool = False
+    # A sensitive job's inputs, sealed while the message waits in its queue (`inputs` is then empty):
+    # read them with `read_inputs` (core/storage/sealing.py, where "messages/<job id>/inputs").
+    sealed_inputs: dict[str, Any] | None = None
 
 
 class PredictionMessage(VersionedMessage):
@@ -118,8 +122,19 @@ class PredictionMessage(VersionedMessage):
     reply_to: str | None = None
     message_id: str | None = None
     jobs: list[PredictionJob] = Field(min_length=1)
+    # Sensitive jobs (core/storage/sealing.py): the worker neither reads nor fills the shared cache for them.
+    sensitive: bool = False
 
 
 def read_prediction_message(kwargs: dict[str, Any]) -> PredictionMessage:
-    """The prediction message a task received as kwargs; MessageRefused when it cannot be read."""
-    return read_message(PredictionMessage, kwargs)
+    """The prediction message a task received as kwargs, its sealed inputs opened; MessageRefused when it
+    cannot be read, SealedValueError when its inputs cannot be opened (their data key is not configured)."""
+    message = read_message(PredictionMessage, kwargs)
+    if not any(job.sealed_inputs for job in message.jobs):
+        return message
+    from cortex_tasks.core.storage.sealing import inputs_in_transit, reveal
+
+    jobs = [job.model_copy(update={"inputs": reveal(job.sealed_inputs, inputs_in_transit(job.job_id)),
+                                   "sealed_inputs": None}) if job.sealed_inputs else job
+            for job in message.jobs]
+    return message.model_copy(update={"jobs": jobs})

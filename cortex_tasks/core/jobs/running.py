@@ -38,6 +38,15 @@ class JobInputError(CortexError):
         return {name: value for name, value in self.details.items() if name != "status"}
 
 
+def shown_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
+    """What a task returns once it has published its outcome: the worker logs it and Flower shows it
+    (task-succeeded), so the status and error code only, never the result (search hits, answers, texts)."""
+    shown = {"status": outcome["status"]}
+    if isinstance(outcome.get("error"), dict):
+        shown["error"] = {"code": outcome["error"].get("code")}
+    return shown
+
+
 def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
     if attempt is None:
@@ -45,7 +54,8 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         job = store.get_job(job_id)
         if job is None:
             return {"status": "failed", "error": {"code": "unknown_job", "message": "no such job"}}
-        return {"status": job.status, "result": job.result, "error": job.error}
+        result, unavailable = store.job_result(job)
+        return {"status": job.status, "result": result, "error": job.error or unavailable}
     started = time.perf_counter()
     try:
         result = work()

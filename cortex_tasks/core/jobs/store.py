@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from cortex_tasks.core.storage.db import quick_write_engine, session_scope
+from cortex_tasks.core.storage.sealing import SealedValueError, ValueNotKept, protect, reveal
 from cortex_tasks.core.storage.tables import Job
 from cortex_tasks.core.tenancy import current_tenant
 
@@ -37,6 +38,31 @@ class NewJob:
     request_hash: str | None = None
     # Past this, the stale-job sweep fails the job (its message was lost), so nothing stays queued forever.
     deadline_seconds: int = 3600
+    # Its params and result are sealed or not kept at rest (core/storage/sealing.py).
+    sensitive: bool = False
+
+
+def stored_params(job_id: str, job: NewJob) -> dict[str, Any] | None:
+    """The params column of a new job: a sensitive job's params are sealed (or not kept)."""
+    return protect(job.params, f"jobs/{job_id}/params") if job.sensitive else job.params
+
+
+def stored_result(job_id: str, result: Any, sensitive: bool) -> Any:
+    return protect(result, f"jobs/{job_id}/result") if sensitive else result
+
+
+def job_result(job: Job) -> tuple[Any, dict[str, Any] | None]:
+    """A job's result for its owner (opened if it was sealed), or None and why it cannot be given: it was
+    sensitive and not kept, or it was sealed under a data key that is no longer configured."""
+    try:
+        return reveal(job.result, f"jobs/{job.id}/result"), None
+    except ValueNotKept:
+        return None, {"code": ValueNotKept.code,
+                      "message": "The result held personal data and was not kept (CORTEX_SENSITIVE_STORAGE="
+                                 "discard, or no data key configured): it was given only to a caller "
+                                 "waiting for it."}
+    except SealedValueError as exc:
+        return None, {"code": exc.code, "message": f"The result cannot be read: {exc}."}
 
 
 class IdempotencyConflict(Exception):
@@ -49,9 +75,10 @@ def new_job_id() -> str:
 
 def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
     """Insert a job; returns (job, created). With an idempotency key an existing job is returned instead."""
+    job_id = job_id or new_job_id()
     row = Job(
-        id=job_id or new_job_id(), owner=job.owner, kind=job.kind, task=job.task, model=job.model,
-        status=QUEUED, priority=job.priority, progress_total=job.total, params=job.params,
+        id=job_id, owner=job.owner, kind=job.kind, task=job.task, model=job.model,
+        status=QUEUED, priority=job.priority, progress_total=job.total, params=stored_params(job_id, job),
         idempotency_key=job.idempotency_key, request_hash=job.request_hash,
         deadline_at=datetime.now(UTC) + timedelta(seconds=job.deadline_seconds),
     )
@@ -111,8 +138,9 @@ def begin_attempt(job_id: str, max_deliveries: int) -> int | None:
     return attempt
 
 
-def finish_job(job_id: str, result: Any = None, result_ref: str | None = None) -> bool:
+def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, sensitive: bool = False) -> bool:
     """Record success once; returns False if the job was already finished."""
+    result = stored_result(job_id, result, sensitive)
     with session_scope() as session:
         changed = session.execute(
             update(Job)
@@ -170,7 +198,9 @@ def job_to_api(job: Job) -> dict[str, Any]:
     if job.model:
         body["model"] = job.model
     if job.status == SUCCEEDED:
-        body["result"] = job.result
+        body["result"], unavailable = job_result(job)
+        if unavailable is not None:
+            body["result_unavailable"] = unavailable
         if job.result_ref:
             body["result_ref"] = job.result_ref
     if job.error:
@@ -188,7 +218,8 @@ def job_to_api(job: Job) -> dict[str, Any]:
 def job_record(job: NewJob) -> dict[str, Any]:
     """What a message carries for the worker to create the job's row (JSON-safe)."""
     return {"owner": job.owner, "kind": job.kind, "task": job.task, "model": job.model, "priority": job.priority,
-            "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds}
+            "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds,
+            "sensitive": job.sensitive}
 
 
 def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, Any]:
@@ -202,7 +233,8 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, Any]:
         "models": [job.model for _, job in jobs],
         "priorities": [job.priority for _, job in jobs],
         "totals": [job.total for _, job in jobs],
-        "params": [orjson.dumps(job.params).decode() if job.params else None for _, job in jobs],
+        "params": [orjson.dumps(params).decode() if (params := stored_params(job_id, job)) else None
+                   for job_id, job in jobs],
         "deadlines": [job.deadline_seconds for _, job in jobs],
     }
 
@@ -275,15 +307,16 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
     return runnable, over_cap
 
 
-def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
+def finish_jobs(outcomes: dict[str, tuple[str, Any]], sensitive: frozenset[str] = frozenset()) -> set[str]:
     """Record many outcomes in one statement each for successes and failures: {job_id: (status, payload)}.
+    The results of the jobs in `sensitive` are sealed (or not kept).
 
     Only jobs still queued or running change, so a redelivered message cannot record a result twice;
     returns the ids recorded.
     """
     # orjson: these payloads are mostly floats (embeddings), which the json module formats slowly.
-    succeeded = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
-                 if status == SUCCEEDED]
+    succeeded = [(job_id, orjson.dumps(stored_result(job_id, payload, job_id in sensitive)).decode())
+                 for job_id, (status, payload) in outcomes.items() if status == SUCCEEDED]
     failed = [(job_id, orjson.dumps(payload).decode()) for job_id, (status, payload) in outcomes.items()
               if status == FAILED]
     # This hot path neither waits for the WAL flush nor opens a transaction (quick_write_engine): a write
@@ -338,7 +371,9 @@ def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, New
     if not outcomes:
         return set()
     jobs = [(job_id, records[job_id]) for job_id in outcomes]
-    payloads = [(status, orjson.dumps(payload).decode()) for status, payload in outcomes.values()]
+    payloads = [(status, orjson.dumps(stored_result(job_id, payload, records[job_id].sensitive
+                                                    and status == SUCCEEDED)).decode())
+                for job_id, (status, payload) in outcomes.items()]
     columns = {**_record_columns(jobs), "statuses": [status for status, _ in payloads],
                "results": [payload if status == SUCCEEDED else None for status, payload in payloads],
                "errors": [payload if status != SUCCEEDED else None for status, payload in payloads],

@@ -26,6 +26,7 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import runner
@@ -58,6 +59,7 @@ class ClaimedChunk:
     priority: int
     chunk_size: int
     batchable: bool = True
+    sensitive: bool = False  # its inputs were sealed; its results are too
 
 
 @dataclass
@@ -99,10 +101,12 @@ def claim(job_id: str, chunk_index: int) -> ClaimedChunk | None:
                         .values(status=store.RUNNING, started_at=func.coalesce(Job.started_at, func.now()))
                         .execution_options(synchronize_session=False))
     params = job.params or {}
-    return ClaimedChunk(job_id, chunk_index, row.start_index, row.inputs, row.attempts, job.task, job.model,
-                        params.get("params") or {}, params.get("queue") or "batch", job.priority,
+    return ClaimedChunk(job_id, chunk_index, row.start_index,
+                        reveal(row.inputs, chunk_inputs_place(job_id, chunk_index)), row.attempts, job.task,
+                        job.model, reveal(params.get("params"), f"jobs/{job_id}/params/params") or {},
+                        params.get("queue") or "batch", job.priority,
                         int(params.get("chunk_size") or batch_config().chunk_size),
-                        batchable=bool(params.get("batchable", True)))
+                        batchable=bool(params.get("batchable", True)), sensitive=bool(params.get("sensitive")))
 
 
 def release(job_id: str, chunk_index: int) -> None:
@@ -254,7 +258,7 @@ def give_up(chunk: ClaimedChunk, reason: dict[str, Any]) -> Recorded:
     result = ChunkResult([None] * len(chunk.inputs),
                          {chunk.start_index + offset: reason for offset in range(len(chunk.inputs))})
     ref = results.write_chunk(chunk.job_id, chunk.chunk_index,
-                              results.chunk_table(chunk.start_index, result.outputs, result.errors))
+                              results.chunk_table(chunk.start_index, result.outputs, result.errors), chunk.sensitive)
     return record(chunk, result, ref)
 
 
@@ -278,7 +282,7 @@ def run_chunk(job_id: str, chunk_index: int, retries_done: int) -> dict[str, Any
             release(job_id, chunk_index)
             raise
         table = results.chunk_table(chunk.start_index, result.outputs, result.errors)
-        recorded = record(chunk, result, results.write_chunk(job_id, chunk_index, table))
+        recorded = record(chunk, result, results.write_chunk(job_id, chunk_index, table, chunk.sensitive))
     after_recording(chunk, recorded)
     return {"job_id": job_id, "chunk": chunk_index, "counted": recorded.counted}
 
@@ -305,7 +309,8 @@ def finish_batch(job_id: str) -> dict[str, Any]:
     if not chunks or any(chunk.status != "succeeded" for chunk in chunks):
         return {"job_id": job_id, "finished": False, "reason": "chunks unfinished"}
     chunk_size = int((job.params or {}).get("chunk_size") or batch_config().chunk_size)
-    name, size = results.write_merged(job_id, [chunk.result_ref for chunk in chunks], chunk_size)
+    name, size = results.write_merged(job_id, [chunk.result_ref for chunk in chunks], chunk_size,
+                                      bool((job.params or {}).get("sensitive")))
     succeeded = sum(chunk.succeeded_count for chunk in chunks)
     failed = sum(chunk.failed_count for chunk in chunks)
     summary = {"total": job.progress_total, "done": succeeded, "failed": failed, "result_ref": name,

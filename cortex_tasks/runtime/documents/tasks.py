@@ -9,7 +9,7 @@ from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import DocumentIndexMessage, QuestionMessage
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.jobs.running import refuse_message, run_job
+from cortex_tasks.core.jobs.running import refuse_message, run_job, shown_outcome
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.runtime.documents import service
 
@@ -28,7 +28,7 @@ def index_documents(**kwargs: Any) -> dict[str, Any]:
     outcome = run_job(message.job_id, lambda: service.index_documents(message.collection, message.documents,
                                                                       message.indexed_by))
     publish_outcome(message.reply_to, message.job_id, outcome)
-    return outcome
+    return shown_outcome(outcome)
 
 
 @app.task(name=task_names.DOCUMENTS_ANSWER, soft_time_limit=120, time_limit=180, **RETRIES)
@@ -41,4 +41,4 @@ def answer_question(**kwargs: Any) -> dict[str, Any]:
         message.question, message.top_k, message.collection, message.filters, message.generate,
         message.max_tokens))
     publish_outcome(message.reply_to, message.job_id, outcome)
-    return outcome
+    return shown_outcome(outcome)

@@ -113,14 +113,15 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
                 announcement: Announcement | None, write_through: bool = False, looked_up: bool = False,
-                after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
+                after_reply: AfterReply | None = None, sensitive: bool = False) -> tuple[list[Any], dict[str, Any]]:
     """_run_items with the prediction cache around it: only misses reach the model, and what the model
     itself answers (not a fallback) is stored for every gateway and worker. `looked_up`: the values
     were looked up in L2 just before the message was sent, so only this worker's L1 is asked.
-    Storing waits in `after_reply`, if given, until the callers have their answers."""
+    Storing waits in `after_reply`, if given, until the callers have their answers. Sensitive jobs
+    bypass the cache both ways: the shared cache (Redis) keeps its entries in clear for an hour."""
     cache = get_cache()
     entry = find_model(model_name)
-    if entry is None or not (cache.enabled and TASKS[task].cacheable):
+    if entry is None or sensitive or not (cache.enabled and TASKS[task].cacheable):
         return _run_items(task, model_name, params, values, priority, announcement)
 
     def store(pairs: list[tuple[str, Any]]) -> None:
@@ -154,23 +155,32 @@ def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
     return {"index": index, "error": {"code": failure.code, "message": failure.message}}
 
 
+def is_sensitive(task: str, requested: bool) -> bool:
+    """A job is sensitive if its sender said so or its task handles personal data by nature (a message
+    from an older gateway does not say, so the catalogue is asked here too)."""
+    entry = TASKS.get(task)
+    return requested or bool(entry is not None and entry.sensitive)
+
+
 def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob],
              priority: int = 4, first_delivery: bool = False,
-             after_reply: AfterReply | None = None) -> dict[str, dict[str, Any]]:
+             after_reply: AfterReply | None = None, sensitive: bool = False) -> dict[str, dict[str, Any]]:
     """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
 
     `first_delivery`: no worker has started this message before (it was neither restored after a worker
     died nor retried), so its jobs are counted only if they run long (DeliveryCount).
     `after_reply`: where to leave the work that can wait until the outcomes are published (filling the
-    shared cache, a Redis round trip); without it, that work is done here."""
+    shared cache, a Redis round trip); without it, that work is done here.
+    `sensitive`: the jobs' results are sealed (or not kept) in their rows and never cached."""
     started = time.perf_counter()
+    sensitive = is_sensitive(task, sensitive)
     # While this message is being prepared (cache lookup; for a redelivery, a database round trip), a batch
     # forming for the same model may wait a moment for its items instead of leaving without them.
     batcher = batcher_for(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job.inputs) for job in jobs)) if batcher else None
     try:
         return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery,
-                              after_reply)
+                              after_reply, sensitive)
     finally:
         if announcement is not None:
             announcement.cancel()
@@ -187,10 +197,12 @@ class DeliveryCount:
     every prediction's path instead of two. Should a first delivery kill its worker before it was
     counted, its redeliveries still count up to the cap (one delivery later)."""
 
-    def __init__(self, jobs: list[PredictionJob], first_delivery: bool) -> None:
+    def __init__(self, jobs: list[PredictionJob], first_delivery: bool, sensitive: bool = False) -> None:
         job_ids = [job.job_id for job in jobs]
         self.started = time.time()
-        self.new_rows = {job.job_id: store.NewJob(**dict(job.record)) for job in jobs if job.record}
+        self.sensitive = frozenset(job_ids) if sensitive else frozenset()
+        self.new_rows = {job.job_id: store.NewJob(**{**dict(job.record), "sensitive": job.record.sensitive or sensitive})
+                         for job in jobs if job.record}
         count = partial(store.begin_attempts, job_ids, get_settings().max_deliveries, self.new_rows)
         self.before_run: Counted | None = None
         self._deferred: DeferredCall[Counted] | None = None
@@ -209,20 +221,26 @@ class DeliveryCount:
                 return store.record_finished(records, self.new_rows, self.started)
         assert counted is not None
         runnable = counted[0]
-        return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in runnable})
+        return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in runnable},
+                                 self.sensitive)
 
 
 def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -> None:
     if job_ids:
         for job in store.get_jobs(job_ids):
-            outcomes[job.id] = {"status": job.status, "result": job.result, "error": job.error}
+            result, unavailable = store.job_result(job)  # a sensitive job's result is sealed, or not kept
+            if unavailable is not None and job.status == store.SUCCEEDED:
+                outcomes[job.id] = {"status": store.FAILED, "error": unavailable}
+            else:
+                outcomes[job.id] = {"status": job.status, "result": result, "error": job.error}
 
 
 def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob],
                    priority: int, started: float, announcement: Announcement | None,
-                   first_delivery: bool, after_reply: AfterReply | None) -> dict[str, dict[str, Any]]:
+                   first_delivery: bool, after_reply: AfterReply | None,
+                   sensitive: bool = False) -> dict[str, dict[str, Any]]:
     outcomes: dict[str, dict[str, Any]] = {}
-    count = DeliveryCount(jobs, first_delivery)
+    count = DeliveryCount(jobs, first_delivery, sensitive)
     if count.before_run is not None:
         # Duplicate deliveries of finished jobs and jobs over the delivery cap do not run.
         runnable = count.before_run[0]
@@ -232,7 +250,7 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
             return outcomes
     try:
         results, answered_by = _results_of(task, model_name, params, jobs, priority, announcement,
-                                           after_reply)
+                                           after_reply, sensitive)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         answers = {job.job_id: {"status": store.FAILED, "error": error} for job in jobs}
@@ -272,7 +290,7 @@ def _job_outcomes(task: str, jobs: list[PredictionJob], results: list[Any], answ
 
 def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob], priority: int,
                 announcement: Announcement | None,
-                after_reply: AfterReply | None = None) -> tuple[list[Any], dict[str, Any]]:
+                after_reply: AfterReply | None = None, sensitive: bool = False) -> tuple[list[Any], dict[str, Any]]:
     """One result (or ItemFailure) per input of every job, in order, and which model answered."""
     if answers_per_job(find_model(model_name), params):
         results, answered_by = _run_items(task, model_name, params, [job.inputs for job in jobs], priority,
@@ -285,4 +303,4 @@ def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[P
     # What a gateway looked up in L2 just before sending is not looked up there again.
     looked_up = all(job.looked_up for job in jobs)
     return _run_cached(task, model_name, params, [v for job in jobs for v in job.inputs], priority,
-                       announcement, write_through, looked_up, after_reply)
+                       announcement, write_through, looked_up, after_reply, sensitive)

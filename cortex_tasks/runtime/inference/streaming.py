@@ -32,7 +32,8 @@ def publish_event(job_id: str, event: dict[str, Any]) -> None:
     _client().publish(STREAM_CHANNEL_PREFIX + job_id, json.dumps(event, separators=(",", ":")))
 
 
-def stream_generation(job_id: str, model_name: str, inputs: list[str], params: dict[str, Any]) -> str:
+def stream_generation(job_id: str, model_name: str, inputs: list[str], params: dict[str, Any],
+                      sensitive: bool = False) -> str:
     """Generate for each input in turn, publishing tokens; returns the job's final status."""
     attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
     if attempt is None:
@@ -70,6 +71,6 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
         return store.FAILED
     result = {"task": "generate", "model": {"name": model.info.name, "version": model.info.version},
               "outputs": outputs}
-    store.finish_job(job_id, result)
+    store.finish_job(job_id, result, sensitive=sensitive)
     publish_event(job_id, {"type": "done", "status": store.SUCCEEDED})
     return store.SUCCEEDED

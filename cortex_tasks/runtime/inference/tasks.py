@@ -24,6 +24,7 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import refuse_message
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.storage.sealing import SealedValueError
 from cortex_tasks.runtime.inference import streaming
 from cortex_tasks.runtime.inference.runner import AfterReply, run_jobs
 
@@ -38,20 +39,20 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
 def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
         message = read_prediction_message(kwargs)
-    except MessageRefused as exc:
+    except (MessageRefused, SealedValueError) as exc:
         return _refuse(kwargs, exc)
     # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
     after_reply: AfterReply = []
     outcomes = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
-                        first_delivery, after_reply)
+                        first_delivery, after_reply, message.sensitive)
     publish_outcomes(message.reply_to, message.message_id, outcomes)
     for work in after_reply:  # the shared cache is filled once the callers have their answers
         work()
     return {"jobs": len(message.jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
 
 
-def _refuse(kwargs: dict[str, Any], exc: MessageRefused) -> dict[str, Any]:
+def _refuse(kwargs: dict[str, Any], exc: MessageRefused | SealedValueError) -> dict[str, Any]:
     """Fail every job of a message this worker cannot read, with the reason, instead of raising: a retry or
     another worker of the same release would refuse it again. The job ids and records are taken from the
     raw message where they can be (a sender's caller still learns the outcome and its row is written)."""
@@ -102,4 +103,4 @@ def stream_generation(**kwargs: Any) -> dict[str, Any]:
             streaming.publish_event(kwargs["job_id"], {"type": "error", "error": outcome["error"]})
         return {"status": outcome["status"], "refused": str(exc)}
     return {"status": streaming.stream_generation(message.job_id, message.model, message.inputs,
-                                                  message.params or {})}
+                                                  message.params or {}, message.sensitive)}

@@ -13,7 +13,7 @@ from cortex_tasks.core.contracts.job_messages import (
 )
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.jobs.running import JobInputError, refuse_message, run_job
+from cortex_tasks.core.jobs.running import JobInputError, refuse_message, run_job, shown_outcome
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.storage.vector_store import VectorStoreError
 from cortex_tasks.core.vectors.service import vector_store
@@ -33,7 +33,7 @@ def upsert_items(**kwargs: Any) -> dict[str, Any]:
     outcome = run_job(message.job_id,
                       lambda: service.upsert_items(message.collection, message.items, message.created_by))
     publish_outcome(message.reply_to, message.job_id, outcome)
-    return outcome
+    return shown_outcome(outcome)
 
 
 @app.task(name=task_names.VECTORS_SEARCH_TEXT, **LIMITS)
@@ -45,7 +45,7 @@ def search_text(**kwargs: Any) -> dict[str, Any]:
     outcome = run_job(message.job_id,
                       lambda: service.search_text(message.collection, message.text, message.k, message.filter))
     publish_outcome(message.reply_to, message.job_id, outcome)
-    return outcome
+    return shown_outcome(outcome)
 
 
 def _build_index(collection: str) -> dict[str, Any]:
@@ -68,4 +68,4 @@ def build_index(**kwargs: Any) -> dict[str, Any]:
         return refuse_message(kwargs, exc)
     outcome = run_job(message.job_id, lambda: _build_index(message.collection))
     publish_outcome(message.reply_to, message.job_id, outcome)
-    return outcome
+    return shown_outcome(outcome)
