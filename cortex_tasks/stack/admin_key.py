@@ -17,7 +17,8 @@ ADMIN_KEY_FILE = "admin_key"
 UP_KEY_NAME = "cortex up admin"
 # The name earlier versions gave the key they made at every start.
 EARLIER_UP_KEY_NAMES = ("cortex up",)
-ROLE = "model_admin"
+# The operator administers the platform: tenants, and keys in any tenant (it acts in the default tenant).
+ROLE = "platform_admin"
 
 
 def made_by_up(name: str | None) -> bool:
