@@ -50,6 +50,8 @@ class Group:
     priority: int
     queue: str
     task_name: str
+    # Per tenant: a message runs in one tenant's scope on the worker (its registry models, its job rows).
+    tenant: str
 
 
 @dataclass
@@ -62,8 +64,10 @@ class PendingJob:
     sent: threading.Event = field(default_factory=threading.Event)
 
 
-def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str) -> Group:
-    return Group(task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue, task_name)
+def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str,
+              tenant: str) -> Group:
+    return Group(task, model, json.dumps(params, sort_keys=True, separators=(",", ":")), priority, queue, task_name,
+                 tenant)
 
 
 class Coalescer:
@@ -159,7 +163,7 @@ class Coalescer:
             # (a quarter of the cost of sending it).
             message = PredictionMessage(
                 task=group.task, model=group.model, params=json.loads(group.params_json), priority=group.priority,
-                reply_to=self.listener.channel, message_id=message_id,
+                reply_to=self.listener.channel, message_id=message_id, tenant=group.tenant,
                 # The worker creates each job's row from its record (see jobs/store.py).
                 jobs=[PredictionJob(job_id=job.job_id, inputs=job.inputs, inline_errors=job.inline_errors,
                                     record=JobRecord.model_validate(store.job_record(job.record)),

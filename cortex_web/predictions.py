@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_tasks.core.auth.permissions import NotAllowed, check_allowed, check_model_allowed
 from cortex_tasks.core.cache.keys import params_fingerprint
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.cache.warming import QUERY_COUNTER
@@ -31,6 +32,7 @@ from cortex_tasks.core.openai.billing import billed_params
 from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.registry.routing import routed_reference
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_web.auth import current_principal
 from cortex_web.coalescer import PendingJob, group_for
@@ -80,6 +82,8 @@ def resolve(task_name: str, model_ref: str | None) -> tuple[TaskEntry, ModelEntr
     if version and version != model.version:
         raise ApiError(404, "unknown_model_version", f"Model {model.name!r} has no version {version!r}.",
                        {"valid": [f"{model.name}@{model.version}"]})
+    # The key's model/task limits, on the model that will really run (the task's default when none was named).
+    check_allowed(current_principal(), task.name, model.name)
     refuse_unavailable_openai(model.name)  # OpenAI models: configured and within the monthly budget
     return task, model
 
@@ -106,12 +110,14 @@ def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], para
                      looked_up: bool = False) -> tuple[str, PendingJob]:
     job_id = str(uuid.uuid4())
     priority = priority_of(priority_class)
+    # The tenant is named here: the coalescer writes the record from its own thread, outside this request.
+    tenant = current_tenant()
     pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
                                                 task=task.name, model=model.name, priority=priority,
-                                                total=len(inputs), params=params or None),
+                                                total=len(inputs), params=params or None, tenant=tenant),
                          inline_errors=inline_errors, looked_up=looked_up)
     reply_listener().expect(job_id)
-    group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue])
+    group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue], tenant)
     coalescer().submit(group, pending)
     return job_id, pending
 
@@ -128,10 +134,20 @@ def admit(task: TaskEntry, model: ModelEntry, priority_class: str) -> tuple[Mode
     if not breaker.is_open(model.name):
         return model, {}
     fallback = MODELS.get(task.fallback_model or "")
+    if fallback is not None and not _may_use(fallback.name):
+        fallback = None  # a key limited to named models is not moved to another one
     if fallback is None or breaker.is_open(fallback.name):
         raise ApiError(503, "circuit_open", f"Model {model.name!r} is failing; its circuit is open.",
                        {"model": model.name}, headers={"Retry-After": str(breaker.retry_after(model.name))})
     return fallback, {"fallback_from": model.name, "fallback_reason": "circuit open"}
+
+
+def _may_use(model_name: str) -> bool:
+    try:
+        check_model_allowed(current_principal(), model_name)
+    except NotAllowed:
+        return False
+    return True
 
 
 def record_for_circuit(model: ModelEntry, outcome: dict[str, Any]) -> None:

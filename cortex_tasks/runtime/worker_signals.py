@@ -18,7 +18,7 @@ from cortex_tasks import app
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import reset_engine
-from cortex_tasks.core.tenancy import TENANT_ID, enter_tenant, leave_tenant
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, enter_tenant, leave_tenant
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS
 from cortex_tasks.runtime.inference import compute
 from cortex_tasks.runtime.inference.runner import batching_of
@@ -85,7 +85,11 @@ def _enter_message_tenant(kwargs=None, **_: object) -> None:
     """A job's task acts for the tenant its message names (job_messages.JobMessage.tenant); a task whose
     message names none acts for no tenant, so a tenant-owned table it touches without entering a scope
     itself (tenancy.all_tenants for maintenance) fails instead of reading every tenant's rows."""
-    tenant = (kwargs or {}).get("tenant")
+    kwargs = kwargs or {}
+    tenant = kwargs.get("tenant")
+    if tenant is None and ("job_id" in kwargs or "jobs" in kwargs):
+        # A job message queued by a release before tenants: its job, like all data of that time, is default's.
+        tenant = DEFAULT_TENANT
     token = enter_tenant(tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else None)
     _task_scopes.__dict__.setdefault("tokens", []).append(token)
 

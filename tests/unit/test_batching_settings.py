@@ -67,8 +67,8 @@ def test_the_gateway_sends_a_models_gathered_items_once_they_fill_its_batch():
     fill a message: two items for a model batched by two, 32 for the others."""
     coalescer = Coalescer(SimpleNamespace(channel="replies"), max_inflight=1,
                           max_items_for=lambda model: 2 if model == "small" else 32)
-    small = group_for("embed", "small", {}, 4, "gpu", "predict")
-    other = group_for("embed", "other", {}, 4, "gpu", "predict")
+    small = group_for("embed", "small", {}, 4, "gpu", "predict", "default")
+    other = group_for("embed", "other", {}, 4, "gpu", "predict", "default")
 
     def gathered(group, count):
         coalescer._track(group)  # its one message slot is taken

@@ -97,6 +97,13 @@ def create_tenant(tenant: str, name: str | None = None) -> bool:
     return True
 
 
+def tenant_exists(tenant: str) -> bool:
+    if not TENANT_ID.fullmatch(tenant):
+        return False
+    with session_scope() as session:
+        return session.get(Tenant, tenant) is not None
+
+
 def list_tenants() -> list[dict[str, str | None]]:
     with session_scope() as session:
         rows = session.scalars(select(Tenant).order_by(Tenant.id)).all()

@@ -27,6 +27,7 @@ from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.process_threads import helper_threads
 from cortex_tasks.core.queues import PRIORITY_CLASSES
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import DEFAULT_TENANT
 
 FREQUENCY_KEY = "cortex:cache-queries:"  # + hour number; members are JSON [task, model, params, input]
 LAST_REPORT_KEY = "cortex:cache-warming:last"
@@ -124,10 +125,14 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
         for start in range(0, len(missing), 32):
             chunk = missing[start:start + 32]
             job_id = str(uuid.uuid4())
+            # Warming is the platform's own work, not a tenant's: its job rows belong to the default tenant
+            # (named here, since the maintenance task that runs this acts for all tenants).
             store.create_jobs([(job_id, store.NewJob(owner=WARMING_OWNER, kind="predict", task=task, model=model,
-                                                     priority=low, total=len(chunk), params=params or None))])
+                                                     priority=low, total=len(chunk), params=params or None,
+                                                     tenant=DEFAULT_TENANT))])
             # No record: the row was created just above, owned by the system (see WARMING_OWNER).
-            message = PredictionMessage(task=task, model=model, params=params or {}, priority=low, jobs=[
+            message = PredictionMessage(task=task, model=model, params=params or {}, priority=low,
+                                        tenant=DEFAULT_TENANT, jobs=[
                 PredictionJob(job_id=job_id, inputs=chunk, inline_errors=True, warm=True)])
             celery_app.send_task(QUEUE_TASK_NAMES[queue], queue=queue, priority=low, ignore_result=True,
                                  kwargs=message.to_kwargs())

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID
+
 PREDICTION_MESSAGE_VERSION = 1
 SUPPORTED_PREDICTION_VERSIONS = frozenset({1})
 UNSUPPORTED_MESSAGE = "unsupported_message"  # the error code of a job whose message could not be read
@@ -81,6 +83,8 @@ class JobRecord(_Message):
     total: int = 0
     params: dict[str, Any] | None = None
     deadline_seconds: int = 3600
+    # None (records of older releases): the message's tenant.
+    tenant: str | None = Field(default=None, pattern=TENANT_ID.pattern)
 
 
 class PredictionJob(_Message):
@@ -112,6 +116,10 @@ class PredictionMessage(VersionedMessage):
     reply_to: str | None = None
     message_id: str | None = None
     jobs: list[PredictionJob] = Field(min_length=1)
+    # The tenant every job of the message belongs to (the gateway coalesces per tenant, so that a model
+    # name resolves in the registry of the tenant that asked): the worker runs the message in its scope.
+    # Messages queued before tenants existed have none and belong to `default`, like all data of that time.
+    tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_ID.pattern)
 
 
 def read_prediction_message(kwargs: dict[str, Any]) -> PredictionMessage:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cortex_tasks.core.storage.db import quick_write_engine, session_scope
 from cortex_tasks.core.storage.tables import Job
+from cortex_tasks.core.tenancy import current_tenant
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
@@ -36,6 +37,12 @@ class NewJob:
     request_hash: str | None = None
     # Past this, the stale-job sweep fails the job (its message was lost), so nothing stays queued forever.
     deadline_seconds: int = 3600
+    # The tenant the job belongs to. None: the tenant in scope when the row is written (tenancy.py); a
+    # record that leaves the request's thread (the coalescer sends from its own) must name it.
+    tenant: str | None = None
+
+    def owning_tenant(self) -> str:
+        return self.tenant if self.tenant is not None else current_tenant()
 
 
 class IdempotencyConflict(Exception):
@@ -51,7 +58,7 @@ def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
     row = Job(
         id=job_id or new_job_id(), owner=job.owner, kind=job.kind, task=job.task, model=job.model,
         status=QUEUED, priority=job.priority, progress_total=job.total, params=job.params,
-        idempotency_key=job.idempotency_key, request_hash=job.request_hash,
+        idempotency_key=job.idempotency_key, request_hash=job.request_hash, tenant=job.owning_tenant(),
         deadline_at=datetime.now(UTC) + timedelta(seconds=job.deadline_seconds),
     )
     try:
@@ -71,6 +78,8 @@ def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
 
 
 def get_job(job_id: str) -> Job | None:
+    """The job, if it belongs to the tenant in scope: another tenant's job is None, exactly like a missing
+    one (the storage layer adds the tenant to the statement, core/tenancy.py)."""
     try:
         uuid.UUID(job_id)
     except ValueError:
@@ -187,7 +196,8 @@ def job_to_api(job: Job) -> dict[str, Any]:
 def job_record(job: NewJob) -> dict[str, Any]:
     """What a message carries for the worker to create the job's row (JSON-safe)."""
     return {"owner": job.owner, "kind": job.kind, "task": job.task, "model": job.model, "priority": job.priority,
-            "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds}
+            "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds,
+            "tenant": job.owning_tenant()}
 
 
 def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
@@ -201,6 +211,7 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
         "totals": [job.total for _, job in jobs],
         "params": [orjson.dumps(job.params).decode() if job.params else None for _, job in jobs],
         "deadlines": [job.deadline_seconds for _, job in jobs],
+        "tenants": [job.owning_tenant() for _, job in jobs],
     }
 
 
@@ -211,14 +222,14 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, list[Any]]:
 _RECORD_ARRAYS = (
     "CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
     "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
-    "CAST(:deadlines AS int[])"
+    "CAST(:deadlines AS int[]), CAST(:tenants AS text[])"
 )
-_RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline"
+_RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline, tenant"
 _INSERT_FROM_ARRAYS = (
     "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "
-    "attempts, created_at, started_at, deadline_at) "
+    "attempts, created_at, started_at, deadline_at, tenant) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
-    "now(), {started}, now() + make_interval(secs => d.deadline) "
+    "now(), {started}, now() + make_interval(secs => d.deadline), d.tenant "
     f"FROM unnest({_RECORD_ARRAYS}) AS d({_RECORD_NAMES}) "
 )
 
@@ -309,11 +320,11 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]]) -> set[str]:
 # meanwhile) keep what they say; RETURNING tells which jobs were recorded.
 _RECORD_FINISHED = (
     "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "
-    "params, attempts, created_at, started_at, finished_at, deadline_at, result, error) "
+    "params, attempts, created_at, started_at, finished_at, deadline_at, result, error, tenant) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
     "to_timestamp(:started), to_timestamp(:started), now(), "
-    "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
+    "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb, d.tenant "
     f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), "
     f"CAST(:errors AS text[])) AS d({_RECORD_NAMES}, status, result, error) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, "
