@@ -96,8 +96,8 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("get", "/health"): {"200": (responses.Health, "The process answers.")},
     ("get", "/ready"): {"200": (responses.Readiness, "Every check is ok."),
                         "503": (responses.Readiness, "A check failed (this body, not an error object).")},
-    ("get", "/api/v1/keys"): {"200": (responses.KeyList, "The tenant's keys (the platform admin: every "
-                                                         "tenant's, or ?tenant='s), without secrets.")},
+    ("get", "/api/v1/keys"): {"200": (responses.KeyList, ("The tenant's keys (the platform admin: every "
+                                                          "tenant's, or ?tenant='s), without secrets."))},
     ("post", "/api/v1/tenants"): {"201": (responses.TenantCreated, "Created.")},
     ("get", "/api/v1/tenants"): {"200": (responses.TenantList, "Every tenant.")},
     ("delete", "/api/v1/keys/{key_id}"): {"200": (responses.KeyRevoked, "Revoked.")},
@@ -154,8 +154,8 @@ ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
     "401": ("No key, or a bad, revoked or expired one (missing_api_key, invalid_api_key).", False),
-    "403": ("The key's role lacks the permission this route needs (forbidden), or the key is limited to other "
-            "models or tasks (model_not_allowed, task_not_allowed; details name the allowed ones).", False),
+    "403": (("The key's role lacks the permission this route needs (forbidden), or the key is limited to other "
+             "models or tasks (model_not_allowed, task_not_allowed; details name the allowed ones)."), False),
     "422": ("The body or query is invalid (invalid_request, invalid_query and task-specific codes).", False),
     "429": ("Rate limited (rate_limited) or a quota is used up; see Retry-After.", True),
     "4XX": (("Another client error, e.g. 400 malformed JSON, 404 unknown job or model, 409 conflict, "

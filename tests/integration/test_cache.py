@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 import redis
 
 from cortex_tasks.core.cache.layers import RedisCache
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.settings import get_settings
 from tests.support.waiting import wait_for
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def test_repeat_is_answered_from_the_cache_without_a_job(api, workers):

@@ -24,7 +24,8 @@ from cortex_tasks.core.settings import get_settings
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# These tests also read and write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_default_tenant")]
 
 
 def submit_hold_job(queue: str, seconds: float, trace_dir: Path) -> str:

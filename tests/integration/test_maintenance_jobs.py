@@ -6,11 +6,15 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 from sqlalchemy import text
 
 from cortex_tasks.core.storage.db import session_scope
 from tests.integration.test_batch_jobs import sentence, wait_until_finished
 from tests.integration.test_training_jobs import topic_rows
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def test_sweep_requeues_a_batch_whose_messages_were_lost(api, workers, monkeypatch):

@@ -9,7 +9,8 @@ from cortex_tasks.core.openai.config import cost_usd
 from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 
-pytestmark = pytest.mark.usefixtures("workers")
+# These tests also read rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("workers", "in_default_tenant")
 
 
 def usage_rows(owner: str) -> list[dict]:

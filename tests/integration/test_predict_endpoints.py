@@ -4,7 +4,12 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from cortex_tasks.core.jobs import store
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def sse_events(response) -> list[tuple[str, dict]]:

@@ -13,7 +13,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from cortex_tasks.core.contracts.messages import VersionedMessage
-from cortex_tasks.core.tenancy import ALL_TENANTS, DEFAULT_TENANT, TENANT_ID, TenantScopeMissing, current_scope
+from cortex_tasks.core.tenancy import (
+    ALL_TENANTS,
+    DEFAULT_TENANT,
+    TENANT_ID,
+    TenantScopeMissing,
+    current_scope,
+)
 
 
 def _tenant_of_sender() -> str:

@@ -22,8 +22,8 @@ from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job, JobMetricsHourly, TrainingRun, TrainingSchedule
-from cortex_tasks.core.training.runs import PAUSED
 from cortex_tasks.core.tenancy import all_tenants, current_tenant, tenant_scope
+from cortex_tasks.core.training.runs import PAUSED
 from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from cortex_tasks.core.jobs.store import QUEUED, RUNNING
 from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job, TrainingRun
+from cortex_tasks.core.tenancy import all_tenants, current_tenant
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.config import training_config
-from cortex_tasks.core.tenancy import all_tenants, current_tenant
 
 TRAIN_TASK = task_names.TRAIN_MODEL
 QUOTA_LOCK = 0x7C0A7E  # pg_advisory_xact_lock key serialising training submissions

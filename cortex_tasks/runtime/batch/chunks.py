@@ -26,8 +26,8 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
-from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.storage.tables import BatchChunk, Job
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import runner
 from cortex_tasks.runtime.inference.batcher import ItemFailure
