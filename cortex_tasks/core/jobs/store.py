@@ -274,12 +274,18 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
             ).all()
     runnable = {job_id: attempt for job_id, attempt in rows if attempt <= max_deliveries}
     over_cap = [job_id for job_id, attempt in rows if attempt > max_deliveries]
-    for job_id in over_cap:
-        fail_job(job_id, {
+    if over_cap:
+        # By id, in plain SQL like the rest of this path: it may run on the deferred-call thread, where no
+        # tenant is in scope (the ids are the gateway's own UUIDs, taken from the message).
+        error = orjson.dumps({
             "code": "redelivery_limit",
             "message": f"The job was delivered more than {max_deliveries} times without finishing "
                        "(its worker died each time).",
-        })
+        }).decode()
+        with quick_write_engine().connect() as connection:
+            connection.execute(text(
+                "UPDATE jobs SET status = 'failed', error = CAST(:error AS jsonb), finished_at = now() "
+                "WHERE id = ANY(:ids) AND status IN ('queued', 'running')"), {"ids": over_cap, "error": error})
     return runnable, over_cap
 
 
