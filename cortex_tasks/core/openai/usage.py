@@ -19,7 +19,7 @@ from cortex_tasks.core.openai.config import OpenAIConfig, cost_usd, openai_confi
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import OpenAIUsage
-from cortex_tasks.core.tenancy import all_tenants, current_tenant
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, all_tenants, current_scope
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ class Usage:
     completion_tokens: int
     cached: bool = False
     source: str = "predict"  # predict | chat
-    tenant: str | None = None  # None: the tenant in scope (a worker runs each job in its tenant's)
+    # The job's tenant (openai/billing.py). None: the tenant in scope, else `default` (a job queued before
+    # tenants existed, whose params name none; the calls run on threads without a scope).
+    tenant: str | None = None
 
     def cost(self, config: OpenAIConfig | None = None) -> float:
         return 0.0 if self.cached else cost_usd(self.model, self.prompt_tokens, self.completion_tokens, config)
@@ -71,7 +73,7 @@ def record(usage: Usage) -> float:
     cost = usage.cost()
     with session_scope() as session:
         session.execute(_INSERT_USAGE, {
-            "tenant": usage.tenant if usage.tenant is not None else current_tenant(), "owner": usage.owner, "model": usage.model, "kind": usage.kind, "source": usage.source,
+            "tenant": _tenant_of(usage), "owner": usage.owner, "model": usage.model, "kind": usage.kind, "source": usage.source,
             "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cost": cost,
             "cached": usage.cached})
     try:
@@ -84,6 +86,13 @@ def record(usage: Usage) -> float:
     except redis.RedisError:
         log.warning("could not update the OpenAI usage totals in Redis", exc_info=True)
     return cost
+
+
+def _tenant_of(usage: Usage) -> str:
+    if usage.tenant is not None:
+        return usage.tenant
+    scope = current_scope()
+    return scope if isinstance(scope, str) else DEFAULT_TENANT
 
 
 def record_failure(model: str, reason: str) -> None:
