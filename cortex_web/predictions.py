@@ -170,7 +170,8 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     outputs: list[Any] = [MISSING] * len(inputs)
     # A job that writes into a vector collection must reach the worker even if its vectors are known.
     if cache.enabled and task.cacheable and not params.get("collection"):
-        keys = keys_for(task.name, model.name, model.version, params, inputs)
+        keys = keys_for(task.name, model.name, model.version, params, inputs,
+                        tenant=None if model.name in MODELS else current_tenant())
         outputs = cache.lookup(keys)
         QUERY_COUNTER.record(task.name, model.name, params_fingerprint(params), inputs)
     missing = [i for i, output in enumerate(outputs) if output is MISSING]

@@ -22,9 +22,13 @@ CACHE_ITEMS = Counter("cortex_cache_items_total", "Items looked up in the cache,
                       ["result"])
 
 
-def keys_for(task: str, model: str, version: str, params: dict[str, Any], items: list[Any]) -> list[str]:
+def keys_for(task: str, model: str, version: str, params: dict[str, Any], items: list[Any],
+             tenant: str | None = None) -> list[str]:
+    """`tenant`: the tenant whose registry holds the model. A bundled model is shared by every tenant (None),
+    but two tenants may each register a model of the same name and version: their results must not meet."""
     params_json = params_fingerprint(params)
-    return [cache_key(task, model, version, params_json, item) for item in items]
+    model_key = model if tenant is None else f"{tenant}/{model}"
+    return [cache_key(task, model_key, version, params_json, item) for item in items]
 
 
 class PredictionCache:

@@ -10,12 +10,13 @@ from functools import partial
 from typing import Any
 
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
-from cortex_tasks.core.catalogue import TASKS, find_model
+from cortex_tasks.core.catalogue import MODELS, TASKS, find_model
 from cortex_tasks.core.contracts.messages import PredictionJob
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.settings import Batching, get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.runtime.inference import compute, service
 from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.runtime.models.loaded import get_model
@@ -122,7 +123,9 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
             else:
                 after_reply.append(write)
 
-    keys = keys_for(task, model_name, entry.version, params, values)
+    # A model of the tenant's registry is cached per tenant (the message's, whose scope this runs in).
+    keys = keys_for(task, model_name, entry.version, params, values,
+                    tenant=None if model_name in MODELS else current_tenant())
     results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]
     answered_by = {"name": model_name, "version": entry.version}
