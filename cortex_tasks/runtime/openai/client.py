@@ -136,8 +136,10 @@ class OpenAIService:
         cache = get_cache()
         key = None
         if options.temperature == 0 and cache.enabled:
+            # Per tenant: a conversation is the tenant's own, and a hit (free, `cached`) would tell another
+            # tenant that someone asked the same.
             described = json.dumps({"max_tokens": options.max_tokens, "stop": list(options.stop),
-                                    "messages": messages}, sort_keys=True, separators=(",", ":"))
+                                    "messages": messages, "tenant": tenant}, sort_keys=True, separators=(",", ":"))
             key = cache_key(CACHE_NAMESPACE, model, CACHE_FORMAT, self.config.base_url, described)
             hit = cache.lookup([key])[0]
             if hit is not MISSING:
