@@ -5,8 +5,9 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
+from cortex_tasks.core.auth.administration import UnknownTenant, is_platform_admin
 from cortex_tasks.core.auth.keys import tenant_exists
-from cortex_tasks.core.auth.roles import PLATFORM, READ, ROLE_PERMISSIONS
+from cortex_tasks.core.auth.roles import READ
 from cortex_tasks.core.openai import usage as usage_ledger
 from cortex_tasks.core.openai.config import CHAT_MODELS, EMBEDDING_MODELS, openai_config
 from cortex_web.auth import current_principal, is_admin, require
@@ -34,11 +35,10 @@ def openai_usage() -> Response:
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
     principal = current_principal()
-    platform = PLATFORM in ROLE_PERMISSIONS[principal.role]
+    platform = is_platform_admin(principal)
     tenant = request.args.get("tenant")
     if tenant is not None and tenant != principal.tenant and not (platform and tenant_exists(tenant)):
-        # The same answer whether the tenant exists or not: tenants are not probed through this.
-        raise ApiError(404, "unknown_tenant", f"No tenant {tenant[:64]!r} is visible to this key.")
+        raise UnknownTenant(tenant)  # the same answer whether it exists or not: tenants cannot be probed
     owner = None if is_admin(principal) else principal.key_id
     config = openai_config()
     body = usage_ledger.summary(owner, since, every_tenant=platform, tenant=tenant)

@@ -508,3 +508,25 @@ def test_the_default_tenant_keeps_the_data_of_before_tenants(app, keys):
     platform = Api(app.test_client(), keys["platform_admin"])
     listed = platform.get("/api/v1/keys?tenant=default").get_json()["keys"]
     assert {key["tenant"] for key in listed} == {"default"} and len(listed) >= len(keys)
+
+
+def test_the_cli_creates_tenants_and_limited_keys_in_them(app):
+    from click.testing import CliRunner
+
+    from cortex_tasks.cli import main
+
+    runner = CliRunner()
+    tenant = _unique("cli")
+    assert runner.invoke(main, ["tenants", "create", tenant, "--name", "From the CLI"]).exit_code == 0
+    assert runner.invoke(main, ["tenants", "create", tenant]).exit_code != 0  # exists already
+    assert tenant in runner.invoke(main, ["tenants", "list"]).output
+    made = runner.invoke(main, ["keys", "create", "--tenant", tenant, "--role", "inference_user",
+                                "--models", "vader", "--tasks", "sentiment,embed"])
+    assert made.exit_code == 0, made.output
+    key = made.output.strip().splitlines()[-1]  # the key alone on the last line
+    listed = json.loads(runner.invoke(main, ["keys", "list", "--tenant", tenant]).output)
+    assert [(row["tenant"], row["role"], row["models"], row["tasks"]) for row in listed] == [
+        (tenant, "inference_user", ["vader"], ["embed", "sentiment"])]
+    refused = Api(app.test_client(), key).post("/api/v1/predict", {"task": "ner", "inputs": ["Ada"]})
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "task_not_allowed"
+    assert runner.invoke(main, ["keys", "create", "--tenant", "no-such-tenant", "--role", "reader"]).exit_code != 0
