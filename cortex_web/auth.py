@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from cortex_tasks.core.auth.keys import Principal, verify_key
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 from cortex_tasks.core.auth.tokens import looks_like_jwt, verify_token
 from cortex_tasks.core.settings import get_settings
-from cortex_tasks.core.tenancy import enter_tenant, leave_tenant
+from cortex_tasks.core.tenancy import enter_tenant, leave_tenant, tenant_scope
 from cortex_web.errors import ApiError
 
 CACHE_SECONDS = 2.0
@@ -33,6 +33,7 @@ _cache_lock = threading.Lock()
 _lookups: dict[str, threading.Lock] = {}  # one lookup at a time per presented key
 
 View = TypeVar("View", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _presented_key() -> str | None:
@@ -105,6 +106,19 @@ def leave_request_tenant() -> None:
     token = g.pop("tenant_token", None)
     if token is not None:
         leave_tenant(token)
+
+
+def in_request_tenant(body: Iterator[T]) -> Iterator[T]:
+    """A streamed response body, iterated in the request's tenant: the scope authenticate() entered does
+    not reach the generator, which runs after the view has returned (Flask's stream_with_context brings
+    back the request, not this context variable)."""
+    tenant = current_principal().tenant
+
+    def scoped() -> Iterator[T]:
+        with tenant_scope(tenant):
+            yield from body
+
+    return scoped()
 
 
 def current_principal() -> Principal:

@@ -25,12 +25,19 @@ from cortex_tasks.core.documents.requests import (
 from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
+from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import responses
 from cortex_web.request_body import MAX_QUERY_INT
-from cortex_web.schemas import MODEL_REFERENCE, CreateKeyRequest, PipelineRequest, PredictRequest
+from cortex_web.schemas import (
+    MODEL_REFERENCE,
+    CreateKeyRequest,
+    CreateTenantRequest,
+    PipelineRequest,
+    PredictRequest,
+)
 
 REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict"): PredictRequest,
@@ -38,6 +45,7 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict/stream"): PredictRequest,
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
+    ("post", "/api/v1/tenants"): CreateTenantRequest,
 }
 # A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
 # guesses a catalogue task name and inputs that task accepts).
@@ -89,7 +97,10 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("get", "/ready"): {"200": (responses.Readiness, "Every check is ok (the details only with a key)."),
                         "503": (responses.Readiness,
                                 "A check failed (this body, not an error object; the details only with a key).")},
-    ("get", "/api/v1/keys"): {"200": (responses.KeyList, "Every key, without secrets.")},
+    ("get", "/api/v1/keys"): {"200": (responses.KeyList, ("The tenant's keys (the platform admin: every "
+                                                          "tenant's, or ?tenant='s), without secrets."))},
+    ("post", "/api/v1/tenants"): {"201": (responses.TenantCreated, "Created.")},
+    ("get", "/api/v1/tenants"): {"200": (responses.TenantList, "Every tenant.")},
     ("delete", "/api/v1/keys/{key_id}"): {"200": (responses.KeyRevoked, "Revoked.")},
     ("get", "/api/v1/vectors"): {"200": (responses.CollectionList, "Every collection.")},
     ("delete", "/api/v1/vectors/{collection}"): {"200": (responses.CollectionDropped, "Dropped.")},
@@ -168,8 +179,8 @@ ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
     "401": (("No key or token, or a bad, revoked or expired one (missing_api_key, invalid_api_key, "
              "invalid_token)."), False),
     "403": (("The key's role lacks the permission this route needs (forbidden), the key is limited to other "
-             "tasks or models (task_not_allowed, model_not_allowed), or the model is a bundled, read-only one "
-             "(read_only_model)."), False),
+             "tasks or models (task_not_allowed, model_not_allowed; details name the allowed ones), or the "
+             "model is a bundled, read-only one (read_only_model)."), False),
     "422": ("The body or query is invalid (invalid_request, invalid_query and task-specific codes).", False),
     "429": ("Rate limited (rate_limited) or a quota is used up; see Retry-After.", True),
     "4XX": (("Another client error, e.g. 400 malformed JSON, 404 unknown job or model, 409 conflict, "
@@ -188,6 +199,7 @@ _UUID = {"type": "string", "format": "uuid",
 # check_model_name also refuses '..' anywhere (a lookahead, which JSON Schema's ECMA-262 patterns allow).
 _MODEL_NAME = {"type": "string", "pattern": "^(?!.*\\.\\.)" + MODEL_NAME.pattern.removeprefix("^")}
 _COLLECTION = {"type": "string", "pattern": COLLECTION_NAME.pattern}
+_TENANT = {"type": "string", "pattern": TENANT_ID.pattern.join("^$")}
 PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "job_id": _UUID,
     "collection": _COLLECTION,
@@ -234,7 +246,12 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
             _query("collection", {**_COLLECTION, "default": "default"}, "The collection holding the document.")],
         ("get", "/api/v1/usage/openai"): [
             _query("since", {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}]},
-                   "Usage since this date or time (ISO 8601); default: the start of this month (UTC).")],
+                   "Usage since this date or time (ISO 8601); default: the start of this month (UTC)."),
+            _query("tenant", _TENANT, "The platform admin: only this tenant's usage (default: every tenant's). "
+                                      "Other roles: their own tenant only.")],
+        ("get", "/api/v1/keys"): [
+            _query("tenant", _TENANT, "The platform admin: only this tenant's keys (default: every tenant's). "
+                                      "A model_admin: its own tenant only.")],
         ("get", "/api/v1/training/runs/{name}"): [
             _query("history", {"type": "string", "default": "1"},
                    "0 or false: without each run's per-epoch history; anything else: with it.")],

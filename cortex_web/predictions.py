@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from cortex_tasks.core.auth.permissions import check_allowed
+from cortex_tasks.core.auth.permissions import NotAllowed, check_allowed, check_model_allowed
 from cortex_tasks.core.cache.keys import params_fingerprint
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.cache.warming import QUERY_COUNTER
@@ -130,13 +130,16 @@ def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], para
                      looked_up: bool = False, sensitive: bool = False) -> tuple[str, PendingJob]:
     job_id = str(uuid.uuid4())
     priority = priority_of(priority_class)
+    # The tenant is named here: the coalescer writes the record from its own thread, outside this request.
+    tenant = current_tenant()
     pending = PendingJob(job_id, inputs, NewJob(owner=current_principal().key_id, kind="predict",
                                                 task=task.name, model=plain(model.name), priority=priority,
-                                                total=len(inputs), params=params or None, sensitive=sensitive),
+                                                total=len(inputs), params=params or None, sensitive=sensitive,
+                                                tenant=tenant),
                          inline_errors=inline_errors, looked_up=looked_up)
     reply_listener().expect(job_id)
     group = group_for(task.name, model.name, params, priority, task.queue, QUEUE_TASK_NAMES[task.queue],
-                      tenant=current_tenant(), sensitive=sensitive)
+                      tenant=tenant, sensitive=sensitive)
     coalescer().submit(group, pending)
     return job_id, pending
 
@@ -153,10 +156,20 @@ def admit(task: TaskEntry, model: ModelEntry, priority_class: str) -> tuple[Mode
     if not breaker.is_open(model.name):
         return model, {}
     fallback = MODELS.get(task.fallback_model or "")
+    if fallback is not None and not _may_use(fallback.name):
+        fallback = None  # a key limited to named models is not moved to another one
     if fallback is None or breaker.is_open(fallback.name):
         raise ApiError(503, "circuit_open", f"Model {plain(model.name)!r} is failing; its circuit is open.",
                        {"model": plain(model.name)}, headers={"Retry-After": str(breaker.retry_after(model.name))})
     return fallback, {"fallback_from": plain(model.name), "fallback_reason": "circuit open"}
+
+
+def _may_use(model_name: str) -> bool:
+    try:
+        check_model_allowed(current_principal(), model_name)
+    except NotAllowed:
+        return False
+    return True
 
 
 def record_for_circuit(model: ModelEntry, outcome: dict[str, Any]) -> None:

@@ -146,7 +146,20 @@ class KeyCreated(_Response):
     key: str = Field(description="The secret; shown only in this answer.")
     role: str
     tier: str
+    tenant: str = Field(description="The tenant the key belongs to; it sees only that tenant's resources.")
+    models: list[str] | None = Field(description="The only model names the key may use; null: any.")
+    tasks: list[str] | None = Field(description="The only tasks the key may run; null: any.")
     expires_at: str | None
+
+
+class TenantCreated(_Response):
+    tenant: str
+    name: str | None
+    created_at: str
+
+
+class TenantList(_Response):
+    tenants: list[TenantCreated]
 
 
 class Collection(_Response):
@@ -219,7 +232,8 @@ class Readiness(_Response):
 
 
 class KeyList(_Response):
-    keys: list[dict[str, Any]] = Field(description="Every key's id, name, role, tier and dates; never secrets.")
+    keys: list[dict[str, Any]] = Field(description="Each key's id, name, role, tier, tenant, model and task "
+                                                   "limits and dates; never secrets.")
 
 
 class KeyRevoked(_Response):
@@ -442,9 +456,13 @@ class TrainingRuns(_Response):
 
 class OpenAIUsage(_Response):
     since: str
-    items: list[dict[str, Any]] = Field(description="Calls, tokens and cost per key and model.")
+    items: list[dict[str, Any]] = Field(description="Calls, tokens and cost per tenant, key and model.")
+    tenants: list[dict[str, Any]] = Field(description="Calls, tokens and cost per tenant.")
     total_cost_usd: float
-    scope: Literal["all_keys", "own_key"]
+    scope: Literal["all_tenants", "tenant", "own_key"] = Field(
+        description="all_tenants: the platform admin's view; tenant: every key of the caller's tenant "
+                    "(model_admin); own_key: the caller's key only.")
+    tenant: str | None = Field(description="The tenant shown; null when every tenant is.")
     configured: bool
     models: dict[str, list[str]]
     prices_per_1k_tokens_usd: dict[str, Any]

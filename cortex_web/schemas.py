@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.storage.storable import first_unstorable
+from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.validation import timeseries as timeseries_inputs
 
 MAX_INPUTS = 32
@@ -68,11 +69,26 @@ class PredictRequest(BaseModel):
 class CreateKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["reader", "inference_user", "model_admin"]
+    role: Literal["reader", "inference_user", "model_admin", "platform_admin"]
     # PostgreSQL text cannot hold U+0000: such a name was a 500 (and an audit event that could never be written).
     name: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00]*$")
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
     tier: str = Field(default="default", min_length=1, max_length=32)  # checked against the configured tiers
+    # The key's tenant: the caller's own when absent; another one only for the platform admin.
+    tenant: str | None = Field(default=None, pattern=TENANT_ID.pattern.join("^$"))
+    # The only model names / tasks the key may use (absent: any).
+    models: list[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00@]+$")]] | None = Field(
+        default=None, max_length=100)
+    tasks: list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]] | None = Field(
+        default=None, max_length=100)
+
+
+class CreateTenantRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tenant: str = Field(pattern=TENANT_ID.pattern.join("^$"),
+                        description="1-64 lower-case letters, digits, '-' or '_', starting with a letter or digit.")
+    name: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00]*$")
 
 
 class PipelineStep(BaseModel):

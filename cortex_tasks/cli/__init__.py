@@ -96,40 +96,89 @@ def flower(ctx: click.Context) -> None:
 
 
 @main.group()
+def tenants() -> None:
+    """Tenants: every key and every stored resource belongs to one (the operator's commands)."""
+
+
+@tenants.command("create")
+@click.argument("tenant")
+@click.option("--name", default=None, help="A name for people.")
+def tenants_create(tenant: str, name: str | None) -> None:
+    from cortex_tasks.core.audit.service import cli_actor, record_events
+    from cortex_tasks.core.auth.keys import create_tenant
+
+    try:
+        created = create_tenant(tenant, name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not created:
+        raise click.ClickException(f"the tenant {tenant} exists already")
+    record_events([cli_actor("tenant.create", tenant, {"name": name})])
+    click.echo(f"created tenant {tenant}")
+
+
+@tenants.command("list")
+def tenants_list() -> None:
+    from cortex_tasks.core.auth.keys import list_tenants
+
+    click.echo(json.dumps(list_tenants(), indent=2))
+
+
+def _names(value: str | None) -> list[str] | None:
+    """--models a,b / --tasks x,y: a comma-separated list (absent: no limit)."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise click.BadParameter("name at least one, separated by commas")
+    return names
+
+
+@main.group()
 def keys() -> None:
     """API keys."""
 
 
 @keys.command("create")
-@click.option("--role", required=True, type=click.Choice(["reader", "inference_user", "model_admin"]))
+@click.option("--role", required=True,
+              type=click.Choice(["reader", "inference_user", "model_admin", "platform_admin"]))
+@click.option("--tenant", default="default", show_default=True, help="The tenant the key belongs to (it must exist).")
+@click.option("--models", default=None, help="Only these model names, comma-separated (default: any).")
+@click.option("--tasks", default=None, help="Only these tasks, comma-separated (default: any).")
 @click.option("--name", default=None)
 @click.option("--expires-in-days", type=float, default=None)
 @click.option("--tier", default="default", show_default=True,
               help="Rate-limit tier: default, premium, unlimited, or one set in CORTEX_RATE_LIMITS.")
-def keys_create(role: str, name: str | None, expires_in_days: float | None, tier: str) -> None:
+def keys_create(role: str, tenant: str, models: str | None, tasks: str | None, name: str | None,
+                expires_in_days: float | None, tier: str) -> None:
     """Create a key; the key itself is printed alone on the last line."""
     from cortex_tasks.core.audit.service import cli_actor, record_events
     from cortex_tasks.core.auth.keys import create_key
 
     try:
-        issued = create_key(role, name, expires_in_days, tier=tier)
+        issued = create_key(role, name, expires_in_days, tier=tier, tenant=tenant, models=_names(models),
+                            tasks=_names(tasks))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    record_events([cli_actor("key.create", issued.key_id, {"role": role, "tier": tier, "name": name})])
+    record_events([cli_actor("key.create", issued.key_id, {"role": role, "tier": tier, "name": name,
+                                                          "tenant": tenant})])
     expiry = issued.expires_at.isoformat() if issued.expires_at else "never"
-    click.echo(f"key id {issued.key_id}, role {issued.role}, tier {issued.tier}, expires {expiry}. "
-               "Store it now; it is not shown again:", err=True)
+    limits = "".join(f", {label} {','.join(values)}" for label, values in
+                     (("models", issued.models), ("tasks", issued.tasks)) if values is not None)
+    click.echo(f"key id {issued.key_id}, tenant {issued.tenant}, role {issued.role}, tier {issued.tier}{limits}, "
+               f"expires {expiry}. Store it now; it is not shown again:", err=True)
     click.echo(issued.key)
 
 
 @keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys (default: every tenant's).")
 @click.option("--made-by-up", is_flag=True, help="Only the admin keys `cortex up` made (named 'cortex up admin').")
-def keys_list(made_by_up: bool) -> None:
+def keys_list(tenant: str | None, made_by_up: bool) -> None:
     """Every key (never its secret); `cortex up`'s own are named 'cortex up admin' ('cortex up' before)."""
     from cortex_tasks.core.auth.keys import list_keys
     from cortex_tasks.stack.admin_key import made_by_up as is_up_key
 
-    listed = list_keys()
+    listed = list_keys(tenant)
     if made_by_up:
         listed = [key for key in listed if is_up_key(key.get("name"))]
     click.echo(json.dumps(listed, indent=2))
@@ -210,8 +259,10 @@ def jobs() -> None:
 @click.argument("job_id")
 def jobs_show(job_id: str) -> None:
     from cortex_tasks.core.jobs.store import get_job, job_to_api
+    from cortex_tasks.core.tenancy import all_tenants
 
-    job = get_job(job_id)
+    with all_tenants():  # the operator's command: a job of any tenant
+        job = get_job(job_id)
     if job is None:
         raise click.ClickException(f"no job {job_id}")
     click.echo(json.dumps(job_to_api(job), indent=2))

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cortex_tasks.core.auth.permissions import check_allowed
 from cortex_tasks.core.auth.roles import PREDICT
 from cortex_tasks.core.chat import history
 from cortex_tasks.core.chat.config import chat_config
@@ -85,6 +86,8 @@ def chat(session_id: str) -> tuple[Response, int]:
     model = body.model or config.default_model
     if model not in CHAT_MODEL_NAMES:
         raise ApiError(404, "unknown_model", f"Model {model!r} cannot chat.", {"valid": list(CHAT_MODEL_NAMES)})
+    # A chat turn is a generation: a key limited to tasks must have `generate`, and to models, this one.
+    check_allowed(current_principal(), "generate", model)
     generation_params(body.params)  # bad params raise JobInputError: a 422 naming the parameter
     refuse_unavailable_openai(model)
     owner = current_principal().key_id

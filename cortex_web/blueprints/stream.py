@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, stream_with_context
 
 from cortex_tasks.core.auth.roles import PREDICT
-from cortex_web.auth import require
+from cortex_web.auth import in_request_tenant, require
 from cortex_web.limits import limit_prediction
 from cortex_web.prediction_streams import StreamEvent, item_events, token_events
 from cortex_web.predictions import parse_prediction
@@ -30,7 +30,7 @@ def _events_response(events: Generator[StreamEvent, None, None]) -> Response:
         finally:
             events.close()  # a client that went away stops the work behind the events
 
-    return Response(stream_with_context(written()), mimetype="text/event-stream",
+    return Response(stream_with_context(in_request_tenant(written())), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

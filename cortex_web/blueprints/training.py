@@ -8,6 +8,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cortex_tasks.core.auth.permissions import check_allowed
 from cortex_tasks.core.auth.roles import READ, TRAIN
 from cortex_tasks.core.machine_resources import host_use
 from cortex_tasks.core.queues import TRAINING, priority_of
@@ -80,6 +81,7 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
 def submit() -> tuple[Response, int]:
     """Submit a training job; over the quota it is refused with 429."""
     body = parse_body(TrainingSubmitRequest, get_settings().max_json_depth)
+    check_allowed(current_principal(), None, body.model)  # a key limited to named models trains only those
     schedule = None if body.schedule is None else RetrainingSchedule(
         body.schedule.cron, body.schedule.metric, body.schedule.threshold)
     job_id, kind = accept_training(
@@ -161,8 +163,11 @@ def resources() -> Response:
 @bp.get("/training/runs/<name>")
 @require(READ)
 def model_runs(name: str) -> Response:
-    """Every training run of a model (config, data fingerprint, metrics per epoch, resource use), compared."""
+    """Every training run of a model (config, data fingerprint, metrics per epoch, resource use), compared.
+    A model with no run in the caller's tenant is a 404, like another tenant's model."""
     model_runs = runs.runs_of_model(name)
+    if not model_runs:
+        raise ApiError(404, "model_not_found", f"No training runs of a model {name!r}.")
     with_history = request.args.get("history", "1") not in ("0", "false")
     return jsonify({"model": name, "runs": [runs.run_to_api(run, with_history) for run in model_runs],
                     "comparison": compare_runs(model_runs)})

@@ -5,6 +5,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
+from cortex_tasks.core.auth.administration import UnknownTenant, is_platform_admin
+from cortex_tasks.core.auth.keys import tenant_exists
 from cortex_tasks.core.auth.roles import READ
 from cortex_tasks.core.openai import usage as usage_ledger
 from cortex_tasks.core.openai.config import CHAT_MODELS, EMBEDDING_MODELS, openai_config
@@ -19,8 +21,9 @@ register_shared_collector(usage_ledger.OpenAIUsageCollector())
 @bp.get("/usage/openai")
 @require(READ)
 def openai_usage() -> Response:
-    """Tokens and cost per key and model, this calendar month (UTC) or since ?since=ISO-8601.
-    A model_admin sees every key; other roles see their own key's usage."""
+    """Tokens and cost per tenant, key and model, with totals per tenant, this calendar month (UTC) or since
+    ?since=ISO-8601. Readers and inference users see their own key's usage, a model_admin every key of its
+    tenant, the platform admin every tenant (or one, with ?tenant=)."""
     since = usage_ledger.month_start()
     raw_since = request.args.get("since")
     if raw_since:
@@ -32,11 +35,16 @@ def openai_usage() -> Response:
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
     principal = current_principal()
+    platform = is_platform_admin(principal)
+    tenant = request.args.get("tenant")
+    if tenant is not None and tenant != principal.tenant and not (platform and tenant_exists(tenant)):
+        raise UnknownTenant(tenant)  # the same answer whether it exists or not: tenants cannot be probed
     owner = None if is_admin(principal) else principal.key_id
     config = openai_config()
-    body = usage_ledger.summary(owner, since)
+    body = usage_ledger.summary(owner, since, every_tenant=platform, tenant=tenant)
     body.update({
-        "scope": "all_keys" if owner is None else "own_key",
+        "scope": ("all_tenants" if platform and tenant is None else "tenant" if owner is None else "own_key"),
+        "tenant": tenant if tenant is not None else (None if platform else principal.tenant),
         "configured": config.configured,
         "models": {"generate": list(CHAT_MODELS), "embed": list(EMBEDDING_MODELS)},
         "prices_per_1k_tokens_usd": config.prices,

@@ -61,13 +61,24 @@ def app():
     flask_app.extensions["cortex_audit"].flush()
 
 
+@pytest.fixture()
+def in_default_tenant() -> Iterator[None]:
+    """For tests that read or write rows themselves (store.get_job, session_scope): they act for the
+    default tenant, whose keys the `keys` fixture makes. The storage layer refuses statements on
+    tenant-owned tables with no tenant in scope (cortex_tasks/core/tenancy.py)."""
+    from cortex_tasks.core.tenancy import tenant_scope
+
+    with tenant_scope("default"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def keys() -> dict[str, str]:
     from cortex_tasks.core.auth.keys import create_key
 
     # Unlimited: the suite sends many requests per key; tests/integration/test_rate_limits.py uses limited keys.
     return {role: create_key(role, name=f"test {role}", tier="unlimited").key
-            for role in ("reader", "inference_user", "model_admin")}
+            for role in ("reader", "inference_user", "model_admin", "platform_admin")}
 
 
 class Api:

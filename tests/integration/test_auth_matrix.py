@@ -3,11 +3,15 @@ a role with it gets through (reader < inference_user < model_admin). Walks the a
 from __future__ import annotations
 
 import re
+from datetime import UTC
 
 import pytest
 
 from cortex_tasks.core.auth.keys import create_key, revoke_key
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 # The token route is the login and the key set is public (tests/integration/test_access_tokens.py).
 PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/assets/<path:filename>", "/api/v1/oauth/token",
@@ -70,7 +74,7 @@ def test_x_api_key_header_works(app, keys):
 
 
 def test_revoked_and_expired_keys_are_rejected(app):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cortex_tasks.core.storage.db import session_scope
     from cortex_tasks.core.storage.tables import ApiKey
@@ -80,7 +84,7 @@ def test_revoked_and_expired_keys_are_rejected(app):
     assert revoke_key(revoked.key_id)
     expired = create_key("reader", expires_in_days=1)
     with session_scope() as session:
-        session.get(ApiKey, expired.key_id).expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
+        session.get(ApiKey, expired.key_id).expires_at = datetime.now(UTC) - timedelta(seconds=1)
     for issued in (revoked, expired):
         response = client.get("/api/v1/health/metrics", headers={"Authorization": f"Bearer {issued.key}"})
         assert response.status_code == 401

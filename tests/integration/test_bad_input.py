@@ -9,6 +9,9 @@ from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job
 from cortex_web.dispatch import queue_depths
 
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
+
 OK = {"task": "embed", "inputs": ["fine"]}
 
 RAW_CASES = [

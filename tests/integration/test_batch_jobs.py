@@ -12,11 +12,15 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 from tests.support.processes import WorkerProcess
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 WORDS = ("river", "market", "violin", "engine", "harvest", "orbit", "ledger", "meadow", "signal", "canyon",
          "lantern", "protein", "glacier", "tariff", "sonnet", "circuit")

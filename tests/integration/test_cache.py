@@ -11,11 +11,10 @@ import redis
 from cortex_tasks.core.cache.layers import RedisCache
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.settings import get_settings
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 from tests.support.waiting import wait_for
 
-# Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def test_repeat_is_answered_from_the_cache_without_a_job(api, workers):

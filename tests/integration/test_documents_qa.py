@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 DOCUMENTS = [
     {"id": "etna", "meta": {"topic": "geology", "source": "atlas"},

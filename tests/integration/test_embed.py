@@ -7,10 +7,9 @@ import uuid
 
 import pytest
 
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def cosine(a: list[float], b: list[float]) -> float:

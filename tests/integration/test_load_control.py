@@ -19,6 +19,9 @@ from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.settings import get_settings
 from tests.support.processes import WorkerProcess
 
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
+
 
 @pytest.fixture()
 def client() -> redis.Redis:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 from sqlalchemy import text
 
 from cortex_tasks.core.storage.db import session_scope
 from tests.integration.test_batch_jobs import sentence, wait_until_finished
 from tests.integration.test_training_jobs import topic_rows
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def test_sweep_requeues_a_batch_whose_messages_were_lost(api, workers, monkeypatch):
@@ -106,16 +110,18 @@ def test_the_stale_job_sweep_and_record_expiry(api, monkeypatch):
         session.execute(text("UPDATE jobs SET status = 'failed', error = '{\"code\": \"redelivery_limit\"}' "
                              "WHERE id = :id"), {"id": orphan})
         for run_id in (dead, orphan):
-            session.execute(text("INSERT INTO training_runs (id, owner, model_name, kind, phase, updated_at) "
+            session.execute(text("INSERT INTO training_runs (id, owner, model_name, kind, phase, updated_at, tenant) "
                                  "VALUES (:id, 'sweep-test', :id, 'classifier', 'training', "
-                                 "now() - interval '1 day')"), {"id": run_id})
-    sent: list[tuple[str, int]] = []
-    monkeypatch.setattr(recovery, "send_training", lambda job_id, priority: sent.append((job_id, priority)))
+                                 "now() - interval '1 day', 'default')"), {"id": run_id})
+    sent: list[tuple[str, int, str]] = []
+    monkeypatch.setattr(recovery, "send_training",
+                        lambda job_id, priority, tenant: sent.append((job_id, priority, tenant)))
 
     assert service.fail_stale_jobs() >= 1
     assert get_job(lost).status == "failed" and get_job(lost).error["code"] == "stale_job"
     assert recovery.requeue_dead_training()["training_requeued"] >= 1
-    assert (dead, 3) in sent and get_job(dead).status == "queued" and get_run(dead).phase == "queued"
+    # Sent again in its job's tenant: the sweep itself acts for every tenant.
+    assert (dead, 3, "default") in sent and get_job(dead).status == "queued" and get_run(dead).phase == "queued"
     assert recovery.fail_orphaned_runs() >= 1
     run = get_run(orphan)
     assert (run.phase, run.error, run.finished_at is not None) == ("failed", {"code": "redelivery_limit"}, True)

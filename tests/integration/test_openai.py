@@ -9,13 +9,14 @@ from cortex_tasks.core.openai.config import cost_usd
 from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 
-pytestmark = pytest.mark.usefixtures("workers")
+# These tests also read rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("workers", "in_default_tenant")
 
 
 def usage_rows(owner: str) -> list[dict]:
     with session_scope() as session:
         return [dict(row) for row in session.execute(text(
-            "SELECT model, kind, prompt_tokens, completion_tokens, cost_usd, cached FROM openai_usage "
+            "SELECT model, kind, prompt_tokens, completion_tokens, cost_usd, cached, tenant FROM openai_usage "
             "WHERE owner = :owner ORDER BY id"), {"owner": owner}).mappings()]
 
 
@@ -51,6 +52,7 @@ def test_generate_with_openai_records_usage_and_cost(api, own_key, fake_openai):
     rows = usage_rows(own_key["key_id"])
     assert [(r["model"], r["kind"], r["cached"]) for r in rows] == [("gpt-4o-mini", "chat", False)]
     assert rows[0]["prompt_tokens"] == output["usage"]["prompt_tokens"]
+    assert rows[0]["tenant"] == "default"  # the calling key's tenant, though the call ran off the task's thread
     assert rows[0]["cost_usd"] == pytest.approx(expected_cost)
 
     mine = caller.get("/api/v1/usage/openai").get_json()
@@ -133,7 +135,8 @@ def test_monthly_budget_refuses_new_calls(api, monkeypatch, fake_openai):
 
 
 def test_usage_endpoint_scope(api, admin_api, keys):
-    assert admin_api.get("/api/v1/usage/openai").get_json()["scope"] == "all_keys"
+    # A model_admin sees every key of its tenant; the platform admin every tenant (test_tenant_isolation.py).
+    assert admin_api.get("/api/v1/usage/openai").get_json()["scope"] == "tenant"
     reader = api.as_key(keys["reader"]).get("/api/v1/usage/openai")
     assert reader.status_code == 200 and reader.get_json()["scope"] == "own_key"
     assert api.get("/api/v1/usage/openai?since=yesterday").status_code == 422

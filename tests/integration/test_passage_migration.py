@@ -18,10 +18,9 @@ from sqlalchemy import create_engine, make_url, text
 from cortex_tasks.core.storage.db import sqlalchemy_url
 from cortex_tasks.core.storage.migrate import MIGRATIONS_DIR
 from cortex_tasks.core.storage.vector_store import VectorStore, VectorStoreError
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 @pytest.fixture()

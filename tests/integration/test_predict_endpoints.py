@@ -7,10 +7,12 @@ import time
 import pytest
 
 from cortex_tasks.core.jobs import store
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
+
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def sse_events(response) -> list[tuple[str, dict]]:

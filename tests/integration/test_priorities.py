@@ -12,7 +12,8 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.queues import priority_of
 from tests.support.processes import WorkerProcess
 
-pytestmark = pytest.mark.slow
+# These tests also read and write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_default_tenant")]
 
 
 def enqueue_embed(queue: str, priority_class: str, text: str) -> str:

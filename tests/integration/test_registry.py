@@ -16,10 +16,9 @@ import pytest
 from cortex_tasks.core.registry import artifacts, routing, service, stats
 from cortex_tasks.core.storage.object_store import ArtifactIntegrityError
 from tests.support.processes import REPO_ROOT
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 def unique(prefix: str) -> str:

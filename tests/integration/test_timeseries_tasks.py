@@ -15,6 +15,9 @@ from cortex_tasks.core.jobs import store
 from tests.integration.test_bad_input import assert_error, nothing_enqueued  # noqa: F401 (a fixture)
 from tests.integration.test_predict_endpoints import sse_events
 
+# These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
+
 # A fresh pool child imports statsmodels (~2 s) or Prophet (~2 s, its Stan model on first fit); far
 # longer on a busy machine.
 POLL_SECONDS = 240

@@ -13,7 +13,8 @@ from cortex_tasks.core.training.submission import TrainingRequest, submit_traini
 from cortex_tasks.runtime.models.loaded import get_model
 from cortex_tasks.runtime.training.service import run_training
 
-pytestmark = pytest.mark.slow
+# These tests also read and write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_default_tenant")]
 
 POSITIVE = ["I loved this film, the acting was wonderful", "A delightful and charming story",
             "Great soundtrack and a brilliant cast", "One of the best movies this year",

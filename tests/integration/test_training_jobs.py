@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 TOPICS = Path(__file__).resolve().parents[2] / "cortex_tasks" / "runtime" / "data" / "topics.jsonl"
 

@@ -16,11 +16,10 @@ from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.jobs import store as jobs
 from cortex_tasks.core.storage import arrow_io
 from cortex_tasks.core.storage.vector_store import CollectionConflict, VectorStore, VectorStoreError
-from tests.support.tenants import default_tenant  # noqa: F401  (the fixture, by name)
 from tests.support.waiting import wait_for
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
-pytestmark = pytest.mark.usefixtures("default_tenant")
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 
 @pytest.fixture(scope="module")

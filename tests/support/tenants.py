@@ -1,25 +1,11 @@
-"""Tenants for integration tests.
-
-Storage calls made by a test itself (not through the app, which enters the key's tenant per request) need a
-tenant in scope, as every caller does (core/tenancy.py: no scope is refused). The suite's session keys
-belong to the default tenant, so direct calls act for it too and see what the HTTP calls made.
+"""Tenants for integration tests: a new tenant, and a key of each role in it. (Storage calls a test makes
+itself act for the default tenant through the `in_default_tenant` fixture of tests/integration/conftest.py.)
 """
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from cortex_tasks.core.auth.keys import create_key, create_tenant
-from cortex_tasks.core.tenancy import DEFAULT_TENANT, tenant_scope
-
-
-@pytest.fixture()
-def default_tenant() -> Iterator[str]:
-    """Use with `pytestmark = pytest.mark.usefixtures("default_tenant")` in a module that calls stores."""
-    with tenant_scope(DEFAULT_TENANT):
-        yield DEFAULT_TENANT
 
 
 def new_tenant(prefix: str = "t") -> str:

@@ -34,3 +34,15 @@ def test_key_depends_on_version_params_and_normalised_input():
     assert base != cache_key("embed", "m", "1", '{"top_k":1}', "Hello world")
     assert base != cache_key("classify", "m", "1", "{}", "Hello world")
     assert base != cache_key("embed", "m", "1", "{}", "hello world")  # case is meaningful to models
+
+
+def test_a_registered_models_results_are_cached_per_tenant():
+    from cortex_tasks.core.cache.service import keys_for
+
+    # Two tenants may register "clf" version 1, different models: their (tenant-qualified) keys differ.
+    first = keys_for("classify", "team-a/clf@1", "1", {}, ["text"])
+    second = keys_for("classify", "team-b/clf@1", "1", {}, ["text"])
+    assert first != second
+    # A bundled model is everyone's: one key.
+    assert keys_for("embed", "all-MiniLM-L6-v2", "1", {}, ["text"]) == keys_for(
+        "embed", "all-MiniLM-L6-v2", "1", {}, ["text"])

@@ -228,9 +228,9 @@ def test_batch_and_training_senders_build_readable_messages(monkeypatch: pytest.
 
     sent: list[tuple[str, dict]] = []
     monkeypatch.setattr(celery_app, "send_task", lambda name, kwargs, **options: sent.append((name, kwargs)))
-    batch.send_chunks("j", [0, 1], "batch", 4)
-    batch.send_finish("j", "batch", 4)
-    training.send_training("j", 4)
+    batch.send_chunks("j", [0, 1], "batch", 4, "default")
+    batch.send_finish("j", "batch", 4, "default")
+    training.send_training("j", 4, "default")
     assert [(name, read_message(message_type, kwargs)) for (name, kwargs), message_type in zip(
         sent, [jm.BatchChunkMessage, jm.BatchChunkMessage, jm.BatchFinishMessage, jm.TrainingMessage],
         strict=True)] == [

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def gateway_message() -> PredictionMessage:
     record = store.job_record(store.NewJob(owner="alice", kind="predict", task="embed", model="all-MiniLM-L6-v2",
-                                           priority=0, total=2, params={"normalize": True}))
+                                           priority=0, total=2, params={"normalize": True}, tenant="acme"))
     return PredictionMessage(task="embed", model="all-MiniLM-L6-v2", params={"normalize": True}, priority=0,
-                             reply_to="cortex:replies:abc", message_id="m1",
+                             reply_to="cortex:replies:abc", message_id="m1", tenant="acme",
                              jobs=[PredictionJob(job_id="j1", inputs=["a", "b"], record=JobRecord(**record),
                                                  looked_up=True),
                                    PredictionJob(job_id="j2", inputs=[{"text": "c"}], inline_errors=True)])
@@ -41,9 +41,10 @@ def test_round_trip_through_json_keeps_every_field():
     read = read_prediction_message(kwargs)
     assert read == message
     assert read.jobs[0].record is not None
+    assert read.tenant == "acme"
     assert store.NewJob(**dict(read.jobs[0].record)) == store.NewJob(
         owner="alice", kind="predict", task="embed", model="all-MiniLM-L6-v2", priority=0, total=2,
-        params={"normalize": True})
+        params={"normalize": True}, tenant="acme")
 
 
 def test_message_of_the_previous_release_is_version_1():
@@ -55,6 +56,9 @@ def test_message_of_the_previous_release_is_version_1():
     warm = {"task": "embed", "model": "m", "params": {}, "priority": 8,
             "jobs": [{"job_id": "j2", "inputs": ["y"], "inline_errors": True, "warm": True}]}
     assert read_prediction_message(old).version == 1
+    # Queued before tenants existed: the jobs, like all data of that time, are the default tenant's.
+    assert read_prediction_message(old).tenant == "default"
+    assert read_prediction_message(old).jobs[0].record.tenant is None  # the message's tenant
     read = read_prediction_message(warm)
     assert read.jobs[0].warm and read.jobs[0].record is None and read.reply_to is None
 

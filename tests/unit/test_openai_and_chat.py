@@ -7,10 +7,17 @@ import pytest
 
 from cortex_tasks.core.chat.config import chat_config
 from cortex_tasks.core.chat.history import StoredMessage, valid_session_id
-from cortex_tasks.core.openai.billing import BILLING_PARAM, billed_params, billing_owner
+from cortex_tasks.core.openai.billing import (
+    BILLING_PARAM,
+    BILLING_TENANT_PARAM,
+    billed_params,
+    billing_owner,
+    billing_tenant,
+)
 from cortex_tasks.core.openai.config import cost_usd, openai_config
 from cortex_tasks.core.openai.rate_limit import estimate_tokens
 from cortex_tasks.core.settings import openai_prices_from
+from cortex_tasks.core.tenancy import tenant_scope
 from cortex_tasks.runtime.chat.service import PROMPT, memory_window
 
 
@@ -27,10 +34,14 @@ def test_price_overrides_are_checked():
 
 
 def test_billing_is_set_by_the_gateway_not_the_client():
-    spoofed = {"temperature": 0, BILLING_PARAM: "someone-else"}
-    assert billed_params("gpt-4o-mini", spoofed, "me")[BILLING_PARAM] == "me"
+    spoofed = {"temperature": 0, BILLING_PARAM: "someone-else", BILLING_TENANT_PARAM: "another-team"}
+    billed = billed_params("gpt-4o-mini", spoofed, "me", "my-team")
+    assert billed[BILLING_PARAM] == "me" and billing_tenant(billed) == "my-team"
+    with tenant_scope("team-in-scope"):  # the gateway's request: its key's tenant
+        assert billing_tenant(billed_params("gpt-4o-mini", {}, "me")) == "team-in-scope"
     assert billed_params("SmolLM2-135M-Instruct", {"temperature": 0}, "me") == {"temperature": 0}
     assert billing_owner({}) == "unattributed"
+    assert billing_tenant({}) is None and billing_tenant({BILLING_TENANT_PARAM: "../x"}) is None
 
 
 def test_token_estimate_counts_output_budget():

@@ -10,7 +10,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -72,7 +72,7 @@ def create_key(role: str, name: str | None = None, expires_in_days: float | None
         raise ValueError(f"unknown tier {tier!r}; tiers are {', '.join(tiers)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    expires_at = (datetime.now(timezone.utc) + timedelta(days=expires_in_days)) if expires_in_days else None
+    expires_at = (datetime.now(UTC) + timedelta(days=expires_in_days)) if expires_in_days else None
     allowed_models = sorted(set(models)) if models is not None else None
     allowed_tasks = sorted(set(tasks)) if tasks is not None else None
     with session_scope() as session:
@@ -139,7 +139,7 @@ def active_principal(key_id: str) -> Principal | None:
 
 
 def _active(row: ApiKey) -> Principal | None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         return None
     return Principal(row.id, row.role, row.tier, row.tenant,
@@ -155,7 +155,7 @@ def revoke_key(key_id: str, tenant: str | None = None) -> bool:
         statement = update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
         if tenant is not None:
             statement = statement.where(ApiKey.tenant == tenant)
-        changed = session.execute(statement.values(revoked_at=datetime.now(timezone.utc))).rowcount
+        changed = session.execute(statement.values(revoked_at=datetime.now(UTC))).rowcount
     return bool(changed)
 
 

@@ -28,6 +28,7 @@ from cortex_tasks.core.jobs.store import QUEUED, IdempotencyConflict
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.sealing import ENCRYPT, chunk_inputs_place, protect, storage_mode
 from cortex_tasks.core.storage.tables import BatchChunk, Job
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_finite
 
 CHUNK_TASK = task_names.BATCH_RUN_CHUNK
@@ -95,6 +96,7 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
     bounds = chunk_bounds(len(request.inputs), size)
     queue = batch_queue()
     job_id = str(uuid.uuid4())
+    tenant = current_tenant()  # a Core insert: the storage layer's stamping covers ORM rows only
     deadline = datetime.now(UTC) + timedelta(seconds=config.deadline_seconds)
     refuse_unsealable(request.sensitive)
     # queue, chunk_size and chunks stay readable: the stale-chunk sweep and progress views read them.
@@ -107,7 +109,7 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
                 id=job_id, owner=request.owner, kind="batch", task=request.task, model=request.model,
                 status=QUEUED, priority=request.priority, progress_done=0, progress_total=len(request.inputs),
                 attempts=0, idempotency_key=request.idempotency_key, request_hash=hash_of_request,
-                params=job_params, deadline_at=deadline)
+                params=job_params, deadline_at=deadline, tenant=tenant)
             .on_conflict_do_nothing(index_elements=[Job.owner, Job.idempotency_key])
             .returning(Job.id)).scalar()
         if inserted is None:
@@ -131,18 +133,18 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
              "status": "queued" if index < first_wave else "pending",
              "queued_at": now if index < first_wave else None}
             for index, (start, stop) in enumerate(bounds)])
-    send_chunks(job_id, list(range(min(first_wave, len(bounds)))), queue, request.priority)
+    send_chunks(job_id, list(range(min(first_wave, len(bounds)))), queue, request.priority, tenant)
     return SubmittedBatch(job_id, True, len(bounds))
 
 
-def send_chunks(job_id: str, chunk_indexes: list[int], queue: str, priority: int) -> None:
-    """Enqueue chunk tasks. A lost send is not lost work: the chunk row stays `queued` and the stale-job
-    sweep enqueues it again."""
+def send_chunks(job_id: str, chunk_indexes: list[int], queue: str, priority: int, tenant: str) -> None:
+    """Enqueue chunk tasks (run in the job's tenant). A lost send is not lost work: the chunk row stays
+    `queued` and the stale-job sweep enqueues it again."""
     for index in chunk_indexes:
-        celery_app.send_task(CHUNK_TASK, kwargs=BatchChunkMessage(job_id=job_id, chunk_index=index).to_kwargs(),
-                             queue=queue, priority=priority)
+        message = BatchChunkMessage(job_id=job_id, chunk_index=index, tenant=tenant)
+        celery_app.send_task(CHUNK_TASK, kwargs=message.to_kwargs(), queue=queue, priority=priority)
 
 
-def send_finish(job_id: str, queue: str, priority: int) -> None:
-    celery_app.send_task(FINISH_TASK, kwargs=BatchFinishMessage(job_id=job_id).to_kwargs(), queue=queue,
-                         priority=priority)
+def send_finish(job_id: str, queue: str, priority: int, tenant: str) -> None:
+    celery_app.send_task(FINISH_TASK, kwargs=BatchFinishMessage(job_id=job_id, tenant=tenant).to_kwargs(),
+                         queue=queue, priority=priority)

@@ -26,7 +26,7 @@ import redis
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.cache.keys import normalize_input
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
-from cortex_tasks.core.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
+from cortex_tasks.core.catalogue import MODELS, QUEUE_TASK_NAMES, TASKS, find_model
 from cortex_tasks.core.contracts.messages import PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.openai.config import is_openai_model
@@ -140,8 +140,10 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
     chosen_models = {pair for pair, _ in model_popularity.most_common(popular_models)}
     groups: dict[tuple[str, str, str], list[str]] = {}
     for (task, model, params_json, text), _ in queries[:max_queries]:
-        # OpenAI models are never warmed: every warming call would be paid for.
-        if (task, model) in chosen_models and task in TASKS and TASKS[task].cacheable and not is_openai_model(model):
+        # OpenAI models are never warmed: every warming call would be paid for. Nor are models of a tenant's
+        # registry: the counts do not say whose they are, and warming runs as the default tenant.
+        if ((task, model) in chosen_models and task in TASKS and TASKS[task].cacheable
+                and not is_openai_model(model) and model in MODELS):
             groups.setdefault((task, model, params_json), []).append(text)
 
     considered = present_before = sent = 0

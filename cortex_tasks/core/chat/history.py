@@ -1,5 +1,7 @@
-"""Chat sessions and their messages in PostgreSQL. A session belongs to the key that created it; to any
-other key it does not exist (callers answer 404, never 403, so session ids cannot be probed)."""
+"""Chat sessions and their messages in PostgreSQL. A session belongs to the key that created it, within
+its tenant; to any other key it does not exist (callers answer 404, never 403, so session ids cannot be
+probed). Session ids are the clients' own: two tenants may use the same one, independently (the storage
+layer keeps every statement here within the tenant in scope, core/tenancy.py)."""
 from __future__ import annotations
 
 import re
@@ -11,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import ChatMessage, ChatSession
+from cortex_tasks.core.tenancy import current_tenant
 
 # Letters, digits, '-', '_' (a UUID fits); nothing path-like, nothing that needs escaping in a URL.
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -44,9 +47,10 @@ def _messages_of(session_id: str) -> Select[tuple[str, str, str | None, datetime
 def claim_session(session_id: str, owner: str) -> bool:
     """Create the session for `owner`, or check that it is theirs. Returns True when it was created."""
     with session_scope() as session:
+        # A Core insert names its tenant (the storage layer stamps ORM rows only).
         created = session.execute(
-            pg_insert(ChatSession).values(id=session_id, owner=owner)
-            .on_conflict_do_nothing(index_elements=[ChatSession.id]).returning(ChatSession.id)
+            pg_insert(ChatSession).values(tenant=current_tenant(), id=session_id, owner=owner)
+            .on_conflict_do_nothing(index_elements=[ChatSession.tenant, ChatSession.id]).returning(ChatSession.id)
         ).scalar() is not None
         if created:
             return True
@@ -86,7 +90,7 @@ def append_turn(session_id: str, owner: str, user_text: str, reply_text: str, mo
         if session.execute(select(1).where(ChatMessage.job_id == job_id).limit(1)).first():
             return False
         # One statement with both rows (a multi-row VALUES), as the turn is one.
-        turn = {"session_id": session_id, "owner": owner, "job_id": job_id}
+        turn = {"tenant": current_tenant(), "session_id": session_id, "owner": owner, "job_id": job_id}
         session.execute(insert(ChatMessage).values([
             {**turn, "role": "user", "content": user_text, "model": None},
             {**turn, "role": "assistant", "content": reply_text, "model": model}]))

@@ -13,7 +13,26 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from cortex_tasks.core.contracts.messages import VersionedMessage
-from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID
+from cortex_tasks.core.tenancy import (
+    ALL_TENANTS,
+    DEFAULT_TENANT,
+    TENANT_ID,
+    TenantScopeMissing,
+    current_scope,
+)
+
+
+def _tenant_of_sender() -> str:
+    """A message names the tenant of the code that builds it, so no sender can forget it: the gateway's
+    request's, a worker's job's. Code acting for all tenants (sweeps) must name the job's tenant itself. A
+    message read without one was queued before tenants existed: it belongs, like all data of that time, to
+    `default`."""
+    scope = current_scope()
+    if isinstance(scope, str):
+        return scope
+    if scope is ALL_TENANTS:
+        raise TenantScopeMissing("a job message built while acting for all tenants must name its tenant")
+    return DEFAULT_TENANT
 
 
 class JobMessage(VersionedMessage):
@@ -22,9 +41,8 @@ class JobMessage(VersionedMessage):
 
     version: Literal[1] = 1
     job_id: str
-    # The tenant the job acts for: the worker runs it in that tenant's scope (core/tenancy.py). A message
-    # queued before tenants existed has none and belongs, like all data of that time, to `default`.
-    tenant: str = Field(default=DEFAULT_TENANT, pattern=TENANT_ID.pattern)
+    # The tenant the job acts for: the worker runs it in that tenant's scope (core/tenancy.py).
+    tenant: str = Field(default_factory=_tenant_of_sender, pattern=TENANT_ID.pattern)
 
 
 class RepliedJobMessage(JobMessage):

@@ -84,6 +84,8 @@ class JobRecord(_Message):
     params: dict[str, Any] | None = None
     deadline_seconds: int = 3600
     sensitive: bool = False
+    # None (records of older releases): the message's tenant.
+    tenant: str | None = Field(default=None, pattern=TENANT_ID.pattern)
 
 
 class PredictionJob(_Message):

@@ -40,6 +40,12 @@ class NewJob:
     deadline_seconds: int = 3600
     # Its params and result are sealed or not kept at rest (core/storage/sealing.py).
     sensitive: bool = False
+    # The tenant the job belongs to. None: the tenant in scope when the row is written (tenancy.py); a
+    # record that leaves the request's thread (the coalescer sends from its own) must name it.
+    tenant: str | None = None
+
+    def owning_tenant(self) -> str:
+        return self.tenant if self.tenant is not None else current_tenant()
 
 
 def stored_params(job_id: str, job: NewJob) -> dict[str, Any] | None:
@@ -79,7 +85,7 @@ def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
     row = Job(
         id=job_id, owner=job.owner, kind=job.kind, task=job.task, model=job.model,
         status=QUEUED, priority=job.priority, progress_total=job.total, params=stored_params(job_id, job),
-        idempotency_key=job.idempotency_key, request_hash=job.request_hash,
+        idempotency_key=job.idempotency_key, request_hash=job.request_hash, tenant=job.owning_tenant(),
         deadline_at=datetime.now(UTC) + timedelta(seconds=job.deadline_seconds),
     )
     try:
@@ -99,6 +105,8 @@ def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
 
 
 def get_job(job_id: str) -> Job | None:
+    """The job, if it belongs to the tenant in scope: another tenant's job is None, exactly like a missing
+    one (the storage layer adds the tenant to the statement, core/tenancy.py)."""
     try:
         uuid.UUID(job_id)
     except ValueError:
@@ -219,13 +227,11 @@ def job_record(job: NewJob) -> dict[str, Any]:
     """What a message carries for the worker to create the job's row (JSON-safe)."""
     return {"owner": job.owner, "kind": job.kind, "task": job.task, "model": job.model, "priority": job.priority,
             "total": job.total, "params": job.params, "deadline_seconds": job.deadline_seconds,
-            "sensitive": job.sensitive}
+            "sensitive": job.sensitive, "tenant": job.owning_tenant()}
 
 
 def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, Any]:
     return {
-        # Raw SQL is not stamped by the ORM's tenant events: rows take the tenant in scope here.
-        "tenant": current_tenant(),
         "ids": [job_id for job_id, _ in jobs],
         "owners": [job.owner for _, job in jobs],
         "kinds": [job.kind for _, job in jobs],
@@ -236,6 +242,7 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, Any]:
         "params": [orjson.dumps(params).decode() if (params := stored_params(job_id, job)) else None
                    for job_id, job in jobs],
         "deadlines": [job.deadline_seconds for _, job in jobs],
+        "tenants": [job.owning_tenant() for _, job in jobs],
     }
 
 
@@ -246,14 +253,14 @@ def _record_columns(jobs: list[tuple[str, NewJob]]) -> dict[str, Any]:
 _RECORD_ARRAYS = (
     "CAST(:ids AS text[]), CAST(:owners AS text[]), CAST(:kinds AS text[]), CAST(:tasks AS text[]), "
     "CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:totals AS int[]), CAST(:params AS text[]), "
-    "CAST(:deadlines AS int[])"
+    "CAST(:deadlines AS int[]), CAST(:tenants AS text[])"
 )
-_RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline"
+_RECORD_NAMES = "id, owner, kind, task, model, priority, total, params, deadline, tenant"
 _INSERT_FROM_ARRAYS = (
-    "INSERT INTO jobs (tenant, id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL, values bound
-    "params, attempts, created_at, started_at, deadline_at) "
-    "SELECT :tenant, d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
-    "now(), {started}, now() + make_interval(secs => d.deadline) "
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, params, "  # nosec B608 - constant SQL, values bound
+    "attempts, created_at, started_at, deadline_at, tenant) "
+    "SELECT d.id, d.owner, d.kind, d.task, d.model, {status}, d.priority, d.total, 0, d.params::jsonb, {attempts}, "
+    "now(), {started}, now() + make_interval(secs => d.deadline), d.tenant "
     f"FROM unnest({_RECORD_ARRAYS}) AS d({_RECORD_NAMES}) "
 )
 
@@ -298,12 +305,18 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
             ).all()
     runnable = {job_id: attempt for job_id, attempt in rows if attempt <= max_deliveries}
     over_cap = [job_id for job_id, attempt in rows if attempt > max_deliveries]
-    for job_id in over_cap:
-        fail_job(job_id, {
+    if over_cap:
+        # By id, in plain SQL like the rest of this path: it may run on the deferred-call thread, where no
+        # tenant is in scope (the ids are the gateway's own UUIDs, taken from the message).
+        error = orjson.dumps({
             "code": "redelivery_limit",
             "message": f"The job was delivered more than {max_deliveries} times without finishing "
                        "(its worker died each time).",
-        })
+        }).decode()
+        with quick_write_engine().connect() as connection:
+            connection.execute(text(
+                "UPDATE jobs SET status = 'failed', error = CAST(:error AS jsonb), finished_at = now() "
+                "WHERE id = ANY(:ids) AND status IN ('queued', 'running')"), {"ids": over_cap, "error": error})
     return runnable, over_cap
 
 
@@ -344,12 +357,12 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]], sensitive: frozenset[str] 
 # updated) with the outcome and this delivery counted. Rows no longer queued or running (cancelled
 # meanwhile) keep what they say; RETURNING tells which jobs were recorded.
 _RECORD_FINISHED = (
-    "INSERT INTO jobs (tenant, id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL
-    "params, attempts, created_at, started_at, finished_at, deadline_at, result, error) "
-    "SELECT :tenant, d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
+    "INSERT INTO jobs (id, owner, kind, task, model, status, priority, progress_total, progress_done, "  # nosec B608 - constant SQL
+    "params, attempts, created_at, started_at, finished_at, deadline_at, result, error, tenant) "
+    "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
     "to_timestamp(:started), to_timestamp(:started), now(), "
-    "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb "
+    "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb, d.tenant "
     f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), "
     f"CAST(:errors AS text[])) AS d({_RECORD_NAMES}, status, result, error) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, "

@@ -1,5 +1,5 @@
 """What OpenAI calls cost: every call's tokens (from the response's `usage`) times the configured prices,
-recorded per calling key and model in PostgreSQL (`openai_usage`), with running totals in Redis for
+recorded per tenant, calling key and model in PostgreSQL (`openai_usage`), with running totals in Redis for
 Prometheus (read at scrape time by `OpenAIUsageCollector`, so all workers add up), and the monthly budget.
 
 Cache hits are recorded too (zero tokens, zero cost, cached=true), so the usage view shows what caching saved.
@@ -19,6 +19,7 @@ from cortex_tasks.core.openai.config import OpenAIConfig, cost_usd, openai_confi
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import OpenAIUsage
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, all_tenants, current_scope
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ UNATTRIBUTED = "unattributed"
 # Built once, with bound parameters: every OpenAI call runs both, and a statement built per call costs ~10x
 # text()'s Python time while a prebuilt one's cache key is memoized (measured with timeit).
 _INSERT_USAGE = insert(OpenAIUsage).values(
-    owner=bindparam("owner"), model=bindparam("model"), kind=bindparam("kind"), source=bindparam("source"),
+    tenant=bindparam("tenant"), owner=bindparam("owner"), model=bindparam("model"), kind=bindparam("kind"), source=bindparam("source"),
     prompt_tokens=bindparam("prompt"), completion_tokens=bindparam("completion"), cost_usd=bindparam("cost"),
     cached=bindparam("cached"))
 _MONTH_SPEND = select(func.coalesce(func.sum(OpenAIUsage.cost_usd), 0)).where(
@@ -54,6 +55,9 @@ class Usage:
     completion_tokens: int
     cached: bool = False
     source: str = "predict"  # predict | chat
+    # The job's tenant (openai/billing.py). None: the tenant in scope, else `default` (a job queued before
+    # tenants existed, whose params name none; the calls run on threads without a scope).
+    tenant: str | None = None
 
     def cost(self, config: OpenAIConfig | None = None) -> float:
         return 0.0 if self.cached else cost_usd(self.model, self.prompt_tokens, self.completion_tokens, config)
@@ -69,7 +73,7 @@ def record(usage: Usage) -> float:
     cost = usage.cost()
     with session_scope() as session:
         session.execute(_INSERT_USAGE, {
-            "owner": usage.owner, "model": usage.model, "kind": usage.kind, "source": usage.source,
+            "tenant": _tenant_of(usage), "owner": usage.owner, "model": usage.model, "kind": usage.kind, "source": usage.source,
             "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cost": cost,
             "cached": usage.cached})
     try:
@@ -82,6 +86,13 @@ def record(usage: Usage) -> float:
     except redis.RedisError:
         log.warning("could not update the OpenAI usage totals in Redis", exc_info=True)
     return cost
+
+
+def _tenant_of(usage: Usage) -> str:
+    if usage.tenant is not None:
+        return usage.tenant
+    scope = current_scope()
+    return scope if isinstance(scope, str) else DEFAULT_TENANT
 
 
 def record_failure(model: str, reason: str) -> None:
@@ -97,7 +108,8 @@ def month_start(now: datetime | None = None) -> datetime:
 
 
 def month_spend() -> float:
-    with session_scope() as session:
+    # The monthly budget is the platform's (one OpenAI account): every tenant's spend counts against it.
+    with all_tenants(), session_scope() as session:
         return float(session.execute(_MONTH_SPEND, {"since": month_start()}).scalar() or 0.0)
 
 
@@ -111,27 +123,45 @@ def check_budget(config: OpenAIConfig | None = None) -> None:
         raise BudgetExceeded(spent, config.monthly_budget_usd)
 
 
-def summary(owner: str | None, since: datetime) -> dict[str, Any]:
-    """Usage since `since`, per key and model (one key's own when `owner` is given)."""
+def summary(owner: str | None, since: datetime, every_tenant: bool = False,
+            tenant: str | None = None) -> dict[str, Any]:
+    """Usage since `since`, per tenant, key and model, with totals per tenant: the tenant in scope's (one
+    key's own when `owner` is given); with `every_tenant` (the platform admin's view) every tenant's, or
+    only `tenant`'s when it is given."""
     query = (
-        select(OpenAIUsage.owner, OpenAIUsage.model,
+        select(OpenAIUsage.tenant, OpenAIUsage.owner, OpenAIUsage.model,
                func.count().filter(not_(OpenAIUsage.cached)).label("calls"),
                func.count().filter(OpenAIUsage.cached).label("cached_calls"),
                func.sum(OpenAIUsage.prompt_tokens).label("prompt_tokens"),
                func.sum(OpenAIUsage.completion_tokens).label("completion_tokens"),
                func.sum(OpenAIUsage.cost_usd).label("cost_usd"))
         .where(OpenAIUsage.created_at >= since)
-        .group_by(OpenAIUsage.owner, OpenAIUsage.model).order_by(OpenAIUsage.owner, OpenAIUsage.model)
+        .group_by(OpenAIUsage.tenant, OpenAIUsage.owner, OpenAIUsage.model)
+        .order_by(OpenAIUsage.tenant, OpenAIUsage.owner, OpenAIUsage.model)
     )
     if owner:
         query = query.where(OpenAIUsage.owner == owner)
-    with session_scope() as session:
-        rows = session.execute(query).mappings().all()
-    items = [{"key_id": row["owner"], "model": row["model"], "calls": int(row["calls"]),
+    if tenant is not None:
+        query = query.where(OpenAIUsage.tenant == tenant)
+    if every_tenant:
+        with all_tenants(), session_scope() as session:
+            rows = session.execute(query).mappings().all()
+    else:
+        with session_scope() as session:
+            rows = session.execute(query).mappings().all()
+    items = [{"tenant": row["tenant"], "key_id": row["owner"], "model": row["model"], "calls": int(row["calls"]),
               "cached_calls": int(row["cached_calls"]), "prompt_tokens": int(row["prompt_tokens"] or 0),
               "completion_tokens": int(row["completion_tokens"] or 0),
               "cost_usd": round(float(row["cost_usd"] or 0.0), 8)} for row in rows]
-    return {"since": since.isoformat(), "items": items,
+    tenants: dict[str, dict[str, Any]] = {}
+    for item in items:
+        totals = tenants.setdefault(item["tenant"], {"tenant": item["tenant"], "calls": 0, "cached_calls": 0,
+                                                     "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        for name in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
+            totals[name] += item[name]
+    for totals in tenants.values():
+        totals["cost_usd"] = round(totals["cost_usd"], 8)
+    return {"since": since.isoformat(), "items": items, "tenants": list(tenants.values()),
             "total_cost_usd": round(sum(item["cost_usd"] for item in items), 8)}
 
 

@@ -22,6 +22,7 @@ from cortex_tasks.core.queues import priority_of
 from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job, JobMetricsHourly, TrainingRun, TrainingSchedule
+from cortex_tasks.core.tenancy import all_tenants, current_tenant, tenant_scope
 from cortex_tasks.core.training.runs import PAUSED
 from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
@@ -56,8 +57,10 @@ def save_schedule(model: str, owner: str, kind: str, dataset: dict[str, Any], pa
         fields = {"owner": owner, "kind": kind, "dataset": dataset, "params": params, "cron": cron,
                   "metric": metric, "threshold": threshold, "enabled": True}
         session.execute(
-            pg_insert(TrainingSchedule).values(model_name=model, last_run_at=func.now(), **fields)
-            .on_conflict_do_update(index_elements=[TrainingSchedule.model_name],
+            # A Core insert: it names its tenant (the storage layer stamps ORM rows only).
+            pg_insert(TrainingSchedule).values(tenant=current_tenant(), model_name=model, last_run_at=func.now(),
+                                               **fields)
+            .on_conflict_do_update(index_elements=[TrainingSchedule.tenant, TrainingSchedule.model_name],
                                    set_={**fields, "updated_at": func.now()}))
 
 
@@ -113,36 +116,49 @@ def _active_run(model: str) -> bool:
 
 
 def retrain_due_models(now: datetime | None = None) -> dict[str, Any]:
-    """Submit a training job for every schedule that is due; returns what was started and skipped."""
+    """Submit a training job for every schedule that is due, of every tenant; returns what was started and
+    skipped."""
     now = now or datetime.now(UTC)
-    started, skipped = [], []
-    for schedule in list_schedules():
-        try:
-            by_cron = cron_due(schedule, now)
-        except InvalidSchedule:
-            skipped.append({"model": schedule.model_name, "reason": "invalid cron"})
-            continue
-        by_metric, value = metric_due(schedule, now)
-        if not (by_cron or by_metric):
-            continue
-        if _active_run(schedule.model_name):
-            skipped.append({"model": schedule.model_name, "reason": "a run is already active"})
-            continue
-        trigger = "schedule" if by_cron else "metric"
-        try:
-            job_id = submit_training(TrainingRequest(
-                owner=schedule.owner, kind=schedule.kind, model=schedule.model_name, dataset=schedule.dataset,
-                params=schedule.params or {}, priority=priority_of("low"), trigger=trigger))
-        except QuotaExceeded as exc:
-            skipped.append({"model": schedule.model_name, "reason": exc.code})
-            continue
-        with session_scope() as session:
-            session.execute(update(TrainingSchedule).where(TrainingSchedule.model_name == schedule.model_name)
-                            .values(last_run_at=now, last_job_id=job_id, updated_at=func.now())
-                            .execution_options(synchronize_session=False))
-        log.info("retraining %s (%s%s): job %s", schedule.model_name, trigger,
-                 f", {schedule.metric}={value:.4f} < {schedule.threshold}" if by_metric and value is not None else "",
-                 job_id)
-        started.append({"model": schedule.model_name, "job_id": job_id, "trigger": trigger,
-                        **({"metric": schedule.metric, "value": value} if by_metric else {})})
+    started: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    # Beat's task reads every tenant's schedules; each one is then handled in its own tenant, so that its
+    # metric, its active run and the job it starts (and the version that job registers) are that tenant's.
+    with all_tenants():
+        schedules = list_schedules()
+    for schedule in schedules:
+        with tenant_scope(schedule.tenant):
+            _retrain_if_due(schedule, now, started, skipped)
     return {"started": started, "skipped": skipped}
+
+
+def _retrain_if_due(schedule: TrainingSchedule, now: datetime, started: list[dict[str, Any]],
+                    skipped: list[dict[str, Any]]) -> None:
+    try:
+        by_cron = cron_due(schedule, now)
+    except InvalidSchedule:
+        skipped.append({"model": schedule.model_name, "reason": "invalid cron"})
+        return
+    by_metric, value = metric_due(schedule, now)
+    if not (by_cron or by_metric):
+        return
+    if _active_run(schedule.model_name):
+        skipped.append({"model": schedule.model_name, "reason": "a run is already active"})
+        return
+    trigger = "schedule" if by_cron else "metric"
+    try:
+        job_id = submit_training(TrainingRequest(
+            owner=schedule.owner, kind=schedule.kind, model=schedule.model_name, dataset=schedule.dataset,
+            params=schedule.params or {}, priority=priority_of("low"), trigger=trigger))
+    except QuotaExceeded as exc:
+        skipped.append({"model": schedule.model_name, "reason": exc.code})
+        return
+    with session_scope() as session:
+        session.execute(update(TrainingSchedule).where(TrainingSchedule.model_name == schedule.model_name)
+                        .values(last_run_at=now, last_job_id=job_id, updated_at=func.now())
+                        .execution_options(synchronize_session=False))
+    log.info("retraining %s (%s%s): job %s", schedule.model_name, trigger,
+             f", {schedule.metric}={value:.4f} < {schedule.threshold}" if by_metric and value is not None else "",
+             job_id)
+    started.append({"model": schedule.model_name, "tenant": schedule.tenant, "job_id": job_id, "trigger": trigger,
+                    **({"metric": schedule.metric, "value": value} if by_metric else {})})
+

@@ -21,6 +21,7 @@ from cortex_tasks.core.jobs.store import QUEUED, RUNNING
 from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job, TrainingRun
+from cortex_tasks.core.tenancy import all_tenants, current_tenant
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.config import training_config
 
@@ -64,6 +65,7 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
     config = training_config()
     job_id = str(uuid.uuid4())
     epochs = request.params.get("epochs") if isinstance(request.params.get("epochs"), int) else 0
+    tenant = current_tenant()  # Core inserts below: the storage layer stamps ORM rows only
     with session_scope() as session:
         session.execute(select(func.pg_advisory_xact_lock(QUOTA_LOCK)))
         training_jobs = select(func.count()).select_from(Job).where(Job.kind == "training")
@@ -74,7 +76,9 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
                                 f"This key already has {owner_active} training jobs queued or running; at most "
                                 f"{config.max_concurrent_jobs} are allowed at once. Wait for one to finish, or "
                                 "cancel one.", {"active": owner_active, "max_concurrent_jobs": config.max_concurrent_jobs})
-        waiting = session.execute(training_jobs.where(Job.status == QUEUED)).scalar()
+        # The training queue is the platform's, shared by every tenant: its length counts all of them.
+        with all_tenants():
+            waiting = session.execute(training_jobs.where(Job.status == QUEUED)).scalar()
         if waiting >= config.queue_size:
             raise QuotaExceeded("training_queue_full",
                                 f"The training queue is full ({waiting} jobs waiting, at most {config.queue_size}); "
@@ -83,21 +87,22 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
         session.execute(insert(Job).values(
             id=job_id, owner=request.owner, kind="training", task=request.kind, model=request.model,
             status=QUEUED, priority=request.priority, progress_done=0, progress_total=epochs, attempts=0,
-            params=request.params, deadline_at=datetime.now(UTC) + DEADLINE))
+            params=request.params, deadline_at=datetime.now(UTC) + DEADLINE, tenant=tenant))
         session.execute(insert(TrainingRun).values(
             id=job_id, owner=request.owner, model_name=request.model, kind=request.kind,
             priority=request.priority, phase=runs.QUEUED, epochs=epochs, trigger=request.trigger,
             config={"kind": request.kind, "params": request.params,
                     "dataset": dataset_description(request.dataset)},
-            dataset=request.dataset))
+            dataset=request.dataset, tenant=tenant))
     if send:
-        send_training(job_id, request.priority)
+        send_training(job_id, request.priority, tenant)
     return job_id
 
 
-def send_training(job_id: str, priority: int) -> None:
-    celery_app.send_task(TRAIN_TASK, kwargs=TrainingMessage(job_id=job_id).to_kwargs(), queue=TRAINING,
-                         priority=priority)
+def send_training(job_id: str, priority: int, tenant: str) -> None:
+    """The training task runs in the job's tenant: the version it registers is that tenant's."""
+    celery_app.send_task(TRAIN_TASK, kwargs=TrainingMessage(job_id=job_id, tenant=tenant).to_kwargs(),
+                         queue=TRAINING, priority=priority)
 
 
 def control(job_id: str, action: str) -> dict[str, Any]:
@@ -137,7 +142,7 @@ def control(job_id: str, action: str) -> dict[str, Any]:
         else:
             raise ControlRefused("invalid_action", "action is cancel, pause or resume")
     if action == "resume" and resumed:
-        send_training(job_id, priority)
+        send_training(job_id, priority, current_tenant())
         return {"action": action, "status": "queued"}
     raise ControlRefused("invalid_state", f"Cannot {action} a training job that is {status}.")
 

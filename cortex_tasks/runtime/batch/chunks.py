@@ -28,6 +28,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import runner
 from cortex_tasks.runtime.inference.batcher import ItemFailure
@@ -288,10 +289,12 @@ def run_chunk(job_id: str, chunk_index: int, retries_done: int) -> dict[str, Any
 
 
 def after_recording(chunk: ClaimedChunk, recorded: Recorded) -> None:
+    # This task runs in its job's tenant (the message's): the follow-up messages stay in it.
+    tenant = current_tenant()
     if recorded.next_chunks:
-        send_chunks(chunk.job_id, recorded.next_chunks, chunk.queue, chunk.priority)
+        send_chunks(chunk.job_id, recorded.next_chunks, chunk.queue, chunk.priority, tenant)
     if recorded.all_finished:
-        send_finish(chunk.job_id, chunk.queue, chunk.priority)
+        send_finish(chunk.job_id, chunk.queue, chunk.priority, tenant)
 
 
 def finish_batch(job_id: str) -> dict[str, Any]:

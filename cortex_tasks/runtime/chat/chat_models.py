@@ -72,6 +72,8 @@ class LocalChatModel(CortexChatModel):
 
 class OpenAIChatModel(CortexChatModel):
     owner: str
+    # The job's tenant, named here: LangChain may call the model on a thread of its own, outside the scope.
+    tenant: str | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -85,6 +87,6 @@ class OpenAIChatModel(CortexChatModel):
         options = ChatOptions(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                               stop=tuple(stop or self.stop_sequences))
         result = openai_service().chat(self.model_name, as_role_messages(messages), options, self.owner,
-                                       source="chat")
+                                       source="chat", tenant=self.tenant)
         return self._result(result["text"], result["prompt_tokens"], result["generated_tokens"],
                             cached=result["cached"], usage=result["usage"], finish_reason=result["finish_reason"])

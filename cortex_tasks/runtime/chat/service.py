@@ -20,6 +20,7 @@ from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.openai.config import CHAT_MODELS
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.generation import generation_params
 from cortex_tasks.runtime.chat.chat_models import CortexChatModel, LocalChatModel, OpenAIChatModel
 from cortex_tasks.runtime.openai.client import OpenAIUnavailable
@@ -57,7 +58,7 @@ def chat_model(model: str, params: dict[str, Any], owner: str) -> CortexChatMode
     settings = {"model_name": model, "max_tokens": options.max_tokens, "temperature": options.temperature,
                 "top_p": options.top_p, "stop_sequences": list(options.stop)}
     if model in CHAT_MODELS:
-        return OpenAIChatModel(owner=owner, **settings)
+        return OpenAIChatModel(owner=owner, tenant=current_tenant(), **settings)
     return LocalChatModel(**settings)
 
 

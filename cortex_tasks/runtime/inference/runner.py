@@ -132,6 +132,7 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
             else:
                 after_reply.append(write)
 
+    # A registered model's name is tenant-qualified, so are its keys (cache/service.py keys_for).
     keys = keys_for(task, model_name, entry.version, params, values)
     results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]

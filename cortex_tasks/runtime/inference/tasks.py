@@ -25,6 +25,7 @@ from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import refuse_message
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.storage.sealing import SealedValueError
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, tenant_scope
 from cortex_tasks.runtime.inference import streaming
 from cortex_tasks.runtime.inference.runner import AfterReply, run_jobs
 
@@ -57,6 +58,13 @@ def _refuse(kwargs: dict[str, Any], exc: MessageRefused | SealedValueError) -> d
     another worker of the same release would refuse it again. The job ids and records are taken from the
     raw message where they can be (a sender's caller still learns the outcome and its row is written)."""
     log.error("refused a prediction message: %s", exc)
+    # The jobs' tenant as the raw message names it (the contract's default where it names none or a bad one).
+    tenant = kwargs.get("tenant")
+    with tenant_scope(tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else DEFAULT_TENANT):
+        return _refuse_in_scope(kwargs, exc)
+
+
+def _refuse_in_scope(kwargs: dict[str, Any], exc: MessageRefused | SealedValueError) -> dict[str, Any]:
     error = {"code": exc.code, "message": str(exc)}
     raw_jobs = kwargs.get("jobs")
     new_rows: dict[str, store.NewJob] = {}

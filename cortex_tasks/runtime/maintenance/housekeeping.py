@@ -17,6 +17,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
 from cortex_tasks.core.storage.tables import BatchChunk, Job, JobMetricsHourly, TrainingRun
+from cortex_tasks.core.tenancy import all_tenants
 from cortex_tasks.core.training.runs import FINISHED_PHASES
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ _EXPIRED = {"expired": True, "result_ref": None}
 def expire_results(batch_retention_days: int, checkpoint_retention_days: int = 1) -> dict[str, int]:
     """Delete batch result objects and training checkpoints past their retention; the job rows stay
     (with `result.expired`) until the job-record expiry removes them."""
+    # Retention is the platform's rule, applied to every tenant's results.
+    with all_tenants():
+        return _expire_results(batch_retention_days, checkpoint_retention_days)
+
+
+def _expire_results(batch_retention_days: int, checkpoint_retention_days: int) -> dict[str, int]:
     chunk_results = select(1).where(BatchChunk.job_id == Job.id, BatchChunk.result_ref.is_not(None)).exists()
     with session_scope() as session:
         batches = session.execute(
@@ -73,6 +80,12 @@ def _milliseconds(interval: Any) -> Any:
 def roll_up_metrics(hours: int = 2) -> dict[str, int]:
     """Hourly counts and latency percentiles of finished jobs per kind, task and model, for the current
     and the previous hours (recomputed each time, so late finishers are counted and reruns are harmless)."""
+    # The roll-up is the operators' view of the platform: every tenant's jobs are counted together.
+    with all_tenants():
+        return _roll_up_metrics(hours)
+
+
+def _roll_up_metrics(hours: int) -> dict[str, int]:
     # Constants inline, not bound: GROUP BY must repeat the selected expressions exactly.
     hour = func.date_trunc(literal_column("'hour'"), Job.finished_at, type_=DateTime(timezone=True))
     model = func.coalesce(Job.model, literal_column("''"))
@@ -105,4 +118,6 @@ def roll_up_metrics(hours: int = 2) -> dict[str, int]:
 
 def warm_cache() -> dict[str, Any]:
     """Cache warming (Beat runs it every 30 minutes)."""
-    return warming.warm_cache()
+    # The query counts are the platform's; the warming jobs it starts name their own (default) tenant.
+    with all_tenants():
+        return warming.warm_cache()

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cortex_tasks.core.jobs.running import JobInputError
-from cortex_tasks.core.openai.billing import billing_owner
+from cortex_tasks.core.openai.billing import billing_owner, billing_tenant
 from cortex_tasks.core.openai.config import EMBEDDING_DIMENSIONS, openai_config
 from cortex_tasks.core.validation.generation import generation_params
 from cortex_tasks.runtime.models.base import ModelInfo
@@ -45,10 +45,10 @@ class OpenAIChatGenerator:
                 raise JobInputError("invalid_input", f"inputs[{index}] must be a string", {"index": index})
         chat = ChatOptions(max_tokens=options.max_tokens, temperature=options.temperature, top_p=options.top_p,
                            stop=options.stop)
-        owner = billing_owner(params)
+        owner, tenant = billing_owner(params), billing_tenant(params)
         # Concurrent requests: each is a network round trip, the API does the work.
         futures = [self._pool.submit(self.service.chat, self.info.name, chat_messages(text, options.system), chat,
-                                     owner) for text in inputs]
+                                     owner, tenant=tenant) for text in inputs]
         return [future.result() for future in futures]
 
     def stream(self, input: str, params: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -71,4 +71,4 @@ class OpenAIEmbedder:
         for index, item in enumerate(inputs):
             if not isinstance(item, str):
                 raise JobInputError("invalid_input", f"inputs[{index}] must be a string", {"index": index})
-        return self.service.embed(self.info.name, list(inputs), billing_owner(params))
+        return self.service.embed(self.info.name, list(inputs), billing_owner(params), billing_tenant(params))

@@ -131,17 +131,20 @@ class OpenAIService:
             return response
 
     def chat(self, model: str, messages: list[dict[str, str]], options: ChatOptions, owner: str,
-             source: str = "predict") -> dict[str, Any]:
+             source: str = "predict", tenant: str | None = None) -> dict[str, Any]:
         """One chat completion: {"text", "finish_reason", "prompt_tokens", "generated_tokens", "usage", "cached"}."""
         cache = get_cache()
         key = None
         if options.temperature == 0 and cache.enabled:
+            # Per tenant: a conversation is the tenant's own, and a hit (free, `cached`) would tell another
+            # tenant that someone asked the same.
             described = json.dumps({"max_tokens": options.max_tokens, "stop": list(options.stop),
-                                    "messages": messages}, sort_keys=True, separators=(",", ":"))
+                                    "messages": messages, "tenant": tenant}, sort_keys=True, separators=(",", ":"))
             key = cache_key(CACHE_NAMESPACE, model, CACHE_FORMAT, self.config.base_url, described)
             hit = cache.lookup([key])[0]
             if hit is not MISSING:
-                usage_ledger.record(usage_ledger.Usage(owner, model, "chat", 0, 0, cached=True, source=source))
+                usage_ledger.record(usage_ledger.Usage(owner, model, "chat", 0, 0, cached=True, source=source,
+                                                       tenant=tenant))
                 return {**hit, "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                                          "saved_usd": hit["usage"]["cost_usd"]}, "cached": True}
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": options.max_tokens,
@@ -156,7 +159,7 @@ class OpenAIService:
         prompt_tokens = int(response.usage.prompt_tokens) if response.usage else 0
         completion_tokens = int(response.usage.completion_tokens) if response.usage else 0
         cost = usage_ledger.record(usage_ledger.Usage(owner, model, "chat", prompt_tokens, completion_tokens,
-                                                      source=source))
+                                                      source=source, tenant=tenant))
         result = {"text": choice.message.content or "", "finish_reason": choice.finish_reason or "stop",
                   "generated_tokens": completion_tokens, "prompt_tokens": prompt_tokens,
                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -166,14 +169,14 @@ class OpenAIService:
             cache.store([key], [result])
         return result
 
-    def embed(self, model: str, texts: list[str], owner: str) -> list[list[float]]:
+    def embed(self, model: str, texts: list[str], owner: str, tenant: str | None = None) -> list[list[float]]:
         estimated = estimate_tokens(texts)
         response = self._call(model, estimated, lambda: self.client.embeddings.create(model=model, input=texts))
         vectors = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
         if len(vectors) != len(texts):
             raise OpenAIUnavailable(f"OpenAI returned {len(vectors)} embeddings for {len(texts)} texts")
         prompt_tokens = int(response.usage.prompt_tokens) if response.usage else 0
-        usage_ledger.record(usage_ledger.Usage(owner, model, "embed", prompt_tokens, 0))
+        usage_ledger.record(usage_ledger.Usage(owner, model, "embed", prompt_tokens, 0, tenant=tenant))
         return vectors
 
 
