@@ -19,7 +19,7 @@ from celery.app.amqp import AMQP
 # Fields shown as they are when they hold a short string: names and ids chosen by Cortex or the operator
 # (a job id, a model name), never content. Everything else is shown by its type and size.
 SHOWN_FIELDS = frozenset({
-    "job_id", "message_id", "reply_to", "task", "model", "queue", "collection", "kind", "owner", "version",
+    "job_id", "message_id", "reply_to", "task", "model", "queue", "collection", "kind", "owner", "version", "tenant",
     "session_id", "deployment_id", "chunk_index", "priority", "total", "deadline_seconds", "inline_errors",
     "looked_up", "warm", "sensitive", "k", "top_k", "generate", "max_tokens", "created_by", "indexed_by",
 })

@@ -29,6 +29,9 @@ from cortex_tasks.core.storage.resealing import reseal_all
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 from tests.support.waiting import wait_for
 
+# These tests read and write rows themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
+
 POLL_SECONDS = 180  # a fresh pool child loads spaCy on its first request
 
 

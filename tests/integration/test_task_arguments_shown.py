@@ -23,6 +23,9 @@ from cortex_tasks.core.training import submission as training
 from cortex_web.coalescer import PendingJob, group_for
 from tests.support.waiting import wait_for
 
+# These tests send messages themselves, as the default tenant (its keys are the fixtures').
+pytestmark = pytest.mark.usefixtures("in_default_tenant")
+
 SECRET = "Jane Roe, jane.roe@example.com, SSN 536-80-4398"
 
 
@@ -113,13 +116,14 @@ def test_a_chat_message_shows_its_session_not_what_was_said(app, capture_queue):
 def test_batch_chunk_and_training_messages_show_their_ids(capture_queue, monkeypatch):
     queue, messages = capture_queue
     job_id = str(uuid.uuid4())
-    send_chunks(job_id, [3], queue, 4)
+    send_chunks(job_id, [3], queue, 4, "default")
     chunk = only_message(messages)
     assert chunk["headers"]["task"] == task_names.BATCH_RUN_CHUNK
     assert job_id in chunk["headers"]["kwargsrepr"] and "'chunk_index': 3" in chunk["headers"]["kwargsrepr"]
 
     monkeypatch.setattr(training, "TRAINING", queue)
-    training.send_training(job_id, 4)
+    training.send_training(job_id, 4, "default")
     sent = wait_for(lambda: (found := messages()) and len(found) == 2 and found, 10, "the training message")
     headers = next(m["headers"] for m in sent if m["headers"]["task"] == task_names.TRAIN_MODEL)
-    assert headers["kwargsrepr"] == repr({"version": 1, "job_id": job_id}) and headers["argsrepr"] == "()"
+    assert headers["kwargsrepr"] == repr({"version": 1, "job_id": job_id, "tenant": "default"})
+    assert headers["argsrepr"] == "()"
