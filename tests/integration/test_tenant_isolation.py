@@ -230,9 +230,6 @@ ROUTES: dict[tuple[str, str], Probe] = {
                                                    still_there=_collection_kept),
     ("DELETE", "/api/v1/vectors/<collection>"): Probe("a_collection", lambda c: f"/api/v1/vectors/{c}",
                                                       still_there=_collection_kept),
-    ("POST", "/api/v1/vectors/<collection>"): Probe(
-        "a_collection", lambda c: f"/api/v1/vectors/{c}", {"items": [{"id": "b-item", "text": "from B"}]},
-        still_there=_collection_kept),
     ("GET", "/api/v1/vectors/<collection>/count"): Probe(
         "a_collection", lambda c: f"/api/v1/vectors/{c}/count", still_there=_collection_kept),
     ("POST", "/api/v1/vectors/<collection>/delete"): Probe(
@@ -272,6 +269,8 @@ EXEMPT: dict[tuple[str, str], str] = {
 OWN_NAMESPACE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/chat/<session_id>"): "session ids are chosen by clients, per tenant",
     ("PUT", "/api/v1/vectors/<collection>"): "collection names are chosen by clients, per tenant",
+    ("POST", "/api/v1/vectors/<collection>"): "an upsert into a name the tenant has not used creates its own "
+                                              "collection, as upserts always have",
 }
 
 
@@ -318,10 +317,18 @@ def test_the_same_name_in_two_tenants_is_two_resources(app, tenant_a, tenant_b, 
 
 def test_the_same_collection_name_in_two_tenants_is_two_collections(app, tenant_a, tenant_b, a_collection):
     admin = tenant_b.api(app)
-    created = admin.client.put(f"/api/v1/vectors/{a_collection}", json={}, headers=admin.headers())
-    assert created.status_code == 201, created.get_json()  # B's own, new and empty
-    assert admin.get(f"/api/v1/vectors/{a_collection}/count").get_json()["count"] == 0
-    _collection_kept(app, tenant_a, a_collection)
+    try:
+        created = admin.client.put(f"/api/v1/vectors/{a_collection}", json={}, headers=admin.headers())
+        assert created.status_code == 201, created.get_json()  # B's own, new and empty
+        assert admin.get(f"/api/v1/vectors/{a_collection}/count").get_json()["count"] == 0
+        # An upsert by B lands in B's collection of that name, never in A's.
+        upserted = admin.post(f"/api/v1/vectors/{a_collection}", {"items": [{"id": "b-item", "text": "from B"}]})
+        assert upserted.status_code == 200, upserted.get_json()
+        assert admin.get(f"/api/v1/vectors/{a_collection}/count").get_json()["count"] == 1
+        _collection_kept(app, tenant_a, a_collection)
+    finally:
+        # B's collection of the same name would otherwise show A's name in B's list (the lists test).
+        admin.delete(f"/api/v1/vectors/{a_collection}")
 
 
 # --- lists ---

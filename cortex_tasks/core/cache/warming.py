@@ -26,7 +26,7 @@ import redis
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.cache.keys import normalize_input
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
-from cortex_tasks.core.catalogue import MODELS, QUEUE_TASK_NAMES, TASKS, find_model
+from cortex_tasks.core.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
 from cortex_tasks.core.contracts.messages import PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.openai.config import is_openai_model
@@ -140,10 +140,10 @@ def warm_cache(min_frequency: int = 10, popular_models: int = 5, max_queries: in
     chosen_models = {pair for pair, _ in model_popularity.most_common(popular_models)}
     groups: dict[tuple[str, str, str], list[str]] = {}
     for (task, model, params_json, text), _ in queries[:max_queries]:
-        # OpenAI models are never warmed: every warming call would be paid for. Nor are models of a tenant's
-        # registry: the counts do not say whose they are, and warming runs as the default tenant.
+        # OpenAI models are never warmed: every warming call would be paid for. A tenant's registry model is
+        # counted under its tenant-qualified name, so it is warmed in that tenant's scope (below).
         if ((task, model) in chosen_models and task in TASKS and TASKS[task].cacheable
-                and not is_openai_model(model) and model in MODELS):
+                and not is_openai_model(model)):
             groups.setdefault((task, model, params_json), []).append(text)
 
     considered = present_before = sent = 0
@@ -174,7 +174,8 @@ def effectiveness(min_frequency: int = 10) -> dict[str, Any]:
     cache = get_cache()
     present = 0
     for (task, model, params_json), texts in groups.items():
-        entry = find_model(model)
+        with tenant_scope(split_qualified(model)[0] or DEFAULT_TENANT):  # a registry model is its tenant's
+            entry = find_model(model)
         if entry is not None:
             values = cache.l2.get_many(keys_for(task, model, entry.version, json.loads(params_json), texts))
             present += sum(value is not MISSING for value in values)
