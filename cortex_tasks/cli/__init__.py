@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 
 from cortex_tasks.cli import audit as audit_commands
+from cortex_tasks.cli.choices import SuggestingChoice, one_of
+from cortex_tasks.core.auth.roles import ROLES
 
 
 # The commands that talk to the stack's Redis or PostgreSQL (`up` starts one; `batch` talks to a gateway).
@@ -58,7 +60,7 @@ def migrate() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("profile", type=click.Choice(["gpu", "nlp", "training"]))
+@click.argument("profile", type=SuggestingChoice(["gpu", "nlp", "training"], "worker profile"))
 @click.pass_context
 def worker(ctx: click.Context, profile: str) -> None:
     """Run one worker with its profile (extra arguments go to celery)."""
@@ -139,15 +141,20 @@ def keys() -> None:
     """API keys."""
 
 
+def _tiers() -> list[str]:
+    from cortex_tasks.core.settings import get_settings
+
+    return list(get_settings().rate_limit_tiers)
+
+
 @keys.command("create")
-@click.option("--role", required=True,
-              type=click.Choice(["reader", "inference_user", "model_admin", "platform_admin"]))
+@click.option("--role", required=True, type=SuggestingChoice(ROLES, "role"))
 @click.option("--tenant", default="default", show_default=True, help="The tenant the key belongs to (it must exist).")
 @click.option("--models", default=None, help="Only these model names, comma-separated (default: any).")
 @click.option("--tasks", default=None, help="Only these tasks, comma-separated (default: any).")
 @click.option("--name", default=None)
 @click.option("--expires-in-days", type=float, default=None)
-@click.option("--tier", default="default", show_default=True,
+@click.option("--tier", default="default", show_default=True, callback=one_of(_tiers, "rate-limit tier"),
               help="Rate-limit tier: default, premium, unlimited, or one set in CORTEX_RATE_LIMITS.")
 def keys_create(role: str, tenant: str, models: str | None, tasks: str | None, name: str | None,
                 expires_in_days: float | None, tier: str) -> None:
@@ -288,7 +295,8 @@ def _gateway_url(url: str | None) -> str:
 @click.option("--task", required=True, help="The task to run on every input (embed, classify, ner, ...).")
 @click.option("--model", default=None, help="A model name, or name@version.")
 @click.option("--params", "params_json", default="{}", help="Task params as a JSON object.")
-@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
+@click.option("--priority", type=SuggestingChoice(["high", "normal", "low"], "priority"), default="normal",
+              show_default=True)
 @click.option("--column", default=None, help="Which column / field holds the inputs (default: text or input).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Result file: .jsonl (default), .parquet, .csv or .arrow.")
