@@ -109,8 +109,10 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("get", "/api/v1/chat/{session_id}"): {"200": (responses.ChatHistory, "The session's messages in order.")},
     ("delete", "/api/v1/chat/{session_id}"): {"200": (responses.ChatCleared, "Forgotten.")},
     ("delete", "/api/v1/documents/{document_id}"): {"200": (responses.DocumentDeleted, "Deleted.")},
-    ("get", "/api/v1/audit"): {"200": (responses.AuditPage, "A page of audit events, newest first.")},
-    ("get", "/api/v1/audit/verify"): {"200": (responses.AuditChainReport, "The chain checked, intact or not.")},
+    ("get", "/api/v1/audit"): {"200": (responses.AuditPage, ("A page of audit events, newest first (a "
+                                                             "model_admin's tenant's; the platform admin's: all)."))},
+    ("get", "/api/v1/audit/verify"): {"200": (responses.AuditChainReport,
+                                              "The chain checked, intact or not (platform admin).")},
     ("get", "/api/v1/documents"): {"200": (responses.DocumentList, "A page of the indexed documents.")},
     ("get", "/api/v1/health/metrics"): {"200": (responses.QueueHealth, "Queue depths and ready workers.")},
     ("get", "/api/v1/health/resources"): {"200": (responses.HostResources, "The gateway host's CPU load.")},
@@ -231,6 +233,8 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
             _query("actor", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this key id's events."),
             _query("since", moment, "Events at or after this time (ISO 8601; before `until`)."),
             _query("until", moment, "Events before this time (ISO 8601)."),
+            _query("tenant", _TENANT, "The platform admin: only this tenant's events (default: every tenant's "
+                                      "and those of no tenant). A model_admin: its own tenant only."),
             *_page_parameters(50, 200)],
         ("get", "/api/v1/batch/results/{job_id}"): [
             _query("format", {"type": "string", "enum": ["json", "parquet", "arrow"], "default": "json"},

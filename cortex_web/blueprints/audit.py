@@ -1,5 +1,6 @@
-"""GET /api/v1/audit (model_admin): the audit log, newest first, filtered and paginated; GET
-/api/v1/audit/verify: the hash chain checked row by row."""
+"""GET /api/v1/audit (model_admin: its tenant's events; the platform admin: every tenant's): the audit log,
+newest first, filtered and paginated; GET /api/v1/audit/verify (platform admin): the hash chain checked row
+by row."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -8,8 +9,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from cortex_tasks.core.audit.chain import verify_chain
 from cortex_tasks.core.audit.service import EVENT_TYPES, query_events
-from cortex_tasks.core.auth.roles import ADMIN
-from cortex_web.auth import require
+from cortex_tasks.core.auth.administration import readable_tenants
+from cortex_tasks.core.auth.roles import ADMIN, PLATFORM
+from cortex_web.auth import current_principal, require
 from cortex_web.errors import ApiError
 from cortex_web.request_body import positive_int_arg
 
@@ -32,7 +34,9 @@ def _moment(name: str) -> datetime | None:
 @require(ADMIN)
 def list_events() -> Response:
     """Audit events: ?type= (model_access|configuration_changes|security_violations|alerts), ?actor= (key
-    id), ?since= / ?until= (ISO 8601), ?page= and ?size= (at most 200, default 50)."""
+    id), ?since= / ?until= (ISO 8601), ?page= and ?size= (at most 200, default 50). A model_admin sees its
+    tenant's events; the platform admin every tenant's (and events of no tenant, such as refused keys), or
+    one tenant's with ?tenant=."""
     event_type = request.args.get("type")
     if event_type is not None and event_type not in EVENT_TYPES:
         raise ApiError(422, "invalid_query", f"Unknown event type {event_type!r}.", {"valid": list(EVENT_TYPES)})
@@ -43,12 +47,13 @@ def list_events() -> Response:
     if since and until and since >= until:
         raise ApiError(422, "invalid_query", "?since= must be before ?until=.")
     page, size = positive_int_arg("page", 1), positive_int_arg("size", 50, MAX_PAGE_SIZE)
-    events, more = query_events(event_type, actor, since, until, page, size)
+    tenant = readable_tenants(current_principal(), request.args.get("tenant"))
+    events, more = query_events(event_type, actor, since, until, page, size, tenant=tenant)
     return jsonify({"events": events, "page": page, "size": size, "next_page": page + 1 if more else None})
 
 
 @bp.get("/audit/verify")
-@require(ADMIN)
+@require(PLATFORM)
 def verify() -> Response:
     """Walk the audit log's hash chain in id order and report whether it is intact or its first broken
     link (200 either way: the check itself worked). It reads every row: on a large log prefer

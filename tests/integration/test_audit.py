@@ -10,7 +10,7 @@ import pytest
 
 from cortex_tasks.core.audit.chain import verify_chain
 from cortex_tasks.core.audit.service import AuditRecord, query_events, record_events
-from cortex_tasks.core.auth.keys import create_key
+from cortex_tasks.core.auth.keys import create_key, create_tenant
 from cortex_web.metrics import AUDIT_ALERTS
 
 
@@ -24,19 +24,25 @@ def flush(app):
     return app.extensions["cortex_audit"].flush
 
 
-def events(admin_api, **query) -> list[dict]:
-    response = admin_api.get("/api/v1/audit", query_string={"size": 200, **query})
+@pytest.fixture()
+def auditor(admin_api, keys):
+    """The platform admin, who reads every tenant's events and those of no tenant (refused keys)."""
+    return admin_api.as_key(keys["platform_admin"])
+
+
+def events(auditor, **query) -> list[dict]:
+    response = auditor.get("/api/v1/audit", query_string={"size": 200, **query})
     assert response.status_code == 200, response.get_json()
     return response.get_json()["events"]
 
 
-def test_key_changes_are_recorded_without_the_secret(admin_api, keys, flush):
+def test_key_changes_are_recorded_without_the_secret(admin_api, keys, flush, auditor):
     created = admin_api.post("/api/v1/keys", {"role": "reader", "tier": "premium", "name": "audited"}).get_json()
     assert admin_api.delete(f"/api/v1/keys/{created['key_id']}").status_code == 200
     assert admin_api.delete("/api/v1/keys/nosuchkey").status_code == 404
     flush()
     admin = key_id(keys["model_admin"])
-    changes = events(admin_api, type="configuration_changes", actor=admin)
+    changes = events(auditor, type="configuration_changes", actor=admin)
     by_action = {(event["action"], event["resource"]): event for event in changes}
     made = by_action[("key.create", created["key_id"])]
     assert made["outcome"] == "success" and made["actor"] == {"key_id": admin, "role": "model_admin"}
@@ -62,7 +68,7 @@ def test_cli_key_changes_are_recorded():
     assert made and made[0]["details"]["via"] == "cli" and made[0]["actor"]["key_id"] is None
 
 
-def test_security_violations_are_recorded(app, admin_api, keys, flush):
+def test_security_violations_are_recorded(app, admin_api, keys, flush, auditor):
     client = app.test_client()
     address = f"10.0.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     missing = client.get("/api/v1/models", environ_base={"REMOTE_ADDR": address})
@@ -78,33 +84,33 @@ def test_security_violations_are_recorded(app, admin_api, keys, flush):
     assert statuses[-1] == 429
     flush()
 
-    from_address = {event["action"]: event for event in events(admin_api, type="security_violations")
+    from_address = {event["action"]: event for event in events(auditor, type="security_violations")
                     if event["ip"] == address}
     assert from_address["missing_api_key"]["actor"]["key_id"] is None and from_address["missing_api_key"]["tenant"] is None
     claimed = from_address["invalid_api_key"]
     assert claimed["actor"]["key_id"] == "abcdef123456" and "wrongsecret" not in str(claimed)
     assert claimed["resource"] == "GET /api/v1/models" and claimed["outcome"] == "denied"
-    forbidden = events(admin_api, type="security_violations", actor=key_id(reader))
+    forbidden = events(auditor, type="security_violations", actor=key_id(reader))
     assert any(e["action"] == "forbidden" and e["resource"] == "POST /api/v1/keys" for e in forbidden)
-    rate = events(admin_api, type="security_violations", actor=key_id(limited_key))
+    rate = events(auditor, type="security_violations", actor=key_id(limited_key))
     assert [(e["action"], e["actor"]["role"], e["details"]["status"]) for e in rate] == [
         ("rate_limited", "inference_user", 429)]
 
 
-def test_model_access_is_aggregated_per_key_model_and_minute(admin_api, workers, flush):
+def test_model_access_is_aggregated_per_key_model_and_minute(admin_api, workers, flush, auditor):
     caller_key = create_key("inference_user", tier="unlimited").key
     caller = admin_api.as_key(caller_key)
     for _ in range(3):
         caller.predict("embed", ["audited access"])
     assert caller.post("/api/v1/predict", {"task": "embed", "inputs": [""]}).status_code == 422  # not access
     flush()
-    rows = events(admin_api, type="model_access", actor=key_id(caller_key))
+    rows = events(auditor, type="model_access", actor=key_id(caller_key))
     assert [(row["resource"], row["action"], row["count"], row["actor"]["role"]) for row in rows] == [
         ("all-MiniLM-L6-v2", "predict.predict", 3, "inference_user")]
     assert datetime.fromisoformat(rows[0]["at"]).second == 0  # the minute it counts
 
 
-def test_alert_fires_once_at_the_threshold(app, admin_api, flush):
+def test_alert_fires_once_at_the_threshold(app, admin_api, flush, auditor):
     client = app.test_client()
     address = f"10.1.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
 
@@ -114,7 +120,7 @@ def test_alert_fires_once_at_the_threshold(app, admin_api, flush):
         flush()
 
     def alerts() -> list[dict]:
-        return [event for event in events(admin_api, type="alerts") if event["resource"] == f"ip:{address}"]
+        return [event for event in events(auditor, type="alerts") if event["resource"] == f"ip:{address}"]
 
     before = AUDIT_ALERTS.labels("security_breach")._value.get()
     violate(2)
@@ -128,6 +134,25 @@ def test_alert_fires_once_at_the_threshold(app, admin_api, flush):
     assert [a["action"] for a in alerts()] == ["security_breach"]
     violate(3)  # ten within the hour
     assert sorted(a["action"] for a in alerts()) == ["security_breach", "unusual_access"]
+
+
+def test_a_model_admin_reads_its_tenants_events_only(app, admin_api, keys, flush, auditor):
+    other = f"audit-{uuid.uuid4().hex[:8]}"
+    assert create_tenant(other)
+    their_admin = admin_api.as_key(create_key("model_admin", tenant=other, tier="unlimited").key)
+    made = their_admin.post("/api/v1/keys", {"role": "reader", "name": "theirs"}).get_json()["key_id"]
+    ours = admin_api.post("/api/v1/keys", {"role": "reader", "name": "ours"}).get_json()["key_id"]
+    flush()
+    seen_by_them = {event["resource"] for event in their_admin.get(
+        "/api/v1/audit", query_string={"size": 200}).get_json()["events"]}
+    assert made in seen_by_them and ours not in seen_by_them
+    seen_by_us = admin_api.get("/api/v1/audit", query_string={"size": 200}).get_json()["events"]
+    assert made not in {event["resource"] for event in seen_by_us}
+    assert {event["tenant"] for event in seen_by_us} == {"default"}
+    assert admin_api.get("/api/v1/audit", query_string={"tenant": other}).status_code == 404
+    assert made in {event["resource"] for event in events(auditor, tenant=other)}
+    # The chain is the platform's: only the platform admin checks it.
+    assert admin_api.get("/api/v1/audit/verify").status_code == 403
 
 
 def test_audit_endpoint_is_admin_only_filters_and_pages(app, admin_api, keys, flush):
@@ -167,7 +192,7 @@ def test_retention_through_the_worker_keeps_the_chain(workers):
     assert verify_chain().ok
 
 
-def test_model_access_rows_of_one_minute_are_summed(admin_api):
+def test_model_access_rows_of_one_minute_are_summed(admin_api, auditor):
     """Each flush appends its own model_access rows (the log is never updated); readers sum a minute's."""
     caller = f"sum{uuid.uuid4().hex[:9]}"
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
@@ -177,24 +202,24 @@ def test_model_access_rows_of_one_minute_are_summed(admin_api):
                                    tenant="default")])
     record_events([AuditRecord("model_access", "predict.predict", "success", actor_key_id=caller,
                                actor_role="inference_user", resource="m", at=minute + timedelta(minutes=1))])
-    rows = events(admin_api, type="model_access", actor=caller)
+    rows = events(auditor, type="model_access", actor=caller)
     assert [(row["at"], row["count"], row["tenant"]) for row in rows] == [
         ((minute + timedelta(minutes=1)).isoformat(), 1, None), (minute.isoformat(), 7, "default")]
 
 
-def test_an_event_holding_a_nul_character_is_stored_and_does_not_block_the_log(admin_api, keys, flush):
+def test_an_event_holding_a_nul_character_is_stored_and_does_not_block_the_log(admin_api, keys, flush, auditor):
     # A revoke of a key id holding U+0000: PostgreSQL refuses that character, and before it was replaced
     # the failed write kept every later event of this gateway process out of the log.
     assert admin_api.delete("/api/v1/keys/bad%00id").status_code in (404, 422)
     created = admin_api.post("/api/v1/keys", {"role": "reader", "name": "after-nul"}).get_json()
     flush()
-    changes = events(admin_api, type="configuration_changes", actor=key_id(keys["model_admin"]))
+    changes = events(auditor, type="configuration_changes", actor=key_id(keys["model_admin"]))
     resources = {event["resource"] for event in changes}
     assert created["key_id"] in resources
     assert "bad\ufffdid" in resources
 
 
-def test_deletions_are_recorded_with_tenant_key_action_and_resource(admin_api, keys, flush):
+def test_deletions_are_recorded_with_tenant_key_action_and_resource(admin_api, keys, flush, auditor):
     user = admin_api.as_key(keys["inference_user"])
     name = f"audited{uuid.uuid4().hex[:8]}"
     assert user.client.put(f"/api/v1/vectors/{name}", json={"dimension": 3, "model": None},
@@ -206,7 +231,7 @@ def test_deletions_are_recorded_with_tenant_key_action_and_resource(admin_api, k
     assert admin_api.delete(f"/api/v1/vectors/{name}").status_code == 200
     flush()
     changes = [event for actor in ("inference_user", "model_admin")
-               for event in events(admin_api, type="configuration_changes", actor=key_id(keys[actor]))
+               for event in events(auditor, type="configuration_changes", actor=key_id(keys[actor]))
                if event["resource"] == name]
     assert sorted((event["action"], event["tenant"], event["actor"]["role"], event["outcome"]) for event in changes) == [
         ("collection.create", "default", "inference_user", "success"),

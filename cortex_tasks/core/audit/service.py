@@ -148,10 +148,12 @@ _GROUPED = (AuditEvent.at, AuditEvent.event_type, AuditEvent.action, AuditEvent.
 
 
 def query_events(event_type: str | None = None, actor: str | None = None, since: datetime | None = None,
-                 until: datetime | None = None, page: int = 1, size: int = 50) -> tuple[list[dict[str, Any]], bool]:
+                 until: datetime | None = None, page: int = 1, size: int = 50,
+                 tenant: str | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Newest first; returns one page and whether another follows. The model_access rows of one key, model,
     action and minute (one per gateway flush) are one event with their counts summed, its id the first
-    row's; every other row is an event of its own."""
+    row's; every other row is an event of its own. `tenant`: only that tenant's events (None: all, for the
+    platform admin; the audit table is the platform's, not tenant-owned, so the filter is named here)."""
     one_event = case((AuditEvent.event_type == MODEL_ACCESS, 0), else_=AuditEvent.id)
     statement = select(func.min(AuditEvent.id).label("id"), *_GROUPED,
                        func.sum(AuditEvent.count).label("count"),
@@ -159,6 +161,8 @@ def query_events(event_type: str | None = None, actor: str | None = None, since:
                        array_agg(AuditEvent.details)[1].label("details"))
     if event_type:
         statement = statement.where(AuditEvent.event_type == event_type)
+    if tenant is not None:
+        statement = statement.where(AuditEvent.tenant == tenant)
     if actor:
         statement = statement.where(AuditEvent.actor_key_id == actor)
     if since:

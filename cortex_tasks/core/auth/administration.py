@@ -49,6 +49,19 @@ def _administered_tenant(actor: Principal, tenant: str | None) -> str:
     return tenant
 
 
+def readable_tenants(actor: Principal, tenant: str | None = None) -> str | None:
+    """Whose records a platform-wide log (the audit log) shows the actor: its own tenant's; the platform
+    admin's, every tenant's (None), events without a tenant included (refused logins, CLI changes), or one
+    named tenant's. Naming another tenant is answered as an unknown one whether it exists or not."""
+    if is_platform_admin(actor):
+        if tenant is not None and not keys.tenant_exists(tenant):
+            raise UnknownTenant(tenant)
+        return tenant
+    if tenant is not None and tenant != actor.tenant:
+        raise UnknownTenant(tenant)
+    return actor.tenant
+
+
 def issue_key(actor: Principal, role: str, name: str | None = None, expires_in_days: float | None = None,
               tier: str = "default", tenant: str | None = None, models: list[str] | None = None,
               tasks: list[str] | None = None) -> IssuedKey:
