@@ -118,17 +118,20 @@ def test_model_crash_is_reported_per_item_and_the_batcher_survives():
 def _behind_a_busy_model(batcher: DynamicBatcher, model: RecordingModel,
                          submissions: list[tuple[list[str], dict]]) -> None:
     """Make the submissions while the model is busy with an earlier call, each queued before the next."""
-    gate = threading.Event()
+    gate, busy = threading.Event(), threading.Event()
     run = batcher.run_batch
 
     def held_while_busy(values: list[str]) -> list[str]:
         if values == ["busy"]:
+            busy.set()
             gate.wait(5)
         return run(values)
 
     batcher.run_batch = held_while_busy
     threads = [threading.Thread(target=batcher.submit, args=(["busy"],))]
     threads[0].start()
+    # The model must be busy before the others queue (on a loaded machine they could otherwise be first).
+    assert busy.wait(5)
     waiting = 0
     for values, options in submissions:
         threads.append(threading.Thread(target=batcher.submit, args=(values,), kwargs=options))
