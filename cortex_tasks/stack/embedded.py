@@ -62,22 +62,24 @@ def postgres_bin_dir() -> Path:
     return Path(pgserver.__file__).parent / "pginstall" / "bin"
 
 
-def _password_file(folder: Path) -> Path:
-    return folder.with_name(f"{folder.name}.password")
+class GeneratedPassword:
+    """A service's password, generated on its first start and kept beside its folder (`<folder>.password`)."""
 
-
-@dataclass(frozen=True)
-class EmbeddedRedis:
     folder: Path
-    port: int
 
     @property
     def password_file(self) -> Path:
-        return _password_file(self.folder)
+        return self.folder.with_name(f"{self.folder.name}.password")
 
     @cached_property
     def password(self) -> str:
         return read_or_create_secret(self.password_file)
+
+
+@dataclass(frozen=True)
+class EmbeddedRedis(GeneratedPassword):
+    folder: Path
+    port: int
 
     @property
     def url(self) -> str:
@@ -122,19 +124,11 @@ host all all ::1/128 {SCRAM}
 
 
 @dataclass(frozen=True)
-class EmbeddedPostgres:
+class EmbeddedPostgres(GeneratedPassword):
     folder: Path
     port: int
     database: str = "cortex"
     user: str = "cortex"
-
-    @property
-    def password_file(self) -> Path:
-        return _password_file(self.folder)
-
-    @cached_property
-    def password(self) -> str:
-        return read_or_create_secret(self.password_file)
 
     @property
     def url(self) -> str:

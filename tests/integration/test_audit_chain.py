@@ -20,14 +20,15 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from cortex_tasks.cli import main
 from cortex_tasks.core.audit.chain import GENESIS, verify_chain
 from cortex_tasks.core.audit.service import AuditRecord, purge_older_than, query_events, record_events
-from cortex_tasks.core.storage.db import get_engine, sqlalchemy_url
+from cortex_tasks.core.storage.db import get_engine
 from cortex_tasks.core.storage.migrate import MIGRATIONS_DIR
+from tests.support.databases import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,17 +48,8 @@ def flush(app):
 
 @pytest.fixture()
 def database_url() -> Iterator[str]:
-    server = sqlalchemy_url(os.environ["DATABASE_URL"])
-    name = f"cortex_audit_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("cortex_audit") as url:
+        yield url
 
 
 @pytest.fixture()

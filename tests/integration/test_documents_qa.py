@@ -2,12 +2,12 @@
 (MiniLM embeddings, SmolLM2 generation) against the pgvector passage table in real PostgreSQL."""
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import pytest
 
+from tests.support.waiting import finished
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
 pytestmark = pytest.mark.usefixtures("in_default_tenant")
@@ -36,20 +36,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def finished(api, response, poll_seconds: float = 300) -> dict[str, Any]:
-    """The result of a documents job: at once (200), or by polling GET /jobs/{id} after a 202."""
-    if response.status_code == 202:
-        status_url = response.get_json()["status_url"]
-        deadline = time.monotonic() + poll_seconds
-        while time.monotonic() < deadline:
-            job = api.get(status_url).get_json()
-            if job["status"] in ("succeeded", "failed"):
-                assert job["status"] == "succeeded", job
-                return job["result"]
-            time.sleep(0.5)
-        pytest.fail(f"job not finished after {poll_seconds}s")
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
 
 
 def index(api, collection: str, documents: list[dict[str, Any]]) -> dict[str, Any]:

@@ -5,19 +5,17 @@ Runs on a database of its own, created here and dropped after, so that it can st
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
-from cortex_tasks.core.storage.db import sqlalchemy_url
 from cortex_tasks.core.storage.migrate import MIGRATIONS_DIR
 from cortex_tasks.core.storage.vector_store import VectorStore, VectorStoreError
+from tests.support.databases import scratch_database
 
 # Calls this module makes to the stores directly act for the default tenant, as the suite's keys do.
 pytestmark = pytest.mark.usefixtures("in_default_tenant")
@@ -25,17 +23,8 @@ pytestmark = pytest.mark.usefixtures("in_default_tenant")
 
 @pytest.fixture()
 def database_url() -> Iterator[str]:
-    server = sqlalchemy_url(os.environ["DATABASE_URL"])
-    name = f"cortex_migration_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("cortex_migration") as url:
+        yield url
 
 
 def _alembic(url: str) -> Config:

@@ -9,7 +9,6 @@ import io
 import json
 import time
 import uuid
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.tenancy import tenant_scope
 from tests.integration.conftest import Api
 from tests.support.tenants import new_tenant, tenant_keys
+from tests.support.waiting import finished
 
 FALCON = "Project Falcon budget is 4.2 million dollars."
 
@@ -29,20 +29,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def finished(api: Api, response, poll_seconds: float = 300) -> dict[str, Any]:
-    """A job's result: at once (200), or by polling its status after a 202."""
-    if response.status_code == 202:
-        status_url = response.get_json()["status_url"]
-        deadline = time.monotonic() + poll_seconds
-        while time.monotonic() < deadline:
-            job = api.get(status_url).get_json()
-            if job["status"] in ("succeeded", "failed"):
-                assert job["status"] == "succeeded", job
-                return job["result"]
-            time.sleep(0.5)
-        pytest.fail(f"job not finished after {poll_seconds}s")
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
 
 
 class Tenant:

@@ -1,5 +1,5 @@
 """bandit over the shipped code finds nothing of high severity: each finding is fixed, or accepted on its
-line with `# nosec BXXX - why` (the configuration is [tool.bandit] in pyproject.toml)."""
+line with `# nosec B<number> - <the reason>` (the configuration is [tool.bandit] in pyproject.toml)."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,7 @@ def test_no_high_severity_finding():
     assert report["errors"] == []
     findings = [f"{item['filename']}:{item['line_number']} {item['test_id']} {item['issue_text']}"
                 for item in report["results"]]
-    assert findings == [], "fix these, or accept one with `# nosec BXXX - why` on its line"
+    assert findings == [], "fix these, or accept one with `# nosec B<number> - <the reason>` on its line"
     assert report["metrics"]["_totals"]["loc"] > 10_000  # it read the project, not an empty folder
 
 
