@@ -28,7 +28,7 @@ from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
 from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.training.config import training_config
-from cortex_tasks.core.training.intake import DATASET_FORMATS
+from cortex_tasks.core.training.datasets import DATASET_FORMATS, MAX_DATASET_NAME_CHARS
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
@@ -91,6 +91,9 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
         "200": (responses.Collection, "It already existed with this configuration."),
         "201": (responses.Collection, "Created.")},
     ("post", "/api/v1/training/submit"): {"202": (responses.TrainingSubmitted, "Queued; poll status_url.")},
+    ("put", "/api/v1/training/datasets/{dataset}"): {"201": (responses.DatasetStored, "Stored.")},
+    ("get", "/api/v1/training/datasets"): {"200": (responses.DatasetList, "The tenant's uploaded datasets.")},
+    ("delete", "/api/v1/training/datasets/{dataset}"): {"200": (responses.DatasetDeleted, "Deleted.")},
     ("post", "/api/v1/training/control/{job_id}"): {
         "202": (responses.TrainingControlled, "Done, or asked of the worker; poll status_url.")},
     ("post", "/api/v1/models/{name}/versions/{version}/promote"): {
@@ -168,6 +171,12 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
             "data": {"type": "string", "contentMediaType": "application/json"}}},
         "Server-Sent Events: tokens for generate, items otherwise, then a final event (or an error event)."),
 }
+# Bodies sent as they are (not JSON): (media type, schema, description).
+RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("put", "/api/v1/training/datasets/{dataset}"): {"application/octet-stream": {"schema": {
+        "type": "string", "contentMediaType": "application/octet-stream", "minLength": 1,
+        "description": "The dataset file: JSON Lines, JSON, CSV or Parquet, as its name's extension says."}}},
+}
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
                                                                 "application/vnd.apache.parquet"}},
@@ -212,6 +221,9 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": _MODEL_NAME,
     "model_id": _MODEL_NAME,
     "version": {"type": "integer", "minimum": 0},
+    # training/datasets.py: an object name whose extension is a dataset format.
+    "dataset": {"type": "string", "maxLength": MAX_DATASET_NAME_CHARS,
+                "pattern": OBJECT_NAME.pattern.removesuffix("$") + f"\\.({'|'.join(DATASET_FORMATS)})$"},
 }
 
 
@@ -496,6 +508,8 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                     media["examples"] = {"example": {"value": REQUEST_EXAMPLES[(method, path)]}}
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": media}}
+            if (method, path) in RAW_BODIES:
+                operation["requestBody"] = {"required": True, "content": RAW_BODIES[(method, path)]}
             if (method, path) in FORM_BODIES:
                 operation["requestBody"] = {"required": True, "content": {
                     "application/x-www-form-urlencoded": {"schema": FORM_BODIES[(method, path)]}}}
