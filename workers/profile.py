@@ -49,7 +49,7 @@ class WorkerProfile:
         (unless `environ` sets one) and, for a prefork pool, a folder for its processes' metrics files:
         `metrics_dir`, or the one `environ` names, with an earlier run's files removed (they would be
         summed into this run's counters); else a new private one under the temporary folder."""
-        added = {} if environ.get(PORT_VARIABLE) else {PORT_VARIABLE: str(self.metrics_port)}
+        added = {PORT_VARIABLE: environ.get(PORT_VARIABLE) or str(self.metrics_port)}
         if self.pool != "prefork":
             return added
         given = metrics_dir or (Path(environ[MULTIPROC_DIR_VARIABLE]) if environ.get(MULTIPROC_DIR_VARIABLE) else None)
