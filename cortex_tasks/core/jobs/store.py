@@ -196,6 +196,8 @@ def cancel_job(job_id: str, reason: str) -> bool:
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
             .values(status=CANCELLED, error={"code": "cancelled", "message": reason}, finished_at=func.now())
         ).rowcount
+    if changed:
+        JOBS_FINISHED.labels(CANCELLED, "").inc()
     return bool(changed)
 
 
