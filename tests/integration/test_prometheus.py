@@ -97,6 +97,9 @@ def test_task_latency_queue_wait_and_batch_size_of_predictions(prometheus, predi
     assert value(sizes) >= 2
     finished = prometheus.wait_for('sum(cortex_jobs_finished_total{job="cortex-worker-gpu", status="succeeded"}) > 0')
     assert value(finished) >= 1
+    # The worker looked the items up in its own cache layer (the gateway had looked in the shared one).
+    lookups = prometheus.wait_for('sum(cortex_cache_lookups_total{job="cortex-worker-gpu", layer="l1"}) > 0')
+    assert value(lookups) >= 2
 
 
 def test_prefork_children_metrics_reach_prometheus(prometheus, predictions):
