@@ -37,6 +37,16 @@ MODEL_LOAD_SECONDS = Histogram("cortex_model_load_seconds", "Time a worker proce
 # exists once per execution, in the thread that runs it).
 _STARTED = "cortex_started"
 UNKNOWN_QUEUE = "unknown"
+# The (duration, queue wait) series of each task and queue, looked up once: labels() costs about as much
+# as an observation (bench/worker_metrics.py). A race fills an entry twice with the same series.
+_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def _task_series(name: str, queue: str) -> tuple[Any, Any]:
+    found = _series.get((name, queue))
+    if found is None:
+        found = _series[(name, queue)] = (TASK_SECONDS.labels(name, queue), QUEUE_WAIT.labels(name, queue))
+    return found
 
 
 def queue_of(request: Any) -> str:
@@ -73,14 +83,14 @@ def task_started(task: Any) -> None:
             waited_from = max(waited_from, datetime.fromisoformat(str(eta)).timestamp())
         except ValueError:
             pass
-    QUEUE_WAIT.labels(task.name, queue_of(request)).observe(max(0.0, now - waited_from))
+    _task_series(task.name, queue_of(request))[1].observe(max(0.0, now - waited_from))
 
 
 def task_finished(task: Any) -> None:
     """At task_postrun (whatever the outcome): observe the task's duration."""
     started = task.request.__dict__.pop(_STARTED, None)
     if started is not None:
-        TASK_SECONDS.labels(task.name, queue_of(task.request)).observe(time.perf_counter() - started)
+        _task_series(task.name, queue_of(task.request))[0].observe(time.perf_counter() - started)
 
 
 def task_failed(task: Any, exc: BaseException) -> None:
