@@ -34,10 +34,9 @@ from cortex_web.blueprints import (
     vectors,
 )
 from cortex_web.coalescer import Coalescer
-from cortex_web.dispatch import queue_depths
 from cortex_web.errors import register_error_handlers
 from cortex_web.json_provider import OrjsonProvider
-from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector, register_shared_collector
+from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueCollector, register_shared_collector
 from cortex_web.replies import ReplyListener
 from cortex_web.request_body import apply_route_body_limit
 
@@ -95,5 +94,5 @@ def create_app() -> Flask:
 def _register_queue_metrics(client: redis.Redis) -> None:
     global _queue_collector_registered
     if not _queue_collector_registered:
-        register_shared_collector(QueueDepthCollector(lambda: queue_depths(client)))
+        register_shared_collector(QueueCollector(client))
         _queue_collector_registered = True

@@ -6,10 +6,14 @@ versions, OpenAI usage) come from collectors that read Redis at scrape time, onc
 """
 from __future__ import annotations
 
+import redis
 from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from cortex_tasks.core.load_control.shedding import read_queue_loads
 from cortex_tasks.core.metric_totals import processes_registry
+from cortex_tasks.core.queues import QUEUE_NAMES
+from cortex_tasks.core.worker_records import ready_workers
 
 _shared_collectors: list = []
 
@@ -23,20 +27,30 @@ JOB_OUTCOMES = Counter("cortex_job_outcomes_total", "Outcomes of jobs the gatewa
                        ["task", "outcome"])
 
 
-class QueueDepthCollector:
-    """Reports each queue's length summed over its priority sub-lists."""
+class QueueCollector:
+    """Reports, read from Redis at scrape time, each queue's depth (summed over its priority sub-lists), the
+    age of its oldest waiting message and how many ready workers consume it (their readiness records,
+    core/worker_records.py): the queue alerts of compose/alerts.yml watch these. Read once here, by the
+    gateway, rather than by every worker."""
 
-    def __init__(self, depth_reader) -> None:
-        self._read = depth_reader
+    def __init__(self, client: redis.Redis, queues: tuple[str, ...] = QUEUE_NAMES) -> None:
+        self._client, self._queues = client, queues
 
     def collect(self):
-        family = GaugeMetricFamily("cortex_queue_depth", "Messages waiting per queue", labels=["queue"])
+        depth = GaugeMetricFamily("cortex_queue_depth", "Messages waiting per queue", labels=["queue"])
+        age = GaugeMetricFamily("cortex_queue_oldest_age_seconds", "Age of the oldest message waiting per queue",
+                                labels=["queue"])
+        workers = GaugeMetricFamily("cortex_queue_workers", "Ready workers consuming each queue", labels=["queue"])
         try:
-            for queue, depth in self._read().items():
-                family.add_metric([queue], depth)
-        except Exception:  # a scrape must not fail because Redis is briefly away
+            for queue, load in read_queue_loads(self._client, self._queues).items():
+                depth.add_metric([queue], load.depth)
+                age.add_metric([queue], load.oldest_age)
+            ready = ready_workers(self._client)
+            for queue in self._queues:
+                workers.add_metric([queue], sum(queue in (record.get("queues") or ()) for record in ready))
+        except Exception:  # noqa: BLE001 (a scrape must not fail because Redis is briefly away)
             pass
-        yield family
+        yield from (depth, age, workers)
 
 
 # Rate limiting and the audit log (cortex_web/limits.py, cortex_web/audit.py).

@@ -12,5 +12,6 @@ PROFILE = WorkerProfile(
     queues=("gpu", "batch"),
     pool="threads",
     concurrency=16,
+    metrics_port=9101,
     description="embeddings, transformer classifiers, generation, batch chunks; models preloaded before 'ready'",
 )

@@ -10,5 +10,6 @@ PROFILE = WorkerProfile(
     concurrency=2,
     max_tasks_per_child=1000,
     max_memory_per_child_kb=2_000_000,
+    metrics_port=9102,
     description="spaCy NER, PII, language identification, sentiment; housekeeping",
 )

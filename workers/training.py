@@ -7,5 +7,6 @@ PROFILE = WorkerProfile(
     pool="prefork",
     concurrency=1,
     max_tasks_per_child=20,
+    metrics_port=9103,
     description="training and evaluation",
 )

@@ -63,11 +63,12 @@ def migrate() -> None:
 @click.argument("profile", type=SuggestingChoice(["gpu", "nlp", "training"], "worker profile"))
 @click.pass_context
 def worker(ctx: click.Context, profile: str) -> None:
-    """Run one worker with its profile (extra arguments go to celery)."""
+    """Run one worker with its profile (extra arguments go to celery). Its Prometheus endpoint listens on
+    CORTEX_WORKER_METRICS_PORT, else the profile's port (docs/metrics.md)."""
     from workers import PROFILES
 
     argv = [sys.executable, "-m", "celery", *PROFILES[profile].celery_argv(), *ctx.args]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, {**os.environ, **PROFILES[profile].metrics_environment(os.environ)})
 
 
 @main.command()

@@ -691,6 +691,22 @@ class Settings(FromEnvironment):
         shown="generated into the data folder",
         repr=False,
     )
+    # Worker metrics (docs/metrics.md): each worker's Prometheus endpoint.
+    worker_metrics_port: int | None = variable(
+        "CORTEX_WORKER_METRICS_PORT",
+        None,
+        "Port of a worker's Prometheus endpoint; 0 turns it off.",
+        shown="the worker kind's: gpu 9101, nlp 9102, training 9103, stream 9104",
+        ge=0,
+        le=65535,
+    )
+    worker_metrics_address: str = variable(
+        "CORTEX_WORKER_METRICS_ADDRESS",
+        # Every interface: Prometheus scrapes workers from another host or container. `cortex up` binds
+        # its workers' endpoints to the loopback.
+        "0.0.0.0",  # nosec B104
+        "Address a worker's Prometheus endpoint listens on.",
+    )
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024

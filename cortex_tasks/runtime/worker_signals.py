@@ -22,6 +22,9 @@ from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, enter_tenant, l
 from cortex_tasks.core.worker_records import READY_KEY_PREFIX, READY_TTL_SECONDS, load_failure
 from cortex_tasks.runtime.inference import compute
 from cortex_tasks.runtime.inference.runner import batching_of
+from cortex_tasks.runtime.metrics import exporter as metrics_exporter
+from cortex_tasks.runtime.metrics import instruments as task_metrics
+from cortex_tasks.runtime.metrics.resources import record_torch_memory
 from cortex_tasks.runtime.models.loaded import get_model
 
 log = logging.getLogger(__name__)
@@ -202,3 +205,39 @@ def _redis():
     import redis
 
     return redis.Redis.from_url(get_settings().redis_url)
+
+
+# Metrics (runtime/metrics, docs/metrics.md): the endpoint opens as the worker starts, before its models
+# load, so Prometheus sees it up while it loads; each task is observed once, by these signals.
+@signals.worker_init.connect
+def _start_metrics_endpoint(sender=None, **_: object) -> None:
+    settings = get_settings()
+    port = settings.worker_metrics_port
+    if port is None:
+        port = metrics_exporter.default_port(getattr(sender, "hostname", None) or "", _consumed_queues(app))
+    prefork = "prefork" in str(getattr(sender, "pool_cls", None) or app.conf.worker_pool)
+    metrics_exporter.start_exporter(port, settings.worker_metrics_address, prefork)
+
+
+@signals.task_prerun.connect
+def _observe_task_start(task=None, **_: object) -> None:
+    if task is not None:
+        task_metrics.task_started(task)
+
+
+@signals.task_postrun.connect
+def _observe_task_end(task=None, **_: object) -> None:
+    if task is not None:
+        task_metrics.task_finished(task)
+        record_torch_memory()
+
+
+@signals.task_failure.connect
+def _count_task_failure(sender=None, exception=None, **_: object) -> None:
+    if sender is not None and exception is not None:
+        task_metrics.task_failed(sender, exception)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_process_metrics(**_: object) -> None:
+    metrics_exporter.process_exiting()

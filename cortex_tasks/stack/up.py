@@ -34,6 +34,7 @@ from cortex_tasks.stack.private_files import PRIVATE_UMASK, private_dir, read_or
 from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
 from workers import PROFILES
+from workers.profile import PORT_VARIABLE, WorkerProfile
 
 # Bind addresses that mean "every interface"; the stack's own clients reach such a gateway on loopback.
 WILDCARD_HOSTS = ("0.0.0.0", "::")  # nosec B104 - compared with --host, never bound here
@@ -190,9 +191,15 @@ def run_up(options: UpOptions) -> int:
             # The gateway processes' metrics files (gunicorn_conf.py), emptied at every start.
             extra_env={"PROMETHEUS_MULTIPROC_DIR": os.environ.get("PROMETHEUS_MULTIPROC_DIR")
                        or str(data_dir / "gateway-metrics")})
+        worker_metrics = {}
         for profile in PROFILES.values():
+            metrics_env = _worker_metrics_environment(profile, options.host, data_dir)
+            if metrics_env[PORT_VARIABLE] != "0":
+                worker_metrics[profile.name] = f"http://{_local(options.host)}:{metrics_env[PORT_VARIABLE]}/metrics"
             supervisor.add_and_start(f"worker-{profile.name}",
-                                     [python, "-m", "celery", *profile.celery_argv()])
+                                     [python, "-m", "celery", *profile.celery_argv()], extra_env=metrics_env)
+        stack["worker_metrics"] = worker_metrics
+        publish_stack()
         supervisor.add_and_start("beat", [python, "-m", "celery", "-A", "cortex_tasks", "beat",
                                           "-s", str(data_dir / "celerybeat-schedule")])
         password = _flower_password(data_dir)
@@ -215,7 +222,7 @@ def run_up(options: UpOptions) -> int:
             supervisor.check_once()
             time.sleep(0.5)
         _print_banner(options, data_dir, gateway_url, flower_url, password, redis_url, database_url,
-                      artifact_dir, admin_line)
+                      artifact_dir, admin_line, worker_metrics)
         while not supervisor.stopping:
             supervisor.check_once()
             time.sleep(0.5)
@@ -226,6 +233,24 @@ def run_up(options: UpOptions) -> int:
         if stack_file.exists():
             stack_file.unlink()
         print("cortex: stopped.", flush=True)
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in WILDCARD_HOSTS else host
+
+
+def _worker_metrics_environment(profile: WorkerProfile, host: str, data_dir: Path) -> dict[str, str]:
+    """A worker's Prometheus endpoint in this stack: its kind's port (another one if that is taken: a
+    second stack on this machine), on the gateway's address; a prefork worker's metrics files in the data
+    folder, emptied now. CORTEX_WORKER_METRICS_PORT=0 turns every worker's off; any other value is not
+    used here, where one port cannot serve three workers."""
+    off = os.environ.get(PORT_VARIABLE) == "0" or not profile.metrics_port
+    port = 0 if off else port_or_free_one(profile.metrics_port)
+    if port not in (0, profile.metrics_port):
+        print(f"cortex: port {profile.metrics_port} is taken; the {profile.name} worker's metrics use {port}",
+              flush=True)
+    return {**profile.metrics_environment({PORT_VARIABLE: str(port)}, data_dir / "worker-metrics" / profile.name),
+            "CORTEX_WORKER_METRICS_ADDRESS": host}
 
 
 def _admin_key(data_dir: Path) -> tuple[str, str]:
@@ -240,7 +265,8 @@ def _admin_key(data_dir: Path) -> tuple[str, str]:
 
 
 def _print_banner(options: UpOptions, data_dir: Path, gateway_url: str, flower_url: str, password: str,
-                  redis_url: str, database_url: str, artifact_dir: Path, admin_line: str) -> None:
+                  redis_url: str, database_url: str, artifact_dir: Path, admin_line: str,
+                  worker_metrics: dict[str, str] | None = None) -> None:
     lines = [
         "",
         "Cortex is up.",
@@ -252,6 +278,8 @@ def _print_banner(options: UpOptions, data_dir: Path, gateway_url: str, flower_u
         f"  artifacts  {artifact_dir}  (filesystem object store)",
         f"  data       {data_dir}  (logs in {data_dir / 'logs'})",
         f"  {admin_line}",
+        f"  metrics    {gateway_url}/metrics; workers: "
+        + (", ".join(f"{name} {url}" for name, url in (worker_metrics or {}).items()) or "off"),
         "",
         "Try:",
         (f"  curl -s {gateway_url}/api/v1/predict -H 'Authorization: Bearer <admin key>' "

@@ -90,6 +90,7 @@ def test_cortex_up_serves_restarts_and_stops(stack):
                              json={"task": "embed", "inputs": ["hello from the e2e test"]})
     assert response.status_code == 200, response.text
     assert len(response.json()["outputs"][0]) == 384
+    check_worker_metrics(stack, banner)
 
     # The CLI finds the running stack through CORTEX_DATA_DIR alone.
     created = subprocess.run([CORTEX, "keys", "create", "--role", "reader"], env=stack["env"],
@@ -141,6 +142,21 @@ def test_cortex_up_serves_restarts_and_stops(stack):
     assert up_keys(stack["env"]) == made_by_up
     second.send_signal(signal.SIGTERM)
     assert second.wait(90) == 0
+
+
+def check_worker_metrics(stack, banner: str) -> None:
+    """Each worker kind answers Prometheus on its own port (stack.json and the banner say where); the
+    prefork kinds with their pool children's figures (each child loaded its models)."""
+    endpoints = json.loads((stack["data_dir"] / "stack.json").read_text())["worker_metrics"]
+    assert {"gpu", "nlp", "training"} <= set(endpoints)
+    assert len(set(endpoints.values())) == len(endpoints) and all(url in banner for url in endpoints.values())
+    gpu = requests.get(endpoints["gpu"], timeout=10).text
+    assert re.search(r'^cortex_task_duration_seconds_count\{queue="gpu",task="cortex.inference.run_gpu_jobs"\} '
+                     r'[1-9]', gpu, flags=re.MULTILINE), gpu[-2000:]
+    assert 'cortex_model_batch_size_count{model="all-MiniLM-L6-v2"}' in gpu
+    nlp = requests.get(endpoints["nlp"], timeout=10).text
+    assert re.search(r'^cortex_model_load_seconds_count\{model="vader"\} [1-9]', nlp, flags=re.MULTILINE), nlp[-2000:]
+    assert 'cortex_resource_utilization_ratio{device="",resource="cpu"}' in nlp
 
 
 def up_keys(env: dict[str, str]) -> list[dict]:

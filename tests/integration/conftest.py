@@ -5,12 +5,15 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cortex_tasks.stack.embedded import free_port
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import WorkerProcess
+from workers import PROFILES
 
 ZERO_SHOT_MODEL = "minilm-zero-shot"
 ZERO_SHOT_BATCHING = {"max_batch_size": 3, "max_wait_ms": 7}
@@ -36,9 +39,15 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 def workers(fake_openai: FakeOpenAI) -> Iterator[dict[str, WorkerProcess]]:
     """A gpu-profile worker (threads) and a prefork worker for every other queue, like `cortex up`."""
     # As workers/gpu.py, with one model batched its own way (test_gpu_tasks.py checks that it is).
+    # Each exports its metrics on a free port (test_prometheus.py scrapes them), the prefork one through
+    # prometheus_client's multiprocess files, as `cortex worker` starts them.
     gpu = WorkerProcess("gpu,batch", pool="threads", concurrency=8, name="gpu", env={
-        "CORTEX_BATCHING_PER_MODEL": json.dumps({ZERO_SHOT_MODEL: ZERO_SHOT_BATCHING})})
-    other = WorkerProcess("nlp,training,batch,maintenance", pool="prefork", concurrency=2, name="cpu")
+        "CORTEX_BATCHING_PER_MODEL": json.dumps({ZERO_SHOT_MODEL: ZERO_SHOT_BATCHING}),
+        "CORTEX_WORKER_METRICS_PORT": str(free_port()), "CORTEX_WORKER_METRICS_ADDRESS": "127.0.0.1"})
+    metrics_dir = Path(os.environ["CORTEX_DATA_DIR"]) / "cpu-worker-metrics"
+    other = WorkerProcess("nlp,training,batch,maintenance", pool="prefork", concurrency=2, name="cpu", env={
+        **PROFILES["nlp"].metrics_environment({"CORTEX_WORKER_METRICS_PORT": str(free_port())}, metrics_dir),
+        "CORTEX_WORKER_METRICS_ADDRESS": "127.0.0.1"})
     gpu.start(wait_ready=False)
     other.start(wait_ready=False)
     try:

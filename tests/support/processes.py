@@ -27,7 +27,9 @@ class WorkerProcess:
         self.argv = [sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", queues,
                      "-P", pool, "-c", str(concurrency), "-n", self.hostname, "--without-gossip",
                      "--without-mingle", "-E", "-l", "INFO", *(extra_args or [])]
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        # No metrics endpoint unless the test asks for one (a port): workers of many test sessions share
+        # this machine, and each kind's default port would collide.
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CORTEX_WORKER_METRICS_PORT": "0", **(env or {})}
         folder = log_dir or Path(os.environ["CORTEX_DATA_DIR"]) / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / f"{self.hostname.split('@')[0]}.log"

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -23,6 +24,21 @@ from cortex_tasks.core.tenancy import current_tenant
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+# Counted by the process that records the outcome (a worker, for the jobs it runs), once per recorded job.
+JOBS_FINISHED = Counter("cortex_jobs_finished_total",
+                        "Jobs recorded as finished, by status and, for failures, stable error code",
+                        ["status", "code"])
+
+
+def _count_finished(outcomes: dict[str, tuple[str, Any]], recorded: set[str]) -> None:
+    counts: dict[tuple[str, str], int] = {}
+    for job_id in recorded:
+        status, payload = outcomes[job_id]
+        code = "" if status == SUCCEEDED else str((payload if isinstance(payload, dict) else {}).get("code") or "unknown")
+        counts[(status, code)] = counts.get((status, code), 0) + 1
+    for (status, code), count in counts.items():
+        JOBS_FINISHED.labels(status, code).inc(count)
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,8 @@ def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, s
             .values(status=SUCCEEDED, result=result, result_ref=result_ref,
                     progress_done=Job.progress_total, finished_at=func.now())
         ).rowcount
+    if changed:
+        JOBS_FINISHED.labels(SUCCEEDED, "").inc()
     return bool(changed)
 
 
@@ -166,6 +184,8 @@ def fail_job(job_id: str, error: dict[str, Any]) -> bool:
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
             .values(status=FAILED, error=error, finished_at=func.now())
         ).rowcount
+    if changed:
+        JOBS_FINISHED.labels(FAILED, str(error.get("code") or "unknown")).inc()
     return bool(changed)
 
 
@@ -176,6 +196,8 @@ def cancel_job(job_id: str, reason: str) -> bool:
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
             .values(status=CANCELLED, error={"code": "cancelled", "message": reason}, finished_at=func.now())
         ).rowcount
+    if changed:
+        JOBS_FINISHED.labels(CANCELLED, "").inc()
     return bool(changed)
 
 
@@ -317,6 +339,7 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
             connection.execute(text(
                 "UPDATE jobs SET status = 'failed', error = CAST(:error AS jsonb), finished_at = now() "
                 "WHERE id = ANY(:ids) AND status IN ('queued', 'running')"), {"ids": over_cap, "error": error})
+        JOBS_FINISHED.labels(FAILED, "redelivery_limit").inc(len(over_cap))
     return runnable, over_cap
 
 
@@ -350,6 +373,7 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]], sensitive: frozenset[str] 
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
                 "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
             ), {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]}))
+    _count_finished(outcomes, recorded)
     return recorded
 
 
@@ -392,7 +416,9 @@ def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, New
                "errors": [payload if status != SUCCEEDED else None for status, payload in payloads],
                "started": started}
     with quick_write_engine().connect() as connection:
-        return {row[0] for row in connection.execute(text(_RECORD_FINISHED), columns)}
+        recorded = {row[0] for row in connection.execute(text(_RECORD_FINISHED), columns)}
+    _count_finished(outcomes, recorded)
+    return recorded
 
 
 def get_jobs(job_ids: list[str]) -> list[Job]:

@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass
 
 import redis
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from cortex_tasks.core.queues import PRIORITY_STEPS
 
 SHED_REQUESTS = Counter("cortex_shed_requests_total", "Requests refused by load shedding", ["queue", "reason"])
-# Gateway processes read the same queues: their latest reading is the one to report (gunicorn_conf.py).
-QUEUE_OLDEST_AGE = Gauge("cortex_queue_oldest_age_seconds", "Age of the oldest waiting message", ["queue"],
-                         multiprocess_mode="livemostrecent")
+# Each queue's depth and oldest age are reported by the gateway's /metrics, read at scrape time
+# (cortex_web/metrics.py QueueCollector), not as last seen here: a queue nobody submits to would
+# otherwise show the age it had at its last submission.
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,25 @@ def _message_age(raw: bytes | None, now: float) -> float:
 
 
 def read_queue_load(client: redis.Redis, queue: str) -> QueueLoad:
-    names = [queue if step == 0 else f"{queue}:{step}" for step in PRIORITY_STEPS]
+    return read_queue_loads(client, [queue])[queue]
+
+
+def read_queue_loads(client: redis.Redis, queues: list[str] | tuple[str, ...]) -> dict[str, QueueLoad]:
+    """Each queue's depth (over its priority sub-lists) and its oldest message's age, in one round trip."""
     pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.llen(name)
-        pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right: the tail is the oldest
+    for queue in queues:
+        for step in PRIORITY_STEPS:
+            name = queue if step == 0 else f"{queue}:{step}"
+            pipe.llen(name)
+            pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right: the tail is the oldest
     replies = pipe.execute()
     now = time.time()
-    depth = sum(replies[0::2])
-    oldest = max((_message_age(raw, now) for raw in replies[1::2]), default=0.0)
-    QUEUE_OLDEST_AGE.labels(queue).set(oldest)
-    return QueueLoad(depth, oldest)
+    width = 2 * len(PRIORITY_STEPS)
+    loads = {}
+    for index, queue in enumerate(queues):
+        part = replies[index * width:(index + 1) * width]
+        loads[queue] = QueueLoad(sum(part[0::2]), max((_message_age(raw, now) for raw in part[1::2]), default=0.0))
+    return loads
 
 
 class LoadShedder:

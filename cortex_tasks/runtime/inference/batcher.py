@@ -88,8 +88,10 @@ class ItemFailure:
 
 class DynamicBatcher:
     def __init__(self, run_batch: RunBatch, max_batch_size: int = 32, max_wait: float = 0.002,
-                 name: str = "batcher", lanes: int = 1, call_slot: CallSlot | None = None) -> None:
+                 name: str = "batcher", lanes: int = 1, call_slot: CallSlot | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.run_batch = run_batch
+        self._on_batch = on_batch  # told each model call's size (the worker's batch-size histogram)
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait = max_wait
         self.lanes = max(1, lanes)
@@ -215,6 +217,8 @@ class DynamicBatcher:
                 self._running -= 1
                 self.batches_run += 1
                 self.items_run += len(batch)
+        if batch and self._on_batch is not None:
+            self._on_batch(len(batch))
         for item, result in zip(batch, results):
             item.slot.fill(item.index, result)
         if error is not None and reraise:

@@ -21,6 +21,7 @@ from cortex_tasks.core.settings import Batching, get_settings
 from cortex_tasks.core.tenancy import current_tenant, tenant_scope
 from cortex_tasks.runtime.inference import compute, service
 from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
+from cortex_tasks.runtime.metrics.instruments import BATCH_SIZE
 from cortex_tasks.runtime.models.loaded import get_model
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBa
         return DynamicBatcher(run_batch, max_batch_size=batching.max_batch_size,
                               max_wait=batching.max_wait_seconds, name=f"batcher-{model_name}",
                               lanes=compute.lanes(entry.compute),
-                              call_slot=partial(compute.model_call, model_name, entry.compute))
+                              call_slot=partial(compute.model_call, model_name, entry.compute),
+                              on_batch=BATCH_SIZE.labels(model_name).observe)
 
     return _batchers.get(key, create)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 
 from cortex_tasks.core.catalogue import find_model
 from cortex_tasks.core.registry.references import split_qualified
 from cortex_tasks.core.tenancy import current_scope
+from cortex_tasks.runtime.metrics.instruments import MODEL_LOAD_SECONDS
 from cortex_tasks.runtime.models.base import ModelBackend
 
 _loaded: dict[str, ModelBackend] = {}
@@ -34,9 +36,11 @@ def get_model(name: str) -> ModelBackend:
             entry = find_model(name)  # bundled, or a user's model folder
             if entry is None:
                 raise KeyError(name)
+            started = time.perf_counter()
             module_name, class_name = entry.loader.split(":")
             backend_class = getattr(importlib.import_module(module_name), class_name)
             model = backend_class(entry.name, entry.version)
+            MODEL_LOAD_SECONDS.labels(name).observe(time.perf_counter() - started)
             _loaded[name] = model
     return model
 
