@@ -182,7 +182,7 @@ class RedactingLogger(Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        use_format_on([self.error_log, self.access_log])
+        use_format_on([self.error_log, self.access_log], "gateway")
 
     def atoms(self, resp, req, environ, request_time) -> dict:
         atoms = super().atoms(resp, req, environ, request_time)

@@ -83,9 +83,11 @@ def test_celerys_task_succeeded_line_shows_the_size_of_the_return_value_not_the_
         celery_trace.handlers, celery_trace.propagate = [_log.handlers[0]], False
         celery_trace.setLevel(logging.INFO)  # as a worker run with -l INFO
         try:
-            celery_trace.info("Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
-                              {"name": "cortex.vectors.search_text", "id": "t1", "runtime": 0.1,
-                               "return_value": repr({"results": [secret_output]})})
+            context = {"name": "cortex.vectors.search_text", "id": "t1", "runtime": 0.1,
+                       "return_value": repr({"results": [secret_output]})}
+            # As celery.app.trace.info writes it: the mapping is the arguments and an extra field.
+            celery_trace.info("Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s", context,
+                              extra={"data": context})
         finally:
             celery_trace.handlers, celery_trace.propagate = [], True
             celery_trace.setLevel(logging.NOTSET)
@@ -93,6 +95,7 @@ def test_celerys_task_succeeded_line_shows_the_size_of_the_return_value_not_the_
     record, = _records(write)
     assert secret_output not in json.dumps(record)
     assert record["message"].startswith("Task cortex.vectors.search_text[t1] succeeded in 0.1s: <str ")
+    assert record["data"]["return_value"].startswith("<str ")
 
 
 def test_api_keys_in_a_message_are_cut_to_their_id():

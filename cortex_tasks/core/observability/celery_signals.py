@@ -18,6 +18,7 @@ imports its task modules.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any
@@ -35,12 +36,19 @@ def _component_of_command(argv: list[str]) -> str:
 
 
 @signals.celeryd_init.connect
-def _name_worker(sender: str | None = None, instance: Any = None, **_: Any) -> None:
+def _name_worker(sender: str | None = None, instance: Any = None, options: dict[str, Any] | None = None,
+                 **_: Any) -> None:
     global _component
     node = str(sender or "").split("@", 1)[0]
     _component = f"worker-{node}" if node else "worker"
-    if instance is not None and logs.resolved_format(_log_format(), sys.stderr) == "json":
-        instance.quiet = True  # its banner is plain text on stdout
+    # Logging starts here rather than at setup_logging: the worker warns (running as root, say) in between.
+    _setup_logging((options or {}).get("loglevel"))
+    if logs.resolved_format(_log_format(), sys.stderr) == "json":
+        if instance is not None:
+            instance.quiet = True  # its banner is plain text on stdout
+        # Progress bars (a model's weights loading) draw on stderr, between the JSON lines.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _log_format() -> str:

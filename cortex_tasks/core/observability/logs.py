@@ -93,8 +93,12 @@ class ContextFilter(logging.Filter):
         trace_ids = _trace_ids()
         if trace_ids is not None:
             record.trace_id, record.span_id = trace_ids
-        if record.name == CELERY_TRACE_LOGGER and isinstance(record.args, Mapping) and "return_value" in record.args:
-            record.args = {**record.args, "return_value": _summary(record.args["return_value"])}
+        if record.name == CELERY_TRACE_LOGGER:
+            # The same mapping is the message's arguments and, as `data`, an extra field of the line.
+            for name in ("args", "data"):
+                given = getattr(record, name, None)
+                if isinstance(given, Mapping) and "return_value" in given:
+                    setattr(record, name, {**given, "return_value": _summary(given["return_value"])})
         return True
 
 
@@ -206,11 +210,13 @@ def configure_logging(name: str, level: int | str | None = None, stream: TextIO 
     return log_format
 
 
-def use_format_on(loggers: list[logging.Logger]) -> None:
-    """Cortex's format and fields on the handlers other code set up on `loggers` (gunicorn's error and
-    access logs keep their destinations, whatever an operator configured)."""
+def use_format_on(loggers: list[logging.Logger], name: str) -> None:
+    """Cortex's format and fields, as component `name`, on the handlers other code set up on `loggers`
+    (gunicorn's error and access logs keep their destinations, whatever an operator configured)."""
     from cortex_tasks.core.settings import get_settings
 
+    global _component
+    _component = name
     configured = get_settings().log_format
     for logger in loggers:
         for existing in logger.handlers:
