@@ -201,10 +201,10 @@ def run_up(options: UpOptions) -> int:
         for profile in PROFILES.values():
             supervisor.add_and_start(f"worker-{profile.name}",
                                      [python, "-m", "celery", *profile.celery_argv()])
-        supervisor.add_and_start("beat", [python, "-m", "celery", "-A", "cortex_tasks", "beat",
-                                          "-s", str(data_dir / "celerybeat-schedule"),
-                                          # Beat prints its banner before any log line: not in a JSON log.
-                                          *(["--quiet"] if _children_log_json() else [])])
+        # Beat prints its banner before any log line: not in a JSON log (`--quiet` is celery's own option).
+        supervisor.add_and_start("beat", [python, "-m", "celery", "-A", "cortex_tasks",
+                                          *(["--quiet"] if _children_log_json() else []), "beat",
+                                          "-s", str(data_dir / "celerybeat-schedule")])
         password = _flower_password(data_dir)
         supervisor.add_and_start("flower", [python, "-m", "celery", "-A", "cortex_tasks", "flower",
                                             f"--port={flower_port}", "--address=127.0.0.1"],

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -167,6 +168,11 @@ def _job_span(receiver: Receiver, job_id: str) -> dict[str, Any]:
                     f"the worker's span of job {job_id}")
 
 
+def _component(worker: WorkerProcess) -> str:
+    """A worker's component: its node name before @ (`-n gpu@%h` in production; a unique one here)."""
+    return "worker-" + worker.hostname.split("@")[0]
+
+
 def _one(spans: list[dict[str, Any]], name: str) -> dict[str, Any]:
     found = [span for span in spans if span["name"] == name]
     assert len(found) == 1, (name, [span["name"] for span in spans])
@@ -187,7 +193,7 @@ def test_a_predict_is_one_trace_from_the_request_to_the_model_call(traced: dict[
     call = _one(spans, "cortex.model.call")
     assert request["parent_id"] is None and request["service"] == "cortex-gateway"
     assert send["parent_id"] == request["span_id"] and publish["parent_id"] == send["span_id"]
-    assert publish["service"] == "cortex-gateway" and run["service"] == "cortex-worker-gpu"
+    assert publish["service"] == "cortex-gateway" and run["service"] == f"cortex-{_component(traced['gpu'])}"
     assert run["parent_id"] == publish["span_id"]  # across the broker, through the message headers
     assert run["attributes"]["cortex.job_id"] == job_id
     assert job["parent_id"] == run["span_id"] and call["parent_id"] == run["span_id"]
@@ -245,12 +251,16 @@ def test_a_training_job_is_traced_from_the_request_to_its_fit(traced: dict[str, 
     job_id = response.json()["job_id"]
     fit = wait_for(lambda: (receiver.named("cortex.training.fit", **{"cortex.job_id": job_id}) or [None])[0],
                    300, "the training run's fit span")
+    # The run span ends (and is exported) after the fit's.
     spans = wait_for(lambda: (found := receiver.trace(fit["trace_id"]))
-                     and any(span["name"] == "POST /api/v1/training/submit" for span in found) and found, 30,
-                     "the training request's span")
+                     and {"POST /api/v1/training/submit", "apply_async/cortex.training.train_model"}
+                     <= {span["name"] for span in found}
+                     and any(span["span_id"] == fit["parent_id"] for span in found) and found, 60,
+                     "the training job's spans")
     by_id = {span["span_id"]: span for span in spans}
     run = by_id[fit["parent_id"]]
-    assert run["name"].startswith("run/cortex.training.") and run["service"] == "cortex-worker-training"
+    assert run["name"].startswith("run/cortex.training.")
+    assert run["service"] == f"cortex-{_component(traced['training'])}"
     publish = by_id[run["parent_id"]]
     assert publish["name"].startswith("apply_async/") and by_id[publish["parent_id"]]["name"] == \
         "POST /api/v1/training/submit"
@@ -274,7 +284,7 @@ def test_every_log_line_is_json_with_job_and_trace_ids_and_no_input(traced: dict
     for record in gateway + worker:
         assert all(field in record for field in LOG_FIELDS), record
     assert {record["component"] for record in gateway} == {"gateway"}
-    assert {record["component"] for record in worker} == {"worker-gpu"}
+    assert {record["component"] for record in worker} == {_component(traced["gpu"])}
     # gunicorn's access line for the predict, and the worker's lines of the task that ran the job.
     assert any("POST /api/v1/predict" in record["message"] for record in gateway)
     task_lines = [record for record in worker if record.get("job_id") == job_id]
@@ -282,4 +292,24 @@ def test_every_log_line_is_json_with_job_and_trace_ids_and_no_input(traced: dict
     assert any("succeeded" in record["message"] for record in task_lines)
     for path in (traced["gateway_log"], traced["gpu"].log_path, traced["training"].log_path):
         assert secret not in path.read_text()
-    assert secret.split()[-1] not in json.dumps(traced["receiver"].spans)  # nor in any span
+    assert secret.split()[-1] not in json.dumps(traced["receiver"].spans, default=str)  # nor in any span
+
+
+def test_beat_logs_json_lines_as_beat(tmp_path: Path):
+    """Beat in JSON (as `cortex up` starts it: --quiet, since its banner is printed before logging starts)."""
+    log_path = tmp_path / "beat.log"
+    with open(log_path, "wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "cortex_tasks", "--quiet", "beat", "-s",
+             str(tmp_path / "schedule")], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "CORTEX_LOG_FORMAT": "json"})
+    try:
+        wait_for(lambda: "Starting" in log_path.read_text() or beat.poll() is not None, 120, "Beat to start")
+        assert beat.poll() is None, log_path.read_text()
+    finally:
+        if beat.poll() is None:
+            os.killpg(beat.pid, signal.SIGTERM)
+            beat.wait(30)
+    records = _log_records(log_path)
+    assert records and {record["component"] for record in records} == {"beat"}
+    assert all(field in record for record in records for field in LOG_FIELDS)

@@ -98,6 +98,23 @@ def test_celerys_task_succeeded_line_shows_the_size_of_the_return_value_not_the_
     assert record["data"]["return_value"].startswith("<str ")
 
 
+def test_celerys_pool_at_debug_shows_the_size_of_the_message_not_its_inputs():
+    secret_input = "my bank account number is 12345"
+
+    def write(_log: logging.Logger) -> None:
+        pool = logging.getLogger(logs.CELERY_POOL_LOGGER)
+        pool.handlers, pool.propagate, pool.level = [_log.handlers[0]], False, logging.DEBUG
+        try:  # as celery.concurrency.base.BasePool.apply_async writes it
+            pool.debug("TaskPool: Apply %s (args:%s kwargs:%s)", "<function trace_task>",
+                       repr(("task", "t1", {}, f'{{"inputs": ["{secret_input}"]}}')), "{}")
+        finally:
+            pool.handlers, pool.propagate, pool.level = [], True, logging.NOTSET
+
+    record, = _records(write)
+    assert secret_input not in json.dumps(record)
+    assert record["message"].startswith("TaskPool: Apply <function trace_task> (args:<str ")
+
+
 def test_api_keys_in_a_message_are_cut_to_their_id():
     record, = _records(lambda log: log.info("client sent %s", "/predict?api_key=ctx_0123456789ab_s3cretvalue"))
     assert "s3cretvalue" not in record["message"] and "ctx_0123456789ab_" in record["message"]

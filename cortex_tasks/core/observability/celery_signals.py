@@ -32,7 +32,9 @@ _task_tokens = threading.local()
 
 
 def _component_of_command(argv: list[str]) -> str:
-    return _component or ("beat" if "beat" in argv else "worker" if "worker" in argv else "celery")
+    if _component:
+        return _component
+    return next((command for command in ("beat", "flower", "worker") if command in argv), "celery")
 
 
 @signals.celeryd_init.connect

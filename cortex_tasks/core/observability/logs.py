@@ -14,8 +14,9 @@ or a collector (every child of `cortex up`, compose, Kubernetes) write JSON. `CO
 level (INFO by default).
 
 Inputs and outputs are never logged: Cortex's own log calls name ids and sizes only, Celery's task-received
-lines show the summary of core/publishing.py, and Celery's task-succeeded line, which would show a task's
-return value, shows its type and size instead (ReturnValueSummary). Any Cortex API key that reaches a
+lines show the summary of core/publishing.py, and the lines in which Celery would show a task's return
+value (task succeeded) or, at DEBUG, its raw message (the pool applying it) show their sizes instead
+(ContextFilter). Any Cortex API key that reaches a
 message anyway is cut to its id (core/log_redaction.py).
 """
 from __future__ import annotations
@@ -40,6 +41,9 @@ _component = "cortex"
 CONTEXT_FIELDS = ("job_id", "task", "task_id", "model", "tenant", "trace_id", "span_id")
 # Celery's line for a finished task formats the task's return value (its outputs) into the message.
 CELERY_TRACE_LOGGER = "celery.app.trace"
+# At DEBUG, Celery's pool logs each task it applies with the raw message body (the inputs): the lines keep
+# the task, not the arguments.
+CELERY_POOL_LOGGER = "celery.pool"
 
 
 def component() -> str:
@@ -93,6 +97,9 @@ class ContextFilter(logging.Filter):
         trace_ids = _trace_ids()
         if trace_ids is not None:
             record.trace_id, record.span_id = trace_ids
+        if record.name == CELERY_POOL_LOGGER and isinstance(record.args, tuple) and len(record.args) == 3:
+            target, arguments, keywords = record.args
+            record.args = (target, _summary(arguments), _summary(keywords))
         if record.name == CELERY_TRACE_LOGGER:
             # The same mapping is the message's arguments and, as `data`, an extra field of the line.
             for name in ("args", "data"):
