@@ -249,7 +249,7 @@ def test_a_training_job_is_traced_from_the_request_to_its_fit(traced: dict[str, 
                                    "dataset": {"rows": topic_rows(per_label=12)}, "params": {"epochs": 3}})
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
-    fit = wait_for(lambda: (receiver.named("cortex.training.fit", **{"cortex.job_id": job_id}) or [None])[0],
+    fit = wait_for(lambda: (receiver.named("cortex.trainer.fit", **{"cortex.job_id": job_id}) or [None])[0],
                    300, "the training run's fit span")
     # The run span ends (and is exported) after the fit's.
     spans = wait_for(lambda: (found := receiver.trace(fit["trace_id"]))

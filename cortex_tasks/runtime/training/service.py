@@ -207,12 +207,12 @@ def _train(run: Any, kind: TrainingKind, context: TrainingContext) -> dict[str, 
     runs.update_run(run.id, validation=report.as_dict(), data_fingerprint=fingerprint[:64])
     report.raise_if_invalid()
     context.obey(0, None)
-    with tracing.span("cortex.training.fit", job_id=run.id, kind=kind.name, model=run.model_name):
+    with tracing.span("cortex.trainer.fit", job_id=run.id, kind=kind.name, model=run.model_name):
         trained: TrainedModel = trainer.train(context, examples, params)
     context.flush()
     context.phase("registering", metrics=trained.metrics)
     try:
-        with tracing.span("cortex.training.register", job_id=run.id):
+        with tracing.span("cortex.trainer.register", job_id=run.id):
             record = register(run, kind, trained, fingerprint, report.as_dict())
     finally:
         if trained.extra.get("cleanup"):
