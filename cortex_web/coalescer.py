@@ -190,7 +190,7 @@ class Coalescer:
                 )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:
-            log.exception("could not enqueue %d jobs", len(jobs))
+            log.exception("could not enqueue %d jobs", len(jobs), extra={"job_ids": [job.job_id for job in jobs]})
             self._message_done(message_id)
             for job in jobs:
                 self.listener.resolve(job.job_id, {"status": "failed", "error": {

@@ -4,7 +4,6 @@ in the message headers to the worker. Nothing is imported or wrapped when tracin
 from __future__ import annotations
 
 import os
-
 from typing import Any
 
 from flask import Flask

@@ -53,7 +53,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != "/v1/traces" or self.headers.get("Content-Encoding") not in (None, "identity"):
                     self.send_error(415)
@@ -207,9 +207,9 @@ def test_predicts_sharing_a_message_keep_their_traces_and_the_model_call_links_e
         job_ids = list(pool.map(lambda text: _predict(traced, text), texts))
     jobs = {job_id: _job_span(receiver, job_id) for job_id in job_ids}
     assert len({job["trace_id"] for job in jobs.values()}) == len(job_ids)  # one trace per job
-    for job in jobs.values():  # each job's trace starts at its own request
-        wait_for(lambda: any(span["name"] == "POST /api/v1/predict" and span["parent_id"] is None
-                             for span in receiver.trace(job["trace_id"])), 30, "the request span")
+    for trace_id in {job["trace_id"] for job in jobs.values()}:  # each job's trace starts at its own request
+        wait_for(lambda trace_id=trace_id: any(span["name"] == "POST /api/v1/predict" and span["parent_id"] is None
+                                               for span in receiver.trace(trace_id)), 30, "the request span")
     served = {(job["trace_id"], job["span_id"]) for job in jobs.values()}
     shared = [call for call in receiver.named("cortex.model.call") if len(set(call["links"]) & served) >= 2]
     # The gateway keeps one message in flight: the requests that come meanwhile leave together.

@@ -27,7 +27,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
@@ -35,7 +36,7 @@ from pythonjsonlogger.json import JsonFormatter
 from cortex_tasks.core.log_redaction import redact_keys
 
 # The fields bound to the work in progress (a task's job ids, task, model); read by every record.
-_bound: ContextVar[Mapping[str, Any]] = ContextVar("cortex_log_fields", default={})
+_bound: ContextVar[Mapping[str, Any]] = ContextVar("cortex_log_fields", default=MappingProxyType({}))
 _component = "cortex"
 # Fields the context adds, in the order a text line shows them.
 CONTEXT_FIELDS = ("job_id", "task", "task_id", "model", "tenant", "trace_id", "span_id")
@@ -129,7 +130,7 @@ def _trace_ids() -> tuple[str, str] | None:
 
 
 def _iso_time(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace(
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
 
 
@@ -141,7 +142,7 @@ class JsonLines(JsonFormatter):
         super().__init__("%(asctime)s %(levelname)s %(component)s %(name)s %(message)s",
                          rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _iso_time(record)
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
@@ -155,7 +156,7 @@ class TextLines(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(component)s %(name)s: %(message)s")
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _iso_time(record)
 
     def format(self, record: logging.LogRecord) -> str:
