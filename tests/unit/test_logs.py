@@ -189,3 +189,26 @@ def test_a_task_binds_the_ids_and_names_of_its_message_never_its_inputs():
 ])
 def test_only_a_level_the_command_line_names_competes_with_the_setting(argv, named):
     assert celery_signals._names_a_level(argv) is named
+
+
+def test_cortex_ups_supervisor_reports_a_restart_as_a_log_line(tmp_path, monkeypatch):
+    """`cortex up`'s own lines (component `up`) are log records in the stack's format, not prints."""
+    import sys
+
+    from cortex_tasks.stack.supervisor import Supervisor
+
+    monkeypatch.setattr(logs, "_component", "up")
+    stream = io.StringIO()
+    supervisor_log = logging.getLogger("cortex_tasks.stack.supervisor")
+    monkeypatch.setattr(supervisor_log, "handlers", [logs.handler("json", stream)])
+    monkeypatch.setattr(supervisor_log, "propagate", False)
+    monkeypatch.setattr(supervisor_log, "level", logging.INFO)
+    supervisor = Supervisor(tmp_path / "logs", {})
+    managed = supervisor.add_and_start("quitter", [sys.executable, "-c", "raise SystemExit(3)"])
+    managed.process.wait(30)
+    supervisor.check_once()
+    supervisor.stopping = True
+    started, exited = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert started["message"].startswith("started quitter (pid ") and started["component"] == "up"
+    assert exited["level"] == "WARNING" and exited["logger"] == "cortex_tasks.stack.supervisor"
+    assert exited["message"].startswith("quitter exited with code 3; restarting in 1s")
