@@ -212,3 +212,32 @@ def test_cortex_ups_supervisor_reports_a_restart_as_a_log_line(tmp_path, monkeyp
     assert started["message"].startswith("started quitter (pid ") and started["component"] == "up"
     assert exited["level"] == "WARNING" and exited["logger"] == "cortex_tasks.stack.supervisor"
     assert exited["message"].startswith("quitter exited with code 3; restarting in 1s")
+
+
+def test_gunicorns_access_and_error_lines_are_the_gateways_json_lines(tmp_path, monkeypatch):
+    import datetime as dates
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from gunicorn_conf import RedactingLogger
+
+    monkeypatch.setattr(logs, "_component", logs._component)  # restored after the gateway's logger sets it
+    config = Config()
+    config.set("accesslog", str(tmp_path / "access.log"))
+    config.set("errorlog", str(tmp_path / "error.log"))
+    logger = RedactingLogger(config)
+    environ = {"REQUEST_METHOD": "POST", "RAW_URI": "/api/v1/predict?api_key=ctx_0123456789ab_S3cr3t",
+               "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/api/v1/predict", "REMOTE_ADDR": "127.0.0.1",
+               "QUERY_STRING": "api_key=ctx_0123456789ab_S3cr3t"}
+    logger.access(SimpleNamespace(status="200 OK", headers=[], sent=17), SimpleNamespace(headers=[]), environ,
+                  dates.timedelta(milliseconds=3))
+    logger.error("Error handling request %s", "/api/v1/predict?token=S3cr3t")
+    for handler in logger.access_log.handlers + logger.error_log.handlers:
+        handler.flush()
+    access, = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    error, = [json.loads(line) for line in (tmp_path / "error.log").read_text().splitlines()]
+    assert (access["component"], access["logger"], error["logger"]) == ("gateway", "gunicorn.access", "gunicorn.error")
+    assert '"POST /api/v1/predict?api_key=[redacted] HTTP/1.1" 200' in access["message"]
+    assert error["message"] == "Error handling request /api/v1/predict?token=[redacted]"
+    assert "S3cr3t" not in access["message"] + error["message"]
