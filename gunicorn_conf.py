@@ -12,6 +12,9 @@ Connections across processes: see BalancedThreadWorker.
 
 Access log: see RedactingLogger (no key or password reaches it).
 
+Log format: gunicorn's error and access lines and the app's own lines are written in Cortex's format (JSON
+lines, or text on a terminal: core/observability/logs.py), with component `gateway`.
+
 Errors gunicorn answers itself (a malformed request line, headers too large): see json_error.
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
 from cortex_tasks.core.log_redaction import SECRET_HEADERS, redact_keys, redact_query, redact_target
+from cortex_tasks.core.observability.logs import configure_logging, use_format_on
 from cortex_tasks.core.settings import Settings
 
 # A fresh read, not the cached get_settings(): the master must not cache settings that the processes it
@@ -71,6 +75,8 @@ def command(bind: str, workers: int | None = None, threads: int | None = None, *
 
 def on_starting(server) -> None:
     global _created_metrics_dir, _connections
+    # The app's loggers write through the root logger; the processes forked from here inherit it.
+    configure_logging("gateway")
     # Start from an empty metrics directory: the given one (stale files removed) or a private one.
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -173,6 +179,10 @@ class RedactingLogger(Logger):
     headers are redacted (cortex_tasks/core/log_redaction.py): a client that sends `?api_key=ctx_...`
     (which the gateway ignores; keys go in headers) would otherwise have its key written whole to the
     log, whatever access_log_format an operator picks."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        use_format_on([self.error_log, self.access_log], "gateway")
 
     def atoms(self, resp, req, environ, request_time) -> dict:
         atoms = super().atoms(resp, req, environ, request_time)

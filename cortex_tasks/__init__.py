@@ -27,5 +27,6 @@ app = Celery("cortex", include=WORKER_MODULES, amqp="cortex_tasks.core.publishin
 app.config_from_object("celeryconfig")
 
 from cortex_tasks.core import publishing  # noqa: E402,F401  (stamps every published message)
+from cortex_tasks.core.observability import celery_signals  # noqa: F401  (logs and traces of workers, Beat)
 
 __all__ = ["app"]

@@ -39,6 +39,7 @@ from cortex_web.json_provider import OrjsonProvider
 from cortex_web.metrics import HTTP_LATENCY, HTTP_REQUESTS, QueueCollector, register_shared_collector
 from cortex_web.replies import ReplyListener
 from cortex_web.request_body import apply_route_body_limit
+from cortex_web.tracing import instrument as instrument_tracing
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp)
@@ -88,6 +89,7 @@ def create_app() -> Flask:
             HTTP_LATENCY.labels(route).observe(time.perf_counter() - g.started)
         return response
 
+    instrument_tracing(app)  # when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/logs-and-traces.md)
     return app
 
 

@@ -35,6 +35,7 @@ from typing import Any
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts.messages import JobRecord, PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
+from cortex_tasks.core.observability import tracing
 from cortex_tasks.core.storage.sealing import inputs_in_transit, seal_in_transit
 from cortex_web.metrics import JOBS_SUBMITTED
 from cortex_web.replies import ReplyListener
@@ -65,6 +66,8 @@ class PendingJob:
     inline_errors: bool = False
     looked_up: bool = False  # the inputs were just looked up in the shared cache (L2), and missed
     sent: threading.Event = field(default_factory=threading.Event)
+    # The request's trace context, taken in its thread: the job travels in it, whichever message it joins.
+    trace: dict[str, str] | None = field(default_factory=tracing.carrier)
 
 
 def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str, *,
@@ -163,7 +166,7 @@ class Coalescer:
         # A sensitive job's inputs are sealed while its message waits in the queue (when a key is there).
         sealed = seal_in_transit(job.inputs, inputs_in_transit(job.job_id)) if sensitive else None
         return PredictionJob(job_id=job.job_id, inputs=[] if sealed else job.inputs, sealed_inputs=sealed,
-                             inline_errors=job.inline_errors, looked_up=job.looked_up,
+                             inline_errors=job.inline_errors, looked_up=job.looked_up, trace=job.trace,
                              record=JobRecord.model_validate(store.job_record(job.record)))
 
     def _send(self, group: Group, jobs: list[PendingJob], message_id: str) -> None:
@@ -178,14 +181,16 @@ class Coalescer:
                 reply_to=self.listener.channel, message_id=message_id, sensitive=group.sensitive,
                 # The worker creates each job's row from its record (see jobs/store.py).
                 jobs=[self._job(job, group.sensitive) for job in jobs])
-            celery_app.send_task(
-                group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
-                ignore_result=True, kwargs=message.to_kwargs(),
-                event_dispatcher=self._sent_events,  # Flower's "sent" event, published off this path
-            )
+            with tracing.sending([job.trace for job in jobs], message_id=message_id, task=group.task,
+                                 model=group.model):
+                celery_app.send_task(
+                    group.task_name, queue=group.queue, priority=group.priority, task_id=message_id,
+                    ignore_result=True, kwargs=message.to_kwargs(),
+                    event_dispatcher=self._sent_events,  # Flower's "sent" event, published off this path
+                )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:
-            log.exception("could not enqueue %d jobs", len(jobs))
+            log.exception("could not enqueue %d jobs", len(jobs), extra={"job_ids": [job.job_id for job in jobs]})
             self._message_done(message_id)
             for job in jobs:
                 self.listener.resolve(job.job_id, {"status": "failed", "error": {

@@ -707,6 +707,13 @@ class Settings(FromEnvironment):
         "0.0.0.0",  # nosec B104
         "Address a worker's Prometheus endpoint listens on.",
     )
+    # Logs (core/observability/logs.py; traces read the standard OTEL_* variables, docs/logs-and-traces.md).
+    log_format: Literal["auto", "json", "text"] = variable(
+        "CORTEX_LOG_FORMAT", "auto", "Log lines as `json`, `text`, or `auto`: text on a terminal, JSON elsewhere."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = variable(
+        "CORTEX_LOG_LEVEL", "INFO", "Level of every Cortex process's log (a more verbose --loglevel wins)."
+    )
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024
@@ -794,6 +801,14 @@ class Settings(FromEnvironment):
     @classmethod
     def _audit_alerts(cls, raw: Any) -> Any:
         return audit_alerts_from(raw) if isinstance(raw, str) else raw
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _log_choice(cls, raw: Any, info: ValidationInfo) -> Any:
+        # `JSON`, `debug`: the case an operator types is not the point.
+        if not isinstance(raw, str):
+            return raw
+        return raw.strip().lower() if info.field_name == "log_format" else raw.strip().upper()
 
     @field_validator("audit_log_level")
     @classmethod

@@ -79,8 +79,8 @@ class Supervisor:
                 delay = 1.0 if ran_for > 60 else min(30.0, 2.0 ** min(managed.restarts, 5))
                 managed.next_start_at = now + delay
                 code = managed.process.returncode if managed.process else None
-                print(f"cortex: {managed.name} exited with code {code}; restarting in {delay:.0f}s "
-                      f"(log: {managed.log_path})", flush=True)
+                log.warning("%s exited with code %s; restarting in %.0fs (log: %s)", managed.name, code, delay,
+                            managed.log_path)
             elif now >= managed.next_start_at:
                 managed.restarts += 1
                 managed.next_start_at = 0.0

@@ -13,6 +13,7 @@ URLs, which the banner prints masked.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cortex_tasks.core.atomic_files import replace_file
+from cortex_tasks.core.observability.logs import configure_logging
 from cortex_tasks.core.settings import STACK_FILE_NAME, get_settings, reset_settings_cache
 from cortex_tasks.core.storage.migrate import upgrade_to_head
 from cortex_tasks.core.storage.sealing import ensure_key_file
@@ -35,6 +37,8 @@ from cortex_tasks.stack.supervisor import Supervisor
 from gunicorn_conf import command as gateway_command
 from workers import PROFILES
 from workers.profile import PORT_VARIABLE, WorkerProfile
+
+log = logging.getLogger(__name__)
 
 # Bind addresses that mean "every interface"; the stack's own clients reach such a gateway on loopback.
 WILDCARD_HOSTS = ("0.0.0.0", "::")  # nosec B104 - compared with --host, never bound here
@@ -114,6 +118,10 @@ def _workers_ready(url: str, admin_key: str) -> set[str]:
 
 def run_up(options: UpOptions) -> int:
     data_dir = options.data_dir
+    # The supervisor's own lines (starts, restarts, stops) in the stack's log format; on a terminal that is
+    # text (CORTEX_LOG_FORMAT=auto), so the banner and the lines around it stay readable. Its children
+    # write to files under <data>/logs, so theirs are JSON lines unless CORTEX_LOG_FORMAT=text.
+    configure_logging("up")
     # Before anything is written or started: every file made from here on, by this process or a child,
     # is 0600, every folder 0700.
     os.umask(PRIVATE_UMASK)
@@ -123,7 +131,7 @@ def run_up(options: UpOptions) -> int:
     if stack_file.exists():
         previous = json.loads(stack_file.read_text() or "{}")
         if previous.get("pid") and _pid_alive(int(previous["pid"])):
-            print(f"cortex: a stack is already running from {data_dir} (pid {previous['pid']}).", file=sys.stderr)
+            log.error("a stack is already running from %s (pid %s)", data_dir, previous["pid"])
             return 1
         stack_file.unlink()
     restrict_tree(data_dir)  # files an older version wrote were 0644
@@ -178,7 +186,7 @@ def run_up(options: UpOptions) -> int:
         # than print the other stack's URL while ours crash-loops on "Address already in use".
         flower_port = port_or_free_one(options.flower_port)
         if flower_port != options.flower_port:
-            print(f"cortex: port {options.flower_port} is taken; Flower uses {flower_port}", flush=True)
+            log.warning("port %d is taken; Flower uses %d", options.flower_port, flower_port)
         flower_url = f"http://127.0.0.1:{flower_port}"
         stack.update(redis_url=redis_url, database_url=database_url, artifact_dir=str(artifact_dir),
                      gateway_url=gateway_url, flower_url=flower_url)
@@ -200,20 +208,21 @@ def run_up(options: UpOptions) -> int:
                                      [python, "-m", "celery", *profile.celery_argv()], extra_env=metrics_env)
         stack["worker_metrics"] = worker_metrics
         publish_stack()
-        supervisor.add_and_start("beat", [python, "-m", "celery", "-A", "cortex_tasks", "beat",
+        # Beat prints its banner before any log line: not in a JSON log (`--quiet` is celery's own option).
+        supervisor.add_and_start("beat", [python, "-m", "celery", "-A", "cortex_tasks",
+                                          *(["--quiet"] if _children_log_json() else []), "beat",
                                           "-s", str(data_dir / "celerybeat-schedule")])
         password = _flower_password(data_dir)
         supervisor.add_and_start("flower", [python, "-m", "celery", "-A", "cortex_tasks", "flower",
                                             f"--port={flower_port}", "--address=127.0.0.1"],
                                  extra_env=flower_environment(password))
 
-        print(f"cortex: starting in {data_dir} ...", flush=True)
+        log.info("starting in %s ...", data_dir)
         # The gateway answering first (/health), then its workers (/ready's details: every queue served).
         if not _wait_http(f"{gateway_url}/health", 180, supervisor):
             if supervisor.stopping:
                 return 0
-            print("cortex: the gateway did not start; see the logs in "
-                  f"{data_dir / 'logs'}", file=sys.stderr, flush=True)
+            log.error("the gateway did not start; see the logs in %s", data_dir / "logs")
         deadline = time.monotonic() + 240
         wanted = {queue for profile in PROFILES.values() for queue in profile.queues}
         while not supervisor.stopping and time.monotonic() < deadline:
@@ -226,13 +235,18 @@ def run_up(options: UpOptions) -> int:
         while not supervisor.stopping:
             supervisor.check_once()
             time.sleep(0.5)
-        print("cortex: stopping ...", flush=True)
+        log.info("stopping ...")
         return 0
     finally:
         supervisor.stop_all()
         if stack_file.exists():
             stack_file.unlink()
-        print("cortex: stopped.", flush=True)
+        log.info("stopped")
+
+
+def _children_log_json() -> bool:
+    """Whether the stack's children write JSON lines: they write to files, so `auto` means JSON."""
+    return get_settings().log_format != "text"
 
 
 def _local(host: str) -> str:

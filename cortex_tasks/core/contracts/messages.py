@@ -102,6 +102,9 @@ class PredictionJob(_Message):
     # A sensitive job's inputs, sealed while the message waits in its queue (`inputs` is then empty):
     # read them with `read_inputs` (core/storage/sealing.py, where "messages/<job id>/inputs").
     sealed_inputs: dict[str, Any] | None = None
+    # The W3C trace context (traceparent, tracestate) of the request that made the job, when tracing is on
+    # (core/observability/tracing.py): a message may carry several requests' jobs, each in its own trace.
+    trace: dict[str, str] | None = None
 
 
 class PredictionMessage(VersionedMessage):

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.observability import tracing
 from cortex_tasks.runtime.inference.compute import NO_CORES, CoreGrant
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class _Item:
     slot: _Slot = field(compare=False)
     index: int = field(compare=False)
     call_size: int = field(compare=False)  # the most items a call holding this item may have
+    trace: Any = field(default=None, compare=False)  # its submission's trace (tracing.submission)
 
 
 class _Slot:
@@ -92,6 +94,7 @@ class DynamicBatcher:
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.run_batch = run_batch
         self._on_batch = on_batch  # told each model call's size (the worker's batch-size histogram)
+        self.name = name
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait = max_wait
         self.lanes = max(1, lanes)
@@ -124,7 +127,8 @@ class DynamicBatcher:
             return []
         size = self.max_batch_size if call_size is None else max(1, call_size)
         slot = _Slot(len(values))
-        items = [_Item(priority, next(self._sequence), value, slot, index, size)
+        trace = tracing.submission()
+        items = [_Item(priority, next(self._sequence), value, slot, index, size, trace)
                  for index, value in enumerate(values)]
         with self._condition:
             # Nothing else to batch with, now or announced, and one call takes it all: this thread makes
@@ -207,7 +211,9 @@ class DynamicBatcher:
         try:
             with self._call_slot(self._one_call_takes_all) as grant:
                 batch = take_batch()  # a lane's is empty if another lane took the items first
-                results = grant.run(partial(self._run, batch)) if batch else []
+                # The call's span links every job its items came from (batch membership).
+                with tracing.model_call([item.trace for item in batch], batcher=self.name):
+                    results = grant.run(partial(self._run, batch)) if batch else []
         except BaseException as exc:
             log.exception("batch failed")
             error = exc

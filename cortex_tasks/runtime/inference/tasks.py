@@ -23,6 +23,7 @@ from cortex_tasks.core.contracts.messages import (
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import refuse_message
+from cortex_tasks.core.observability import tracing
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.storage.sealing import SealedValueError
 from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, tenant_scope
@@ -45,9 +46,12 @@ def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
     after_reply: AfterReply = []
-    outcomes = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
-                        first_delivery, after_reply, message.sensitive)
-    publish_outcomes(message.reply_to, message.message_id, outcomes)
+    # A span per job, each in the trace its request started (a message may hold several requests' jobs).
+    with tracing.running_jobs([(job.job_id, job.trace) for job in message.jobs], task=message.task,
+                              model=message.model, tenant=message.tenant):
+        outcomes = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
+                            first_delivery, after_reply, message.sensitive)
+        publish_outcomes(message.reply_to, message.message_id, outcomes)
     for work in after_reply:  # the shared cache is filled once the callers have their answers
         work()
     return {"jobs": len(message.jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}

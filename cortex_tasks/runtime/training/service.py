@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.observability import tracing
 from cortex_tasks.core.registry import readiness
 from cortex_tasks.core.registry import service as registry
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
@@ -206,11 +207,13 @@ def _train(run: Any, kind: TrainingKind, context: TrainingContext) -> dict[str, 
     runs.update_run(run.id, validation=report.as_dict(), data_fingerprint=fingerprint[:64])
     report.raise_if_invalid()
     context.obey(0, None)
-    trained: TrainedModel = trainer.train(context, examples, params)
+    with tracing.span("cortex.trainer.fit", job_id=run.id, kind=kind.name, model=run.model_name):
+        trained: TrainedModel = trainer.train(context, examples, params)
     context.flush()
     context.phase("registering", metrics=trained.metrics)
     try:
-        record = register(run, kind, trained, fingerprint, report.as_dict())
+        with tracing.span("cortex.trainer.register", job_id=run.id):
+            record = register(run, kind, trained, fingerprint, report.as_dict())
     finally:
         if trained.extra.get("cleanup"):
             shutil.rmtree(trained.extra["cleanup"], ignore_errors=True)
