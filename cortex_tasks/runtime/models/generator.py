@@ -174,9 +174,7 @@ class SmolLM2Generator:
 
     def _prompt(self, text: str, options: GenerationParams) -> dict[str, Any]:
         if options.chat:
-            messages = ([{"role": "system", "content": options.system}] if options.system else [])
-            messages.append({"role": "user", "content": text})
-            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+            encoded = self.tokenizer.apply_chat_template(options.messages(text), add_generation_prompt=True,
                                                          return_dict=True, return_tensors="pt")
         else:
             encoded = self.tokenizer(text, return_tensors="pt")
