@@ -698,7 +698,7 @@ class Settings(FromEnvironment):
         dict,
         'US dollars per second of model time by worker kind, JSON, e.g. `{"gpu": 0.0008, "nlp": 0.0001}`; '
         "a kind left out costs 0.",
-        shown="{} (worker time is counted, not priced)",
+        shown="none: worker time counted, not priced",
     )
 
     @field_validator("worker_second_prices", mode="before")

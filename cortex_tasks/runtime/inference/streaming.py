@@ -65,6 +65,9 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
             finally:
                 tokens.close()  # stops the generating thread at its next token
             outputs.append({"text": "".join(pieces)})
+            summary = getattr(model, "stream_summary", None)  # token counts and finish reason, where known
+            if summary is not None:
+                outputs[-1].update(summary(text, outputs[-1]["text"], params))
             publish_event(job_id, {"type": "item", "index": index, "output": outputs[-1]})
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc)}

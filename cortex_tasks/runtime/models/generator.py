@@ -218,6 +218,15 @@ class SmolLM2Generator:
         # make every item wait for the longest one.
         return [self.generate_one(text, options) for text in inputs]
 
+    def stream_summary(self, input: str, generated: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What predict() says beside the text, for a streamed generation: the token counts (the generated
+        text re-encoded: the streamer hands out text, not tokens) and why it ended."""
+        options = generation_params(params)
+        prompt_tokens = int(self._prompt(input, options)["input_ids"].shape[1])
+        generated_tokens = len(self.tokenizer(generated, add_special_tokens=False)["input_ids"])
+        return {"finish_reason": "length" if generated_tokens >= options.max_tokens else "stop",
+                "generated_tokens": generated_tokens, "prompt_tokens": prompt_tokens}
+
     def stream(self, input: str, params: dict[str, Any]) -> Iterator[str]:
         """Text pieces as they are generated. Closing the iterator (a client that went away) stops the
         generation at the next token."""
