@@ -267,3 +267,29 @@ def test_usage_ledger_scopes_and_query_checks(gateway_url, tenant_key, keys):
                 {"from": "2030-01-01", "to": "2020-01-01"}):
         answer = httpx.get(f"{gateway_url}/api/v1/usage", params=bad, headers={"Authorization": f"Bearer {admin}"})
         assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid_query", bad
+
+
+def test_the_usage_ledger_migration_upgrades_and_downgrades():
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect
+
+    from cortex_tasks.core.storage.db import sqlalchemy_url
+    from cortex_tasks.core.storage.migrate import MIGRATIONS_DIR
+    from tests.support.databases import scratch_database
+
+    with scratch_database("ledger_migration") as url:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        engine = create_engine(sqlalchemy_url(url))
+        try:
+            command.upgrade(config, "0014")
+            columns = {column["name"] for column in inspect(engine).get_columns("worker_usage")}
+            assert {"tenant", "job_id", "owner", "model", "worker_kind", "items", "worker_seconds", "cost_usd"} <= columns
+            command.downgrade(config, "0010")
+            assert "worker_usage" not in inspect(engine).get_table_names()
+            command.upgrade(config, "0014")
+            assert "worker_usage" in inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
