@@ -40,6 +40,10 @@ MAX_EMBEDDING_INPUTS = 2048
 # OpenAI's default is "until the context is full"; SmolLM2 on a CPU worker takes about a second per 20
 # tokens, so an answer that names no max_tokens gets this many (finish_reason "length" says when it ran out).
 DEFAULT_CHAT_MAX_TOKENS = 256
+# OpenAI's clients wait for the answer (the SDK's default timeout is 600 s) and cannot poll a job as
+# /predict's callers do after a 202, so these routes wait for as long as a long generation on a CPU worker
+# takes: 512 tokens of SmolLM2 on a busy machine took over 30 s (/predict's longest wait).
+ANSWER_WAIT_SECONDS = 300.0
 MAX_CHAT_MESSAGES = 65  # the history's limit (validation/generation.py) and the last user message
 CREATED = int(time.time())  # "created" of /v1/models: when this gateway started serving them
 TOKEN_ARRAYS_REFUSED = (
@@ -161,10 +165,10 @@ def embeddings(request: EmbeddingsRequest) -> dict[str, Any]:
     # In jobs of the most items a prediction takes; the coalescer batches them with everyone else's.
     for start in range(0, len(texts), settings.max_batch_size):
         prediction = run_prediction(task, model, texts[start:start + settings.max_batch_size], {}, "normal",
-                                    settings.max_wait_seconds)
+                                    ANSWER_WAIT_SECONDS)
         if prediction.outcome is None:
             raise ApiError(504, "timeout", f"The embedding job {prediction.job_id} did not finish within "
-                           f"{settings.max_wait_seconds:g} s; retry.")
+                           f"{ANSWER_WAIT_SECONDS:g} s; retry.")
         raise_for_failure(prediction)
         vectors.extend(prediction.outcome["result"]["outputs"])
         answered_by = prediction.outcome["result"]["model"]["name"]
@@ -261,11 +265,10 @@ def chat_completion(request: ChatCompletionRequest) -> dict[str, Any]:
     task, model = resolve("generate", request.model)
     text, params = generation_request(request)
     _check_text(task, text)
-    settings = get_settings()
-    prediction = run_prediction(task, model, [text], params, "normal", settings.max_wait_seconds)
+    prediction = run_prediction(task, model, [text], params, "normal", ANSWER_WAIT_SECONDS)
     if prediction.outcome is None:
         raise ApiError(504, "timeout", f"The generation job {prediction.job_id} did not finish within "
-                       f"{settings.max_wait_seconds:g} s; ask for fewer tokens or stream the answer.")
+                       f"{ANSWER_WAIT_SECONDS:g} s; ask for fewer tokens or stream the answer.")
     raise_for_failure(prediction)
     result = prediction.outcome["result"]
     output = result["outputs"][0]
