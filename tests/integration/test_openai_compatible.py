@@ -198,6 +198,10 @@ def test_streamed_chunks_join_into_the_full_answer(client, gateway_url, tenant_k
     # Greedy decoding: the same answer as without streaming.
     whole = client.chat.completions.create(model=GENERATOR, messages=messages, max_tokens=24)
     assert whole.choices[0].message.content == streamed
+    # The streamed job's generating time is in the ledger too, beside the other one's.
+    row = next(item for item in usage(gateway_url, tenant_key["inference_user"])["items"]
+               if item["model"] == GENERATOR)
+    assert row["worker_jobs"] == 2 and row["worker_items"] == 2 and row["worker_seconds"] > 0
 
 
 def test_langchain_chat_openai_invoke_and_stream(gateway_url, tenant_key):
@@ -293,3 +297,22 @@ def test_the_usage_ledger_migration_upgrades_and_downgrades():
             assert "worker_usage" in inspect(engine).get_table_names()
         finally:
             engine.dispose()
+
+
+def test_batch_jobs_record_their_chunks_worker_seconds(gateway_url, tenant_key):
+    import time
+
+    headers = {"Authorization": f"Bearer {tenant_key['inference_user']}"}
+    texts = [f"Batch ledger item {index} {uuid.uuid4().hex[:8]}" for index in range(150)]
+    job_id = httpx.post(f"{gateway_url}/api/v1/batch/submit", headers=headers,
+                        json={"task": "embed", "model": EMBEDDER, "inputs": texts}).json()["job_id"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        progress = httpx.get(f"{gateway_url}/api/v1/batch/progress/{job_id}", headers=headers).json()
+        if progress["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.5)
+    assert progress["status"] == "succeeded", progress
+    row = next(item for item in usage(gateway_url, tenant_key["inference_user"])["items"] if item["model"] == EMBEDDER)
+    # Two chunks (CORTEX_BATCH_CHUNK_SIZE 100), each recorded once with the seconds of its items.
+    assert row["worker_jobs"] == 2 and row["worker_items"] == 150 and row["worker_seconds"] > 0

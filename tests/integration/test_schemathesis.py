@@ -52,7 +52,9 @@ def gateway_url(own_app) -> Iterator[str]:
 
 
 def test_schemathesis_finds_no_server_error_or_schema_mismatch(gateway_url, keys, workers, tmp_path):
-    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{gateway_url}/api/v1/openapi.json",
+    command = [str(Path(sys.executable).parent / "schemathesis"),
+               "--config-file", str(Path(__file__).parents[1] / "support" / "schemathesis.toml"),
+               "run", f"{gateway_url}/api/v1/openapi.json",
                "--header", f"Authorization: Bearer {keys['model_admin']}", "--checks", CHECKS,
                # The deterministic phases only (the document's examples, and its boundary and invalid values):
                # the same cases every run. Random fuzzing finds new cases from run to run (it found the
