@@ -82,4 +82,4 @@ def test_the_ledger_rows_are_written_by_the_recording_statement():
     assert statement.endswith("SELECT id FROM recorded")
     timed = worker_time_module.WorkerTime("embed", "gpu", 2, 0.5, 0.0)
     columns = worker_time_module.usage_columns(["a", "b"], {"b": timed})
-    assert columns["u_ids"] == ["b"] and columns["u_items"] == [2] and columns["u_seconds"] == [0.5]
+    assert columns["u_ids"] == ["b"] and columns["u_models"] == [None] and columns["u_items"] == [2] and columns["u_seconds"] == [0.5]

@@ -168,9 +168,9 @@ def record_worker_time(session: Any, job_id: str, usage: WorkerTime) -> None:
     """One job's worker time, in the caller's transaction, with the tenant, owner and model of its row."""
     session.execute(text(
         "INSERT INTO worker_usage (tenant, job_id, owner, model, task, worker_kind, items, worker_seconds, "
-        "cost_usd, created_at) SELECT tenant, id, owner, coalesce(model, :task), :task, :kind, :items, :seconds, "
-        ":cost, now() FROM jobs WHERE id = :id"),
-        {"id": job_id, "task": usage.task, "kind": usage.worker_kind, "items": usage.items,
+        "cost_usd, created_at) SELECT tenant, id, owner, coalesce(CAST(:model AS text), model, :task), :task, "
+        ":kind, :items, :seconds, :cost, now() FROM jobs WHERE id = :id"),
+        {"id": job_id, "model": usage.model, "task": usage.task, "kind": usage.worker_kind, "items": usage.items,
          "seconds": usage.seconds, "cost": usage.cost_usd})
 
 

@@ -22,19 +22,22 @@ class WorkerTime:
     items: int  # items the model computed (not answered from a cache)
     seconds: float
     cost_usd: float
+    # The model that spent the time, where it is not the job's own (a fallback answered for it).
+    model: str | None = None
 
 
-def worker_time(task: str, worker_kind: str, items: int, seconds: float) -> WorkerTime:
+def worker_time(task: str, worker_kind: str, items: int, seconds: float, model: str | None = None) -> WorkerTime:
     """The time priced at the configured price of its worker kind (CORTEX_WORKER_SECOND_PRICES), now:
     a price change applies to the jobs recorded after it, as on a bill."""
     price = get_settings().worker_second_prices.get(worker_kind, 0.0)
-    return WorkerTime(task, worker_kind, items, seconds, round(seconds * price, 10))
+    return WorkerTime(task, worker_kind, items, seconds, round(seconds * price, 10), model)
 
 
 def usage_columns(job_ids: list[str], usage: dict[str, WorkerTime]) -> dict[str, Any]:
     """The bound arrays of WITH_LEDGER_ROWS, for the jobs of `job_ids` that spent model time."""
     timed = [job_id for job_id in job_ids if job_id in usage]
     return {"u_ids": timed, "u_tasks": [usage[job_id].task for job_id in timed],
+            "u_models": [usage[job_id].model for job_id in timed],
             "u_kinds": [usage[job_id].worker_kind for job_id in timed],
             "u_items": [usage[job_id].items for job_id in timed],
             "u_seconds": [usage[job_id].seconds for job_id in timed],
@@ -49,9 +52,10 @@ def with_ledger_rows(recording_statement: str) -> str:
         f"WITH recorded AS ({recording_statement}), "  # nosec B608 - constant SQL, values bound
         "ledger AS (INSERT INTO worker_usage (tenant, job_id, owner, model, task, worker_kind, items, "
         "worker_seconds, cost_usd, created_at) "
-        "SELECT r.tenant, r.id, r.owner, coalesce(r.model, u.task), u.task, u.kind, u.items, u.seconds, u.cost, now() "
-        "FROM recorded AS r JOIN unnest(CAST(:u_ids AS text[]), CAST(:u_tasks AS text[]), CAST(:u_kinds AS text[]), "
-        "CAST(:u_items AS int[]), CAST(:u_seconds AS float8[]), CAST(:u_costs AS float8[])) "
-        "AS u(id, task, kind, items, seconds, cost) ON u.id = r.id) "
+        "SELECT r.tenant, r.id, r.owner, coalesce(u.model, r.model, u.task), u.task, u.kind, u.items, u.seconds, "
+        "u.cost, now() FROM recorded AS r JOIN unnest(CAST(:u_ids AS text[]), CAST(:u_tasks AS text[]), "
+        "CAST(:u_models AS text[]), CAST(:u_kinds AS text[]), CAST(:u_items AS int[]), "
+        "CAST(:u_seconds AS float8[]), CAST(:u_costs AS float8[])) "
+        "AS u(id, task, model, kind, items, seconds, cost) ON u.id = r.id) "
         "SELECT id FROM recorded"
     )

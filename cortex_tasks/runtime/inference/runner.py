@@ -116,6 +116,8 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
     log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
     results, fallback_spent = _submit(task, fallback, params, values, priority)
     fallback_model = get_model(fallback)
+    # The failed model's seconds count too, unless it was OpenAI's (a network wait, billed in tokens).
+    spent = [0.0] * len(values) if is_openai_model(model_name) else spent
     return (results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
                       "fallback_from": plain(model_name), "fallback_reason": fallback_reason},
             [first + second for first, second in zip(spent, fallback_spent)])
@@ -275,7 +277,7 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         answers, records = _job_outcomes(task, jobs, results, answered_by,
                                          round((time.perf_counter() - started) * 1000, 2))
         if not is_openai_model(answered_by["name"]):  # OpenAI calls are billed in tokens (core/openai/usage.py)
-            usage = _worker_time_per_job(task, jobs, spent)
+            usage = _worker_time_per_job(task, jobs, spent, answered_by)
     recorded = count.record(records, usage)
     outcomes.update({job_id: answer for job_id, answer in answers.items() if job_id in recorded})
     _answer_from_rows([job_id for job_id in answers if job_id not in recorded], outcomes)
@@ -306,17 +308,20 @@ def _job_outcomes(task: str, jobs: list[PredictionJob], results: list[Any], answ
     return answers, records
 
 
-def _worker_time_per_job(task: str, jobs: list[PredictionJob], spent: list[float]) -> dict[str, WorkerTime]:
-    """Each job's model time: the shares of its items (`spent`, one per input of every job, in order)."""
+def _worker_time_per_job(task: str, jobs: list[PredictionJob], spent: list[float],
+                         answered_by: dict[str, Any]) -> dict[str, WorkerTime]:
+    """Each job's model time: the shares of its items (`spent`, one per input of every job, in order),
+    charged to the model that answered (a fallback's time is the fallback's, not the model asked for)."""
     usage: dict[str, WorkerTime] = {}
     position = 0
     kind = TASKS[task].queue  # gpu | nlp: the worker kind whose seconds are priced
+    spender = answered_by["name"] if "fallback_from" in answered_by else None
     for job in jobs:
         shares = spent[position:position + len(job.inputs)]
         position += len(job.inputs)
         computed = sum(1 for share in shares if share > 0)  # cache hits cost nothing
         if computed:
-            usage[job.job_id] = worker_time(task, kind, computed, sum(shares))
+            usage[job.job_id] = worker_time(task, kind, computed, sum(shares), spender)
     return usage
 
 
