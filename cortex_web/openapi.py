@@ -30,7 +30,7 @@ from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import responses
-from cortex_web.openai_compatible import ChatCompletionRequest, EmbeddingsRequest
+from cortex_web.openai_translation import ChatCompletionRequest, EmbeddingsRequest
 from cortex_web.request_body import MAX_QUERY_INT
 from cortex_web.schemas import (
     MODEL_REFERENCE,

@@ -5,7 +5,7 @@ LangChain's OpenAI classes work against Cortex with `base_url=<gateway>/v1` and 
 Authenticated with Cortex keys (`Authorization: Bearer <key>`, as the SDK sends it), rate-limited, audited
 and recorded in the usage ledger like /predict; errors in OpenAI's shape
 (`{"error": {"message", "type", "param", "code"}}`), on these routes only. The translation lives in
-cortex_web/openai_compatible.py.
+cortex_web/openai_translation.py.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from werkzeug.exceptions import HTTPException
 
 from cortex_tasks.core.auth.roles import PREDICT, READ
 from cortex_tasks.core.errors import CortexError
-from cortex_web import openai_compatible as compatible
+from cortex_web import openai_translation as compatible
 from cortex_web.auth import in_request_tenant, optional_principal, require
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_prediction
-from cortex_web.openai_compatible import ChatCompletionRequest, EmbeddingsRequest, parse_body
+from cortex_web.openai_translation import ChatCompletionRequest, EmbeddingsRequest, parse_body
 
 log = logging.getLogger(__name__)
 bp = Blueprint("openai_compatible", __name__, url_prefix="/v1")

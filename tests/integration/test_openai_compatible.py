@@ -80,6 +80,19 @@ def test_sdk_embeddings_equal_cortexs_own_predict_embeddings(client, gateway_url
     assert floats.usage.prompt_tokens == floats.usage.total_tokens == math.ceil(len(texts[0]) / 4)
 
 
+def test_more_inputs_than_one_job_takes_are_answered_in_order(client, gateway_url, tenant_key):
+    # LangChain sends up to 1000 texts at once; /predict takes 32 per job: the route runs several jobs.
+    texts = [f"Sentence number {index} about {uuid.uuid4().hex[:6]}." for index in range(70)]
+    answer = client.embeddings.create(model=EMBEDDER, input=texts, encoding_format="float")
+    assert [item.index for item in answer.data] == list(range(70))
+    expected = predict_embeddings(gateway_url, tenant_key["inference_user"], [texts[0], texts[33], texts[69]])
+    for index, want in zip((0, 33, 69), expected):
+        assert answer.data[index].embedding == pytest.approx(want, abs=1e-9)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=EMBEDDER, input=["fine", "x" * 10_001])
+    assert refused.value.body["param"] == "input" and "10000" in refused.value.body["message"]
+
+
 def test_base64_is_little_endian_float32(gateway_url, tenant_key):
     answer = httpx.post(f"{gateway_url}/v1/embeddings", timeout=300,
                         headers={"Authorization": f"Bearer {tenant_key['inference_user']}"},

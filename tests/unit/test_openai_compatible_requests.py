@@ -1,5 +1,5 @@
 """Translating OpenAI's requests into Cortex generations, and Cortex's errors into OpenAI's shape
-(cortex_web/openai_compatible.py), without services."""
+(cortex_web/openai_translation.py), without services."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +10,7 @@ import pytest
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.validation.generation import generation_params
 from cortex_web.errors import ApiError
-from cortex_web.openai_compatible import (
+from cortex_web.openai_translation import (
     ChatCompletionRequest,
     EmbeddingsRequest,
     as_base64,
@@ -93,3 +93,17 @@ def test_cortex_errors_in_openais_shape():
     assert (status, body["error"]["param"]) == (400, "input")
     body, status, _ = openai_error(ApiError(401, "invalid_api_key", "bad"))
     assert (status, body["error"]["type"], body["error"]["code"]) == (401, "invalid_request_error", "invalid_api_key")
+
+
+def test_item_rules_are_a_400_naming_the_input(monkeypatch):
+    from cortex_tasks.core.catalogue import MODELS, TASKS
+    from cortex_web import openai_translation as openai_compatible
+
+    monkeypatch.setattr(openai_compatible, "resolve", lambda task, model: (TASKS["embed"], MODELS["all-MiniLM-L6-v2"]))
+    with pytest.raises(ApiError) as refused:
+        openai_compatible.embeddings(EmbeddingsRequest(model="all-MiniLM-L6-v2", input=["fine", "x" * 10_001]))
+    assert refused.value.status == 400 and refused.value.details["param"] == "input"
+    assert refused.value.message.startswith("input[1] has 10001 characters")
+    with pytest.raises(ApiError) as blank:
+        openai_compatible.chat_completion(chat(messages=[{"role": "user", "content": "   "}]))
+    assert blank.value.details["param"] == "messages" and "empty" in blank.value.message

@@ -158,8 +158,8 @@ def embeddings(request: EmbeddingsRequest) -> dict[str, Any]:
     settings = get_settings()
     try:
         validate_inputs(task, texts)
-    except ApiError as exc:
-        raise refused(exc.message, "input", exc.code) from None
+    except CortexError as exc:  # the item rules of /predict (ItemError), named as OpenAI names the field
+        raise refused(exc.message.replace("inputs[", "input[", 1), "input", exc.code) from None
     vectors: list[Any] = []
     answered_by = plain_model_name(model.name)
     # In jobs of the most items a prediction takes; the coalescer batches them with everyone else's.
@@ -282,8 +282,9 @@ def chat_completion(request: ChatCompletionRequest) -> dict[str, Any]:
 def _check_text(task: Any, text: str) -> None:
     try:
         validate_inputs(task, [text])
-    except ApiError as exc:
-        raise refused(f"The last user message: {exc.message}", "messages", exc.code) from None
+    except CortexError as exc:
+        raise refused(f"The last user message: {exc.message.replace('inputs[0] ', '', 1)}", "messages",
+                      exc.code) from None
 
 
 def chat_completion_chunks(request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
