@@ -27,6 +27,7 @@ from cortex_web.blueprints import (
     keys,
     models,
     oauth,
+    openai_compatible,
     predict,
     stream,
     training,
@@ -42,7 +43,8 @@ from cortex_web.request_body import apply_route_body_limit
 from cortex_web.tracing import instrument as instrument_tracing
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
-              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp)
+              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp,
+              openai_compatible.bp)  # /v1: OpenAI's API, for OpenAI's clients
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}
 _queue_collector_registered = False
 

@@ -33,6 +33,7 @@ from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import responses
+from cortex_web.openai_translation import ChatCompletionRequest, EmbeddingsRequest
 from cortex_web.request_body import MAX_QUERY_INT
 from cortex_web.schemas import (
     MODEL_REFERENCE,
@@ -49,6 +50,8 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
     ("post", "/api/v1/tenants"): CreateTenantRequest,
+    ("post", "/v1/embeddings"): EmbeddingsRequest,
+    ("post", "/v1/chat/completions"): ChatCompletionRequest,
 }
 # A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
 # guesses a catalogue task name and inputs that task accepts).
@@ -60,6 +63,9 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/v1/predict/pipeline"): {"steps": [{"task": "pii_mask"}, {"task": "embed"}],
                                            "inputs": ["Write to jane.roe@example.org about the invoice."],
                                            "wait": 60},
+    ("post", "/v1/embeddings"): {"model": "all-MiniLM-L6-v2", "input": _TEXTS},
+    ("post", "/v1/chat/completions"): {"model": "SmolLM2-135M-Instruct", "max_tokens": 8,
+                                       "messages": [{"role": "user", "content": "Say hello."}]},
 }
 # These views read the body only when one is sent (an empty body means the defaults).
 OPTIONAL_BODIES = {("post", "/api/v1/models/{name}/rollback"), ("post", "/api/v1/vectors/{collection}/index")}
@@ -145,7 +151,30 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
         "401": (responses.OAuthErrorResponse,
                 "invalid_client: unknown client, wrong secret, revoked or expired key.")},
     ("get", "/api/v1/oauth/jwks.json"): {"200": (responses.Jwks, "The key set.")},
+    ("get", "/api/v1/usage"): {"200": (responses.UsageLedger, "Usage and cost per group, and their totals.")},
+    ("get", "/v1/models"): {"200": (responses.OpenAIModelList, "The models this key may use, as OpenAI lists them.")},
+    ("post", "/v1/embeddings"): {"200": (responses.OpenAIEmbeddings, "The embeddings, in input order.")},
+    ("post", "/v1/chat/completions"): {"200": (responses.OpenAIChatCompletion,
+                                               "The completion (`stream: true`: Server-Sent Events instead).")},
 }
+# The OpenAI-compatible routes (/v1, blueprints/openai_compatible.py) answer errors in OpenAI's shape, and
+# a streamed chat completion as Server-Sent Events of `data:` lines only (the last one `[DONE]`).
+OPENAI_PREFIX = "/v1/"
+OPENAI_ERROR_REF = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
+OPENAI_ERRORS: dict[str, tuple[str, bool]] = {
+    "400": ("The body is invalid, or asks for what Cortex does not offer (param names it).", False),
+    "401": ("No key, or an unknown, revoked or expired one (invalid_api_key).", False),
+    "403": ("The key's role or its model and task lists do not allow this.", False),
+    "404": ("No such model (model_not_found).", False),
+    "429": ("Rate limited (rate_limit_exceeded) or the OpenAI budget is spent (insufficient_quota).", True),
+    "4XX": ("Another client error: 413 body too large, 415 not JSON.", False),
+    "503": ("Overloaded, the model's circuit is open, or OpenAI is not configured.", True),
+    "5XX": ("A server or worker failure (502), or the job did not finish in time (504).", False),
+}
+OPENAI_STREAM = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"], "properties": {
+        "data": {"type": "string", "description": "A chat.completion.chunk as JSON, an {error} object, or "
+                                                  "[DONE] last."}}}}}
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
 FORM_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/v1/oauth/token"): {
@@ -263,6 +292,15 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
                    "Skip this many documents.")],
         ("delete", "/api/v1/documents/{document_id}"): [
             _query("collection", {**_COLLECTION, "default": "default"}, "The collection holding the document.")],
+        ("get", "/api/v1/usage"): [
+            _query("from", moment, "Usage at or after this time (ISO 8601); default: the start of this month (UTC)."),
+            _query("to", moment, "Usage before this time (ISO 8601; after `from`); default: now."),
+            _query("group_by", {"type": "string", "pattern": "^((tenant|key|model)(,(tenant|key|model))*)?$",
+                                "default": "tenant,key,model"},
+                   "Comma-separated, each at most once: tenant, key, model; empty: the totals only."),
+            _query("tenant", _TENANT, "The platform admin: this tenant's usage. Other roles: their own tenant only."),
+            _query("all_tenants", {"type": "boolean", "default": False},
+                   "The platform admin: every tenant's usage.")],
         ("get", "/api/v1/usage/openai"): [
             _query("since", {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}]},
                    "Usage since this date or time (ISO 8601); default: the start of this month (UTC)."),
@@ -289,6 +327,15 @@ def _error_responses(public: bool, optional_key: bool = False) -> dict[str, Any]
         if optional_key and status == "401":
             meaning = "A key was sent but is unknown, revoked or expired (invalid_api_key); send none, or a good one."
         answers[status] = {"description": meaning, "content": {"application/json": {"schema": ERROR_REF}}}
+        if retry_after:
+            answers[status]["headers"] = RETRY_AFTER
+    return answers
+
+
+def _openai_error_responses() -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for status, (meaning, retry_after) in OPENAI_ERRORS.items():
+        answers[status] = {"description": meaning, "content": {"application/json": {"schema": OPENAI_ERROR_REF}}}
         if retry_after:
             answers[status]["headers"] = RETRY_AFTER
     return answers
@@ -446,6 +493,7 @@ def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[An
     requests = {model for model in bodies.values()}
     answers = {model for by_status in RESPONSES.values() for model, _ in by_status.values() if model is not None}
     answers.add(responses.ErrorResponse)
+    answers.add(responses.OpenAIErrorResponse)
     wanted = ([(model, "validation") for model in sorted(requests, key=lambda m: m.__name__)]
               + [(model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)])
     refs, schemas = models_json_schema(wanted, ref_template="#/components/schemas/{model}")
@@ -485,8 +533,12 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
             if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
                 answers["200"]["content"].update(BINARY_RESULTS)
             # A status the route documents itself (/ready's 503 is its own body) is not an error object.
-            for status, answer in _error_responses(public, path in OPTIONAL_KEY_PATHS).items():
+            errors = (_openai_error_responses() if path.startswith(OPENAI_PREFIX)
+                      else _error_responses(public, path in OPTIONAL_KEY_PATHS))
+            for status, answer in errors.items():
                 answers.setdefault(status, answer)
+            if (method, path) == ("post", "/v1/chat/completions"):
+                answers["200"]["content"].update(OPENAI_STREAM)
             if (method, path) in ADDRESS_LIMITED:
                 answers.setdefault("429", _error_responses(False)["429"])
             operation: dict[str, Any] = {
@@ -514,7 +566,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 operation["requestBody"] = {"required": True, "content": {
                     "application/x-www-form-urlencoded": {"schema": FORM_BODIES[(method, path)]}}}
                 operation["security"] = [{}, {"clientBasic": []}]
-            if not public:
+            if path.startswith(OPENAI_PREFIX):  # as OpenAI's clients send it: Authorization: Bearer <key>
+                operation["security"] = [{"bearer": []}]
+            elif not public:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}, {"oauth2": []}]
             elif path in OPTIONAL_KEY_PATHS:
                 operation["security"] = [dict(option) for option in OPTIONAL_SECURITY]

@@ -489,3 +489,93 @@ class CollectionDetail(Collection):
     count: int
     table_bytes: int
     index_bytes: int
+
+
+# --- The usage ledger (GET /api/v1/usage) ---
+
+class UsageRow(_Response):
+    """One group's usage; the group's fields (tenant, key_id, model) are those of `group_by`."""
+
+    tenant: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    openai_calls: int
+    openai_cached_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    openai_cost_usd: float
+    worker_jobs: int = Field(description="Jobs of Cortex's own models that spent worker time.")
+    worker_items: int = Field(description="Items those models computed (cache hits cost nothing).")
+    worker_seconds: float = Field(description="Wall seconds of model calls; a batched call's shared over its items.")
+    worker_cost_usd: float
+    cost_usd: float = Field(description="openai_cost_usd + worker_cost_usd.")
+
+
+class UsageLedger(_Response):
+    items: list[UsageRow]
+    totals: UsageRow
+    group_by: list[str]
+    scope: Literal["all_tenants", "tenant", "own_key"] = Field(
+        description="all_tenants: the platform admin's view of every tenant; tenant: every key of one tenant "
+                    "(model_admin, platform admin); own_key: the caller's key only.")
+    tenant: str | None = Field(description="The tenant shown; null when every tenant is.")
+    prices: dict[str, Any] = Field(description="worker_second_usd per worker kind and OpenAI's per 1k tokens, "
+                                               "as configured now (rows keep the price they were recorded at).")
+
+
+# --- OpenAI-compatible routes (/v1): OpenAI's own shapes ---
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, rate_limit_error, insufficient_quota, "
+                                  "permission_error or server_error.")
+    param: str | None = Field(description="The request parameter at fault, if one is.")
+    code: str | None = Field(description="e.g. invalid_api_key, model_not_found, rate_limit_exceeded, "
+                                         "token_arrays_not_supported.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error answer of the /v1 routes, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
+class OpenAIModel(_Response):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(_Response):
+    object: Literal["list"]
+    data: list[OpenAIModel]
+
+
+class OpenAIEmbedding(_Response):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32 values.")
+
+
+class OpenAIEmbeddings(_Response):
+    object: Literal["list"]
+    model: str
+    data: list[OpenAIEmbedding]
+    usage: dict[str, int] = Field(description="prompt_tokens and total_tokens, estimated at four characters "
+                                              "per token.")
+
+
+class OpenAIChatChoice(_Response):
+    index: int
+    message: dict[str, Any] = Field(description="role assistant and the content.")
+    finish_reason: Literal["stop", "length"]
+
+
+class OpenAIChatCompletion(_Response):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[OpenAIChatChoice]
+    usage: dict[str, int] = Field(description="prompt_tokens, completion_tokens and total_tokens.")

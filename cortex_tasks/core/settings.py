@@ -715,6 +715,28 @@ class Settings(FromEnvironment):
         "CORTEX_LOG_LEVEL", "INFO", "Level of every Cortex process's log (a more verbose --loglevel wins)."
     )
 
+    # The usage ledger (core/usage/): what a second of a worker's model time costs, per worker kind.
+    worker_second_prices: Annotated[dict[str, float], NoDecode] = variable(
+        "CORTEX_WORKER_SECOND_PRICES",
+        dict,
+        'US dollars per second of model time by worker kind, JSON, e.g. `{"gpu": 0.0008, "nlp": 0.0001}`; '
+        "a kind left out costs 0.",
+        shown="none: worker time counted, not priced",
+    )
+
+    @field_validator("worker_second_prices", mode="before")
+    @classmethod
+    def _worker_second_prices(cls, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        given = _json_object("CORTEX_WORKER_SECOND_PRICES", raw, "worker kinds and prices")
+        prices: dict[str, float] = {}
+        for kind, price in given.items():
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < float("inf"):
+                raise ValueError(f"CORTEX_WORKER_SECOND_PRICES[{kind!r}] must be a number of US dollars, 0 or more")
+            prices[str(kind)] = float(price)
+        return prices
+
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024
     max_text_length: ClassVar[int] = 10_000

@@ -21,6 +21,7 @@ from cortex_tasks.core.storage.db import quick_write_engine, session_scope
 from cortex_tasks.core.storage.sealing import SealedValueError, ValueNotKept, protect, reveal
 from cortex_tasks.core.storage.tables import Job
 from cortex_tasks.core.tenancy import current_tenant
+from cortex_tasks.core.usage.worker_time import WorkerTime, usage_columns, with_ledger_rows
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
@@ -162,8 +163,10 @@ def begin_attempt(job_id: str, max_deliveries: int) -> int | None:
     return attempt
 
 
-def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, sensitive: bool = False) -> bool:
-    """Record success once; returns False if the job was already finished."""
+def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, sensitive: bool = False,
+               usage: WorkerTime | None = None) -> bool:
+    """Record success once; returns False if the job was already finished. `usage`: the job's worker
+    time, recorded in the same transaction only if the job was (core/usage/worker_time.py)."""
     result = stored_result(job_id, result, sensitive)
     with session_scope() as session:
         changed = session.execute(
@@ -172,9 +175,21 @@ def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, s
             .values(status=SUCCEEDED, result=result, result_ref=result_ref,
                     progress_done=Job.progress_total, finished_at=func.now())
         ).rowcount
+        if changed and usage is not None:
+            record_worker_time(session, job_id, usage)
     if changed:
         JOBS_FINISHED.labels(SUCCEEDED, "").inc()
     return bool(changed)
+
+
+def record_worker_time(session: Any, job_id: str, usage: WorkerTime) -> None:
+    """One job's worker time, in the caller's transaction, with the tenant, owner and model of its row."""
+    session.execute(text(
+        "INSERT INTO worker_usage (tenant, job_id, owner, model, task, worker_kind, items, worker_seconds, "
+        "cost_usd, created_at) SELECT tenant, id, owner, coalesce(CAST(:model AS text), model, :task), :task, "
+        ":kind, :items, :seconds, :cost, now() FROM jobs WHERE id = :id"),
+        {"id": job_id, "model": usage.model, "task": usage.task, "kind": usage.worker_kind, "items": usage.items,
+         "seconds": usage.seconds, "cost": usage.cost_usd})
 
 
 def fail_job(job_id: str, error: dict[str, Any]) -> bool:
@@ -343,9 +358,11 @@ def begin_attempts(job_ids: list[str], max_deliveries: int,
     return runnable, over_cap
 
 
-def finish_jobs(outcomes: dict[str, tuple[str, Any]], sensitive: frozenset[str] = frozenset()) -> set[str]:
+def finish_jobs(outcomes: dict[str, tuple[str, Any]], sensitive: frozenset[str] = frozenset(),
+                usage: dict[str, WorkerTime] | None = None) -> set[str]:
     """Record many outcomes in one statement each for successes and failures: {job_id: (status, payload)}.
-    The results of the jobs in `sensitive` are sealed (or not kept).
+    The results of the jobs in `sensitive` are sealed (or not kept). `usage`: the jobs' worker time,
+    written by the same statements for the jobs they record (core/usage/worker_time.py).
 
     Only jobs still queued or running change, so a redelivered message cannot record a result twice;
     returns the ids recorded.
@@ -361,20 +378,32 @@ def finish_jobs(outcomes: dict[str, tuple[str, Any]], sensitive: frozenset[str] 
     recorded: set[str] = set()
     with quick_write_engine().connect() as connection:
         if succeeded:
-            recorded.update(row[0] for row in connection.execute(text(
+            recorded.update(row[0] for row in connection.execute(*_recording(
                 "UPDATE jobs AS j SET status = 'succeeded', result = d.payload::jsonb, "
                 "progress_done = j.progress_total, finished_at = now() "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
-                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
-            ), {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]}))
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id",
+                {"ids": [s[0] for s in succeeded], "payloads": [s[1] for s in succeeded]}, usage,
+                ", j.tenant, j.owner, j.model")))
         if failed:
-            recorded.update(row[0] for row in connection.execute(text(
+            recorded.update(row[0] for row in connection.execute(*_recording(
                 "UPDATE jobs AS j SET status = 'failed', error = d.payload::jsonb, finished_at = now() "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS text[])) AS d(id, payload) "
-                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id"
-            ), {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]}))
+                "WHERE j.id = d.id AND j.status IN ('queued', 'running') RETURNING j.id",
+                {"ids": [f[0] for f in failed], "payloads": [f[1] for f in failed]}, usage,
+                ", j.tenant, j.owner, j.model")))
     _count_finished(outcomes, recorded)
     return recorded
+
+
+def _recording(statement: str, values: dict[str, Any], usage: dict[str, WorkerTime] | None,
+               returning_more: str) -> tuple[Any, dict[str, Any]]:
+    """A statement that records jobs (ending in RETURNING of their id), and its values; when some of its
+    jobs spent worker time, the statement that also writes their ledger rows (worker_time.py)."""
+    timed = usage_columns(values["ids"], usage or {})
+    if not timed["u_ids"]:
+        return text(statement), values
+    return text(with_ledger_rows(statement + returning_more)), {**values, **timed}
 
 
 # A first delivery's jobs written once, finished: the row is created (or, if the gateway created it,
@@ -397,10 +426,11 @@ _RECORD_FINISHED = (
     "ELSE jobs.progress_done END "
     "WHERE jobs.status IN ('queued', 'running') RETURNING id"
 )
+_RECORDED_ROW = ", tenant, owner, model"
 
 
 def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, NewJob],
-                    started: float) -> set[str]:
+                    started: float, usage: dict[str, WorkerTime] | None = None) -> set[str]:
     """Record jobs whose delivery was not counted yet, finished, in one statement: {job_id: (status,
     payload)}, with each job's record to create its row from and when the worker started them (Unix time;
     a row created here was created then too). Returns the ids recorded; a job missing from it was
@@ -416,7 +446,7 @@ def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, New
                "errors": [payload if status != SUCCEEDED else None for status, payload in payloads],
                "started": started}
     with quick_write_engine().connect() as connection:
-        recorded = {row[0] for row in connection.execute(text(_RECORD_FINISHED), columns)}
+        recorded = {row[0] for row in connection.execute(*_recording(_RECORD_FINISHED, columns, usage, _RECORDED_ROW))}
     _count_finished(outcomes, recorded)
     return recorded
 

@@ -411,3 +411,25 @@ class AuditChain(Base):
     start_hash: Mapped[str] = mapped_column(String(64))
     purged_rows: Mapped[int] = mapped_column(BigInteger, default=0)
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerUsage(TenantOwned, Base):
+    """One job's model time on a worker (core/usage/worker_time.py): the seconds of the model calls that
+    answered its items (a batched call's time shared out over its items), priced per worker kind when the
+    job was recorded. Written in the statement that records the job's outcome; read aggregated by
+    GET /api/v1/usage."""
+
+    __tablename__ = "worker_usage"
+    __table_args__ = (Index("ix_worker_usage_tenant_created", "tenant", "created_at"),
+                      Index("ix_worker_usage_owner_created", "owner", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36))
+    owner: Mapped[str] = mapped_column(String(64))  # the calling key's id
+    model: Mapped[str] = mapped_column(String(128))
+    task: Mapped[str] = mapped_column(String(32))
+    worker_kind: Mapped[str] = mapped_column(String(32))  # gpu | nlp
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    worker_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

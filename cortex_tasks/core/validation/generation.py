@@ -1,4 +1,4 @@
-"""Generation parameters (max_tokens, temperature, top_p, stop, system, chat), checked the same way by the
+"""Generation parameters (max_tokens, temperature, top_p, stop, system, chat, history), checked the same way by the
 gateway, which refuses a bad one before anything is queued, and by the generation backends."""
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ DEFAULT_MAX_TOKENS, MAX_MAX_TOKENS = 64, 512
 MAX_TEMPERATURE = 2.0
 MAX_STOP_SEQUENCES, MAX_STOP_CHARS = 4, 100
 MAX_SYSTEM_CHARS = 4000
+# `history`: the conversation before the input (the OpenAI-compatible chat route sends a whole conversation).
+# The model's own context is checked by the backend with its tokenizer; these bound the message only.
+HISTORY_ROLES = ("user", "assistant")
+MAX_HISTORY_MESSAGES, MAX_HISTORY_CHARS = 64, 32_000
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,12 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     system: str | None = None
     chat: bool = True
+    history: tuple[tuple[str, str], ...] = ()  # (role, content) of the turns before the input, oldest first
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """The chat messages of a generation of `text`: the system prompt, the history, then `text`."""
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": role, "content": content} for role, content in self.history] + [{"role": "user", "content": text}]
 
 
 def generation_params(params: dict[str, Any]) -> GenerationParams:
@@ -55,4 +65,24 @@ def generation_params(params: dict[str, Any]) -> GenerationParams:
     if not isinstance(chat, bool):
         raise JobInputError("invalid_params", "params.chat must be true or false")
     return GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                            stop=tuple(stop), system=system or None, chat=chat)
+                            stop=tuple(stop), system=system or None, chat=chat,
+                            history=_history(params.get("history", []), chat))
+
+
+def _history(raw: Any, chat: bool) -> tuple[tuple[str, str], ...]:
+    wrong = JobInputError("invalid_params", f"params.history must be a list of at most {MAX_HISTORY_MESSAGES} "
+                          f"messages {{role: {' or '.join(HISTORY_ROLES)}, content: text}} of at most "
+                          f"{MAX_HISTORY_CHARS} characters in all")
+    if not isinstance(raw, list) or len(raw) > MAX_HISTORY_MESSAGES:
+        raise wrong
+    history = []
+    for message in raw:
+        if (not isinstance(message, dict) or set(message) != {"role", "content"}
+                or message["role"] not in HISTORY_ROLES or not isinstance(message["content"], str)):
+            raise wrong
+        history.append((message["role"], message["content"]))
+    if sum(len(content) for _, content in history) > MAX_HISTORY_CHARS:
+        raise wrong
+    if history and not chat:
+        raise JobInputError("invalid_params", "params.history needs the chat template (params.chat true)")
+    return tuple(history)

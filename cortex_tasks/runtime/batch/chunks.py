@@ -23,12 +23,14 @@ from cortex_tasks.core.batch.submission import send_chunks, send_finish
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.jobs import store
+from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
 from cortex_tasks.core.storage.tables import BatchChunk, Job
 from cortex_tasks.core.tenancy import current_tenant
+from cortex_tasks.core.usage.worker_time import worker_time
 from cortex_tasks.core.validation.items import check_text, check_vector
 from cortex_tasks.runtime.inference import runner
 from cortex_tasks.runtime.inference.batcher import ItemFailure
@@ -67,6 +69,9 @@ class ClaimedChunk:
 class ChunkResult:
     outputs: list[Any]
     errors: dict[int, dict[str, Any]] = field(default_factory=dict)  # batch position -> error
+    # The chunk's model time for the usage ledger: its items' shares of the calls that computed them.
+    items_computed: int = 0
+    worker_seconds: float = 0.0
 
 
 def _no_wal_wait(session: Session) -> None:
@@ -136,24 +141,27 @@ def item_problem(task: str, item: Any) -> dict[str, Any] | None:
     return {"code": "invalid_input", "message": f"the input must be {expected}, not {type(item).__name__}"}
 
 
-def _answers(chunk: ClaimedChunk, values: list[Any], per_job: bool) -> list[Any]:
+def _answers(chunk: ClaimedChunk, values: list[Any], per_job: bool) -> tuple[list[Any], float]:
     """One output (or ItemFailure) per value, from the model's batcher in this process: the chunk's items
     share model calls, lanes and cores with /predict's items and other chunks' of the same model and
-    params, at the chunk's priority. The batcher runs the items of a failed call one by one."""
+    params, at the chunk's priority. The batcher runs the items of a failed call one by one. With the
+    seconds of model time the values took (their shares of the calls)."""
     batcher = runner.batcher_for(chunk.task, chunk.model, chunk.params)
     if not per_job:
-        return batcher.submit(values, chunk.priority, call_size=CHUNK_CALL_SIZE)
+        answers, spent = batcher.submit_measured(values, chunk.priority, call_size=CHUNK_CALL_SIZE)
+        return answers, sum(spent)
     # A model that answers per job sees the chunk's values together, as one value (a failure fails them all).
-    whole = _per_job_outputs(batcher.submit([values], chunk.priority)[0], len(values))
-    return [whole] * len(values) if isinstance(whole, ItemFailure) else whole
+    answers, spent = batcher.submit_measured([values], chunk.priority)
+    whole = _per_job_outputs(answers[0], len(values))
+    return ([whole] * len(values) if isinstance(whole, ItemFailure) else whole), sum(spent)
 
 
-def _one_by_one(chunk: ClaimedChunk, values: list[Any]) -> list[Any]:
+def _one_by_one(chunk: ClaimedChunk, values: list[Any]) -> tuple[list[Any], float]:
     """A model that answers per job, given each value alone, so that a bad item fails alone."""
     batcher = runner.batcher_for(chunk.task, chunk.model, chunk.params)
-    answers = [_per_job_outputs(answer, 1)
-               for answer in batcher.submit([[value] for value in values], chunk.priority)]
-    return [answer if isinstance(answer, ItemFailure) else answer[0] for answer in answers]
+    answers, spent = batcher.submit_measured([[value] for value in values], chunk.priority)
+    answers = [_per_job_outputs(answer, 1) for answer in answers]
+    return [answer if isinstance(answer, ItemFailure) else answer[0] for answer in answers], sum(spent)
 
 
 def _per_job_outputs(answer: Any, count: int) -> Any:
@@ -187,7 +195,7 @@ def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
         return ChunkResult(outputs, errors)
     values = [chunk.inputs[offset] for offset in runnable]
     per_job = runner.answers_per_job(entry, chunk.params)
-    answers = _answers(chunk, values, per_job)
+    answers, seconds = _answers(chunk, values, per_job)
     failures = [answer for answer in answers if isinstance(answer, ItemFailure)]
     for failure in failures:
         if isinstance(failure.cause, TRANSIENT_ERRORS):
@@ -199,13 +207,14 @@ def infer(chunk: ClaimedChunk, whole_chunk_allowed: bool) -> ChunkResult:
         if model_failures:
             log.warning("chunk %s/%d failed after its retries (%s); running its items one by one",
                         chunk.job_id, chunk.chunk_index, model_failures[0].message)
-        answers = _one_by_one(chunk, values)
+        answers, retried = _one_by_one(chunk, values)
+        seconds += retried
     for offset, answer in zip(runnable, answers):
         if isinstance(answer, ItemFailure):
             errors[chunk.start_index + offset] = {"code": answer.code, "message": answer.message}
         else:
             outputs[offset] = answer
-    return ChunkResult(outputs, errors)
+    return ChunkResult(outputs, errors, len(values), seconds)
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,10 @@ def record(chunk: ClaimedChunk, result: ChunkResult, result_ref: str) -> Recorde
         session.execute(update(Job).where(Job.id == chunk.job_id)
                         .values(progress_done=Job.progress_done + len(chunk.inputs))
                         .execution_options(synchronize_session=False))
+        if result.worker_seconds > 0 and not is_openai_model(chunk.model):
+            # Recorded with the chunk, once (only the delivery that counts it): one ledger row per chunk.
+            store.record_worker_time(session, chunk.job_id, worker_time(
+                chunk.task, TASKS[chunk.task].queue, result.items_computed, result.worker_seconds))
         next_chunks: list[int] = []
         if job_status in (store.QUEUED, store.RUNNING):
             # An alias, so the subquery reads the job's chunks instead of correlating with the updated row.

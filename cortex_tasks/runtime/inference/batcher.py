@@ -12,6 +12,8 @@ a submission that finds nothing to batch with is run by the submitting thread it
 `max_wait` only lets a batch fill up while more items are known to be on their way (a message's items
 arrive together, but several messages may be decoded at once by other threads).
 If a batch call fails, its items are retried one by one so that a bad item fails alone.
+Each item is charged its share of its call's wall time (the call's seconds over the items it held), so the
+usage ledger counts a batched call once, not once per item (`submit_measured`).
 """
 from __future__ import annotations
 
@@ -66,12 +68,14 @@ class _Slot:
 
     def __init__(self, size: int) -> None:
         self.results: list[Any] = [None] * size
+        self.seconds: list[float] = [0.0] * size  # each item's share of its model call's wall time
         self.remaining = size
         self.done = threading.Event()
         self._lock = threading.Lock()  # lanes may fill parts of one submission at the same time
 
-    def fill(self, index: int, result: Any) -> None:
+    def fill(self, index: int, result: Any, seconds: float = 0.0) -> None:
         self.results[index] = result
+        self.seconds[index] = seconds
         with self._lock:
             self.remaining -= 1
             finished = self.remaining == 0
@@ -121,10 +125,16 @@ class DynamicBatcher:
         """Run `values` through the model (possibly alongside others'); returns results in order.
         A failed item's result is an ItemFailure. `call_size`: the most items a model call holding these
         values may have (default `max_batch_size`)."""
+        return self.submit_measured(values, priority, timeout, announcement, call_size)[0]
+
+    def submit_measured(self, values: list[Any], priority: int = 4, timeout: float | None = None,
+                        announcement: Announcement | None = None,
+                        call_size: int | None = None) -> tuple[list[Any], list[float]]:
+        """submit(), and each value's share of the wall seconds of the model call that answered it."""
         if announcement is not None:
             announcement.cancel()
         if not values:
-            return []
+            return [], []
         size = self.max_batch_size if call_size is None else max(1, call_size)
         slot = _Slot(len(values))
         trace = tracing.submission()
@@ -146,7 +156,7 @@ class DynamicBatcher:
             self._call(lambda: items, reraise=True)
         if not slot.done.wait(timeout):
             raise TimeoutError("batch did not complete in time")
-        return slot.results
+        return slot.results, slot.seconds
 
     def _wait_for_items(self) -> None:
         with self._condition:
@@ -208,16 +218,19 @@ class DynamicBatcher:
         fail); a submitter's own call re-raises it (a task's time limit, say) once the books are kept."""
         batch: list[_Item] = []
         error: BaseException | None = None
+        started = time.perf_counter()
         try:
             with self._call_slot(self._one_call_takes_all) as grant:
                 batch = take_batch()  # a lane's is empty if another lane took the items first
                 # The call's span links every job its items came from (batch membership).
                 with tracing.model_call([item.trace for item in batch], batcher=self.name):
+                    started = time.perf_counter()  # the call's own time, not the wait for the cores
                     results = grant.run(partial(self._run, batch)) if batch else []
         except BaseException as exc:
             log.exception("batch failed")
             error = exc
             results = [ItemFailure("model_error", f"{type(exc).__name__}: {exc}", exc)] * len(batch)
+        share = (time.perf_counter() - started) / len(batch) if batch else 0.0
         with self._condition:
             if batch:
                 self._running -= 1
@@ -226,7 +239,7 @@ class DynamicBatcher:
         if batch and self._on_batch is not None:
             self._on_batch(len(batch))
         for item, result in zip(batch, results):
-            item.slot.fill(item.index, result)
+            item.slot.fill(item.index, result, share)
         if error is not None and reraise:
             raise error
 

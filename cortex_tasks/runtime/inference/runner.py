@@ -1,5 +1,6 @@
 """Running a message of prediction jobs in a worker: count deliveries, batch the items through the
-model, fall back when the model fails, record every outcome once, in bulk."""
+model, fall back when the model fails, record every outcome once, in bulk, with each job's worker seconds
+for the usage ledger (core/usage/) in the same statement."""
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ from cortex_tasks.core.contracts.messages import PredictionJob
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.registry.references import plain, plain_model_name, split_qualified
 from cortex_tasks.core.settings import Batching, get_settings
 from cortex_tasks.core.tenancy import current_tenant, tenant_scope
+from cortex_tasks.core.usage.worker_time import WorkerTime, worker_time
 from cortex_tasks.runtime.inference import compute, service
 from cortex_tasks.runtime.inference.batcher import Announcement, BatcherRegistry, DynamicBatcher, ItemFailure
 from cortex_tasks.runtime.metrics.instruments import BATCH_SIZE
@@ -82,20 +85,25 @@ def batcher_for(task: str, model_name: str, params: dict[str, Any]) -> DynamicBa
 
 
 def _submit(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
-            announcement: Announcement | None = None) -> list[Any]:
-    return batcher_for(task, model_name, params).submit(values, priority, announcement=announcement)
+            announcement: Announcement | None = None) -> tuple[list[Any], list[float]]:
+    return batcher_for(task, model_name, params).submit_measured(values, priority, announcement=announcement)
+
+
+Answered = tuple[list[Any], dict[str, Any], list[float]]  # results, the model that answered, seconds per value
 
 
 def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
-               announcement: Announcement | None = None) -> tuple[list[Any], dict[str, Any]]:
-    """Outputs (or ItemFailure) for `values`, and which model answered (falling back if needed)."""
+               announcement: Announcement | None = None) -> Answered:
+    """Outputs (or ItemFailure) for `values`, which model answered (falling back if needed), and each
+    value's share of the worker's wall seconds (a failed call's included: its time was spent too)."""
     fallback_reason = None
+    spent = [0.0] * len(values)
     try:
         model = get_model(model_name)
-        results = _submit(task, model_name, params, values, priority, announcement)
+        results, spent = _submit(task, model_name, params, values, priority, announcement)
         model_failed = all(isinstance(r, ItemFailure) and r.code == "model_error" for r in results)
         if not model_failed:
-            return results, {"name": model.info.name, "version": model.info.version}
+            return results, {"name": model.info.name, "version": model.info.version}, spent
         fallback_reason = results[0].message
     except JobInputError:
         raise
@@ -105,17 +113,21 @@ def _run_items(task: str, model_name: str, params: dict[str, Any], values: list[
     fallback = TASKS[task].fallback_model
     if fallback is None or fallback == model_name:
         return ([ItemFailure("model_error", f"model {plain(model_name)} failed: {fallback_reason}")] * len(values),
-                {"name": plain_model_name(model_name), "version": getattr(find_model(model_name), "version", "unknown")})
+                {"name": plain_model_name(model_name), "version": getattr(find_model(model_name), "version", "unknown")},
+                spent)
     log.warning("model %s failed (%s); answering with fallback %s", model_name, fallback_reason, fallback)
-    results = _submit(task, fallback, params, values, priority)
+    results, fallback_spent = _submit(task, fallback, params, values, priority)
     fallback_model = get_model(fallback)
-    return results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
-                     "fallback_from": plain(model_name), "fallback_reason": fallback_reason}
+    # The failed model's seconds count too, unless it was OpenAI's (a network wait, billed in tokens).
+    spent = [0.0] * len(values) if is_openai_model(model_name) else spent
+    return (results, {"name": fallback_model.info.name, "version": fallback_model.info.version,
+                      "fallback_from": plain(model_name), "fallback_reason": fallback_reason},
+            [first + second for first, second in zip(spent, fallback_spent)])
 
 
 def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list[Any], priority: int,
                 announcement: Announcement | None, write_through: bool = False, looked_up: bool = False,
-                after_reply: AfterReply | None = None, sensitive: bool = False) -> tuple[list[Any], dict[str, Any]]:
+                after_reply: AfterReply | None = None, sensitive: bool = False) -> Answered:
     """_run_items with the prediction cache around it: only misses reach the model, and what the model
     itself answers (not a fallback) is stored for every gateway and worker. `looked_up`: the values
     were looked up in L2 just before the message was sent, so only this worker's L1 is asked.
@@ -139,19 +151,21 @@ def _run_cached(task: str, model_name: str, params: dict[str, Any], values: list
     results = cache.lookup(keys, shared=not looked_up)
     missing = [i for i, value in enumerate(results) if value is MISSING]
     answered_by = {"name": plain_model_name(model_name), "version": entry.version}
+    spent = [0.0] * len(values)  # a cached answer costs no model time
     if missing:
-        computed, answered_by = _run_items(task, model_name, params, [values[i] for i in missing], priority,
-                                           announcement)
+        computed, answered_by, computed_spent = _run_items(task, model_name, params, [values[i] for i in missing],
+                                                           priority, announcement)
         fresh = [(keys[i], value) for i, value in zip(missing, computed) if not isinstance(value, ItemFailure)]
-        for i, value in zip(missing, computed):
+        for i, value, seconds in zip(missing, computed, computed_spent):
             results[i] = value
+            spent[i] = seconds
         if "fallback_from" not in answered_by and not write_through:
             store(fresh)
     elif announcement is not None:
         announcement.cancel()
     if write_through and "fallback_from" not in answered_by:
         store([(key, value) for key, value in zip(keys, results) if not isinstance(value, ItemFailure)])
-    return results, answered_by
+    return results, answered_by, spent
 
 
 def _item_error(index: int, failure: ItemFailure) -> dict[str, Any]:
@@ -214,18 +228,20 @@ class DeliveryCount:
         else:  # a redelivery, or jobs whose rows only the gateway could create (older messages)
             self.before_run = count()
 
-    def record(self, records: dict[str, tuple[str, Any]]) -> set[str]:
-        """Write the outcomes of the jobs that ran ({job_id: (status, payload)}); returns the ids recorded.
-        The others were finished, cancelled or failed at the delivery cap first: their rows say so."""
+    def record(self, records: dict[str, tuple[str, Any]],
+               usage: dict[str, WorkerTime] | None = None) -> set[str]:
+        """Write the outcomes of the jobs that ran ({job_id: (status, payload)}), with their worker time
+        where they spent any (`usage`); returns the ids recorded. The others were finished, cancelled or
+        failed at the delivery cap first: their rows say so (and no time is recorded for them twice)."""
         counted = self.before_run
         if self._deferred is not None:
             ran, counted = self._deferred.skip_or_wait()
             if not ran:
-                return store.record_finished(records, self.new_rows, self.started)
+                return store.record_finished(records, self.new_rows, self.started, usage)
         assert counted is not None
         runnable = counted[0]
         return store.finish_jobs({job_id: record for job_id, record in records.items() if job_id in runnable},
-                                 self.sensitive)
+                                 self.sensitive, usage)
 
 
 def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -> None:
@@ -251,9 +267,10 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         jobs = [job for job in jobs if job.job_id in runnable]
         if not jobs:
             return outcomes
+    usage: dict[str, WorkerTime] = {}
     try:
-        results, answered_by = _results_of(task, model_name, params, jobs, priority, announcement,
-                                           after_reply, sensitive)
+        results, answered_by, spent = _results_of(task, model_name, params, jobs, priority, announcement,
+                                                  after_reply, sensitive)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         answers = {job.job_id: {"status": store.FAILED, "error": error} for job in jobs}
@@ -261,7 +278,9 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
     else:
         answers, records = _job_outcomes(task, jobs, results, answered_by,
                                          round((time.perf_counter() - started) * 1000, 2))
-    recorded = count.record(records)
+        if not is_openai_model(answered_by["name"]):  # OpenAI calls are billed in tokens (core/openai/usage.py)
+            usage = _worker_time_per_job(task, jobs, spent, answered_by)
+    recorded = count.record(records, usage)
     outcomes.update({job_id: answer for job_id, answer in answers.items() if job_id in recorded})
     _answer_from_rows([job_id for job_id in answers if job_id not in recorded], outcomes)
     return outcomes
@@ -291,16 +310,36 @@ def _job_outcomes(task: str, jobs: list[PredictionJob], results: list[Any], answ
     return answers, records
 
 
+def _worker_time_per_job(task: str, jobs: list[PredictionJob], spent: list[float],
+                         answered_by: dict[str, Any]) -> dict[str, WorkerTime]:
+    """Each job's model time: the shares of its items (`spent`, one per input of every job, in order),
+    charged to the model that answered (a fallback's time is the fallback's, not the model asked for)."""
+    usage: dict[str, WorkerTime] = {}
+    position = 0
+    kind = TASKS[task].queue  # gpu | nlp: the worker kind whose seconds are priced
+    spender = answered_by["name"] if "fallback_from" in answered_by else None
+    for job in jobs:
+        shares = spent[position:position + len(job.inputs)]
+        position += len(job.inputs)
+        computed = sum(1 for share in shares if share > 0)  # cache hits cost nothing
+        if computed:
+            usage[job.job_id] = worker_time(task, kind, computed, sum(shares), spender)
+    return usage
+
+
 def _results_of(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob], priority: int,
                 announcement: Announcement | None,
-                after_reply: AfterReply | None = None, sensitive: bool = False) -> tuple[list[Any], dict[str, Any]]:
-    """One result (or ItemFailure) per input of every job, in order, and which model answered."""
+                after_reply: AfterReply | None = None, sensitive: bool = False) -> Answered:
+    """One result (or ItemFailure) per input of every job, in order, which model answered, and each
+    input's share of the model time."""
     if answers_per_job(find_model(model_name), params):
-        results, answered_by = _run_items(task, model_name, params, [job.inputs for job in jobs], priority,
-                                          announcement)
+        results, answered_by, spent = _run_items(task, model_name, params, [job.inputs for job in jobs], priority,
+                                                 announcement)
         return ([item for job, result in zip(jobs, results)
                  for item in (result if isinstance(result, list) else [result] * len(job.inputs))],
-                answered_by)
+                answered_by,
+                # A job answered as a unit: its call's share spread over its inputs.
+                [seconds / max(1, len(job.inputs)) for job, seconds in zip(jobs, spent) for _ in job.inputs])
     # Cache-warming jobs re-store even what this worker's L1 still holds: L2 is what they refill.
     write_through = any(job.warm for job in jobs)
     # What a gateway looked up in L2 just before sending is not looked up there again.

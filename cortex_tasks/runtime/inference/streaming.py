@@ -7,6 +7,7 @@ checks that flag between tokens and stops, and the job is recorded as cancelled.
 from __future__ import annotations
 
 import json
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -15,7 +16,9 @@ import redis
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.token_stream import STOP_KEY_PREFIX, STREAM_CHANNEL_PREFIX
+from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.usage.worker_time import worker_time
 from cortex_tasks.runtime.models.loaded import get_model
 
 
@@ -43,6 +46,10 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
         return status
     model = get_model(model_name)
     outputs: list[Any] = []
+    # The usage ledger's worker time: generation runs one input at a time, so the job's own wall time
+    # of generating is its model time (OpenAI models are billed in tokens instead).
+    started = time.perf_counter()
+    timed = not is_openai_model(model_name)
     try:
         for index, text in enumerate(inputs):
             pieces: list[str] = []
@@ -58,6 +65,9 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
             finally:
                 tokens.close()  # stops the generating thread at its next token
             outputs.append({"text": "".join(pieces)})
+            summary = getattr(model, "stream_summary", None)  # token counts and finish reason, where known
+            if summary is not None:
+                outputs[-1].update(summary(text, outputs[-1]["text"], params))
             publish_event(job_id, {"type": "item", "index": index, "output": outputs[-1]})
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc)}
@@ -71,6 +81,7 @@ def stream_generation(job_id: str, model_name: str, inputs: list[str], params: d
         return store.FAILED
     result = {"task": "generate", "model": {"name": model.info.name, "version": model.info.version},
               "outputs": outputs}
-    store.finish_job(job_id, result, sensitive=sensitive)
+    usage = worker_time("generate", "gpu", len(inputs), time.perf_counter() - started) if timed else None
+    store.finish_job(job_id, result, sensitive=sensitive, usage=usage)
     publish_event(job_id, {"type": "done", "status": store.SUCCEEDED})
     return store.SUCCEEDED

@@ -174,9 +174,7 @@ class SmolLM2Generator:
 
     def _prompt(self, text: str, options: GenerationParams) -> dict[str, Any]:
         if options.chat:
-            messages = ([{"role": "system", "content": options.system}] if options.system else [])
-            messages.append({"role": "user", "content": text})
-            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+            encoded = self.tokenizer.apply_chat_template(options.messages(text), add_generation_prompt=True,
                                                          return_dict=True, return_tensors="pt")
         else:
             encoded = self.tokenizer(text, return_tensors="pt")
@@ -219,6 +217,15 @@ class SmolLM2Generator:
         # One at a time: padding a batch of prompts buys little for a 135M model on CPU and would
         # make every item wait for the longest one.
         return [self.generate_one(text, options) for text in inputs]
+
+    def stream_summary(self, input: str, generated: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What predict() says beside the text, for a streamed generation: the token counts (the generated
+        text re-encoded: the streamer hands out text, not tokens) and why it ended."""
+        options = generation_params(params)
+        prompt_tokens = int(self._prompt(input, options)["input_ids"].shape[1])
+        generated_tokens = len(self.tokenizer(generated, add_special_tokens=False)["input_ids"])
+        return {"finish_reason": "length" if generated_tokens >= options.max_tokens else "stop",
+                "generated_tokens": generated_tokens, "prompt_tokens": prompt_tokens}
 
     def stream(self, input: str, params: dict[str, Any]) -> Iterator[str]:
         """Text pieces as they are generated. Closing the iterator (a client that went away) stops the

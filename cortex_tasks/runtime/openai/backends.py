@@ -47,7 +47,7 @@ class OpenAIChatGenerator:
                            stop=options.stop)
         owner, tenant = billing_owner(params), billing_tenant(params)
         # Concurrent requests: each is a network round trip, the API does the work.
-        futures = [self._pool.submit(self.service.chat, self.info.name, chat_messages(text, options.system), chat,
+        futures = [self._pool.submit(self.service.chat, self.info.name, options.messages(text), chat,
                                      owner, tenant=tenant) for text in inputs]
         return [future.result() for future in futures]
 
