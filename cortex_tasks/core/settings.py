@@ -437,10 +437,19 @@ class AlertsConfig(FromEnvironment):
         shown="1h",
     )
     delivery_retries: int = variable(
-        "CORTEX_ALERT_DELIVERY_RETRIES", 6, "Retries of a failed delivery to one channel (exponential back-off)."
+        "CORTEX_ALERT_DELIVERY_RETRIES", 8, "Retries of a failed delivery to one channel (exponential back-off)."
+    )
+    delivery_backoff_seconds: float = variable(
+        "CORTEX_ALERT_DELIVERY_BACKOFF", 2.0, "First retry's delay; each next one doubles, up to 10 minutes.",
+        shown="2s",
     )
     delivery_timeout_seconds: float = variable(
         "CORTEX_ALERT_DELIVERY_TIMEOUT", 10.0, "Timeout of one webhook or SMTP attempt.", shown="10s"
+    )
+    private_webhooks: bool = variable(
+        "CORTEX_ALERT_PRIVATE_WEBHOOKS", False,
+        "Allow webhook channels on loopback, private and link-local addresses (off: a tenant cannot reach "
+        "Cortex's own network).",
     )
     operator_webhooks: Annotated[tuple[str, ...], NoDecode] = variable(
         "CORTEX_ALERT_OPERATOR_WEBHOOKS", (), "Webhook URLs (Slack-compatible) of Cortex's own alerts, comma-separated.",
@@ -496,7 +505,7 @@ class AlertsConfig(FromEnvironment):
     )
 
     @field_validator("grouping_window_seconds", "cooldown_seconds", "dedup_window_seconds",
-                     "delivery_timeout_seconds", "response_time_threshold_seconds", "response_time_window_seconds",
+                     "delivery_timeout_seconds", "delivery_backoff_seconds", "response_time_threshold_seconds", "response_time_window_seconds",
                      "error_rate_window_seconds", "cache_miss_window_seconds", "resource_window_seconds",
                      "report_period_seconds", mode="before")
     @classmethod

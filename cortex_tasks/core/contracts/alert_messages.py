@@ -53,13 +53,11 @@ class GroupMessage(VersionedMessage):
 
 
 class DeliveryMessage(VersionedMessage):
-    """ALERTS_DELIVER_NOTIFICATION: one notification to one channel (retried on its own, so a dead channel
-    delays nobody else)."""
+    """ALERTS_DELIVER_NOTIFICATION: one notification to one channel (an alert_deliveries row, which holds
+    the channel and the notification), retried on its own so a dead channel delays nobody else."""
 
     describes: ClassVar[str] = "alert delivery message"
 
     version: Literal[1] = 1
     tenant: str = Field(pattern=TENANT_ID.pattern)
-    # A tenant's channel (alert_channels.id) or an operator channel from the settings ("operator:webhook:0").
-    channel: str
-    notification: dict[str, Any]
+    delivery_id: str
