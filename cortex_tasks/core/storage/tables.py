@@ -523,3 +523,67 @@ class StreamReport(TenantOwned, Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+# --- real-time streams (migration 0011) ---
+
+
+class StreamDeclaration(TenantOwned, Base):
+    """A declared event stream (POST /streams): its fields, key, detectors, windows and alert rules, as the
+    validated declaration (core/streams/declarations.py) in `spec`. Names are unique per tenant."""
+
+    __tablename__ = "streams"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_streams_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StreamWindow(TenantOwned, Base):
+    """The aggregates of one closed sliding window of one key of a stream, written once the stream's event
+    time has passed the window's end (a rewrite of the same window replaces it: redelivery is harmless)."""
+
+    __tablename__ = "stream_windows"
+    __table_args__ = (
+        UniqueConstraint("tenant", "stream", "key", "window_start", name="uq_stream_windows_window"),
+        Index("ix_stream_windows_stream_start", "tenant", "stream", "window_start"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(256))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[float] = mapped_column(Float)
+    mean: Mapped[float] = mapped_column(Float)
+    minimum: Mapped[float] = mapped_column(Float)
+    maximum: Mapped[float] = mapped_column(Float)
+    anomalies: Mapped[int] = mapped_column(Integer, default=0)
+    written_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StreamVerdict(TenantOwned, Base):
+    """One detector's verdict on one event. Unique on (stream, event id, detector): a redelivered event
+    (a stream worker killed before its acknowledgement) inserts nothing the second time."""
+
+    __tablename__ = "stream_verdicts"
+    __table_args__ = (
+        UniqueConstraint("tenant", "stream", "event_id", "detector", name="uq_stream_verdicts_event_detector"),
+        Index("ix_stream_verdicts_stream_time", "tenant", "stream", "event_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(64))  # the Redis Stream entry id
+    key: Mapped[str] = mapped_column(String(256))
+    detector: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))  # anomaly | normal | warming_up
+    score: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)
+    expected: Mapped[float | None] = mapped_column(Float)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the XADD's time
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
