@@ -77,6 +77,13 @@ BEAT_SCHEDULE = {
         "kwargs": MESSAGE,
         "options": ALERTS,
     },
+    # Each declared stream's report of the last whole CORTEX_REPORT_PERIOD (daily by default), once.
+    "write-stream-reports-hourly": {
+        "task": task_names.REPORTS_WRITE_PERIODIC_REPORTS,
+        "schedule": crontab(minute=7),
+        "kwargs": MESSAGE,
+        "options": ALERTS,
+    },
 }
 
 signals.beat_init.connect(start_aging_in_beat, weak=False)

@@ -29,7 +29,7 @@ from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
-from cortex_web import responses
+from cortex_web import alert_responses, responses
 from cortex_web.request_body import MAX_QUERY_INT
 from cortex_web.schemas import (
     MODEL_REFERENCE,
@@ -139,6 +139,19 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
         "401": (responses.OAuthErrorResponse,
                 "invalid_client: unknown client, wrong secret, revoked or expired key.")},
     ("get", "/api/v1/oauth/jwks.json"): {"200": (responses.Jwks, "The key set.")},
+    # Alerts, alert channels and stream reports (blueprints/alerts.py, blueprints/reports.py).
+    ("get", "/api/v1/alerts"): {"200": (alert_responses.AlertPage, "A page of the tenant's alerts, newest first.")},
+    ("get", "/api/v1/alerts/{alert_id}"): {"200": (alert_responses.AlertDetail, "The alert, its group and deliveries.")},
+    ("post", "/api/v1/alerts/{alert_id}/acknowledge"): {"200": (alert_responses.AlertRecord, "Acknowledged.")},
+    ("post", "/api/v1/alerts/{alert_id}/resolve"): {"200": (alert_responses.AlertRecord, "Resolved.")},
+    ("post", "/api/v1/alert-channels"): {"201": (alert_responses.AlertChannelRecord, "The new channel.")},
+    ("get", "/api/v1/alert-channels"): {"200": (alert_responses.AlertChannelList, "The tenant's channels.")},
+    ("delete", "/api/v1/alert-channels/{name}"): {"200": (alert_responses.AlertChannelDeleted, "Deleted.")},
+    ("post", "/api/v1/reports"): {"202": (alert_responses.ReportRecord, "Queued; poll its self link.")},
+    ("get", "/api/v1/reports"): {"200": (alert_responses.ReportPage, "A page of the tenant's reports, newest first.")},
+    ("get", "/api/v1/reports/{report_id}"): {"200": (alert_responses.ReportRecord, "The report's status and links.")},
+    ("get", "/api/v1/reports/{report_id}/data"): {"200": (None, "The report's figures (volumes, anomalies, trend, "
+                                                                 "forecast).")},
 }
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
 FORM_BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -158,6 +171,7 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
     ("get", "/metrics"): ("text/plain", _TEXT_BODY, "Prometheus text exposition."),
     ("get", "/api/v1/docs"): ("text/html", _TEXT_BODY, "The Swagger UI page."),
     ("get", "/api/v1/models/{name}/versions/{version}/card"): ("text/markdown", _TEXT_BODY, "The model card."),
+    ("get", "/api/v1/reports/{report_id}/html"): ("text/html", _TEXT_BODY, "The report page, charts embedded."),
     # For an event stream the schema is each event's (schemathesis checks them one by one).
     ("post", "/api/v1/predict/stream"): (
         "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
@@ -259,6 +273,16 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("get", "/api/v1/training/runs/{name}"): [
             _query("history", {"type": "string", "default": "1"},
                    "0 or false: without each run's per-epoch history; anything else: with it.")],
+        # Alerts and stream reports (blueprints/alerts.py, blueprints/reports.py).
+        ("get", "/api/v1/alerts"): [
+            _query("source", {"type": "string", "minLength": 1, "maxLength": 160}, "cortex, or stream:<name>."),
+            _query("stream", {"type": "string", "minLength": 1, "maxLength": 160}, "Only this stream's alerts."),
+            _query("rule", {"type": "string", "minLength": 1, "maxLength": 160}, "Only this rule's alerts."),
+            _query("state", {"type": "string", "enum": ["open", "acknowledged", "resolved"]}, "Only alerts in this state."),
+            *_page_parameters(50, 200)],
+        ("get", "/api/v1/reports"): [
+            _query("stream", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this stream's reports."),
+            *_page_parameters(50, 200)],
         ("get", "/api/v1/vectors/{collection}/count"): [
             {"name": "filter", "in": "query", "required": False,
              "description": "A JSON object: count only the items whose metadata match it.",

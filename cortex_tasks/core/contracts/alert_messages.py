@@ -61,3 +61,13 @@ class DeliveryMessage(VersionedMessage):
     version: Literal[1] = 1
     tenant: str = Field(pattern=TENANT_ID.pattern)
     delivery_id: str
+
+
+class ReportMessage(VersionedMessage):
+    """REPORTS_WRITE_REPORT: build and store one queued stream report (a stream_reports row)."""
+
+    describes: ClassVar[str] = "report message"
+
+    version: Literal[1] = 1
+    tenant: str = Field(pattern=TENANT_ID.pattern)
+    report_id: str

@@ -524,6 +524,7 @@ class StreamReport(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+
 # --- real-time streams (migration 0011) ---
 
 

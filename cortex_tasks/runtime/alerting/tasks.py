@@ -11,14 +11,15 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from cortex_tasks import app
 from cortex_tasks.core.contracts import task_names
-from cortex_tasks.core.contracts.alert_messages import AlertMessage, DeliveryMessage, GroupMessage
+from cortex_tasks.core.alerting.report_records import request_report
+from cortex_tasks.core.contracts.alert_messages import AlertMessage, DeliveryMessage, GroupMessage, ReportMessage
 from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.queues import ALERTS
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import all_tenants, tenant_scope
-from cortex_tasks.runtime.alerting import cortex_rules, delivery, service
+from cortex_tasks.runtime.alerting import cortex_rules, delivery, reports, service
 from cortex_tasks.runtime.alerting.delivery import MAX_BACKOFF_SECONDS
 
 log = logging.getLogger(__name__)
@@ -128,3 +129,27 @@ def evaluate_cortex_rules(**kwargs: Any) -> dict[str, Any]:
     if _refused_maintenance(kwargs):
         return {"refused": True}
     return cortex_rules.evaluate()
+
+
+@app.task(name=task_names.REPORTS_WRITE_REPORT, soft_time_limit=540, time_limit=600, **TRANSIENT)
+def write_report(**kwargs: Any) -> dict[str, Any]:
+    message: ReportMessage | None = _read(ReportMessage, kwargs)
+    if message is None:
+        return {"refused": True}
+    return reports.write_report(message.report_id)
+
+
+@app.task(name=task_names.REPORTS_WRITE_PERIODIC_REPORTS, soft_time_limit=120, time_limit=180, **TRANSIENT)
+def write_periodic_reports(**kwargs: Any) -> dict[str, Any]:
+    """Queue the report of the last whole period (CORTEX_REPORT_PERIOD) of every declared stream that has
+    none yet. Across tenants on purpose: every tenant's streams get their report, each in its tenant."""
+    if _refused_maintenance(kwargs):
+        return {"refused": True}
+    start, end = reports.period_ending(datetime.now(UTC), get_settings().alerts.report_period_seconds)
+    with all_tenants():
+        due = reports.due_streams(start, end)
+    queued = []
+    for tenant, stream in due:
+        with tenant_scope(tenant):
+            queued.append(request_report(stream, start, end, requested_by=None, trigger="schedule")["id"])
+    return {"period": [start.isoformat(), end.isoformat()], "queued": len(queued)}
