@@ -18,6 +18,7 @@ class AlertRecord(_Response):
     severity: Literal["high", "medium", "low"]
     summary: str
     details: dict[str, Any]
+    dedup_key: str = Field(description="Repeats with this key within the dedup window are folded into it.")
     state: Literal["open", "acknowledged", "resolved"]
     occurrences: int = Field(description="Repeats of this alert within the dedup window, folded in.")
     notified: bool = Field(description="Sent to the channels (at once, or in its group's digest).")

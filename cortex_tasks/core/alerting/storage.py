@@ -46,6 +46,7 @@ def alert_record(alert: Alert) -> dict[str, Any]:
         "severity": alert.severity,
         "summary": alert.summary,
         "details": alert.details,
+        "dedup_key": alert.dedup_key,
         "state": alert.state,
         "occurrences": alert.occurrences,
         "notified": alert.notified,
