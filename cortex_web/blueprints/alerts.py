@@ -32,7 +32,7 @@ FILTER_VALUE = re.compile(r"[^\x00-\x1f]{1,160}")
 class CreateChannelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(pattern=storage.CHANNEL_NAME.pattern, description="Unique in the tenant; alerts name it.")
+    name: str = Field(pattern=f"^{storage.CHANNEL_NAME.pattern}$", description="Unique in the tenant; alerts name it.")
     kind: Literal["webhook", "email"]
     url: str | None = Field(default=None, max_length=2048, description="webhook: a Slack-compatible incoming webhook.")
     recipients: list[str] | None = Field(default=None, max_length=storage.MAX_RECIPIENTS,
