@@ -150,8 +150,7 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/api/v1/reports"): {"202": (alert_responses.ReportRecord, "Queued; poll its self link.")},
     ("get", "/api/v1/reports"): {"200": (alert_responses.ReportPage, "A page of the tenant's reports, newest first.")},
     ("get", "/api/v1/reports/{report_id}"): {"200": (alert_responses.ReportRecord, "The report's status and links.")},
-    ("get", "/api/v1/reports/{report_id}/data"): {"200": (None, "The report's figures (volumes, anomalies, trend, "
-                                                                 "forecast).")},
+    ("get", "/api/v1/reports/{report_id}/data"): {"200": (None, "The report's figures.")},
 }
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
 FORM_BODIES: dict[tuple[str, str], dict[str, Any]] = {

@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cortex_tasks.core.alerting import storage
 from cortex_tasks.core.auth.roles import ADMIN, PREDICT, READ
+from cortex_tasks.core.settings import get_settings
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.errors import ApiError
 from cortex_web.request_body import parse_body, positive_int_arg
-from cortex_tasks.core.settings import get_settings
 
 bp = Blueprint("alerts", __name__, url_prefix="/api/v1")
 MAX_PAGE_SIZE = 200

@@ -41,7 +41,7 @@ class Webhooks:
         hooks = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with hooks.lock:
                     seen = hooks.received.setdefault(self.path, [])
@@ -78,7 +78,7 @@ def smtp() -> Iterator[tuple[int, list[Any]]]:
     messages: list[Any] = []
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):
             messages.append(envelope)
             return "250 OK"
 
@@ -159,9 +159,10 @@ def add_webhook(api: Api, name: str, url: str, **extra: Any) -> dict[str, Any]:
 
 
 def candidate(stream: str, n: int, **changes: Any) -> AlertCandidate:
-    fields: dict[str, Any] = dict(source=f"stream:{stream}", rule="zscore", group_key="user-7", severity="high",
-                                  summary=f"value {100 + n} is far above the window", details={"n": n},
-                                  occurred_at=datetime.now(UTC), dedup_key=f"zscore:user-7:{n}")
+    fields: dict[str, Any] = {
+        "source": f"stream:{stream}", "rule": "zscore", "group_key": "user-7", "severity": "high",
+        "summary": f"value {100 + n} is far above the window", "details": {"n": n},
+        "occurred_at": datetime.now(UTC), "dedup_key": f"zscore:user-7:{n}"}
     fields.update(changes)
     return AlertCandidate(**fields)
 
@@ -328,7 +329,7 @@ def test_alerts_api_filters_acknowledges_with_roles_and_audit(app, tenant):
 
 
 def test_channels_are_validated_and_managed_by_admins(app, tenant, monkeypatch):
-    tenant_id, keys = tenant
+    _tenant_id, keys = tenant
     admin = api_of(app, keys)
     assert api_of(app, keys, "inference_user").post("/api/v1/alert-channels", {
         "name": "x", "kind": "webhook", "url": "https://hooks.example.org/x"}).status_code == 403
@@ -439,8 +440,11 @@ def test_a_report_is_generated_through_the_api_and_stored_in_s3(app, tenant, ale
     assert response.status_code == 202, response.get_json()
     report_id = response.get_json()["id"]
 
-    report = wait_for(lambda: (lambda r: r if r["status"] in ("ready", "failed") else None)(
-        reader.get(f"/api/v1/reports/{report_id}").get_json()), timeout=180, every=0.5)
+    def finished() -> dict[str, Any] | None:
+        report = reader.get(f"/api/v1/reports/{report_id}").get_json()
+        return report if report["status"] in ("ready", "failed") else None
+
+    report = wait_for(finished, timeout=180, every=0.5)
     assert report["status"] == "ready", report
     assert report["summary"]["anomalous_events"] == 5 and report["summary"]["trend"] == "rising"
     data = reader.get(report["links"]["data"])

@@ -163,9 +163,9 @@ def test_zero_cooldown_and_zero_dedup_window_turn_them_off():
 
 
 def candidate(**changes) -> AlertCandidate:
-    fields = dict(source="stream:payments", rule="zscore", group_key="user-7", severity="high",
-                  summary="amount 9000 is 12 sd above the window", details={"value": 9000.0}, occurred_at=T0,
-                  dedup_key="zscore:user-7:e1")
+    fields = {"source": "stream:payments", "rule": "zscore", "group_key": "user-7", "severity": "high",
+              "summary": "amount 9000 is 12 sd above the window", "details": {"value": 9000.0}, "occurred_at": T0,
+              "dedup_key": "zscore:user-7:e1"}
     fields.update(changes)
     return AlertCandidate(**fields)
 

@@ -89,7 +89,8 @@ def alert_message(candidate: AlertCandidate, *, tenant: str, raised_at: datetime
 def raise_alert(candidate: AlertCandidate, *, tenant: str) -> None:
     """Hand one alert to the alert worker; returns once the broker holds it (see the module's docstring)."""
     message = alert_message(candidate, tenant=tenant)
-    from cortex_tasks import app as celery_app  # here: the app imports the settings, which this module need not
+    # Imported here: the Celery app reads the settings, which building a message does not need.
+    from cortex_tasks import app as celery_app
 
     priority = PRIORITY_CLASSES["high"] if candidate.severity == "high" else PRIORITY_CLASSES["normal"]
     try:

@@ -32,13 +32,13 @@ class AlertMessage(VersionedMessage):
     group_key: str = Field(max_length=512)
     severity: Literal["high", "medium", "low"]
     summary: str = Field(max_length=2000)
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = Field(default_factory=dict)
     occurred_at: str
     # When the intake accepted it: grouping, dedup and cooldown run on this clock (one clock for every
     # producer), occurred_at is the event's own time and only shown.
     raised_at: str
     dedup_key: str = Field(max_length=512)
-    channels: list[str] = []
+    channels: list[str] = Field(default_factory=list)
     policy: PolicyFields | None = None
 
 

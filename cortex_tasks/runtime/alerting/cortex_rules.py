@@ -43,11 +43,11 @@ from sqlalchemy import and_, func, select, update
 
 from cortex_tasks.core.alerting.intake import AlertCandidate, raise_alert
 from cortex_tasks.core.alerting.storage import CORTEX_SOURCE
+from cortex_tasks.core.machine_resources import host_use
 from cortex_tasks.core.settings import AlertsConfig, get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Alert, Job
 from cortex_tasks.core.tenancy import all_tenants, tenant_scope
-from cortex_tasks.core.machine_resources import host_use
 
 log = logging.getLogger(__name__)
 CACHE_TOTALS_KEY = "cortex:alerts:cache-totals"

@@ -25,7 +25,12 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import get_object_store
 from cortex_tasks.core.storage.tables import StreamDeclaration, StreamReport
-from cortex_tasks.core.streams.history import VerdictRecord, WindowAggregate, verdicts_between, windows_between
+from cortex_tasks.core.streams.history import (
+    VerdictRecord,
+    WindowAggregate,
+    verdicts_between,
+    windows_between,
+)
 from cortex_tasks.core.tenancy import current_tenant
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,14 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from cortex_tasks import app
-from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.alerting.report_records import request_report
-from cortex_tasks.core.contracts.alert_messages import AlertMessage, DeliveryMessage, GroupMessage, ReportMessage
+from cortex_tasks.core.contracts import task_names
+from cortex_tasks.core.contracts.alert_messages import (
+    AlertMessage,
+    DeliveryMessage,
+    GroupMessage,
+    ReportMessage,
+)
 from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.queues import ALERTS
