@@ -36,11 +36,16 @@ WARM_CACHE = "cortex.maintenance.warm_cache"
 RETRAIN_DUE_MODELS = "cortex.maintenance.retrain_due_models"
 PROMOTE_AGED_JOBS = "cortex.maintenance.promote_aged_jobs"
 
+# Real-time streams: the stream worker consumes the Redis Streams itself (runtime/streams/consumer.py);
+# its Celery queue carries the clean-up of deleted streams.
+STREAMS_PURGE_STREAM = "cortex.streams.purge_stream"
+
 ALL_TASK_NAMES: tuple[str, ...] = (
     RUN_GPU_JOBS, RUN_NLP_JOBS, STREAM_GENERATION, BATCH_RUN_CHUNK, BATCH_FINISH, TRAIN_MODEL,
     VECTORS_UPSERT_ITEMS, VECTORS_SEARCH_TEXT, VECTORS_BUILD_INDEX, DOCUMENTS_INDEX, DOCUMENTS_ANSWER, CHAT_REPLY,
     REGISTRY_ACTIVATE_VERSION, SWEEP_STALE_JOBS, EXPIRE_JOB_RECORDS, PURGE_AUDIT_EVENTS, EXPIRE_RESULTS,
     ROLL_UP_METRICS, WARM_CACHE, RETRAIN_DUE_MODELS, PROMOTE_AGED_JOBS,
+    STREAMS_PURGE_STREAM,
 )
 
 
