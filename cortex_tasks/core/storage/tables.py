@@ -413,6 +413,117 @@ class AuditChain(Base):
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+# --- alerts and stream reports (core/alerting, runtime/alerting) ---
+
+
+class AlertChannel(TenantOwned, Base):
+    """Where a tenant's alerts go: a Slack-compatible webhook or e-mail recipients. `is_default` channels
+    receive every alert that names no channels."""
+
+    __tablename__ = "alert_channels"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_alert_channels_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # webhook | email
+    target: Mapped[dict[str, Any]] = mapped_column(JSONB)  # {"url": ...} or {"recipients": [...]}
+    is_default: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AlertGroup(TenantOwned, Base):
+    """Alerts of one source, rule and group key raised within one grouping window: notified together."""
+
+    __tablename__ = "alert_groups"
+    __table_args__ = (
+        Index("ix_alert_groups_key_opened", "tenant", "source", "rule", "group_key", "opened_at"),
+        Index("ix_alert_groups_open", "closes_at", postgresql_where=text("NOT closed")),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    source: Mapped[str] = mapped_column(String(160))
+    rule: Mapped[str] = mapped_column(String(160))
+    group_key: Mapped[str] = mapped_column(String(512))
+    severity: Mapped[str] = mapped_column(String(8))
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closes_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    alert_count: Mapped[int] = mapped_column(Integer, default=0)  # alerts kept (at most max_per_group)
+    folded_count: Mapped[int] = mapped_column(Integer, default=0)  # alerts past max_per_group, counted only
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    channels: Mapped[list[str]] = mapped_column(JSONB, default=list)  # names; [] = the default channels
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # its first alert's notice
+    digest_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the notice of the rest
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Alert(TenantOwned, Base):
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_dedup", "tenant", "source", "rule", "dedup_key", "first_seen_at"),
+        Index("ix_alerts_tenant_seen", "tenant", "first_seen_at"),
+        Index("ix_alerts_group", "group_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(36), ForeignKey("alert_groups.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(160))
+    rule: Mapped[str] = mapped_column(String(160))
+    group_key: Mapped[str] = mapped_column(String(512))
+    severity: Mapped[str] = mapped_column(String(8))
+    summary: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    dedup_key: Mapped[str] = mapped_column(String(512))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)  # repeats within the dedup window folded in
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | acknowledged | resolved
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AlertDelivery(TenantOwned, Base):
+    """One notification to one channel and how its delivery went (retries included)."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_group", "group_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(36), ForeignKey("alert_groups.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(100))  # a channel's name, or operator:webhook:<n> / operator:email
+    kind: Mapped[str] = mapped_column(String(16))  # first | digest
+    notification: Mapped[dict[str, Any]] = mapped_column(JSONB)  # what is sent (runtime/alerting/channels.py)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StreamReport(TenantOwned, Base):
+    """A stream's report of one period: HTML with charts and the same figures as JSON, in the object store."""
+
+    __tablename__ = "stream_reports"
+    __table_args__ = (Index("ix_stream_reports_stream", "tenant", "stream", "period_end"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(128))
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule | request
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | ready | failed
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    json_key: Mapped[str | None] = mapped_column(String(512))
+    html_key: Mapped[str | None] = mapped_column(String(512))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
 # --- real-time streams (migration 0011) ---
 
 
