@@ -45,7 +45,7 @@ def test_delivery_settings():
 
 def test_queues_declared_once_and_routes_point_at_them():
     assert [queue.name for queue in celeryconfig.task_queues] == list(QUEUE_NAMES)
-    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance"}
+    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance", "streams", "alerts"}
     assert {route["queue"] for route in celeryconfig.task_routes.values()} <= set(QUEUE_NAMES)
 
 
@@ -72,6 +72,8 @@ def test_registered_task_names_are_pinned():
         "cortex.documents.index_documents",
         "cortex.documents.answer_question",
         "cortex.chat.reply",
+        # real-time streams
+        "cortex.streams.purge_stream",
     ])
 
 

@@ -65,8 +65,20 @@ def forget(client: redis.Redis, tenant: str, stream: str) -> None:
 class StreamMetricsCollector:
     """Prometheus collector for the series above, read from Redis at scrape time."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+    def __init__(self) -> None:
+        self._clients: dict[int, redis.Redis] = {}
+
+    @property
+    def _client(self) -> redis.Redis:
+        # One client per process (the collector is created before gunicorn forks its workers).
+        import os
+
+        from cortex_tasks.core.settings import get_settings
+
+        client = self._clients.get(os.getpid())
+        if client is None:
+            client = self._clients[os.getpid()] = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
+        return client
 
     def describe(self):  # registered without touching Redis
         return list(self._families())

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 import redis
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -192,10 +191,9 @@ class StreamRuntime:
                              outcome.rejected)
         pipe.execute()
         if self.alert_hook is not None and outcome.scored:
-            fresh = [item for item in outcome.scored
-                     if any((item.entry_id, verdict.detector) in self._new_verdicts for verdict in item.verdicts)]
-            if fresh:
-                self.alert_hook(self, fresh)
+            # Every scored event, redelivered ones included: an alert whose hand-off failed last time is
+            # raised again, and the alerting's deduplication makes a repeated one the same alert.
+            self.alert_hook(self, outcome.scored)
 
     def _reject(self, rejected: list[tuple[str, str]]) -> None:
         pipe = self.client.pipeline(transaction=False)
