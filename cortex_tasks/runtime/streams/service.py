@@ -154,8 +154,10 @@ class StreamRuntime:
             "t": item.event.time, "v": repr(item.event.value), "q": repr(item.event.value * item.event.value),
             "minute": int(item.event.time // 60), "hour": int(item.event.time // 3600), "phase": phase,
             "windows": [_start_text(start) for start in item.windows], "anomalous": item.anomalous,
-            "row": json.dumps(item.features) if self.forest is not None else None,
             "features": json.dumps(as_named(item.features)),
+            # Only a stream with an IsolationForest keeps training rows (a JSON null would reach the script
+            # as cjson.null, which Lua takes for true).
+            **({"row": json.dumps(item.features)} if self.forest is not None else {}),
         } for item, phase in zip(scored, self._phases)]
         self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep)
         if any(self._stale.values()):
