@@ -108,6 +108,9 @@ class StreamConsumer:
 
     def run(self) -> None:
         log.info("stream consumer %s started", self.consumer)
+        # Imported once here rather than in the first fit's thread, which would then take seconds longer
+        # while the stream's first minutes go by unscored by the forest.
+        import sklearn.ensemble  # noqa: F401
         while not self._stop.is_set():
             try:
                 self.run_once()

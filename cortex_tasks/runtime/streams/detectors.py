@@ -29,6 +29,7 @@ from cortex_tasks.core.streams.declarations import (
 from cortex_tasks.core.validation.timeseries import TRAINED_INTERVAL_WIDTH
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.timeseries import RANDOM_STATE, robust_scale
+from cortex_tasks.runtime.streams.features import FOREST_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def forecast_expectation(model: Any, horizon: int) -> Expectation:
 
 
 class IsolationForestDetector(_StreamDetector):
-    """scikit-learn IsolationForest on the events' feature rows. Fitted per stream on its recent rows
+    """scikit-learn IsolationForest on the events' feature rows (features.FOREST_FEATURES). Fitted per stream on its recent rows
     (shared in Redis by every stream worker), refitted every `refit_every` events in a background thread
     so scoring never waits for a fit; until the first fit (fewer than `min_rows` rows) it is warming up.
     The score is the paper's anomaly score in (0, 1] (models/timeseries.isolation_scores); the outcome is
@@ -215,7 +216,7 @@ class IsolationForestDetector(_StreamDetector):
             from sklearn.ensemble import IsolationForest
 
             forest = IsolationForest(n_estimators=self.spec.trees, contamination=self.spec.contamination,
-                                     random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float))
+                                     random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float)[:, FOREST_COLUMNS])
             self._forest, self._threshold, self._since_fit = forest, float(-forest.offset_), 0
             return True
         finally:
@@ -226,7 +227,8 @@ class IsolationForestDetector(_StreamDetector):
         self._since_fit += len(inputs)
         if forest is None or not inputs:
             return [Verdict(self.kind, WARMING_UP) for _ in inputs]
-        scores = -forest.score_samples(np.asarray([item.features for item in inputs], dtype=float))
+        rows = np.asarray([item.features for item in inputs], dtype=float)[:, FOREST_COLUMNS]
+        scores = -forest.score_samples(rows)
         return [Verdict(self.kind, ANOMALY if score > self._threshold else NORMAL, round(float(score), 6),
                         None) for score in scores]
 

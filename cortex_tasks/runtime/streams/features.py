@@ -13,6 +13,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "value", "count_1h", "sum_1h", "mean_1h", "count_24h", "sum_24h", "mean_24h", "count_7d", "sum_7d",
     "mean_7d", "rate_1h_per_min", "rate_ratio_1h_24h", "value_minus_mean_1h",
 )
+# The columns the IsolationForest sees: levels and departures, not the running counts and sums, which grow
+# while a stream fills its first week and would make every new row look unlike the rows it was fitted on.
+FOREST_FEATURES: tuple[str, ...] = ("value", "mean_1h", "mean_24h", "mean_7d", "value_minus_mean_1h",
+                                    "rate_ratio_1h_24h")
+FOREST_COLUMNS: tuple[int, ...] = tuple(FEATURE_NAMES.index(name) for name in FOREST_FEATURES)
 MINUTES_1H = 60
 HOURS_24H = 24
 HOURS_7D = 168
