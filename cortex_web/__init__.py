@@ -31,6 +31,7 @@ from cortex_web.blueprints import (
     predict,
     reports,
     stream,
+    streams,
     training,
     usage,
     vectors,
@@ -45,7 +46,7 @@ from cortex_web.request_body import apply_route_body_limit
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp,
-              alerts.bp, reports.bp)
+              alerts.bp, reports.bp, streams.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}
 _queue_collector_registered = False
 

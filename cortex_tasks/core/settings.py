@@ -624,6 +624,48 @@ class TokensConfig(FromEnvironment):
         return bool(self.oidc_issuer)
 
 
+class StreamsConfig(FromEnvironment):
+    """Real-time streams (realtime_pipeline; docs/streams.md)."""
+
+    buffer_size: int = variable(
+        "CORTEX_STREAM_BUFFER_SIZE", 1000, "Most events a stream worker reads and scores as one micro-batch."
+    )
+    processing_interval: float = variable(
+        "CORTEX_STREAM_PROCESSING_INTERVAL", 0.1,
+        "Longest wait for a micro-batch to fill before it is scored (seconds, or like 100ms).",
+    )
+    max_length: int = variable(
+        "CORTEX_STREAM_MAXLEN", 1_000_000,
+        "Entries a stream's Redis Stream keeps (XADD MAXLEN ~, approximate); older ones are trimmed.",
+    )
+    claim_idle: float = variable(
+        "CORTEX_STREAM_CLAIM_IDLE", 30.0,
+        "Seconds an event may stay unacknowledged by its consumer before another stream worker claims it.",
+    )
+    lateness: float = variable(
+        "CORTEX_STREAM_LATENESS", 10.0,
+        "Seconds of event time a window stays open after its end for late events, before it is stored.",
+    )
+    max_events_per_request: int = variable(
+        "CORTEX_STREAM_MAX_EVENTS_PER_REQUEST", 10_000, "Most events one POST /streams/{name}/events may carry."
+    )
+    live_max_seconds: float = variable(
+        "CORTEX_STREAM_LIVE_MAX_SECONDS", 3600.0,
+        "Longest a GET /streams/{name}/live connection stays open (clients reconnect).",
+    )
+    refresh_seconds: float = variable(
+        "CORTEX_STREAM_REFRESH_SECONDS", 2.0, "How often a stream worker rereads the declared streams."
+    )
+
+    @field_validator("processing_interval", "claim_idle", "lateness", "live_max_seconds", "refresh_seconds",
+                     mode="before")
+    @classmethod
+    def _duration(cls, raw: Any) -> Any:
+        from cortex_tasks.core.streams.declarations import seconds_of
+
+        return seconds_of(raw) if isinstance(raw, str) else raw
+
+
 class Settings(FromEnvironment):
     """Services, request handling, cache, overload protection, rate limits, audit and processes."""
 
@@ -929,6 +971,10 @@ class Settings(FromEnvironment):
         return TokensConfig()
 
     @cached_property
+    def streams(self) -> StreamsConfig:
+        return StreamsConfig()
+
+    @cached_property
     def alerts(self) -> AlertsConfig:
         return AlertsConfig()
 
@@ -971,6 +1017,7 @@ SETTINGS_GROUPS: tuple[type[FromEnvironment], ...] = (
     OpenAIConfig,
     TrainingConfig,
     TokensConfig,
+    StreamsConfig,
     AlertsConfig,
 )
 

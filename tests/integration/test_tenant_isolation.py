@@ -156,6 +156,17 @@ def a_model(tenant_a) -> str:
     return name
 
 
+@pytest.fixture(scope="module")
+def a_stream(app, tenant_a) -> str:
+    name = _unique("iso-stream")
+    response = tenant_a.api(app).post("/api/v1/streams", {
+        "name": name, "fields": [{"name": "ts", "type": "timestamp"}, {"name": "v", "type": "number"}],
+        "timestamp_field": "ts", "value_field": "v"})
+    assert response.status_code == 201, response.get_json()
+    tenant_a.made["stream"] = name
+    return name
+
+
 # --- the walk ---
 
 @dataclass(frozen=True)
@@ -196,6 +207,11 @@ def _document_kept(app, tenant: Tenant, made: tuple[str, str]) -> None:
 def _model_kept(app, tenant: Tenant, name: str) -> None:
     response = tenant.api(app).get(f"/api/v1/models/{name}")
     assert response.status_code == 200, response.get_json()
+
+
+def _stream_kept(app, tenant: Tenant, name: str) -> None:
+    response = tenant.api(app).get(f"/api/v1/streams/{name}")
+    assert response.status_code == 200 and response.get_json()["length"] == 0, response.get_json()
 
 
 def _training_kept(app, tenant: Tenant, made: tuple[str, str]) -> None:
@@ -256,6 +272,18 @@ ROUTES: dict[tuple[str, str], Probe] = {
     ("POST", "/api/v1/models/<name>/versions/<int:version>/promote"): Probe(
         "a_model", lambda name: f"/api/v1/models/{name}/versions/1/promote", {"stage": "production"},
         still_there=_model_kept),
+    # Real-time streams: B's events never land in A's stream, B never reads or deletes it.
+    ("GET", "/api/v1/streams/<name>"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}",
+                                             still_there=_stream_kept),
+    ("DELETE", "/api/v1/streams/<name>"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}",
+                                                still_there=_stream_kept),
+    ("POST", "/api/v1/streams/<name>/events"): Probe(
+        "a_stream", lambda name: f"/api/v1/streams/{name}/events", {"ts": 1_700_000_000, "v": 1.0},
+        still_there=_stream_kept),
+    ("GET", "/api/v1/streams/<name>/live"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}/live?seconds=1",
+                                                  still_there=_stream_kept),
+    ("GET", "/api/v1/streams/<name>/windows"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}/windows",
+                                                     still_there=_stream_kept),
 }
 
 # Alerts, alert channels and stream reports (blueprints/alerts.py, blueprints/reports.py).

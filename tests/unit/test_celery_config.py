@@ -45,7 +45,7 @@ def test_delivery_settings():
 
 def test_queues_declared_once_and_routes_point_at_them():
     assert [queue.name for queue in celeryconfig.task_queues] == list(QUEUE_NAMES)
-    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance", "alerts"}
+    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance", "streams", "alerts"}
     assert {route["queue"] for route in celeryconfig.task_routes.values()} <= set(QUEUE_NAMES)
 
 
@@ -79,6 +79,8 @@ def test_registered_task_names_are_pinned():
         "cortex.alerts.evaluate_cortex_rules",
         "cortex.reports.write_report",
         "cortex.reports.write_periodic_reports",
+        # real-time streams
+        "cortex.streams.purge_stream",
     ])
 
 
