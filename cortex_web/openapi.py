@@ -151,6 +151,14 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("get", "/api/v1/reports"): {"200": (alert_responses.ReportPage, "A page of the tenant's reports, newest first.")},
     ("get", "/api/v1/reports/{report_id}"): {"200": (alert_responses.ReportRecord, "The report's status and links.")},
     ("get", "/api/v1/reports/{report_id}/data"): {"200": (None, "The report's figures.")},
+    # Real-time streams (cortex_web/blueprints/streams.py, docs/streams.md).
+    ("post", "/api/v1/streams"): {"201": (None, "Declared: the declaration with its id and Redis Stream key."),
+                                  "200": (None, "It already existed with this declaration.")},
+    ("get", "/api/v1/streams"): {"200": (None, "The tenant's streams: {\"streams\": [declaration, ...]}.")},
+    ("get", "/api/v1/streams/{name}"): {"200": (None, "The declaration with length, pending, consumers, rejected.")},
+    ("delete", "/api/v1/streams/{name}"): {"200": (None, "Deleted: {\"stream\", \"deleted\": true}.")},
+    ("post", "/api/v1/streams/{name}/events"): {"202": (None, "Appended: accepted, first_id and last_id.")},
+    ("get", "/api/v1/streams/{name}/windows"): {"200": (None, "Stored windows and next_after (null: no more).")},
 }
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
 FORM_BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -177,6 +185,11 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
             "event": {"type": "string", "description": "start; token (generate) or item; done or error last."},
             "data": {"type": "string", "contentMediaType": "application/json"}}},
         "Server-Sent Events: tokens for generate, items otherwise, then a final event (or an error event)."),
+    ("get", "/api/v1/streams/{name}/live"): (
+        "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"type": "string", "description": "ready first; verdicts and window; end last."},
+            "data": {"type": "string", "contentMediaType": "application/json"}}},
+        "Server-Sent Events: each micro-batch's verdicts and the windows' aggregates as computed."),
 }
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
@@ -282,6 +295,16 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("get", "/api/v1/reports"): [
             _query("stream", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this stream's reports."),
             *_page_parameters(50, 200)],
+        ("get", "/api/v1/streams/{name}/windows"): [
+            _query("from", moment, "Windows starting at or after this time (ISO 8601; default: `to` - 24 h)."),
+            _query("to", moment, "Windows starting before this time (ISO 8601; default: now)."),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500},
+                   "At most this many windows."),
+            _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                   "The next_after of the previous page.")],
+        ("get", "/api/v1/streams/{name}/live"): [
+            _query("seconds", {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT},
+                   "Close after this many seconds (at most CORTEX_STREAM_LIVE_MAX_SECONDS, the default).")],
         ("get", "/api/v1/vectors/{collection}/count"): [
             {"name": "filter", "in": "query", "required": False,
              "description": "A JSON object: count only the items whose metadata match it.",

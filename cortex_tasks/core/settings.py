@@ -661,9 +661,9 @@ class StreamsConfig(FromEnvironment):
                      mode="before")
     @classmethod
     def _duration(cls, raw: Any) -> Any:
-        from cortex_tasks.core.streams.declarations import seconds_of
-
-        return seconds_of(raw) if isinstance(raw, str) else raw
+        if isinstance(raw, str) and raw.strip().lower().endswith("ms"):
+            return parse_duration(raw.strip()[:-2]) / 1000
+        return parse_duration(raw) if isinstance(raw, str) else raw
 
 
 class Settings(FromEnvironment):

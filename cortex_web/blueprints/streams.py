@@ -46,6 +46,7 @@ bp = Blueprint("streams", __name__, url_prefix="/api/v1")
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 EVENTS_MAX_BYTES = 32 * 1024 * 1024
 MAX_WINDOWS_PER_PAGE = 5000
+MAX_ROW_ID = 2**63 - 1
 HEARTBEAT_SECONDS = 15.0
 REQUEST_BODIES = {("post", "/api/v1/streams"): StreamSpec}
 
@@ -140,9 +141,11 @@ def stream_windows(name: str) -> Response:
     if start >= end:
         raise ApiError(422, "invalid_query", "?from= must be before ?to=.")
     limit = positive_int_arg("limit", 500, MAX_WINDOWS_PER_PAGE)
-    after = int(request.args["after"]) if request.args.get("after", "").isdigit() else 0
-    if "after" in request.args and not request.args["after"].isdigit():
+    raw_after = request.args.get("after", "0")
+    # ASCII digits that fit a bigint: the stored windows' ids.
+    if not (raw_after.isascii() and raw_after.isdigit()) or int(raw_after[:20]) > MAX_ROW_ID:
         raise ApiError(422, "invalid_query", "?after= is the next_after of a previous answer.")
+    after = int(raw_after)
     rows = window_rows(name, start, end, limit=limit + 1, after_id=after)
     page = rows[:limit]
     return jsonify({
@@ -169,7 +172,7 @@ def live(name: str) -> Response:
     name = _name(name)
     stream = service.get_stream(name)
     most = get_settings().streams.live_max_seconds
-    seconds = min(float(positive_int_arg("seconds", int(most), max(1, int(most)))), most)
+    seconds = min(float(positive_int_arg("seconds", int(most))), most)
     client = redis_client()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     # Subscribed before the answer starts, so that nothing computed after this request is missed.

@@ -33,6 +33,7 @@ KNOWN_MISMATCH = {
     # runs, not in others.
     "POST /api/v1/predict": "each task's inputs and params", "POST /api/v1/predict/batch": "the same",
     "POST /api/v1/predict/stream": "the same", "POST /api/v1/predict/pipeline": "the first step's inputs",
+    "POST /api/v1/streams": "timestamp_field, value_field and key_fields name declared fields of fitting types",
 }
 
 

@@ -175,3 +175,30 @@ def test_isolation_forest_warms_up_then_flags_outlying_rows():
     assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY]
     assert 0 < verdicts[0].score < verdicts[1].score <= 1 and not math.isnan(verdicts[1].score)
     assert detector.info.task == "anomaly"  # the catalogue's model interface
+
+
+def test_alert_rules_make_candidates_with_only_the_named_fields():
+    from types import SimpleNamespace
+
+    from cortex_tasks.core.streams.events import check_event as checked
+    from cortex_tasks.runtime.streams.alerts import candidates
+    from cortex_tasks.runtime.streams.detectors import Verdict
+    from cortex_tasks.runtime.streams.service import ScoredEvent
+
+    declared = spec(fields=[*DECLARATION["fields"], {"name": "card", "type": "string", "required": False}])
+    runtime = SimpleNamespace(name="payments", spec=declared)
+    event = checked(declared, 0, {"ts": 1_767_225_600, "user": "u1", "amount": 900.0, "card": "4111-secret"})
+    spike = ScoredEvent("1767225600123-0", event, [Verdict("robust_zscore", ANOMALY, 12.5, 100.0),
+                                                   Verdict("key_baseline", NORMAL, 0.3, 99.0)], [], [1767225420.0])
+    weak = ScoredEvent("1767225600124-0", event, [Verdict("robust_zscore", ANOMALY, 4.0, 100.0)], [], [1767225420.0])
+    found = candidates(runtime, [spike, weak])  # the weak one is under the rule's min_score (6)
+    assert len(found) == 1
+    alert = found[0]
+    assert (alert.source, alert.rule, alert.group_key, alert.severity) == ("stream:payments", "spike", "u1", "high")
+    assert alert.details["fields"] == {"user": "u1"} and "4111-secret" not in str(alert.details)
+    assert alert.details["detector"] == "robust_zscore" and alert.details["score"] == 12.5
+    assert alert.occurred_at.tzinfo is not None
+    assert alert.dedup_key == "payments|spike|u1|robust_zscore|1767225420"
+    assert alert.policy is not None and alert.policy.cooldown_s == 900  # the rule's own cooldown, defaults beside
+    assert candidates(SimpleNamespace(name="payments", spec=spec(alert_rules=[{"name": "any"}])),
+                      [spike])[0].policy is None  # no aggregation given: the alerting settings' defaults
