@@ -225,7 +225,7 @@ def test_cooldown_holds_back_the_next_groups_and_counts_them_in_the_next_notice(
     tenant_id, keys = tenant
     path = f"/cool-{tenant_id}"
     add_webhook(api_of(app, keys), "ops", webhooks.base + path)
-    policy = AlertPolicy(grouping_window_s=1, max_per_group=10, cooldown_s=6, dedup_window_s=0)
+    policy = AlertPolicy(grouping_window_s=1, max_per_group=10, cooldown_s=8, dedup_window_s=0)
     started = time.monotonic()
     raise_alert(candidate("sensors", 1, policy=policy), tenant=tenant_id)
     wait_for(lambda: webhooks.posts(path))
@@ -233,7 +233,7 @@ def test_cooldown_holds_back_the_next_groups_and_counts_them_in_the_next_notice(
     raise_alert(candidate("sensors", 2, policy=policy), tenant=tenant_id)  # its own group, in the cooldown
     wait_for(lambda: len(groups_of(tenant_id)) == 2 and groups_of(tenant_id)[1]["closed"], timeout=30)
     assert len(webhooks.posts(path)) == 1  # held back: neither a first notice nor a digest
-    time.sleep(max(0.0, 6.5 - (time.monotonic() - started)))
+    time.sleep(max(0.0, 8.5 - (time.monotonic() - started)))
     raise_alert(candidate("sensors", 3, policy=policy), tenant=tenant_id)
     notice = wait_for(lambda: webhooks.posts(path)[1:])[0]
     assert "value 103" in notice["text"]
@@ -371,10 +371,11 @@ def test_cortex_rules_fire_from_real_job_figures_and_resolve_when_they_clear(app
     from cortex_tasks.core.storage.tables import Job
 
     with tenant_scope("default"), session_scope() as session:
-        # 30 prediction jobs of the last minute: 6 failed (20% > 5%), the rest took 3 s (p95 > 1 s).
-        for n in range(30):
+        # 300 prediction jobs of the last minute: half failed (50% > 5%), the rest took 3 s (p95 > 1 s).
+        # So many that the jobs other tests finished in the same minutes cannot hide them.
+        for n in range(300):
             session.add(Job(id=str(uuid.uuid4()), owner=f"rules-{marker}", kind="predict", task="embed",
-                            status="failed" if n < 6 else "succeeded", priority=4, progress_done=1,
+                            status="failed" if n % 2 else "succeeded", priority=4, progress_done=1,
                             progress_total=1, attempts=1, created_at=now - timedelta(seconds=4),
                             started_at=now - timedelta(seconds=4), finished_at=now - timedelta(seconds=1)))
 
@@ -390,7 +391,7 @@ def test_cortex_rules_fire_from_real_job_figures_and_resolve_when_they_clear(app
                               if a["rule"] in ("error_rate", "response_time")}
                      if len({a["rule"] for a in alerts_of(reader, source="cortex", state="open")}
                             & {"error_rate", "response_time"}) == 2 else None)
-    assert fired["error_rate"]["severity"] == "high" and fired["error_rate"]["details"]["failed"] >= 6
+    assert fired["error_rate"]["severity"] == "high" and fired["error_rate"]["details"]["failed"] >= 150
     assert fired["response_time"]["details"]["p95_seconds"] >= 2.9
     sent = wait_for(lambda: [p for p in webhooks.posts("/operators") if "error rate" in p["text"]])
     assert sent[0]["text"].startswith("[HIGH] cortex · error_rate · predict")
