@@ -466,3 +466,87 @@ def test_a_report_is_generated_through_the_api_and_stored_in_s3(app, tenant, ale
     bucket = S3ObjectStore(s3.endpoint, s3.access_key, s3.secret_key, alert_env["MINIO_BUCKET"])
     assert sorted(bucket.list(f"reports/{tenant_id}/{stream}/")) == [
         f"reports/{tenant_id}/{stream}/{report_id}.html", f"reports/{tenant_id}/{stream}/{report_id}.json"]
+
+
+def test_alerts_raised_while_no_alert_worker_runs_are_processed_when_one_starts(app, tenant, webhooks, alert_worker):
+    tenant_id, keys = tenant
+    path = f"/later-{tenant_id}"
+    add_webhook(api_of(app, keys), "ops", webhooks.base + path)
+    alert_worker.stop()
+    try:
+        for n in range(3):  # the hand-off is Redis: nothing is lost while the worker is away
+            raise_alert(candidate("late", n, group_key=f"k{n}"), tenant=tenant_id)
+        time.sleep(1)
+        assert webhooks.posts(path) == []
+    finally:
+        alert_worker.start()
+    assert len(wait_for(lambda: len(webhooks.posts(path)) == 3 and webhooks.posts(path), timeout=60)) == 3
+    assert len(alerts_of(api_of(app, keys, "reader"), stream="late")) == 3
+
+
+def test_the_sweep_closes_missed_groups_and_sends_stranded_deliveries(app, tenant, webhooks, alert_worker):
+    """A worker killed between storing an alert and sending its messages leaves a pending delivery and a
+    group nobody closes: Beat's close-due-alert-groups entry finishes both."""
+    from cortex_tasks import app as celery_app
+    from cortex_tasks.core.alerting.intake import alert_message
+    from cortex_tasks.core.contracts import task_names
+    from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
+    from cortex_tasks.runtime.alerting.service import process_alert
+
+    tenant_id, keys = tenant
+    path = f"/stranded-{tenant_id}"
+    add_webhook(api_of(app, keys), "ops", webhooks.base + path)
+    policy = AlertPolicy(grouping_window_s=1, max_per_group=10, cooldown_s=0, dedup_window_s=0)
+    with tenant_scope(tenant_id):  # the worker's own code, but its sends never happen
+        for n in range(2):
+            process_alert(alert_message(candidate("stranded", n, policy=policy), tenant=tenant_id))
+    with tenant_scope(tenant_id), session_scope() as session:
+        session.execute(text("UPDATE alert_deliveries SET created_at = now() - interval '5 minutes' "
+                             "WHERE tenant = :tenant"), {"tenant": tenant_id})
+        session.execute(text("UPDATE alert_groups SET closes_at = now() - interval '5 minutes' "
+                             "WHERE tenant = :tenant"), {"tenant": tenant_id})
+    assert webhooks.posts(path) == []
+    swept = celery_app.send_task(task_names.ALERTS_CLOSE_DUE_GROUPS, queue="alerts",
+                                 kwargs=MaintenanceMessage().to_kwargs()).get(timeout=60)
+    assert swept["closed"] >= 1 and swept["resent"] >= 1, swept
+    posts = wait_for(lambda: len(webhooks.posts(path)) >= 2 and webhooks.posts(path))
+    texts = sorted(post["text"] for post in posts)  # the two are sent by separate tasks, in any order
+    assert texts == ["[HIGH] stream:stranded · zscore · user-7: 1 alert in the group's window",
+                     "[HIGH] stream:stranded · zscore · user-7: value 100 is far above the window"]
+    assert [g["closed"] for g in groups_of(tenant_id)] == [True]
+
+
+def test_beat_writes_each_streams_report_of_the_last_period_once(app, tenant, alert_worker):
+    from cortex_tasks import app as celery_app
+    from cortex_tasks.core.contracts import task_names
+    from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
+    from cortex_tasks.core.storage.tables import StreamDeclaration, StreamWindow
+    from cortex_tasks.runtime.alerting.reports import period_ending
+
+    tenant_id, keys = tenant
+    start, end = period_ending(datetime.now(UTC), 86400)  # the shipped period: yesterday (UTC)
+    with tenant_scope(tenant_id), session_scope() as session:
+        session.add(StreamDeclaration(id=str(uuid.uuid4()), name="daily", owner="test", spec={"name": "daily"}))
+        for step in range(24):
+            at = start + timedelta(hours=step)
+            session.add(StreamWindow(stream="daily", key="k", window_start=at, window_end=at + timedelta(hours=1),
+                                     count=5 + step, total=1.0, mean=1.0, minimum=1.0, maximum=1.0, anomalies=0))
+
+    def beat() -> dict[str, Any]:
+        return celery_app.send_task(task_names.REPORTS_WRITE_PERIODIC_REPORTS, queue="alerts",
+                                    kwargs=MaintenanceMessage().to_kwargs()).get(timeout=60)
+
+    assert beat()["queued"] >= 1
+    reader = api_of(app, keys, "reader")
+
+    def ready() -> list[dict[str, Any]] | None:
+        reports = reader.get("/api/v1/reports?stream=daily").get_json()["reports"]
+        return reports if reports and all(r["status"] in ("ready", "failed") for r in reports) else None
+
+    reports = wait_for(ready, timeout=180, every=0.5)
+    assert [(r["trigger"], r["status"], r["from"], r["to"]) for r in reports] == [
+        ("schedule", "ready", start.isoformat(), end.isoformat())]
+    assert reports[0]["summary"]["windows"] == 24
+    beat()  # the same period again: nothing new for this stream
+    time.sleep(1)
+    assert len(reader.get("/api/v1/reports?stream=daily").get_json()["reports"]) == 1
