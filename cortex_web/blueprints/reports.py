@@ -3,6 +3,7 @@ as any job); GET /api/v1/reports and /reports/{id} list and read them (reader+),
 /reports/{id}/data download the stored page and its data."""
 from __future__ import annotations
 
+import re
 from datetime import UTC
 
 from flask import Blueprint, Response, jsonify, request
@@ -38,8 +39,11 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {("post", "/api/v1/repo
 def create() -> tuple[Response, int]:
     """Queue a report of one stream over [from, to); poll GET /api/v1/reports/{id} until `ready`."""
     body = parse_body(CreateReportRequest, get_settings().max_json_depth)
-    record = report_records.request_report(body.stream, body.start.astimezone(UTC), body.end.astimezone(UTC),
-                                           requested_by=current_principal().key_id)
+    try:
+        start, end = body.start.astimezone(UTC), body.end.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is past the last representable UTC moment
+        raise ApiError(422, "invalid_request", "`from` or `to` is out of range.", {"field": "to"}) from None
+    record = report_records.request_report(body.stream, start, end, requested_by=current_principal().key_id)
     return jsonify(record), 202
 
 
@@ -48,8 +52,8 @@ def create() -> tuple[Response, int]:
 def index() -> Response:
     """The tenant's reports, newest first: ?stream=, ?page= and ?size= (at most 200, default 50)."""
     stream = request.args.get("stream")
-    if stream is not None and not 0 < len(stream) <= 64:
-        raise ApiError(422, "invalid_query", "?stream= is a stream name of 1..64 characters.")
+    if stream is not None and not re.fullmatch(STREAM_NAME, stream):
+        raise ApiError(422, "invalid_query", "?stream= is a stream name (letters, digits, '.', '-', '_'; 1..64).")
     page, size = positive_int_arg("page", 1), positive_int_arg("size", 50, MAX_PAGE_SIZE)
     reports, more = report_records.list_reports(stream, page, size)
     return jsonify({"reports": reports, "page": page, "size": size, "next_page": page + 1 if more else None})

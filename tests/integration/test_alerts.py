@@ -338,7 +338,10 @@ def test_channels_are_validated_and_managed_by_admins(app, tenant, monkeypatch):
                         ({"name": "x", "kind": "webhook"}, "url"),
                         ({"name": "x", "kind": "email", "recipients": ["not-an-address"]}, "recipients"),
                         ({"name": "bad name!", "kind": "email", "recipients": ["a@example.org"]}, "name"),
-                        ({"name": "x", "kind": "sms", "recipients": ["a@example.org"]}, "kind")):
+                        ({"name": "x", "kind": "sms", "recipients": ["a@example.org"]}, "kind"),
+                        ({"name": "x", "kind": "webhook", "url": "https://example.org/a\u0000b"}, "url"),
+                        ({"name": "x", "kind": "webhook", "url": "https://example.org/a b"}, "url"),
+                        ({"name": "x", "kind": "email", "recipients": ["a\u0000@example.org"]}, "recipients")):
         response = admin.post("/api/v1/alert-channels", body)
         assert response.status_code == 422, (body, response.get_json())
         assert field in json.dumps(response.get_json()["error"]), response.get_json()
@@ -358,6 +361,7 @@ def test_channels_are_validated_and_managed_by_admins(app, tenant, monkeypatch):
         assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_channel", url
     assert admin.delete("/api/v1/alert-channels/hook").status_code == 200
     assert admin.delete("/api/v1/alert-channels/hook").status_code == 404
+    assert admin.delete("/api/v1/alert-channels/a%00b").status_code == 404
     assert admin.get("/api/v1/alert-channels").get_json()["channels"] == []
 
 
@@ -434,7 +438,8 @@ def test_a_report_is_generated_through_the_api_and_stored_in_s3(app, tenant, ale
     period = {"stream": stream, "from": start.isoformat(), "to": (start + timedelta(days=1)).isoformat()}
     assert reader.post("/api/v1/reports", period).status_code == 403
     for bad, code in (({**period, "stream": "nope"}, 404), ({**period, "to": period["from"]}, 422),
-                      ({**period, "from": "yesterday"}, 422), ({"stream": stream}, 422)):
+                      ({**period, "from": "yesterday"}, 422), ({"stream": stream}, 422),
+                      ({**period, "to": "9999-12-31T23:00:00-05:00"}, 422), ({**period, "to": "2026-03-03"}, 422)):
         response = user.post("/api/v1/reports", bad)
         assert response.status_code == code, (bad, response.get_json())
     response = user.post("/api/v1/reports", period)
@@ -458,6 +463,7 @@ def test_a_report_is_generated_through_the_api_and_stored_in_s3(app, tenant, ale
     page = reader.get(report["links"]["html"])
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert page.data.count(b'src="data:image/png;base64,') == 2 and b"Stream report: meters" in page.data
+    assert reader.get("/api/v1/reports?stream=a%00b").status_code == 422
     listed = reader.get(f"/api/v1/reports?stream={stream}").get_json()["reports"]
     assert [r["id"] for r in listed] == [report_id]
 

@@ -37,6 +37,8 @@ def _not_found(report_id: str) -> CortexError:
 def request_report(stream: str, start: datetime, end: datetime, *, requested_by: str | None,
                    trigger: str = "request") -> dict[str, Any]:
     """Queue a report of `stream` over [start, end); 404 for a stream the tenant has not declared."""
+    if start.year < 1971 or end.year > 9998:
+        raise CortexError("invalid_request", "`from` and `to` must lie between 1971 and 9998.", {"field": "from"})
     if end <= start:
         raise CortexError("invalid_request", "`from` must be before `to`.", {"field": "to"})
     if end - start > MAX_PERIOD:

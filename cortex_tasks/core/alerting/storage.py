@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
+from cortex_tasks.core.storage.storable import first_unstorable
 from cortex_tasks.core.storage.tables import Alert, AlertChannel, AlertDelivery, AlertGroup
 
 CORTEX_SOURCE = "cortex"
@@ -148,6 +149,8 @@ def check_webhook_url(url: str, *, resolve: bool = False) -> str:
 
     if len(url) > 2048:
         raise refused("longer than 2048 characters")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url) or first_unstorable(url) is not None:
+        raise refused("it holds spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -185,7 +188,8 @@ def _check_recipients(recipients: list[str]) -> list[str]:
         raise CortexError("invalid_channel", f"An e-mail channel has 1..{MAX_RECIPIENTS} recipients.",
                           {"field": "recipients"})
     for address in recipients:
-        if not EMAIL.fullmatch(address):
+        if not EMAIL.fullmatch(address) or first_unstorable(address) is not None \
+                or any(ord(char) < 0x20 for char in address):
             raise CortexError("invalid_channel", f"Not an e-mail address: {address!r}.", {"field": "recipients"})
     return recipients
 
@@ -240,6 +244,8 @@ def list_channels() -> list[dict[str, Any]]:
 
 
 def delete_channel(name: str) -> None:
+    if not CHANNEL_NAME.fullmatch(name):  # no such name can exist (and a NUL would not reach the database)
+        raise CortexError("channel_not_found", f"No alert channel named {name!r}.", status=404)
     with session_scope() as session:
         channel = session.execute(select(AlertChannel).where(AlertChannel.name == name)).scalar()
         if channel is None:
