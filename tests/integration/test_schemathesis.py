@@ -34,6 +34,9 @@ KNOWN_MISMATCH = {
     "POST /api/v1/predict": "each task's inputs and params", "POST /api/v1/predict/batch": "the same",
     "POST /api/v1/predict/stream": "the same", "POST /api/v1/predict/pipeline": "the first step's inputs",
     "POST /api/v1/streams": "timestamp_field, value_field and key_fields name declared fields of fitting types",
+    # Alerts and reports (docs/alerts.md).
+    "POST /api/v1/alert-channels": "a webhook takes url, an e-mail channel recipients; public hosts only",
+    "POST /api/v1/reports": "a declared stream; from before to, at most 93 days apart",
 }
 
 
