@@ -49,7 +49,7 @@ class RuleState:
     """What storage found for one alert's source, rule, group key and dedup key."""
 
     duplicate_of: str | None  # an unresolved alert with the same dedup key within the dedup window
-    open_group: OpenGroup | None  # the latest group of the key, whatever its age
+    open_group: OpenGroup | None  # the latest group of the key while it is not closed (its age decides)
     last_notified_at: datetime | None  # the latest notification of the key (any group)
 
 

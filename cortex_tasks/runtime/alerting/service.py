@@ -94,12 +94,15 @@ def _snapshot(session: Session, message: AlertMessage, policy: AlertPolicy, now:
                                    Alert.first_seen_at >= since)
             .order_by(Alert.first_seen_at.desc()).limit(1)).scalar()
     latest = session.execute(
-        select(AlertGroup.id, AlertGroup.opened_at, AlertGroup.alert_count)
+        select(AlertGroup.id, AlertGroup.opened_at, AlertGroup.alert_count, AlertGroup.closed)
         .where(AlertGroup.source == message.source, AlertGroup.rule == message.rule,
                AlertGroup.group_key == message.group_key)
         .order_by(AlertGroup.opened_at.desc()).limit(1)).first()
+    # A closed group has sent its digest: an alert that reaches it late (it waited in the queue) opens a
+    # group of its own rather than joining one that will never be sent again.
+    open_group = OpenGroup(latest.id, latest.opened_at, latest.alert_count) if latest and not latest.closed else None
     return RuleState(duplicate_of=duplicate_of,
-                     open_group=OpenGroup(*latest) if latest else None,
+                     open_group=open_group,
                      last_notified_at=_last_notified(session, message.source, message.rule, message.group_key))
 
 
