@@ -301,11 +301,15 @@ def test_bad_events_are_refused_by_index_and_field_and_nothing_is_appended(api, 
 def test_live_view_pushes_verdicts_and_windows_and_ends_cleanly(api, admin_api, worker, client):
     name = f"live-{uuid.uuid4().hex[:8]}"
     declare(api, declaration(name, detectors=[{"kind": "robust_zscore"}], alert_rules=[]))
-    response = api.get(f"/api/v1/streams/{name}/live?seconds=6")  # subscribed before the events come
+    deadline = time.monotonic() + 120
+    while not api.get(f"/api/v1/streams/{name}").get_json()["consumers"]:  # the worker reads the stream
+        assert time.monotonic() < deadline, "the stream worker never read the new stream"
+        time.sleep(0.2)
+    response = api.get(f"/api/v1/streams/{name}/live?seconds=8")  # subscribed before the events come
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
     events = [{"ts": T0 + step * 20, "user": "u1", "amount": 10.0 + step % 3} for step in range(60)]
     assert api.post(f"/api/v1/streams/{name}/events", events).status_code == 202
-    body = response.get_data(as_text=True)  # ends after 6 s
+    body = response.get_data(as_text=True)  # ends after 8 s
     kinds = [line.split(": ", 1)[1] for line in body.splitlines() if line.startswith("event: ")]
     assert kinds[0] == "ready" and kinds[-1] == "end"
     assert "verdicts" in kinds and "window" in kinds

@@ -22,6 +22,7 @@ micro-batch; the state itself is never lost or counted twice (one atomic script 
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -110,7 +111,7 @@ class StreamConsumer:
         log.info("stream consumer %s started", self.consumer)
         # Imported once here rather than in the first fit's thread, which would then take seconds longer
         # while the stream's first minutes go by unscored by the forest.
-        import sklearn.ensemble  # noqa: F401
+        importlib.import_module("sklearn.ensemble")
         while not self._stop.is_set():
             try:
                 self.run_once()

@@ -121,15 +121,17 @@ class KeyBaselineDetector(_StreamDetector):
 
     def judge(self, item: EventContext) -> Verdict:
         count, total, squares = item.history
-        recent = [*item.window, item.value]
+        window = np.asarray(item.window, dtype=float)
+        window_sum = float(window.sum())
         # The history before the window: the running totals hold the window's events too.
-        count -= len(item.window)
-        total -= sum(item.window)
-        squares -= sum(value * value for value in item.window)
-        if count < self.spec.min_history or len(recent) < self.spec.min_recent:
+        count -= len(window)
+        total -= window_sum
+        squares -= float(window @ window)
+        if count < self.spec.min_history or len(window) + 1 < self.spec.min_recent:
             return Verdict(self.kind, WARMING_UP)
         mean, deviation = _spread(count, total, squares)
-        return _judged(self.kind, (sum(recent) / len(recent) - mean) / deviation, self.spec.threshold, mean)
+        recent_mean = (window_sum + item.value) / (len(window) + 1)
+        return _judged(self.kind, (recent_mean - mean) / deviation, self.spec.threshold, mean)
 
 
 # (event time in epoch seconds) -> (expected value, standard deviation), or None outside the forecast
