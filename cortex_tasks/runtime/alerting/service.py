@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cortex_tasks.core.alerting.intake import AlertPolicy
@@ -61,8 +61,8 @@ def policy_of(message: AlertMessage) -> AlertPolicy:
 
 def _lock(session: Session, tenant: str, source: str, rule: str) -> None:
     # One lock per source and rule, not per group key: a dedup key may recur under another group key.
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                    {"key": f"cortex.alerts:{tenant}:{source}:{rule}"})
+    key = f"cortex.alerts:{tenant}:{source}:{rule}"
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
 
 def _last_notified(session: Session, source: str, rule: str, group_key: str,
