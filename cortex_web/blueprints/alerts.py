@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +29,34 @@ MAX_PAGE_SIZE = 200
 FILTER_VALUE = re.compile(r"[^\x00-\x1f]{1,160}")
 
 
+# What the document states of a channel (storage.check_webhook_url, storage.EMAIL), so that a client (and
+# schemathesis) can tell a good body from a bad one: a webhook takes a URL of a named host (addresses of
+# Cortex's own network are still refused, with 422), an e-mail channel its recipients.
+URL_PATTERN = r"^https?://[A-Za-z][A-Za-z0-9.-]{0,252}(:[1-9][0-9]{0,3})?(/[!-~]{0,1000})?$"
+EMAIL_PATTERN = r"^[^@\s,;<>\x00-\x1f\x7f]{1,64}@[A-Za-z0-9][A-Za-z0-9.-]{0,200}\.[A-Za-z]{2,63}$"
+
+
+def _one_kind_at_a_time(schema: dict[str, Any]) -> None:
+    properties = schema.pop("properties")
+    schema.pop("required", None)
+    schema.pop("additionalProperties", None)  # each shape says it of its own fields
+    common = {"name": properties["name"], "default": properties["default"]}
+    schema["anyOf"] = [
+        {"type": "object", "title": "WebhookChannel", "additionalProperties": False,
+         "required": ["name", "kind", "url"],
+         "properties": {**common, "kind": {"const": "webhook"},
+                        "url": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048,
+                                "description": properties["url"].get("description", "")}}},
+        {"type": "object", "title": "EmailChannel", "additionalProperties": False,
+         "required": ["name", "kind", "recipients"],
+         "properties": {**common, "kind": {"const": "email"},
+                        "recipients": {"type": "array", "minItems": 1, "maxItems": storage.MAX_RECIPIENTS,
+                                       "items": {"type": "string", "pattern": EMAIL_PATTERN},
+                                       "description": properties["recipients"].get("description", "")}}}]
+
+
 class CreateChannelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_kind_at_a_time)
 
     name: str = Field(pattern=f"^{storage.CHANNEL_NAME.pattern}$", description="Unique in the tenant; alerts name it.")
     kind: Literal["webhook", "email"]

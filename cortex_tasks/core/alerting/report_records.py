@@ -36,7 +36,11 @@ def _not_found(report_id: str) -> CortexError:
 
 def request_report(stream: str, start: datetime, end: datetime, *, requested_by: str | None,
                    trigger: str = "request") -> dict[str, Any]:
-    """Queue a report of `stream` over [start, end); 404 for a stream the tenant has not declared."""
+    """Queue a report of `stream` over [start, end); 404 for a stream the tenant has not declared (looked up
+    first: the resource a request names, then what it asks of it)."""
+    with session_scope() as session:
+        if session.execute(select(StreamDeclaration.id).where(StreamDeclaration.name == stream)).scalar() is None:
+            raise CortexError("stream_not_found", f"No stream named {stream!r}.", {"stream": stream}, status=404)
     if start.year < 1971 or end.year > 9998:
         raise CortexError("invalid_request", "`from` and `to` must lie between 1971 and 9998.", {"field": "from"})
     if end <= start:
@@ -45,8 +49,6 @@ def request_report(stream: str, start: datetime, end: datetime, *, requested_by:
         raise CortexError("invalid_request", f"A report covers at most {MAX_PERIOD.days} days.", {"field": "to"})
     report_id = str(uuid.uuid4())
     with session_scope() as session:
-        if session.execute(select(StreamDeclaration.id).where(StreamDeclaration.name == stream)).scalar() is None:
-            raise CortexError("stream_not_found", f"No stream named {stream!r}.", {"stream": stream}, status=404)
         row = StreamReport(id=report_id, stream=stream, period_start=start, period_end=end, trigger=trigger,
                            status="queued", requested_by=requested_by)
         session.add(row)
