@@ -114,7 +114,7 @@ class StreamRuntime:
             outcome.rejected = len(rejected)
         if events:
             outcome.scored = self._score(events)
-            outcome.stored_verdicts = self._apply_and_store(outcome.scored)
+            outcome.stored_verdicts = self._apply_and_store(outcome.scored, lateness)
             stored_at = time.time()
             outcome.latencies = [stored_at - arrival_of(entry_id) for entry_id, _ in events]
         self._record(outcome)
@@ -152,8 +152,10 @@ class StreamRuntime:
                             window_starts(event.time, size, hop))
                 for index, (entry_id, event) in enumerate(events)]
 
-    def _apply_and_store(self, scored: list[ScoredEvent]) -> int:
-        keep = self.spec.window.size + self.spec.window.hop + 3600.0  # late events still find their window
+    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float) -> int:
+        # A key's events are kept until no open window needs them (its latest event time minus a window,
+        # a hop and the lateness, at least a minute): the state stays small at high rates.
+        keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
         applied = [{
             "id": item.entry_id, "arrival": int(arrival_of(item.entry_id) * 1000), "key": item.event.key,
             "t": item.event.time, "v": repr(item.event.value), "q": repr(item.event.value * item.event.value),
