@@ -26,6 +26,7 @@ from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_NAME_CHARS, OBJECT_NAME
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
+from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.core.training.datasets import DATASET_FORMATS, MAX_DATASET_NAME_CHARS
@@ -49,11 +50,19 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
     ("post", "/api/v1/tenants"): CreateTenantRequest,
+    ("post", "/api/v1/streams"): StreamSpec,
 }
 # A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
 # guesses a catalogue task name and inputs that task accepts).
 _TEXTS = ["The river rose overnight.", "Markets opened higher on Monday."]
 REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/streams"): {
+        "name": "sensor-readings", "timestamp_field": "ts", "key_fields": ["device"], "value_field": "reading",
+        "fields": [{"name": "ts", "type": "timestamp"}, {"name": "device", "type": "string"},
+                   {"name": "reading", "type": "number"}],
+        "window": {"size": "5m", "overlap": "30s"},
+        "detectors": [{"kind": "robust_zscore", "threshold": 3.5}, {"kind": "key_baseline"}],
+        "alert_rules": [{"name": "spike", "detector": "robust_zscore", "min_score": 6, "severity": "high"}]},
     ("post", "/api/v1/predict"): {"task": "embed", "inputs": _TEXTS[:1], "wait": 10},
     ("post", "/api/v1/predict/batch"): {"task": "embed", "inputs": _TEXTS, "wait": 10},
     ("post", "/api/v1/predict/stream"): {"task": "embed", "inputs": _TEXTS},
@@ -186,6 +195,15 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
 }
 # Bodies sent as they are (not JSON): (media type, schema, description).
 RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    # One event (an object of the stream's declared fields), a batch of them, or an Arrow IPC stream of rows.
+    ("post", "/api/v1/streams/{name}/events"): {
+        "application/json": {"schema": {"anyOf": [
+            {"type": "object", "description": "One event: the stream's declared fields."},
+            {"type": "array", "minItems": 1, "maxItems": 10_000, "items": {"type": "object"},
+             "description": "A batch of events, appended all or none."}]}},
+        "application/vnd.apache.arrow.stream": {"schema": {
+            "type": "string", "contentMediaType": "application/vnd.apache.arrow.stream",
+            "description": "An Arrow IPC stream, one row per event, columns named as the declared fields."}}},
     ("put", "/api/v1/training/datasets/{dataset}"): {"application/octet-stream": {"schema": {
         "type": "string", "contentMediaType": "application/octet-stream", "minLength": 1,
         "description": "The dataset file: JSON Lines, JSON, CSV or Parquet, as its name's extension says."}}},
