@@ -163,6 +163,25 @@ def plain_loop(client: Any, key: str, spec_body: dict[str, Any], total: int, bat
     return time.perf_counter() - started
 
 
+def _exported_percentiles(client: Any, name: str) -> dict[str, Any]:
+    """The bucket bounds of p50 and p99 in the exported histogram (cortex_stream_event_to_verdict_seconds),
+    which times each event up to its verdicts' commit; the rows' `decided_at` is taken just before it."""
+    from cortex_tasks.core.streams.metrics import BUCKETS, KEY_PREFIX, _bucket_field
+
+    fields = {key.decode(): int(float(value)) for key, value in
+              client.hgetall(f"{KEY_PREFIX}default\x1f{name}").items() if key.startswith(b"le_")}
+    total = sum(fields.values())
+    bounds: dict[str, Any] = {}
+    for label, share in (("p50", 0.5), ("p99", 0.99)):
+        cumulative = 0
+        for upper in BUCKETS:
+            cumulative += fields.get(_bucket_field(upper), 0)
+            if total and cumulative >= share * total:
+                bounds[f"exported_{label}_at_most_ms"] = None if math.isinf(upper) else round(upper * 1000, 1)
+                break
+    return bounds
+
+
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
@@ -253,7 +272,8 @@ def run(quick: bool) -> dict[str, Any]:
             results["latency_at_half_rate"] = {
                 "events_per_second": round(rate, 1), "events": len(values),
                 "p50_ms": round(1000 * _percentile(values, 0.5), 2), "p99_ms": round(1000 * _percentile(values, 0.99), 2),
-                "over_50ms_share": round(sum(v > 0.05 for v in values) / max(1, len(values)), 4)}
+                "over_50ms_share": round(sum(v > 0.05 for v in values) / max(1, len(values)), 4),
+                **_exported_percentiles(client, name)}
         finally:
             _stop(worker)
 

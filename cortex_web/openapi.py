@@ -26,9 +26,10 @@ from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_NAME_CHARS, OBJECT_NAME
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
+from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.training.config import training_config
-from cortex_tasks.core.training.intake import DATASET_FORMATS
+from cortex_tasks.core.training.datasets import DATASET_FORMATS, MAX_DATASET_NAME_CHARS
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
@@ -49,11 +50,19 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/predict/pipeline"): PipelineRequest,
     ("post", "/api/v1/keys"): CreateKeyRequest,
     ("post", "/api/v1/tenants"): CreateTenantRequest,
+    ("post", "/api/v1/streams"): StreamSpec,
 }
 # A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
 # guesses a catalogue task name and inputs that task accepts).
 _TEXTS = ["The river rose overnight.", "Markets opened higher on Monday."]
 REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/streams"): {
+        "name": "sensor-readings", "timestamp_field": "ts", "key_fields": ["device"], "value_field": "reading",
+        "fields": [{"name": "ts", "type": "timestamp"}, {"name": "device", "type": "string"},
+                   {"name": "reading", "type": "number"}],
+        "window": {"size": "5m", "overlap": "30s"},
+        "detectors": [{"kind": "robust_zscore", "threshold": 3.5}, {"kind": "key_baseline"}],
+        "alert_rules": [{"name": "spike", "detector": "robust_zscore", "min_score": 6, "severity": "high"}]},
     ("post", "/api/v1/predict"): {"task": "embed", "inputs": _TEXTS[:1], "wait": 10},
     ("post", "/api/v1/predict/batch"): {"task": "embed", "inputs": _TEXTS, "wait": 10},
     ("post", "/api/v1/predict/stream"): {"task": "embed", "inputs": _TEXTS},
@@ -91,6 +100,9 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
         "200": (responses.Collection, "It already existed with this configuration."),
         "201": (responses.Collection, "Created.")},
     ("post", "/api/v1/training/submit"): {"202": (responses.TrainingSubmitted, "Queued; poll status_url.")},
+    ("put", "/api/v1/training/datasets/{dataset}"): {"201": (responses.DatasetStored, "Stored.")},
+    ("get", "/api/v1/training/datasets"): {"200": (responses.DatasetList, "The tenant's uploaded datasets.")},
+    ("delete", "/api/v1/training/datasets/{dataset}"): {"200": (responses.DatasetDeleted, "Deleted.")},
     ("post", "/api/v1/training/control/{job_id}"): {
         "202": (responses.TrainingControlled, "Done, or asked of the worker; poll status_url.")},
     ("post", "/api/v1/models/{name}/versions/{version}/promote"): {
@@ -194,6 +206,21 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
             "data": {"type": "string", "contentMediaType": "application/json"}}},
         "Server-Sent Events: each micro-batch's verdicts and the windows' aggregates as computed."),
 }
+# Bodies sent as they are (not JSON): (media type, schema, description).
+RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    # One event (an object of the stream's declared fields), a batch of them, or an Arrow IPC stream of rows.
+    ("post", "/api/v1/streams/{name}/events"): {
+        "application/json": {"schema": {"anyOf": [
+            {"type": "object", "description": "One event: the stream's declared fields."},
+            {"type": "array", "minItems": 1, "maxItems": 10_000, "items": {"type": "object"},
+             "description": "A batch of events, appended all or none."}]}},
+        "application/vnd.apache.arrow.stream": {"schema": {
+            "type": "string", "contentMediaType": "application/vnd.apache.arrow.stream",
+            "description": "An Arrow IPC stream, one row per event, columns named as the declared fields."}}},
+    ("put", "/api/v1/training/datasets/{dataset}"): {"application/octet-stream": {"schema": {
+        "type": "string", "contentMediaType": "application/octet-stream", "minLength": 1,
+        "description": "The dataset file: JSON Lines, JSON, CSV or Parquet, as its name's extension says."}}},
+}
 # Whole-result downloads of GET /batch/results/{job_id}?format=parquet|arrow.
 BINARY_RESULTS = {"application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType":
                                                                 "application/vnd.apache.parquet"}},
@@ -238,6 +265,9 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": _MODEL_NAME,
     "model_id": _MODEL_NAME,
     "version": {"type": "integer", "minimum": 0},
+    # training/datasets.py: an object name whose extension is a dataset format.
+    "dataset": {"type": "string", "maxLength": MAX_DATASET_NAME_CHARS,
+                "pattern": OBJECT_NAME.pattern.removesuffix("$") + f"\\.({'|'.join(DATASET_FORMATS)})$"},
 }
 
 
@@ -542,6 +572,8 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                     media["examples"] = {"example": {"value": REQUEST_EXAMPLES[(method, path)]}}
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": media}}
+            if (method, path) in RAW_BODIES:
+                operation["requestBody"] = {"required": True, "content": RAW_BODIES[(method, path)]}
             if (method, path) in FORM_BODIES:
                 operation["requestBody"] = {"required": True, "content": {
                     "application/x-www-form-urlencoded": {"schema": FORM_BODIES[(method, path)]}}}

@@ -174,6 +174,22 @@ class Collection(_Response):
     created_at: str | None
 
 
+class DatasetStored(_Response):
+    name: str
+    size: int
+    sha256: str
+    dataset: dict[str, str] = Field(description='What a training job names it with: {"object": name}.')
+
+
+class DatasetList(_Response):
+    datasets: list[str]
+
+
+class DatasetDeleted(_Response):
+    name: str
+    deleted: bool
+
+
 class TrainingSubmitted(_Response):
     job_id: str
     status: Literal["queued"]

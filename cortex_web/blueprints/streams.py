@@ -48,7 +48,6 @@ EVENTS_MAX_BYTES = 32 * 1024 * 1024
 MAX_WINDOWS_PER_PAGE = 5000
 MAX_ROW_ID = 2**63 - 1
 HEARTBEAT_SECONDS = 15.0
-REQUEST_BODIES = {("post", "/api/v1/streams"): StreamSpec}
 
 register_shared_collector(StreamMetricsCollector())
 

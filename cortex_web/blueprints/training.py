@@ -17,6 +17,7 @@ from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.capacity import training_load
 from cortex_tasks.core.training.comparison import compare_runs
 from cortex_tasks.core.training.config import training_config
+from cortex_tasks.core.training.datasets import delete_dataset, list_datasets, store_dataset
 from cortex_tasks.core.training.intake import RetrainingSchedule, accept_training
 from cortex_tasks.core.training.submission import ControlRefused, TrainingRequest, control
 from cortex_tasks.core.worker_records import ready_workers
@@ -31,6 +32,8 @@ from cortex_web.request_body import accepts_body_up_to, parse_body
 bp = Blueprint("training", __name__, url_prefix="/api/v1")
 
 MAX_TRAINING_BODY_BYTES = 24 * 1024 * 1024
+# An uploaded dataset is held in memory once by the gateway on its way to the object store.
+MAX_DATASET_BYTES = 64 * 1024 * 1024
 
 
 class ScheduleSpec(BaseModel):
@@ -97,6 +100,36 @@ def training_job(job_id: str):
     if job.kind != "training":
         raise ApiError(404, "job_not_found", f"Job {job_id!r} is not a training job.")
     return job
+
+
+@bp.put("/training/datasets/<path:dataset>")
+@accepts_body_up_to(MAX_DATASET_BYTES)
+@require(TRAIN)
+@audited("dataset.upload")
+def upload_dataset(dataset: str) -> tuple[Response, int]:
+    """Store a dataset (the request body, as is; its name ends in .jsonl, .ndjson, .json, .csv or .parquet)
+    in the tenant's dataset folder, replacing one of the same name. Train on it with
+    `"dataset": {"object": "<name>"}`."""
+    stored = store_dataset(dataset, request.get_data(cache=False))
+    return jsonify({"name": dataset, "size": stored.size, "sha256": stored.sha256,
+                    "dataset": {"object": dataset}}), 201
+
+
+@bp.get("/training/datasets")
+@require(TRAIN)
+def datasets() -> Response:
+    """The names of the tenant's uploaded datasets."""
+    return jsonify({"datasets": list_datasets()})
+
+
+@bp.delete("/training/datasets/<path:dataset>")
+@require(TRAIN)
+@audited("dataset.delete")
+def remove_dataset(dataset: str) -> Response:
+    """Delete an uploaded dataset (jobs already queued with it fail with dataset_unavailable)."""
+    if not delete_dataset(dataset):
+        raise ApiError(404, "dataset_not_found", f"No dataset named {dataset!r}.")
+    return jsonify({"name": dataset, "deleted": True})
 
 
 @bp.get("/training/status/<job_id>")

@@ -248,6 +248,8 @@ def test_a_killed_stream_worker_loses_and_duplicates_no_verdict(api, client):
     stream_id = api.get(f"/api/v1/streams/{name}").get_json()["id"]
     prefix = state_prefix("default", name, stream_id)
     assert {key: int(float(client.hget(f"{prefix}:base:{key}", "n"))) for key in keys} == {key: 600 for key in keys}
+    cached = json.loads(client.get(f"{prefix}:features:k9"))  # the key's latest feature row, cached
+    assert cached["count_1h"] > 0 and cached["value"] == events[-1]["amount"]
 
 
 def test_bad_events_are_refused_by_index_and_field_and_nothing_is_appended(api, client):

@@ -101,6 +101,17 @@ def a_training(app, tenant_a) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
+def a_dataset(app, tenant_a) -> str:
+    name = f"iso/{_unique('rows')}.jsonl"
+    admin = tenant_a.api(app)
+    response = admin.client.put(f"/api/v1/training/datasets/{name}", data=b'{"text": "a", "label": "b"}\n',
+                                headers=admin.headers())
+    assert response.status_code == 201, response.get_json()
+    tenant_a.made["dataset"] = name
+    return name
+
+
+@pytest.fixture(scope="module")
 def a_chat_session(app, tenant_a) -> str:
     session_id = _unique("iso-session")
     secret = _unique("heron")
@@ -214,6 +225,10 @@ def _stream_kept(app, tenant: Tenant, name: str) -> None:
     assert response.status_code == 200 and response.get_json()["length"] == 0, response.get_json()
 
 
+def _dataset_kept(app, tenant: Tenant, name: str) -> None:
+    assert name in tenant.api(app).get("/api/v1/training/datasets").get_json()["datasets"]
+
+
 def _training_kept(app, tenant: Tenant, made: tuple[str, str]) -> None:
     assert tenant.api(app).get(f"/api/v1/training/status/{made[0]}").status_code == 200
 
@@ -235,6 +250,8 @@ ROUTES: dict[tuple[str, str], Probe] = {
         still_there=_training_kept),
     ("GET", "/api/v1/training/runs/<name>"): Probe(
         "a_training", lambda made: f"/api/v1/training/runs/{made[1]}", still_there=_training_kept),
+    ("DELETE", "/api/v1/training/datasets/<path:dataset>"): Probe(
+        "a_dataset", lambda name: f"/api/v1/training/datasets/{name}", still_there=_dataset_kept),
     ("GET", "/api/v1/chat/<session_id>"): Probe("a_chat_session", lambda sid: f"/api/v1/chat/{sid}",
                                                 still_there=_session_kept),
     ("DELETE", "/api/v1/chat/<session_id>"): Probe("a_chat_session", lambda sid: f"/api/v1/chat/{sid}",
@@ -366,6 +383,7 @@ EXEMPT: dict[tuple[str, str], str] = {
 OWN_NAMESPACE: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/chat/<session_id>"): "session ids are chosen by clients, per tenant",
     ("PUT", "/api/v1/vectors/<collection>"): "collection names are chosen by clients, per tenant",
+    ("PUT", "/api/v1/training/datasets/<path:dataset>"): "dataset names are chosen by clients, per tenant",
     ("POST", "/api/v1/vectors/<collection>"): "an upsert into a name the tenant has not used creates its own "
                                               "collection, as upserts always have",
 }
@@ -431,13 +449,13 @@ def test_the_same_collection_name_in_two_tenants_is_two_collections(app, tenant_
 # --- lists ---
 
 LISTS = ("/api/v1/vectors", "/api/v1/models", "/api/v1/documents", "/api/v1/keys", "/api/v1/usage/openai",
-         "/api/v1/training/resources")
+         "/api/v1/training/resources", "/api/v1/training/datasets")
 
 
 @pytest.mark.parametrize("path", LISTS)
 def test_lists_never_show_another_tenants_rows(app, request, tenant_a, tenant_b, path):
     # Whatever A has made by now (the fixtures of this module), plus A's keys and jobs.
-    for fixture in ("a_predict_job", "a_batch_job", "a_training", "a_chat_session", "a_key"):
+    for fixture in ("a_predict_job", "a_batch_job", "a_training", "a_chat_session", "a_key", "a_dataset"):
         request.getfixturevalue(fixture)
     markers = {tenant_a.id, *tenant_a.key_ids.values(),
                *(value for value in tenant_a.made.values() if isinstance(value, str))} - {""}

@@ -170,3 +170,39 @@ def test_resources_report_queue_capacity_and_host(admin_api, workers):
     assert body["queue"]["name"] == "training" and body["queue"]["queue_size"] == 100
     assert body["host"]["cpu_count"] >= 1 and body["host"]["memory"]["total_mb"] > 0
     assert body["concurrency"]["workers"] >= 1
+
+
+def test_a_classifier_trains_on_an_uploaded_dataset_that_other_tenants_cannot_read(app, admin_api, workers):
+    from tests.integration.conftest import Api
+    from tests.support.tenants import new_tenant, tenant_keys
+
+    name = f"topics/{uuid.uuid4().hex[:8]}.jsonl"
+    body = "".join(json.dumps(row) + "\n" for row in topic_rows(per_label=12)).encode()
+    uploaded = admin_api.client.put(f"/api/v1/training/datasets/{name}", data=body, headers=admin_api.headers())
+    assert uploaded.status_code == 201, uploaded.get_json()
+    assert uploaded.get_json()["dataset"] == {"object": name} and uploaded.get_json()["size"] == len(body)
+    assert name in admin_api.get("/api/v1/training/datasets").get_json()["datasets"]
+
+    model = f"uploaded-{uuid.uuid4().hex[:6]}"
+    response = admin_api.post("/api/v1/training/submit", {"kind": "classifier", "model": model,
+                                                          "dataset": {"object": name}, "params": {"epochs": 5}})
+    assert response.status_code == 202, response.get_json()
+    status = wait_for_status(admin_api, response.get_json()["job_id"], lambda b: b["status"] == "succeeded",
+                             what="success")
+    assert status["validation"]["class_counts"] == {"health": 12, "politics": 12, "sports": 12}
+
+    # Another tenant naming the same dataset names its own (empty) folder: its job fails, reading nothing.
+    other = Api(app.test_client(), tenant_keys(new_tenant("ds"))["model_admin"])
+    assert other.get("/api/v1/training/datasets").get_json()["datasets"] == []
+    theirs = other.post("/api/v1/training/submit", {"kind": "classifier", "model": model,
+                                                    "dataset": {"object": name}, "params": {"epochs": 1}})
+    assert theirs.status_code == 202, theirs.get_json()
+    failed = wait_for_status(other, theirs.get_json()["job_id"], lambda b: b["status"] == "failed", what="failure")
+    assert failed["error"]["code"] == "dataset_unavailable"
+    assert other.delete(f"/api/v1/training/datasets/{name}").status_code == 404
+
+    for bad_name, data in ((f"{name}.exe", body), ("../x.jsonl", body), (f"empty-{name}", b"")):
+        refused = admin_api.client.put(f"/api/v1/training/datasets/{bad_name}", data=data, headers=admin_api.headers())
+        assert refused.status_code in (404, 422), (bad_name, refused.get_json())
+    assert admin_api.delete(f"/api/v1/training/datasets/{name}").get_json() == {"name": name, "deleted": True}
+    assert name not in admin_api.get("/api/v1/training/datasets").get_json()["datasets"]

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from cortex_tasks.core.tenancy import tenant_scope
+
 from cortex_tasks.core import machine_resources
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.training.comparison import compare_runs
@@ -32,7 +34,24 @@ def test_a_malformed_dataset_is_refused_with_422(dataset):
 
 def test_a_dataset_of_rows_or_one_reference_is_accepted():
     check_dataset({"rows": [{"text": "a", "label": "x"}]})
-    check_dataset({"object": "datasets/x.jsonl", "format": "jsonl"})
+    with tenant_scope("team-a"):
+        check_dataset({"object": "train/x.jsonl", "format": "jsonl"})
+
+
+def test_a_dataset_reference_reads_only_the_tenants_own_datasets_in_cortexs_store(tmp_path, monkeypatch):
+    from cortex_tasks.core.settings import reset_settings_cache
+    from cortex_tasks.core.training.datasets import dataset_location
+
+    monkeypatch.setenv("CORTEX_ARTIFACT_DIR", str(tmp_path))
+    reset_settings_cache()
+    with tenant_scope("team-a"):
+        # `object` lies in the tenant's folder whatever it names: another tenant's folder is a folder of its own.
+        assert dataset_location({"object": "datasets/team-b/x.jsonl"})[1] == "datasets/team-a/datasets/team-b/x.jsonl"
+        assert dataset_location({"uri": f"file://{tmp_path}/datasets/team-a/x.csv"})[1] == "datasets/team-a/x.csv"
+        for elsewhere in ("datasets/team-b/x.csv", "models/team-b/m/1/model.bin", "batches/j/results.parquet"):
+            error = _refusal(check_dataset, {"uri": f"file://{tmp_path}/{elsewhere}"})
+            assert (error.status, error.code) == (422, "invalid_dataset"), elsewhere
+            assert "datasets/team-a/" in error.message
 
 
 def test_an_unknown_kind_names_the_valid_ones():

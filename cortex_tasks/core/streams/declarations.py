@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 STREAM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -43,7 +43,13 @@ def seconds_of(raw: Any) -> float:
     return value
 
 
-Duration = Annotated[float, Field(gt=0)]
+DURATION_TEXT = r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"
+# A positive duration: seconds, or a string like 50ms, 30s, 5m, 1h, 7d (the documents say both).
+Duration = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                      {"type": "string", "pattern": DURATION_TEXT}]})]
+# The same, where 0 is allowed (a window's overlap).
+DurationOrZero = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+                                                            {"type": "string", "pattern": DURATION_TEXT}]})]
 
 
 class _Strict(BaseModel):
@@ -67,14 +73,15 @@ class WindowSpec(_Strict):
     """Sliding windows per key: `size` long, each starting `size - overlap` after the one before."""
 
     size: Duration = 300.0
-    overlap: float = Field(default=30.0, ge=0)
+    overlap: DurationOrZero = 30.0
 
     @field_validator("size", "overlap", mode="before")
     @classmethod
     def _duration(cls, raw: Any) -> Any:
-        if raw in (0, "0", "0s"):
-            return 0.0
-        return seconds_of(raw)
+        zero = (isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == 0) or (
+            isinstance(raw, str) and (match := _DURATION.fullmatch(raw.lower())) is not None
+            and float(match.group(1)) == 0)
+        return 0.0 if zero else seconds_of(raw)  # no overlap: windows side by side
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> WindowSpec:
@@ -157,10 +164,10 @@ class AlertRuleSpec(_Strict):
                                                                                 max_length=16)
     fields: list[str] = Field(default_factory=list, max_length=16)  # event fields copied into the alert
     # Aggregation; all unset: the alerting settings' defaults.
-    grouping_window: float | None = None
+    grouping_window: Duration | None = None
     max_per_group: int | None = Field(default=None, ge=1, le=10_000)
-    cooldown: float | None = None
-    dedup_window: float | None = None
+    cooldown: Duration | None = None
+    dedup_window: Duration | None = None
 
     @field_validator("grouping_window", "cooldown", "dedup_window", mode="before")
     @classmethod
@@ -180,7 +187,7 @@ class StreamSpec(_Strict):
     detectors: list[DetectorSpec] = Field(default_factory=lambda: [RobustZScore(kind="robust_zscore")],
                                           max_length=MAX_DETECTORS)
     alert_rules: list[AlertRuleSpec] = Field(default_factory=list, max_length=MAX_RULES)
-    latency_threshold: float = 0.05  # seconds from the XADD to the stored verdict
+    latency_threshold: Duration = 0.05  # seconds from the XADD to the stored verdict
 
     @field_validator("name")
     @classmethod

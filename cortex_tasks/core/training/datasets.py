@@ -8,14 +8,81 @@ import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from cortex_tasks.core.jobs.running import JobInputError
+from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.arrow_io import read_parquet
-from cortex_tasks.core.storage.object_store import ObjectStoreError, get_object_store, resolve_uri
+from cortex_tasks.core.storage.object_store import (
+    InvalidObjectName,
+    ObjectStore,
+    ObjectStoreError,
+    StoredObject,
+    check_object_name,
+    get_object_store,
+    resolve_uri,
+)
+from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.training.config import training_config
-from cortex_tasks.core.training.intake import DATASET_FORMATS
 
 MAX_REPORTED_PROBLEMS = 25
+DATASET_SOURCES = ("rows", "object", "uri")
+# What parse_rows reads; without `format`, a stored dataset's file extension names it.
+DATASET_FORMATS = ("jsonl", "ndjson", "json", "csv", "parquet")
+DATASET_CONTENT_TYPES = {"jsonl": "application/x-ndjson", "ndjson": "application/x-ndjson", "json": "application/json",
+                         "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+DATASETS_FOLDER = "datasets"
+MAX_DATASET_NAME_CHARS = 200
+
+
+def tenant_datasets_prefix(tenant: str | None = None) -> str:
+    """The folder of a tenant's uploaded datasets in Cortex's object store."""
+    return f"{DATASETS_FOLDER}/{tenant or current_tenant()}/"
+
+
+def dataset_location(dataset: dict[str, Any]) -> tuple[ObjectStore, str]:
+    """The store and object name a dataset reference reads (an ObjectStoreError for a bad reference).
+
+    `object` names a dataset the tenant uploaded (PUT /api/v1/training/datasets/{name}), inside its own
+    folder. A `uri` may name any bucket the workers can read, the user's data lake say, but in Cortex's own
+    store (its bucket or its artifact folder) only the tenant's dataset folder: other tenants' datasets,
+    registry artifacts and batch results are nobody's training data."""
+    if "object" in dataset:
+        return get_object_store(), tenant_datasets_prefix() + check_object_name(dataset["object"])
+    uri = str(dataset["uri"])
+    store, name = resolve_uri(uri)
+    own_store = uri.startswith("file://") or urlparse(uri).netloc == get_settings().s3_bucket
+    if own_store and not name.startswith(tenant_datasets_prefix()):
+        raise InvalidObjectName(uri, f"in Cortex's own store a dataset lies in {tenant_datasets_prefix()}; "
+                                     "name an uploaded dataset with `object`")
+    return store, name
+
+
+def store_dataset(name: str, data: bytes) -> StoredObject:
+    """Upload a dataset into the tenant's folder (replacing one of the same name); training jobs name it
+    `{"object": name}`. Its format must be readable now, not when a job first reads it."""
+    fmt = _format_of(check_object_name(name))
+    if len(name) > MAX_DATASET_NAME_CHARS:
+        raise InvalidObjectName(name, f"a dataset's name is at most {MAX_DATASET_NAME_CHARS} characters")
+    if fmt is None:
+        raise InvalidObjectName(name, f"a dataset's name ends in its format: .{', .'.join(DATASET_FORMATS)}")
+    if not data:
+        raise ObjectStoreError("empty_dataset", "The dataset is empty.")
+    return get_object_store().put(tenant_datasets_prefix() + name, data, DATASET_CONTENT_TYPES[fmt])
+
+
+def list_datasets() -> list[str]:
+    prefix = tenant_datasets_prefix()
+    return sorted(name.removeprefix(prefix) for name in get_object_store().list(prefix))
+
+
+def delete_dataset(name: str) -> bool:
+    return get_object_store().delete(tenant_datasets_prefix() + check_object_name(name))
+
+
+def _format_of(name: str) -> str | None:
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return extension if extension in DATASET_FORMATS else None
 
 
 def load_rows(dataset: dict[str, Any]) -> list[Any]:
@@ -24,14 +91,11 @@ def load_rows(dataset: dict[str, Any]) -> list[Any]:
     else:
         reference = dataset.get("object") or dataset.get("uri")
         try:
-            if str(reference).startswith(("s3://", "file://")):
-                store, name = resolve_uri(str(reference))
-            else:
-                store, name = get_object_store(), str(reference)
+            store, name = dataset_location(dataset)
             data = store.get(name)
         except ObjectStoreError as exc:
             raise JobInputError("dataset_unavailable", f"The dataset {reference!r} cannot be read: {exc.message}")
-        rows = parse_rows(name, data, dataset.get("format"))
+    rows = parse_rows(name, data, dataset.get("format"))
     if not isinstance(rows, list):
         raise JobInputError("invalid_dataset", "dataset.rows must be a list of rows")
     if len(rows) > training_config().max_rows:

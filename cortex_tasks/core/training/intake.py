@@ -9,15 +9,13 @@ from typing import Any
 
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.registry.service import check_model_name, registered_task
-from cortex_tasks.core.storage.object_store import ObjectStoreError, check_object_name, resolve_uri
+from cortex_tasks.core.storage.object_store import ObjectStoreError
 from cortex_tasks.core.training.config import training_config
+from cortex_tasks.core.training.datasets import DATASET_FORMATS, DATASET_SOURCES, dataset_location
 from cortex_tasks.core.training.kinds import KINDS, TrainingKind, kind_names
 from cortex_tasks.core.training.schedules import InvalidSchedule, parse_cron, save_schedule
 from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
-DATASET_SOURCES = ("rows", "object", "uri")
-# What datasets.parse_rows reads; without `format`, a stored dataset's file extension names it.
-DATASET_FORMATS = ("jsonl", "ndjson", "json", "csv", "parquet")
 # How long a client refused by a quota is asked to wait before trying again.
 QUOTA_RETRY_AFTER_SECONDS = 30
 
@@ -51,8 +49,8 @@ def check_dataset(dataset: dict[str, Any]) -> None:
     elif not isinstance(dataset[sources[0]], str) or not dataset[sources[0]]:
         raise CortexError("invalid_dataset", f"dataset.{sources[0]} must be a non-empty string.")
     else:
-        try:  # the reference's form only: whether the data is there is the trainer's to find
-            check_object_name(dataset["object"]) if "object" in dataset else resolve_uri(dataset["uri"])
+        try:  # the reference's form and place only: whether the data is there is the trainer's to find
+            dataset_location(dataset)
         except ObjectStoreError as exc:
             raise CortexError("invalid_dataset", f"dataset.{sources[0]}: {exc.message}") from None
     unknown = set(dataset) - {*DATASET_SOURCES, "format"}

@@ -114,7 +114,7 @@ class StreamRuntime:
             outcome.rejected = len(rejected)
         if events:
             outcome.scored = self._score(events)
-            outcome.stored_verdicts = self._apply_and_store(outcome.scored)
+            outcome.stored_verdicts = self._apply_and_store(outcome.scored, lateness)
             stored_at = time.time()
             outcome.latencies = [stored_at - arrival_of(entry_id) for entry_id, _ in events]
         self._record(outcome)
@@ -152,18 +152,23 @@ class StreamRuntime:
                             window_starts(event.time, size, hop))
                 for index, (entry_id, event) in enumerate(events)]
 
-    def _apply_and_store(self, scored: list[ScoredEvent]) -> int:
-        keep = self.spec.window.size + self.spec.window.hop + 3600.0  # late events still find their window
+    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float) -> int:
+        # A key's events are kept until no open window needs them (its latest event time minus a window,
+        # a hop and the lateness, at least a minute): the state stays small at high rates.
+        keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
+        # The feature cache holds each key's latest row: only the batch's last event of a key writes it.
+        last_of_key = {item.event.key: index for index, item in enumerate(scored)}
+        last_indexes = set(last_of_key.values())
         applied = [{
             "id": item.entry_id, "arrival": int(arrival_of(item.entry_id) * 1000), "key": item.event.key,
             "t": item.event.time, "v": repr(item.event.value), "q": repr(item.event.value * item.event.value),
             "minute": int(item.event.time // 60), "hour": int(item.event.time // 3600), "phase": phase,
             "windows": [_start_text(start) for start in item.windows], "anomalous": item.anomalous,
-            "features": json.dumps(as_named(item.features)),
+            **({"features": json.dumps(as_named(item.features))} if index in last_indexes else {}),
             # Only a stream with an IsolationForest keeps training rows (a JSON null would reach the script
             # as cjson.null, which Lua takes for true).
             **({"row": json.dumps(item.features)} if self.forest is not None else {}),
-        } for item, phase in zip(scored, self._phases)]
+        } for index, (item, phase) in enumerate(zip(scored, self._phases))]
         self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep)
         if any(self._stale.values()):
             self.state.prune_buckets(self._stale)
