@@ -15,6 +15,7 @@ from cortex_tasks.core.contracts.job_messages import MaintenanceMessage
 from cortex_tasks.core.load_control.aging import start_aging_in_beat
 
 MAINTENANCE = {"queue": "maintenance"}
+ALERTS = {"queue": "alerts"}
 # Every entry's message, built through its contract (its only field is the version).
 MESSAGE = MaintenanceMessage().to_kwargs()
 
@@ -62,6 +63,26 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/5"),
         "kwargs": MESSAGE,
         "options": MAINTENANCE,
+    },
+    # Alerts (docs/alerts.md): groups whose close task was lost, deliveries never sent; Cortex's own rules.
+    "close-due-alert-groups-every-minute": {
+        "task": task_names.ALERTS_CLOSE_DUE_GROUPS,
+        "schedule": crontab(),
+        "kwargs": MESSAGE,
+        "options": ALERTS,
+    },
+    "evaluate-cortex-alert-rules-every-minute": {
+        "task": task_names.ALERTS_EVALUATE_CORTEX_RULES,
+        "schedule": crontab(),
+        "kwargs": MESSAGE,
+        "options": ALERTS,
+    },
+    # Each declared stream's report of the last whole CORTEX_REPORT_PERIOD (daily by default), once.
+    "write-stream-reports-hourly": {
+        "task": task_names.REPORTS_WRITE_PERIODIC_REPORTS,
+        "schedule": crontab(minute=7),
+        "kwargs": MESSAGE,
+        "options": ALERTS,
     },
 }
 

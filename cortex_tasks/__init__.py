@@ -17,6 +17,8 @@ TASK_MODULES = [
     "cortex_tasks.runtime.training.tasks",
     "cortex_tasks.runtime.documents.tasks",
     "cortex_tasks.runtime.chat.tasks",
+    "cortex_tasks.runtime.alerting.tasks",
+    "cortex_tasks.runtime.streams.tasks",
 ]
 
 # The worker's start-up hooks are included first: Celery imports `include` before it sends `worker_init`.

@@ -17,6 +17,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_web import audit as audit_log
 from cortex_web import auth, limits
 from cortex_web.blueprints import (
+    alerts,
     audit,
     batch,
     chat,
@@ -29,7 +30,9 @@ from cortex_web.blueprints import (
     oauth,
     openai_compatible,
     predict,
+    reports,
     stream,
+    streams,
     training,
     usage,
     vectors,
@@ -44,6 +47,7 @@ from cortex_web.tracing import instrument as instrument_tracing
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp,
+              alerts.bp, reports.bp, streams.bp,
               openai_compatible.bp)  # /v1: OpenAI's API, for OpenAI's clients
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}
 _queue_collector_registered = False

@@ -26,13 +26,14 @@ from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_NAME_CHARS, OBJECT_NAME
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
+from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.core.training.datasets import DATASET_FORMATS, MAX_DATASET_NAME_CHARS
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
-from cortex_web import responses
+from cortex_web import alert_responses, responses
 from cortex_web.openai_translation import ChatCompletionRequest, EmbeddingsRequest
 from cortex_web.request_body import MAX_QUERY_INT
 from cortex_web.schemas import (
@@ -52,11 +53,19 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/api/v1/tenants"): CreateTenantRequest,
     ("post", "/v1/embeddings"): EmbeddingsRequest,
     ("post", "/v1/chat/completions"): ChatCompletionRequest,
+    ("post", "/api/v1/streams"): StreamSpec,
 }
 # A working body per route, shown by /api/v1/docs and sent by schemathesis' examples phase (a fuzzer rarely
 # guesses a catalogue task name and inputs that task accepts).
 _TEXTS = ["The river rose overnight.", "Markets opened higher on Monday."]
 REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/v1/streams"): {
+        "name": "sensor-readings", "timestamp_field": "ts", "key_fields": ["device"], "value_field": "reading",
+        "fields": [{"name": "ts", "type": "timestamp"}, {"name": "device", "type": "string"},
+                   {"name": "reading", "type": "number"}],
+        "window": {"size": "5m", "overlap": "30s"},
+        "detectors": [{"kind": "robust_zscore", "threshold": 3.5}, {"kind": "key_baseline"}],
+        "alert_rules": [{"name": "spike", "detector": "robust_zscore", "min_score": 6, "severity": "high"}]},
     ("post", "/api/v1/predict"): {"task": "embed", "inputs": _TEXTS[:1], "wait": 10},
     ("post", "/api/v1/predict/batch"): {"task": "embed", "inputs": _TEXTS, "wait": 10},
     ("post", "/api/v1/predict/stream"): {"task": "embed", "inputs": _TEXTS},
@@ -156,6 +165,26 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/v1/embeddings"): {"200": (responses.OpenAIEmbeddings, "The embeddings, in input order.")},
     ("post", "/v1/chat/completions"): {"200": (responses.OpenAIChatCompletion,
                                                "The completion (`stream: true`: Server-Sent Events instead).")},
+    # Alerts, alert channels and stream reports (blueprints/alerts.py, blueprints/reports.py).
+    ("get", "/api/v1/alerts"): {"200": (alert_responses.AlertPage, "A page of the tenant's alerts, newest first.")},
+    ("get", "/api/v1/alerts/{alert_id}"): {"200": (alert_responses.AlertDetail, "The alert, its group and deliveries.")},
+    ("post", "/api/v1/alerts/{alert_id}/acknowledge"): {"200": (alert_responses.AlertRecord, "Acknowledged.")},
+    ("post", "/api/v1/alerts/{alert_id}/resolve"): {"200": (alert_responses.AlertRecord, "Resolved.")},
+    ("post", "/api/v1/alert-channels"): {"201": (alert_responses.AlertChannelRecord, "The new channel.")},
+    ("get", "/api/v1/alert-channels"): {"200": (alert_responses.AlertChannelList, "The tenant's channels.")},
+    ("delete", "/api/v1/alert-channels/{name}"): {"200": (alert_responses.AlertChannelDeleted, "Deleted.")},
+    ("post", "/api/v1/reports"): {"202": (alert_responses.ReportRecord, "Queued; poll its self link.")},
+    ("get", "/api/v1/reports"): {"200": (alert_responses.ReportPage, "A page of the tenant's reports, newest first.")},
+    ("get", "/api/v1/reports/{report_id}"): {"200": (alert_responses.ReportRecord, "The report's status and links.")},
+    ("get", "/api/v1/reports/{report_id}/data"): {"200": (None, "The report's figures.")},
+    # Real-time streams (cortex_web/blueprints/streams.py, docs/streams.md).
+    ("post", "/api/v1/streams"): {"201": (None, "Declared: the declaration with its id and Redis Stream key."),
+                                  "200": (None, "It already existed with this declaration.")},
+    ("get", "/api/v1/streams"): {"200": (None, "The tenant's streams: {\"streams\": [declaration, ...]}.")},
+    ("get", "/api/v1/streams/{name}"): {"200": (None, "The declaration with length, pending, consumers, rejected.")},
+    ("delete", "/api/v1/streams/{name}"): {"200": (None, "Deleted: {\"stream\", \"deleted\": true}.")},
+    ("post", "/api/v1/streams/{name}/events"): {"202": (None, "Appended: accepted, first_id and last_id.")},
+    ("get", "/api/v1/streams/{name}/windows"): {"200": (None, "Stored windows and next_after (null: no more).")},
 }
 # The OpenAI-compatible routes (/v1, blueprints/openai_compatible.py) answer errors in OpenAI's shape, and
 # a streamed chat completion as Server-Sent Events of `data:` lines only (the last one `[DONE]`).
@@ -193,15 +222,30 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
     ("get", "/metrics"): ("text/plain", _TEXT_BODY, "Prometheus text exposition."),
     ("get", "/api/v1/docs"): ("text/html", _TEXT_BODY, "The Swagger UI page."),
     ("get", "/api/v1/models/{name}/versions/{version}/card"): ("text/markdown", _TEXT_BODY, "The model card."),
+    ("get", "/api/v1/reports/{report_id}/html"): ("text/html", _TEXT_BODY, "The report page, charts embedded."),
     # For an event stream the schema is each event's (schemathesis checks them one by one).
     ("post", "/api/v1/predict/stream"): (
         "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
             "event": {"type": "string", "description": "start; token (generate) or item; done or error last."},
             "data": {"type": "string", "contentMediaType": "application/json"}}},
         "Server-Sent Events: tokens for generate, items otherwise, then a final event (or an error event)."),
+    ("get", "/api/v1/streams/{name}/live"): (
+        "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"type": "string", "description": "ready first; verdicts and window; end last."},
+            "data": {"type": "string", "contentMediaType": "application/json"}}},
+        "Server-Sent Events: each micro-batch's verdicts and the windows' aggregates as computed."),
 }
 # Bodies sent as they are (not JSON): (media type, schema, description).
 RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    # One event (an object of the stream's declared fields), a batch of them, or an Arrow IPC stream of rows.
+    ("post", "/api/v1/streams/{name}/events"): {
+        "application/json": {"schema": {"anyOf": [
+            {"type": "object", "description": "One event: the stream's declared fields."},
+            {"type": "array", "minItems": 1, "maxItems": 10_000, "items": {"type": "object"},
+             "description": "A batch of events, appended all or none."}]}},
+        "application/vnd.apache.arrow.stream": {"schema": {
+            "type": "string", "contentMediaType": "application/vnd.apache.arrow.stream",
+            "description": "An Arrow IPC stream, one row per event, columns named as the declared fields."}}},
     ("put", "/api/v1/training/datasets/{dataset}"): {"application/octet-stream": {"schema": {
         "type": "string", "contentMediaType": "application/octet-stream", "minLength": 1,
         "description": "The dataset file: JSON Lines, JSON, CSV or Parquet, as its name's extension says."}}},
@@ -312,6 +356,26 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ("get", "/api/v1/training/runs/{name}"): [
             _query("history", {"type": "string", "default": "1"},
                    "0 or false: without each run's per-epoch history; anything else: with it.")],
+        # Alerts and stream reports (blueprints/alerts.py, blueprints/reports.py).
+        ("get", "/api/v1/alerts"): [
+            _query("source", {"type": "string", "minLength": 1, "maxLength": 160}, "cortex, or stream:<name>."),
+            _query("stream", {"type": "string", "minLength": 1, "maxLength": 160}, "Only this stream's alerts."),
+            _query("rule", {"type": "string", "minLength": 1, "maxLength": 160}, "Only this rule's alerts."),
+            _query("state", {"type": "string", "enum": ["open", "acknowledged", "resolved"]}, "Only alerts in this state."),
+            *_page_parameters(50, 200)],
+        ("get", "/api/v1/reports"): [
+            _query("stream", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this stream's reports."),
+            *_page_parameters(50, 200)],
+        ("get", "/api/v1/streams/{name}/windows"): [
+            _query("from", moment, "Windows starting at or after this time (ISO 8601; default: `to` - 24 h)."),
+            _query("to", moment, "Windows starting before this time (ISO 8601; default: now)."),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500},
+                   "At most this many windows."),
+            _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                   "The next_after of the previous page.")],
+        ("get", "/api/v1/streams/{name}/live"): [
+            _query("seconds", {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT},
+                   "Close after this many seconds (at most CORTEX_STREAM_LIVE_MAX_SECONDS, the default).")],
         ("get", "/api/v1/vectors/{collection}/count"): [
             {"name": "filter", "in": "query", "required": False,
              "description": "A JSON object: count only the items whose metadata match it.",

@@ -5,7 +5,7 @@ PROFILE = WorkerProfile(
     name="nlp",
     # Housekeeping is light and periodic (priority aging runs every few seconds): it must not wait
     # behind an hours-long training run, so it lives here rather than on the training worker.
-    queues=("nlp", "maintenance"),
+    queues=("nlp", "maintenance", "alerts"),
     pool="prefork",
     concurrency=2,
     max_tasks_per_child=1000,

@@ -60,7 +60,7 @@ def migrate() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("profile", type=SuggestingChoice(["gpu", "nlp", "training"], "worker profile"))
+@click.argument("profile", type=SuggestingChoice(["gpu", "nlp", "training", "stream"], "worker profile"))
 @click.pass_context
 def worker(ctx: click.Context, profile: str) -> None:
     """Run one worker with its profile (extra arguments go to celery). Its Prometheus endpoint listens on

@@ -15,7 +15,10 @@ NLP = "nlp"
 TRAINING = "training"
 BATCH = "batch"
 MAINTENANCE = "maintenance"
-QUEUE_NAMES: tuple[str, ...] = (GPU, NLP, TRAINING, BATCH, MAINTENANCE)
+STREAMS = "streams"
+# Alert intake, grouping, delivery and stream reports (consumed by the nlp worker profile, beside maintenance).
+ALERTS = "alerts"
+QUEUE_NAMES: tuple[str, ...] = (GPU, NLP, TRAINING, BATCH, MAINTENANCE, STREAMS, ALERTS)
 
 PRIORITY_STEPS: list[int] = list(range(10))
 PRIORITY_CLASSES: dict[str, int] = {"high": 0, "normal": 4, "low": 8}
@@ -41,6 +44,10 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     every_task_of("chat"): {"queue": GPU},
     # Promotions are sent to the queue of the version's task (its readiness is checked there); this is the default.
     every_task_of("registry"): {"queue": MAINTENANCE},
+    # The stream worker (workers/stream.py) owns the streams' state: their clean-up runs there.
+    every_task_of("streams"): {"queue": STREAMS},
+    every_task_of("alerts"): {"queue": ALERTS},
+    every_task_of("reports"): {"queue": ALERTS},
 }
 
 

@@ -413,6 +413,129 @@ class TrainingConfig(FromEnvironment):
     max_rows: ClassVar[int] = 100_000
 
 
+def _comma_list(raw: Any) -> Any:
+    return tuple(part.strip() for part in raw.split(",") if part.strip()) if isinstance(raw, str) else raw
+
+
+class AlertsConfig(FromEnvironment):
+    """Alerts: aggregation (alert_aggregation), channels, Cortex's own rules (alerts.rules), stream reports."""
+
+    grouping_window_seconds: float = variable(
+        "CORTEX_ALERT_GROUPING_WINDOW", 300.0, "Alerts of one rule and key within this window form one group.",
+        shown="5m",
+    )
+    max_per_group: int = variable(
+        "CORTEX_ALERT_MAX_PER_GROUP", 10, "Alerts kept and sent per group; more are counted in the group."
+    )
+    cooldown_seconds: float = variable(
+        "CORTEX_ALERT_COOLDOWN", 900.0, "After a notification, the same rule and key stay quiet this long.",
+        shown="15m",
+    )
+    dedup_enabled: bool = variable("CORTEX_ALERT_DEDUP", True, "Fold repeats of one alert into it.")
+    dedup_window_seconds: float = variable(
+        "CORTEX_ALERT_DEDUP_WINDOW", 3600.0, "Repeats of one dedup key within this window are one alert.",
+        shown="1h",
+    )
+    delivery_retries: int = variable(
+        "CORTEX_ALERT_DELIVERY_RETRIES", 8, "Retries of a failed delivery to one channel (exponential back-off)."
+    )
+    delivery_backoff_seconds: float = variable(
+        "CORTEX_ALERT_DELIVERY_BACKOFF", 2.0, "First retry's delay; each next one doubles, up to 10 minutes.",
+        shown="2s",
+    )
+    delivery_timeout_seconds: float = variable(
+        "CORTEX_ALERT_DELIVERY_TIMEOUT", 10.0, "Timeout of one webhook or SMTP attempt.", shown="10s"
+    )
+    private_webhooks: bool = variable(
+        "CORTEX_ALERT_PRIVATE_WEBHOOKS", False,
+        "Allow webhook channels on loopback, private and link-local addresses (off: a tenant cannot reach "
+        "Cortex's own network).",
+    )
+    operator_webhooks: Annotated[tuple[str, ...], NoDecode] = variable(
+        "CORTEX_ALERT_OPERATOR_WEBHOOKS", (), "Webhook URLs (Slack-compatible) of Cortex's own alerts, comma-separated.",
+        shown="none",
+    )
+    operator_emails: Annotated[tuple[str, ...], NoDecode] = variable(
+        "CORTEX_ALERT_OPERATOR_EMAILS", (), "E-mail recipients of Cortex's own alerts, comma-separated.",
+        shown="none",
+    )
+    operator_tenant: str = variable(
+        "CORTEX_ALERT_OPERATOR_TENANT", "default", "Tenant whose alert list holds Cortex's own alerts."
+    )
+    response_time_threshold_seconds: float = variable(
+        "CORTEX_ALERT_RESPONSE_TIME", 1.0, "Cortex rule: mean job response time above this alerts.", shown="1s"
+    )
+    response_time_window_seconds: float = variable(
+        "CORTEX_ALERT_RESPONSE_TIME_WINDOW", 300.0, "Window the response-time rule is measured over.", shown="5m"
+    )
+    error_rate_threshold: float = variable(
+        "CORTEX_ALERT_ERROR_RATE", 0.05, "Cortex rule: share of failed jobs above this alerts (0..1)."
+    )
+    error_rate_window_seconds: float = variable(
+        "CORTEX_ALERT_ERROR_RATE_WINDOW", 300.0, "Window the error-rate rule is measured over.", shown="5m"
+    )
+    cache_miss_threshold: float = variable(
+        "CORTEX_ALERT_CACHE_MISS", 0.40, "Cortex rule: share of cache lookups that missed above this alerts (0..1)."
+    )
+    cache_miss_window_seconds: float = variable(
+        "CORTEX_ALERT_CACHE_MISS_WINDOW", 900.0, "Window the cache-miss rule is measured over.", shown="15m"
+    )
+    resource_threshold: float = variable(
+        "CORTEX_ALERT_RESOURCE_USAGE", 0.80, "Cortex rule: CPU, memory or disk use above this alerts (0..1)."
+    )
+    resource_window_seconds: float = variable(
+        "CORTEX_ALERT_RESOURCE_USAGE_WINDOW", 600.0, "How long resource use must stay above it.", shown="10m"
+    )
+    rule_min_samples: int = variable(
+        "CORTEX_ALERT_MIN_SAMPLES", 20, "Jobs or cache lookups a window needs before a rate rule can fire."
+    )
+    smtp_host: str | None = variable("CORTEX_SMTP_HOST", None, "SMTP server of e-mail channels; unset: no e-mail.")
+    smtp_port: int = variable("CORTEX_SMTP_PORT", 587, "Its port.")
+    smtp_user: str | None = variable("CORTEX_SMTP_USER", None, "Login name, if the server wants one.")
+    smtp_password: str | None = variable("CORTEX_SMTP_PASSWORD", None, "Its password.")
+    smtp_sender: str = variable("CORTEX_SMTP_FROM", "cortex@localhost", "From address of alert e-mails.")
+    smtp_security: Literal["starttls", "ssl", "none"] = variable(
+        "CORTEX_SMTP_SECURITY", "starttls", "starttls, ssl (implicit TLS) or none."
+    )
+    report_period_seconds: float = variable(
+        "CORTEX_REPORT_PERIOD", 86400.0, "Period of the reports written per stream by Beat.", shown="1d"
+    )
+    report_forecast_points: int = variable(
+        "CORTEX_REPORT_FORECAST_POINTS", 12, "Windows a report forecasts ahead."
+    )
+
+    @field_validator("grouping_window_seconds", "cooldown_seconds", "dedup_window_seconds",
+                     "delivery_timeout_seconds", "delivery_backoff_seconds", "response_time_threshold_seconds", "response_time_window_seconds",
+                     "error_rate_window_seconds", "cache_miss_window_seconds", "resource_window_seconds",
+                     "report_period_seconds", mode="before")
+    @classmethod
+    def _duration(cls, raw: Any) -> Any:
+        return parse_duration(raw) if isinstance(raw, str) else raw
+
+    @field_validator("operator_webhooks", "operator_emails", mode="before")
+    @classmethod
+    def _list(cls, raw: Any) -> Any:
+        return _comma_list(raw)
+
+    @field_validator("max_per_group", "report_forecast_points", "rule_min_samples")
+    @classmethod
+    def _positive(cls, count: int) -> int:
+        if count < 1:
+            raise ValueError("must be at least 1")
+        return count
+
+    @field_validator("delivery_retries")
+    @classmethod
+    def _not_negative(cls, count: int) -> int:
+        if count < 0:
+            raise ValueError("must be 0 or more")
+        return count
+
+    @property
+    def smtp_configured(self) -> bool:
+        return bool(self.smtp_host)
+
+
 # Asymmetric only: a shared-secret algorithm (HS*) would let whoever holds the IdP's public key sign tokens.
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                                    "ES256", "ES384", "ES512", "EdDSA"})
@@ -499,6 +622,48 @@ class TokensConfig(FromEnvironment):
     @property
     def oidc_enabled(self) -> bool:
         return bool(self.oidc_issuer)
+
+
+class StreamsConfig(FromEnvironment):
+    """Real-time streams (realtime_pipeline; docs/streams.md)."""
+
+    buffer_size: int = variable(
+        "CORTEX_STREAM_BUFFER_SIZE", 1000, "Most events a stream worker reads and scores as one micro-batch."
+    )
+    processing_interval: float = variable(
+        "CORTEX_STREAM_PROCESSING_INTERVAL", 0.1,
+        "Longest wait for a micro-batch to fill before it is scored (seconds, or like 100ms).",
+    )
+    max_length: int = variable(
+        "CORTEX_STREAM_MAXLEN", 1_000_000,
+        "Entries a stream's Redis Stream keeps (XADD MAXLEN ~, approximate); older ones are trimmed.",
+    )
+    claim_idle: float = variable(
+        "CORTEX_STREAM_CLAIM_IDLE", 30.0,
+        "Seconds an event may stay unacknowledged by its consumer before another stream worker claims it.",
+    )
+    lateness: float = variable(
+        "CORTEX_STREAM_LATENESS", 10.0,
+        "Seconds of event time a window stays open after its end for late events, before it is stored.",
+    )
+    max_events_per_request: int = variable(
+        "CORTEX_STREAM_MAX_EVENTS_PER_REQUEST", 10_000, "Most events one POST /streams/{name}/events may carry."
+    )
+    live_max_seconds: float = variable(
+        "CORTEX_STREAM_LIVE_MAX_SECONDS", 3600.0,
+        "Longest a GET /streams/{name}/live connection stays open (clients reconnect).",
+    )
+    refresh_seconds: float = variable(
+        "CORTEX_STREAM_REFRESH_SECONDS", 2.0, "How often a stream worker rereads the declared streams."
+    )
+
+    @field_validator("processing_interval", "claim_idle", "lateness", "live_max_seconds", "refresh_seconds",
+                     mode="before")
+    @classmethod
+    def _duration(cls, raw: Any) -> Any:
+        if isinstance(raw, str) and raw.strip().lower().endswith("ms"):
+            return parse_duration(raw.strip()[:-2]) / 1000
+        return parse_duration(raw) if isinstance(raw, str) else raw
 
 
 class Settings(FromEnvironment):
@@ -858,6 +1023,14 @@ class Settings(FromEnvironment):
     def tokens(self) -> TokensConfig:
         return TokensConfig()
 
+    @cached_property
+    def streams(self) -> StreamsConfig:
+        return StreamsConfig()
+
+    @cached_property
+    def alerts(self) -> AlertsConfig:
+        return AlertsConfig()
+
     @property
     def uses_s3(self) -> bool:
         return bool(self.s3_endpoint)
@@ -897,6 +1070,8 @@ SETTINGS_GROUPS: tuple[type[FromEnvironment], ...] = (
     OpenAIConfig,
     TrainingConfig,
     TokensConfig,
+    StreamsConfig,
+    AlertsConfig,
 )
 
 

@@ -167,6 +167,17 @@ def a_model(tenant_a) -> str:
     return name
 
 
+@pytest.fixture(scope="module")
+def a_stream(app, tenant_a) -> str:
+    name = _unique("iso-stream")
+    response = tenant_a.api(app).post("/api/v1/streams", {
+        "name": name, "fields": [{"name": "ts", "type": "timestamp"}, {"name": "v", "type": "number"}],
+        "timestamp_field": "ts", "value_field": "v"})
+    assert response.status_code == 201, response.get_json()
+    tenant_a.made["stream"] = name
+    return name
+
+
 # --- the walk ---
 
 @dataclass(frozen=True)
@@ -207,6 +218,11 @@ def _document_kept(app, tenant: Tenant, made: tuple[str, str]) -> None:
 def _model_kept(app, tenant: Tenant, name: str) -> None:
     response = tenant.api(app).get(f"/api/v1/models/{name}")
     assert response.status_code == 200, response.get_json()
+
+
+def _stream_kept(app, tenant: Tenant, name: str) -> None:
+    response = tenant.api(app).get(f"/api/v1/streams/{name}")
+    assert response.status_code == 200 and response.get_json()["length"] == 0, response.get_json()
 
 
 def _dataset_kept(app, tenant: Tenant, name: str) -> None:
@@ -273,7 +289,88 @@ ROUTES: dict[tuple[str, str], Probe] = {
     ("POST", "/api/v1/models/<name>/versions/<int:version>/promote"): Probe(
         "a_model", lambda name: f"/api/v1/models/{name}/versions/1/promote", {"stage": "production"},
         still_there=_model_kept),
+    # Real-time streams: B's events never land in A's stream, B never reads or deletes it.
+    ("GET", "/api/v1/streams/<name>"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}",
+                                             still_there=_stream_kept),
+    ("DELETE", "/api/v1/streams/<name>"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}",
+                                                still_there=_stream_kept),
+    ("POST", "/api/v1/streams/<name>/events"): Probe(
+        "a_stream", lambda name: f"/api/v1/streams/{name}/events", {"ts": 1_700_000_000, "v": 1.0},
+        still_there=_stream_kept),
+    ("GET", "/api/v1/streams/<name>/live"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}/live?seconds=1",
+                                                  still_there=_stream_kept),
+    ("GET", "/api/v1/streams/<name>/windows"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}/windows",
+                                                     still_there=_stream_kept),
 }
+
+# Alerts, alert channels and stream reports (blueprints/alerts.py, blueprints/reports.py).
+@pytest.fixture(scope="module")
+def an_alert(tenant_a) -> str:
+    """An alert of tenant A, processed by the alert worker's own service code (no delivery needed here)."""
+    from datetime import UTC, datetime
+
+    from cortex_tasks.core.alerting.intake import AlertCandidate, alert_message
+    from cortex_tasks.core.tenancy import tenant_scope
+    from cortex_tasks.runtime.alerting.service import process_alert
+
+    message = alert_message(AlertCandidate("stream:isolation", "zscore", "k", "high", "tenant A's alert", {},
+                                           datetime.now(UTC), "zscore:k:1"), tenant=tenant_a.id)
+    with tenant_scope(tenant_a.id):
+        return process_alert(message).alert_id or ""
+
+
+@pytest.fixture(scope="module")
+def an_alert_channel(app, tenant_a) -> str:
+    response = tenant_a.api(app).post("/api/v1/alert-channels", {
+        "name": "a-channel", "kind": "email", "recipients": ["ops@example.org"]})
+    assert response.status_code == 201, response.get_json()
+    return "a-channel"
+
+
+@pytest.fixture(scope="module")
+def a_report(tenant_a) -> str:
+    """A report row of tenant A (ready, so that its downloads would be served to its own tenant)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cortex_tasks.core.storage.db import session_scope
+    from cortex_tasks.core.storage.tables import StreamReport
+    from cortex_tasks.core.tenancy import tenant_scope
+
+    report_id = str(uuid.uuid4())
+    with tenant_scope(tenant_a.id), session_scope() as session:
+        session.add(StreamReport(id=report_id, stream="isolation", period_start=datetime.now(UTC) - timedelta(days=1),
+                                 period_end=datetime.now(UTC), trigger="request", status="failed", error="test row"))
+    return report_id
+
+
+def _alert_kept(app, tenant: Tenant, alert_id: str) -> None:
+    response = tenant.api(app).get(f"/api/v1/alerts/{alert_id}")
+    assert response.status_code == 200 and response.get_json()["state"] == "open", response.get_json()
+
+
+def _channel_kept(app, tenant: Tenant, name: str) -> None:
+    assert name in json.dumps(tenant.api(app).get("/api/v1/alert-channels").get_json())
+
+
+def _report_kept(app, tenant: Tenant, report_id: str) -> None:
+    assert tenant.api(app).get(f"/api/v1/reports/{report_id}").status_code == 200
+
+
+ROUTES.update({
+    ("GET", "/api/v1/alerts/<alert_id>"): Probe("an_alert", lambda a: f"/api/v1/alerts/{a}", still_there=_alert_kept),
+    ("POST", "/api/v1/alerts/<alert_id>/acknowledge"): Probe(
+        "an_alert", lambda a: f"/api/v1/alerts/{a}/acknowledge", still_there=_alert_kept),
+    ("POST", "/api/v1/alerts/<alert_id>/resolve"): Probe(
+        "an_alert", lambda a: f"/api/v1/alerts/{a}/resolve", still_there=_alert_kept),
+    ("DELETE", "/api/v1/alert-channels/<name>"): Probe(
+        "an_alert_channel", lambda name: f"/api/v1/alert-channels/{name}", still_there=_channel_kept),
+    ("GET", "/api/v1/reports/<report_id>"): Probe("a_report", lambda r: f"/api/v1/reports/{r}",
+                                                  still_there=_report_kept),
+    ("GET", "/api/v1/reports/<report_id>/html"): Probe("a_report", lambda r: f"/api/v1/reports/{r}/html",
+                                                       still_there=_report_kept),
+    ("GET", "/api/v1/reports/<report_id>/data"): Probe("a_report", lambda r: f"/api/v1/reports/{r}/data",
+                                                       still_there=_report_kept),
+})
 
 # Routes whose URL variable names no tenant's resource.
 EXEMPT: dict[tuple[str, str], str] = {

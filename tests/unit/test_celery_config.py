@@ -45,7 +45,7 @@ def test_delivery_settings():
 
 def test_queues_declared_once_and_routes_point_at_them():
     assert [queue.name for queue in celeryconfig.task_queues] == list(QUEUE_NAMES)
-    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance"}
+    assert set(QUEUE_NAMES) == {"gpu", "nlp", "training", "batch", "maintenance", "streams", "alerts"}
     assert {route["queue"] for route in celeryconfig.task_routes.values()} <= set(QUEUE_NAMES)
 
 
@@ -72,6 +72,15 @@ def test_registered_task_names_are_pinned():
         "cortex.documents.index_documents",
         "cortex.documents.answer_question",
         "cortex.chat.reply",
+        "cortex.alerts.process_alert",
+        "cortex.alerts.deliver_notification",
+        "cortex.alerts.close_group",
+        "cortex.alerts.close_due_groups",
+        "cortex.alerts.evaluate_cortex_rules",
+        "cortex.reports.write_report",
+        "cortex.reports.write_periodic_reports",
+        # real-time streams
+        "cortex.streams.purge_stream",
     ])
 
 
@@ -88,8 +97,15 @@ def test_beat_schedule_is_pinned():
         "purge-audit-events-daily": ("cortex.maintenance.purge_audit_events", "<crontab: 29 3 * * * (m/h/dM/MY/d)>"),
         "roll-up-metrics-every-5-minutes": ("cortex.maintenance.roll_up_metrics",
                                             "<crontab: */5 * * * * (m/h/dM/MY/d)>"),
+        "close-due-alert-groups-every-minute": ("cortex.alerts.close_due_groups",
+                                                "<crontab: * * * * * (m/h/dM/MY/d)>"),
+        "evaluate-cortex-alert-rules-every-minute": ("cortex.alerts.evaluate_cortex_rules",
+                                                     "<crontab: * * * * * (m/h/dM/MY/d)>"),
+        "write-stream-reports-hourly": ("cortex.reports.write_periodic_reports", "<crontab: 7 * * * * (m/h/dM/MY/d)>"),
     }
-    assert all(entry.get("options", {}).get("queue") == "maintenance" for entry in BEAT_SCHEDULE.values())
+    # Housekeeping on maintenance; alerts and reports on their own queue, so they never wait behind it.
+    assert all(entry.get("options", {}).get("queue") == ("alerts" if entry["task"].split(".")[1] in ("alerts", "reports")
+                                                         else "maintenance") for entry in BEAT_SCHEDULE.values())
     assert all(entry["task"] in registered_tasks() for entry in BEAT_SCHEDULE.values())
 
 

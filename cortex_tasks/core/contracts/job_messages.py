@@ -164,3 +164,17 @@ class MaintenanceMessage(VersionedMessage):
     describes: ClassVar[str] = "maintenance message"
 
     version: Literal[1] = 1
+
+
+class StreamPurgeMessage(VersionedMessage):
+    """STREAMS_PURGE_STREAM: remove a deleted stream's stored windows, verdicts and per-key state. No job:
+    the declaration is already gone when it is sent; a refused one is logged (the rows stay readable to
+    nobody, since no stream of that declaration exists)."""
+
+    describes: ClassVar[str] = "stream purge message"
+
+    version: Literal[1] = 1
+    tenant: str = Field(pattern=TENANT_ID.pattern)
+    stream: str
+    stream_id: str
+    deleted_at: str  # ISO 8601

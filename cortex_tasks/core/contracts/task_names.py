@@ -36,11 +36,27 @@ WARM_CACHE = "cortex.maintenance.warm_cache"
 RETRAIN_DUE_MODELS = "cortex.maintenance.retrain_due_models"
 PROMOTE_AGED_JOBS = "cortex.maintenance.promote_aged_jobs"
 
+# Real-time streams: the stream worker consumes the Redis Streams itself (runtime/streams/consumer.py);
+# its Celery queue carries the clean-up of deleted streams.
+STREAMS_PURGE_STREAM = "cortex.streams.purge_stream"
+# Alerts (core/alerting, runtime/alerting) and stream reports: on the alerts queue, apart from
+# housekeeping, so an alert never waits behind an hour-long expiry sweep.
+ALERTS_PROCESS_ALERT = "cortex.alerts.process_alert"
+ALERTS_DELIVER_NOTIFICATION = "cortex.alerts.deliver_notification"
+ALERTS_CLOSE_GROUP = "cortex.alerts.close_group"
+ALERTS_CLOSE_DUE_GROUPS = "cortex.alerts.close_due_groups"
+ALERTS_EVALUATE_CORTEX_RULES = "cortex.alerts.evaluate_cortex_rules"
+REPORTS_WRITE_REPORT = "cortex.reports.write_report"
+REPORTS_WRITE_PERIODIC_REPORTS = "cortex.reports.write_periodic_reports"
+
 ALL_TASK_NAMES: tuple[str, ...] = (
     RUN_GPU_JOBS, RUN_NLP_JOBS, STREAM_GENERATION, BATCH_RUN_CHUNK, BATCH_FINISH, TRAIN_MODEL,
     VECTORS_UPSERT_ITEMS, VECTORS_SEARCH_TEXT, VECTORS_BUILD_INDEX, DOCUMENTS_INDEX, DOCUMENTS_ANSWER, CHAT_REPLY,
     REGISTRY_ACTIVATE_VERSION, SWEEP_STALE_JOBS, EXPIRE_JOB_RECORDS, PURGE_AUDIT_EVENTS, EXPIRE_RESULTS,
     ROLL_UP_METRICS, WARM_CACHE, RETRAIN_DUE_MODELS, PROMOTE_AGED_JOBS,
+    STREAMS_PURGE_STREAM,
+    ALERTS_PROCESS_ALERT, ALERTS_DELIVER_NOTIFICATION, ALERTS_CLOSE_GROUP, ALERTS_CLOSE_DUE_GROUPS,
+    ALERTS_EVALUATE_CORTEX_RULES, REPORTS_WRITE_REPORT, REPORTS_WRITE_PERIODIC_REPORTS,
 )
 
 

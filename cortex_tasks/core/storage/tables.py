@@ -433,3 +433,180 @@ class WorkerUsage(TenantOwned, Base):
     worker_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- alerts and stream reports (core/alerting, runtime/alerting) ---
+
+
+class AlertChannel(TenantOwned, Base):
+    """Where a tenant's alerts go: a Slack-compatible webhook or e-mail recipients. `is_default` channels
+    receive every alert that names no channels."""
+
+    __tablename__ = "alert_channels"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_alert_channels_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # webhook | email
+    target: Mapped[dict[str, Any]] = mapped_column(JSONB)  # {"url": ...} or {"recipients": [...]}
+    is_default: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AlertGroup(TenantOwned, Base):
+    """Alerts of one source, rule and group key raised within one grouping window: notified together."""
+
+    __tablename__ = "alert_groups"
+    __table_args__ = (
+        Index("ix_alert_groups_key_opened", "tenant", "source", "rule", "group_key", "opened_at"),
+        Index("ix_alert_groups_open", "closes_at", postgresql_where=text("NOT closed")),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    source: Mapped[str] = mapped_column(String(160))
+    rule: Mapped[str] = mapped_column(String(160))
+    group_key: Mapped[str] = mapped_column(String(512))
+    severity: Mapped[str] = mapped_column(String(8))
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closes_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    alert_count: Mapped[int] = mapped_column(Integer, default=0)  # alerts kept (at most max_per_group)
+    folded_count: Mapped[int] = mapped_column(Integer, default=0)  # alerts past max_per_group, counted only
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    channels: Mapped[list[str]] = mapped_column(JSONB, default=list)  # names; [] = the default channels
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # its first alert's notice
+    digest_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the notice of the rest
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Alert(TenantOwned, Base):
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_dedup", "tenant", "source", "rule", "dedup_key", "first_seen_at"),
+        Index("ix_alerts_tenant_seen", "tenant", "first_seen_at"),
+        Index("ix_alerts_group", "group_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(36), ForeignKey("alert_groups.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(160))
+    rule: Mapped[str] = mapped_column(String(160))
+    group_key: Mapped[str] = mapped_column(String(512))
+    severity: Mapped[str] = mapped_column(String(8))
+    summary: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    dedup_key: Mapped[str] = mapped_column(String(512))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)  # repeats within the dedup window folded in
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | acknowledged | resolved
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AlertDelivery(TenantOwned, Base):
+    """One notification to one channel and how its delivery went (retries included)."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_group", "group_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(36), ForeignKey("alert_groups.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(100))  # a channel's name, or operator:webhook:<n> / operator:email
+    kind: Mapped[str] = mapped_column(String(16))  # first | digest
+    notification: Mapped[dict[str, Any]] = mapped_column(JSONB)  # what is sent (runtime/alerting/channels.py)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StreamReport(TenantOwned, Base):
+    """A stream's report of one period: HTML with charts and the same figures as JSON, in the object store."""
+
+    __tablename__ = "stream_reports"
+    __table_args__ = (Index("ix_stream_reports_stream", "tenant", "stream", "period_end"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(128))
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule | request
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | ready | failed
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    json_key: Mapped[str | None] = mapped_column(String(512))
+    html_key: Mapped[str | None] = mapped_column(String(512))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- real-time streams (migration 0011) ---
+
+
+class StreamDeclaration(TenantOwned, Base):
+    """A declared event stream (POST /streams): its fields, key, detectors, windows and alert rules, as the
+    validated declaration (core/streams/declarations.py) in `spec`. Names are unique per tenant."""
+
+    __tablename__ = "streams"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_streams_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StreamWindow(TenantOwned, Base):
+    """The aggregates of one closed sliding window of one key of a stream, written once the stream's event
+    time has passed the window's end (a rewrite of the same window replaces it: redelivery is harmless)."""
+
+    __tablename__ = "stream_windows"
+    __table_args__ = (
+        UniqueConstraint("tenant", "stream", "key", "window_start", name="uq_stream_windows_window"),
+        Index("ix_stream_windows_stream_start", "tenant", "stream", "window_start"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(256))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[float] = mapped_column(Float)
+    mean: Mapped[float] = mapped_column(Float)
+    minimum: Mapped[float] = mapped_column(Float)
+    maximum: Mapped[float] = mapped_column(Float)
+    anomalies: Mapped[int] = mapped_column(Integer, default=0)
+    written_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StreamVerdict(TenantOwned, Base):
+    """One detector's verdict on one event. Unique on (stream, event id, detector): a redelivered event
+    (a stream worker killed before its acknowledgement) inserts nothing the second time."""
+
+    __tablename__ = "stream_verdicts"
+    __table_args__ = (
+        UniqueConstraint("tenant", "stream", "event_id", "detector", name="uq_stream_verdicts_event_detector"),
+        Index("ix_stream_verdicts_stream_time", "tenant", "stream", "event_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(64))  # the Redis Stream entry id
+    key: Mapped[str] = mapped_column(String(256))
+    detector: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))  # anomaly | normal | warming_up
+    score: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)
+    expected: Mapped[float | None] = mapped_column(Float)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the XADD's time
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,1 @@
+"""Alert processing (dedup, grouping, cooldown), delivery to channels, Cortex's own rules, stream reports."""

@@ -1,0 +1,236 @@
+"""The stream worker's consumer loop: reads every declared stream's Redis Stream through the consumer group
+`cortex-stream`, scores micro-batches (service.py) and acknowledges them once their verdicts are stored.
+
+Why a Celery worker with a bootstep rather than a separate program: `cortex worker stream`, the Procfile,
+`cortex up`'s supervisor and /ready all start and watch workers as Celery workers of a profile (workers/);
+a bootstep gives the loop the worker's start-up (settings, logging, readiness announcement) and its
+shutdown (the loop stops with a warm shutdown, SIGTERM), and the worker's Celery queue `streams` carries
+the stream clean-up task. The loop runs in one thread of the worker's main process.
+
+Delivery: an entry is acknowledged (XACK) only after its verdicts are stored. A stream worker that dies
+(SIGKILL, a lost machine) leaves its entries pending in the group; every worker looks, every
+CORTEX_STREAM_CLAIM_IDLE / 2 seconds, for entries pending longer than CORTEX_STREAM_CLAIM_IDLE and claims
+them (XAUTOCLAIM) — a restarted worker has a new consumer name, so it claims its own predecessor's entries
+the same way. Scoring again is harmless: state updates are applied once per entry id (state.py) and
+verdicts are unique per event and detector.
+
+Several stream workers share the consumer group (Redis hands each entry to one of them); they do not
+partition by key. Per-key state lives in Redis, so whichever worker gets a key's event judges it against
+the same windows, features and baselines. What sharing costs: two workers scoring events of one key in the
+same instant do not see each other's batch (each sees the state before it), a difference of at most one
+micro-batch; the state itself is never lost or counted twice (one atomic script per batch).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.tables import StreamDeclaration
+from cortex_tasks.core.streams.declarations import StreamSpec
+from cortex_tasks.core.streams.service import CONSUMER_GROUP, ensure_group, events_key
+from cortex_tasks.core.tenancy import all_tenants, tenant_scope
+from cortex_tasks.runtime.streams.service import StreamRuntime
+
+log = logging.getLogger(__name__)
+
+# Consumers of the group that have nothing pending and were idle this long are removed (restarts leave one each).
+FORGET_CONSUMER_MS = 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Declared:
+    id: str
+    tenant: str
+    name: str
+    spec: dict[str, Any]
+
+
+def declared_streams() -> list[Declared]:
+    """Every tenant's declared streams: the stream worker serves them all (all_tenants on purpose: which
+    streams exist is not one tenant's question; each stream is then processed in its own tenant's scope)."""
+    from sqlalchemy import select
+
+    from cortex_tasks.core.storage.db import session_scope
+
+    with all_tenants(), session_scope() as session:
+        return [Declared(row.id, row.tenant, row.name, row.spec) for row in session.scalars(select(StreamDeclaration))]
+
+
+def _forecast_expectation(tenant: str, spec: StreamSpec) -> Any:
+    """The seasonal detector's registered forecaster, when the stream names one (loaded in its tenant)."""
+    seasonal = spec.detector("seasonal_residual")
+    if seasonal is None or seasonal.model is None:
+        return None
+    from cortex_tasks.core.registry.references import qualify
+    from cortex_tasks.runtime.models.loaded import get_model
+    from cortex_tasks.runtime.streams.detectors import forecast_expectation
+
+    try:
+        with tenant_scope(tenant):
+            return forecast_expectation(get_model(qualify(tenant, seasonal.model)), seasonal.horizon)
+    except Exception:
+        # An unusable model leaves the detector on the stream's own seasonal profile, and says so.
+        log.exception("stream forecaster %s of tenant %s could not be used; using the seasonal profile",
+                      seasonal.model, tenant)
+        return None
+
+
+class StreamConsumer:
+    def __init__(self, client: redis.Redis | None = None, consumer_name: str | None = None) -> None:
+        settings = get_settings().streams
+        self.settings = settings
+        self.client = client or redis.Redis.from_url(get_settings().redis_url, socket_timeout=30)
+        self.consumer = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.runtimes: dict[str, tuple[Declared, StreamRuntime]] = {}  # events key -> stream
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_refresh = 0.0
+        self._last_claim = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="stream-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        log.info("stream consumer %s started", self.consumer)
+        # Imported once here rather than in the first fit's thread, which would then take seconds longer
+        # while the stream's first minutes go by unscored by the forest.
+        importlib.import_module("sklearn.ensemble")
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("stream consumer: Redis unavailable (%s); retrying", exc)
+                self._stop.wait(1.0)
+            except Exception:
+                # A database or detector failure must not end the loop: the entries stay pending and are
+                # read again (claimed) once the failure passes.
+                log.exception("stream consumer: a micro-batch failed; its events stay pending")
+                self._stop.wait(1.0)
+        log.info("stream consumer %s stopped", self.consumer)
+
+    # --- one round ---------------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Refresh, claim, read one micro-batch per stream and process it; the number of events handled."""
+        now = time.monotonic()
+        if now - self._last_refresh >= self.settings.refresh_seconds or not self.runtimes:
+            self.refresh()
+            self._last_refresh = now
+        handled = 0
+        if now - self._last_claim >= self.settings.claim_idle / 2:
+            self._last_claim = now
+            handled += self.claim_abandoned()
+        if not self.runtimes:
+            self._stop.wait(self.settings.processing_interval)
+            return handled
+        block_ms = max(1, int(self.settings.processing_interval * 1000))
+        try:
+            replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in self.runtimes},
+                                             count=self.settings.buffer_size, block=block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # A stream deleted (its key and group with it): reread the declarations, then recreate the
+            # groups of the streams still declared (an events key deleted by hand).
+            self.refresh()
+            self._refresh_groups()
+            return handled
+        for key, entries in replies or []:
+            handled += self._handle(key.decode() if isinstance(key, bytes) else key, entries)
+        for declared, runtime in list(self.runtimes.values()):
+            with tenant_scope(declared.tenant):
+                runtime.close_windows(self.settings.lateness)  # at most once a second per stream
+        return handled
+
+    def _handle(self, key: str, entries: list[tuple[Any, dict[bytes, bytes]]]) -> int:
+        found = self.runtimes.get(key)
+        if found is None or not entries:
+            return 0
+        declared, runtime = found
+        ids = [entry_id.decode() if isinstance(entry_id, bytes) else entry_id for entry_id, _ in entries]
+        with tenant_scope(declared.tenant):
+            runtime.process([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
+                            self.settings.lateness)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(key, CONSUMER_GROUP, *ids)
+        runtime.state.acknowledged(pipe, ids, int(time.time() * 1000))
+        pipe.execute()
+        return len(ids)
+
+    def claim_abandoned(self) -> int:
+        """Claim and process the entries other consumers left pending longer than the claim idle time."""
+        handled = 0
+        min_idle = int(self.settings.claim_idle * 1000)
+        for key in list(self.runtimes):
+            start = "0-0"
+            while True:
+                try:
+                    reply = self.client.xautoclaim(key, CONSUMER_GROUP, self.consumer, min_idle, start,
+                                                   count=self.settings.buffer_size)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" in str(exc):
+                        break
+                    raise
+                start, entries = reply[0], [entry for entry in reply[1] if entry[1] is not None]
+                # Entries deleted while pending (trimmed by MAXLEN) come back as None: acknowledged, nothing to score.
+                gone = [entry[0] for entry in reply[1] if entry[1] is None] + list(reply[2] if len(reply) > 2 else [])
+                if gone:
+                    self.client.xack(key, CONSUMER_GROUP, *gone)
+                if entries:
+                    log.info("stream consumer %s claimed %d abandoned events of %s", self.consumer, len(entries), key)
+                    handled += self._handle(key, entries)
+                if start in (b"0-0", "0-0") or not reply[1]:
+                    break
+            self._forget_idle_consumers(key)
+        return handled
+
+    def _forget_idle_consumers(self, key: str) -> None:
+        try:
+            for consumer in self.client.xinfo_consumers(key, CONSUMER_GROUP):
+                name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+                if name != self.consumer and int(consumer["pending"]) == 0 and int(consumer["idle"]) > FORGET_CONSUMER_MS:
+                    self.client.xgroup_delconsumer(key, CONSUMER_GROUP, name)
+        except redis.ResponseError:
+            pass
+
+    # --- declarations ------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Follow the declared streams: start serving new ones, drop deleted ones (a stream declared again
+        under its name has a new id, hence new state)."""
+        current = {events_key(d.tenant, d.name): d for d in declared_streams()}
+        for key in list(self.runtimes):
+            if key not in current or current[key].id != self.runtimes[key][0].id:
+                del self.runtimes[key]
+        for key, declared in current.items():
+            if key in self.runtimes:
+                continue
+            spec = StreamSpec.model_validate(declared.spec)
+            ensure_group(self.client, key)
+            from cortex_tasks.runtime.streams.alerts import raise_stream_alerts
+
+            runtime = StreamRuntime(self.client, declared.tenant, declared.name, declared.id, spec,
+                                    expectation=_forecast_expectation(declared.tenant, spec),
+                                    alert_hook=raise_stream_alerts if spec.alert_rules else None)
+            self.runtimes[key] = (declared, runtime)
+
+    def _refresh_groups(self) -> None:
+        for key in self.runtimes:
+            ensure_group(self.client, key)

@@ -1,0 +1,249 @@
+"""The lightweight detectors a stream runs per event, behind the model interface of every Cortex backend
+(models/base.py: `info` and `predict(inputs, params)`, a whole micro-batch per call, one output per input).
+
+Inputs are `EventContext`s (the event and the state of its key before it), outputs `Verdict`s. The
+statistics are the catalogue's time-series ones (models/timeseries.py: the robust scale, the seeded
+IsolationForest settings), so a stream and an `anomaly` request judge a value the same way; and the
+seasonal residual takes its expectation from a forecaster trained and registered by Cortex when the
+stream declares one (`model: name@version`), through the same registry loader as /predict.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from cortex_tasks.core.streams.declarations import (
+    IsolationForestSpec,
+    KeyBaseline,
+    RobustZScore,
+    SeasonalResidual,
+)
+from cortex_tasks.core.validation.timeseries import TRAINED_INTERVAL_WIDTH
+from cortex_tasks.runtime.models.base import ModelInfo
+from cortex_tasks.runtime.models.timeseries import RANDOM_STATE, robust_scale
+from cortex_tasks.runtime.streams.features import FOREST_COLUMNS
+
+log = logging.getLogger(__name__)
+
+ANOMALY, NORMAL, WARMING_UP = "anomaly", "normal", "warming_up"
+# |score| is capped: a value off a perfectly flat history would otherwise score infinity (not JSON).
+MAX_SCORE = 1e6
+# The z of the two-sided central interval a trained forecaster reports (80%: 1.2816).
+_INTERVAL_Z = NormalDist().inv_cdf(0.5 + TRAINED_INTERVAL_WIDTH / 2)
+
+
+@dataclass
+class EventContext:
+    """One event and its key's state before it."""
+
+    time: float
+    value: float
+    window: list[float]  # the key's values in [time - window size, time)
+    history: tuple[float, float, float]  # the key's (count, sum, sum of squares) over all its earlier events
+    season: tuple[float, float, float]  # the same for the event's phase of the seasonal period
+    features: list[float]  # features.FEATURE_NAMES
+
+
+@dataclass(frozen=True)
+class Verdict:
+    detector: str
+    outcome: str
+    score: float | None = None
+    expected: float | None = None
+
+    @property
+    def anomalous(self) -> bool:
+        return self.outcome == ANOMALY
+
+
+def _capped(score: float) -> float:
+    return float(max(-MAX_SCORE, min(MAX_SCORE, score)))
+
+
+def _judged(kind: str, score: float, threshold: float, expected: float | None) -> Verdict:
+    score = _capped(score)
+    return Verdict(kind, ANOMALY if abs(score) >= threshold else NORMAL, round(score, 6),
+                   None if expected is None else round(float(expected), 6))
+
+
+def _spread(count: float, total: float, squares: float) -> tuple[float, float]:
+    """(mean, standard deviation) from running totals (floored, so a flat history still has a scale)."""
+    mean = total / count
+    variance = max(0.0, squares / count - mean * mean)
+    floor = 1e-3 * max(abs(mean), 1.0)  # a perfectly flat history: any change of 0.1% is one deviation
+    return mean, max(math.sqrt(variance), floor)
+
+
+class _StreamDetector:
+    kind = ""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.info = ModelInfo(name=f"stream-{self.kind.replace('_', '-')}", version="1", task="anomaly",
+                              device="cpu", max_input_chars=0, max_batch_size=100_000)
+
+    def predict(self, inputs: list[EventContext], params: dict[str, Any]) -> list[Verdict]:
+        return [self.judge(item) for item in inputs]
+
+    def judge(self, item: EventContext) -> Verdict:
+        raise NotImplementedError
+
+
+class RobustZScoreDetector(_StreamDetector):
+    """(value - median) / robust scale of the key's current window (1.4826 x MAD, as the catalogue's)."""
+
+    kind = "robust_zscore"
+    spec: RobustZScore
+
+    def judge(self, item: EventContext) -> Verdict:
+        if len(item.window) < self.spec.min_points:
+            return Verdict(self.kind, WARMING_UP)
+        window = np.asarray(item.window, dtype=float)
+        median = float(np.median(window))
+        return _judged(self.kind, (item.value - median) / robust_scale(window), self.spec.threshold, median)
+
+
+class KeyBaselineDetector(_StreamDetector):
+    """The key's recent mean (its current window and this event) against its own earlier history, in
+    standard deviations of that history: a user or device that behaves unlike itself, even where its
+    values are ordinary for the stream as a whole."""
+
+    kind = "key_baseline"
+    spec: KeyBaseline
+
+    def judge(self, item: EventContext) -> Verdict:
+        count, total, squares = item.history
+        window = np.asarray(item.window, dtype=float)
+        window_sum = float(window.sum())
+        # The history before the window: the running totals hold the window's events too.
+        count -= len(window)
+        total -= window_sum
+        squares -= float(window @ window)
+        if count < self.spec.min_history or len(window) + 1 < self.spec.min_recent:
+            return Verdict(self.kind, WARMING_UP)
+        mean, deviation = _spread(count, total, squares)
+        recent_mean = (window_sum + item.value) / (len(window) + 1)
+        return _judged(self.kind, (recent_mean - mean) / deviation, self.spec.threshold, mean)
+
+
+# (event time in epoch seconds) -> (expected value, standard deviation), or None outside the forecast
+Expectation = Callable[[float], tuple[float, float] | None]
+
+
+class SeasonalResidualDetector(_StreamDetector):
+    """Residual from the expected value of the event's phase: the key's mean for that phase of the period
+    over its history, or a registered forecaster's prediction for the event's time."""
+
+    kind = "seasonal_residual"
+    spec: SeasonalResidual
+
+    def __init__(self, spec: SeasonalResidual, expectation: Expectation | None = None) -> None:
+        super().__init__(spec)
+        self.expectation = expectation
+
+    def phase(self, time: float) -> int:
+        return int((time % self.spec.period) / self.spec.period * self.spec.buckets) % self.spec.buckets
+
+    def judge(self, item: EventContext) -> Verdict:
+        if self.expectation is not None:
+            expected = self.expectation(item.time)
+            if expected is not None:
+                mean, deviation = expected
+                return _judged(self.kind, (item.value - mean) / deviation, self.spec.threshold, mean)
+        count, total, squares = item.season
+        if count < self.spec.min_points:
+            return Verdict(self.kind, WARMING_UP)
+        mean, deviation = _spread(count, total, squares)
+        return _judged(self.kind, (item.value - mean) / deviation, self.spec.threshold, mean)
+
+
+def forecast_expectation(model: Any, horizon: int) -> Expectation:
+    """The expectation of a forecaster with the common model interface (RegisteredForecaster): its forecast
+    for `horizon` periods, looked up at the stamp nearest the event's time (within half a step)."""
+    answer = model.predict([{"horizon": horizon}], {})[0]
+    stamps = np.array([datetime.fromisoformat(str(ds)).replace(tzinfo=timezone.utc).timestamp()
+                       if datetime.fromisoformat(str(ds)).tzinfo is None
+                       else datetime.fromisoformat(str(ds)).timestamp() for ds in answer["ds"]])
+    yhat = np.asarray(answer["yhat"], dtype=float)
+    spread = (np.asarray(answer["yhat_upper"], dtype=float) - np.asarray(answer["yhat_lower"], dtype=float)) / (
+        2 * _INTERVAL_Z)
+    step = float(np.median(np.diff(stamps))) if len(stamps) > 1 else 86400.0
+
+    def expected(time: float) -> tuple[float, float] | None:
+        index = int(np.argmin(np.abs(stamps - time)))
+        if abs(stamps[index] - time) > step / 2:
+            return None
+        return float(yhat[index]), max(float(spread[index]), 1e-9)
+
+    return expected
+
+
+class IsolationForestDetector(_StreamDetector):
+    """scikit-learn IsolationForest on the events' feature rows (features.FOREST_FEATURES). Fitted per stream on its recent rows
+    (shared in Redis by every stream worker), refitted every `refit_every` events in a background thread
+    so scoring never waits for a fit; until the first fit (fewer than `min_rows` rows) it is warming up.
+    The score is the paper's anomaly score in (0, 1] (models/timeseries.isolation_scores); the outcome is
+    the forest's own, whose threshold `contamination` sets."""
+
+    kind = "isolation_forest"
+    spec: IsolationForestSpec
+
+    def __init__(self, spec: IsolationForestSpec) -> None:
+        super().__init__(spec)
+        self._forest: Any = None
+        self._threshold = 0.5
+        self._since_fit = 0
+        self._fitting = threading.Lock()
+
+    @property
+    def fitted(self) -> bool:
+        return self._forest is not None
+
+    def wants_fit(self) -> bool:
+        return (not self.fitted or self._since_fit >= self.spec.refit_every) and not self._fitting.locked()
+
+    def fit(self, rows: list[list[float]]) -> bool:
+        """Fit on `rows` (run in a thread by the consumer); False if there are too few or a fit is running."""
+        if len(rows) < self.spec.min_rows or not self._fitting.acquire(blocking=False):
+            return False
+        try:
+            from sklearn.ensemble import IsolationForest
+
+            forest = IsolationForest(n_estimators=self.spec.trees, contamination=self.spec.contamination,
+                                     random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float)[:, FOREST_COLUMNS])
+            self._forest, self._threshold, self._since_fit = forest, float(-forest.offset_), 0
+            return True
+        finally:
+            self._fitting.release()
+
+    def predict(self, inputs: list[EventContext], params: dict[str, Any]) -> list[Verdict]:
+        forest = self._forest
+        self._since_fit += len(inputs)
+        if forest is None or not inputs:
+            return [Verdict(self.kind, WARMING_UP) for _ in inputs]
+        rows = np.asarray([item.features for item in inputs], dtype=float)[:, FOREST_COLUMNS]
+        scores = -forest.score_samples(rows)
+        return [Verdict(self.kind, ANOMALY if score > self._threshold else NORMAL, round(float(score), 6),
+                        None) for score in scores]
+
+
+def build_detectors(specs: list[Any], expectation: Expectation | None = None) -> list[_StreamDetector]:
+    detectors: list[_StreamDetector] = []
+    for spec in specs:
+        if spec.kind == "robust_zscore":
+            detectors.append(RobustZScoreDetector(spec))
+        elif spec.kind == "key_baseline":
+            detectors.append(KeyBaselineDetector(spec))
+        elif spec.kind == "seasonal_residual":
+            detectors.append(SeasonalResidualDetector(spec, expectation))
+        elif spec.kind == "isolation_forest":
+            detectors.append(IsolationForestDetector(spec))
+    return detectors

@@ -1,0 +1,333 @@
+"""One stream's micro-batch, scored: the plain logic of the stream worker (consumer.py reads and acknowledges).
+
+For a batch of Redis Stream entries: check each event against the declaration (a bad one goes to the
+stream's `rejected` list), read its key's state, run the detectors on every event in order (each judged
+against the events before it, those of the same batch included), apply the events to the shared state
+(at most once per entry id), store the verdicts (at most once per event and detector), then publish them
+and the windows' aggregates for the live view, hand matching verdicts to the alert rules, and store the
+windows that event time has closed. The caller acknowledges the entries only after all this returned.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from sqlalchemy import ARRAY, Float, bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from cortex_tasks.core.storage.db import get_engine
+from cortex_tasks.core.storage.tables import StreamVerdict, StreamWindow
+from cortex_tasks.core.streams import metrics
+from cortex_tasks.core.streams.declarations import StreamSpec
+from cortex_tasks.core.streams.events import CheckedEvent, InvalidEvent, check_event, decode
+from cortex_tasks.core.streams.service import live_channel, rejected_key, state_prefix
+from cortex_tasks.runtime.streams.detectors import (
+    ANOMALY,
+    EventContext,
+    Expectation,
+    IsolationForestDetector,
+    SeasonalResidualDetector,
+    Verdict,
+    build_detectors,
+)
+from cortex_tasks.runtime.streams.features import as_named
+from cortex_tasks.runtime.streams.state import StreamState
+from cortex_tasks.runtime.streams.windows import aggregate, window_starts
+
+log = logging.getLogger(__name__)
+
+# How often (seconds of wall time) a worker looks for windows that event time has closed.
+CLOSE_CHECK_SECONDS = 1.0
+# At most this many events' verdicts go into one live message (a dashboard wants the latest, not all).
+LIVE_EVENTS_PER_MESSAGE = 500
+
+# Hands the alert rules the stream's newly stored anomalous verdicts (alerts.py); never raises.
+AlertHook = Callable[["StreamRuntime", list["ScoredEvent"]], None]
+
+
+def arrival_of(entry_id: str) -> float:
+    """The arrival time of a Redis Stream entry: its id's milliseconds (Redis's clock at the XADD)."""
+    return int(entry_id.split("-", 1)[0]) / 1000
+
+
+@dataclass
+class ScoredEvent:
+    entry_id: str
+    event: CheckedEvent
+    verdicts: list[Verdict]
+    features: list[float]
+    windows: list[float]
+
+    @property
+    def anomalous(self) -> bool:
+        return any(verdict.outcome == ANOMALY for verdict in self.verdicts)
+
+
+@dataclass
+class BatchOutcome:
+    scored: list[ScoredEvent] = field(default_factory=list)
+    rejected: int = 0
+    stored_verdicts: int = 0
+    latencies: list[float] = field(default_factory=list)
+    closed_windows: int = 0
+
+
+class StreamRuntime:
+    """A declared stream as one stream worker runs it: the declaration, its detectors and its state."""
+
+    def __init__(self, client: redis.Redis, tenant: str, name: str, stream_id: str, spec: StreamSpec,
+                 expectation: Expectation | None = None, alert_hook: AlertHook | None = None) -> None:
+        self.client, self.tenant, self.name, self.stream_id, self.spec = client, tenant, name, stream_id, spec
+        self.detectors = build_detectors(spec.detectors, expectation)
+        self.state = StreamState(client, state_prefix(tenant, name, stream_id))
+        self.forest = next((d for d in self.detectors if isinstance(d, IsolationForestDetector)), None)
+        self.seasonal = next((d for d in self.detectors if isinstance(d, SeasonalResidualDetector)), None)
+        self.alert_hook = alert_hook
+        self._last_close_check = 0.0
+        self._fit_thread: threading.Thread | None = None
+
+    # --- the batch ---------------------------------------------------------------------------------------
+
+    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> BatchOutcome:
+        outcome = BatchOutcome()
+        self._new_verdicts: set[tuple[str, str]] = set()
+        events: list[tuple[str, CheckedEvent]] = []
+        rejected: list[tuple[str, str]] = []
+        for entry_id, fields in entries:
+            try:
+                events.append((entry_id, check_event(self.spec, 0, decode(fields))))
+            except InvalidEvent as exc:
+                rejected.append((entry_id, f"{exc.field}: {exc.problem}" if exc.field else exc.problem))
+            except ValueError as exc:  # not JSON, or no `event` field
+                rejected.append((entry_id, str(exc)[:200]))
+        if rejected:
+            self._reject(rejected)
+            outcome.rejected = len(rejected)
+        if events:
+            outcome.scored = self._score(events)
+            outcome.stored_verdicts = self._apply_and_store(outcome.scored, lateness)
+            stored_at = time.time()
+            outcome.latencies = [stored_at - arrival_of(entry_id) for entry_id, _ in events]
+        self._record(outcome)
+        if outcome.scored:
+            self._publish(outcome.scored)
+            self._maybe_refit()
+        outcome.closed_windows = self.close_windows(lateness)
+        return outcome
+
+    def _score(self, events: list[tuple[str, CheckedEvent]]) -> list[ScoredEvent]:
+        size, hop = self.spec.window.size, self.spec.window.hop
+        since: dict[str, float] = {}
+        for _, event in events:
+            since[event.key] = min(since.get(event.key, event.time), event.time - size)
+        states = self.state.read(since)
+        contexts, phases = [], []
+        for _, event in events:
+            key_state = states[event.key]
+            phase = self.seasonal.phase(event.time) if self.seasonal is not None else -1
+            contexts.append(EventContext(
+                time=event.time, value=event.value,
+                window=key_state.values_between(event.time - size, event.time),
+                history=(key_state.history[0], key_state.history[1], key_state.history[2]),
+                season=key_state.season_of(phase) if phase >= 0 else (0.0, 0.0, 0.0),
+                features=key_state.features.row(event.time, event.value)))
+            phases.append(phase)
+            key_state.add(event.time, event.value, phase)
+        per_detector = [detector.predict(contexts, {}) for detector in self.detectors]
+        latest: dict[str, float] = {}
+        for _, event in events:
+            latest[event.key] = max(latest.get(event.key, event.time), event.time)
+        self._stale = {key: state.features.stale_fields(latest[key]) for key, state in states.items()}
+        self._phases = phases
+        return [ScoredEvent(entry_id, event, [verdicts[index] for verdicts in per_detector], contexts[index].features,
+                            window_starts(event.time, size, hop))
+                for index, (entry_id, event) in enumerate(events)]
+
+    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float) -> int:
+        # A key's events are kept until no open window needs them (its latest event time minus a window,
+        # a hop and the lateness, at least a minute): the state stays small at high rates.
+        keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
+        # The feature cache holds each key's latest row: only the batch's last event of a key writes it.
+        last_of_key = {item.event.key: index for index, item in enumerate(scored)}
+        last_indexes = set(last_of_key.values())
+        applied = [{
+            "id": item.entry_id, "arrival": int(arrival_of(item.entry_id) * 1000), "key": item.event.key,
+            "t": item.event.time, "v": repr(item.event.value), "q": repr(item.event.value * item.event.value),
+            "minute": int(item.event.time // 60), "hour": int(item.event.time // 3600), "phase": phase,
+            "windows": [_start_text(start) for start in item.windows], "anomalous": item.anomalous,
+            **({"features": json.dumps(as_named(item.features))} if index in last_indexes else {}),
+            # Only a stream with an IsolationForest keeps training rows (a JSON null would reach the script
+            # as cjson.null, which Lua takes for true).
+            **({"row": json.dumps(item.features)} if self.forest is not None else {}),
+        } for index, (item, phase) in enumerate(zip(scored, self._phases))]
+        self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep)
+        if any(self._stale.values()):
+            self.state.prune_buckets(self._stale)
+        decided = datetime.now(timezone.utc)
+        rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
+                 item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
+                for item in scored for verdict in item.verdicts]
+        if not rows:
+            return 0
+        columns = list(zip(*rows))
+        values = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, columns)}
+        values.update(tenant=self.tenant, stream=self.name, decided_at=decided)
+        with get_engine().begin() as connection:
+            new = {(row.event_id, row.detector) for row in connection.execute(_verdict_insert(), values)}
+        self._new_verdicts = new
+        return len(new)
+
+    def _record(self, outcome: BatchOutcome) -> None:
+        counts: Counter[tuple[str, str]] = Counter()
+        for item in outcome.scored:
+            for verdict in item.verdicts:
+                if (item.entry_id, verdict.detector) in self._new_verdicts:
+                    counts[(verdict.detector, verdict.outcome)] += 1
+        pipe = self.client.pipeline(transaction=False)
+        metrics.record_batch(pipe, self.tenant, self.name, outcome.latencies, self.spec.latency_threshold, counts,
+                             outcome.rejected)
+        pipe.execute()
+        if self.alert_hook is not None and outcome.scored:
+            # Every scored event, redelivered ones included: an alert whose hand-off failed last time is
+            # raised again, and the alerting's deduplication makes a repeated one the same alert.
+            self.alert_hook(self, outcome.scored)
+
+    def _reject(self, rejected: list[tuple[str, str]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, reason in rejected:
+            pipe.xadd(rejected_key(self.tenant, self.name), {"entry_id": entry_id, "reason": reason},
+                      maxlen=10_000, approximate=True)
+        pipe.execute()
+        log.warning("stream %s/%s: %d events did not match the declaration (first: %s)", self.tenant, self.name,
+                    len(rejected), rejected[0][1])
+
+    # --- live view, forest, windows ----------------------------------------------------------------------
+
+    def _publish(self, scored: list[ScoredEvent]) -> None:
+        channel = live_channel(self.tenant, self.name)
+        events = [{"event_id": item.entry_id, "key": item.event.key, "time": item.event.time,
+                   "value": item.event.value,
+                   "verdicts": {v.detector: {"outcome": v.outcome, "score": v.score} for v in item.verdicts}}
+                  for item in scored[-LIVE_EVENTS_PER_MESSAGE:]]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.publish(channel, json.dumps({"type": "verdicts", "stream": self.name, "events": events,
+                                          "anomalies": sum(item.anomalous for item in scored)}))
+        # The open windows of the keys this batch touched, as they stand now.
+        latest: dict[str, ScoredEvent] = {}
+        for item in scored:
+            if item.event.key not in latest or item.event.time > latest[item.event.key].event.time:
+                latest[item.event.key] = item
+        names = [f"{key}\x1f{_start_text(item.windows[-1])}" for key, item in latest.items()]
+        for (key, item), (values, flagged) in zip(latest.items(),
+                                                  self.state.window_contents(names, self.spec.window.size)):
+            figures = aggregate(values)
+            if figures is not None:
+                start = item.windows[-1]
+                pipe.publish(channel, json.dumps({"type": "window", "stream": self.name, "key": key,
+                                                  "start": start, "end": start + self.spec.window.size,
+                                                  "closed": False, "anomalies": flagged, **figures.as_dict()}))
+        pipe.execute()
+
+    def _maybe_refit(self) -> None:
+        forest = self.forest
+        if forest is None or not forest.wants_fit() or (self._fit_thread and self._fit_thread.is_alive()):
+            return
+        rows = self.state.training_rows(forest.spec.max_rows)
+        if len(rows) < forest.spec.min_rows:
+            return
+        # Fitting takes a fraction of a second: a thread, so that scoring goes on with the previous forest.
+        self._fit_thread = threading.Thread(target=forest.fit, args=(rows,), name=f"fit-{self.name}", daemon=True)
+        self._fit_thread.start()
+
+    def wait_for_fit(self, timeout: float = 30.0) -> None:
+        """For tests and benchmarks: let a running fit finish."""
+        if self._fit_thread is not None:
+            self._fit_thread.join(timeout)
+
+    def close_windows(self, lateness: float, force: bool = False) -> int:
+        """Store the windows event time has closed (checked at most once a second unless forced)."""
+        now = time.monotonic()
+        if not force and now - self._last_close_check < CLOSE_CHECK_SECONDS:
+            return 0
+        self._last_close_check = now
+        watermark = self.state.watermark()
+        if watermark is None:
+            return 0
+        size = self.spec.window.size
+        due = [name for name, start in self.state.open_windows().items() if start + size + lateness <= watermark]
+        if not due:
+            return 0
+        contents = self.state.window_contents(due, size)
+        rows, messages = [], []
+        for name, (values, flagged) in zip(due, contents):
+            figures = aggregate(values)
+            if figures is None:
+                continue
+            key, _, start_text = name.rpartition("\x1f")
+            start = float(start_text)
+            rows.append({"tenant": self.tenant, "stream": self.name, "key": key[:256],
+                         "window_start": datetime.fromtimestamp(start, timezone.utc),
+                         "window_end": datetime.fromtimestamp(start + size, timezone.utc),
+                         "count": figures.count, "total": figures.total, "mean": figures.mean,
+                         "minimum": figures.minimum, "maximum": figures.maximum, "anomalies": flagged})
+            messages.append({"type": "window", "stream": self.name, "key": key, "start": start,
+                             "end": start + size, "closed": True, "anomalies": flagged, **figures.as_dict()})
+        if rows:
+            table = StreamWindow.__table__
+            statement = pg_insert(table)
+            # Another worker may close the same window: the same figures, written twice, are one row.
+            statement = statement.on_conflict_do_update(
+                constraint="uq_stream_windows_window",
+                set_={name: statement.excluded[name] for name in
+                      ("window_end", "count", "total", "mean", "minimum", "maximum", "anomalies")})
+            with get_engine().begin() as connection:
+                connection.execute(statement, rows)
+            pipe = self.client.pipeline(transaction=False)
+            for message in messages:
+                pipe.publish(live_channel(self.tenant, self.name), json.dumps(message))
+            pipe.execute()
+        self.state.forget_windows(due)
+        return len(rows)
+
+
+
+# The per-row columns of a micro-batch's verdicts, sent as one array each (see _verdict_insert).
+_VERDICT_ARRAYS = ("event_id", "key", "detector", "outcome", "score", "value", "expected", "event_time",
+                   "received_at")
+_EPOCH_ARRAYS = ("event_time", "received_at")
+
+
+@lru_cache(maxsize=1)
+def _verdict_insert() -> Any:
+    """INSERT ... SELECT unnest(:event_id), unnest(:key), ... ON CONFLICT DO NOTHING RETURNING event_id, detector.
+
+    One statement with one array per column rather than a multi-row VALUES: the driver then binds 9 arrays
+    instead of building a statement of thousands of placeholders per micro-batch (which took most of a
+    batch's time). The rows name their tenant themselves (a table statement, not an ORM session), and ON
+    CONFLICT DO NOTHING makes a redelivered event's second verdicts no-ops; RETURNING says which are new."""
+    table = StreamVerdict.__table__
+    # Times travel as epoch seconds (binding datetimes cost more than the insert) and become timestamps here.
+    arrays = [func.to_timestamp(func.unnest(bindparam(name, type_=ARRAY(Float)))) if name in _EPOCH_ARRAYS
+              else func.unnest(bindparam(name, type_=ARRAY(table.c[name].type))) for name in _VERDICT_ARRAYS]
+    constants = [bindparam("tenant", type_=table.c.tenant.type), bindparam("stream", type_=table.c.stream.type),
+                 bindparam("decided_at", type_=table.c.decided_at.type)]
+    selected = select(*arrays, *constants)
+    return (pg_insert(table).from_select([*_VERDICT_ARRAYS, "tenant", "stream", "decided_at"], selected)
+            .on_conflict_do_nothing(constraint="uq_stream_verdicts_event_detector")
+            .returning(table.c.event_id, table.c.detector))
+
+
+def _start_text(start: float) -> str:
+    """A window start as written in Redis hash fields (the same text in Python and in the Lua script)."""
+    return f"{start:.3f}"
+
+

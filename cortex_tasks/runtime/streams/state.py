@@ -1,0 +1,209 @@
+"""A stream's per-key state in Redis, shared by every stream worker of the stream.
+
+Kept in Redis rather than in a worker's memory so that several stream workers can share one consumer
+group (any of them may get any key's next event) and a restarted worker resumes where the last one
+stopped. Under `<state prefix>` (core/streams/service.state_prefix):
+- `win:<key>`       sorted set of the key's recent events (`<entry id>|<value>`, scored by event time): windows
+- `buckets:<key>`   hash of per-minute and per-hour (count, sum): the temporal features (features.py)
+- `season:<key>`    hash of per-phase (count, sum, sum of squares): the seasonal profile
+- `base:<key>`      hash of the key's (count, sum, sum of squares) over its whole history: its baseline
+- `features:<key>`  the key's last feature row (JSON), cached
+- `rows`            list of recent feature rows of the stream: the IsolationForest's training set
+- `open`, `anomalies`  windows not yet stored (`<key>\\x1f<start>`), and their flagged events
+- `watermark`       the latest event time seen: windows whose end (plus the lateness) it passed are closed
+- `applied`         entry ids whose state is applied but which are not acknowledged yet
+
+One Lua script applies a micro-batch's events atomically and at most once per entry id (`applied`): a
+redelivered event (its worker killed before XACK) is scored again but counted in no window, total or
+baseline twice. Its id leaves `applied` with its acknowledgement.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cortex_tasks.runtime.streams.features import KeyHistory
+
+# Keys expire when a stream goes quiet for longer than the longest feature window (7 days) and a day.
+STATE_TTL_SECONDS = 8 * 86400
+# `applied` entries older than this (their acknowledgement lost with a crash) are dropped.
+APPLIED_TTL_MS = 86400 * 1000
+
+_APPLY = """
+local prefix = ARGV[1]
+local events = cjson.decode(ARGV[2])
+local max_rows = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local applied = 0
+local touched = {}
+local watermark = tonumber(redis.call('GET', prefix .. ':watermark') or '-1e300')
+local rows = 0
+for _, e in ipairs(events) do
+  if redis.call('ZADD', prefix .. ':applied', 'NX', e.arrival, e.id) == 1 then
+    applied = applied + 1
+    local k = e.key
+    redis.call('ZADD', prefix .. ':win:' .. k, e.t, e.id .. '|' .. e.v)
+    local b = prefix .. ':buckets:' .. k
+    redis.call('HINCRBY', b, 'm' .. e.minute .. 'c', 1)
+    redis.call('HINCRBYFLOAT', b, 'm' .. e.minute .. 's', e.v)
+    redis.call('HINCRBY', b, 'h' .. e.hour .. 'c', 1)
+    redis.call('HINCRBYFLOAT', b, 'h' .. e.hour .. 's', e.v)
+    local base = prefix .. ':base:' .. k
+    redis.call('HINCRBY', base, 'n', 1)
+    redis.call('HINCRBYFLOAT', base, 's', e.v)
+    redis.call('HINCRBYFLOAT', base, 'q', e.q)
+    if e.phase >= 0 then
+      local season = prefix .. ':season:' .. k
+      redis.call('HINCRBY', season, e.phase .. 'c', 1)
+      redis.call('HINCRBYFLOAT', season, e.phase .. 's', e.v)
+      redis.call('HINCRBYFLOAT', season, e.phase .. 'q', e.q)
+    end
+    for _, start in ipairs(e.windows) do
+      local w = k .. '\\31' .. start
+      redis.call('HSET', prefix .. ':open', w, 1)
+      if e.anomalous then redis.call('HINCRBY', prefix .. ':anomalies', w, 1) end
+    end
+    if e.row then
+      redis.call('LPUSH', prefix .. ':rows', e.row)
+      rows = rows + 1
+    end
+    if e.features then redis.call('SET', prefix .. ':features:' .. k, e.features, 'EX', ttl) end
+    if e.t > watermark then watermark = e.t end
+    local latest = touched[k]
+    if latest == nil or e.t > latest then touched[k] = e.t end
+  end
+end
+for k, latest in pairs(touched) do
+  local win = prefix .. ':win:' .. k
+  redis.call('ZREMRANGEBYSCORE', win, '-inf', '(' .. (latest - keep))
+  for _, name in ipairs({win, prefix .. ':buckets:' .. k, prefix .. ':base:' .. k, prefix .. ':season:' .. k}) do
+    redis.call('EXPIRE', name, ttl)
+  end
+end
+if rows > 0 then redis.call('LTRIM', prefix .. ':rows', 0, max_rows - 1) end
+if applied > 0 then
+  redis.call('SET', prefix .. ':watermark', tostring(watermark), 'EX', ttl)
+  for _, name in ipairs({'rows', 'open', 'anomalies', 'applied'}) do redis.call('EXPIRE', prefix .. ':' .. name, ttl) end
+end
+return applied
+"""
+
+
+@dataclass
+class KeyState:
+    """One key's state as read at the start of a micro-batch, updated locally as its events are scored, so
+    that each event of the batch is judged against every event before it."""
+
+    window: list[tuple[float, float]] = field(default_factory=list)  # (event time, value), by time
+    history: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares
+    season: dict[int, list[float]] = field(default_factory=dict)
+    features: KeyHistory = field(default_factory=KeyHistory)
+    raw_buckets: dict[bytes, bytes] = field(default_factory=dict)
+
+    def values_between(self, start: float, end: float) -> list[float]:
+        """Values of events with start <= time < end."""
+        low = bisect.bisect_left(self.window, (start, float("-inf")))
+        high = bisect.bisect_left(self.window, (end, float("-inf")))
+        return [value for _, value in self.window[low:high]]
+
+    def season_of(self, phase: int) -> tuple[float, float, float]:
+        totals = self.season.get(phase)
+        return (totals[0], totals[1], totals[2]) if totals else (0.0, 0.0, 0.0)
+
+    def add(self, time: float, value: float, phase: int) -> None:
+        bisect.insort(self.window, (time, value))
+        for index, amount in enumerate((1.0, value, value * value)):
+            self.history[index] += amount
+            if phase >= 0:
+                self.season.setdefault(phase, [0.0, 0.0, 0.0])[index] += amount
+        self.features.add(time, value)
+
+
+def _floats(raw: dict[bytes, bytes]) -> dict[str, float]:
+    return {name.decode(): float(value) for name, value in raw.items()}
+
+
+class StreamState:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._apply = client.register_script(_APPLY)
+
+    def read(self, since: dict[str, float]) -> dict[str, KeyState]:
+        """The state of each key, its window values from `since[key]` on."""
+        keys = list(since)
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrangebyscore(f"{self.prefix}:win:{key}", since[key], "+inf", withscores=True)
+            pipe.hgetall(f"{self.prefix}:buckets:{key}")
+            pipe.hgetall(f"{self.prefix}:season:{key}")
+            pipe.hgetall(f"{self.prefix}:base:{key}")
+        replies = pipe.execute()
+        states = {}
+        for index, key in enumerate(keys):
+            window_raw, buckets, season_raw, base_raw = replies[4 * index:4 * index + 4]
+            window = sorted((score, float(member.rsplit(b"|", 1)[1])) for member, score in window_raw)
+            season: dict[int, list[float]] = {}
+            for name, value in _floats(season_raw).items():
+                totals = season.setdefault(int(name[:-1]), [0.0, 0.0, 0.0])
+                totals["csq".index(name[-1])] = value
+            base = _floats(base_raw)
+            states[key] = KeyState(window, [base.get("n", 0.0), base.get("s", 0.0), base.get("q", 0.0)], season,
+                                   KeyHistory.from_hash(buckets), buckets)
+        return states
+
+    def apply(self, events: list[dict[str, Any]], max_rows: int, keep_seconds: float) -> int:
+        """Apply scored events (each: id, arrival, key, t, v, q, minute, hour, phase, windows, anomalous,
+        row?, features?) at most once per id; how many were new."""
+        if not events:
+            return 0
+        return int(self._apply(args=[self.prefix, json.dumps(events), max_rows, keep_seconds, STATE_TTL_SECONDS]))
+
+    def prune_buckets(self, stale: dict[str, list[str]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in stale.items():
+            if fields:
+                pipe.hdel(f"{self.prefix}:buckets:{key}", *fields)
+        pipe.execute()
+
+    def acknowledged(self, pipe: redis.client.Pipeline, entry_ids: list[str], now_ms: int) -> None:
+        """Queue on `pipe` (with the XACK) the removal of the acknowledged ids from `applied`."""
+        if entry_ids:
+            pipe.zrem(f"{self.prefix}:applied", *entry_ids)
+        pipe.zremrangebyscore(f"{self.prefix}:applied", "-inf", now_ms - APPLIED_TTL_MS)
+
+    def training_rows(self, limit: int) -> list[list[float]]:
+        return [json.loads(raw) for raw in self.client.lrange(f"{self.prefix}:rows", 0, limit - 1)]
+
+    def watermark(self) -> float | None:
+        raw = self.client.get(f"{self.prefix}:watermark")
+        return float(raw) if raw is not None else None
+
+    def open_windows(self) -> dict[str, float]:
+        """`<key>\\x1f<start>` -> start, of the windows not stored yet."""
+        return {name.decode(): float(name.decode().rsplit("\x1f", 1)[1])
+                for name in self.client.hkeys(f"{self.prefix}:open")}
+
+    def window_contents(self, names: list[str], size: float) -> list[tuple[list[float], int]]:
+        """(values, flagged events) of each named window."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            key, _, start = name.rpartition("\x1f")
+            begin = float(start)
+            pipe.zrangebyscore(f"{self.prefix}:win:{key}", begin, f"({begin + size}")
+            pipe.hget(f"{self.prefix}:anomalies", name)
+        replies = pipe.execute()
+        return [([float(member.rsplit(b"|", 1)[1]) for member in replies[2 * i]], int(replies[2 * i + 1] or 0))
+                for i in range(len(names))]
+
+    def forget_windows(self, names: list[str]) -> None:
+        if names:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(f"{self.prefix}:open", *names)
+            pipe.hdel(f"{self.prefix}:anomalies", *names)
+            pipe.execute()
