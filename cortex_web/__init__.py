@@ -22,6 +22,7 @@ from cortex_web.blueprints import (
     chat,
     docs,
     documents,
+    generated,
     health,
     jobs,
     keys,
@@ -42,7 +43,8 @@ from cortex_web.replies import ReplyListener
 from cortex_web.request_body import apply_route_body_limit
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
-              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp)
+              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp,
+              generated.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}
 _queue_collector_registered = False
 

@@ -158,6 +158,9 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
     ("get", "/metrics"): ("text/plain", _TEXT_BODY, "Prometheus text exposition."),
     ("get", "/api/v1/docs"): ("text/html", _TEXT_BODY, "The Swagger UI page."),
     ("get", "/api/v1/models/{name}/versions/{version}/card"): ("text/markdown", _TEXT_BODY, "The model card."),
+    ("get", "/api/v1/generated/{image_id}"): (
+        "image/png", {"type": "string", "contentMediaType": "image/png"},
+        "The image's bytes (PNG, or JPEG/WebP as the images API made it)."),
     # For an event stream the schema is each event's (schemathesis checks them one by one).
     ("post", "/api/v1/predict/stream"): (
         "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
@@ -209,6 +212,7 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": _MODEL_NAME,
     "model_id": _MODEL_NAME,
     "version": {"type": "integer", "minimum": 0},
+    "image_id": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
 }
 
 

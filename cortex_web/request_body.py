@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
+from cortex_tasks.core.catalogue import TASKS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.validation.items import CONTROL_CHARACTERS
 from cortex_web.errors import ApiError
@@ -61,8 +62,8 @@ JSON_FORM_FIELDS = ("params", "wait", "sensitive")
 def _multipart_body() -> dict[str, Any]:
     """The JSON body a multipart upload stands for: a `request` field holding the JSON body (or fields
     `task`, `model`, `priority` as text and `params`, `wait`, `sensitive` as JSON), and each file of the
-    field `inputs`, in order, an image input after any inputs the JSON gave ({"image": <its base64>}, so
-    that uploads pass the same checks as base64 images)."""
+    field `inputs`, in order, an input after any inputs the JSON gave: {"image": <its base64>} (so that
+    uploads pass the same checks as base64 images), or {"audio": <its base64>, "filename"} for transcribe."""
     form = request.form
     body: dict[str, Any] = {}
     if "request" in form:
@@ -90,7 +91,12 @@ def _multipart_body() -> dict[str, Any]:
         given = body.get("inputs", [])
         if not isinstance(given, list):
             raise ApiError(422, "invalid_request", "inputs must be a list")
-        body["inputs"] = given + [{"image": base64.b64encode(file.read()).decode("ascii")} for file in files]
+        task = TASKS.get(body["task"]) if isinstance(body.get("task"), str) else None
+        if task is not None and task.input_kind == "audio":  # a recording keeps its name: it tells the format
+            body["inputs"] = given + [{"audio": base64.b64encode(file.read()).decode("ascii"),
+                                       **({"filename": file.filename} if file.filename else {})} for file in files]
+        else:
+            body["inputs"] = given + [{"image": base64.b64encode(file.read()).decode("ascii")} for file in files]
     return body
 
 

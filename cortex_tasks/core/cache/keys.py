@@ -23,6 +23,8 @@ def normalize_input(value: Any) -> str:
     # whether it came as base64, an upload or a reference.
     if isinstance(value, dict) and set(value) == {"image_sha256", "image_object"}:
         return f"image:sha256:{value['image_sha256']}"
+    if isinstance(value, dict) and set(value) == {"audio_sha256", "audio_object", "filename"}:
+        return f"audio:sha256:{value['audio_sha256']}"
     if isinstance(value, str):
         return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", value)).strip()
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -54,6 +54,20 @@ MODELS: dict[str, ModelEntry] = {
                    "cortex_tasks.runtime.models.efficientnet:ImageClassifier",
                    "EfficientNet-Lite0 (ImageNet weights, bundled): the ImageNet-1k top-k classes "
                    "(params.top_k, default 5) with softmax scores and WordNet ids", card=EFFICIENTNET_LITE0_CARD),
+        # Speech and images through OpenAI (or any server at CORTEX_OPENAI_BASE_URL that speaks its API):
+        # priced per audio minute and per image (CORTEX_OPENAI_MEDIA_PRICES).
+        ModelEntry("whisper-1", "transcribe", "1", "cortex_tasks.runtime.openai.backends:OpenAITranscriber",
+                   "OpenAI Whisper through the audio transcriptions API (needs CORTEX_OPENAI_API_KEY): text, "
+                   "language, duration and timed segments (verbose_json); params.language, prompt, temperature",
+                   compute="remote"),
+        ModelEntry("gpt-image-1", "image_generate", "1", "cortex_tasks.runtime.openai.backends:OpenAIImageGenerator",
+                   "OpenAI gpt-image-1 through the images API (needs CORTEX_OPENAI_API_KEY): params.size "
+                   "(1024x1024, 1024x1536, 1536x1024), quality (low, medium, high), n (1-4); images stored and "
+                   "answered by URL", compute="remote"),
+        ModelEntry("dall-e-3", "image_generate", "1", "cortex_tasks.runtime.openai.backends:OpenAIImageGenerator",
+                   "OpenAI DALL-E 3 through the images API (needs CORTEX_OPENAI_API_KEY): params.size (1024x1024, "
+                   "1024x1792, 1792x1024), quality (standard, hd), style (vivid, natural); images stored and "
+                   "answered by URL", compute="remote"),
         ModelEntry("vector-reducer", "reduce", "1", "cortex_tasks.runtime.models.reducer:VectorReducer",
                    "PCA or UMAP (params.method) of submitted vectors, or of texts embedded with MiniLM; "
                    "one projection per request", batchable=False),
@@ -127,6 +141,13 @@ TASKS: dict[str, TaskEntry] = {
         TaskEntry("image_classify", GPU, "efficientnet-lite0-imagenet", None,
                   "ImageNet-1k labels of an image: top params.top_k classes with scores",
                   models=("efficientnet-lite0-imagenet",), input_kind="image"),
+        # The API's answers are cached by the backend (per tenant), which records a hit as a free call.
+        TaskEntry("transcribe", GPU, "whisper-1", None,
+                  "Speech to text with Whisper: text, language, duration and segments of a recording",
+                  cacheable=False, models=("whisper-1",), input_kind="audio"),
+        TaskEntry("image_generate", GPU, "gpt-image-1", None,
+                  "Images from a text prompt (gpt-image-1 or dall-e-3), stored and answered by download URL",
+                  cacheable=False, models=("gpt-image-1", "dall-e-3")),
         TaskEntry("reduce", GPU, "vector-reducer", None,
                   "PCA/UMAP projection of vectors (lists of numbers) or texts, all inputs together",
                   models=("vector-reducer",), input_kind="text_or_vector"),

@@ -36,5 +36,5 @@ class TaskEntry:
     # "text"; "text_or_vector" for tasks that also take number lists; "series" (a list of numbers or of
     # {"ds", "y"} points, see core/validation/timeseries.py); "series_or_rows" (a series or feature rows)
     # "image": {"image": "<base64>"} or {"image_ref": "<object name>"} (core/images/intake.py), staged by the
-    # gateway before anything is queued.
+    # gateway before anything is queued; "audio": {"audio": "<base64>", "filename"?} (core/audio/intake.py).
     input_kind: str = "text"

@@ -33,7 +33,6 @@ from cortex_tasks.core.storage.object_store import ObjectNotFound, ObjectStoreEr
 INVALID_IMAGE = "invalid_image"
 # Formats a photograph or a drawing comes in; others Pillow reads (EPS through Ghostscript, say) are refused.
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
-DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # The keys of a staged item: only the gateway writes them (a client's item with them is refused).
 STAGED_KEYS = frozenset({"image_sha256", "image_object"})
@@ -72,16 +71,19 @@ def _fail(where: str, why: str, details: dict[str, Any] | None) -> ItemError:
 
 
 def decode_base64(value: str, where: str, details: dict[str, Any] | None = None) -> bytes:
-    settings = get_settings()
-    text = DATA_URL.sub("", value, count=1).strip()
-    # base64 is 4/3 of the bytes: refuse an oversized image before decoding it.
-    if len(text) > (settings.image_max_bytes + 2) // 3 * 4 + 4:
-        raise _fail(where, f"is larger than {settings.image_max_bytes} bytes",
-                    {**(details or {}), "max_bytes": settings.image_max_bytes})
+    return decode_limited(value, get_settings().image_max_bytes, where, details, INVALID_IMAGE)
+
+
+def decode_limited(value: str, max_bytes: int, where: str, details: dict[str, Any] | None, code: str) -> bytes:
+    """The bytes of base64 text (a `data:...;base64,` prefix allowed), refused unread when it encodes more
+    than `max_bytes` (base64 is 4/3 of the bytes)."""
+    text = re.sub(r"^data:[A-Za-z0-9.+/-]+;base64,", "", value, count=1, flags=re.IGNORECASE).strip()
+    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
+        raise ItemError(code, f"{where} is larger than {max_bytes} bytes", {**(details or {}), "max_bytes": max_bytes})
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise _fail(where, "is not valid base64", details) from None
+        raise ItemError(code, f"{where} is not valid base64", details) from None
 
 
 def check_image(data: bytes, where: str, details: dict[str, Any] | None = None) -> ImageFacts:
