@@ -388,6 +388,14 @@ class OpenAIConfig(FromEnvironment):
         "Month-to-date US dollars above which OpenAI calls are refused.",
         shown="no budget",
     )
+    # Models of another OpenAI-compatible server (vLLM, llama.cpp, Ollama) at CORTEX_OPENAI_BASE_URL.
+    extra_models: Annotated[dict[str, str], NoDecode] = variable(
+        "CORTEX_OPENAI_EXTRA_MODELS",
+        dict,
+        "More model names the server at CORTEX_OPENAI_BASE_URL serves, each with its task (generate, embed, "
+        'transcribe or image_generate), JSON, e.g. `{"llama3.1:8b": "generate", "nomic-embed-text": "embed"}`.',
+        shown="none",
+    )
     # Speech and images (transcribe, image_generate): priced per audio minute and per image, not per token.
     media_prices: Annotated[dict[str, dict[str, float]], NoDecode] = variable(
         "CORTEX_OPENAI_MEDIA_PRICES",
@@ -408,6 +416,22 @@ class OpenAIConfig(FromEnvironment):
     @classmethod
     def _prices(cls, raw: Any) -> Any:
         return openai_prices_from(raw) if isinstance(raw, str) else raw
+
+    @field_validator("extra_models", mode="before")
+    @classmethod
+    def _extra_models(cls, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        try:
+            given = json.loads(raw)
+        except ValueError:
+            given = None
+        tasks = ("generate", "embed", "transcribe", "image_generate")
+        if not isinstance(given, dict) or not all(isinstance(name, str) and name and task in tasks
+                                                  for name, task in given.items()):
+            raise ValueError('CORTEX_OPENAI_EXTRA_MODELS must be a JSON object of model name -> task '
+                             f'({", ".join(tasks)}), e.g. {{"llama3.1:8b": "generate"}}')
+        return given
 
     @field_validator("media_prices", mode="before")
     @classmethod

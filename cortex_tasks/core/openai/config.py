@@ -24,7 +24,8 @@ def openai_config() -> OpenAIConfig:
 
 
 def is_openai_model(name: str | None) -> bool:
-    return name in CHAT_MODELS or name in EMBEDDING_MODELS or name in TRANSCRIPTION_MODELS or name in IMAGE_MODELS
+    return (name in CHAT_MODELS or name in EMBEDDING_MODELS or name in TRANSCRIPTION_MODELS or name in IMAGE_MODELS
+            or (name is not None and name in openai_config().extra_models))
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, config: OpenAIConfig | None = None) -> float:

@@ -21,6 +21,10 @@ IMAGE_OPTIONS: dict[str, dict[str, Any]] = {
                  "max_n": 1, "styles": ("vivid", "natural")},
 }
 
+# Another OpenAI-compatible server's image model (CORTEX_OPENAI_EXTRA_MODELS): the API's common ground.
+OTHER_SERVER_OPTIONS: dict[str, Any] = {"sizes": ("1024x1024", "512x512", "256x256"), "qualities": ("standard",),
+                                        "max_n": 4, "styles": ()}
+
 
 @dataclass(frozen=True)
 class TranscriptionParams:
@@ -55,9 +59,7 @@ def transcription_params(params: dict[str, Any]) -> TranscriptionParams:
 
 def image_params(model: str, params: dict[str, Any]) -> ImageParams:
     """params.size, params.quality, params.n and (dall-e-3) params.style, as `model` offers them."""
-    options = IMAGE_OPTIONS.get(model)
-    if options is None:
-        raise JobInputError("unknown_model", f"{model!r} does not generate images", {"valid": sorted(IMAGE_OPTIONS)})
+    options = IMAGE_OPTIONS.get(model, OTHER_SERVER_OPTIONS)
     size = params.get("size", options["sizes"][0])
     if size not in options["sizes"]:
         raise JobInputError("invalid_params", f"params.size must be one of {', '.join(options['sizes'])} for {model}")
