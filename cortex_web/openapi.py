@@ -292,6 +292,22 @@ def _text(max_length: int | None = None) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length or max_text_chars(), "pattern": TEXT_PATTERN}
 
 
+# Image and audio items (core/images/intake.py, core/audio/intake.py; docs/images-and-speech.md). A multipart
+# upload of files in the field `inputs` is the other way to send them.
+MEDIA_ITEMS: list[dict[str, Any]] = [
+    {"type": "object", "title": "Image", "required": ["image"], "additionalProperties": False,
+     "properties": {"image": {"type": "string", "minLength": 1, "contentEncoding": "base64",
+                              "description": "An image file (JPEG, PNG, GIF, WebP, BMP, TIFF) in base64."}}},
+    {"type": "object", "title": "ImageReference", "required": ["image_ref"], "additionalProperties": False,
+     "properties": {"image_ref": {"type": "string", "minLength": 1,
+                                  "description": "An object of the store under tenants/<your tenant>/."}}},
+    {"type": "object", "title": "Recording", "required": ["audio"], "additionalProperties": False,
+     "properties": {"audio": {"type": "string", "minLength": 1, "contentEncoding": "base64",
+                              "description": "A recording (WAV, FLAC, OGG, MP3, MP4/M4A, WebM) in base64."},
+                    "filename": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9._ -]{0,120}$"}}},
+]
+
+
 def _describe_requests(schemas: dict[str, Any]) -> None:
     """What pydantic cannot say of the prediction bodies, because the views check it against the catalogue:
     the task names, the inputs' forms, and a model reference's form (schemas.check_model_reference)."""
@@ -315,7 +331,9 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
     # a task takes, and a time series' params, are the views' to check: a per-task variant (anyOf of
     # objects) would turn PredictRequest into a union that generated clients no longer name.
     predict["inputs"]["items"] = {"anyOf": [_text(), {"type": "array", "items": {},
-                                                      "maxItems": max(MAX_VECTOR_VALUES, MAX_POINTS)}]}
+                                                      "maxItems": max(MAX_VECTOR_VALUES, MAX_POINTS)},
+                                            *MEDIA_ITEMS]}
+    schemas["PipelineRequest"]["properties"]["inputs"]["items"]["anyOf"].extend(MEDIA_ITEMS)
     # The other bodies' rules that their validators (not their field types) enforce.
     if "DocumentIn" in schemas:  # documents/requests.py
         document = schemas["DocumentIn"]["properties"]
