@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_tasks.core.audio.intake import is_staged as is_staged_audio
+from cortex_tasks.core.audio.intake import stage_inputs as stage_audio
 from cortex_tasks.core.auth.permissions import NotAllowed, check_allowed, check_model_allowed
 from cortex_tasks.core.cache.keys import params_fingerprint
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
@@ -31,8 +33,6 @@ from cortex_tasks.core.catalogue import (
     model_entry,
     task_entry,
 )
-from cortex_tasks.core.audio.intake import is_staged as is_staged_audio
-from cortex_tasks.core.audio.intake import stage_inputs as stage_audio
 from cortex_tasks.core.images.intake import is_staged, stage_inputs
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob, create_jobs

@@ -32,8 +32,8 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cortex_tasks.core.auth.permissions import check_allowed
-from cortex_tasks.core.catalogue import MODELS
 from cortex_tasks.core.auth.roles import ADMIN, PREDICT, READ
+from cortex_tasks.core.catalogue import MODELS
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import (
     VectorIndexMessage,

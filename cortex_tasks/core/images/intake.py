@@ -129,8 +129,7 @@ def read_reference(reference: Any, tenant: str, where: str, details: dict[str, A
         raise _fail(where, "image_ref must be an object name", details)
     name = reference
     bucket = get_settings().s3_bucket
-    if name.startswith(f"s3://{bucket}/"):
-        name = name[len(f"s3://{bucket}/"):]
+    name = name.removeprefix(f"s3://{bucket}/")
     if not name.startswith(tenant_prefix(tenant)):
         raise _fail(where, f"image_ref must name an object under {tenant_prefix(tenant)}", details)
     try:

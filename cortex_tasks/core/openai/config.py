@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from cortex_tasks.core.settings import OpenAIConfig, get_settings
 
-__all__ = ["CHAT_MODELS", "EMBEDDING_DIMENSIONS", "EMBEDDING_MODELS", "IMAGE_MODELS", "OpenAIConfig",
-           "TRANSCRIPTION_MODELS", "cost_usd", "image_cost_usd", "is_openai_model", "openai_config",
-           "transcription_cost_usd"]
+__all__ = [
+    "CHAT_MODELS",
+    "EMBEDDING_DIMENSIONS",
+    "EMBEDDING_MODELS",
+    "IMAGE_MODELS",
+    "TRANSCRIPTION_MODELS",
+    "OpenAIConfig",
+    "cost_usd",
+    "image_cost_usd",
+    "is_openai_model",
+    "openai_config",
+    "transcription_cost_usd",
+]
 
 CHAT_MODELS = ("gpt-4o-mini",)
 EMBEDDING_MODELS = ("text-embedding-3-small",)

@@ -21,7 +21,12 @@ from cortex_tasks.core.openai.config import EMBEDDING_DIMENSIONS, openai_config
 from cortex_tasks.core.storage.object_store import get_object_store
 from cortex_tasks.core.tenancy import DEFAULT_TENANT
 from cortex_tasks.core.validation.generation import generation_params
-from cortex_tasks.core.validation.media import MAX_PROMPT_CHARS, check_prompt, image_params, transcription_params
+from cortex_tasks.core.validation.media import (
+    MAX_PROMPT_CHARS,
+    check_prompt,
+    image_params,
+    transcription_params,
+)
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.openai.client import ChatOptions, OpenAIUnavailable, openai_service
 

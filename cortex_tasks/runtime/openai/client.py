@@ -26,7 +26,12 @@ from cortex_tasks.core.cache.keys import cache_key
 from cortex_tasks.core.cache.service import MISSING, get_cache
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.openai import usage as usage_ledger
-from cortex_tasks.core.openai.config import OpenAIConfig, image_cost_usd, openai_config, transcription_cost_usd
+from cortex_tasks.core.openai.config import (
+    OpenAIConfig,
+    image_cost_usd,
+    openai_config,
+    transcription_cost_usd,
+)
 from cortex_tasks.core.openai.rate_limit import RateLimited, estimate_tokens, shared_limiter
 from cortex_tasks.core.validation.media import ImageParams, TranscriptionParams
 
