@@ -402,6 +402,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}
             if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
                 answers["200"]["content"].update(BINARY_RESULTS)
+            if (method, path) == ("get", "/api/v1/generated/{image_id}"):  # other formats than PNG: bytes
+                answers["200"]["content"]["application/octet-stream"] = {"schema": {"type": "string",
+                                                                                    "format": "binary"}}
             # A status the route documents itself (/ready's 503 is its own body) is not an error object.
             for status, answer in _error_responses(public, path in OPTIONAL_KEY_PATHS).items():
                 answers.setdefault(status, answer)
