@@ -152,8 +152,9 @@ class ImageEmbedder(_Backend):
         return FEATURES
 
     def encode(self, items: list[Any]) -> np.ndarray:
+        pixels = preprocess_items(items)  # decoding is Pillow's, outside the network's lock
         with self.model.lock:  # one forward pass at a time: the network holds all cores already
-            features, _ = self.model.forward(preprocess_items(items))
+            features, _ = self.model.forward(pixels)
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         return features / np.maximum(norms, 1e-12)
 
@@ -172,8 +173,9 @@ class ImageClassifier(_Backend):
             from cortex_tasks.core.jobs.running import JobInputError
 
             raise JobInputError("invalid_params", f"params.top_k must be an integer from 1 to {MAX_TOP_K}")
+        pixels = preprocess_items(inputs)
         with self.model.lock:
-            _, logits = self.model.forward(preprocess_items(inputs))
+            _, logits = self.model.forward(pixels)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         labels = imagenet_labels()
