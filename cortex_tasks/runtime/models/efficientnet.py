@@ -23,6 +23,7 @@ import numpy as np
 from cortex_tasks.core.catalogue import MODELS
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.images.intake import INVALID_IMAGE, load_staged
+from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.runtime.models.base import ModelInfo, device_name
 
 ARCHITECTURE = "efficientnet-lite0"
@@ -170,8 +171,6 @@ class ImageClassifier(_Backend):
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
         top_k = params.get("top_k", 5)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-            from cortex_tasks.core.jobs.running import JobInputError
-
             raise JobInputError("invalid_params", f"params.top_k must be an integer from 1 to {MAX_TOP_K}")
         pixels = preprocess_items(inputs)
         with self.model.lock:
