@@ -191,15 +191,6 @@ def test_image_too_large_in_bytes_is_refused(api, workers, monkeypatch):
     assert error["details"]["max_bytes"] == len(big) - 1
 
 
-def test_default_image_limits_take_a_large_photograph():
-    """The shipped defaults: 8 MiB and 25 Mpx (a 24 Mpx camera's photograph passes)."""
-    from cortex_tasks.core.settings import get_settings
-
-    settings = get_settings()
-    assert settings.image_max_bytes == 8 * 1024 * 1024
-    assert settings.image_max_pixels == 25_000_000 >= 6000 * 4000
-
-
 # --- batch jobs ---------------------------------------------------------------------------------------------
 
 def test_batch_job_of_images(api, workers):

@@ -75,6 +75,19 @@ def test_pixels_are_limited_before_decoding(monkeypatch):
     check_image(png((20, 20)), "inputs[0]")
 
 
+def test_the_default_limits_take_a_24_megapixel_photograph():
+    """The shipped defaults (8 MiB, 25 Mpx) beside the lowered limits the tests above and the integration
+    tests set: a 6000x4000 camera image passes, decoded in full."""
+    from cortex_tasks.core.settings import get_settings
+
+    assert (get_settings().image_max_bytes, get_settings().image_max_pixels) == (8 * 1024 * 1024, 25_000_000)
+    out = io.BytesIO()
+    Image.new("RGB", (6000, 4000), (30, 60, 90)).save(out, "JPEG", quality=80)
+    assert len(out.getvalue()) < 8 * 1024 * 1024
+    facts = check_image(out.getvalue(), "inputs[0]")
+    assert (facts.width, facts.height, facts.format) == (6000, 4000, "JPEG")
+
+
 def test_a_decompression_bomb_is_refused_with_the_default_limits():
     bomb = png((12_000, 12_000), mode="1")  # 144 Mpx of one colour: a few kB
     assert len(bomb) < 100_000
