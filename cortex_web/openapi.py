@@ -24,8 +24,11 @@ from cortex_tasks.core.documents.requests import (
 )
 from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_NAME_CHARS, OBJECT_NAME
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
 from cortex_tasks.core.tenancy import TENANT_ID
+from cortex_tasks.core.training.config import training_config
+from cortex_tasks.core.training.intake import DATASET_FORMATS
 from cortex_tasks.core.training.kinds import KINDS
 from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
@@ -347,14 +350,103 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
         item["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
     if "DeleteItemsRequest" in schemas:
         schemas["DeleteItemsRequest"]["properties"]["ids"]["items"] = item_id
-    if "SearchRequest" in schemas:
-        search = schemas["SearchRequest"]
-        search["properties"]["text"] = {"anyOf": [_text(), {"type": "null"}], "default": None, "title": "Text"}
+    if "UpsertRequest" in schemas:  # VectorItem's rule: exactly one of text or vector
+        properties = schemas.pop("VectorItem")["properties"]
+        properties["vector"] = _vector()
+        schemas["UpsertRequest"]["properties"]["items"]["items"] = {"anyOf": [
+            _object_of(schemas, properties, "VectorTextItem", required=("id", "text"), without=("vector",)),
+            _object_of(schemas, properties, "VectorValuesItem", required=("id", "vector"), without=("text",))]}
+    if "SearchRequest" in schemas:  # exactly one of text or vector; the vector-only fields with a vector
+        properties = schemas["SearchRequest"]["properties"]
+        properties["text"], properties["vector"] = _text(), _vector()
+        schemas["SearchRequest"] = {
+            "title": "SearchRequest", "description": "A search by text (embedded by the collection's model) or "
+                                                     "by a vector of the collection's dimension.",
+            "anyOf": [_object_of(schemas, properties, "TextSearch", required=("text",),
+                                 without=("vector", "include_vectors", "effort", "exact")),
+                      _object_of(schemas, properties, "VectorSearch", required=("vector",), without=("text",))]}
+    if "CreateCollectionRequest" in schemas:  # vector_store.index_from_dict; a collection without a model
+        def bounded(low: int, high: int) -> dict[str, Any]:
+            return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high}, {"type": "null"}], "default": None}
+        hnsw = {"type": {"const": "hnsw", "default": "hnsw"}, "m": bounded(2, 100),
+                "ef_construction": bounded(4, 1000), "ef_search": bounded(1, 1000)}
+        ivfflat = {"type": {"const": "ivfflat"}, "lists": bounded(1, 32768), "probes": bounded(1, 32768)}
+        schemas.pop("IndexSpec")
+        collection = schemas["CreateCollectionRequest"]
+        collection["properties"]["index"] = {"title": "Index", "description": "HNSW (default) or IVFFlat, with "
+                                             "that type's parameters (ef_construction >= 2 * m; probes <= lists).",
+                                             "anyOf": [_object_of(schemas, hnsw, "HnswIndexSpec", required=()),
+                                                       _object_of(schemas, ivfflat, "IvfflatIndexSpec",
+                                                                  required=("type",))]}
+        # Its vectors are given, so their dimension must be.
+        collection["if"] = {"properties": {"model": {"type": "null"}}, "required": ["model"]}
+        collection["then"] = {"required": ["dimension"], "properties": {"dimension": {"type": "integer"}}}
+    if "CreateKeyRequest" in schemas:  # checked against the configured tiers, which settings may change
+        tiers = sorted(get_settings().rate_limit_tiers)
+        schemas["CreateKeyRequest"]["properties"]["tier"] = {
+            "type": "string", "default": "default", "title": "Tier", "pattern": f"^({'|'.join(map(re.escape, tiers))})$",
+            "description": f"A configured rate-limit tier: {', '.join(tiers)}."}
     if "TrainingSubmitRequest" in schemas:
         training = schemas["TrainingSubmitRequest"]["properties"]
         training["kind"] = {"type": "string", "pattern": f"^({'|'.join(sorted(KINDS))})$", "title": "Kind",
                             "description": f"A training kind: {', '.join(sorted(KINDS))}."}
         training["model"] = {**_MODEL_NAME, "title": "Model", "description": "The registry model it trains."}
+        training["dataset"] = _training_dataset(schemas)
+        # intake.check_schedule: a cron expression, a metric with its threshold, or both.
+        schedule = schemas.pop("ScheduleSpec")["properties"]
+        schedule["cron"], schedule["threshold"] = _cron(), {"type": "number", "title": "Threshold"}
+        schedule["metric"] = {"type": "string", "minLength": 1, "maxLength": 64, "title": "Metric"}
+        training["schedule"] = {"title": "Schedule", "default": None, "anyOf": [
+            _object_of(schemas, schedule, "CronSchedule", required=("cron",), dependent={"metric": ["threshold"]}),
+            _object_of(schemas, schedule, "MetricSchedule", required=("metric", "threshold")), {"type": "null"}]}
+
+
+def _object_of(schemas: dict[str, Any], properties: dict[str, Any], title: str, required: tuple[str, ...],
+               without: tuple[str, ...] = (), dependent: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """One shape of a body whose fields depend on each other (exactly one of text or vector, say): a whole
+    object per shape under components/schemas (its $ref returned), which a generated client reads as one of
+    a union of small classes."""
+    schemas[title] = {"type": "object", "title": title, "required": list(required), "additionalProperties": False,
+                      "properties": {name: schema for name, schema in properties.items() if name not in without},
+                      **({"dependentRequired": dependent} if dependent else {})}
+    return {"$ref": f"#/components/schemas/{title}"}
+
+
+def _vector() -> dict[str, Any]:
+    """items.check_vector: finite numbers, at most MAX_VECTOR_VALUES (a collection's own dimension is its own)."""
+    return {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": MAX_VECTOR_VALUES,
+            "title": "Vector"}
+
+
+def _cron() -> dict[str, Any]:
+    """A five-field cron expression (minute hour day-of-month month day-of-week): lists of *, */step, a value
+    or a range. Celery's crontab (schedules.parse_cron) reads more (steps of ranges, names), but not every
+    such combination: the document states the forms that always parse."""
+    def field(value: str) -> str:
+        atom = f"(\\*(/[1-9][0-9]?)?|{value}(-{value})?)"
+        return f"{atom}(,{atom})*"
+    fields = [field("[1-5]?[0-9]"), field("(1?[0-9]|2[0-3])"), field("([1-9]|[12][0-9]|3[01])"),
+              field("([1-9]|1[0-2])"), field("[0-6]")]
+    return {"type": "string", "maxLength": 64, "pattern": f"^{' '.join(fields)}$", "title": "Cron",
+            "description": "minute hour day-of-month month day-of-week, e.g. `0 3 * * 1`."}
+
+
+def _training_dataset(schemas: dict[str, Any]) -> dict[str, Any]:
+    """intake.check_dataset's rule: exactly one source, inline rows or a reference, and a known format.
+    One object shape per source: a generated client names it as a union of small classes."""
+    fmt = {"type": "string", "pattern": f"^({'|'.join(DATASET_FORMATS)})$",
+           "description": "How the data is encoded; default: the stored name's extension."}
+    rows = {"type": "array", "items": {}, "minItems": 1, "maxItems": training_config().max_rows,
+            "description": "The rows inline (objects whose fields the training kind names)."}
+    stored = {"type": "string", "minLength": 1, "maxLength": MAX_OBJECT_NAME_CHARS, "pattern": OBJECT_NAME.pattern,
+              "description": "A name in the object store."}
+    shapes = [("rows", rows, "InlineDataset"), ("object", stored, "StoredDataset")]
+    if get_settings().uses_s3:  # object_store.resolve_uri; a file:// URI names what `object` names, so unstated
+        shapes.append(("uri", {"type": "string", "pattern": "^s3://[^/]+/.+$", "description": "s3://bucket/name."},
+                       "DatasetUri"))
+    return {"title": "Dataset", "description": "Inline rows, or one reference to data in the object store.",
+            "anyOf": [_object_of(schemas, {source: schema, "format": fmt}, title, required=(source,))
+                      for source, schema, title in shapes]}
 
 
 def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[Any, Any], dict[str, Any]]:

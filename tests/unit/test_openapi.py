@@ -381,10 +381,100 @@ def test_other_bodies_carry_their_validators_rules(spec):
     assert _matches(spec, "#/components/schemas/DeleteItemsRequest", {"ids": [""]}) != []
     assert _matches(spec, "#/components/schemas/DeleteItemsRequest", {"ids": ["a"]}) == []
     training = "#/components/schemas/TrainingSubmitRequest"
+    rows = {"rows": [{"text": "a", "label": "b"}]}
     for kind in KINDS:
-        assert _matches(spec, training, {"kind": kind, "model": "m", "dataset": {}}) == [], kind
-    assert _matches(spec, training, {"kind": "no-such-kind", "model": "m", "dataset": {}}) != []
-    assert _matches(spec, training, {"kind": next(iter(KINDS)), "model": "a/b", "dataset": {}}) != []
+        assert _matches(spec, training, {"kind": kind, "model": "m", "dataset": rows}) == [], kind
+    assert _matches(spec, training, {"kind": "no-such-kind", "model": "m", "dataset": rows}) != []
+    assert _matches(spec, training, {"kind": next(iter(KINDS)), "model": "a/b", "dataset": rows}) != []
     pipeline = "#/components/schemas/PipelineRequest"
     assert _matches(spec, pipeline, {"steps": [{"task": "ner"}], "inputs": [{}]}) != []
     assert _matches(spec, pipeline, {"steps": [{"task": "ner"}], "inputs": ["a text"]}) == []
+
+
+def _accepted(check, body: Any) -> bool:
+    from pydantic import ValidationError
+
+    from cortex_tasks.core.errors import CortexError
+
+    try:
+        check(body)
+    except (ValidationError, CortexError):  # the views answer both with a 422
+        return False
+    return True
+
+
+@pytest.mark.parametrize("dataset", [
+    {"rows": [{"text": "a"}]}, {"rows": []}, {"rows": "a"}, {}, {"object": "datasets/train.jsonl"},
+    {"object": "../up"}, {"object": ""}, {"object": "d.csv", "format": "csv"}, {"object": "d", "format": "xls"},
+    {"uri": "http://host/d.jsonl"}, {"rows": [{}], "object": "d"},
+    {"rows": [{}], "extra": 1}])
+def test_a_training_dataset_the_document_allows_is_one_the_view_accepts(spec, dataset):
+    from cortex_tasks.core.training.intake import check_dataset
+
+    documented = _matches(spec, "#/components/schemas/TrainingSubmitRequest",
+                          {"kind": "classifier", "model": "m", "dataset": dataset}) == []
+    assert documented == _accepted(check_dataset, dataset), dataset
+
+
+@pytest.mark.parametrize("schedule", [
+    {"cron": "0 3 * * 1"}, {"cron": "*/15 * * * *"}, {"cron": "0 0 0 * *"}, {"cron": "61 * * * *"},
+    {"cron": "0 3 * *"}, {"metric": "accuracy", "threshold": 0.8}, {"metric": "accuracy"}, {"threshold": 0.8},
+    {"cron": "0 3 * * 1", "metric": "accuracy"}, {"cron": "0 3 * * 1", "metric": "f1", "threshold": 0.7}, {}])
+def test_a_schedule_the_document_allows_is_one_the_view_accepts(spec, schedule):
+    from cortex_tasks.core.training.intake import RetrainingSchedule, check_schedule
+
+    documented = _matches(spec, "#/components/schemas/TrainingSubmitRequest",
+                          {"kind": "classifier", "model": "m", "dataset": {"rows": [{}]}, "schedule": schedule}) == []
+    fields = {name: schedule.get(name) for name in ("cron", "metric", "threshold")}
+    assert documented == _accepted(lambda _: check_schedule(RetrainingSchedule(**fields)), schedule), schedule
+
+
+@pytest.mark.parametrize("item", [
+    {"id": "a", "text": "words"}, {"id": "a", "vector": [0.1, 0.2]}, {"id": "a"},
+    {"id": "a", "text": "words", "vector": [0.1]}, {"id": "a", "vector": []}, {"id": "a", "text": " "},
+    {"id": "a", "text": "words", "metadata": {"k": 1}}, {"id": "", "text": "words"}])
+def test_a_vector_item_the_document_allows_is_one_the_view_accepts(spec, item):
+    from cortex_web.blueprints.vectors import UpsertRequest
+
+    documented = _matches(spec, "#/components/schemas/UpsertRequest", {"items": [item]}) == []
+    assert documented == _accepted(UpsertRequest.model_validate, {"items": [item]}), item
+
+
+@pytest.mark.parametrize("search", [
+    {"text": "words"}, {"vector": [0.1]}, {}, {"text": "words", "vector": [0.1]}, {"text": "words", "exact": True},
+    {"vector": [0.1], "exact": True, "effort": 40, "include_vectors": True}, {"text": "words", "k": 5,
+                                                                               "filter": {"lang": "en"}}])
+def test_a_search_the_document_allows_is_one_the_view_accepts(spec, search):
+    from cortex_web.blueprints.vectors import SearchRequest
+
+    documented = _matches(spec, "#/components/schemas/SearchRequest", search) == []
+    assert documented == _accepted(SearchRequest.model_validate, search), search
+
+
+def test_a_key_tier_is_one_of_the_configured_tiers(spec):
+    key = "#/components/schemas/CreateKeyRequest"
+    assert _matches(spec, key, {"role": "reader", "tier": "premium"}) == []
+    assert _matches(spec, key, {"role": "reader", "tier": "gold"}) != []
+
+
+@pytest.mark.parametrize("collection", [
+    {}, {"model": None, "dimension": 3}, {"model": None}, {"index": {"type": "hnsw", "m": 8}},
+    {"index": {"type": "hnsw", "probes": 4}}, {"index": {"type": "ivfflat", "lists": 50, "probes": 5}},
+    {"index": {"lists": 50}}, {"index": {"type": "ivfflat", "lists": 0}}, {"index": {"m": 16, "ef_search": None}}])
+def test_a_collection_the_document_allows_is_one_the_view_accepts(spec, collection):
+    from cortex_tasks.core.storage.vector_store import index_from_dict
+    from cortex_web.blueprints.vectors import CreateCollectionRequest
+
+    def create(body: dict[str, Any]) -> None:
+        request = CreateCollectionRequest.model_validate(body)
+        index_from_dict(request.index.as_spec())
+        if request.model is None and request.dimension is None:
+            raise ValueError("dimension is required for a collection without a model")
+
+    documented = _matches(spec, "#/components/schemas/CreateCollectionRequest", collection) == []
+    try:
+        create(collection)
+        accepted = True
+    except Exception:  # pydantic's, the store's and the service's refusals: each a 422
+        accepted = False
+    assert documented == accepted, collection

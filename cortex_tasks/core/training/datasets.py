@@ -13,6 +13,7 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.storage.arrow_io import read_parquet
 from cortex_tasks.core.storage.object_store import ObjectStoreError, get_object_store, resolve_uri
 from cortex_tasks.core.training.config import training_config
+from cortex_tasks.core.training.intake import DATASET_FORMATS
 
 MAX_REPORTED_PROBLEMS = 25
 
@@ -51,7 +52,7 @@ def parse_rows(name: str, data: bytes, fmt: str | None = None) -> list[Any]:
             return read_parquet(data).to_pylist()
     except (ValueError, UnicodeDecodeError) as exc:
         raise JobInputError("invalid_dataset", f"The dataset {name!r} is not valid {fmt}: {exc}") from None
-    raise JobInputError("invalid_dataset", f"Unknown dataset format {fmt!r}: use jsonl, json, csv or parquet")
+    raise JobInputError("invalid_dataset", f"Unknown dataset format {fmt!r}: use {', '.join(DATASET_FORMATS)}")
 
 
 @dataclass

@@ -9,12 +9,15 @@ from typing import Any
 
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.registry.service import check_model_name, registered_task
+from cortex_tasks.core.storage.object_store import ObjectStoreError, check_object_name, resolve_uri
 from cortex_tasks.core.training.config import training_config
 from cortex_tasks.core.training.kinds import KINDS, TrainingKind, kind_names
 from cortex_tasks.core.training.schedules import InvalidSchedule, parse_cron, save_schedule
 from cortex_tasks.core.training.submission import QuotaExceeded, TrainingRequest, submit_training
 
 DATASET_SOURCES = ("rows", "object", "uri")
+# What datasets.parse_rows reads; without `format`, a stored dataset's file extension names it.
+DATASET_FORMATS = ("jsonl", "ndjson", "json", "csv", "parquet")
 # How long a client refused by a quota is asked to wait before trying again.
 QUOTA_RETRY_AFTER_SECONDS = 30
 
@@ -47,9 +50,17 @@ def check_dataset(dataset: dict[str, Any]) -> None:
             raise CortexError("invalid_dataset", f"at most {training_config().max_rows} rows inline.")
     elif not isinstance(dataset[sources[0]], str) or not dataset[sources[0]]:
         raise CortexError("invalid_dataset", f"dataset.{sources[0]} must be a non-empty string.")
+    else:
+        try:  # the reference's form only: whether the data is there is the trainer's to find
+            check_object_name(dataset["object"]) if "object" in dataset else resolve_uri(dataset["uri"])
+        except ObjectStoreError as exc:
+            raise CortexError("invalid_dataset", f"dataset.{sources[0]}: {exc.message}") from None
     unknown = set(dataset) - {*DATASET_SOURCES, "format"}
     if unknown:
         raise CortexError("invalid_dataset", f"unknown dataset field(s) {sorted(unknown)}")
+    if "format" in dataset and dataset["format"] not in DATASET_FORMATS:
+        # Checked here rather than when the trainer reads the data: a typo is the caller's 4xx, not a failed job.
+        raise CortexError("invalid_dataset", f"dataset.format is one of {', '.join(DATASET_FORMATS)}.")
 
 
 def check_model_task(model: str, task: str) -> None:
