@@ -353,18 +353,33 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
     if "UpsertRequest" in schemas:  # VectorItem's rule: exactly one of text or vector
         properties = schemas.pop("VectorItem")["properties"]
         properties["vector"] = _vector()
+        images = ("image", "image_ref")  # collections of an image model (docs/images-and-speech.md)
+        properties["image"], properties["image_ref"] = MEDIA_ITEMS[0]["properties"]["image"], \
+            MEDIA_ITEMS[1]["properties"]["image_ref"]
         schemas["UpsertRequest"]["properties"]["items"]["items"] = {"anyOf": [
-            _object_of(schemas, properties, "VectorTextItem", required=("id", "text"), without=("vector",)),
-            _object_of(schemas, properties, "VectorValuesItem", required=("id", "vector"), without=("text",))]}
+            _object_of(schemas, properties, "VectorTextItem", required=("id", "text"), without=("vector", *images)),
+            _object_of(schemas, properties, "VectorValuesItem", required=("id", "vector"), without=("text", *images)),
+            _object_of(schemas, properties, "VectorImageItem", required=("id", "image"),
+                       without=("text", "vector", "image_ref")),
+            _object_of(schemas, properties, "VectorImageRefItem", required=("id", "image_ref"),
+                       without=("text", "vector", "image"))]}
     if "SearchRequest" in schemas:  # exactly one of text or vector; the vector-only fields with a vector
         properties = schemas["SearchRequest"]["properties"]
         properties["text"], properties["vector"] = _text(), _vector()
+        properties["image"], properties["image_ref"] = MEDIA_ITEMS[0]["properties"]["image"], \
+            MEDIA_ITEMS[1]["properties"]["image_ref"]
+        vector_only = ("include_vectors", "effort", "exact")
         schemas["SearchRequest"] = {
-            "title": "SearchRequest", "description": "A search by text (embedded by the collection's model) or "
-                                                     "by a vector of the collection's dimension.",
+            "title": "SearchRequest", "description": "A search by text or image (embedded by the collection's "
+                                                     "model) or by a vector of the collection's dimension.",
             "anyOf": [_object_of(schemas, properties, "TextSearch", required=("text",),
-                                 without=("vector", "include_vectors", "effort", "exact")),
-                      _object_of(schemas, properties, "VectorSearch", required=("vector",), without=("text",))]}
+                                 without=("vector", "image", "image_ref", *vector_only)),
+                      _object_of(schemas, properties, "VectorSearch", required=("vector",),
+                                 without=("text", "image", "image_ref")),
+                      _object_of(schemas, properties, "ImageSearch", required=("image",),
+                                 without=("text", "vector", "image_ref", *vector_only)),
+                      _object_of(schemas, properties, "ImageRefSearch", required=("image_ref",),
+                                 without=("text", "vector", "image", *vector_only))]}
     if "CreateCollectionRequest" in schemas:  # vector_store.index_from_dict; a collection without a model
         def bounded(low: int, high: int) -> dict[str, Any]:
             return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high}, {"type": "null"}], "default": None}
