@@ -23,6 +23,7 @@ from cortex_web.blueprints import (
     chat,
     docs,
     documents,
+    generated,
     health,
     jobs,
     keys,
@@ -47,7 +48,7 @@ from cortex_web.tracing import instrument as instrument_tracing
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp,
-              alerts.bp, reports.bp, streams.bp,
+              alerts.bp, reports.bp, streams.bp, generated.bp,
               openai_compatible.bp)  # /v1: OpenAI's API, for OpenAI's clients
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}
 _queue_collector_registered = False

@@ -223,6 +223,9 @@ OTHER_MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
     ("get", "/api/v1/docs"): ("text/html", _TEXT_BODY, "The Swagger UI page."),
     ("get", "/api/v1/models/{name}/versions/{version}/card"): ("text/markdown", _TEXT_BODY, "The model card."),
     ("get", "/api/v1/reports/{report_id}/html"): ("text/html", _TEXT_BODY, "The report page, charts embedded."),
+    ("get", "/api/v1/generated/{image_id}"): (
+        "image/png", {"type": "string", "contentMediaType": "image/png"},
+        "The image's bytes (PNG, or JPEG/WebP as the images API made it)."),
     # For an event stream the schema is each event's (schemathesis checks them one by one).
     ("post", "/api/v1/predict/stream"): (
         "text/event-stream", {"type": "object", "required": ["event", "data"], "properties": {
@@ -297,6 +300,7 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     # training/datasets.py: an object name whose extension is a dataset format.
     "dataset": {"type": "string", "maxLength": MAX_DATASET_NAME_CHARS,
                 "pattern": OBJECT_NAME.pattern.removesuffix("$") + f"\\.({'|'.join(DATASET_FORMATS)})$"},
+    "image_id": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
 }
 
 
@@ -414,6 +418,22 @@ def _text(max_length: int | None = None) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length or max_text_chars(), "pattern": TEXT_PATTERN}
 
 
+# Image and audio items (core/images/intake.py, core/audio/intake.py; docs/images-and-speech.md). A multipart
+# upload of files in the field `inputs` is the other way to send them.
+MEDIA_ITEMS: list[dict[str, Any]] = [
+    {"type": "object", "title": "Image", "required": ["image"], "additionalProperties": False,
+     "properties": {"image": {"type": "string", "minLength": 1, "contentEncoding": "base64",
+                              "description": "An image file (JPEG, PNG, GIF, WebP, BMP, TIFF) in base64."}}},
+    {"type": "object", "title": "ImageReference", "required": ["image_ref"], "additionalProperties": False,
+     "properties": {"image_ref": {"type": "string", "minLength": 1,
+                                  "description": "An object of the store under tenants/<your tenant>/."}}},
+    {"type": "object", "title": "Recording", "required": ["audio"], "additionalProperties": False,
+     "properties": {"audio": {"type": "string", "minLength": 1, "contentEncoding": "base64",
+                              "description": "A recording (WAV, FLAC, OGG, MP3, MP4/M4A, WebM) in base64."},
+                    "filename": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9._ -]{0,120}$"}}},
+]
+
+
 def _describe_requests(schemas: dict[str, Any]) -> None:
     """What pydantic cannot say of the prediction bodies, because the views check it against the catalogue:
     the task names, the inputs' forms, and a model reference's form (schemas.check_model_reference)."""
@@ -437,7 +457,9 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
     # a task takes, and a time series' params, are the views' to check: a per-task variant (anyOf of
     # objects) would turn PredictRequest into a union that generated clients no longer name.
     predict["inputs"]["items"] = {"anyOf": [_text(), {"type": "array", "items": {},
-                                                      "maxItems": max(MAX_VECTOR_VALUES, MAX_POINTS)}]}
+                                                      "maxItems": max(MAX_VECTOR_VALUES, MAX_POINTS)},
+                                            *MEDIA_ITEMS]}
+    schemas["PipelineRequest"]["properties"]["inputs"]["items"]["anyOf"].extend(MEDIA_ITEMS)
     # The other bodies' rules that their validators (not their field types) enforce.
     if "DocumentIn" in schemas:  # documents/requests.py
         document = schemas["DocumentIn"]["properties"]
@@ -454,18 +476,33 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
     if "UpsertRequest" in schemas:  # VectorItem's rule: exactly one of text or vector
         properties = schemas.pop("VectorItem")["properties"]
         properties["vector"] = _vector()
+        images = ("image", "image_ref")  # collections of an image model (docs/images-and-speech.md)
+        properties["image"], properties["image_ref"] = MEDIA_ITEMS[0]["properties"]["image"], \
+            MEDIA_ITEMS[1]["properties"]["image_ref"]
         schemas["UpsertRequest"]["properties"]["items"]["items"] = {"anyOf": [
-            _object_of(schemas, properties, "VectorTextItem", required=("id", "text"), without=("vector",)),
-            _object_of(schemas, properties, "VectorValuesItem", required=("id", "vector"), without=("text",))]}
+            _object_of(schemas, properties, "VectorTextItem", required=("id", "text"), without=("vector", *images)),
+            _object_of(schemas, properties, "VectorValuesItem", required=("id", "vector"), without=("text", *images)),
+            _object_of(schemas, properties, "VectorImageItem", required=("id", "image"),
+                       without=("text", "vector", "image_ref")),
+            _object_of(schemas, properties, "VectorImageRefItem", required=("id", "image_ref"),
+                       without=("text", "vector", "image"))]}
     if "SearchRequest" in schemas:  # exactly one of text or vector; the vector-only fields with a vector
         properties = schemas["SearchRequest"]["properties"]
         properties["text"], properties["vector"] = _text(), _vector()
+        properties["image"], properties["image_ref"] = MEDIA_ITEMS[0]["properties"]["image"], \
+            MEDIA_ITEMS[1]["properties"]["image_ref"]
+        vector_only = ("include_vectors", "effort", "exact")
         schemas["SearchRequest"] = {
-            "title": "SearchRequest", "description": "A search by text (embedded by the collection's model) or "
-                                                     "by a vector of the collection's dimension.",
+            "title": "SearchRequest", "description": "A search by text or image (embedded by the collection's "
+                                                     "model) or by a vector of the collection's dimension.",
             "anyOf": [_object_of(schemas, properties, "TextSearch", required=("text",),
-                                 without=("vector", "include_vectors", "effort", "exact")),
-                      _object_of(schemas, properties, "VectorSearch", required=("vector",), without=("text",))]}
+                                 without=("vector", "image", "image_ref", *vector_only)),
+                      _object_of(schemas, properties, "VectorSearch", required=("vector",),
+                                 without=("text", "image", "image_ref")),
+                      _object_of(schemas, properties, "ImageSearch", required=("image",),
+                                 without=("text", "vector", "image_ref", *vector_only)),
+                      _object_of(schemas, properties, "ImageRefSearch", required=("image_ref",),
+                                 without=("text", "vector", "image", *vector_only))]}
     if "CreateCollectionRequest" in schemas:  # vector_store.index_from_dict; a collection without a model
         def bounded(low: int, high: int) -> dict[str, Any]:
             return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high}, {"type": "null"}], "default": None}
@@ -596,6 +633,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                 answers[status] = {"description": meaning, "content": {"application/json": {"schema": schema}}}
             if (method, path) == ("get", "/api/v1/batch/results/{job_id}"):
                 answers["200"]["content"].update(BINARY_RESULTS)
+            if (method, path) == ("get", "/api/v1/generated/{image_id}"):  # other formats than PNG: bytes
+                answers["200"]["content"]["application/octet-stream"] = {"schema": {"type": "string",
+                                                                                    "format": "binary"}}
             # A status the route documents itself (/ready's 503 is its own body) is not an error object.
             errors = (_openai_error_responses() if path.startswith(OPENAI_PREFIX)
                       else _error_responses(public, path in OPTIONAL_KEY_PATHS))

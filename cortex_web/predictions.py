@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_tasks.core.audio.intake import is_staged as is_staged_audio
+from cortex_tasks.core.audio.intake import stage_inputs as stage_audio
 from cortex_tasks.core.auth.permissions import NotAllowed, check_allowed, check_model_allowed
 from cortex_tasks.core.cache.keys import params_fingerprint
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
@@ -31,6 +33,8 @@ from cortex_tasks.core.catalogue import (
     model_entry,
     task_entry,
 )
+from cortex_tasks.core.images.intake import is_staged, stage_inputs
+from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.jobs.store import NewJob, create_jobs
 from cortex_tasks.core.openai.availability import refuse_unavailable_openai
 from cortex_tasks.core.openai.billing import billed_params
@@ -40,6 +44,7 @@ from cortex_tasks.core.registry.routing import routed_reference
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.items import check_text, check_vector
+from cortex_tasks.core.validation.media import check_prompt, image_params, transcription_params
 from cortex_web.auth import current_principal
 from cortex_web.coalescer import PendingJob, group_for
 from cortex_web.dispatch import circuit_breaker, coalescer, reply_listener, shedder
@@ -115,6 +120,16 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
         check_numeric_inputs(task.name, chosen.name, chosen.loader, inputs, params)
         return
     for index, item in enumerate(inputs):
+        if task.input_kind == "image":  # staged by stage_images before this (the gateway's own form only)
+            if not is_staged(item):
+                raise ApiError(422, "invalid_image", f"inputs[{index}] must be an image "
+                               '({"image": "<base64>"} or {"image_ref": "<object name>"})', {"index": index})
+            continue
+        if task.input_kind == "audio":
+            if not is_staged_audio(item):
+                raise ApiError(422, "invalid_audio", f'inputs[{index}] must be a recording ({{"audio": "<base64>"}})',
+                               {"index": index})
+            continue
         # The shared item rules: an ItemError is a 422 invalid_input naming the item.
         if isinstance(item, str):
             check_text(item, f"inputs[{index}]", {"index": index})
@@ -123,6 +138,30 @@ def validate_inputs(task: TaskEntry, inputs: list[Any], params: dict[str, Any] |
         else:
             expected = "a string or a list of numbers" if task.input_kind == "text_or_vector" else "a string"
             raise ApiError(422, "invalid_request", f"inputs[{index}] must be {expected}", {"index": index})
+
+
+def stage_images(task: TaskEntry, inputs: list[Any]) -> list[Any]:
+    """An image task's inputs checked (decodable, within the size and pixel limits) and stored under their
+    hashes (core/images/intake.py), a transcription's recordings likewise (core/audio/intake.py); the first
+    bad one is a 422 naming it. Other tasks' inputs as given."""
+    if task.input_kind == "image":
+        return stage_inputs(inputs, current_tenant())
+    if task.input_kind == "audio":
+        return stage_audio(inputs, current_tenant())
+    return inputs
+
+
+def check_media_params(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any]) -> None:
+    """transcribe's and image_generate's params (and prompts), as their backends check them: a 422 now."""
+    try:
+        if task.name == "transcribe":
+            transcription_params(params)
+        elif task.name == "image_generate":
+            image_params(model.name, params)
+            for index, item in enumerate(inputs):
+                check_prompt(item, f"inputs[{index}]", {"index": index})
+    except JobInputError as exc:
+        raise ApiError(422, exc.code, str(exc), exc.details) from None
 
 
 def start_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params: dict[str, Any],
@@ -265,6 +304,8 @@ def parse_prediction() -> tuple[PredictRequest, TaskEntry, ModelEntry, float]:
     body = parse_body(PredictRequest, settings.max_json_depth)
     # A time-series request without a model runs the one its params.method (or its inputs) call for.
     task, model = resolve(body.task, body.model or implied_model(body.task, body.params, body.inputs))
+    check_media_params(task, model, body.inputs, body.params)
+    body.inputs = stage_images(task, body.inputs)
     validate_inputs(task, body.inputs, body.params, model)
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     return body, task, model, wait
@@ -290,10 +331,12 @@ def run_pipeline(body: PipelineRequest, wait: float) -> list[dict[str, Any]]:
     steps = [(resolve(step.task, step.model), step.params) for step in body.steps]
     # A step after a sensitive one works on what it produced from personal data: the whole pipeline is.
     sensitive = body.sensitive or any(task.sensitive for (task, _), _ in steps)
+    inputs = list(body.inputs)
     for (task, _), _ in steps[:1]:
-        validate_inputs(task, body.inputs)
+        inputs = stage_images(task, inputs)
+        validate_inputs(task, inputs)
     deadline = time.monotonic() + wait
-    inputs, results = list(body.inputs), []
+    results = []
     for index, ((task, model), params) in enumerate(steps):
         prediction = run_prediction(task, model, inputs, params, body.priority,
                                     max(0.5, deadline - time.monotonic()), sensitive=sensitive)

@@ -234,6 +234,32 @@ DEFAULT_OPENAI_PRICES: dict[str, dict[str, float]] = {
 }
 
 
+# OpenAI's list prices: Whisper per audio minute; images per image by "quality size".
+DEFAULT_MEDIA_PRICES: dict[str, dict[str, float]] = {
+    "whisper-1": {"per_minute": 0.006},
+    "dall-e-3": {"standard 1024x1024": 0.04, "standard 1024x1792": 0.08, "standard 1792x1024": 0.08,
+                 "hd 1024x1024": 0.08, "hd 1024x1792": 0.12, "hd 1792x1024": 0.12},
+    "gpt-image-1": {"low 1024x1024": 0.011, "low 1024x1536": 0.016, "low 1536x1024": 0.016,
+                    "medium 1024x1024": 0.042, "medium 1024x1536": 0.063, "medium 1536x1024": 0.063,
+                    "high 1024x1024": 0.167, "high 1024x1536": 0.25, "high 1536x1024": 0.25},
+}
+
+
+def media_prices_from(raw: str | None) -> dict[str, dict[str, float]]:
+    """The list prices, with the models and entries `raw` (JSON) gives replacing theirs."""
+    prices = {model: dict(price) for model, price in DEFAULT_MEDIA_PRICES.items()}
+    if raw in (None, ""):
+        return prices
+    try:
+        given = json.loads(raw)
+        for model, price in given.items():
+            prices.setdefault(str(model), {}).update({str(name): float(value) for name, value in price.items()})
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError('CORTEX_OPENAI_MEDIA_PRICES must be JSON like {"whisper-1": {"per_minute": 0.006}, '
+                         '"dall-e-3": {"standard 1024x1024": 0.04}} (US dollars)') from None
+    return prices
+
+
 def openai_prices_from(raw: str | None) -> dict[str, dict[str, float]]:
     prices = {model: dict(price) for model, price in DEFAULT_OPENAI_PRICES.items()}
     if raw in (None, ""):
@@ -362,6 +388,22 @@ class OpenAIConfig(FromEnvironment):
         "Month-to-date US dollars above which OpenAI calls are refused.",
         shown="no budget",
     )
+    # Models of another OpenAI-compatible server (vLLM, llama.cpp, Ollama) at CORTEX_OPENAI_BASE_URL.
+    extra_models: Annotated[dict[str, str], NoDecode] = variable(
+        "CORTEX_OPENAI_EXTRA_MODELS",
+        dict,
+        "More model names the server at CORTEX_OPENAI_BASE_URL serves, each with its task (generate, embed, "
+        'transcribe or image_generate), JSON, e.g. `{"llama3.1:8b": "generate", "nomic-embed-text": "embed"}`.',
+        shown="none",
+    )
+    # Speech and images (transcribe, image_generate): priced per audio minute and per image, not per token.
+    media_prices: Annotated[dict[str, dict[str, float]], NoDecode] = variable(
+        "CORTEX_OPENAI_MEDIA_PRICES",
+        lambda: media_prices_from(None),
+        "US dollars per audio minute (`per_minute`) or per image (by `quality size`), JSON, e.g. "
+        '`{"whisper-1": {"per_minute": 0.006}, "dall-e-3": {"standard 1024x1024": 0.04}}`.',
+        shown="list prices",
+    )
     max_retry_after_seconds: ClassVar[float] = 20.0
     parallel_requests: ClassVar[int] = 8
 
@@ -374,6 +416,27 @@ class OpenAIConfig(FromEnvironment):
     @classmethod
     def _prices(cls, raw: Any) -> Any:
         return openai_prices_from(raw) if isinstance(raw, str) else raw
+
+    @field_validator("extra_models", mode="before")
+    @classmethod
+    def _extra_models(cls, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        try:
+            given = json.loads(raw)
+        except ValueError:
+            given = None
+        tasks = ("generate", "embed", "transcribe", "image_generate")
+        if not isinstance(given, dict) or not all(isinstance(name, str) and name and task in tasks
+                                                  for name, task in given.items()):
+            raise ValueError('CORTEX_OPENAI_EXTRA_MODELS must be a JSON object of model name -> task '
+                             f'({", ".join(tasks)}), e.g. {{"llama3.1:8b": "generate"}}')
+        return given
+
+    @field_validator("media_prices", mode="before")
+    @classmethod
+    def _media_prices(cls, raw: Any) -> Any:
+        return media_prices_from(raw) if isinstance(raw, str) else raw
 
     @property
     def configured(self) -> bool:
@@ -901,6 +964,25 @@ class Settings(FromEnvironment):
                 raise ValueError(f"CORTEX_WORKER_SECOND_PRICES[{kind!r}] must be a number of US dollars, 0 or more")
             prices[str(kind)] = float(price)
         return prices
+
+    # Images as inputs (image_embed, image_classify; core/images/intake.py).
+    image_max_bytes: int = variable(
+        "CORTEX_IMAGE_MAX_BYTES", 8 * 1024 * 1024, "Largest image file accepted as an input, in bytes (encoded)."
+    )
+    image_max_pixels: int = variable(
+        "CORTEX_IMAGE_MAX_PIXELS",
+        25_000_000,
+        "Most pixels (width x height) of an input image; larger ones are refused before they are decoded "
+        "(decompression bombs).",
+    )
+    image_max_request_bytes: int = variable(
+        "CORTEX_IMAGE_MAX_REQUEST_BYTES",
+        64 * 1024 * 1024,
+        "Body limit of the routes that take images or audio (/predict, /predict/batch, /batch/submit, /vectors).",
+    )
+    audio_max_bytes: int = variable(
+        "CORTEX_AUDIO_MAX_BYTES", 25 * 1024 * 1024, "Largest recording accepted by transcribe, in bytes (OpenAI's limit)."
+    )
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024

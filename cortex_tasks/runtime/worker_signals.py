@@ -45,6 +45,11 @@ def preload_models(queues: list[str]) -> tuple[list[str], dict[str, dict[str, st
     """
     loaded, failed = [], {}
     for name in dict.fromkeys(task.default_model for task in TASKS.values() if task.queue in queues):
+        entry = find_model(name)
+        if entry is not None and entry.compute == "remote":
+            # An API's client (whisper-1, gpt-image-1) holds nothing worth preloading, and without its key
+            # it would show as a failed model on a worker that serves everything else.
+            continue
         try:
             get_model(name)
             loaded.append(name)

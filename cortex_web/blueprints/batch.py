@@ -25,8 +25,8 @@ from cortex_web.blueprints.jobs import visible_job
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_model_work
 from cortex_web.metrics import JOBS_SUBMITTED
-from cortex_web.predictions import resolve
-from cortex_web.request_body import accepts_body_up_to, parse_body, positive_int_arg
+from cortex_web.predictions import resolve, stage_images
+from cortex_web.request_body import accepts_images, parse_body, positive_int_arg
 from cortex_web.schemas import check_model_reference
 
 bp = Blueprint("batch", __name__, url_prefix="/api/v1")
@@ -72,7 +72,7 @@ def _links(job_id: str) -> dict[str, str]:
 
 
 @bp.post("/batch/submit")
-@accepts_body_up_to(MAX_BATCH_BODY_BYTES)
+@accepts_images(at_least=MAX_BATCH_BODY_BYTES)
 @require(PREDICT)
 @limit_model_work
 def submit() -> tuple[Response, int]:
@@ -82,8 +82,11 @@ def submit() -> tuple[Response, int]:
     check_batch_inputs(body.inputs)
     key = _idempotency_key()
     task, model = resolve(body.task, body.model)
+    # Images are checked and stored here, the inputs of the batch being their hashes: a bad one refuses the
+    # batch naming it (the worker has nothing to decode it from).
+    inputs = stage_images(task, body.inputs)
     batch = BatchRequest(owner=current_principal().key_id, task=task.name, model=model.name,
-                         inputs=body.inputs, priority=priority_of(body.priority),
+                         inputs=inputs, priority=priority_of(body.priority),
                          # OpenAI calls are billed to the submitting key (cortex_tasks/core/openai/billing.py)
                          params=billed_params(model.name, body.params, current_principal().key_id),
                          idempotency_key=key, batchable=model.batchable,

@@ -78,10 +78,13 @@ def _stats(name: str, version: int | str) -> dict[str, Any]:
 def _catalogue_view(name: str) -> dict[str, Any]:
     """A bundled model that was never registered: its one version serves everyone."""
     entry = MODELS[name]
-    return {"name": name, "task": entry.task, "source": "catalogue", "description": entry.description,
+    view = {"name": name, "task": entry.task, "source": "catalogue", "description": entry.description,
             "versions": [{"version": entry.version, "stage": "production"}],
             "serving": {"production": {"version": entry.version, "stats": _stats(name, entry.version)},
                         "canary": None}}
+    if entry.card:  # where its weights come from, and their sha256 (checked when they load)
+        view["card"] = dict(entry.card)
+    return view
 
 
 @bp.get("/models")

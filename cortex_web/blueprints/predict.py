@@ -18,7 +18,7 @@ from cortex_web.predictions import (
     run_prediction,
     success_body,
 )
-from cortex_web.request_body import parse_body
+from cortex_web.request_body import accepts_images, parse_body
 from cortex_web.schemas import PipelineRequest
 
 bp = Blueprint("predict", __name__, url_prefix="/api/v1")
@@ -30,6 +30,7 @@ def accepted(job_id: str) -> tuple[Response, int]:
 
 
 @bp.post("/predict")
+@accepts_images()
 @require(PREDICT)
 @limit_prediction
 def predict() -> tuple[Response, int]:
@@ -44,6 +45,7 @@ def predict() -> tuple[Response, int]:
 
 
 @bp.post("/predict/batch")
+@accepts_images()
 @require(PREDICT)
 @limit_prediction
 def predict_batch() -> tuple[Response, int]:

@@ -16,8 +16,9 @@ within the wait budget like a prediction (200 with the result, or 202 with the j
 - `PUT    /api/v1/vectors/{collection}`             create (dimension, metric, index, model)
 - `GET    /api/v1/vectors/{collection}`             describe, with the item count and sizes
 - `DELETE /api/v1/vectors/{collection}`             drop it and its items
-- `POST   /api/v1/vectors/{collection}`             upsert `{"items": [{"id", "text" | "vector", "metadata"?}]}`
-- `POST   /api/v1/vectors/{collection}/search`      `{"text" | "vector", "k", "filter"?}`
+- `POST   /api/v1/vectors/{collection}`             upsert `{"items": [{"id", "text" | "vector" | "image" |
+                                                    "image_ref", "metadata"?}]}`
+- `POST   /api/v1/vectors/{collection}/search`      `{"text" | "vector" | "image" | "image_ref", "k", "filter"?}`
 - `POST   /api/v1/vectors/{collection}/delete`      `{"ids": [...]}`
 - `GET    /api/v1/vectors/{collection}/count`       `?filter={"key": value}` (JSON)
 - `POST   /api/v1/vectors/{collection}/index`       (re)build the vector index over the current rows
@@ -32,12 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cortex_tasks.core.auth.permissions import check_allowed
 from cortex_tasks.core.auth.roles import ADMIN, PREDICT, READ
+from cortex_tasks.core.catalogue import MODELS
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import (
     VectorIndexMessage,
     VectorSearchMessage,
     VectorUpsertMessage,
 )
+from cortex_tasks.core.images.intake import stage_item
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
@@ -55,7 +58,7 @@ from cortex_web.auth import current_principal, require
 from cortex_web.dispatch import job_reply, submit_and_wait
 from cortex_web.errors import ApiError
 from cortex_web.limits import limit_work
-from cortex_web.request_body import parse_body
+from cortex_web.request_body import accepts_images, parse_body
 
 bp = Blueprint("vectors", __name__, url_prefix="/api/v1")
 
@@ -79,6 +82,9 @@ class VectorItem(BaseModel):
     id: str = Field(min_length=1, max_length=256)
     text: str | None = None
     vector: list[float] | None = Field(default=None, min_length=1)
+    # An image for a collection of an image model: base64, or an object under tenants/<tenant>/.
+    image: str | None = None
+    image_ref: str | None = None
     metadata: dict[str, Any] | None = None
 
     _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "items.text")))
@@ -86,8 +92,8 @@ class VectorItem(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> VectorItem:
-        if (self.text is None) == (self.vector is None):
-            raise ValueError("give exactly one of text or vector")
+        if sum(value is not None for value in (self.text, self.vector, self.image, self.image_ref)) != 1:
+            raise ValueError("give exactly one of text, vector, image or image_ref")
         return self
 
 
@@ -103,6 +109,8 @@ class SearchRequest(BaseModel):
 
     text: str | None = None
     vector: list[float] | None = Field(default=None, min_length=1)
+    image: str | None = None  # base64; searches a collection of an image model
+    image_ref: str | None = None
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)
     include_vectors: bool = False
@@ -116,9 +124,9 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.text is None) == (self.vector is None):
-            raise ValueError("give exactly one of text or vector")
-        if self.text is not None and (self.include_vectors or self.effort is not None or self.exact):
+        if sum(value is not None for value in (self.text, self.vector, self.image, self.image_ref)) != 1:
+            raise ValueError("give exactly one of text, vector, image or image_ref")
+        if self.vector is None and (self.include_vectors or self.effort is not None or self.exact):
             raise ValueError("include_vectors, effort and exact apply to vector queries")
         return self
 
@@ -219,6 +227,7 @@ def drop_collection(collection: str) -> Response:
 
 
 @bp.post("/vectors/<collection>")
+@accepts_images()
 @require(PREDICT)
 @limit_work
 def upsert(collection: str) -> tuple[Response, int]:
@@ -227,9 +236,17 @@ def upsert(collection: str) -> tuple[Response, int]:
     body = _body(UpsertRequest)
     items = [item.model_dump(exclude_none=True) for item in body.items]
     principal = current_principal()
-    if not any("text" in item for item in items):
+    if not any("text" in item or "image" in item or "image_ref" in item for item in items):
         return jsonify(service.upsert_items(name, items, created_by=principal.key_id)), 200
-    check_allowed(principal, None, service.embedding_model(name, missing_ok=True))
+    images = [index for index, item in enumerate(items) if "image" in item or "image_ref" in item]
+    model = service.embedding_model(name, missing_ok=True, images=bool(images))
+    check_allowed(principal, None, model)
+    _check_takes_images(name, model, bool(images), any("text" in item for item in items))
+    if images:
+        for index in images:  # checked and stored now; the worker embeds the stored bytes
+            item = items[index]
+            source = {key: item.pop(key) for key in ("image", "image_ref") if key in item}
+            item["image"] = stage_item(source, current_tenant(), f"items[{index}]", {"index": index})
     settings = get_settings()
     wait = settings.default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
@@ -243,6 +260,7 @@ def upsert(collection: str) -> tuple[Response, int]:
 
 
 @bp.post("/vectors/<collection>/search")
+@accepts_images()
 @require(PREDICT)
 @limit_work
 def search(collection: str) -> tuple[Response, int]:
@@ -256,16 +274,33 @@ def search(collection: str) -> tuple[Response, int]:
                         "results": [hit.as_dict() for hit in result.hits],
                         "timings": {"search_ms": result.elapsed_ms}}), 200
     # A missing collection is a 404 before any job is queued; its model is the one the key must be allowed.
-    check_allowed(current_principal(), None, service.embedding_model(name))
+    model = service.embedding_model(name)
+    check_allowed(current_principal(), None, model)
+    image = None
+    if body.image is not None or body.image_ref is not None:
+        _check_takes_images(name, model, images=True, texts=False)
+        source = {"image": body.image} if body.image is not None else {"image_ref": body.image_ref}
+        image = stage_item(source, current_tenant(), "image" if body.image is not None else "image_ref")
+    else:
+        _check_takes_images(name, model, images=False, texts=True)
     wait = get_settings().default_wait_seconds if body.wait is None else body.wait
     submitted = submit_and_wait(
         NewJob(owner=current_principal().key_id, kind="vectors", task="vectors.search", model=None,
                priority=priority_of("high"), total=1),
         task_names.VECTORS_SEARCH_TEXT, GPU,
         lambda job_id, reply_to: VectorSearchMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
-                                                     collection=name, text=body.text, k=body.k,
+                                                     collection=name, text=body.text, image=image, k=body.k,
                                                      filter=body.filter), wait)
     return job_reply(submitted)
+
+
+def _check_takes_images(collection: str, model: str | None, images: bool, texts: bool) -> None:
+    """Images go to collections of an image model, texts to the others: 422 before any job is queued."""
+    takes_images = model is not None and model in MODELS and MODELS[model].task == "image_embed"
+    if model is not None and (texts if takes_images else images):
+        kind = "images" if takes_images else "texts"
+        raise ApiError(422, "wrong_input_kind", f"Collection {collection!r} embeds {kind} with {model}; send "
+                       f"{kind} (or vectors) to it.", {"model": model})
 
 
 @bp.post("/vectors/<collection>/delete")

@@ -28,6 +28,8 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI().start()
     os.environ["CORTEX_OPENAI_API_KEY"] = "sk-test-fake"
     os.environ["CORTEX_OPENAI_BASE_URL"] = server.base_url
+    # Models of "another" OpenAI-compatible server (the same fake): names OpenAI does not have.
+    os.environ["CORTEX_OPENAI_EXTRA_MODELS"] = json.dumps({"local-llama-3": "generate", "local-whisper": "transcribe"})
     reset_settings_cache()
     try:
         yield server

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job
 from cortex_web.dispatch import queue_depths
@@ -103,7 +104,11 @@ def test_unknown_task_and_model_list_valid_names(api):
     assert response.get_json()["error"]["details"]["valid"] == ["all-MiniLM-L6-v2", "text-embedding-3-small"]
 
 
-def test_oversized_body_is_413(api, nothing_enqueued):
+def test_oversized_body_is_413(api, nothing_enqueued, monkeypatch):
+    # /predict takes images, so its body limit is CORTEX_IMAGE_MAX_REQUEST_BYTES (64 MiB by default, which the
+    # next test shows in force): lowered here to 2 MiB, so that the request stays small.
+    monkeypatch.setenv("CORTEX_IMAGE_MAX_REQUEST_BYTES", str(2 * 1024 * 1024))
+    reset_settings_cache()
     body = json.dumps({"task": "embed", "inputs": ["a" * 9000] * 300}).encode()
     response = api.client.post("/api/v1/predict", data=body, content_type="application/json",
                                headers=api.headers())
@@ -119,7 +124,13 @@ def test_a_batch_over_the_default_body_limit_is_accepted_up_to_its_own(api):
     response = api.client.post("/api/v1/batch/submit", data=body, content_type="application/json",
                                headers=api.headers())
     assert response.status_code == 202, response.get_json()
-    too_big = api.client.post("/api/v1/predict", data=body, content_type="application/json", headers=api.headers())
+    # /predict reads it too (its limit, CORTEX_IMAGE_MAX_REQUEST_BYTES, is 64 MiB by default: it takes images),
+    # and refuses it for what it holds: more than 32 inputs.
+    read = api.client.post("/api/v1/predict", data=body, content_type="application/json", headers=api.headers())
+    assert_error(read, 422, "invalid_request")
+    # A route without images keeps the app's 2 MiB.
+    too_big = api.client.post("/api/v1/predict/pipeline", data=body, content_type="application/json",
+                              headers=api.headers())
     assert_error(too_big, 413, "payload_too_large")
     assert "2097152 bytes" in too_big.get_json()["error"]["message"]
 

@@ -233,6 +233,22 @@ def _training_kept(app, tenant: Tenant, made: tuple[str, str]) -> None:
     assert tenant.api(app).get(f"/api/v1/training/status/{made[0]}").status_code == 200
 
 
+# --- images made by image_generate (docs/images-and-speech.md) ---
+@pytest.fixture(scope="module")
+def a_generated_image(app, tenant_a) -> str:
+    response = tenant_a.api(app, "inference_user").post("/api/v1/predict", {
+        "task": "image_generate", "inputs": [_unique("a heron in the rain")], "wait": 30})
+    assert response.status_code == 200, response.get_json()
+    image_id = response.get_json()["outputs"][0]["images"][0]["id"]
+    tenant_a.made["generated_image"] = image_id
+    return image_id
+
+
+def _generated_image_kept(app, tenant: Tenant, image_id: str) -> None:
+    response = tenant.api(app, "reader").get(f"/api/v1/generated/{image_id}")
+    assert response.status_code == 200 and response.mimetype.startswith("image/"), response.status_code
+
+
 # Every route whose URL names a tenant's resource, keyed by (method, Flask rule).
 ROUTES: dict[tuple[str, str], Probe] = {
     ("GET", "/api/v1/jobs/<job_id>"): Probe("a_predict_job", lambda job: f"/api/v1/jobs/{job}",
@@ -301,6 +317,8 @@ ROUTES: dict[tuple[str, str], Probe] = {
                                                   still_there=_stream_kept),
     ("GET", "/api/v1/streams/<name>/windows"): Probe("a_stream", lambda name: f"/api/v1/streams/{name}/windows",
                                                      still_there=_stream_kept),
+    ("GET", "/api/v1/generated/<image_id>"): Probe(
+        "a_generated_image", lambda image_id: f"/api/v1/generated/{image_id}", still_there=_generated_image_kept),
 }
 
 # Alerts, alert channels and stream reports (blueprints/alerts.py, blueprints/reports.py).

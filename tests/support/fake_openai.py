@@ -2,7 +2,10 @@
 the project allows). Speaks the REST shapes the official client uses:
 
 - POST /v1/chat/completions -> a deterministic answer that quotes the last user message, with `usage`;
-- POST /v1/embeddings -> deterministic unit vectors (1536 dimensions), with `usage`.
+- POST /v1/embeddings -> deterministic unit vectors (1536 dimensions), with `usage`;
+- POST /v1/audio/transcriptions (multipart) -> verbose_json: a transcript naming the recording, its
+  duration (read from a WAV header) and one segment per started 5 seconds;
+- POST /v1/images/generations -> `n` small PNGs (colour from the prompt), as b64_json.
 
 Tests can read every request it received (`requests`) and make the next calls fail on demand
 (`fail_next(status, count, retry_after=...)`: 429 with Retry-After, 500, ...).
@@ -73,7 +76,7 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:  # http.server calls it by this name
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = request_body(self.headers.get("Content-Type", ""), self.rfile.read(length))
                 status, payload, headers = fake._answer(self.path, body, self.headers.get("Authorization", ""))
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -129,4 +132,82 @@ class FakeOpenAI:
                          for i, text in enumerate(texts)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }, {}
+        # --- speech and images (transcribe, image_generate) ---
+        if path.endswith("/audio/transcriptions"):
+            return transcription_answer(body)
+        if path.endswith("/images/generations"):
+            return images_answer(body)
         return 404, {"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}}, {}
+
+
+# --- speech and images: multipart bodies, transcriptions, image generations ---
+
+def request_body(content_type: str, raw: bytes) -> dict[str, Any]:
+    """A JSON body, or a multipart form's fields (a file field becomes {"filename", "data"})."""
+    if not content_type.startswith("multipart/form-data"):
+        return json.loads(raw or b"{}")
+    import email.parser
+    import email.policy
+
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        fields[name] = {"filename": filename, "data": payload} if filename is not None else payload.decode()
+    return fields
+
+
+def wav_seconds(data: bytes) -> float:
+    """The duration of a PCM WAV recording from its header (byte rate at offset 28, data after 44 bytes)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE" and len(data) >= 44:
+        byte_rate = int.from_bytes(data[28:32], "little")
+        return round((len(data) - 44) / byte_rate, 3) if byte_rate else 0.0
+    return round(len(data) / 16000, 3)
+
+
+def transcription_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    upload = body.get("file")
+    if not isinstance(upload, dict) or not upload["data"]:
+        return 400, {"error": {"message": "file is required", "type": "invalid_request_error"}}, {}
+    data = upload["data"]
+    duration = wav_seconds(data)
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    text = f"Transcript of {upload['filename']} ({digest}), {duration:g} seconds."
+    starts = [float(start) for start in range(0, max(1, math.ceil(duration)), 5)]
+    segments = [{"id": i, "seek": 0, "start": start, "end": min(duration, start + 5.0),
+                 "text": f" Segment {i} of {digest}.", "tokens": [], "temperature": 0.0,
+                 "avg_logprob": -0.2, "compression_ratio": 1.0, "no_speech_prob": 0.01}
+                for i, start in enumerate(starts)]
+    language = {"de": "german", "fr": "french"}.get(body.get("language") or "", "english")
+    if body.get("response_format") != "verbose_json":
+        return 200, {"text": text}, {}
+    return 200, {"task": "transcribe", "language": language, "duration": duration, "text": text,
+                 "segments": segments}, {}
+
+
+def images_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        return 400, {"error": {"message": "prompt is required", "type": "invalid_request_error"}}, {}
+    model = body.get("model")
+    if model == "gpt-image-1" and "response_format" in body:
+        return 400, {"error": {"message": "Unknown parameter: 'response_format'.",
+                               "type": "invalid_request_error"}}, {}
+    data = []
+    for index in range(int(body.get("n") or 1)):
+        seed = hashlib.sha256(f"{prompt}|{index}".encode()).digest()
+        out = io.BytesIO()
+        Image.new("RGB", (32, 32), tuple(seed[:3])).save(out, "PNG")
+        item: dict[str, Any] = {"b64_json": base64.b64encode(out.getvalue()).decode("ascii")}
+        if model == "dall-e-3":
+            item["revised_prompt"] = f"A picture of {prompt}"
+        data.append(item)
+    return 200, {"created": int(time.time()), "data": data}, {}

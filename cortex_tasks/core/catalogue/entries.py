@@ -16,6 +16,9 @@ class ModelEntry:
     # backend is safe to call from several threads at once), "exclusive" (one call at a time) or "remote"
     # (the work runs elsewhere and takes no core).
     compute: str = "exclusive"
+    # Facts for its model card, as (name, value) pairs: where its weights come from and their sha256, which
+    # the loader checks before loading them.
+    card: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -32,4 +35,6 @@ class TaskEntry:
     sensitive: bool = False
     # "text"; "text_or_vector" for tasks that also take number lists; "series" (a list of numbers or of
     # {"ds", "y"} points, see core/validation/timeseries.py); "series_or_rows" (a series or feature rows)
+    # "image": {"image": "<base64>"} or {"image_ref": "<object name>"} (core/images/intake.py), staged by the
+    # gateway before anything is queued; "audio": {"audio": "<base64>", "filename"?} (core/audio/intake.py).
     input_kind: str = "text"

@@ -60,12 +60,14 @@ class VectorUpsertMessage(RepliedJobMessage):
 
 
 class VectorSearchMessage(RepliedJobMessage):
-    """VECTORS_SEARCH_TEXT: embed a text and search for its nearest items."""
+    """VECTORS_SEARCH_TEXT: embed a text (or an image) and search for its nearest items."""
 
     describes: ClassVar[str] = "vector search message"
 
     collection: str
-    text: str
+    text: str | None = None
+    # A staged image (core/images/intake.py) for a collection of an image model, in place of text.
+    image: dict[str, str] | None = None
     k: int = 10
     filter: dict[str, Any] | None = None
 

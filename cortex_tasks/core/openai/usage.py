@@ -50,7 +50,7 @@ class BudgetExceeded(Exception):
 class Usage:
     owner: str
     model: str
-    kind: str  # chat | embed
+    kind: str  # chat | embed | transcribe | image
     prompt_tokens: int
     completion_tokens: int
     cached: bool = False
@@ -58,9 +58,15 @@ class Usage:
     # The job's tenant (openai/billing.py). None: the tenant in scope, else `default` (a job queued before
     # tenants existed, whose params name none; the calls run on threads without a scope).
     tenant: str | None = None
+    # Calls priced per audio minute or per image (transcribe, image_generate) carry their cost themselves.
+    priced_usd: float | None = None
 
     def cost(self, config: OpenAIConfig | None = None) -> float:
-        return 0.0 if self.cached else cost_usd(self.model, self.prompt_tokens, self.completion_tokens, config)
+        if self.cached:
+            return 0.0
+        if self.priced_usd is not None:
+            return self.priced_usd
+        return cost_usd(self.model, self.prompt_tokens, self.completion_tokens, config)
 
 
 @lru_cache(maxsize=1)

@@ -57,7 +57,7 @@ def _predict(task: str, model_name: str, inputs: list[Any], params: dict[str, An
         outputs, model_info = _run_ensemble(task, members, prepared, params)
     inferred = time.perf_counter()
     outputs = postprocessing.apply(task, outputs, params)
-    if task == "embed" and params.get("collection"):
+    if task in ("embed", "image_embed") and params.get("collection"):
         # Embedding jobs can fill a vector collection (params.collection, params.ids): core/vectors/service.py.
 
         store_embeddings(model_info, inputs, outputs, params)

@@ -28,7 +28,7 @@ MAX_ENSEMBLE_MEMBERS = 8
 OWN_SCORE_TASKS = frozenset({"sentiment"})
 # Tasks whose outputs are not label scores: their models read params.threshold themselves (anomaly:
 # a z-score cut-off, not a probability), so nothing here applies.
-NOT_LABEL_TASKS = frozenset({"anomaly", "forecast", "decompose"})
+NOT_LABEL_TASKS = frozenset({"anomaly", "forecast", "decompose", "image_embed", "image_classify"})
 
 
 def read_top_k(params: Mapping[str, Any], name: str = "top_k") -> int | None:

@@ -1,4 +1,4 @@
-"""Calls to the OpenAI API (chat completions, embeddings) with everything a paid external API needs:
+"""Calls to the OpenAI API (chat completions, embeddings, audio transcriptions, image generations) with everything a paid external API needs:
 the shared rate limits, retries with backoff honouring Retry-After on 429/5xx, the monthly budget,
 cost accounting per key, and a cache for deterministic chat calls (temperature 0), so a repeated request
 costs nothing and says it was cached.
@@ -9,10 +9,13 @@ ItemError subclasses for what the caller must be told (`rate_limited`, `budget_e
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,8 +26,14 @@ from cortex_tasks.core.cache.keys import cache_key
 from cortex_tasks.core.cache.service import MISSING, get_cache
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.openai import usage as usage_ledger
-from cortex_tasks.core.openai.config import OpenAIConfig, openai_config
+from cortex_tasks.core.openai.config import (
+    OpenAIConfig,
+    image_cost_usd,
+    openai_config,
+    transcription_cost_usd,
+)
 from cortex_tasks.core.openai.rate_limit import RateLimited, estimate_tokens, shared_limiter
+from cortex_tasks.core.validation.media import ImageParams, TranscriptionParams
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +187,92 @@ class OpenAIService:
         prompt_tokens = int(response.usage.prompt_tokens) if response.usage else 0
         usage_ledger.record(usage_ledger.Usage(owner, model, "embed", prompt_tokens, 0, tenant=tenant))
         return vectors
+
+
+    def transcribe(self, model: str, audio: bytes, filename: str, options: TranscriptionParams, owner: str,
+                   tenant: str | None = None) -> dict[str, Any]:
+        """One recording to text: {"text", "language", "duration", "segments", "usage", "cached"}. The answer is
+        cached per tenant on the recording's hash and the options (temperature 0: Whisper is then
+        deterministic), and a hit is recorded as a free call."""
+        cache = get_cache()
+        key = None
+        if options.temperature == 0 and cache.enabled:
+            described = json.dumps({"audio": hashlib.sha256(audio).hexdigest(), "language": options.language,
+                                    "prompt": options.prompt, "tenant": tenant}, sort_keys=True)
+            key = cache_key(CACHE_NAMESPACE + ":transcribe", model, CACHE_FORMAT, self.config.base_url, described)
+            hit = cache.lookup([key])[0]
+            if hit is not MISSING:
+                return self._cached_hit(hit, owner, model, "transcribe", tenant)
+        kwargs: dict[str, Any] = {"model": model, "file": (filename, audio), "response_format": "verbose_json",
+                                  "temperature": options.temperature}
+        if options.language:
+            kwargs["language"] = options.language
+        if options.prompt:
+            kwargs["prompt"] = options.prompt
+        response = self._call(model, 1, lambda: self.client.audio.transcriptions.create(**kwargs))
+        duration = float(getattr(response, "duration", 0.0) or 0.0)
+        cost = usage_ledger.record(usage_ledger.Usage(owner, model, "transcribe", 0, 0, tenant=tenant,
+                                                      priced_usd=transcription_cost_usd(model, duration, self.config)))
+        segments = [{"id": int(_field(segment, "id", index)), "start": float(_field(segment, "start", 0.0)),
+                     "end": float(_field(segment, "end", 0.0)), "text": str(_field(segment, "text", ""))}
+                    for index, segment in enumerate(getattr(response, "segments", None) or [])]
+        result = {"text": response.text, "language": getattr(response, "language", None), "duration": duration,
+                  "segments": segments, "usage": {"audio_seconds": duration, "cost_usd": cost}, "cached": False}
+        if key is not None:
+            cache.store([key], [result])
+        return result
+
+    def generate_images(self, model: str, prompt: str, options: ImageParams, owner: str,
+                        tenant: str | None, store_image: Callable[[bytes], dict[str, Any]]) -> dict[str, Any]:
+        """Images for one prompt, each handed to `store_image` (which keeps it and says where): {"images",
+        "size", "quality", "usage", "cached"}. Cached per tenant on the prompt and options: the same request
+        again answers the same stored images, free."""
+        cache = get_cache()
+        key = None
+        if cache.enabled:
+            described = json.dumps({"prompt": prompt, "size": options.size, "quality": options.quality,
+                                    "n": options.n, "style": options.style, "tenant": tenant}, sort_keys=True)
+            key = cache_key(CACHE_NAMESPACE + ":images", model, CACHE_FORMAT, self.config.base_url, described)
+            hit = cache.lookup([key])[0]
+            if hit is not MISSING:
+                return self._cached_hit(hit, owner, model, "image", tenant)
+        kwargs: dict[str, Any] = {"model": model, "prompt": prompt, "n": options.n, "size": options.size,
+                                  "quality": options.quality}
+        if model == "dall-e-3":  # gpt-image-1 always answers base64 and refuses the parameter
+            kwargs["response_format"] = "b64_json"
+        if options.style:
+            kwargs["style"] = options.style
+        response = self._call(model, estimate_tokens([prompt]), lambda: self.client.images.generate(**kwargs))
+        images = []
+        for item in response.data or []:
+            if not item.b64_json:
+                raise OpenAIUnavailable("the images API answered without image data (b64_json)")
+            stored = store_image(base64.b64decode(item.b64_json))
+            if getattr(item, "revised_prompt", None):
+                stored["revised_prompt"] = item.revised_prompt
+            images.append(stored)
+        if not images:
+            raise OpenAIUnavailable("the images API answered no image")
+        cost = usage_ledger.record(usage_ledger.Usage(
+            owner, model, "image", 0, 0, tenant=tenant,
+            priced_usd=image_cost_usd(model, options.quality, options.size, len(images), self.config)))
+        result = {"images": images, "size": options.size, "quality": options.quality,
+                  "usage": {"images": len(images), "cost_usd": cost}, "cached": False}
+        if key is not None:
+            cache.store([key], [result])
+        return result
+
+    @staticmethod
+    def _cached_hit(hit: dict[str, Any], owner: str, model: str, kind: str, tenant: str | None) -> dict[str, Any]:
+        usage_ledger.record(usage_ledger.Usage(owner, model, kind, 0, 0, cached=True, tenant=tenant))
+        return {**hit, "usage": {**hit["usage"], "cost_usd": 0.0, "saved_usd": hit["usage"]["cost_usd"]},
+                "cached": True}
+
+
+def _field(item: Any, name: str, default: Any) -> Any:
+    """A field of a response object or of a plain dict (OpenAI-compatible servers differ)."""
+    value = item.get(name, default) if isinstance(item, dict) else getattr(item, name, default)
+    return default if value is None else value
 
 
 def _describe(exc: Exception) -> str:

@@ -15,7 +15,7 @@ from cortex_tasks.core.vectors.service import input_error, vector_store
 from cortex_tasks.runtime.models.loaded import get_model
 
 
-def embed_texts(model_name: str, texts: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+def embed_texts(model_name: str, texts: list[Any]) -> tuple[np.ndarray, dict[str, str]]:
     """Embed with a catalogue model, counted in that version's serving statistics."""
     model = get_model(model_name)
     with stats.observe(model.info.name, model.info.version, items=len(texts)):
@@ -29,7 +29,9 @@ def upsert_items(collection: str, items: list[dict[str, Any]], created_by: str |
     return collections.upsert_items(collection, items, created_by, embed=embed_texts)
 
 
-def search_text(collection: str, text: str, k: int = 10, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+def search_text(collection: str, text: str | None, k: int = 10, filters: dict[str, Any] | None = None,
+                image: dict[str, str] | None = None) -> dict[str, Any]:
+    """The k nearest items to a text, or to a staged image in a collection of an image model."""
     store = vector_store()
     try:
         target = store.get_collection(collection)
@@ -37,7 +39,7 @@ def search_text(collection: str, text: str, k: int = 10, filters: dict[str, Any]
             raise JobInputError("collection_has_no_model",
                                 f"collection {collection!r} has no embedding model: search by vector")
         started = time.perf_counter()
-        embedded, model_info = embed_texts(target.model, [text])
+        embedded, model_info = embed_texts(target.model, [image if image is not None else text])
         embed_ms = round((time.perf_counter() - started) * 1000, 2)
         result = store.search(collection, embedded[0], k, filters)
     except VectorStoreError as exc:

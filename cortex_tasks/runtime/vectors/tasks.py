@@ -43,7 +43,8 @@ def search_text(**kwargs: Any) -> dict[str, Any]:
     except MessageRefused as exc:
         return refuse_message(kwargs, exc)
     outcome = run_job(message.job_id,
-                      lambda: service.search_text(message.collection, message.text, message.k, message.filter))
+                      lambda: service.search_text(message.collection, message.text, message.k, message.filter,
+                                                         message.image))
     publish_outcome(message.reply_to, message.job_id, outcome)
     return shown_outcome(outcome)
 

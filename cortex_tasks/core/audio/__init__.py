@@ -1,0 +1,1 @@
+"""Audio as an input (transcribe): reading, checking and staging it (intake.py)."""
