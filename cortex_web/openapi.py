@@ -371,8 +371,10 @@ def query_parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
             _query("stream", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this stream's reports."),
             *_page_parameters(50, 200)],
         ("get", "/api/v1/streams/{name}/windows"): [
-            _query("from", moment, "Windows starting at or after this time (ISO 8601; default: `to` - 24 h)."),
-            _query("to", moment, "Windows starting before this time (ISO 8601; default: now)."),
+            _query("from", {**moment, "pattern": r"^[0-9]{4}-"}, "Windows starting at or after this time (ISO 8601, "
+                   "years 2 to 9998; default: `to` - 24 h)."),
+            _query("to", {**moment, "pattern": r"^[0-9]{4}-"}, "Windows starting before this time (ISO 8601, years 2 "
+                   "to 9998; default: now)."),
             _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500},
                    "At most this many windows."),
             _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},

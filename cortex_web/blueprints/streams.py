@@ -103,6 +103,7 @@ def send_events(name: str) -> tuple[Response, int]:
     Every event is checked first: one that does not match the declaration is a 422 naming its index and
     field, and nothing is appended."""
     name = _name(name)
+    service.get_stream(name)  # a missing stream is a 404 before its body is read
     if request.mimetype == ARROW_STREAM:
         raws: list[Any] = arrow_rows(request.get_data())
     else:
@@ -125,6 +126,8 @@ def _moment(argument: str, default: datetime) -> datetime:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
         raise ApiError(422, "invalid_query", f"?{argument}= must be an ISO 8601 date and time.") from None
+    if not 1 < moment.year < 9999:  # a day either side stays a date (a default `from` is `to` - 1 day)
+        raise ApiError(422, "invalid_query", f"?{argument}= must be between the years 2 and 9998.")
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
