@@ -11,5 +11,6 @@ PROFILE = WorkerProfile(
     queues=("streams",),
     pool="threads",
     concurrency=2,
+    metrics_port=9104,
     description="real-time streams: windows, features, detectors, verdicts, alert rules",
 )

@@ -18,7 +18,7 @@ from typing import Any
 def generated_client(spec: dict[str, Any], folder: Path) -> Iterator[ModuleType]:
     """The `cortex_client` package generated from `spec` into `folder`, importable while the context lasts."""
     path = folder / "openapi.json"
-    path.write_text(json.dumps(spec))
+    path.write_text(json.dumps(_without_arrow_bodies(spec)))
     # The generator formats its output with ruff, found on PATH: the venv's.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run([sys.executable, "-m", "openapi_python_client", "generate", "--path", str(path),
@@ -34,3 +34,16 @@ def generated_client(spec: dict[str, Any], folder: Path) -> Iterator[ModuleType]
         sys.path.remove(str(folder))
         for name in [name for name in sys.modules if name == "cortex_client" or name.startswith("cortex_client.")]:
             del sys.modules[name]
+
+
+def _without_arrow_bodies(spec: dict[str, Any]) -> dict[str, Any]:
+    """The document less its Arrow IPC request bodies (stream events also take JSON): openapi-python-client
+    cannot read that media type, and mapped to octet-stream beside JSON it writes a function that does not
+    import. A client sends Arrow bytes with any HTTP library."""
+    spec = json.loads(json.dumps(spec))
+    for item in spec["paths"].values():
+        for operation in item.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if len(content) > 1:
+                content.pop("application/vnd.apache.arrow.stream", None)
+    return spec
