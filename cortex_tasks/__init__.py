@@ -18,6 +18,7 @@ TASK_MODULES = [
     "cortex_tasks.runtime.documents.tasks",
     "cortex_tasks.runtime.chat.tasks",
 ]
+TASK_MODULES += ["cortex_tasks.runtime.agents.tasks"]  # issue 21: agents
 
 # The worker's start-up hooks are included first: Celery imports `include` before it sends `worker_init`.
 WORKER_MODULES = ["cortex_tasks.runtime.worker_signals", *TASK_MODULES]

@@ -6,12 +6,14 @@ from flask import Blueprint, Response, abort, current_app, jsonify, send_from_di
 from swagger_ui_bundle import swagger_ui_path
 
 from cortex_web.blueprints import batch, chat, documents, models, training, vectors
+from cortex_web.blueprints import agents, prompts  # issue 21
 from cortex_web.openapi import build_spec
 
 bp = Blueprint("docs", __name__, url_prefix="/api/v1")
 
 BLUEPRINT_BODIES = {**models.REQUEST_BODIES, **training.REQUEST_BODIES, **vectors.REQUEST_BODIES,
                     **documents.REQUEST_BODIES, **chat.REQUEST_BODIES, **batch.REQUEST_BODIES}
+BLUEPRINT_BODIES.update({**prompts.REQUEST_BODIES, **agents.REQUEST_BODIES})  # issue 21
 # Only the files the page loads: the rest of the bundle (source maps, its demo index.html) is not served.
 ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png")
 # Swagger UI 5 reads OpenAPI 3.1, which the document is. Requests from "Try it out" carry the key

@@ -17,6 +17,7 @@ NOT_AUDITED = {
     "vectors.upsert": "a data write, as frequent as predictions; the items keep created_by and the job its owner",
     "documents.answer_question": "a read: POST only to carry the question; changes nothing",
     "vectors.search": "a read: POST only to carry the query; changes nothing",
+    "prompts.render": "a read: POST only to carry the variables; changes nothing",
 }
 
 

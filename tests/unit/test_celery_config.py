@@ -72,6 +72,7 @@ def test_registered_task_names_are_pinned():
         "cortex.documents.index_documents",
         "cortex.documents.answer_question",
         "cortex.chat.reply",
+        "cortex.agents.run_agent",  # issue 21
     ])
 
 

@@ -52,6 +52,17 @@ PREVIOUS_RELEASE: list[tuple[type[jm.JobMessage], dict[str, Any]]] = [
     (jm.TrainingMessage, {"job_id": "j"}),
     (jm.StreamGenerationMessage, {"job_id": "j", "model": "m", "inputs": ["x"], "params": {}}),
 ]
+# Issue 21: agent runs (new), and chat turns that name the prompt version their system text came from.
+FULL += [
+    jm.AgentRunMessage(job_id="j", reply_to="cortex:replies:g", agent={"name": "a", "model": "gpt-4o-mini"},
+                       system="You help.", prompt={"name": "p", "version": 2, "reference": "p@2"}, input="hi",
+                       caller={"key_id": "k", "role": "inference_user", "tenant": "default"}, stream=True),
+    jm.ChatReplyMessage(job_id="j", session_id="s", owner="k", message="hello", system="be brief",
+                        prompt={"name": "p", "version": 1, "reference": "p@1"}),
+]
+PREVIOUS_RELEASE += [
+    (jm.AgentRunMessage, {"job_id": "j", "agent": {}, "system": "s", "prompt": {}, "input": "x", "caller": {}}),
+]
 
 
 def test_every_message_type_is_covered():
