@@ -48,7 +48,7 @@ def collection(app, keys) -> str:
     admin = Api(app.test_client(), keys["model_admin"])
     name = unique("agent_kb").replace("-", "_")
     assert admin.client.put(f"/api/v1/vectors/{name}", json={}, headers=admin.headers()).status_code == 201
-    upserted = admin.post(f"/api/v1/vectors/{name}", {"wait": 120, "items": [
+    upserted = admin.post(f"/api/v1/vectors/{name}", {"wait": 60, "items": [
         {"id": "refunds", "text": "Refunds are paid within 14 days of a return.", "metadata": {"topic": "money"}},
         {"id": "shipping", "text": "Parcels ship from Rotterdam every weekday.", "metadata": {"topic": "post"}}]})
     assert upserted.status_code == 200, upserted.get_json()
@@ -257,7 +257,9 @@ def test_runs_use_the_prompt_version_they_name(admin_api, api, script):
     pinned = declare(admin_api, f"{prompt}@1", [{"tool": "predict", "task": "sentiment"}])
     following = declare(admin_api, prompt, [{"tool": "predict", "task": "sentiment"}])
     chat = script([{"content": "ok"}], repeat_last=True)
-    assert run(api, following).get_json()["prompt"]["version"] == 1  # production is still 1
+    first = run(api, following)
+    assert first.status_code == 200, first.get_json()
+    assert first.get_json()["prompt"]["version"] == 1  # production is still 1
     assert admin_api.post(f"/api/v1/prompts/{prompt}/versions/2/promote").status_code == 200
     assert run(api, following).get_json()["prompt"]["version"] == 2
     assert run(api, pinned).get_json()["prompt"]["version"] == 1

@@ -81,22 +81,18 @@ def check_template(template: str, declared: list[str]) -> CheckedTemplate:
 
 
 def render(template: str, declared: list[str], values: dict[str, Any], reference: str) -> str:
-    """The template with `values` filled in; a 422 names every missing or unknown variable. Values are
-    text (numbers are written as they read); a declared variable the template does not use may be given."""
+    """The template with `values` filled in; a 422 names every declared variable that is missing. Values
+    are text (numbers are written as they read). A value for a variable this version does not declare is
+    left unused: a caller of `name` (whatever version is in production) may send the variables of
+    several versions."""
     missing = sorted(name for name in declared if name not in values)
-    unknown = sorted(name for name in values if name not in declared)
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing: {', '.join(missing)}")
-        if unknown:
-            parts.append(f"not declared: {', '.join(unknown)}")
-        raise TemplateError("missing_variables" if missing else "unknown_variables",
-                            f"Prompt {reference} cannot be rendered ({'; '.join(parts)}).",
-                            {"prompt": reference, "missing": missing, "unknown": unknown,
-                             "declared": list(declared)})
+    if missing:
+        raise TemplateError("missing_variables", f"Prompt {reference} cannot be rendered: missing "
+                            f"{', '.join(missing)}.", {"prompt": reference, "missing": missing,
+                                                        "declared": list(declared)})
     texts: dict[str, str] = {}
-    for name, value in values.items():
+    for name in declared:
+        value = values[name]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise TemplateError("invalid_variable_value", f"Variable {name!r} must be a string or a number.",
                                 {"variable": name})
