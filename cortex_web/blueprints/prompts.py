@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cortex_tasks.core.auth.roles import DEPLOY, READ
 from cortex_tasks.core.prompts import service
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.storable import first_unstorable
 from cortex_web.audit import audited
 from cortex_web.auth import current_principal, require
 from cortex_web.request_body import parse_body
@@ -23,7 +24,17 @@ from cortex_web.request_body import parse_body
 bp = Blueprint("prompts", __name__, url_prefix="/api/v1")
 
 
-class NewVersionRequest(BaseModel):
+class StorableBody(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, body: Any) -> Any:
+        where = first_unstorable(body) if isinstance(body, dict) else None
+        if where is not None:  # PostgreSQL refuses NUL and unpaired surrogates: a 422, not a 500
+            raise ValueError(f"{where} holds a NUL character or an unpaired surrogate, which cannot be stored")
+        return body
+
+
+class NewVersionRequest(StorableBody):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     template: str = Field(min_length=1, max_length=20_000)

@@ -19,6 +19,7 @@ from cortex_tasks.core.catalogue import TASKS, UnknownName, model_entry
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.prompts.service import parse_reference
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.storage.storable import first_unstorable
 
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_STEPS_LIMIT = 50
@@ -86,6 +87,14 @@ class AgentDeclaration(BaseModel):
     token_budget: int | None = Field(default=None, ge=100, le=TOKEN_BUDGET_LIMIT)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1, le=4096, description="Completion tokens of one model call")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, body: Any) -> Any:
+        where = first_unstorable(body) if isinstance(body, dict) else None
+        if where is not None:  # PostgreSQL refuses NUL and unpaired surrogates: a 422, not a 500
+            raise ValueError(f"{where} holds a NUL character or an unpaired surrogate, which cannot be stored")
+        return body
 
     @field_validator("name")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from cortex_tasks.core.agents.declarations import AgentDeclaration, check_declaration, limits_of
+from cortex_tasks.core.agents.declarations import AGENT_NAME, AgentDeclaration, check_declaration, limits_of
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.prompts import service as prompts
 from cortex_tasks.core.storage.db import session_scope
@@ -58,7 +58,15 @@ def declare(declaration: AgentDeclaration, actor: str | None) -> dict[str, Any]:
                           "declare it anew.", {"agent": declaration.name}) from None
 
 
+def _checked(name: str) -> str:
+    """A name no agent can have (a NUL, which PostgreSQL refuses, a path) names no agent: a 404."""
+    if not AGENT_NAME.match(name) or ".." in name:
+        raise AgentNotFound(name[:200])
+    return name
+
+
 def get_agent(name: str) -> dict[str, Any]:
+    _checked(name)
     with session_scope() as session:
         row = session.scalars(select(Agent).where(Agent.name == name)).one_or_none()
         if row is None:
@@ -72,6 +80,7 @@ def list_agents() -> list[dict[str, Any]]:
 
 
 def delete_agent(name: str) -> None:
+    _checked(name)
     with session_scope() as session:
         deleted = session.execute(delete(Agent).where(Agent.name == name)
                                   .execution_options(synchronize_session=False)).rowcount
