@@ -131,3 +131,32 @@ def test_the_local_model_counts_its_window_with_its_own_tokenizer(api: Api):
     assert memory["exact"] is True and "Hugging Face tokenizer" in memory["tokenizer"]
     assert memory["prompt_tokens_counted"] == reply.get_json()["tokens"]["prompt"]
     assert memory["max_prompt_tokens"] == 4096  # the shipped CORTEX_CHAT_MEMORY_TOKENS fits SmolLM2's context
+
+
+def test_changes_to_prompts_and_agents_are_audited(app, admin_api: Api, keys):
+    name = unique("audited")
+    create(admin_api, name, "One.", [])
+    assert admin_api.post(f"/api/v1/prompts/{name}/versions", {"template": "Two."}).status_code == 201
+    assert admin_api.post(f"/api/v1/prompts/{name}/versions/2/promote").status_code == 200
+    assert admin_api.post(f"/api/v1/prompts/{name}/rollback").status_code == 200
+    assert admin_api.post(f"/api/v1/prompts/{name}/versions/7/promote").status_code == 404
+    agent = unique("audited-agent")
+    assert admin_api.post("/api/v1/agents", {"name": agent, "prompt": name,
+                                             "tools": [{"tool": "predict", "task": "sentiment"}]}).status_code == 201
+    assert admin_api.delete(f"/api/v1/agents/{agent}").status_code == 200
+    app.extensions["cortex_audit"].flush()
+    auditor = admin_api.as_key(keys["platform_admin"])
+    admin = keys["model_admin"].split("_", 2)[1]
+    response = auditor.get("/api/v1/audit", query_string={"size": 200, "type": "configuration_changes",
+                                                          "actor": admin})
+    assert response.status_code == 200, response.get_json()
+    seen = {(event["action"], event["resource"], event["outcome"]) for event in response.get_json()["events"]}
+    assert {("prompt.version", name, "success"), ("prompt.promote", f"{name}/2", "success"),
+            ("prompt.rollback", name, "success"), ("prompt.promote", f"{name}/7", "failure"),
+            ("agent.delete", agent, "success")} <= seen
+    created = [event for event in response.get_json()["events"] if event["action"] == "prompt.create"
+               and event["details"].get("name") == name]
+    assert created and created[0]["outcome"] == "success"
+    declared = [event for event in response.get_json()["events"] if event["action"] == "agent.create"
+                and event["details"]["request"].get("name") == agent]
+    assert declared and declared[0]["outcome"] == "success"

@@ -19,6 +19,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.process_threads import helper_threads
 from cortex_tasks.runtime.chat.chat_models import as_role_messages
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # OpenAI's chat format: every message is wrapped in a few tokens, and the reply is primed with three.
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
+ENCODING_LOAD_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,19 +46,27 @@ def local_counter(tokenizer: Any, name: str) -> TokenCounter:
     return TokenCounter(f"{name} (Hugging Face tokenizer, chat template)", True, count)
 
 
+def _load_encoding(model: str) -> Any:
+    import tiktoken
+
+    try:
+        return tiktoken.encoding_for_model(model)
+    except KeyError:  # a model tiktoken does not know (an OpenAI-compatible server's): today's default
+        return tiktoken.get_encoding("o200k_base")
+
+
 @lru_cache(maxsize=8)
 def _tiktoken_encoding(model: str) -> Any:
-    """The model's encoding, or None when tiktoken cannot load it (offline, without a cached file)."""
+    """The model's encoding, or None when tiktoken cannot load it (offline, without a cached file). Its
+    first download has no timeout of its own: a worker behind a firewall that drops packets would hold a
+    chat reply for minutes, so the load gets ENCODING_LOAD_SECONDS and then the estimate counts instead."""
+    loading = helper_threads("cortex-tiktoken", 1).submit(_load_encoding, model)
     try:
-        import tiktoken
-
-        try:
-            return tiktoken.encoding_for_model(model)
-        except KeyError:  # a model tiktoken does not know (an OpenAI-compatible server's): today's default
-            return tiktoken.get_encoding("o200k_base")
-    except Exception as exc:  # network errors of its first download, a missing package
+        return loading.result(timeout=ENCODING_LOAD_SECONDS)
+    except Exception as exc:  # a network error of its download, a timeout, a missing package
         log.warning("tiktoken cannot load the encoding of %s (%s): counting about 4 characters per token; "
-                    "set TIKTOKEN_CACHE_DIR to a folder holding the encoding file for exact counts", model, exc)
+                    "set TIKTOKEN_CACHE_DIR to a folder holding the encoding file for exact counts",
+                    model, exc or type(exc).__name__)
         return None
 
 
