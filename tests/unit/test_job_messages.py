@@ -147,7 +147,7 @@ def test_chat_receiver_reads_a_message_of_the_previous_release(monkeypatch: pyte
     monkeypatch.setattr(tasks.service, "reply", lambda **kwargs: called.append(kwargs) or {"ok": True})
     tasks.reply(**dict(PREVIOUS_RELEASE[5][1]))
     assert called == [{"job_id": "j", "session_id": "s", "owner": "k", "message": "hello", "model": "m",
-                       "system": None, "params": {}}]
+                       "system": None, "params": {}, "prompt": None}]
 
 
 class Refusals:
