@@ -13,6 +13,7 @@ import pytest
 from cortex_tasks.core.auth.keys import create_key, create_tenant
 from tests.integration.conftest import Api
 from tests.support.fake_openai import ChatScript, FakeOpenAI
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("workers")
 
@@ -292,3 +293,21 @@ def test_bad_declarations_and_runs_are_refused_and_change_nothing(admin_api, api
     assert api.delete(f"/api/v1/agents/{agent}").status_code == 403
     assert admin_api.delete(f"/api/v1/agents/{agent}").status_code == 200
     assert api.get(f"/api/v1/agents/{agent}").status_code == 404
+
+
+def test_a_client_that_leaves_the_stream_stops_the_run(app, keys, admin_api, script, system_prompt, fake_openai):
+    agent = declare(admin_api, system_prompt, [{"tool": "predict", "task": "sentiment"}], max_steps=50)
+    script([{"tool_calls": [("predict_sentiment", {"texts": ["more"]})]}], repeat_last=True)
+    client = app.test_client()
+    response = client.post(f"/api/v1/agents/{agent}/run", headers={"Authorization": f"Bearer {keys['inference_user']}"},
+                           json={"input": "loop", "stream": True, "variables": {"team": "x"}}, buffered=False)
+    chunks = iter(response.response)
+    job_id = json.loads(next(chunks).decode().split("data: ", 1)[1])["job_id"]
+    for chunk in chunks:  # the first step, then hang up
+        if b"event: step" in chunk:
+            break
+    response.close()
+    job = wait_for(lambda: (lambda j: j if j["status"] != "running" else None)(
+        admin_api.get(f"/api/v1/jobs/{job_id}").get_json()), 60, "the run to stop")
+    assert job["status"] == "cancelled", job
+    assert len(fake_openai.calls("/chat/completions")) < 50

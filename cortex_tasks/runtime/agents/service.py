@@ -117,6 +117,7 @@ def run_agent(*, job_id: str, agent: dict[str, Any], system: str, prompt: dict[s
 
     for number in range(1, max_steps + 1):
         if stream and stop_requested(job_id):
+            store.cancel_job(job_id, "the client disconnected from the stream")  # the row says cancelled
             raise stopped("cancelled", "the client disconnected from the stream")
         remaining = budget - totals["total"]
         # The next prompt holds the last one and more: if that alone does not fit, no call is sent.
