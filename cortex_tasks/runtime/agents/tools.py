@@ -22,6 +22,7 @@ from cortex_tasks.core.auth.roles import PREDICT, ROLE_PERMISSIONS
 from cortex_tasks.core.catalogue import TASKS, model_entry
 from cortex_tasks.core.documents.catalog import EMBEDDING_MODEL
 from cortex_tasks.core.errors import CortexError
+from cortex_tasks.core.registry.references import plain
 from cortex_tasks.core.validation.items import max_text_chars
 
 MAX_TEXTS = 16
@@ -116,7 +117,7 @@ def _predict(spec: ToolSpec, principal: Principal) -> Callable[..., Any]:
     def predict(texts: list[str]) -> dict[str, Any]:
         from cortex_tasks.runtime.inference.service import predict as run_prediction
 
-        authorize(principal, task.name, model)
+        authorize(principal, task.name, plain(model))  # a registered model: as its users name it
         limit = max_text_chars()
         too_long = [index for index, text in enumerate(texts) if len(text) > limit]
         if too_long:
@@ -134,7 +135,7 @@ def _forecast(spec: ToolSpec, principal: Principal) -> Callable[..., Any]:
     def forecast(series: list[float], horizon: int) -> dict[str, Any]:
         from cortex_tasks.runtime.inference.service import predict as run_prediction
 
-        authorize(principal, task.name, model)
+        authorize(principal, task.name, plain(model))  # a registered model: as its users name it
         answered = run_prediction(task.name, model, [list(series)], {"horizon": horizon})
         return {"model": answered["model"], "forecast": answered["outputs"][0]}
 
