@@ -44,7 +44,7 @@ from cortex_web.request_body import apply_route_body_limit
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
               audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp)
 # Issue 21: prompts as versioned assets, agents.
-from cortex_web.blueprints import agents, prompts  # noqa: E402
+from cortex_web.blueprints import agents, prompts
 
 BLUEPRINTS += (prompts.bp, agents.bp)
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}

@@ -157,8 +157,8 @@ RESPONSES.update({
     ("get", "/api/v1/agents/{name}"): {"200": (responses.AgentBody, "The agent.")},
     ("delete", "/api/v1/agents/{name}"): {"200": (responses.AgentDeleted, "Deleted.")},
     ("post", "/api/v1/agents/{name}/run"): {
-        "200": (responses.AgentRun, "Finished within the wait (with \"stream\": true, Server-Sent Events: "
-                                    "start, one step per model call, done or error)."),
+        "200": (responses.AgentRun, ("Finished within the wait (with \"stream\": true, Server-Sent Events: "
+                                     "start, one step per model call, done or error).")),
         "202": ACCEPTED},
 })
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).

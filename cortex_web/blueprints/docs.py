@@ -5,8 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory, url_for
 from swagger_ui_bundle import swagger_ui_path
 
-from cortex_web.blueprints import batch, chat, documents, models, training, vectors
-from cortex_web.blueprints import agents, prompts  # issue 21
+from cortex_web.blueprints import agents, batch, chat, documents, models, prompts, training, vectors
 from cortex_web.openapi import build_spec
 
 bp = Blueprint("docs", __name__, url_prefix="/api/v1")

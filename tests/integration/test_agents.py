@@ -307,7 +307,10 @@ def test_a_client_that_leaves_the_stream_stops_the_run(app, keys, admin_api, scr
         if b"event: step" in chunk:
             break
     response.close()
-    job = wait_for(lambda: (lambda j: j if j["status"] != "running" else None)(
-        admin_api.get(f"/api/v1/jobs/{job_id}").get_json()), 60, "the run to stop")
+    def stopped() -> dict | None:
+        job = admin_api.get(f"/api/v1/jobs/{job_id}").get_json()
+        return job if job["status"] != "running" else None
+
+    job = wait_for(stopped, 60, "the run to stop")
     assert job["status"] == "cancelled", job
     assert len(fake_openai.calls("/chat/completions")) < 50

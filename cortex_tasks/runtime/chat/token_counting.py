@@ -63,7 +63,7 @@ def _tiktoken_encoding(model: str) -> Any:
     loading = helper_threads("cortex-tiktoken", 1).submit(_load_encoding, model)
     try:
         return loading.result(timeout=ENCODING_LOAD_SECONDS)
-    except Exception as exc:  # a network error of its download, a timeout, a missing package
+    except Exception as exc:  # noqa: BLE001 (a network error of its download, a timeout, a missing package)
         log.warning("tiktoken cannot load the encoding of %s (%s): counting about 4 characters per token; "
                     "set TIKTOKEN_CACHE_DIR to a folder holding the encoding file for exact counts",
                     model, exc or type(exc).__name__)
