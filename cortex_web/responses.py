@@ -389,7 +389,8 @@ class LangchainHealth(_Response):
     workers_serving_chat: int
     default_model: str
     models: dict[str, dict[str, Any]] = Field(description="Each chat model's provider and availability.")
-    memory: dict[str, int] = Field(description="The memory window: turns and characters.")
+    memory: dict[str, int] = Field(description="The memory window: turns, characters, and the tokens a whole "
+                                               "prompt may take (counted with the model's own tokenizer).")
 
 
 class ModelList(_Response):
