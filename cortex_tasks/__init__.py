@@ -20,6 +20,7 @@ TASK_MODULES = [
     "cortex_tasks.runtime.alerting.tasks",
     "cortex_tasks.runtime.streams.tasks",
 ]
+TASK_MODULES += ["cortex_tasks.runtime.agents.tasks"]  # issue 21: agents
 
 # The worker's start-up hooks are included first: Celery imports `include` before it sends `worker_init`.
 WORKER_MODULES = ["cortex_tasks.runtime.worker_signals", *TASK_MODULES]

@@ -17,6 +17,7 @@ from cortex_tasks.core.settings import get_settings
 from cortex_web import audit as audit_log
 from cortex_web import auth, limits
 from cortex_web.blueprints import (
+    agents,
     alerts,
     audit,
     batch,
@@ -31,6 +32,7 @@ from cortex_web.blueprints import (
     oauth,
     openai_compatible,
     predict,
+    prompts,
     reports,
     stream,
     streams,
@@ -47,7 +49,7 @@ from cortex_web.request_body import apply_route_body_limit
 from cortex_web.tracing import instrument as instrument_tracing
 
 BLUEPRINTS = (health.bp, docs.bp, predict.bp, stream.bp, jobs.bp, keys.bp, vectors.bp, models.bp, batch.bp, training.bp,
-              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp,
+              audit.bp, documents.bp, chat.bp, usage.bp, oauth.bp, prompts.bp, agents.bp,
               alerts.bp, reports.bp, streams.bp, generated.bp,
               openai_compatible.bp)  # /v1: OpenAI's API, for OpenAI's clients
 PUBLIC_API_ENDPOINTS = {"docs.openapi_json", "docs.docs_page", "docs.docs_asset", "oauth.token", "oauth.jwks"}

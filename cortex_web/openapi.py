@@ -204,6 +204,28 @@ OPENAI_STREAM = {"text/event-stream": {"schema": {
     "type": "object", "required": ["data"], "properties": {
         "data": {"type": "string", "description": "A chat.completion.chunk as JSON, an {error} object, or "
                                                   "[DONE] last."}}}}}
+
+# Prompts and agents (blueprints/prompts.py, blueprints/agents.py).
+OPTIONAL_BODIES |= {("post", "/api/v1/prompts/{name}/rollback")}
+RESPONSES.update({
+    ("post", "/api/v1/prompts"): {"201": (responses.PromptVersionBody, "Created; version 1 is in production.")},
+    ("get", "/api/v1/prompts"): {"200": (responses.PromptList, "The tenant's prompts.")},
+    ("get", "/api/v1/prompts/{name}"): {"200": (responses.PromptDetail, "Versions and production history.")},
+    ("get", "/api/v1/prompts/{name}/versions/{version}"): {"200": (responses.PromptVersionBody, "The version.")},
+    ("post", "/api/v1/prompts/{name}/versions"): {"201": (responses.PromptVersionBody, "Added, in staging.")},
+    ("post", "/api/v1/prompts/{name}/versions/{version}/promote"): {
+        "200": (responses.PromptSwitched, "Now in production.")},
+    ("post", "/api/v1/prompts/{name}/rollback"): {"200": (responses.PromptSwitched, "Rolled back, at once.")},
+    ("post", "/api/v1/prompts/{name}/render"): {"200": (responses.PromptRendered, "The rendered text.")},
+    ("post", "/api/v1/agents"): {"201": (responses.AgentBody, "Declared.")},
+    ("get", "/api/v1/agents"): {"200": (responses.AgentList, "The tenant's agents.")},
+    ("get", "/api/v1/agents/{name}"): {"200": (responses.AgentBody, "The agent.")},
+    ("delete", "/api/v1/agents/{name}"): {"200": (responses.AgentDeleted, "Deleted.")},
+    ("post", "/api/v1/agents/{name}/run"): {
+        "200": (responses.AgentRun, ("Finished within the wait (with \"stream\": true, Server-Sent Events: "
+                                     "start, one step per model call, done or error).")),
+        "202": ACCEPTED},
+})
 # Bodies that are not JSON: (media type, schema). The token request is a form (RFC 6749 §4.4.2).
 FORM_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/v1/oauth/token"): {

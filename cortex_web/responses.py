@@ -405,7 +405,8 @@ class LangchainHealth(_Response):
     workers_serving_chat: int
     default_model: str
     models: dict[str, dict[str, Any]] = Field(description="Each chat model's provider and availability.")
-    memory: dict[str, int] = Field(description="The memory window: turns and characters.")
+    memory: dict[str, int] = Field(description="The memory window: turns, characters, and the tokens a whole "
+                                               "prompt may take (counted with the model's own tokenizer).")
 
 
 class ModelList(_Response):
@@ -579,3 +580,97 @@ class OpenAIChatCompletion(_Response):
     model: str
     choices: list[OpenAIChatChoice]
     usage: dict[str, int] = Field(description="prompt_tokens, completion_tokens and total_tokens.")
+# --- prompts and agents (issue 21; cortex_web/blueprints/prompts.py, agents.py) ---
+
+
+class PromptVersionBody(_Response):
+    name: str
+    version: int
+    reference: str = Field(description="`name@version`: how chains and agents name this version.")
+    stage: Literal["staging", "production", "archived"]
+    template: str
+    input_variables: list[str]
+    description: str | None
+    created_by: str | None
+    created_at: str | None
+    stage_changed_at: str | None
+
+
+class PromptSummary(_Response):
+    name: str
+    description: str | None
+    latest_version: int
+    production_version: int | None
+    updated_at: str | None
+
+
+class PromptList(_Response):
+    prompts: list[PromptSummary]
+
+
+class PromptDeploymentBody(_Response):
+    id: int
+    version: int
+    action: Literal["create", "promote", "rollback"]
+    previous_version: int | None
+    actor: str | None
+    at: str | None
+
+
+class PromptDetail(PromptSummary):
+    created_by: str | None
+    created_at: str | None
+    versions: list[PromptVersionBody]
+    deployments: list[PromptDeploymentBody] = Field(description="Production changes, newest first.")
+
+
+class PromptSwitched(_Response):
+    prompt: str
+    version: int = Field(description="The version now in production.")
+    stage: Literal["production"]
+    previous_version: int | None
+    deployment: PromptDeploymentBody
+
+
+class PromptRendered(_Response):
+    name: str
+    version: int
+    reference: str
+    text: str
+
+
+class AgentBody(_Response):
+    name: str
+    description: str | None
+    model: str
+    prompt: str = Field(description="`name@version`, or `name` (its production version at each run).")
+    tools: list[dict[str, Any]]
+    max_steps: int
+    token_budget: int
+    temperature: float
+    max_tokens: int
+    created_by: str | None
+    created_at: str | None
+
+
+class AgentList(_Response):
+    agents: list[AgentBody]
+
+
+class AgentDeleted(_Response):
+    agent: str
+    deleted: bool
+
+
+class AgentRun(_Response):
+    """The run's result (runtime/agents/service.py), with its job id."""
+
+    job_id: str
+    agent: str
+    model: str
+    prompt: dict[str, Any] = Field(description="The exact prompt version used: name, version, reference.")
+    answer: str
+    steps: list[dict[str, Any]] = Field(description="One per model call: its content, tokens and tool calls "
+                                                    "(tool, arguments, status, result or error).")
+    tokens: dict[str, int] = Field(description="prompt, completion and total tokens of every step; the budget.")
+    cost_usd: float

@@ -42,6 +42,8 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     every_task_of("documents"): {"queue": GPU},
     # A chat reply generates text (SmolLM2, or OpenAI with SmolLM2 as fallback): gpu.
     every_task_of("chat"): {"queue": GPU},
+    # An agent run waits on a remote chat model; its tools embed, search and answer with the gpu models.
+    task_names.AGENTS_RUN_AGENT: {"queue": GPU},
     # Promotions are sent to the queue of the version's task (its readiness is checked there); this is the default.
     every_task_of("registry"): {"queue": MAINTENANCE},
     # The stream worker (workers/stream.py) owns the streams' state: their clean-up runs there.

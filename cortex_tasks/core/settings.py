@@ -351,6 +351,13 @@ class ChatConfig(FromEnvironment):
         6000,
         "Characters of earlier turns a reply sees at most (oldest dropped first).",
     )
+    # Counted with the answering model's own tokenizer (runtime/chat/token_counting.py).
+    memory_tokens: int = variable(
+        "CORTEX_CHAT_MEMORY_TOKENS",
+        4096,
+        "Tokens a reply's whole prompt (system, earlier turns, the message) takes at most, counted with the "
+        "model's own tokenizer (oldest turns dropped first).",
+    )
     default_system: ClassVar[str] = "You are a helpful assistant. Answer briefly."
     max_message_chars: ClassVar[int] = 4000
     default_wait_seconds: ClassVar[float] = 30.0
@@ -983,6 +990,27 @@ class Settings(FromEnvironment):
     audio_max_bytes: int = variable(
         "CORTEX_AUDIO_MAX_BYTES", 25 * 1024 * 1024, "Largest recording accepted by transcribe, in bytes (OpenAI's limit)."
     )
+
+    # --- agents (POST /api/v1/agents; core/agents, runtime/agents) ---
+    agent_models: Annotated[tuple[str, ...], NoDecode] = variable(
+        "CORTEX_AGENT_MODELS",
+        ("gpt-4o-mini",),
+        "Chat models with tool calling that agents may use (comma-separated), served at CORTEX_OPENAI_BASE_URL.",
+        shown="gpt-4o-mini",
+    )
+    agent_max_steps: int = variable(
+        "CORTEX_AGENT_MAX_STEPS", 8, "Model calls an agent run makes at most, unless its declaration says fewer."
+    )
+    agent_token_budget: int = variable(
+        "CORTEX_AGENT_TOKEN_BUDGET",
+        20_000,
+        "Tokens (prompt and completion, every step) an agent run spends at most, unless its declaration says fewer.",
+    )
+
+    @field_validator("agent_models", mode="before")
+    @classmethod
+    def _agent_model_list(cls, raw: Any) -> Any:
+        return tuple(part.strip() for part in raw.split(",") if part.strip()) if isinstance(raw, str) else raw
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024

@@ -20,6 +20,7 @@ from cortex_tasks.core.contracts.job_messages import ChatReplyMessage
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.openai.availability import refuse_unavailable_openai
 from cortex_tasks.core.openai.config import CHAT_MODELS
+from cortex_tasks.core.prompts import service as prompts
 from cortex_tasks.core.queues import GPU, priority_of
 from cortex_tasks.core.request_fields import WaitSeconds
 from cortex_tasks.core.settings import get_settings
@@ -48,6 +49,9 @@ class ChatRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: str = Field(default="normal", pattern="^(high|normal|low)$")
     wait: WaitSeconds = Field(default=None, ge=0, le=120)
+    # Issue 21: the system text from a registry prompt (`name@version`, or `name` = its production version).
+    prompt: str | None = Field(default=None, max_length=160)
+    prompt_variables: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("message", "system")
     @classmethod
@@ -90,6 +94,14 @@ def chat(session_id: str) -> tuple[Response, int]:
     check_allowed(current_principal(), "generate", model)
     generation_params(body.params)  # bad params raise JobInputError: a 422 naming the parameter
     refuse_unavailable_openai(model)
+    system, prompt = body.system, None
+    if body.prompt is not None:
+        if body.system is not None:
+            raise ApiError(422, "invalid_request", "Give `system` or `prompt`, not both.")
+        resolved = prompts.resolve(body.prompt)
+        system, prompt = resolved.render(body.prompt_variables), resolved.as_record()
+    elif body.prompt_variables:
+        raise ApiError(422, "invalid_request", "`prompt_variables` needs a `prompt`.")
     owner = current_principal().key_id
     try:
         history.claim_session(session_id, owner)
@@ -102,7 +114,7 @@ def chat(session_id: str) -> tuple[Response, int]:
         task_names.CHAT_REPLY, GPU,
         lambda job_id, reply_to: ChatReplyMessage(job_id=job_id, reply_to=reply_to, session_id=session_id,
                                                   owner=owner, message=body.message, model=model,
-                                                  system=body.system, params=body.params),
+                                                  system=system, params=body.params, prompt=prompt),
         wait)
     outcome = submitted.outcome
     if outcome is None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory, url_for
 from swagger_ui_bundle import swagger_ui_path
 
-from cortex_web.blueprints import alerts, batch, chat, documents, models, reports, training, vectors
+from cortex_web.blueprints import agents, alerts, batch, chat, documents, models, prompts, reports, training, vectors
 from cortex_web.openapi import build_spec
 
 bp = Blueprint("docs", __name__, url_prefix="/api/v1")
 
 BLUEPRINT_BODIES = {**models.REQUEST_BODIES, **training.REQUEST_BODIES, **vectors.REQUEST_BODIES,
                     **documents.REQUEST_BODIES, **chat.REQUEST_BODIES, **batch.REQUEST_BODIES,
-                    **alerts.REQUEST_BODIES, **reports.REQUEST_BODIES}
+                    **alerts.REQUEST_BODIES, **reports.REQUEST_BODIES,
+                    **prompts.REQUEST_BODIES, **agents.REQUEST_BODIES}
 # Only the files the page loads: the rest of the bundle (source maps, its demo index.html) is not served.
 ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png")
 # Swagger UI 5 reads OpenAPI 3.1, which the document is. Requests from "Try it out" carry the key

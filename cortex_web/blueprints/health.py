@@ -188,4 +188,5 @@ def health_langchain() -> Response:
     ok = langchain_version is not None and bool(gpu_workers)
     return jsonify({"status": "ok" if ok else "degraded", "langchain_core": langchain_version,
                     "workers_serving_chat": len(gpu_workers), "default_model": config.default_model,
-                    "models": models, "memory": {"turns": config.memory_turns, "chars": config.memory_chars}})
+                    "models": models, "memory": {"turns": config.memory_turns, "chars": config.memory_chars,
+                                         "tokens": config.memory_tokens}})

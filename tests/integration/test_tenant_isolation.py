@@ -390,6 +390,63 @@ ROUTES.update({
                                                        still_there=_report_kept),
 })
 
+
+# --- tenant A's prompt and agent, and the routes naming them ---
+
+
+@pytest.fixture(scope="module")
+def a_prompt(app, tenant_a) -> str:
+    name = _unique("iso-prompt")
+    created = tenant_a.api(app).post("/api/v1/prompts", {"name": name, "template": "Tenant A says {x}.",
+                                                         "input_variables": ["x"]})
+    assert created.status_code == 201, created.get_json()
+    added = tenant_a.api(app).post(f"/api/v1/prompts/{name}/versions", {"template": "Tenant A v2."})
+    assert added.status_code == 201, added.get_json()
+    tenant_a.made["prompt"] = name
+    return name
+
+
+@pytest.fixture(scope="module")
+def a_agent(app, tenant_a, a_prompt) -> str:
+    name = _unique("iso-agent")
+    declared = tenant_a.api(app).post("/api/v1/agents", {"name": name, "prompt": f"{a_prompt}@2",
+                                                         "tools": [{"tool": "predict", "task": "sentiment"}]})
+    assert declared.status_code == 201, declared.get_json()
+    tenant_a.made["agent"] = name
+    return name
+
+
+def _prompt_kept(app, tenant: Tenant, name: str) -> None:
+    shown = tenant.api(app).get(f"/api/v1/prompts/{name}")
+    assert shown.status_code == 200 and shown.get_json()["production_version"] == 1, shown.get_json()
+    assert shown.get_json()["latest_version"] == 2  # B added no version
+
+
+def _agent_kept(app, tenant: Tenant, name: str) -> None:
+    assert tenant.api(app).get(f"/api/v1/agents/{name}").status_code == 200
+
+
+ROUTES.update({
+    ("GET", "/api/v1/prompts/<name>"): Probe("a_prompt", lambda name: f"/api/v1/prompts/{name}"),
+    ("GET", "/api/v1/prompts/<name>/versions/<int:version>"): Probe(
+        "a_prompt", lambda name: f"/api/v1/prompts/{name}/versions/1"),
+    ("POST", "/api/v1/prompts/<name>/versions"): Probe(
+        "a_prompt", lambda name: f"/api/v1/prompts/{name}/versions", {"template": "B's words"},
+        still_there=_prompt_kept),
+    ("POST", "/api/v1/prompts/<name>/versions/<int:version>/promote"): Probe(
+        "a_prompt", lambda name: f"/api/v1/prompts/{name}/versions/2/promote", still_there=_prompt_kept),
+    ("POST", "/api/v1/prompts/<name>/rollback"): Probe(
+        "a_prompt", lambda name: f"/api/v1/prompts/{name}/rollback", {}, still_there=_prompt_kept),
+    ("POST", "/api/v1/prompts/<name>/render"): Probe(
+        "a_prompt", lambda name: f"/api/v1/prompts/{name}/render", {"variables": {"x": "1"}}),
+    ("GET", "/api/v1/agents/<name>"): Probe("a_agent", lambda name: f"/api/v1/agents/{name}"),
+    ("DELETE", "/api/v1/agents/<name>"): Probe("a_agent", lambda name: f"/api/v1/agents/{name}",
+                                               still_there=_agent_kept),
+    ("POST", "/api/v1/agents/<name>/run"): Probe("a_agent", lambda name: f"/api/v1/agents/{name}/run",
+                                                 {"input": "hello"}, still_there=_agent_kept),
+})
+
+
 # Routes whose URL variable names no tenant's resource.
 EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/health/model/<model_id>"): "the bundled catalogue models, shared read-only by every tenant",
@@ -467,13 +524,13 @@ def test_the_same_collection_name_in_two_tenants_is_two_collections(app, tenant_
 # --- lists ---
 
 LISTS = ("/api/v1/vectors", "/api/v1/models", "/api/v1/documents", "/api/v1/keys", "/api/v1/usage/openai",
-         "/api/v1/training/resources", "/api/v1/training/datasets")
+         "/api/v1/training/resources", "/api/v1/training/datasets", "/api/v1/prompts", "/api/v1/agents")
 
 
 @pytest.mark.parametrize("path", LISTS)
 def test_lists_never_show_another_tenants_rows(app, request, tenant_a, tenant_b, path):
     # Whatever A has made by now (the fixtures of this module), plus A's keys and jobs.
-    for fixture in ("a_predict_job", "a_batch_job", "a_training", "a_chat_session", "a_key", "a_dataset"):
+    for fixture in ("a_predict_job", "a_batch_job", "a_training", "a_chat_session", "a_key", "a_dataset", "a_agent"):
         request.getfixturevalue(fixture)
     markers = {tenant_a.id, *tenant_a.key_ids.values(),
                *(value for value in tenant_a.made.values() if isinstance(value, str))} - {""}

@@ -109,6 +109,8 @@ class FakeOpenAI:
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
             kind = "rate_limit_exceeded" if status == 429 else "server_error"
             return status, {"error": {"message": f"injected {status}", "type": kind, "code": kind}}, headers
+        if path.endswith("/chat/completions") and getattr(self, "chat_script", None):
+            return 200, scripted_completion(self, body), {}  # agents tests: the script's next answer
         if path.endswith("/chat/completions"):
             messages = body.get("messages", [])
             text = answer_for(messages)
@@ -211,3 +213,43 @@ def images_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, 
             item["revised_prompt"] = f"A picture of {prompt}"
         data.append(item)
     return 200, {"created": int(time.time()), "data": data}, {}
+# --- scripted chat answers (issue 21, agents): a test sets `fake.chat_script = ChatScript([...])` ---
+# Each chat completion takes the script's next step: `{"tool_calls": [(name, arguments), ...]}` (arguments a
+# dict, or a string sent as is, e.g. malformed JSON), `{"content": "..."}` for a final answer, optionally
+# `"usage": (prompt_tokens, completion_tokens)`. `repeat_last=True` answers with the last step forever (a
+# runaway loop). The requests it answered are in `requests` as usual; `seen` has each one's messages.
+
+
+class ChatScript:
+    def __init__(self, steps: list[dict[str, Any]], repeat_last: bool = False) -> None:
+        self.steps, self.repeat_last, self.answered = list(steps), repeat_last, 0
+        self.seen: list[list[dict[str, Any]]] = []
+
+    def __bool__(self) -> bool:
+        return self.answered < len(self.steps) or (self.repeat_last and bool(self.steps))
+
+    def next_step(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        self.seen.append(messages)
+        step = self.steps[min(self.answered, len(self.steps) - 1)]
+        self.answered += 1
+        return step
+
+
+def scripted_completion(fake: FakeOpenAI, body: dict[str, Any]) -> dict[str, Any]:
+    script: ChatScript = fake.chat_script  # type: ignore[attr-defined]
+    with fake._lock:
+        step = script.next_step(body.get("messages", []))
+        number = script.answered
+    message: dict[str, Any] = {"role": "assistant", "content": step.get("content")}
+    if "tool_calls" in step:
+        message["tool_calls"] = [
+            {"id": f"call_{number}_{index}", "type": "function",
+             "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}
+            for index, (name, arguments) in enumerate(step["tool_calls"])]
+    prompt_tokens, completion_tokens = step.get("usage", (50, 10))
+    return {"id": f"chatcmpl-script-{number}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if "tool_calls" in step else "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}

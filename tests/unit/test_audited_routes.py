@@ -19,6 +19,7 @@ NOT_AUDITED = {
     "vectors.search": "a read: POST only to carry the query; changes nothing",
     "streams.send_events": "a data write, as frequent as predictions (a stream's events); the Redis Stream keeps "
                            "every event and the stream's declaration its owner",
+    "prompts.render": "a read: POST only to carry the variables; changes nothing",
 }
 
 

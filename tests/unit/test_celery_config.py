@@ -81,6 +81,7 @@ def test_registered_task_names_are_pinned():
         "cortex.reports.write_periodic_reports",
         # real-time streams
         "cortex.streams.purge_stream",
+        "cortex.agents.run_agent",
     ])
 
 

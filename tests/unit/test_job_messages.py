@@ -52,6 +52,17 @@ PREVIOUS_RELEASE: list[tuple[type[jm.JobMessage], dict[str, Any]]] = [
     (jm.TrainingMessage, {"job_id": "j"}),
     (jm.StreamGenerationMessage, {"job_id": "j", "model": "m", "inputs": ["x"], "params": {}}),
 ]
+# Issue 21: agent runs (new), and chat turns that name the prompt version their system text came from.
+FULL += [
+    jm.AgentRunMessage(job_id="j", reply_to="cortex:replies:g", agent={"name": "a", "model": "gpt-4o-mini"},
+                       system="You help.", prompt={"name": "p", "version": 2, "reference": "p@2"}, input="hi",
+                       caller={"key_id": "k", "role": "inference_user", "tenant": "default"}, stream=True),
+    jm.ChatReplyMessage(job_id="j", session_id="s", owner="k", message="hello", system="be brief",
+                        prompt={"name": "p", "version": 1, "reference": "p@1"}),
+]
+PREVIOUS_RELEASE += [
+    (jm.AgentRunMessage, {"job_id": "j", "agent": {}, "system": "s", "prompt": {}, "input": "x", "caller": {}}),
+]
 
 
 def test_every_message_type_is_covered():
@@ -136,7 +147,7 @@ def test_chat_receiver_reads_a_message_of_the_previous_release(monkeypatch: pyte
     monkeypatch.setattr(tasks.service, "reply", lambda **kwargs: called.append(kwargs) or {"ok": True})
     tasks.reply(**dict(PREVIOUS_RELEASE[5][1]))
     assert called == [{"job_id": "j", "session_id": "s", "owner": "k", "message": "hello", "model": "m",
-                       "system": None, "params": {}}]
+                       "system": None, "params": {}, "prompt": None}]
 
 
 class Refusals:

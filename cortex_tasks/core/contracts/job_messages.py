@@ -114,6 +114,8 @@ class ChatReplyMessage(RepliedJobMessage):
     model: str | None = None
     system: str | None = None
     params: dict[str, Any] | None = None
+    # The prompt version `system` was rendered from, recorded in the result (issue 21); None: no prompt.
+    prompt: dict[str, Any] | None = None
 
 
 class ActivationMessage(RepliedJobMessage):
@@ -180,3 +182,15 @@ class StreamPurgeMessage(VersionedMessage):
     stream: str
     stream_id: str
     deleted_at: str  # ISO 8601
+class AgentRunMessage(RepliedJobMessage):
+    """AGENTS_RUN_AGENT: one run of a declared agent, as declared when the run was asked for."""
+
+    describes: ClassVar[str] = "agent run message"
+
+    agent: dict[str, Any]  # core/agents/service.agent_dict: model, tools, max_steps, token_budget, params
+    system: str  # the system prompt, rendered at the gateway from `prompt`
+    prompt: dict[str, Any]  # the exact version rendered: {"name", "version", "reference"}
+    input: str
+    # Who runs it: every tool call is authorized as this key (role, model and task limits), in `tenant`.
+    caller: dict[str, Any]
+    stream: bool = False  # publish each step on the job's stream channel

@@ -610,3 +610,76 @@ class StreamVerdict(TenantOwned, Base):
     event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the XADD's time
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+# --- prompt templates and agents (migration 0013) ---
+
+
+class Prompt(TenantOwned, Base):
+    """A prompt template of a tenant: its numbered versions, one of them in production (core/prompts)."""
+
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_prompts_tenant_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    # Versions are numbered from this counter, so a number is never handed out twice.
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PromptVersion(TenantOwned, Base):
+    """One immutable version of a prompt: its template and the input variables it declares."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "version", name="uq_prompt_versions_prompt_version"),
+        Index("uq_prompt_versions_one_production", "prompt_id", unique=True,
+              postgresql_where=text("stage = 'production'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16), default="staging")  # staging | production | archived
+    template: Mapped[str] = mapped_column(Text)
+    input_variables: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    stage_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PromptDeployment(TenantOwned, Base):
+    """Every change of a prompt's production version, in order: its history, and what rollback reads."""
+
+    __tablename__ = "prompt_deployments"
+    __table_args__ = (Index("ix_prompt_deployments_prompt_id", "prompt_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # create | promote | rollback
+    previous_version: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Agent(TenantOwned, Base):
+    """A declared agent (core/agents): its chat model, system prompt reference, tools and limits."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_agents_tenant_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(String(160))  # `name@version`, or `name` (its production version)
+    tools: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    max_steps: Mapped[int] = mapped_column(Integer)
+    token_budget: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

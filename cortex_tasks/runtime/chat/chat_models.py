@@ -60,7 +60,7 @@ class LocalChatModel(CortexChatModel):
         input_ids = encoded["input_ids"].to(generator.model.device)
         if input_ids.shape[1] + options.max_tokens > generator.context_tokens:
             raise ItemError("input_too_long", f"the conversation window and max_tokens exceed the model's context "
-                                              f"of {generator.context_tokens} tokens; lower CORTEX_CHAT_MEMORY_CHARS")
+                                              f"of {generator.context_tokens} tokens; lower CORTEX_CHAT_MEMORY_TOKENS")
         with torch.inference_mode():
             output = generator.model.generate(input_ids=input_ids,
                                               attention_mask=encoded["attention_mask"].to(generator.model.device),

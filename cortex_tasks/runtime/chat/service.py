@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, trim_messages
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from cortex_tasks.core.chat import history
@@ -23,6 +23,8 @@ from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import current_tenant
 from cortex_tasks.core.validation.generation import generation_params
 from cortex_tasks.runtime.chat.chat_models import CortexChatModel, LocalChatModel, OpenAIChatModel
+from cortex_tasks.runtime.chat.token_counting import TokenCounter, fit_window, local_counter, openai_counter
+from cortex_tasks.runtime.models.loaded import get_model
 from cortex_tasks.runtime.openai.client import OpenAIUnavailable
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,33 @@ def chat_model(model: str, params: dict[str, Any], owner: str) -> CortexChatMode
     return LocalChatModel(**settings)
 
 
+def token_budget(model: str, params: dict[str, Any], config: ChatConfig) -> tuple[TokenCounter, int]:
+    """The model's own token counter, and how many tokens its whole prompt may take: CORTEX_CHAT_MEMORY_TOKENS,
+    and for the local model also its context less the tokens it may generate."""
+    if model in CHAT_MODELS:
+        return openai_counter(model), config.memory_tokens
+    generator: Any = get_model(model)
+    room = generator.context_tokens - generation_params(params).max_tokens
+    return local_counter(generator.tokenizer, model), min(config.memory_tokens, room)
+
+
+def _answer(model: str, params: dict[str, Any], owner: str, system: str, window: list[BaseMessage],
+            message: str, config: ChatConfig) -> tuple[BaseMessage, dict[str, Any]]:
+    """The model's answer, with the window trimmed to the model's token budget as its tokenizer counts."""
+    counter, budget = token_budget(model, params, config)
+    try:
+        kept, counted = fit_window(SystemMessage(system), window, HumanMessage(message), counter, budget)
+    except ItemError as exc:
+        raise JobInputError(exc.code, str(exc), exc.details) from exc
+    answer = (PROMPT | chat_model(model, params, owner)).invoke({"system": system, "history": kept,
+                                                                 "message": message})
+    return answer, {"messages_in_window": len(kept), "prompt_tokens_counted": counted, "max_prompt_tokens": budget,
+                    "tokenizer": counter.tokenizer, "exact": counter.exact}
+
+
 def reply(*, job_id: str, session_id: str, owner: str, message: str, model: str | None = None,
-          system: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+          system: str | None = None, params: dict[str, Any] | None = None,
+          prompt: dict[str, Any] | None = None) -> dict[str, Any]:
     config = chat_config()
     model = model or config.default_model
     params = params or {}
@@ -76,14 +103,15 @@ def reply(*, job_id: str, session_id: str, owner: str, message: str, model: str 
     try:
         started = time.perf_counter()
         window = memory_window(history.recent_messages(session_id, 2 * config.memory_turns), config)
-        inputs = {"system": system or config.default_system, "history": window, "message": message}
+        system_text = system or config.default_system
         answered_by: dict[str, Any] = {"name": model}
         try:
             try:
-                answer = (PROMPT | chat_model(model, params, owner)).invoke(inputs)
+                answer, fitted = _answer(model, params, owner, system_text, window, message, config)
             except OpenAIUnavailable as exc:
                 log.warning("chat model %s failed (%s); answering with %s", model, exc, LOCAL_MODEL)
-                answer = (PROMPT | chat_model(LOCAL_MODEL, params, owner)).invoke(inputs)
+                # Trimmed again: the local model's tokenizer and context are not OpenAI's.
+                answer, fitted = _answer(LOCAL_MODEL, params, owner, system_text, window, message, config)
                 answered_by = {"name": LOCAL_MODEL, "fallback_from": model, "fallback_reason": str(exc)}
         except ItemError as exc:  # rate_limited, budget_exceeded, openai_rejected, input_too_long: the caller's to know
             raise JobInputError(exc.code, str(exc)) from exc
@@ -100,12 +128,14 @@ def reply(*, job_id: str, session_id: str, owner: str, message: str, model: str 
         "session_id": session_id,
         "reply": text,
         "model": answered_by,
-        "memory": {"messages_in_window": len(window), "memory_turns": config.memory_turns,
-                   "memory_chars": config.memory_chars},
+        "memory": {**fitted, "memory_turns": config.memory_turns, "memory_chars": config.memory_chars,
+                   "memory_tokens": config.memory_tokens},
         "tokens": {"prompt": usage.get("input_tokens", 0), "completion": usage.get("output_tokens", 0)},
         "cached": bool(metadata.get("cached", False)),
         "timings": {"model_ms": round((time.perf_counter() - started) * 1000, 2)},
     }
     if "usage" in metadata:
         result["cost_usd"] = metadata["usage"]["cost_usd"]
+    if prompt is not None:
+        result["prompt"] = prompt  # the exact prompt version the system text was rendered from
     return result

@@ -24,6 +24,6 @@ def reply(**kwargs: Any) -> dict[str, Any]:
         return refuse_message(kwargs, exc)
     outcome = run_job(turn.job_id, lambda: service.reply(
         job_id=turn.job_id, session_id=turn.session_id, owner=turn.owner, message=turn.message, model=turn.model,
-        system=turn.system, params=turn.params))
+        system=turn.system, params=turn.params, prompt=turn.prompt))
     publish_outcome(turn.reply_to, turn.job_id, outcome)
     return {"status": outcome["status"]}

@@ -178,6 +178,33 @@ class OpenAIService:
             cache.store([key], [result])
         return result
 
+    def chat_tools(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]], options: ChatOptions,
+                   owner: str, source: str = "agent", tenant: str | None = None) -> dict[str, Any]:
+        """One chat completion that may call tools (agents): {"content", "tool_calls" (as the API sent them,
+        arguments unparsed), "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd"}. Under the same
+        rate limits, retries, budget and cost records as `chat`; never cached, as a tool's result may change
+        between two identical requests."""
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": options.max_tokens,
+                                  "temperature": options.temperature}
+        if tools:
+            kwargs["tools"] = tools
+        estimated = estimate_tokens([json.dumps(message.get("content") or "") for message in messages]
+                                    + [json.dumps(tools)], options.max_tokens)
+        response = self._call(model, estimated, lambda: self.client.chat.completions.create(**kwargs))
+        if not response.choices:
+            raise OpenAIUnavailable(f"{model} answered with no choice")
+        choice = response.choices[0]
+        prompt_tokens = int(response.usage.prompt_tokens) if response.usage else 0
+        completion_tokens = int(response.usage.completion_tokens) if response.usage else 0
+        cost = usage_ledger.record(usage_ledger.Usage(owner, model, "chat", prompt_tokens, completion_tokens,
+                                                      source=source, tenant=tenant))
+        calls = [{"id": call.id, "type": "function",
+                  "function": {"name": call.function.name, "arguments": call.function.arguments}}
+                 for call in (choice.message.tool_calls or []) if getattr(call, "function", None) is not None]
+        return {"content": choice.message.content or "", "tool_calls": calls,
+                "finish_reason": choice.finish_reason or "stop", "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens, "cost_usd": cost}
+
     def embed(self, model: str, texts: list[str], owner: str, tenant: str | None = None) -> list[list[float]]:
         estimated = estimate_tokens(texts)
         response = self._call(model, estimated, lambda: self.client.embeddings.create(model=model, input=texts))
