@@ -20,7 +20,7 @@ CLI = [sys.executable, "-c", "from cortex_tasks.cli import main; main()"]
 def worker_ready(*args: str, redis_url: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **({"REDIS_URL": redis_url} if redis_url else {})}
     return subprocess.run([*CLI, "worker-ready", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def announce(node: str, failed: dict | None = None) -> None:
