@@ -137,7 +137,7 @@ def test_images_are_pinned(services: dict[str, dict]):
     for name in CORTEX_SERVICES:
         assert services[name]["image"] == f"cortex:{version['metadata']['version']}", name
     assert images["worker-gpu (cuda)"] == f"cortex:{version['metadata']['version']}-cuda"
-    base = re.search(r"^FROM (\S+)", (COMPOSE / "Dockerfile").read_text(), re.M).group(1)
+    base = re.search(r"^FROM (\S+)", (COMPOSE / "Dockerfile").read_text(), re.MULTILINE).group(1)
     assert ":" in base and "latest" not in base and re.search(r":\d+\.\d+\.\d+", base), base
 
 
@@ -248,7 +248,7 @@ def test_dockerignore_keeps_local_state_out_and_what_the_image_copies_in():
                  "cortex_tasks/__pycache__/app.cpython-311.pyc", ".pytest_cache/v/cache", ".ruff_cache/x",
                  "cortex.egg-info/PKG-INFO", "compose/.env", ".env"):
         assert ignored(path, patterns), f"{path} would be sent to the Docker daemon"
-    copied = re.findall(r"^COPY (.+?) \S+$", (COMPOSE / "Dockerfile").read_text(), re.M)
+    copied = re.findall(r"^COPY (.+?) \S+$", (COMPOSE / "Dockerfile").read_text(), re.MULTILINE)
     for sources in copied:
         for source in sources.split():
             assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
