@@ -272,3 +272,22 @@ def test_kubectl_kustomize_renders_the_same_objects():
     assert rendered.returncode == 0, rendered.stderr
     names = sorted((o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(rendered.stdout) if o)
     assert names == sorted((o["kind"], o["metadata"]["name"]) for o in OBJECTS)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (its kustomize renders)")
+def test_the_cpu_only_overlay_runs_the_gpu_worker_without_a_gpu():
+    rendered = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy/kubernetes-cpu-only")], capture_output=True,
+                              text=True, timeout=120, check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    overlaid = [o for o in yaml.safe_load_all(rendered.stdout) if o]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in overlaid) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in OBJECTS)
+    for obj in overlaid:
+        if not obj["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(obj, latest_version(), strict=True)
+    gpu_worker = next(o for o in overlaid if o["metadata"]["name"] == "cortex-worker-gpu" and o["kind"] == "Deployment")
+    pod = gpu_worker["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in only_container(gpu_worker)["resources"]["limits"]
+    assert only_container(gpu_worker)["image"] == only_container(objects("Deployment")["cortex-gateway"])["image"]
+    assert only_container(gpu_worker)["command"] == ["cortex", "worker", "gpu"]
