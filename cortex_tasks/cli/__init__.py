@@ -20,7 +20,7 @@ from cortex_tasks.core.auth.roles import ROLES
 
 
 # The commands that talk to the stack's Redis or PostgreSQL (`up` starts one; `batch` talks to a gateway).
-NEEDS_STACK = frozenset({"migrate", "worker", "web", "flower", "keys", "tenants", "tokens", "jobs", "audit"})
+NEEDS_STACK = frozenset({"migrate", "worker", "worker-ready", "web", "flower", "keys", "tenants", "tokens", "jobs", "audit"})
 
 
 @click.group()
@@ -69,6 +69,21 @@ def worker(ctx: click.Context, profile: str) -> None:
 
     argv = [sys.executable, "-m", "celery", *PROFILES[profile].celery_argv(), *ctx.args]
     os.execve(sys.executable, argv, {**os.environ, **PROFILES[profile].metrics_environment(os.environ)})
+
+
+@main.command("worker-ready")
+@click.argument("kind", type=SuggestingChoice(["gpu", "nlp", "training", "stream"], "worker kind"))
+@click.option("--hostname", help="The worker's host name [default: this machine's, as the worker's -n <kind>@%h]")
+def worker_ready(kind: str, hostname: str | None) -> None:
+    """Exit 0 when the worker of KIND on this host has loaded its models (its readiness record in Redis),
+    else 1: the health check of compose and the readiness probe of deploy/kubernetes."""
+    from cortex_tasks.cli.worker_ready import check
+    from cortex_tasks.core.settings import get_settings
+
+    found = check(get_settings().redis_url, kind, hostname)
+    click.echo(found.message, err=not found.ready)
+    if not found.ready:
+        sys.exit(1)
 
 
 @main.command()
