@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex_tasks import app as celery_app
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.contracts.messages import JobRecord, PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.storage.sealing import inputs_in_transit, seal_in_transit
@@ -168,6 +169,7 @@ class Coalescer:
 
     def _send(self, group: Group, jobs: list[PendingJob], message_id: str) -> None:
         try:
+            dependencies.check(dependencies.REDIS)  # Redis known to be away: fail now, not after a timeout
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
             # result key (a Redis round trip on this path).
             # What Flower shows of the message (kwargsrepr) is made by the app's AMQP: ids and sizes, never
@@ -185,11 +187,17 @@ class Coalescer:
             )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:
-            log.exception("could not enqueue %d jobs", len(jobs))
+            dependency = dependencies.failed_dependency(exc) or (
+                exc.details["dependency"] if isinstance(exc, dependencies.DependencyUnavailable) else None)
+            if dependency is None:
+                log.exception("could not enqueue %d jobs", len(jobs))
+            else:
+                log.warning("could not enqueue %d jobs: %s unavailable", len(jobs), dependency)
             self._message_done(message_id)
             for job in jobs:
                 self.listener.resolve(job.job_id, {"status": "failed", "error": {
-                    "code": "unavailable", "message": f"The job could not be queued: {type(exc).__name__}"}})
+                    "code": "unavailable", "message": f"The job could not be queued: {type(exc).__name__}",
+                    **({"details": {"dependency": dependency}} if dependency else {})}})
         finally:
             for job in jobs:
                 job.sent.set()

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.auth.permissions import NotAllowed, check_allowed, check_model_allowed
 from cortex_tasks.core.cache.keys import params_fingerprint
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
@@ -207,6 +208,10 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
         result = {"task": task.name, "model": shown_model(model), "outputs": outputs, "timings": {}}
         return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
                           cached_items=len(inputs))
+    # A job needs both stores (the worker writes its row, the reply comes over Redis): while this process
+    # knows one is away, answer 503 now rather than after the whole wait.
+    dependencies.check(dependencies.DATABASE)
+    dependencies.check(dependencies.REDIS)
     job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,
                                        inline_errors, looked_up=bool(keys), sensitive=sensitive)
     outcome = reply_listener().wait(job_id, wait)
@@ -243,8 +248,10 @@ def raise_for_failure(prediction: Prediction) -> None:
     code = error.get("code", "job_failed")
     status = (503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES
               else STATUS_BY_CODE.get(code, 422))
-    raise ApiError(status, code, error.get("message", "the job failed"),
-                   {"job_id": prediction.job_id, **error.get("details", {})})
+    details = {"job_id": prediction.job_id, **error.get("details", {})}
+    if code == "unavailable" and "dependency" in details:  # Redis was away when the job was to be queued
+        raise dependencies.DependencyUnavailable(details["dependency"])
+    raise ApiError(status, code, error.get("message", "the job failed"), details)
 
 
 def success_body(prediction: Prediction) -> dict[str, Any]:

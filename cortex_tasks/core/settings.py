@@ -637,6 +637,32 @@ class Settings(FromEnvironment):
         10,
         "Seconds between a worker's looks for messages whose worker died.",
     )
+    # Dependency outages (reliability): the gateway answers 503 within about 2 s while Redis or PostgreSQL
+    # is stalled or down, instead of waiting on a socket for the whole outage.
+    redis_socket_timeout_seconds: float = variable(
+        "CORTEX_REDIS_SOCKET_TIMEOUT", 1.0, "Seconds the gateway waits for one Redis reply before answering 503."
+    )
+    redis_connect_timeout_seconds: float = variable(
+        "CORTEX_REDIS_CONNECT_TIMEOUT", 0.5, "Seconds the gateway waits to connect to Redis."
+    )
+    database_timeout_seconds: float = variable(
+        "CORTEX_DATABASE_TIMEOUT",
+        1.5,
+        "Seconds the gateway waits for one PostgreSQL answer (a statement's reply) before answering 503.",
+    )
+    database_connect_timeout_seconds: int = variable(
+        "CORTEX_DATABASE_CONNECT_TIMEOUT", 2, "Seconds a process waits to connect to PostgreSQL (libpq's minimum is 2)."
+    )
+    dependency_retry_seconds: float = variable(
+        "CORTEX_DEPENDENCY_RETRY",
+        1.0,
+        "Seconds a gateway process answers 503 at once after Redis or PostgreSQL failed, before trying it again.",
+    )
+    recover_dead_workers_messages: bool = variable(
+        "CORTEX_RECOVER_DEAD_WORKERS_MESSAGES",
+        True,
+        "Whether a starting worker gives back the unacknowledged messages of workers that are gone.",
+    )
     # Rate limiting (rate_limits). A key's tier names one of these.
     rate_limit_tiers: Annotated[dict[str, RateTier | None], NoDecode] = variable(
         "CORTEX_RATE_LIMITS",
