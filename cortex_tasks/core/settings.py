@@ -658,10 +658,11 @@ class Settings(FromEnvironment):
         1.0,
         "Seconds a gateway process answers 503 at once after Redis or PostgreSQL failed, before trying it again.",
     )
-    recover_dead_workers_messages: bool = variable(
-        "CORTEX_RECOVER_DEAD_WORKERS_MESSAGES",
-        True,
-        "Whether a starting worker gives back the unacknowledged messages of workers that are gone.",
+    consumer_lease_seconds: int = variable(
+        "CORTEX_CONSUMER_LEASE",
+        15,
+        "Seconds after which the unacknowledged messages of a worker that stopped renewing its lease (it was "
+        "killed, or lost Redis) are given back to their queues by the other workers.",
     )
     # Rate limiting (rate_limits). A key's tier names one of these.
     rate_limit_tiers: Annotated[dict[str, RateTier | None], NoDecode] = variable(

@@ -177,10 +177,11 @@ class FaultStack:
         return [child.pid for child in psutil.Process(self.gateway_process.pid).children()]
 
     def start_worker(self, name: str, queues: str, pool: str = "threads", concurrency: int = 4,
-                     wait_ready: bool = True, env: dict[str, str] | None = None) -> str:
+                     wait_ready: bool = True, env: dict[str, str] | None = None,
+                     extra_args: list[str] | None = None) -> str:
         hostname = f"{name}-{int(time.time() * 1000) % 10**8}@localhost"
         argv = [sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", queues, "-P", pool,
-                "-c", str(concurrency), "-n", hostname, "--without-gossip", "--without-mingle", "-l", "INFO"]
+                "-c", str(concurrency), "-n", hostname, "--without-gossip", "--without-mingle", "-l", "INFO", *(extra_args or [])]
         self.workers[name] = _popen(argv, self.folder / f"worker-{name}.log", {**self.env, **(env or {})})
         self.hostnames[name] = hostname
         if wait_ready:
