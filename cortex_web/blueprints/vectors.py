@@ -40,7 +40,7 @@ from cortex_tasks.core.contracts.job_messages import (
 )
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
-from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.request_fields import Storable, WaitSeconds, storable
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import (
     MAX_DIMENSION,
@@ -79,7 +79,7 @@ class VectorItem(BaseModel):
     id: str = Field(min_length=1, max_length=256)
     text: str | None = None
     vector: list[float] | None = Field(default=None, min_length=1)
-    metadata: dict[str, Any] | None = None
+    metadata: Storable[dict[str, Any] | None] = None
 
     _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "items.text")))
     _vector = field_validator("vector")(classmethod(lambda cls, value: _check_vector(value, "items.vector")))
@@ -104,7 +104,7 @@ class SearchRequest(BaseModel):
     text: str | None = None
     vector: list[float] | None = Field(default=None, min_length=1)
     k: int = Field(default=10, ge=1, le=MAX_K)
-    filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)
+    filter: Storable[dict[str, FilterValue] | None] = Field(default=None, max_length=16)
     include_vectors: bool = False
     # Search effort for this query: ef_search (HNSW) or probes (IVFFlat); exact: a sequential scan.
     effort: int | None = Field(default=None, ge=1, le=1000)
@@ -293,6 +293,10 @@ def count_items(collection: str) -> Response:
             raise ApiError(400, "invalid_filter", "filter must be a JSON object") from None
         if not isinstance(filters, dict):
             raise ApiError(400, "invalid_filter", "filter must be a JSON object")
+        try:
+            storable(filters, "filter")
+        except ValueError as exc:
+            raise ApiError(400, "invalid_filter", str(exc)) from None
     return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
 
 
