@@ -658,6 +658,17 @@ class Settings(FromEnvironment):
         1.0,
         "Seconds a gateway process answers 503 at once after Redis or PostgreSQL failed, before trying it again.",
     )
+    request_read_seconds: float = variable(
+        "CORTEX_REQUEST_READ_TIMEOUT",
+        10.0,
+        "Seconds a client has to send a request's headers (and a body at the minimum rate below) before the "
+        "gateway closes its connection: slow clients cannot hold its threads.",
+    )
+    request_min_bytes_per_second: int = variable(
+        "CORTEX_REQUEST_MIN_RATE",
+        1024,
+        "Bytes a second a request's body must arrive at, on average, once CORTEX_REQUEST_READ_TIMEOUT is spent.",
+    )
     consumer_lease_seconds: int = variable(
         "CORTEX_CONSUMER_LEASE",
         15,
