@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
 from typing import Any
@@ -35,6 +36,9 @@ def sqlalchemy_url(url: str) -> str:
 # (use_answer_deadline) so that a stalled server costs a request a bounded wait, not the whole outage; a
 # worker leaves it unset, its statements (a vector index build, a long batch write) may run long.
 _answer_deadline: float | None = None
+# A longer bound for one piece of work that reads much by design (answer_deadline()).
+LONG_READ_SECONDS = 120.0
+_deadline_here: ContextVar[float | None] = ContextVar("cortex_answer_deadline", default=None)
 
 
 class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
@@ -46,7 +50,7 @@ class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
     connection and drops it from the pool."""
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        deadline = _answer_deadline
+        deadline = _deadline_here.get() or _answer_deadline
         if timeout is None and deadline is not None:
             timeout = deadline
         try:
@@ -54,6 +58,18 @@ class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
         except _WaitTimeout:
             self.pgconn.finish()
             raise psycopg.OperationalError(f"the database did not answer within {timeout:g}s") from None
+
+
+@contextmanager
+def answer_deadline(seconds: float) -> Iterator[None]:
+    """Within this block, database answers may take up to `seconds` (a view that reads a whole table by
+    design: the audit chain's verification, an exact vector search). While the database is known to be
+    away such a view still fails at once (the process's gate is checked before every statement)."""
+    token = _deadline_here.set(seconds)
+    try:
+        yield
+    finally:
+        _deadline_here.reset(token)
 
 
 def use_answer_deadline(seconds: float | None) -> None:
@@ -80,6 +96,11 @@ def _bounded(engine: Engine) -> Engine:
         except psycopg.OperationalError as exc:
             dependencies.trip(dependencies.DATABASE, exc)
             raise
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before_statement(*_args: Any) -> None:
+        # A pooled connection to a server this process knows is away would wait out the whole deadline.
+        dependencies.check(dependencies.DATABASE)
 
     @event.listens_for(engine, "handle_error")
     def _failed(context: Any) -> None:
