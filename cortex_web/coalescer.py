@@ -111,6 +111,16 @@ class Coalescer:
         if message_id is not None:
             self._send(group, [job], message_id)
 
+    def withdraw(self, job: PendingJob) -> bool:
+        """Take back a job still waiting to be sent (its request is answered 503 instead); False when it
+        has left already."""
+        with self._condition:
+            for jobs in self._pending.values():
+                if job in jobs:
+                    jobs.remove(job)
+                    return True
+        return False
+
     def _track(self, group: Group) -> str:
         """Under the lock: a new message of `group`, counted in flight until its reply comes back."""
         message_id = uuid.uuid4().hex

@@ -218,7 +218,8 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     if outcome is None:
         # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
         # before anyone is sent to poll it.
-        pending.sent.wait(10)
+        if not _sent_unless_database_away(pending):
+            raise dependencies.DependencyUnavailable(dependencies.DATABASE)
         create_jobs([(job_id, pending.record)])
         return Prediction(job_id, task, model, None, submitted_at)
     JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
@@ -238,6 +239,20 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
             outputs[i] = out
         outcome = {**outcome, "result": {**result, "outputs": outputs}}
     return Prediction(job_id, task, model, outcome, submitted_at, cached_items=len(inputs) - len(missing))
+
+
+def _sent_unless_database_away(pending: PendingJob, seconds: float = 10.0) -> bool:
+    """Wait (up to `seconds`) until the coalescer has sent the job. While the database is away the workers
+    cannot answer, the coalescer's messages in flight stay unanswered and new jobs wait behind them: such a
+    job is withdrawn (False) and its request answered 503 at once, rather than after the whole wait."""
+    deadline = time.monotonic() + seconds
+    while not pending.sent.wait(0.1):
+        gate = dependencies.gate_for(dependencies.DATABASE)
+        if gate is not None and gate.failed and coalescer().withdraw(pending):
+            return False
+        if time.monotonic() > deadline:
+            break
+    return True
 
 
 def raise_for_failure(prediction: Prediction) -> None:
