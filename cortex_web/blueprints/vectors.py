@@ -42,7 +42,6 @@ from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
 from cortex_tasks.core.request_fields import Storable, WaitSeconds, storable
 from cortex_tasks.core.settings import get_settings
-from cortex_tasks.core.storage.db import LONG_READ_SECONDS, answer_deadline
 from cortex_tasks.core.storage.vector_store import (
     MAX_DIMENSION,
     MAX_K,
@@ -251,10 +250,8 @@ def search(collection: str) -> tuple[Response, int]:
     name = _collection_name(collection)
     body = _body(SearchRequest)
     if body.vector is not None:
-        # An exact search scans the collection: not the per-request database bound (storage/db.py).
-        with answer_deadline(LONG_READ_SECONDS):
-            result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
-                                                   effort=body.effort, include_vectors=body.include_vectors)
+        result = service.vector_store().search(name, body.vector, body.k, body.filter, exact=body.exact,
+                                               effort=body.effort, include_vectors=body.include_vectors)
         return jsonify({"collection": name, "metric": result.metric, "strategy": result.strategy, "k": body.k,
                         "results": [hit.as_dict() for hit in result.hits],
                         "timings": {"search_ms": result.elapsed_ms}}), 200

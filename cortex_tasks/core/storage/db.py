@@ -50,7 +50,8 @@ class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
     connection and drops it from the pool."""
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        deadline = _deadline_here.get() or _answer_deadline
+        # answer_deadline() lengthens this process's bound; where there is none (a worker, the CLI) it adds none.
+        deadline = _answer_deadline and (_deadline_here.get() or _answer_deadline)
         if timeout is None and deadline is not None:
             timeout = deadline
         try:
