@@ -16,14 +16,18 @@ Log format: gunicorn's error and access lines and the app's own lines are writte
 lines, or text on a terminal: core/observability/logs.py), with component `gateway`.
 
 Errors gunicorn answers itself (a malformed request line, headers too large): see json_error.
+
+Slow clients: see ReadDeadline.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -132,6 +136,49 @@ def json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 gunicorn_util.write_error = json_error
 
 
+class SlowClient(ConnectionResetError):
+    """A client that did not send its request within its read deadline. A ConnectionResetError: gunicorn
+    then closes the connection quietly (it logs other socket errors with a traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNRESET, "the client did not send its request in time")
+
+
+class ReadDeadline:
+    """The socket a request is read from, with a deadline on the whole request.
+
+    gunicorn's gthread worker has a keep-alive timeout and a worker timeout but no limit on how long a
+    client may take to send a request: 40 connections sending a byte a second held 40 threads for as long
+    as they liked, and with them the gateway. Each request gets CORTEX_REQUEST_READ_TIMEOUT seconds from
+    its first byte, and every chunk received adds its size / CORTEX_REQUEST_MIN_RATE seconds, so a large
+    body sent at a normal rate is never cut off while a trickle is closed soon after the grace period. A
+    timeout on each recv() would not do: a byte a second never waits long on any one of them. Written here
+    because neither gunicorn (23) nor a maintained WSGI middleware bounds the read of the request line and
+    headers, which happens before the application is called."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline = float("inf")
+
+    def start_request(self, grace: float) -> None:
+        self.deadline = time.monotonic() + grace
+
+    def recv(self, size: int) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        self._sock.settimeout(max(remaining, 0.0))
+        try:
+            data = self._sock.recv(size)
+        except (TimeoutError, BlockingIOError):
+            raise SlowClient() from None
+        finally:
+            self._sock.settimeout(None)
+        self.deadline += len(data) / max(1, _settings.request_min_bytes_per_second)
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
 class BalancedThreadWorker(ThreadWorker):
     """gunicorn's gthread worker, except that a process holding more connections than a peer leaves a
     new connection to that peer.
@@ -144,6 +191,17 @@ class BalancedThreadWorker(ThreadWorker):
     def init_process(self) -> None:
         self._deferring_since = self._last_deferral = 0.0
         super().init_process()
+
+    def enqueue_req(self, conn) -> None:
+        # Each request (keep-alive ones too) gets its own read deadline (ReadDeadline), counted from when its
+        # first bytes arrived, not from when a thread took it: slow clients queued behind slow clients must
+        # not each get a fresh grace period. As gunicorn's, with the deadline set before a thread can read.
+        conn.init()
+        reader = conn.parser.unreader
+        if not isinstance(reader.sock, ReadDeadline):
+            reader.sock = ReadDeadline(reader.sock)
+        reader.sock.start_request(_settings.request_read_seconds)
+        self._wrap_future(self.tpool.submit(self.handle, conn), conn)
 
     def accept(self, server, listener) -> None:
         if self._leave_to_peer():

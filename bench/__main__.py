@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import pkgutil
 import sys
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=[*names, "all"], help="the benchmark to run, or all")
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute), same output shape")
+    parser.add_argument("--soak", type=float, metavar="MINUTES",
+                        help="benchmarks that take it (reliability): run the load MINUTES longer, sampling memory")
     args = parser.parse_args(argv)
     chosen = names if args.name == "all" else [args.name]
     failed = False
@@ -45,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         started = time.perf_counter()
         try:
-            figures = module.run(quick=args.quick)
+            options = {"soak_minutes": args.soak} if args.soak and "soak_minutes" in inspect.signature(
+                module.run).parameters else {}
+            figures = module.run(quick=args.quick, **options)
         except Exception as exc:  # `all` goes on to the next benchmark
             if args.name != "all":
                 raise

@@ -10,10 +10,13 @@ import redis
 from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
+from cortex_tasks import app as celery_app
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.load_control.circuit import CircuitBreaker, CircuitPolicy
 from cortex_tasks.core.load_control.shedding import LoadShedder, SheddingPolicy
 from cortex_tasks.core.registry.references import plain
-from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.settings import Settings, get_settings
+from cortex_tasks.core.storage import db
 from cortex_web import audit as audit_log
 from cortex_web import auth, limits
 from cortex_web.blueprints import (
@@ -61,7 +64,8 @@ def create_app() -> Flask:
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    _bound_dependency_waits(settings)
+    client = dependencies.bounded_redis(settings.redis_url)
     app.extensions["cortex_redis"] = client
     listener = ReplyListener(settings.redis_url)
     app.extensions["cortex_replies"] = listener
@@ -100,6 +104,27 @@ def create_app() -> Flask:
 
     instrument_tracing(app)  # when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/logs-and-traces.md)
     return app
+
+
+def _bound_dependency_waits(settings: Settings) -> None:
+    """Every wait of a request on Redis or PostgreSQL is bounded, and a process that saw one of them fail
+    answers 503 at once until a probe finds it back (cortex_tasks/core/dependencies.py)."""
+    from cortex_tasks.core.storage.probes import database_probe
+
+    db.use_answer_deadline(settings.database_timeout_seconds)
+    dependencies.install_gate(dependencies.REDIS, dependencies.redis_probe(settings.redis_url),
+                              settings.dependency_retry_seconds)
+    dependencies.install_gate(dependencies.DATABASE, database_probe(),
+                              settings.dependency_retry_seconds)
+    # Publishing a job: each attempt waits at most half the Redis budget, and one retry (a connection
+    # dropped by a Redis restart is then replaced) keeps the whole within it. The workers keep Celery's
+    # defaults: their waits on the broker are not a client's.
+    half = settings.redis_socket_timeout_seconds / 2
+    celery_app.conf.broker_transport_options = {
+        **celery_app.conf.broker_transport_options, "socket_timeout": half,
+        "socket_connect_timeout": min(half, settings.redis_connect_timeout_seconds)}
+    celery_app.conf.task_publish_retry_policy = {
+        "max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
 
 
 def _register_queue_metrics(client: redis.Redis) -> None:

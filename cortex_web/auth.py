@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from cortex_tasks.core.auth.keys import Principal, verify_key
+from cortex_tasks.core.dependencies import DATABASE, DependencyUnavailable, failed_dependency
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 from cortex_tasks.core.auth.tokens import looks_like_jwt, verify_token
 from cortex_tasks.core.settings import get_settings
@@ -27,6 +28,8 @@ from cortex_tasks.core.tenancy import enter_tenant, leave_tenant, tenant_scope
 from cortex_web.errors import ApiError
 
 CACHE_SECONDS = 2.0
+# How long a verified credential is still accepted while the database is away (see _known_while_database_away).
+STALE_SECONDS = 300.0
 MAX_CACHED_KEYS = 10_000
 _cache: dict[str, tuple[float, Principal]] = {}
 _cache_lock = threading.Lock()
@@ -66,6 +69,11 @@ def _principal_for(key: str) -> Principal | None:
                 remember_for = min(CACHE_SECONDS, verified.expires_at - time.time())
             else:
                 principal = verify_key(key, get_settings().admin_key)
+        except Exception as exc:
+            known = _known_while_database_away(key, exc)
+            if known is None:
+                raise
+            return known
         finally:
             with _cache_lock:
                 _lookups.pop(key, None)
@@ -75,6 +83,19 @@ def _principal_for(key: str) -> Principal | None:
                     _cache.clear()
                 _cache[key] = (time.monotonic() + remember_for, principal)
     return principal
+
+
+def _known_while_database_away(key: str, error: Exception) -> Principal | None:
+    """A key verified within STALE_SECONDS still works while the database cannot be asked: the requests
+    that need no database (a cached prediction) are then still answered. Nothing can revoke a key while
+    the database is away, so this grants little a working database would refuse (a key that expired in
+    the meantime). Access tokens are left out: their expiry is their own and is always checked."""
+    if looks_like_jwt(key):
+        return None
+    if not isinstance(error, DependencyUnavailable) and failed_dependency(error) != DATABASE:
+        return None
+    cached = _cache.get(key)
+    return cached[1] if cached is not None and cached[0] + STALE_SECONDS > time.monotonic() else None
 
 
 def authenticate() -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex_tasks import app as celery_app
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.contracts.messages import JobRecord, PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.observability import tracing
@@ -113,6 +114,16 @@ class Coalescer:
         if message_id is not None:
             self._send(group, [job], message_id)
 
+    def withdraw(self, job: PendingJob) -> bool:
+        """Take back a job still waiting to be sent (its request is answered 503 instead); False when it
+        has left already."""
+        with self._condition:
+            for jobs in self._pending.values():
+                if job in jobs:
+                    jobs.remove(job)
+                    return True
+        return False
+
     def _track(self, group: Group) -> str:
         """Under the lock: a new message of `group`, counted in flight until its reply comes back."""
         message_id = uuid.uuid4().hex
@@ -171,6 +182,7 @@ class Coalescer:
 
     def _send(self, group: Group, jobs: list[PendingJob], message_id: str) -> None:
         try:
+            dependencies.check(dependencies.REDIS)  # Redis known to be away: fail now, not after a timeout
             # ignore_result: outcomes come back on the reply channel, so no per-message subscription to a
             # result key (a Redis round trip on this path).
             # What Flower shows of the message (kwargsrepr) is made by the app's AMQP: ids and sizes, never
@@ -190,11 +202,18 @@ class Coalescer:
                 )
             JOBS_SUBMITTED.labels("predict", group.task, group.queue).inc(len(jobs))
         except Exception as exc:
-            log.exception("could not enqueue %d jobs", len(jobs), extra={"job_ids": [job.job_id for job in jobs]})
+            dependency = dependencies.failed_dependency(exc) or (
+                exc.details["dependency"] if isinstance(exc, dependencies.DependencyUnavailable) else None)
+            if dependency is None:
+                log.exception("could not enqueue %d jobs", len(jobs), extra={"job_ids": [job.job_id for job in jobs]})
+            else:
+                log.warning("could not enqueue %d jobs: %s unavailable", len(jobs), dependency,
+                            extra={"job_ids": [job.job_id for job in jobs]})
             self._message_done(message_id)
             for job in jobs:
                 self.listener.resolve(job.job_id, {"status": "failed", "error": {
-                    "code": "unavailable", "message": f"The job could not be queued: {type(exc).__name__}"}})
+                    "code": "unavailable", "message": f"The job could not be queued: {type(exc).__name__}",
+                    **({"details": {"dependency": dependency}} if dependency else {})}})
         finally:
             for job in jobs:
                 job.sent.set()

@@ -9,6 +9,7 @@ import redis
 from flask import Response, current_app, jsonify, url_for
 
 from cortex_tasks import app as celery_app
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.contracts.job_messages import RepliedJobMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.load_control.circuit import CircuitBreaker
@@ -59,10 +60,19 @@ def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, message: 
     job_id = store.new_job_id()
     # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
     kwargs = message(job_id, listener.channel if waiting else None).to_kwargs()
+    dependencies.check(dependencies.REDIS)  # no row for a job that cannot be queued now
     job, _ = store.create_job(new_job, job_id=job_id)
     if waiting:
         listener.expect(job.id)
-    celery_app.send_task(task_name, kwargs=kwargs, task_id=job.id, queue=queue, priority=new_job.priority)
+    try:
+        celery_app.send_task(task_name, kwargs=kwargs, task_id=job.id, queue=queue, priority=new_job.priority)
+    except Exception as exc:
+        # Redis went away between the row and the message: the row must not wait as "queued" for a
+        # message that does not exist; the client gets the 503 and retries.
+        if dependencies.failed_dependency(exc) is None:
+            raise
+        store.fail_job(job.id, {"code": "dependency_unavailable", "message": "The job could not be queued."})
+        raise
     JOBS_SUBMITTED.labels(new_job.kind, new_job.task, queue).inc()
     outcome = listener.wait(job.id, wait_seconds) if waiting else None
     return Submitted(job.id, outcome)

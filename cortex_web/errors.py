@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.auth.oauth import OAuthError
 from cortex_tasks.core.errors import CortexError
 
@@ -62,5 +63,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
+        # Redis or PostgreSQL refused, lost the connection or did not answer in time: a 503 to retry, and
+        # this process answers the next requests at once until the dependency is back.
+        dependency = dependencies.failed_dependency(error)
+        if dependency is not None:
+            dependencies.trip(dependency, error)
+            log.warning("%s unavailable: %s: %s", dependency, type(error).__name__, error)
+            unavailable = dependencies.DependencyUnavailable(dependency)
+            return error_response(unavailable.status, unavailable.code, unavailable.message,
+                                  unavailable.details, unavailable.headers)
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")

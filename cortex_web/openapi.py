@@ -298,7 +298,8 @@ ERROR_RESPONSES: dict[str, tuple[str, bool]] = {
     "4XX": (("Another client error, e.g. 400 malformed JSON, 404 unknown job or model, 409 conflict, "
              "413 body too large, 415 not JSON."), False),
     "503": (("Overloaded (overloaded: load shedding or too many requests in flight), the model's circuit is "
-             "open (circuit_open), or a dependency is not configured; see Retry-After where given."), True),
+             "open (circuit_open), Redis or PostgreSQL is not answering (dependency_unavailable), or a dependency "
+             "is not configured; see Retry-After where given."), True),
     "5XX": (("A server or worker failure (500 internal_error, 502 the job failed in the worker, "
              "504 a pipeline step timed out)."), False),
 }

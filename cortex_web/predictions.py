@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.audio.intake import is_staged as is_staged_audio
 from cortex_tasks.core.audio.intake import stage_inputs as stage_audio
 from cortex_tasks.core.auth.permissions import NotAllowed, check_allowed, check_model_allowed
@@ -246,13 +247,18 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
         result = {"task": task.name, "model": shown_model(model), "outputs": outputs, "timings": {}}
         return Prediction(None, task, model, {"status": "succeeded", "result": result}, submitted_at,
                           cached_items=len(inputs))
+    # A job needs both stores (the worker writes its row, the reply comes over Redis): while this process
+    # knows one is away, answer 503 now rather than after the whole wait.
+    dependencies.check(dependencies.DATABASE)
+    dependencies.check(dependencies.REDIS)
     job_id, pending = start_prediction(task, model, [inputs[i] for i in missing], params, priority_class,
                                        inline_errors, looked_up=bool(keys), sensitive=sensitive)
     outcome = reply_listener().wait(job_id, wait)
     if outcome is None:
         # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
         # before anyone is sent to poll it.
-        pending.sent.wait(10)
+        if not _sent_unless_database_away(pending):
+            raise dependencies.DependencyUnavailable(dependencies.DATABASE)
         create_jobs([(job_id, pending.record)])
         return Prediction(job_id, task, model, None, submitted_at)
     JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
@@ -274,6 +280,20 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
     return Prediction(job_id, task, model, outcome, submitted_at, cached_items=len(inputs) - len(missing))
 
 
+def _sent_unless_database_away(pending: PendingJob, seconds: float = 10.0) -> bool:
+    """Wait (up to `seconds`) until the coalescer has sent the job. While the database is away the workers
+    cannot answer, the coalescer's messages in flight stay unanswered and new jobs wait behind them: such a
+    job is withdrawn (False) and its request answered 503 at once, rather than after the whole wait."""
+    deadline = time.monotonic() + seconds
+    while not pending.sent.wait(0.1):
+        gate = dependencies.gate_for(dependencies.DATABASE)
+        if gate is not None and gate.failed and coalescer().withdraw(pending):
+            return False
+        if time.monotonic() > deadline:
+            break
+    return True
+
+
 def raise_for_failure(prediction: Prediction) -> None:
     outcome = prediction.outcome
     if outcome is None or outcome["status"] == "succeeded":
@@ -282,8 +302,10 @@ def raise_for_failure(prediction: Prediction) -> None:
     code = error.get("code", "job_failed")
     status = (503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES
               else STATUS_BY_CODE.get(code, 422))
-    raise ApiError(status, code, error.get("message", "the job failed"),
-                   {"job_id": prediction.job_id, **error.get("details", {})})
+    details = {"job_id": prediction.job_id, **error.get("details", {})}
+    if code == "unavailable" and "dependency" in details:  # Redis was away when the job was to be queued
+        raise dependencies.DependencyUnavailable(details["dependency"])
+    raise ApiError(status, code, error.get("message", "the job failed"), details)
 
 
 def success_body(prediction: Prediction) -> dict[str, Any]:

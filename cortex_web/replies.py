@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 import redis
 
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.jobs.outcomes import REPLY_CHANNEL_PREFIX
+from cortex_tasks.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class ReplyListener:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ever_subscribed = False
         self.on_message_done: Callable[[str], None] | None = None
 
     def _ensure_running(self) -> None:
@@ -47,6 +50,13 @@ class ReplyListener:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._listen, name="cortex-replies", daemon=True)
                 self._thread.start()
+        if self._ever_subscribed:
+            # Subscribed before and lost since: Redis is away. The request answers 503 within its budget
+            # rather than waiting for the listener to find Redis again.
+            dependencies.check(dependencies.REDIS)
+            if not self._subscribed.wait(timeout=get_settings().redis_socket_timeout_seconds):
+                raise dependencies.DependencyUnavailable(dependencies.REDIS)
+            return
         self._subscribed.wait(timeout=5)
 
     def _listen(self) -> None:
@@ -56,6 +66,7 @@ class ReplyListener:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
                 self._subscribed.set()
+                self._ever_subscribed = True
                 for message in pubsub.listen():
                     if message.get("type") == "message":
                         self._deliver(message["data"])

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cortex_tasks.core.request_fields import WaitSeconds
-from cortex_tasks.core.storage.storable import first_unstorable
+from cortex_tasks.core.request_fields import storable
 from cortex_tasks.core.tenancy import TENANT_ID
 from cortex_tasks.core.validation import timeseries as timeseries_inputs
 
@@ -44,10 +44,7 @@ def check_model_reference(value: str | None) -> str | None:
 def storable_params(params: dict[str, Any]) -> dict[str, Any]:
     """Params are kept with the job (PostgreSQL JSON), which refuses NUL and unpaired surrogates: such a
     request was a 500, or a broken event stream on /predict/stream."""
-    where = first_unstorable(params, "params")
-    if where is not None:
-        raise ValueError(f"{where} holds a NUL character or an unpaired surrogate, which cannot be stored")
-    return params
+    return storable(params, "params")
 
 
 class PredictRequest(BaseModel):

@@ -872,6 +872,44 @@ class Settings(FromEnvironment):
         10,
         "Seconds between a worker's looks for messages whose worker died.",
     )
+    # Dependency outages (reliability): the gateway answers 503 within about 2 s while Redis or PostgreSQL
+    # is stalled or down, instead of waiting on a socket for the whole outage.
+    redis_socket_timeout_seconds: float = variable(
+        "CORTEX_REDIS_SOCKET_TIMEOUT", 1.0, "Seconds the gateway waits for one Redis reply before answering 503."
+    )
+    redis_connect_timeout_seconds: float = variable(
+        "CORTEX_REDIS_CONNECT_TIMEOUT", 0.5, "Seconds the gateway waits to connect to Redis."
+    )
+    database_timeout_seconds: float = variable(
+        "CORTEX_DATABASE_TIMEOUT",
+        1.5,
+        "Seconds the gateway waits for one PostgreSQL answer (a statement's reply) before answering 503.",
+    )
+    database_connect_timeout_seconds: int = variable(
+        "CORTEX_DATABASE_CONNECT_TIMEOUT", 2, "Seconds a process waits to connect to PostgreSQL (libpq's minimum is 2)."
+    )
+    dependency_retry_seconds: float = variable(
+        "CORTEX_DEPENDENCY_RETRY",
+        1.0,
+        "Seconds a gateway process answers 503 at once after Redis or PostgreSQL failed, before trying it again.",
+    )
+    request_read_seconds: float = variable(
+        "CORTEX_REQUEST_READ_TIMEOUT",
+        10.0,
+        "Seconds a client has to send a request's headers (and a body at the minimum rate below) before the "
+        "gateway closes its connection: slow clients cannot hold its threads.",
+    )
+    request_min_bytes_per_second: int = variable(
+        "CORTEX_REQUEST_MIN_RATE",
+        1024,
+        "Bytes a second a request's body must arrive at, on average, once CORTEX_REQUEST_READ_TIMEOUT is spent.",
+    )
+    consumer_lease_seconds: int = variable(
+        "CORTEX_CONSUMER_LEASE",
+        15,
+        "Seconds after which the unacknowledged messages of a worker that stopped renewing its lease (it was "
+        "killed, or lost Redis) are given back to their queues by the other workers.",
+    )
     # Rate limiting (rate_limits). A key's tier names one of these.
     rate_limit_tiers: Annotated[dict[str, RateTier | None], NoDecode] = variable(
         "CORTEX_RATE_LIMITS",

@@ -17,6 +17,7 @@ from cortex_tasks.core.batch.submission import BatchRequest, check_batch_inputs,
 from cortex_tasks.core.jobs.store import SUCCEEDED, IdempotencyConflict
 from cortex_tasks.core.openai.billing import billed_params
 from cortex_tasks.core.queues import priority_of
+from cortex_tasks.core.request_fields import Storable
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage import arrow_io
 from cortex_tasks.core.storage.object_store import ObjectStoreError
@@ -41,9 +42,9 @@ class BatchSubmitRequest(BaseModel):
 
     task: str = Field(min_length=1, max_length=64)
     # Each item is checked in the worker like a /predict input; a bad item fails alone (see /batch/errors).
-    inputs: list[Any] = Field(min_length=1)
+    inputs: Storable[list[Any]] = Field(min_length=1)  # they wait in PostgreSQL for their chunk
     model: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Storable[dict[str, Any]] = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
     # Personal data: inputs and results sealed at rest. Always so for pii_detect and pii_mask.
     sensitive: bool = False

@@ -12,6 +12,7 @@ from cortex_tasks.core.auth.permissions import check_allowed
 from cortex_tasks.core.auth.roles import READ, TRAIN
 from cortex_tasks.core.machine_resources import host_use
 from cortex_tasks.core.queues import TRAINING, priority_of
+from cortex_tasks.core.request_fields import Storable
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.training import runs
 from cortex_tasks.core.training.capacity import training_load
@@ -57,8 +58,8 @@ class TrainingSubmitRequest(BaseModel):
     kind: str = Field(min_length=1, max_length=32)
     model: str = Field(min_length=1, max_length=128)
     # {"rows": [...]} inline, or {"object": "datasets/x.jsonl"} / {"uri": "s3://bucket/x.parquet"} (+ "format")
-    dataset: dict[str, Any]
-    params: dict[str, Any] = Field(default_factory=dict)
+    dataset: Storable[dict[str, Any]]
+    params: Storable[dict[str, Any]] = Field(default_factory=dict)
     priority: Literal["high", "normal", "low"] = "normal"
     # Retrain this model later with the same data and params: on a cron, and/or when a metric drops.
     schedule: ScheduleSpec | None = None

@@ -43,7 +43,7 @@ from cortex_tasks.core.contracts.job_messages import (
 from cortex_tasks.core.images.intake import stage_item
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import GPU, MAINTENANCE, priority_of
-from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.request_fields import Storable, WaitSeconds, storable
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.vector_store import (
     MAX_DIMENSION,
@@ -85,7 +85,7 @@ class VectorItem(BaseModel):
     # An image for a collection of an image model: base64, or an object under tenants/<tenant>/.
     image: str | None = None
     image_ref: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Storable[dict[str, Any] | None] = None
 
     _text = field_validator("text")(classmethod(lambda cls, value: _check_text(value, "items.text")))
     _vector = field_validator("vector")(classmethod(lambda cls, value: _check_vector(value, "items.vector")))
@@ -112,7 +112,7 @@ class SearchRequest(BaseModel):
     image: str | None = None  # base64; searches a collection of an image model
     image_ref: str | None = None
     k: int = Field(default=10, ge=1, le=MAX_K)
-    filter: dict[str, FilterValue] | None = Field(default=None, max_length=16)
+    filter: Storable[dict[str, FilterValue] | None] = Field(default=None, max_length=16)
     include_vectors: bool = False
     # Search effort for this query: ef_search (HNSW) or probes (IVFFlat); exact: a sequential scan.
     effort: int | None = Field(default=None, ge=1, le=1000)
@@ -328,6 +328,10 @@ def count_items(collection: str) -> Response:
             raise ApiError(400, "invalid_filter", "filter must be a JSON object") from None
         if not isinstance(filters, dict):
             raise ApiError(400, "invalid_filter", "filter must be a JSON object")
+        try:
+            storable(filters, "filter")
+        except ValueError as exc:
+            raise ApiError(400, "invalid_filter", str(exc)) from None
     return jsonify({"collection": name, "count": service.vector_store().count(name, filters)})
 
 

@@ -119,8 +119,11 @@ def verify_chain(engine: Engine | None = None) -> ChainReport:
         from cortex_tasks.core.storage.db import get_engine
 
         engine = get_engine()
+    from cortex_tasks.core.storage.db import LONG_READ_SECONDS, answer_deadline
+
     snapshot = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-    with engine.connect().execution_options(**snapshot) as conn, conn.begin():
+    # It reads the whole log: not bound like a request's statements (storage/db.py answer_deadline).
+    with answer_deadline(LONG_READ_SECONDS), engine.connect().execution_options(**snapshot) as conn, conn.begin():
         chain = conn.execute(select(AuditChain).where(AuditChain.id == CHAIN_ID)).one_or_none()
         if chain is None:
             return ChainReport(0, None, GENESIS, None, Break(None, "start_missing", "the audit_chain row is missing"))

@@ -14,6 +14,7 @@ from prometheus_client import Counter
 
 from cortex_tasks.core.cache.keys import cache_key, params_fingerprint
 from cortex_tasks.core.cache.layers import MISSING, MemoryCache, RedisCache, encode
+from cortex_tasks.core.dependencies import bounded_redis
 from cortex_tasks.core.metric_totals import sample_values
 from cortex_tasks.core.settings import get_settings
 
@@ -108,7 +109,8 @@ class PredictionCache:
 @lru_cache(maxsize=1)
 def get_cache() -> PredictionCache:
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    # Bounded: a cache lookup while Redis is stalled must not hold the request (core/dependencies.py).
+    client = bounded_redis(settings.redis_url)
     return PredictionCache(
         MemoryCache(settings.cache_l1_max_bytes, settings.cache_l1_ttl_seconds, settings.cache_max_item_bytes),
         RedisCache(client, settings.cache_l2_max_bytes, settings.cache_l2_ttl_seconds,

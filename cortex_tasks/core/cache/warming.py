@@ -27,6 +27,7 @@ from cortex_tasks import app as celery_app
 from cortex_tasks.core.cache.keys import normalize_input
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.catalogue import QUEUE_TASK_NAMES, TASKS, find_model
+from cortex_tasks.core.dependencies import bounded_redis
 from cortex_tasks.core.contracts.messages import PredictionJob, PredictionMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.openai.config import is_openai_model
@@ -55,7 +56,7 @@ class QueryCounter:
     def _client(self) -> redis.Redis:
         url = get_settings().redis_url
         if self._redis is None or self._redis[0] != url:  # one pool, not a new connection every few seconds
-            self._redis = (url, redis.Redis.from_url(url))
+            self._redis = (url, bounded_redis(url))
         return self._redis[1]
 
     def record(self, task: str, model: str, params_json: str, items: list[Any]) -> None:

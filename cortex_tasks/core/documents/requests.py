@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cortex_tasks.core.errors import ItemError
-from cortex_tasks.core.request_fields import WaitSeconds
+from cortex_tasks.core.request_fields import Storable, WaitSeconds
 from cortex_tasks.core.validation.items import CONTROL_CHARACTERS, INVALID_INPUT, check_no_control_characters
 
 MAX_DOCUMENTS = 50
@@ -75,7 +75,7 @@ class DocumentIn(BaseModel):
     id: str | None = Field(default=None, min_length=1, max_length=MAX_DOCUMENT_ID_CHARS)
     content: str = Field(max_length=MAX_CONTENT_CHARS)
     # A flat JSON object: values are strings, numbers, booleans or null (filterable in POST /qa).
-    meta: dict[str, MetaValue] = Field(default_factory=dict, max_length=MAX_META_KEYS)
+    meta: Storable[dict[str, MetaValue]] = Field(default_factory=dict, max_length=MAX_META_KEYS)
 
     @field_validator("id")
     @classmethod
@@ -127,7 +127,7 @@ class QuestionRequest(BaseModel):
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
     collection: str = DEFAULT_COLLECTION
     # Equality on the documents' metadata; a list means "any of these values".
-    filters: dict[str, FilterValue] | None = Field(default=None, max_length=MAX_FILTER_KEYS)
+    filters: Storable[dict[str, FilterValue] | None] = Field(default=None, max_length=MAX_FILTER_KEYS)
     # false: retrieval and the extractive answer only (no language model, fast).
     generate: bool = True
     max_tokens: int = Field(default=96, ge=1, le=256)

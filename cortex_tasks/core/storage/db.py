@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
 from typing import Any
 
+import psycopg
+from psycopg.errors import _WaitTimeout
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 from sqlalchemy.sql.util import find_tables
 
+from cortex_tasks.core import dependencies
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.tables import Base, TenantOwned
 from cortex_tasks.core.tenancy import ALL_TENANTS, TenantScopeMissing, current_scope
@@ -28,19 +32,104 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+# Seconds one database answer may take in this process (None: no bound). The gateway sets it
+# (use_answer_deadline) so that a stalled server costs a request a bounded wait, not the whole outage; a
+# worker leaves it unset, its statements (a vector index build, a long batch write) may run long.
+_answer_deadline: float | None = None
+# A longer bound for one piece of work that reads much by design (answer_deadline()).
+LONG_READ_SECONDS = 120.0
+_deadline_here: ContextVar[float | None] = ContextVar("cortex_answer_deadline", default=None)
+
+
+class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A psycopg connection that waits at most `_answer_deadline` seconds for each answer.
+
+    A server-side `statement_timeout` does not help here: a stalled server runs nothing, and the kernel
+    still accepts what the client sends, so TCP keepalives stay quiet too. The wait is the client's own.
+    When it runs out the connection is closed (its state is unknown): SQLAlchemy then sees a lost
+    connection and drops it from the pool."""
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        # answer_deadline() lengthens this process's bound; where there is none (a worker, the CLI) it adds none.
+        deadline = _answer_deadline and (_deadline_here.get() or _answer_deadline)
+        if timeout is None and deadline is not None:
+            timeout = deadline
+        try:
+            return super().wait(gen, interval, timeout)
+        except _WaitTimeout:
+            self.pgconn.finish()
+            raise psycopg.OperationalError(f"the database did not answer within {timeout:g}s") from None
+
+
+@contextmanager
+def answer_deadline(seconds: float) -> Iterator[None]:
+    """Within this block, database answers may take up to `seconds` (a view that reads a whole table by
+    design: the audit chain's verification, an exact vector search). While the database is known to be
+    away such a view still fails at once (the process's gate is checked before every statement)."""
+    token = _deadline_here.set(seconds)
+    try:
+        yield
+    finally:
+        _deadline_here.reset(token)
+
+
+def use_answer_deadline(seconds: float | None) -> None:
+    """Bound every database answer in this process (the gateway calls it before its first query)."""
+    global _answer_deadline
+    _answer_deadline = seconds if seconds and seconds > 0 else None
+
+
+def _connect_args() -> dict[str, Any]:
+    settings = get_settings()
+    # Keepalives find a peer that vanished (a host gone, a cable pulled); connect_timeout bounds the
+    # handshake (libpq's floor is 2 s).
+    return {"connect_timeout": max(2, settings.database_connect_timeout_seconds), "keepalives": 1,
+            "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+
+def _bounded(engine: Engine) -> Engine:
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # While this process knows the database is down, no request waits on a new connection.
+        dependencies.check(dependencies.DATABASE)
+        try:
+            return BoundedConnection.connect(*cargs, **cparams)
+        except psycopg.OperationalError as exc:
+            dependencies.trip(dependencies.DATABASE, exc)
+            raise
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before_statement(*_args: Any) -> None:
+        # A pooled connection to a server this process knows is away would wait out the whole deadline.
+        dependencies.check(dependencies.DATABASE)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context: Any) -> None:
+        if dependencies.failed_dependency(context.original_exception) == dependencies.DATABASE:
+            dependencies.trip(dependencies.DATABASE, context.original_exception)
+
+    return engine
+
+
+def _pool_timeout() -> float:
+    # How long a request waits for a pooled connection: within the gateway's answer budget when it has one.
+    return 30 if _answer_deadline is None else _answer_deadline
+
+
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
-    return create_engine(
+    return _bounded(create_engine(
         sqlalchemy_url(get_settings().database_url),
+        connect_args=_connect_args(),
         pool_size=20,
         max_overflow=10,
-        pool_timeout=30,
+        pool_timeout=_pool_timeout(),
         pool_recycle=3600,
         # No ping round trip per checkout: on the prediction path it cost as much as the statement itself.
         # A connection broken by a database restart raises an OperationalError once (the pool is then
         # invalidated); tasks retry those as transient and the gateway answers 503.
         pool_pre_ping=False,
-    )
+    ))
 
 
 @lru_cache(maxsize=1)
@@ -49,15 +138,15 @@ def quick_write_engine() -> Engine:
     is one round trip instead of three (BEGIN with the statement, then COMMIT), and no wait for the WAL
     flush. What a database crash loses is recovered: a lost start by the message's redelivery, a lost
     finish by the stale-job sweep."""
-    return create_engine(
+    return _bounded(create_engine(
         sqlalchemy_url(get_settings().database_url),
         isolation_level="AUTOCOMMIT",
-        connect_args={"options": "-c synchronous_commit=off"},
+        connect_args={**_connect_args(), "options": "-c synchronous_commit=off"},
         pool_size=10,
         max_overflow=10,
-        pool_timeout=30,
+        pool_timeout=_pool_timeout(),
         pool_recycle=3600,
-    )
+    ))
 
 
 @lru_cache(maxsize=1)

@@ -50,7 +50,7 @@ from sqlalchemy import Engine
 
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.settings import get_settings
-from cortex_tasks.core.storage.db import get_engine
+from cortex_tasks.core.storage.db import LONG_READ_SECONDS, answer_deadline, get_engine
 from cortex_tasks.core.tenancy import current_tenant
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -783,7 +783,8 @@ class VectorStore:
         check_k(k)
         where, filter_params = _where(filter_document(filters), any_of_documents(any_of))
         filtered = bool(filter_params)
-        with self.connection() as conn:
+        # An exact search scans the collection: not bound like a request's statements (db.answer_deadline).
+        with answer_deadline(LONG_READ_SECONDS), self.connection() as conn:
             collection = self._find(conn, name)
             query = as_matrix(vector, collection.dimension)[0]
             use_exact = exact or collection.index_state != "ready"

@@ -1,0 +1,138 @@
+"""Redis or PostgreSQL stalled (SIGSTOP) or down, with the shipped timeouts: the gateway answers within
+2 s, a 503 `dependency_unavailable` with Retry-After where it needs the missing service, the cached
+prediction it can answer without it, and it serves again by itself once the service is back.
+
+A stack of its own (tests/support/fault_stack.py): the session's services are never stopped."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.fault_stack import Answer, FaultStack
+
+BUDGET_SECONDS = 2.0
+# Measured from the request's start; the extra covers a loaded test machine's scheduling, not a wait.
+SLACK_SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[FaultStack]:
+    stack = FaultStack(env={"CORTEX_READY_QUEUES": "nlp"})
+    try:
+        stack.start_redis()
+        stack.start_postgres()
+        stack.migrate_and_key()
+        stack.start_gateway(workers=1)
+        stack.start_worker("nlp", "nlp", pool="threads", concurrency=2)
+        yield stack
+    finally:
+        stack.close()
+
+
+def predict(stack: FaultStack, text: str, wait: float = 20) -> Answer:
+    return stack.call("POST", "/api/v1/predict", {"task": "sentiment", "inputs": [text], "wait": wait}, timeout=30)
+
+
+def unavailable(answer: Answer, dependency: str) -> None:
+    assert answer.status == 503, answer
+    assert answer.body["error"]["code"] == "dependency_unavailable", answer
+    assert answer.body["error"]["details"]["dependency"] == dependency, answer
+    assert int(answer.headers["Retry-After"]) >= 1, answer.headers
+    assert answer.seconds < BUDGET_SECONDS + SLACK_SECONDS, answer
+
+
+def quick(answer: Answer) -> Answer:
+    assert answer.seconds < BUDGET_SECONDS + SLACK_SECONDS, answer
+    return answer
+
+
+def served_again(stack: FaultStack, job_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = stack.call("GET", f"/api/v1/jobs/{job_id}", timeout=10)
+        if answer.status == 200:
+            return
+        assert answer.status == 503, answer
+        assert time.monotonic() < deadline, f"the gateway did not serve again after the outage: {answer}"
+        time.sleep(0.5)
+
+
+def test_shipped_timeouts_hold_the_budget() -> None:
+    """The promise rests on the defaults: one Redis wait, or one database wait, fits in 2 s."""
+    from cortex_tasks.core.settings import Settings
+
+    settings = Settings()
+    assert settings.redis_socket_timeout_seconds + settings.redis_connect_timeout_seconds <= BUDGET_SECONDS
+    assert settings.database_timeout_seconds < BUDGET_SECONDS
+    assert settings.dependency_retry_seconds <= BUDGET_SECONDS
+
+
+def test_postgres_stalled(stack: FaultStack) -> None:
+    cached_text = "What a wonderful, reliable day."
+    first = predict(stack, cached_text)
+    assert first.status == 200, first
+    queued = stack.call("POST", "/api/v1/predict", {"task": "sentiment", "inputs": ["A queued one."], "wait": 0})
+    job_id = queued.body["job_id"]
+    stack.wait_job(job_id)
+    assert stack.call("GET", "/ready").status == 200
+
+    stack.stall_postgres()
+    try:
+        time.sleep(2.5)  # past the gateway's memory of the key: the next lookup would need the database
+        # The same request again is answered from the gateway's cache (no database needed).
+        again = quick(predict(stack, cached_text))
+        assert again.status == 200 and again.body["cached"] is True, again
+        for _ in range(3):
+            unavailable(stack.call("GET", f"/api/v1/jobs/{job_id}"), "database")
+        unavailable(predict(stack, "Never seen before, so it needs a job."), "database")
+        ready = quick(stack.call("GET", "/ready"))
+        assert ready.status == 503 and ready.body["status"] == "not_ready", ready
+        assert ready.body["checks"]["database"]["ok"] is False, ready
+        assert quick(stack.call("GET", "/ready", key=None)).body == {"status": "not_ready"}
+    finally:
+        stack.resume_postgres()
+    served_again(stack, job_id)
+    assert stack.call("GET", "/ready").status == 200
+    assert predict(stack, "After the stall, a new text.").status == 200
+
+
+def test_postgres_down_and_back(stack: FaultStack) -> None:
+    queued = stack.call("POST", "/api/v1/predict", {"task": "sentiment", "inputs": ["Down and up."], "wait": 0})
+    job_id = queued.body["job_id"]
+    stack.wait_job(job_id)
+    stack.stop_postgres()
+    try:
+        for _ in range(3):
+            unavailable(stack.call("GET", f"/api/v1/jobs/{job_id}"), "database")
+        assert quick(stack.call("GET", "/ready")).status == 503
+    finally:
+        stack.start_postgres()
+    served_again(stack, job_id)
+
+
+def test_redis_stalled(stack: FaultStack) -> None:
+    cached_text = "Cached before Redis stalls."
+    assert predict(stack, cached_text).status == 200
+    queued = stack.call("POST", "/api/v1/predict", {"task": "sentiment", "inputs": ["Read during a stall."], "wait": 0})
+    job_id = queued.body["job_id"]
+    stack.wait_job(job_id)
+
+    stack.stall_redis()
+    try:
+        again = quick(predict(stack, cached_text))
+        assert again.status == 200 and again.body["cached"] is True, again
+        unavailable(predict(stack, "Not cached: it must be queued, and cannot be."), "redis")
+        # A job's record lives in PostgreSQL: it is still read.
+        job = quick(stack.call("GET", f"/api/v1/jobs/{job_id}"))
+        assert job.status == 200 and job.body["status"] == "succeeded", job
+        ready = quick(stack.call("GET", "/ready"))
+        assert ready.status == 503, ready
+    finally:
+        stack.resume_redis()
+    deadline = time.monotonic() + 30
+    while (answer := predict(stack, f"After the Redis stall {time.monotonic()}")).status != 200:
+        assert answer.status == 503 and time.monotonic() < deadline, answer
+        time.sleep(0.5)
+    assert stack.call("GET", "/ready").status == 200
