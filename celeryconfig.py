@@ -63,6 +63,8 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 
 beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
+# Only the Beat that holds the leader lock in Redis sends the schedule; others stand by (docs/scaling.md).
+beat_scheduler = "cortex_tasks.runtime.maintenance.leader:LeaderScheduler"
 
 from beat_schedule import BEAT_SCHEDULE
 
