@@ -81,6 +81,10 @@ def start_aging_in_beat(**_: object) -> threading.Event:
     """celery.signals.beat_init: age the queues from a thread of the Beat process. Returns its stop event."""
     settings = get_settings()
     stop = threading.Event()
+    if not settings.broker_is_redis:
+        log.info("priority aging is off: the broker is not Redis (RabbitMQ serves its priority queues "
+                 "itself, and a waiting message's age cannot be read there; see core/broker.py)")
+        return stop
     threading.Thread(target=age_queues_forever, name="priority-aging", daemon=True,
                      args=(redis.Redis.from_url(settings.redis_url), settings.priority_aging_seconds, stop)).start()
     return stop
