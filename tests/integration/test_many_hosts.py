@@ -4,9 +4,11 @@ PostgreSQL database and an S3 server for artifacts. Work spreads over both gpu w
 the training worker trained and registered (its artifact in S3) is served by both; SIGKILLing one gpu
 worker loses no job.
 
-The cluster uses a Redis database of its own, so that the session's workers never take its messages. Its
-visibility timeout is shortened to 20 s (shipped: hours, tests/unit/test_celery_config.py) so that the
-message the killed worker held comes back within the test.
+It runs twice: with the Redis broker and with RabbitMQ (CORTEX_BROKER_URL). The cluster uses a Redis
+database of its own (and a RabbitMQ virtual host of the session's own), so that the session's workers never
+take its messages. With Redis its visibility timeout is shortened to 20 s (shipped: hours,
+tests/unit/test_celery_config.py) so that the message the killed worker held comes back within the test;
+RabbitMQ gives it back when the dead worker's connection drops.
 """
 from __future__ import annotations
 
@@ -84,15 +86,16 @@ def _wait_ready(client: redis.Redis, worker: WorkerProcess, timeout: float = 600
     wait_for(ready, timeout, f"{worker.hostname} to be ready", interval=0.5)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[dict]:
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[dict]:
+    broker_url = request.getfixturevalue("rabbitmq_url") if request.param == "rabbitmq" else ""
     root = tmp_path_factory.mktemp("hosts")
     redis_url = urlunparse(urlparse(os.environ["REDIS_URL"])._replace(path="/5"))
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     with running_s3_server() as s3:
         shared = {
-            "REDIS_URL": redis_url, "DATABASE_URL": os.environ["DATABASE_URL"], "CORTEX_BROKER_URL": "",
+            "REDIS_URL": redis_url, "DATABASE_URL": os.environ["DATABASE_URL"], "CORTEX_BROKER_URL": broker_url,
             "MINIO_ENDPOINT": s3.endpoint, "MINIO_ACCESS_KEY": s3.access_key, "MINIO_SECRET_KEY": s3.secret_key,
             "MINIO_BUCKET": s3.new_bucket_name(), "HF_HUB_OFFLINE": "1",
             # Every host seals and opens sensitive values with the same keys (docs/scaling.md).
@@ -205,7 +208,8 @@ def test_killing_a_gpu_host_loses_no_job(cluster):
     wait_for(lambda: doomed.served_messages() > served_before, 120, "the doomed host to take work")
     assert doomed.worker is not None
     doomed.worker.kill(signal.SIGKILL)
-    held = cluster["redis"].hlen("unacked")  # messages taken and not acknowledged, the dead host's among them
+    # Redis: messages taken and not acknowledged, the dead host's among them (RabbitMQ keeps no such list).
+    held = cluster["redis"].hlen("unacked")
 
     def all_finished() -> list[dict] | None:
         jobs = [_call(cluster, "GET", f"/api/v1/jobs/{job_id}").json() for job_id in job_ids]
