@@ -9,7 +9,7 @@ import redis
 from flask import Response, current_app, jsonify, url_for
 
 from cortex_tasks import app as celery_app
-from cortex_tasks.core.broker import amqp_depths
+from cortex_tasks.core.broker import amqp_depths, redis_holding_queues
 from cortex_tasks.core.contracts.job_messages import RepliedJobMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.load_control.circuit import CircuitBreaker
@@ -80,7 +80,7 @@ def queue_depths(client: redis.Redis) -> dict[str, int]:
         except Exception as exc:  # noqa: BLE001  (kombu, py-amqp and socket errors: the broker is away)
             raise ApiError(503, "broker_unavailable", "The message broker cannot be reached; try again shortly.",
                            headers={"Retry-After": "5"}) from exc
-    pipe = client.pipeline(transaction=False)
+    pipe = redis_holding_queues(client).pipeline(transaction=False)
     for queue in QUEUE_NAMES:
         for step in PRIORITY_STEPS:
             pipe.llen(queue if step == 0 else f"{queue}:{step}")

@@ -21,9 +21,11 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from kombu import Connection
 
 from cortex_tasks.core.queues import PRIORITY_STEPS
+from cortex_tasks.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class AmqpQueueDepths:
 
 _amqp_depths: dict[str, AmqpQueueDepths] = {}
 _amqp_lock = threading.Lock()
+_broker_clients: dict[str, redis.Redis] = {}
 
 
 def amqp_depths(url: str) -> AmqpQueueDepths:
@@ -95,3 +98,16 @@ def amqp_depths(url: str) -> AmqpQueueDepths:
         if url not in _amqp_depths:
             _amqp_depths[url] = AmqpQueueDepths(url)
         return _amqp_depths[url]
+
+
+def redis_holding_queues(client: redis.Redis) -> redis.Redis:
+    """The Redis whose lists are the queues: `client` (REDIS_URL's) unless CORTEX_BROKER_URL names another
+    Redis. Only for a Redis broker (sentinel:// is kombu's to resolve: its lists are read through REDIS_URL)."""
+    settings = get_settings()
+    url = settings.celery_broker_url
+    if url == settings.redis_url or not url.startswith(("redis://", "rediss://", "unix://")):
+        return client
+    with _amqp_lock:
+        if url not in _broker_clients:
+            _broker_clients[url] = redis.Redis.from_url(url, socket_timeout=2, health_check_interval=30)
+        return _broker_clients[url]

@@ -717,7 +717,7 @@ class Settings(FromEnvironment):
 
     @property
     def broker_is_redis(self) -> bool:
-        return self.celery_broker_url.startswith(("redis://", "rediss://", "unix://"))
+        return self.celery_broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024

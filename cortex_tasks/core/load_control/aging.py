@@ -18,6 +18,7 @@ import time
 import redis
 from prometheus_client import Counter
 
+from cortex_tasks.core.broker import redis_holding_queues
 from cortex_tasks.core.queues import GPU, NLP, PRIORITY_CLASSES, PRIORITY_STEPS
 from cortex_tasks.core.settings import get_settings
 
@@ -85,6 +86,7 @@ def start_aging_in_beat(**_: object) -> threading.Event:
         log.info("priority aging is off: the broker is not Redis (RabbitMQ serves its priority queues "
                  "itself, and a waiting message's age cannot be read there; see core/broker.py)")
         return stop
+    queues = redis_holding_queues(redis.Redis.from_url(settings.redis_url))
     threading.Thread(target=age_queues_forever, name="priority-aging", daemon=True,
-                     args=(redis.Redis.from_url(settings.redis_url), settings.priority_aging_seconds, stop)).start()
+                     args=(queues, settings.priority_aging_seconds, stop)).start()
     return stop

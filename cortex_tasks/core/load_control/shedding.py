@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import Counter, Gauge
 
-from cortex_tasks.core.broker import amqp_depths
+from cortex_tasks.core.broker import amqp_depths, redis_holding_queues
 from cortex_tasks.core.queues import PRIORITY_STEPS
 from cortex_tasks.core.settings import get_settings
 
@@ -65,9 +65,10 @@ def read_queue_load(client: redis.Redis, queue: str) -> QueueLoad:
 
 class LoadShedder:
     def __init__(self, client: redis.Redis, policy: SheddingPolicy) -> None:
-        self.client, self.policy = client, policy
         settings = get_settings()
         self._amqp_url = None if settings.broker_is_redis else settings.celery_broker_url
+        self.client = client if self._amqp_url is not None else redis_holding_queues(client)
+        self.policy = policy
         self._loads: dict[str, tuple[float, QueueLoad]] = {}
         self._lock = threading.Lock()
 
