@@ -7,7 +7,8 @@ kombu's list layout is unchanged: only the list a message waits in.
 
 It runs every few seconds in Beat's own process (`start_aging_in_beat`, connected in beat_schedule.py),
 not as a task Beat sends: a task every 5 s was most of what Flower listed (59 of 98 tasks in a minute) and
-buried the real work. Two Beats (there should be one) would only run the same idempotent moves twice.
+buried the real work. Every Beat runs it, the standbys too (runtime/maintenance/leader.py): the moves are
+atomic and idempotent, so two Beats only run them twice. With RabbitMQ as the broker it is off (core/broker.py).
 """
 from __future__ import annotations
 
