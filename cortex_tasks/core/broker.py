@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 from kombu import Connection
 
-from cortex_tasks.core.queues import PRIORITY_STEPS
+from cortex_tasks.core.queues import PRIORITY_STEPS, QUEUE_NAMES
 from cortex_tasks.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,17 @@ def amqp_depths(url: str) -> AmqpQueueDepths:
         if url not in _amqp_depths:
             _amqp_depths[url] = AmqpQueueDepths(url)
         return _amqp_depths[url]
+
+
+def broker_probe() -> Callable[[], object] | None:
+    """A round trip to the broker for /ready, or None when the broker is REDIS_URL's Redis (checked as Redis)."""
+    settings = get_settings()
+    url = settings.celery_broker_url
+    if url == settings.redis_url:
+        return None
+    if not settings.broker_is_redis:
+        return lambda: amqp_depths(url).depth(QUEUE_NAMES[0])  # a passive declare: answered by a live broker
+    return lambda: redis_holding_queues(redis.Redis.from_url(settings.redis_url)).ping()
 
 
 def redis_holding_queues(client: redis.Redis) -> redis.Redis:

@@ -87,3 +87,15 @@ def test_shedding_reads_depth_and_no_age_and_aging_is_off(rabbitmq):
     start_aging_in_beat()
     assert aging_threads() == before  # Beat starts no aging thread when the broker is not Redis
     _drain(rabbitmq.url, queue, 2)
+
+
+def test_ready_checks_a_broker_apart_from_redis(app, keys, rabbitmq, monkeypatch):
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {keys['reader']}"}
+    assert client.get("/ready", headers=headers).get_json()["checks"]["broker"] == {"ok": True}
+    monkeypatch.setenv("CORTEX_BROKER_URL", "amqp://guest:guest@127.0.0.1:1/nowhere")
+    reset_settings_cache()
+    answer = client.get("/ready", headers=headers)
+    assert answer.status_code == 503
+    assert answer.get_json()["checks"]["broker"]["ok"] is False
+    assert answer.get_json()["checks"]["broker"]["code"] == "broker_unreachable"
