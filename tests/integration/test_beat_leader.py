@@ -120,3 +120,33 @@ def test_a_beat_stopped_cleanly_hands_over_at_once(tmp_path):
     finally:
         first.kill()
         client.flushdb()
+
+
+def test_a_leader_that_lost_its_lock_stops_sending_and_one_without_redis_never_sends(tmp_path, monkeypatch):
+    from cortex_tasks import app
+    from cortex_tasks.core.settings import reset_settings_cache
+    from cortex_tasks.runtime.maintenance.leader import LeaderScheduler
+
+    url = _own_database(os.environ["REDIS_URL"])
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("CORTEX_BEAT_LOCK_TTL", "30")
+    reset_settings_cache()
+    first = LeaderScheduler(app=app, schedule_filename=str(tmp_path / "first"), lazy=True)
+    second = LeaderScheduler(app=app, schedule_filename=str(tmp_path / "second"), lazy=True)
+    assert first.max_interval <= first.renew_every == 10
+    assert first._hold_lock() and not second._hold_lock()
+    # The first stalls past its TTL (here: its key is gone) and the second takes the lock meanwhile.
+    client.delete(LOCK_KEY)
+    assert second._hold_lock()
+    first._renew_at = 0  # its next renewal is due
+    assert not first._hold_lock() and not first.leading
+    assert second._hold_lock() and second.leading
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    reset_settings_cache()
+    cut_off = LeaderScheduler(app=app, schedule_filename=str(tmp_path / "third"), lazy=True)
+    assert not cut_off._hold_lock() and not cut_off.leading
+    assert cut_off.tick() == cut_off.standby_poll  # standing by: nothing is sent
+    client.flushdb()
