@@ -19,10 +19,12 @@ VISIBILITY_TIMEOUT = _settings.visibility_timeout_seconds or LONGEST_HARD_TIME_L
 # How often a worker looks for messages whose worker died (kombu's default sweep is ~100 s).
 UNACKED_RESTORE_INTERVAL = _settings.unacked_restore_interval_seconds
 
-broker_url = _settings.redis_url
+# The broker is CORTEX_BROKER_URL when set (RabbitMQ: docs/scaling.md), else the one Redis; results,
+# cache, limits and readiness stay in REDIS_URL's Redis either way.
+broker_url = _settings.celery_broker_url
 use_for_redis_urls()  # redis:// and rediss:// use cortex_tasks.core.broker_transport
 result_backend = _settings.redis_url
-broker_transport_options = {
+_redis_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT,
     "queue_order_strategy": "priority",
     "priority_steps": PRIORITY_STEPS,
@@ -30,6 +32,11 @@ broker_transport_options = {
     "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
     "unacked_restore_throttle": 1,
 }
+# RabbitMQ: publisher confirms, so a send returns once the broker has the message (Redis's LPUSH answers
+# only once it is written); a consumer that dies gives back its unacknowledged messages when its connection
+# closes (at once for a dead process, after the heartbeat for a dead host), with no visibility timeout.
+_amqp_transport_options = {"confirm_publish": True}
+broker_transport_options = _redis_transport_options if _settings.broker_is_redis else _amqp_transport_options
 result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
 visibility_timeout = VISIBILITY_TIMEOUT
 broker_connection_retry_on_startup = True
@@ -63,6 +70,8 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 
 beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
+# Only the Beat that holds the leader lock in Redis sends the schedule; others stand by (docs/scaling.md).
+beat_scheduler = "cortex_tasks.runtime.maintenance.leader:LeaderScheduler"
 
 from beat_schedule import BEAT_SCHEDULE
 

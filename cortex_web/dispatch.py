@@ -10,11 +10,13 @@ from flask import Response, current_app, jsonify, url_for
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.core import dependencies
+from cortex_tasks.core.broker import amqp_depths, redis_holding_queues
 from cortex_tasks.core.contracts.job_messages import RepliedJobMessage
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.load_control.circuit import CircuitBreaker
 from cortex_tasks.core.load_control.shedding import LoadShedder
 from cortex_tasks.core.queues import PRIORITY_STEPS, QUEUE_NAMES
+from cortex_tasks.core.settings import get_settings
 from cortex_web.coalescer import Coalescer
 from cortex_web.errors import ApiError
 from cortex_web.metrics import JOBS_SUBMITTED
@@ -79,8 +81,16 @@ def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, message: 
 
 
 def queue_depths(client: redis.Redis) -> dict[str, int]:
-    """Length of every queue, summed over kombu's per-priority lists (`gpu`, `gpu:1`, ... `gpu:9`)."""
-    pipe = client.pipeline(transaction=False)
+    """Length of every queue, summed over kombu's per-priority lists (`gpu`, `gpu:1`, ... `gpu:9`); with
+    RabbitMQ as the broker, its ready-message counts (core/broker.py)."""
+    settings = get_settings()
+    if not settings.broker_is_redis:
+        try:
+            return amqp_depths(settings.celery_broker_url).depths(QUEUE_NAMES)
+        except Exception as exc:  # noqa: BLE001  (kombu, py-amqp and socket errors: the broker is away)
+            raise ApiError(503, "broker_unavailable", "The message broker cannot be reached; try again shortly.",
+                           headers={"Retry-After": "5"}) from exc
+    pipe = redis_holding_queues(client).pipeline(transaction=False)
     for queue in QUEUE_NAMES:
         for step in PRIORITY_STEPS:
             pipe.llen(queue if step == 0 else f"{queue}:{step}")

@@ -16,6 +16,8 @@ from typing import Any
 from celery import signals
 from celery.app.amqp import AMQP
 
+from cortex_tasks.core.broker import native_priority
+
 # Fields shown as they are when they hold a short string: names and ids chosen by Cortex or the operator
 # (a job id, a model name), never content. Everything else is shown by its type and size.
 SHOWN_FIELDS = frozenset({
@@ -74,7 +76,23 @@ def shown_arguments(arguments: Any) -> str:
 
 class ArgumentSummaryAMQP(AMQP):
     """Celery's AMQP with `argsrepr`/`kwargsrepr` always made by shown_arguments (a sender's own are
-    replaced too: they were written for convenience, not for privacy)."""
+    replaced too: they were written for convenience, not for privacy), and each message's priority in
+    the convention of the broker it goes to (core/broker.py)."""
+
+    def _create_task_sender(self) -> Any:
+        send = super()._create_task_sender()
+        default_step = self.app.conf.task_default_priority
+
+        def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            headers = message[0]
+            # Redis takes Cortex's steps as they are. A retry re-sends the priority its message was delivered
+            # with, already the broker's own.
+            driver_type = producer.connection.transport.driver_type
+            if driver_type == "amqp" and not headers.get("retries"):
+                options["priority"] = native_priority(options.get("priority"), driver_type, default_step)
+            return send(producer, name, message, **options)
+
+        return send_task_message
 
     def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None,  # type: ignore[override]
                    *positional: Any, **options: Any) -> Any:

@@ -1049,6 +1049,33 @@ class Settings(FromEnvironment):
     @classmethod
     def _agent_model_list(cls, raw: Any) -> Any:
         return tuple(part.strip() for part in raw.split(",") if part.strip()) if isinstance(raw, str) else raw
+    # Scaling out (docs/scaling.md): the broker apart from Redis, and one Beat among several.
+    broker_url: str | None = variable(
+        "CORTEX_BROKER_URL",
+        None,
+        "The Celery broker: `redis://...` or `amqp://...` (RabbitMQ); Redis keeps cache, limits and readiness.",
+        shown="REDIS_URL",
+    )
+    beat_lock_ttl_seconds: float = variable(
+        "CORTEX_BEAT_LOCK_TTL",
+        30.0,
+        "Beat's leader lock: a standby Beat takes over this long after the leader died.",
+        shown="30s",
+    )
+
+    @field_validator("beat_lock_ttl_seconds", mode="before")
+    @classmethod
+    def _beat_lock_ttl(cls, raw: Any) -> Any:
+        return parse_duration(raw) if isinstance(raw, str) else raw
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Where Celery's messages go: CORTEX_BROKER_URL, else the one Redis of REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.celery_broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
 
     # Fixed limits (input_validation, inference_config), not read from the environment.
     cache_max_item_bytes: ClassVar[int] = 1024 * 1024

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cortex_tasks.core.auth.roles import READ
+from cortex_tasks.core.broker import broker_probe
 from cortex_tasks.core.cache.service import get_cache
 from cortex_tasks.core.cache.warming import effectiveness
 from cortex_tasks.core.catalogue import MODELS, TASKS
@@ -87,6 +88,8 @@ def ready() -> tuple[Response, int]:
     keyed = _caller_has_key()
     checks = {"database": _check("database_unreachable", "the database did not answer", ping_database),
               "redis": _check("redis_unreachable", "Redis did not answer", lambda: redis_client().ping())}
+    if (probe := broker_probe()) is not None:  # CORTEX_BROKER_URL: a broker apart from Redis
+        checks["broker"] = _check("broker_unreachable", "the message broker did not answer", probe)
     missing = [name for name, package in MODEL_PACKAGES.items() if importlib.util.find_spec(package) is None]
     checks["models"] = {"ok": not missing, **({"missing": missing} if missing else {})}
     workers: list[dict[str, Any]] = ready_workers() if checks["redis"]["ok"] else []

@@ -150,3 +150,25 @@ def pytest_runtest_makereport(item, call):
     if report.failed and "workers" in getattr(item, "funcargs", {}):
         for name, worker in item.funcargs["workers"].items():
             report.sections.append((f"worker {name} log (tail)", worker.log_tail(40)))
+
+
+# The broker the delivery and priority tests run against (tests/support/brokers.py): each such test runs
+# once with the session's Redis and once with RabbitMQ, in a virtual host of the session's own.
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    from tests.support.brokers import rabbitmq_missing, rabbitmq_vhost
+
+    if (missing := rabbitmq_missing()) is not None:
+        pytest.skip(missing)
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest):
+    from tests.support.brokers import Broker
+
+    if request.param == "redis":
+        return Broker("redis")
+    url = request.getfixturevalue("rabbitmq_url")
+    return Broker("rabbitmq", url, {"CORTEX_BROKER_URL": url})

@@ -1,8 +1,8 @@
 """At-least-once delivery: a worker killed mid-job loses nothing, and a job is recorded once.
 
 The kill tests use a test worker on a private queue running a slow job (tests/support/slow_tasks.py)
-through the real job lifecycle, so that the kill surely lands while the job runs; the duplicate-message
-test uses the session's gpu worker.
+through the real job lifecycle, so that the kill surely lands while the job runs; each runs with Redis and
+with RabbitMQ as the broker (the `broker` fixture). The duplicate-message test uses the session's gpu worker.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import REPLY_CHANNEL_PREFIX
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import tenant_scope
+from tests.support.brokers import Broker
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_for
 
@@ -29,9 +30,9 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_default_tenant")]
 
 
-def submit_hold_job(queue: str, seconds: float, trace_dir: Path) -> str:
+def submit_hold_job(broker: Broker, queue: str, seconds: float, trace_dir: Path) -> str:
     job, _ = store.create_job(store.NewJob(owner="delivery-test", kind="predict", task="hold"))
-    celery_app.send_task("cortex.testing.hold_job", kwargs={
+    broker.send_task("cortex.testing.hold_job", kwargs={
         "job_id": job.id, "seconds": seconds, "trace_dir": str(trace_dir)}, task_id=job.id, queue=queue)
     return job.id
 
@@ -45,12 +46,12 @@ def trace_dir(tmp_path) -> Path:
     return tmp_path
 
 
-def test_sigkilled_pool_process_job_is_redelivered_and_recorded_once(trace_dir):
+def test_sigkilled_pool_process_job_is_redelivered_and_recorded_once(trace_dir, broker):
     queue = f"delivery-{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="delivery",
+    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="delivery", env=broker.env,
                            extra_args=["-I", "tests.support.slow_tasks"]).start()
     try:
-        job_id = submit_hold_job(queue, seconds=3, trace_dir=trace_dir)
+        job_id = submit_hold_job(broker, queue, seconds=3, trace_dir=trace_dir)
         first_pid = wait_for(lambda: started_pids(trace_dir), 60, "the job to start")[0]
         assert store.get_job(job_id).status == "running"
         os.kill(first_pid, signal.SIGKILL)  # the pool process running the job dies mid-job
@@ -66,15 +67,16 @@ def test_sigkilled_pool_process_job_is_redelivered_and_recorded_once(trace_dir):
     assert len((trace_dir / "completions").read_text().splitlines()) == 1
 
 
-def test_sigkilled_worker_job_completes_on_a_new_worker(trace_dir):
+def test_sigkilled_worker_job_completes_on_a_new_worker(trace_dir, broker):
     """The whole worker dies (no chance to requeue): the message stays unacknowledged in Redis, and a new
-    worker takes it over once the visibility timeout has passed (shortened here from hours to seconds)."""
+    worker takes it over once the visibility timeout has passed (shortened here from hours to seconds).
+    RabbitMQ gives it back when the dead worker's connection closes."""
     queue = f"delivery-{uuid.uuid4().hex[:6]}"
-    env = {"CORTEX_VISIBILITY_TIMEOUT": "8", "CORTEX_UNACKED_RESTORE_INTERVAL": "1"}
+    env = {"CORTEX_VISIBILITY_TIMEOUT": "8", "CORTEX_UNACKED_RESTORE_INTERVAL": "1", **broker.env}
     first = WorkerProcess(queue, pool="prefork", concurrency=1, name="doomed", env=env,
                           extra_args=["-I", "tests.support.slow_tasks"]).start()
     try:
-        job_id = submit_hold_job(queue, seconds=3, trace_dir=trace_dir)
+        job_id = submit_hold_job(broker, queue, seconds=3, trace_dir=trace_dir)
         wait_for(lambda: started_pids(trace_dir), 60, "the job to start")
     finally:
         first.kill(signal.SIGKILL)  # master and pool process together
@@ -91,13 +93,13 @@ def test_sigkilled_worker_job_completes_on_a_new_worker(trace_dir):
     assert len((trace_dir / "completions").read_text().splitlines()) == 1
 
 
-def test_job_that_keeps_killing_its_worker_is_failed_after_the_delivery_cap(trace_dir):
+def test_job_that_keeps_killing_its_worker_is_failed_after_the_delivery_cap(trace_dir, broker):
     queue = f"delivery-{uuid.uuid4().hex[:6]}"
     worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="cap",
-                           env={"CORTEX_MAX_DELIVERIES": "2"},
+                           env={"CORTEX_MAX_DELIVERIES": "2", **broker.env},
                            extra_args=["-I", "tests.support.slow_tasks"]).start()
     try:
-        job_id = submit_hold_job(queue, seconds=30, trace_dir=trace_dir)
+        job_id = submit_hold_job(broker, queue, seconds=30, trace_dir=trace_dir)
         killed: set[int] = set()
         for _ in range(2):
             pid = wait_for(lambda: set(started_pids(trace_dir)) - killed, 60, "a delivery to start").pop()
@@ -112,11 +114,11 @@ def test_job_that_keeps_killing_its_worker_is_failed_after_the_delivery_cap(trac
     assert not (trace_dir / "completions").exists()
 
 
-def test_worker_killed_mid_batch_loses_no_item():
+def test_worker_killed_mid_batch_loses_no_item(broker):
     """Several coalesced prediction jobs in one message: the pool process dies while the model runs the
     batch; the message is redelivered and every item of every job is answered."""
     queue = f"delivery-{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="midbatch").start()
+    worker = WorkerProcess(queue, pool="prefork", concurrency=1, name="midbatch", env=broker.env).start()
     long_text = " ".join(["the quarterly report describes revenue, costs and the outlook"] * 25)
     jobs = []
     for j in range(4):
@@ -124,7 +126,7 @@ def test_worker_killed_mid_batch_loses_no_item():
                                                model="all-MiniLM-L6-v2", total=32))
         jobs.append({"job_id": job.id, "inputs": [f"{long_text} {j}-{i} {uuid.uuid4()}" for i in range(32)]})
     try:
-        celery_app.send_task("cortex.inference.run_gpu_jobs", queue=queue, kwargs={
+        broker.send_task("cortex.inference.run_gpu_jobs", queue=queue, kwargs={
             "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "jobs": jobs})
         wait_for(lambda: store.get_job(jobs[0]["job_id"]).status == "running", 120, "the batch to start")
         children = worker.children()

@@ -7,7 +7,8 @@ kombu's list layout is unchanged: only the list a message waits in.
 
 It runs every few seconds in Beat's own process (`start_aging_in_beat`, connected in beat_schedule.py),
 not as a task Beat sends: a task every 5 s was most of what Flower listed (59 of 98 tasks in a minute) and
-buried the real work. Two Beats (there should be one) would only run the same idempotent moves twice.
+buried the real work. Every Beat runs it, the standbys too (runtime/maintenance/leader.py): the moves are
+atomic and idempotent, so two Beats only run them twice. With RabbitMQ as the broker it is off (core/broker.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 import redis
 from prometheus_client import Counter
 
+from cortex_tasks.core.broker import redis_holding_queues
 from cortex_tasks.core.queues import GPU, NLP, PRIORITY_CLASSES, PRIORITY_STEPS
 from cortex_tasks.core.settings import get_settings
 
@@ -81,6 +83,11 @@ def start_aging_in_beat(**_: object) -> threading.Event:
     """celery.signals.beat_init: age the queues from a thread of the Beat process. Returns its stop event."""
     settings = get_settings()
     stop = threading.Event()
+    if not settings.broker_is_redis:
+        log.info("priority aging is off: the broker is not Redis (RabbitMQ serves its priority queues "
+                 "itself, and a waiting message's age cannot be read there; see core/broker.py)")
+        return stop
+    queues = redis_holding_queues(redis.Redis.from_url(settings.redis_url))
     threading.Thread(target=age_queues_forever, name="priority-aging", daemon=True,
-                     args=(redis.Redis.from_url(settings.redis_url), settings.priority_aging_seconds, stop)).start()
+                     args=(queues, settings.priority_aging_seconds, stop)).start()
     return stop

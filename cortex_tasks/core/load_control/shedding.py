@@ -3,7 +3,8 @@ oldest message has waited longer than the queue timeout, new low-priority work i
 Retry-After instead of piling up. Interactive (normal/high) work is never shed here.
 
 The queue's state is read from Redis at most every `refresh_seconds` per process. A message's age comes
-from the `enqueued_at` header Cortex puts on every message it sends.
+from the `enqueued_at` header Cortex puts on every message it sends. With RabbitMQ as the broker only the
+depth can be read (a passive declare), so shedding by age is off there (core/broker.py says why).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import Counter
 
+from cortex_tasks.core.broker import amqp_depths, redis_holding_queues
 from cortex_tasks.core.queues import PRIORITY_STEPS
+from cortex_tasks.core.settings import get_settings
 
 SHED_REQUESTS = Counter("cortex_shed_requests_total", "Requests refused by load shedding", ["queue", "reason"])
 # Each queue's depth and oldest age are reported by the gateway's /metrics, read at scrape time
@@ -70,7 +73,10 @@ def read_queue_loads(client: redis.Redis, queues: list[str] | tuple[str, ...]) -
 
 class LoadShedder:
     def __init__(self, client: redis.Redis, policy: SheddingPolicy) -> None:
-        self.client, self.policy = client, policy
+        settings = get_settings()
+        self._amqp_url = None if settings.broker_is_redis else settings.celery_broker_url
+        self.client = client if self._amqp_url is not None else redis_holding_queues(client)
+        self.policy = policy
         self._loads: dict[str, tuple[float, QueueLoad]] = {}
         self._lock = threading.Lock()
 
@@ -80,8 +86,13 @@ class LoadShedder:
         if cached and cached[0] > now:
             return cached[1]
         try:
-            load = read_queue_load(self.client, queue)
+            if self._amqp_url is not None:
+                load = QueueLoad(amqp_depths(self._amqp_url).depth(queue), 0.0)
+            else:
+                load = read_queue_load(self.client, queue)
         except redis.RedisError:
+            load = QueueLoad(0, 0.0)
+        except Exception:  # noqa: BLE001  (the AMQP broker away: not a reason to refuse work, as with Redis)
             load = QueueLoad(0, 0.0)
         with self._lock:
             self._loads[queue] = (now + self.policy.refresh_seconds, load)

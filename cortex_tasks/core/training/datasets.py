@@ -95,7 +95,7 @@ def load_rows(dataset: dict[str, Any]) -> list[Any]:
             data = store.get(name)
         except ObjectStoreError as exc:
             raise JobInputError("dataset_unavailable", f"The dataset {reference!r} cannot be read: {exc.message}")
-    rows = parse_rows(name, data, dataset.get("format"))
+        rows = parse_rows(name, data, dataset.get("format"))
     if not isinstance(rows, list):
         raise JobInputError("invalid_dataset", "dataset.rows must be a list of rows")
     if len(rows) > training_config().max_rows:

@@ -96,6 +96,10 @@ def promote_aged_jobs(**kwargs: Any) -> dict[str, Any]:
         return refused
     import redis
 
+    from cortex_tasks.core.broker import redis_holding_queues
+
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    if not settings.broker_is_redis:  # RabbitMQ orders its priority queues itself (core/broker.py)
+        return {"skipped": "the broker is not Redis"}
+    client = redis_holding_queues(redis.Redis.from_url(settings.redis_url))
     return {queue: promote_aged(client, queue, settings.priority_aging_seconds) for queue in (GPU, NLP)}
