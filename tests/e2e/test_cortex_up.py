@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -150,9 +151,15 @@ def check_worker_metrics(stack, banner: str) -> None:
     endpoints = json.loads((stack["data_dir"] / "stack.json").read_text())["worker_metrics"]
     assert {"gpu", "nlp", "training"} <= set(endpoints)
     assert len(set(endpoints.values())) == len(endpoints) and all(url in banner for url in endpoints.values())
+    # The task's duration is observed when the task returns, just after its reply reached the caller.
+    task_ran = re.compile(r'^cortex_task_duration_seconds_count\{queue="gpu",task="cortex.inference.run_gpu_jobs"\} '
+                          r'[1-9]', flags=re.MULTILINE)
+    deadline = time.monotonic() + 15
     gpu = requests.get(endpoints["gpu"], timeout=10).text
-    assert re.search(r'^cortex_task_duration_seconds_count\{queue="gpu",task="cortex.inference.run_gpu_jobs"\} '
-                     r'[1-9]', gpu, flags=re.MULTILINE), gpu[-2000:]
+    while not task_ran.search(gpu) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        gpu = requests.get(endpoints["gpu"], timeout=10).text
+    assert task_ran.search(gpu), gpu[-2000:]
     assert 'cortex_model_batch_size_count{model="all-MiniLM-L6-v2"}' in gpu
     nlp = requests.get(endpoints["nlp"], timeout=10).text
     assert re.search(r'^cortex_model_load_seconds_count\{model="vader"\} [1-9]', nlp, flags=re.MULTILINE), nlp[-2000:]
