@@ -414,11 +414,16 @@ def test_cortex_rules_fire_from_real_job_figures_and_resolve_when_they_clear(app
 def test_a_report_is_generated_through_the_api_and_stored_in_s3(app, tenant, alert_env, s3):
     tenant_id, keys = tenant
     from cortex_tasks.core.storage.tables import StreamDeclaration, StreamVerdict, StreamWindow
+    from cortex_tasks.core.streams.declarations import StreamSpec
 
     stream = "meters"
     start = datetime(2026, 3, 2, tzinfo=UTC)
     with tenant_scope(tenant_id), session_scope() as session:
-        session.add(StreamDeclaration(id=str(uuid.uuid4()), name=stream, owner="test", spec={"name": stream}))
+        # A declaration as POST /streams stores it: the stream workers of the session read every one.
+        spec = StreamSpec.model_validate({"name": stream, "fields": [{"name": "ts", "type": "timestamp"},
+                                                                     {"name": "v", "type": "number"}],
+                                          "timestamp_field": "ts", "value_field": "v"})
+        session.add(StreamDeclaration(id=str(uuid.uuid4()), name=stream, owner="test", spec=spec.stored()))
         for step in range(48):  # two keys, a rising volume over 48 half-hour windows, one spike
             at = start + timedelta(minutes=30 * step)
             for key in ("m1", "m2"):

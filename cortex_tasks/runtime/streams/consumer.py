@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.tables import StreamDeclaration
@@ -95,6 +96,7 @@ class StreamConsumer:
         self._thread: threading.Thread | None = None
         self._last_refresh = 0.0
         self._last_claim = 0.0
+        self._unreadable: set[str] = set()  # events keys of declarations that fail validation
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -222,7 +224,16 @@ class StreamConsumer:
         for key, declared in current.items():
             if key in self.runtimes:
                 continue
-            spec = StreamSpec.model_validate(declared.spec)
+            try:
+                spec = StreamSpec.model_validate(declared.spec)
+            except ValidationError as exc:
+                # One unreadable declaration (a row written by hand, or by a release whose rules differed)
+                # must not stop every other stream: it is skipped, and said so once.
+                if key not in self._unreadable:
+                    self._unreadable.add(key)
+                    log.error("stream %s of tenant %s: its declaration cannot be read, not served: %s",
+                              declared.name, declared.tenant, exc.errors(include_url=False))
+                continue
             ensure_group(self.client, key)
             from cortex_tasks.runtime.streams.alerts import raise_stream_alerts
 
