@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import pytest
 import requests
@@ -113,8 +114,11 @@ def traced(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, str]) -> It
     of one process whose coalescer keeps one message in flight, so concurrent predicts share messages."""
     folder = tmp_path_factory.mktemp("traced")
     receiver = Receiver()
+    # A Redis database of their own: the session's workers, consuming the same queues untraced, would
+    # otherwise take some of these jobs.
+    redis_url = urlunparse(urlparse(os.environ["REDIS_URL"])._replace(path="/6"))
     environment = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
-                   "CORTEX_LOG_FORMAT": "json", "CORTEX_LOG_LEVEL": "INFO"}
+                   "CORTEX_LOG_FORMAT": "json", "CORTEX_LOG_LEVEL": "INFO", "REDIS_URL": redis_url}
     gpu = WorkerProcess("gpu,batch", pool="threads", concurrency=8, name="gpu", env=environment, log_dir=folder)
     training = WorkerProcess("training", pool="prefork", concurrency=1, name="training", env=environment,
                              log_dir=folder)

@@ -44,7 +44,7 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> dict:
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        client = redis.Redis.from_url(self.env["REDIS_URL"])  # the worker's own Redis, where it announces itself
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             raw = client.get(READY_KEY_PREFIX + self.hostname)
