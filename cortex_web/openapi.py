@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from cortex_tasks.core.audit.service import EVENT_TYPES
-from cortex_tasks.core.catalogue import TASKS
+from cortex_tasks.core.agents.declarations import TEXT_TASKS
+from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.chat.history import SESSION_ID
 from cortex_tasks.core.documents.catalog import MAX_LIST_LIMIT
 from cortex_tasks.core.documents.requests import (
@@ -544,6 +545,36 @@ def _describe_requests(schemas: dict[str, Any]) -> None:
         # Its vectors are given, so their dimension must be.
         collection["if"] = {"properties": {"model": {"type": "null"}}, "required": ["model"]}
         collection["then"] = {"required": ["dimension"], "properties": {"dimension": {"type": "integer"}}}
+    if "AgentDeclaration" in schemas:  # agents/declarations.check_declaration and the prompt reference's form
+        agent = schemas["AgentDeclaration"]["properties"]
+        offered = get_settings().agent_models
+        agent["name"] = {**_MODEL_NAME, "title": "Name"}
+        agent["model"] = {"type": "string", "default": agent["model"].get("default"), "title": "Model",
+                          "pattern": f"^({'|'.join(map(re.escape, offered))})$",
+                          "description": f"A chat model offered for agents (CORTEX_AGENT_MODELS): {', '.join(offered)}."}
+        agent["prompt"] = {"type": "string", "title": "Prompt", "maxLength": 160,
+                           "pattern": "^(?!.*\\.\\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[1-9][0-9]{0,8})?$",
+                           "description": "The system prompt: `name@version`, or `name` for its production version."}
+    if "ToolSpec" in schemas:  # agents/declarations.ToolSpec: which fields each kind of tool takes
+        tool = schemas.pop("ToolSpec")["properties"]
+
+        def models_of(*tasks: str) -> dict[str, Any]:
+            names = sorted({model.name for model in MODELS.values() if model.task in tasks})
+            return {"anyOf": [{"type": "string", "pattern": f"^({'|'.join(map(re.escape, names))})$"},
+                              {"type": "null"}], "default": None, "title": "Model"}
+
+        text_tasks = {"type": "string", "pattern": f"^({'|'.join(TEXT_TASKS)})$", "title": "Task"}
+        shapes = {
+            "PredictTool": ({**tool, "tool": {"const": "predict"}, "task": text_tasks, "model": models_of(*TEXT_TASKS)},
+                            ("collections",), ("tool", "task")),
+            "ForecastTool": ({**tool, "tool": {"const": "forecast"}, "model": models_of("forecast")},
+                             ("task", "collections"), ("tool",)),
+            "CollectionTool": ({**tool, "tool": {"enum": ["vector_search", "document_qa"]}}, ("task", "model"),
+                               ("tool",)),
+        }
+        schemas["AgentDeclaration"]["properties"]["tools"]["items"] = {"anyOf": [
+            _object_of(schemas, properties, title, required=required, without=without)
+            for title, (properties, without, required) in shapes.items()]}
     if "CreateKeyRequest" in schemas:  # checked against the configured tiers, which settings may change
         tiers = sorted(get_settings().rate_limit_tiers)
         schemas["CreateKeyRequest"]["properties"]["tier"] = {

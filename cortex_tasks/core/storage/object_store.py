@@ -326,10 +326,11 @@ class LocalObjectStore(ObjectStore):
 
     def _delete(self, name: str) -> bool:
         path = self._path(name)
-        existed = path.is_file()
+        if not path.is_file():  # missing, or a folder of other objects' names (`a` of `a/b`): no such object
+            return False
         path.unlink(missing_ok=True)
         self._path(name, meta=True).unlink(missing_ok=True)
-        return existed
+        return True
 
     def _list(self, prefix: str) -> list[str]:
         if not self.root.is_dir():
