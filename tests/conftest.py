@@ -43,6 +43,9 @@ def pytest_configure(config) -> None:
     os.environ["CORTEX_ARTIFACT_DIR"] = str(_folder / "artifacts")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["CORTEX_TEST_SERVICES_STARTED"] = "1"
+    # The queues the session's shared workers serve (tests/integration/conftest.py): no stream or alert
+    # worker runs for the whole session, only in the tests of those features. `cortex up` serves them all.
+    os.environ.setdefault("CORTEX_READY_QUEUES", "gpu,nlp,training,batch,maintenance")
     if not os.environ.get("REDIS_URL"):
         redis_server = EmbeddedRedis(_folder / "redis", free_port())
         _start(redis_server.argv(), _folder / "redis.log")

@@ -820,9 +820,9 @@ class Settings(FromEnvironment):
     # What /ready waits for: a ready worker (models loaded) on each of these queues (core/queues.py names).
     ready_queues: Annotated[tuple[str, ...], NoDecode] = variable(
         "CORTEX_READY_QUEUES",
-        ("gpu", "nlp", "training", "batch", "maintenance"),
+        ("gpu", "nlp", "training", "batch", "maintenance", "streams", "alerts"),
         "Queues that need a ready worker for /ready to say ready, comma-separated; empty: none.",
-        shown="gpu,nlp,training,batch,maintenance",
+        shown="every queue: gpu,nlp,training,batch,maintenance,streams,alerts",
     )
     # Prediction cache (cache_config).
     cache_enabled: bool = variable("CORTEX_CACHE", True, "Cache predictions.")

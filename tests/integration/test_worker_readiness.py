@@ -35,9 +35,11 @@ def test_ready_waits_for_a_worker_on_every_queue(app, keys, workers, monkeypatch
     assert details.get_json()["checks"]["workers"] == {"ok": False, "queues_without_worker": ["an-unserved-queue"]}
 
 
-def test_the_default_ready_queues_are_every_queue():
+def test_the_default_ready_queues_are_every_queue(monkeypatch):
     from cortex_tasks.core.queues import QUEUE_NAMES
 
+    monkeypatch.delenv("CORTEX_READY_QUEUES", raising=False)  # the suite's own (tests/conftest.py)
+    reset_settings_cache()
     assert set(get_settings().ready_queues) == set(QUEUE_NAMES)
 
 
