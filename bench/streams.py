@@ -3,7 +3,7 @@ per-key state in Redis, verdicts stored in PostgreSQL, acknowledgement) against 
 the same detector work in this process on the same events (XREAD, in-memory state, no storage), in one run;
 then the event-to-verdict latency (XADD to stored verdict) at half the pipeline's rate; and each detector's
 precision and recall on the labelled synthetic stream.
-Targets (issue 19): pipeline >= 70% of the plain loop; p99 latency < 50 ms at half rate."""
+Targets: pipeline >= 70% of the plain loop; p99 latency < 50 ms at half rate."""
 from __future__ import annotations
 
 import json

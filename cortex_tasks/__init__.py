@@ -19,8 +19,8 @@ TASK_MODULES = [
     "cortex_tasks.runtime.chat.tasks",
     "cortex_tasks.runtime.alerting.tasks",
     "cortex_tasks.runtime.streams.tasks",
+    "cortex_tasks.runtime.agents.tasks",
 ]
-TASK_MODULES += ["cortex_tasks.runtime.agents.tasks"]  # issue 21: agents
 
 # The worker's start-up hooks are included first: Celery imports `include` before it sends `worker_init`.
 WORKER_MODULES = ["cortex_tasks.runtime.worker_signals", *TASK_MODULES]

@@ -580,7 +580,7 @@ class OpenAIChatCompletion(_Response):
     model: str
     choices: list[OpenAIChatChoice]
     usage: dict[str, int] = Field(description="prompt_tokens, completion_tokens and total_tokens.")
-# --- prompts and agents (issue 21; cortex_web/blueprints/prompts.py, agents.py) ---
+# --- prompts and agents (cortex_web/blueprints/prompts.py, agents.py) ---
 
 
 class PromptVersionBody(_Response):

@@ -49,7 +49,7 @@ class ChatRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: str = Field(default="normal", pattern="^(high|normal|low)$")
     wait: WaitSeconds = Field(default=None, ge=0, le=120)
-    # Issue 21: the system text from a registry prompt (`name@version`, or `name` = its production version).
+    # The system text from a registry prompt (`name@version`, or `name` = its production version).
     prompt: str | None = Field(default=None, max_length=160)
     prompt_variables: dict[str, Any] = Field(default_factory=dict)
 

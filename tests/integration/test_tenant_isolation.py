@@ -1,4 +1,4 @@
-"""Tenants are kept apart on every route (issue 20, points 1 and 2).
+"""Tenants are kept apart on every route.
 
 The walk: every /api/v1 route whose URL names a resource is called by a model_admin of tenant B (the
 strongest role a tenant has) with the id of a resource that tenant A made, and must answer 404, exactly as
@@ -274,7 +274,6 @@ ROUTES: dict[tuple[str, str], Probe] = {
                                                    still_there=_session_kept),
     ("DELETE", "/api/v1/keys/<key_id>"): Probe("a_key", lambda key_id: f"/api/v1/keys/{key_id}",
                                                still_there=_key_works),
-    # The other half of issue 20 (collections, documents, the registry): they pass once it is merged.
     ("GET", "/api/v1/vectors/<collection>"): Probe("a_collection", lambda c: f"/api/v1/vectors/{c}",
                                                    still_there=_collection_kept),
     ("DELETE", "/api/v1/vectors/<collection>"): Probe("a_collection", lambda c: f"/api/v1/vectors/{c}",

@@ -213,7 +213,7 @@ def images_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, 
             item["revised_prompt"] = f"A picture of {prompt}"
         data.append(item)
     return 200, {"created": int(time.time()), "data": data}, {}
-# --- scripted chat answers (issue 21, agents): a test sets `fake.chat_script = ChatScript([...])` ---
+# --- scripted chat answers (agents): a test sets `fake.chat_script = ChatScript([...])` ---
 # Each chat completion takes the script's next step: `{"tool_calls": [(name, arguments), ...]}` (arguments a
 # dict, or a string sent as is, e.g. malformed JSON), `{"content": "..."}` for a final answer, optionally
 # `"usage": (prompt_tokens, completion_tokens)`. `repeat_last=True` answers with the last step forever (a

@@ -52,7 +52,7 @@ PREVIOUS_RELEASE: list[tuple[type[jm.JobMessage], dict[str, Any]]] = [
     (jm.TrainingMessage, {"job_id": "j"}),
     (jm.StreamGenerationMessage, {"job_id": "j", "model": "m", "inputs": ["x"], "params": {}}),
 ]
-# Issue 21: agent runs (new), and chat turns that name the prompt version their system text came from.
+# Agent runs, and chat turns that name the prompt version their system text came from.
 FULL += [
     jm.AgentRunMessage(job_id="j", reply_to="cortex:replies:g", agent={"name": "a", "model": "gpt-4o-mini"},
                        system="You help.", prompt={"name": "p", "version": 2, "reference": "p@2"}, input="hi",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import jsonschema
 import kubernetes_validate
@@ -152,14 +153,15 @@ def test_the_listed_names_are_the_redis_lists_celery_publishes_to():
 
     watched = {trigger["metadata"]["listName"]: name for name, scaled in objects("ScaledObject").items()
                for trigger in scaled["spec"]["triggers"]}
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    # A database of its own: in a whole-suite run the session's workers consume these queues in the main one.
+    probe_url = urlunparse(urlparse(os.environ["REDIS_URL"])._replace(path="/7"))
+    client = redis.Redis.from_url(probe_url)
     consumed = {queue for kind in WORKER_KINDS if kind in PROFILES for queue in PROFILES[kind].queues}
     task_name = f"cortex.tests.never_run_{uuid.uuid4().hex}"
     for queue in sorted(consumed):
         for step in PRIORITY_STEPS:
             before = {key: client.llen(key) for key in client.scan_iter(match=f"{queue}*") if client.type(key) == b"list"}
-            # The suite's Redis, whatever broker an earlier test pointed the app at (the RabbitMQ runs).
-            with celery_app.connection_for_write(os.environ["REDIS_URL"]) as connection:
+            with celery_app.connection_for_write(probe_url) as connection:
                 celery_app.send_task(task_name, queue=queue, priority=step, ignore_result=True,
                                      connection=connection)
             after = {key: client.llen(key) for key in client.scan_iter(match=f"{queue}*") if client.type(key) == b"list"}

@@ -114,7 +114,7 @@ class ChatReplyMessage(RepliedJobMessage):
     model: str | None = None
     system: str | None = None
     params: dict[str, Any] | None = None
-    # The prompt version `system` was rendered from, recorded in the result (issue 21); None: no prompt.
+    # The prompt version `system` was rendered from, recorded in the result; None: no prompt.
     prompt: dict[str, Any] | None = None
 
 

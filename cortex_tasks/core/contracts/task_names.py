@@ -67,6 +67,6 @@ def every_task_of(domain: str) -> str:
         raise ValueError(f"no task in domain {domain!r}")  # a typo would route nothing, silently
     return pattern
 
-# Agents (issue 21): a run calls an OpenAI-compatible chat model and Cortex's own tools.
+# Agents: a run calls an OpenAI-compatible chat model and Cortex's own tools.
 AGENTS_RUN_AGENT = "cortex.agents.run_agent"
 ALL_TASK_NAMES += (AGENTS_RUN_AGENT,)
