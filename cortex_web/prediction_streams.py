@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from cortex_tasks import app as celery_app
@@ -58,10 +58,8 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
     priority = priority_of(priority_class)
     job_id = str(uuid.uuid4())
     params = billed_params(model_name, params, current_principal().key_id)  # OpenAI calls are billed per key
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no token is missed
-    finished = False
-    try:
+
+    def submit() -> StreamEvent:
         # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
         generation = StreamGenerationMessage(job_id=job_id, tenant=current_tenant(), model=model_name,
                                              inputs=inputs, params=params, sensitive=sensitive)
@@ -71,9 +69,24 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
         celery_app.send_task(task_names.STREAM_GENERATION, task_id=job_id, priority=priority,
                              kwargs=generation.to_kwargs())
         JOBS_SUBMITTED.labels("predict", "generate", "gpu").inc()
-        yield "start", {"job_id": job_id, "task": "generate"}
+        return "start", {"job_id": job_id, "task": "generate"}
+
+    yield from relayed_job_events(client, job_id, submit, IDLE_TIMEOUT_SECONDS, "no tokens for too long")
+
+
+def relayed_job_events(client: Any, job_id: str, submit: Callable[[], StreamEvent], idle_timeout: float,
+                       idle_message: str, tag_events: bool = False) -> Generator[StreamEvent, None, None]:
+    """Subscribe to the job's stream channel, then `submit` it (its first event), then relay what its
+    worker publishes until `done` (with the job's result) or `error`, or until nothing came for
+    `idle_timeout`. A consumer that stops reading before the end raises the job's stop flag, which the
+    worker checks between tokens or steps. `tag_events`: add the job id to every relayed event."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(STREAM_CHANNEL_PREFIX + job_id)  # before the job exists, so no event is missed
+    finished = False
+    try:
+        yield submit()
         last_event = time.monotonic()
-        while time.monotonic() - last_event < IDLE_TIMEOUT_SECONDS:
+        while time.monotonic() - last_event < idle_timeout:
             message = pubsub.get_message(timeout=1.0)
             if message is None or message.get("type") != "message":
                 continue
@@ -90,9 +103,9 @@ def token_events(model_name: str, inputs: list[Any], params: dict[str, Any],
                 finished = True
                 yield "error", {"job_id": job_id, **event}
                 return
-            yield kind, event
-        yield "error", {"job_id": job_id, "error": {"code": "timeout", "message": "no tokens for too long"}}
+            yield kind, {"job_id": job_id, **event} if tag_events else event
+        yield "error", {"job_id": job_id, "error": {"code": "timeout", "message": idle_message}}
     finally:
-        if not finished:  # the client went away (or we gave up): stop the generation
+        if not finished:  # the client went away (or we gave up): stop the job before its next token or step
             client.set(STOP_KEY_PREFIX + job_id, 1, ex=600)
         pubsub.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -82,7 +83,7 @@ def _spread(count: float, total: float, squares: float) -> tuple[float, float]:
     return mean, max(math.sqrt(variance), floor)
 
 
-class _StreamDetector:
+class _StreamDetector(ABC):
     kind = ""
 
     def __init__(self, spec: Any) -> None:
@@ -90,14 +91,21 @@ class _StreamDetector:
         self.info = ModelInfo(name=f"stream-{self.kind.replace('_', '-')}", version="1", task="anomaly",
                               device="cpu", max_input_chars=0, max_batch_size=100_000)
 
+    @abstractmethod
+    def predict(self, inputs: list[EventContext], params: dict[str, Any]) -> list[Verdict]: ...
+
+
+class _PerEventDetector(_StreamDetector):
+    """A detector that judges each event on its own (the IsolationForest scores a micro-batch at once)."""
+
     def predict(self, inputs: list[EventContext], params: dict[str, Any]) -> list[Verdict]:
         return [self.judge(item) for item in inputs]
 
-    def judge(self, item: EventContext) -> Verdict:
-        raise NotImplementedError
+    @abstractmethod
+    def judge(self, item: EventContext) -> Verdict: ...
 
 
-class RobustZScoreDetector(_StreamDetector):
+class RobustZScoreDetector(_PerEventDetector):
     """(value - median) / robust scale of the key's current window (1.4826 x MAD, as the catalogue's)."""
 
     kind = "robust_zscore"
@@ -111,7 +119,7 @@ class RobustZScoreDetector(_StreamDetector):
         return _judged(self.kind, (item.value - median) / robust_scale(window), self.spec.threshold, median)
 
 
-class KeyBaselineDetector(_StreamDetector):
+class KeyBaselineDetector(_PerEventDetector):
     """The key's recent mean (its current window and this event) against its own earlier history, in
     standard deviations of that history: a user or device that behaves unlike itself, even where its
     values are ordinary for the stream as a whole."""
@@ -138,7 +146,7 @@ class KeyBaselineDetector(_StreamDetector):
 Expectation = Callable[[float], tuple[float, float] | None]
 
 
-class SeasonalResidualDetector(_StreamDetector):
+class SeasonalResidualDetector(_PerEventDetector):
     """Residual from the expected value of the event's phase: the key's mean for that phase of the period
     over its history, or a registered forecaster's prediction for the event's time."""
 
