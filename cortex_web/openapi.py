@@ -201,10 +201,19 @@ OPENAI_ERRORS: dict[str, tuple[str, bool]] = {
     "503": ("Overloaded, the model's circuit is open, or OpenAI is not configured.", True),
     "5XX": ("A server or worker failure (502), or the job did not finish in time (504).", False),
 }
-OPENAI_STREAM = {"text/event-stream": {"schema": {
+_OPENAI_STREAM = {"text/event-stream": {"schema": {
     "type": "object", "required": ["data"], "properties": {
         "data": {"type": "string", "description": "A chat.completion.chunk as JSON, an {error} object, or "
                                                   "[DONE] last."}}}}}
+_AGENT_STREAM = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["event", "data"], "properties": {
+        "event": {"type": "string", "description": "start; one step per model call; done or error last."},
+        "data": {"type": "string", "contentMediaType": "application/json"}}}}}
+# Answers whose 200 is JSON, or Server-Sent Events when the body asks for "stream": true.
+STREAMED_ALTERNATIVES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/v1/chat/completions"): _OPENAI_STREAM,
+    ("post", "/api/v1/agents/{name}/run"): _AGENT_STREAM,
+}
 
 # Prompts and agents (blueprints/prompts.py, blueprints/agents.py).
 OPTIONAL_BODIES |= {("post", "/api/v1/prompts/{name}/rollback")}
@@ -697,8 +706,8 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                       else _error_responses(public, path in OPTIONAL_KEY_PATHS))
             for status, answer in errors.items():
                 answers.setdefault(status, answer)
-            if (method, path) == ("post", "/v1/chat/completions"):
-                answers["200"]["content"].update(OPENAI_STREAM)
+            if (method, path) in STREAMED_ALTERNATIVES:
+                answers["200"]["content"].update(STREAMED_ALTERNATIVES[(method, path)])
             if (method, path) in ADDRESS_LIMITED:
                 answers.setdefault("429", _error_responses(False)["429"])
             operation: dict[str, Any] = {

@@ -223,6 +223,11 @@ def test_predicts_sharing_a_message_keep_their_traces_and_the_model_call_links_e
         assert len({trace_id for trace_id, _ in linked}) == len(linked)  # each link is another job's trace
 
 
+def _whole(spans: list[dict[str, Any]]) -> bool:
+    ids = {span["span_id"] for span in spans}
+    return all(not span.get("parent_id") or span["parent_id"] in ids for span in spans)
+
+
 def test_a_batch_job_is_traced_from_the_request_to_its_chunks_model_calls(traced: dict[str, Any]):
     receiver: Receiver = traced["receiver"]
     texts = [f"batch line {index} {uuid.uuid4().hex}" for index in range(150)]
@@ -236,9 +241,11 @@ def test_a_batch_job_is_traced_from_the_request_to_its_chunks_model_calls(traced
                                 if any(child["name"].startswith("run/") and child["attributes"].get("cortex.job_id")
                                        == job_id for child in receiver.trace(span["trace_id"]))], 60,
                        "the batch job's trace")[0]
+    # A span is exported when it ends, so a chunk's run span arrives after its model calls: wait until every
+    # span's parent has arrived too.
     spans = wait_for(lambda: (found := receiver.trace(request["trace_id"]))
-                     and any(span["name"] == "cortex.model.call" for span in found) and found, 30,
-                     "the chunks' model calls")
+                     and any(span["name"] == "cortex.model.call" for span in found) and _whole(found) and found,
+                     60, "the chunks' model calls and their parents")
     by_id = {span["span_id"]: span for span in spans}
     runs = [span for span in spans if span["name"].startswith("run/cortex.batch.")]
     assert runs and all(by_id[run["parent_id"]]["name"].startswith("apply_async/") for run in runs)
