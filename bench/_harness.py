@@ -130,9 +130,9 @@ def _restore_environment(before: dict[str, str | None]) -> None:
 @contextmanager
 def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = None,
                        web_threads: int | None = None, worker_threads: int = 16,
-                       queues: str = "gpu") -> Iterator[str]:
+                       queues: str = "gpu", profile: str | None = None) -> Iterator[str]:
     """The gateway (gunicorn, threads; as many processes as `cortex up` starts) and a worker with the gpu
-    profile's shape on `queues`."""
+    profile's shape on `queues`, or the worker `cortex up` starts for `profile` (its queues and pool)."""
     import redis
 
     from cortex_tasks.core.worker_records import READY_KEY_PREFIX
@@ -149,10 +149,18 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
         # gunicorn_conf.py: its processes and threads (CORTEX_WEB_WORKERS / _THREADS, else its defaults).
         started.append(_start(gateway_command(f"127.0.0.1:{port}", threads=web_threads),
                               folder / f"gateway-{tag}.log", env))
-        hostname = f"bench-{tag}@localhost"
-        started.append(_start([sys.executable, "-m", "celery", "-A", "cortex_tasks", "worker", "-Q", queues,
-                               "-P", "threads", "-c", str(worker_threads), "--prefetch-multiplier=1", "-n", hostname,
-                               "--without-gossip", "--without-mingle", "-l", "WARNING"],
+        if profile is None:
+            hostname = f"bench-{tag}@localhost"
+            worker_argv = ["-A", "cortex_tasks", "worker", "-Q", queues, "-P", "threads", "-c", str(worker_threads),
+                           "--prefetch-multiplier=1", "-n", hostname, "--without-gossip", "--without-mingle"]
+        else:
+            from workers import PROFILES
+
+            hostname = f"{profile}@bench-{tag}"
+            worker_argv = PROFILES[profile].celery_argv(f"bench-{tag}")
+            # No metrics endpoint: its fixed port may be taken by another stack on this machine.
+            env = {**env, **PROFILES[profile].metrics_environment(env), "CORTEX_WORKER_METRICS_PORT": "0"}
+        started.append(_start([sys.executable, "-m", "celery", *worker_argv, "-l", "WARNING"],
                               folder / f"worker-{tag}.log", env))
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/health", 120, folder / f"gateway-{tag}.log")
@@ -163,6 +171,23 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
                 raise RuntimeError(f"the worker did not become ready; see {folder / f'worker-{tag}.log'}")
             time.sleep(0.3)
         yield url
+
+
+def resident_memory_mb(url: str) -> dict[str, list[float]]:
+    """Resident memory (MB) of every process of the stack gateway_and_worker started for `url`: the
+    gateway's master and processes, the worker and its pool processes. The workers' figures show whether
+    each process holds its own copy of the models."""
+    import psutil
+
+    port = url.rsplit(":", 1)[1]
+    found: dict[str, list[float]] = {"gateway": [], "worker": []}
+    for process in psutil.process_iter(["cmdline", "memory_info"]):
+        command = " ".join(process.info["cmdline"] or [])
+        kind = ("gateway" if f"127.0.0.1:{port}" in command and "gunicorn" in command
+                else "worker" if f"bench-{port}" in command and "celery" in command else None)
+        if kind and process.info["memory_info"]:
+            found[kind].append(round(process.info["memory_info"].rss / 2**20, 1))
+    return {kind: sorted(sizes, reverse=True) for kind, sizes in found.items()}
 
 
 def api_key() -> str:

@@ -1,6 +1,6 @@
 """Cache-hit throughput: the same requests answered from the cache, against the same requests with the
 cache off (every one computed by the model), in one run.
-Targets (issue 4): hits >= 1,500 requests/s with p50 < 5 ms."""
+Targets: hits >= 1,500 requests/s with p50 < 5 ms."""
 from __future__ import annotations
 
 from typing import Any

@@ -4,7 +4,7 @@ Baseline (same run): all-MiniLM-L6-v2 in-process at its best batch size and thre
 Figures: items/s at 1, 16 and 64 clients with one sentence per request and at 16 clients with 8 per
 request, with batching on and off; the ratio of each to the limit; p50/p99 latency; the load
 generator's own CPU use (it shares the machine with the system under test).
-Targets (issue 4): 64x1 >= 70% of the limit, 16x8 >= 85%.
+Targets: 64x1 >= 70% of the limit, 16x8 >= 85%.
 """
 from __future__ import annotations
 
