@@ -3,13 +3,16 @@ metrics, index use, recall against exact search on structured data), then the HT
 worker embedding texts, and embed jobs writing into a collection."""
 from __future__ import annotations
 
+import contextvars
 import json
 import math
+import threading
 import time
 import uuid
 
 import numpy as np
 import pytest
+from psycopg import sql
 
 from cortex_tasks import app as celery_app
 from cortex_tasks.core.contracts import task_names
@@ -62,6 +65,26 @@ def test_collection_lifecycle(store):
     assert described["count"] == 0 and described["index"]["type"] == "ivfflat"
     assert store.drop_collection(name) is True
     assert store.drop_collection(name) is False
+    with pytest.raises(VectorStoreError) as caught:
+        store.count(name)
+    assert caught.value.status == 404
+
+
+def test_a_drop_waits_for_the_operations_on_its_table_and_later_ones_find_no_collection(store):
+    name = unique("dropped")
+    store.create_collection(name, 4)
+    store.upsert(name, ["a"], [[1, 0, 0, 0]])
+    dropped = threading.Event()
+    drop = contextvars.copy_context().run  # the drop acts for this test's tenant too
+    with store.connection() as conn:
+        collection = store._find(conn, name)  # an operation under way on the collection
+        dropping = threading.Thread(target=lambda: drop(lambda: (store.drop_collection(name), dropped.set())))
+        dropping.start()
+        assert not dropped.wait(1.0)  # the drop waits for it
+        count = sql.SQL("SELECT count(*) FROM {}").format(collection.table)
+        assert conn.execute(count).fetchone()[0] == 1  # its table is still there
+    dropping.join(30)
+    assert dropped.is_set()
     with pytest.raises(VectorStoreError) as caught:
         store.count(name)
     assert caught.value.status == 404

@@ -504,8 +504,13 @@ class VectorStore:
     # --- collections ---
 
     def _find(self, conn: psycopg.Connection, name: str, lock: bool = False) -> Collection:
+        """The collection's row, held until the transaction ends. Every use holds it (KEY SHARE), so a drop
+        (DELETE of the row, then DROP TABLE) waits for the operations already on its table, and those that
+        come after find no row: none meets a dropped table (an error from PostgreSQL, a 500). `lock` (an
+        index build, which rewrites the row) is NO KEY UPDATE: builds wait for each other, but searches and
+        writes go on beside one."""
         query = sql.SQL("SELECT {} FROM vector_collections WHERE tenant = %s AND name = %s{}").format(
-            COLLECTION_COLUMNS, sql.SQL(" FOR UPDATE") if lock else sql.SQL(""))
+            COLLECTION_COLUMNS, sql.SQL(" FOR NO KEY UPDATE") if lock else sql.SQL(" FOR KEY SHARE"))
         row = conn.execute(query, (_tenant(), self.check_name(name))).fetchone()
         if row is None:
             raise CollectionNotFound(name)
