@@ -58,6 +58,13 @@ BEAT_SCHEDULE = {
         "kwargs": MESSAGE,
         "options": MAINTENANCE,
     },
+    # Staged inputs and generated images (CORTEX_STAGED_MEDIA_RETENTION, CORTEX_GENERATED_MEDIA_RETENTION).
+    "expire-media-hourly": {
+        "task": task_names.EXPIRE_MEDIA,
+        "schedule": crontab(minute=47),
+        "kwargs": MESSAGE,
+        "options": MAINTENANCE,
+    },
     "roll-up-metrics-every-5-minutes": {
         "task": task_names.ROLL_UP_METRICS,
         "schedule": crontab(minute="*/5"),

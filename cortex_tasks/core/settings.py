@@ -1028,6 +1028,20 @@ class Settings(FromEnvironment):
     audio_max_bytes: int = variable(
         "CORTEX_AUDIO_MAX_BYTES", 25 * 1024 * 1024, "Largest recording accepted by transcribe, in bytes (OpenAI's limit)."
     )
+    # Media retention (the hourly expire-media job; core/media_files.py).
+    staged_media_retention_days: float = variable(
+        "CORTEX_STAGED_MEDIA_RETENTION",
+        7.0,
+        "How long an image or recording sent in a request is kept after it was last sent (its jobs read it "
+        "from the object store).",
+        shown="7d",
+    )
+    generated_media_retention_days: float = variable(
+        "CORTEX_GENERATED_MEDIA_RETENTION",
+        30.0,
+        "How long an image made by image_generate stays at its URL.",
+        shown="30d",
+    )
 
     # --- agents (POST /api/v1/agents; core/agents, runtime/agents) ---
     agent_models: Annotated[tuple[str, ...], NoDecode] = variable(
@@ -1154,7 +1168,8 @@ class Settings(FromEnvironment):
     def _queue_timeout(cls, raw: Any) -> Any:
         return parse_duration(raw) if isinstance(raw, str) else raw
 
-    @field_validator("audit_retention_days", mode="before")
+    @field_validator("audit_retention_days", "staged_media_retention_days", "generated_media_retention_days",
+                     mode="before")
     @classmethod
     def _retention_days(cls, raw: Any) -> Any:
         return parse_duration(raw) / 86400 if isinstance(raw, str) else raw

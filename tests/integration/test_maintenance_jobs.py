@@ -89,6 +89,38 @@ def test_roll_ups_and_result_expiry(api, workers):
     assert api.get(f"/api/v1/jobs/{job_id}").get_json()["result"]["expired"] is True
 
 
+def test_staged_inputs_and_generated_images_expire_and_nothing_else_does():
+    import base64
+    import hashlib
+
+    from cortex_tasks.core.images.intake import stage_inputs
+    from cortex_tasks.core.media_files import generated_image_name
+    from cortex_tasks.core.settings import get_settings
+    from cortex_tasks.core.storage.object_store import get_object_store
+    from cortex_tasks.runtime.maintenance.housekeeping import expire_media
+    from tests.unit.test_image_and_audio_intake import png
+
+    store = get_object_store()
+    staged = stage_inputs([{"image": base64.b64encode(png(colour=(1, 2, 3))).decode()}], "default")[0]["image_object"]
+    picture = png(colour=(4, 5, 6))
+    generated = generated_image_name("default", hashlib.sha256(picture).hexdigest())
+    store.put(generated, picture, "image/png")
+    own = "tenants/default/images/holiday.png"  # the tenant's own object, named as an image_ref: never expires
+    store.put(own, picture, "image/png")
+    settings = get_settings()
+    # The shipped retention (a week, a month) keeps what was just written.
+    assert expire_media(settings.staged_media_retention_days, settings.generated_media_retention_days) == {
+        "staged_deleted": 0, "generated_deleted": 0}
+    assert store.exists(staged) and store.exists(generated)
+    time.sleep(1.5)
+    one_second = 1 / 86400
+    deleted = expire_media(one_second, one_second)
+    assert deleted["staged_deleted"] >= 1 and deleted["generated_deleted"] >= 1
+    assert not store.exists(staged) and not store.exists(generated)
+    assert store.exists(own)
+    store.delete(own)
+
+
 def test_the_stale_job_sweep_and_record_expiry(api, monkeypatch):
     """The sweep's statements on rows set up as a lost message, a dead trainer and a failed job's run
     leave them: past its deadline a job fails; a trainer silent past its limit is re-enqueued; a failed

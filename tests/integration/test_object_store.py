@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,19 @@ def test_round_trip_with_digest_and_listing(kind, key, s3, tmp_path):
     assert not store.exists("datasets/x.parquet")
     with pytest.raises(ObjectNotFound):
         store.get("datasets/x.parquet")
+
+
+@pytest.mark.parametrize("kind", ["s3", "local"])
+def test_objects_tell_when_they_were_last_written(kind, s3, tmp_path):
+    store = make_store(kind, s3, tmp_path, None)
+    store.put("media/a", b"a")
+    store.put("media/b/c", b"c")
+    store.put("other/d", b"d")
+    now = time.time()
+    assert abs(store.modified_at("media/a") - now) < 120  # the server's clock is this machine's
+    assert store.modified_at("media/missing") is None
+    assert store.modified_before("media/", now + 60) == ["media/a", "media/b/c"]
+    assert store.modified_before("media/", now - 3600) == []
 
 
 @pytest.mark.parametrize("kind", ["s3", "local"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import time
 import wave
 
 import pytest
@@ -188,3 +190,35 @@ def test_the_network_loads_strictly_and_only_the_pinned_weights():
     assert network.weights_sha256 == pinned
     with pytest.raises(WeightsMismatch):
         EfficientNetLite0("0" * 64)
+
+
+def _staged_object_age(name: str, seconds: float) -> None:
+    """Make a staged object look `seconds` old (the local store keeps its time as the file's)."""
+    from cortex_tasks.core.storage.object_store import get_object_store
+
+    path = get_object_store().root / name
+    when = path.stat().st_mtime - seconds
+    os.utime(path, (when, when))
+
+
+def test_the_same_bytes_staged_again_reuse_their_object_until_it_is_half_way_to_expiry():
+    from cortex_tasks.core.settings import get_settings
+    from cortex_tasks.core.storage.object_store import get_object_store
+
+    retention = get_settings().staged_media_retention_days * 86400
+    assert retention == 7 * 86400  # the shipped default: a week after it was last sent
+    image = {"image": base64.b64encode(png()).decode()}
+    name = stage_inputs([image], "default")[0]["image_object"]
+    store = get_object_store()
+    _staged_object_age(name, retention / 2 - 3600)
+    kept = store.modified_at(name)
+    stage_inputs([image], "default")  # sent again while fresh: the object is reused as it is
+    assert store.modified_at(name) == kept
+    _staged_object_age(name, 7200)  # now past half of its retention
+    stage_inputs([image], "default")
+    assert time.time() - store.modified_at(name) < 600  # written again: the next expiry run cannot take it
+    recording = stage_audio({"audio": base64.b64encode(wav(0.2)).decode()}, "default", "inputs[0]")
+    _staged_object_age(recording["audio_object"], retention)
+    assert stage_audio({"audio": base64.b64encode(wav(0.2)).decode()}, "default", "inputs[0]") == recording
+    assert time.time() - store.modified_at(recording["audio_object"]) < 600
+    assert store.modified_at("tenants/default/images/" + "0" * 64) is None  # never staged

@@ -17,6 +17,7 @@ from typing import Any
 
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.images.intake import decode_limited
+from cortex_tasks.core.media_files import media_prefix, stage_object
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
 
@@ -69,10 +70,8 @@ def stage_item(item: Any, tenant: str, where: str, details: dict[str, Any] | Non
         raise ItemError(INVALID_AUDIO, f"{where} filename must be a plain file name", details)
     stem = (filename or "audio").rsplit(".", 1)[0] or "audio"
     sha256 = hashlib.sha256(data).hexdigest()
-    name = f"tenants/{tenant}/audio/{sha256}"
-    store = get_object_store()
-    if not store.exists(name):
-        store.put(name, data, f"audio/{kind}")
+    name = f"{media_prefix(tenant, 'audio')}{sha256}"
+    stage_object(get_object_store(), name, data, f"audio/{kind}")
     # The API tells formats by the file name's extension: it is the one the bytes are, whatever was sent.
     return {"audio_sha256": sha256, "audio_object": name, "filename": f"{stem}.{kind}"}
 

@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from cortex_tasks.core.errors import ItemError
+from cortex_tasks.core.media_files import media_prefix, stage_object
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.object_store import ObjectNotFound, ObjectStoreError, get_object_store
 
@@ -53,7 +54,7 @@ def tenant_prefix(tenant: str) -> str:
 
 
 def staged_name(tenant: str, sha256: str) -> str:
-    return f"{tenant_prefix(tenant)}images/{sha256}"
+    return f"{media_prefix(tenant, 'images')}{sha256}"
 
 
 def is_staged(item: Any) -> bool:
@@ -158,9 +159,8 @@ class CheckedImage:
     def store(self) -> dict[str, str]:
         """Written under its hash once (the same bytes are the same object); the staged item."""
         if not self.stored:
-            store = get_object_store()
-            if not store.exists(self.object_name):
-                store.put(self.object_name, self.data, Image.MIME.get(self.facts.format, "application/octet-stream"))
+            stage_object(get_object_store(), self.object_name, self.data,
+                         Image.MIME.get(self.facts.format, "application/octet-stream"))
         return self.staged()
 
 

@@ -173,6 +173,12 @@ class ObjectStore(ABC):
     @abstractmethod
     def _list(self, prefix: str) -> list[str]: ...
 
+    @abstractmethod
+    def _modified(self, name: str) -> float | None: ...
+
+    @abstractmethod
+    def _list_modified(self, prefix: str) -> list[tuple[str, float]]: ...
+
     # --- the interface ---
 
     def _stored(self, name: str, meta: dict[str, str]) -> StoredObject:
@@ -268,6 +274,15 @@ class ObjectStore(ABC):
             check_object_name(prefix.rstrip("/"))
         return sorted(self._list(prefix))
 
+    def modified_at(self, name: str) -> float | None:
+        """When the object was last written (seconds since the epoch), or None when there is none."""
+        return self._modified(check_object_name(name))
+
+    def modified_before(self, prefix: str, cutoff: float) -> list[str]:
+        """The names under `prefix` last written before `cutoff` (seconds since the epoch)."""
+        check_object_name(prefix.rstrip("/"))
+        return sorted(name for name, modified in self._list_modified(prefix) if modified < cutoff)
+
 
 class LocalObjectStore(ObjectStore):
     """Objects as files under `root`; each object's digest in a sidecar under `root/.meta/` (object
@@ -333,15 +348,27 @@ class LocalObjectStore(ObjectStore):
         return True
 
     def _list(self, prefix: str) -> list[str]:
+        return [name for name, _ in self._list_modified(prefix)]
+
+    def _modified(self, name: str) -> float | None:
+        try:
+            return self._path(name).stat().st_mtime if self._path(name).is_file() else None
+        except FileNotFoundError:
+            return None
+
+    def _list_modified(self, prefix: str) -> list[tuple[str, float]]:
         if not self.root.is_dir():
             return []
-        names = []
+        found = []
         for path in self.root.rglob("*"):
             relative = path.relative_to(self.root).as_posix()
             if path.is_file() and not relative.startswith(".") and "/." not in relative \
                     and relative.startswith(prefix):
-                names.append(relative)
-        return names
+                try:
+                    found.append((relative, path.stat().st_mtime))
+                except FileNotFoundError:  # deleted since it was listed
+                    continue
+        return found
 
 
 class S3ObjectStore(ObjectStore):
@@ -442,8 +469,17 @@ class S3ObjectStore(ObjectStore):
         return True
 
     def _list(self, prefix: str) -> list[str]:
+        return [name for name, _ in self._list_modified(prefix)]
+
+    def _modified(self, name: str) -> float | None:
+        try:
+            return self._call(self.client.stat_object, self.bucket, name).last_modified.timestamp()
+        except ObjectNotFound:
+            return None
+
+    def _list_modified(self, prefix: str) -> list[tuple[str, float]]:
         self._ensure_bucket()
-        return [item.object_name for item in
+        return [(item.object_name, item.last_modified.timestamp()) for item in
                 self._call(self.client.list_objects, self.bucket, prefix=prefix or None, recursive=True)]
 
 

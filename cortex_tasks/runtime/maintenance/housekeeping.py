@@ -1,8 +1,9 @@
-"""Periodic housekeeping beyond the job table: result expiry, metric roll-ups, cache warming."""
+"""Periodic housekeeping beyond the job table: result and media expiry, metric roll-ups, cache warming."""
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,10 +14,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from cortex_tasks.core.batch.results import delete_results
 from cortex_tasks.core.cache import warming
 from cortex_tasks.core.jobs.store import FAILED, FINISHED_STATES, SUCCEEDED
+from cortex_tasks.core.media_files import DAY, GENERATED_KIND, MEDIA_NAME, STAGED_KINDS, media_prefix
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
-from cortex_tasks.core.storage.tables import BatchChunk, Job, JobMetricsHourly, TrainingRun
+from cortex_tasks.core.storage.tables import BatchChunk, Job, JobMetricsHourly, Tenant, TrainingRun
 from cortex_tasks.core.tenancy import all_tenants
 from cortex_tasks.core.training.runs import FINISHED_PHASES
 
@@ -32,6 +34,23 @@ def expire_results(batch_retention_days: int, checkpoint_retention_days: int = 1
     # Retention is the platform's rule, applied to every tenant's results.
     with all_tenants():
         return _expire_results(batch_retention_days, checkpoint_retention_days)
+
+
+def expire_media(staged_retention_days: float, generated_retention_days: float) -> dict[str, int]:
+    """Delete every tenant's staged inputs and generated images past their retention (core/media_files.py)."""
+    with all_tenants(), session_scope() as session:
+        tenants = session.execute(select(Tenant.id)).scalars().all()
+    store = get_object_store()
+    now = time.time()
+    deleted = {"staged_deleted": 0, "generated_deleted": 0}
+    for tenant in tenants:
+        for kind in (*STAGED_KINDS, GENERATED_KIND):
+            staged = kind in STAGED_KINDS
+            cutoff = now - (staged_retention_days if staged else generated_retention_days) * DAY
+            for name in store.modified_before(media_prefix(tenant, kind), cutoff):
+                if MEDIA_NAME.match(name) and store.delete(name):
+                    deleted["staged_deleted" if staged else "generated_deleted"] += 1
+    return deleted
 
 
 def _expire_results(batch_retention_days: int, checkpoint_retention_days: int) -> dict[str, int]:

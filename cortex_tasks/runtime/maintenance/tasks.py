@@ -69,6 +69,15 @@ def expire_results(**kwargs: Any) -> dict[str, Any]:
     return housekeeping.expire_results(batch_config().result_retention_days)
 
 
+@app.task(name=task_names.EXPIRE_MEDIA, soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
+def expire_media(**kwargs: Any) -> dict[str, Any]:
+    """Staged inputs and generated images past CORTEX_STAGED_MEDIA_RETENTION / _GENERATED_MEDIA_RETENTION."""
+    if (refused := _refused(kwargs)) is not None:
+        return refused
+    settings = get_settings()
+    return housekeeping.expire_media(settings.staged_media_retention_days, settings.generated_media_retention_days)
+
+
 @app.task(name=task_names.ROLL_UP_METRICS, soft_time_limit=120, time_limit=180, **HOUSEKEEPING)
 def roll_up_metrics(**kwargs: Any) -> dict[str, Any]:
     if (refused := _refused(kwargs)) is not None:
