@@ -201,8 +201,28 @@ def run(quick: bool) -> dict[str, Any]:
                     noop = run_load(url, key, next(slices), 1, 1, seconds, path="/noop")
                     results["celery_noop"] = {"clients": 1, "requests": noop["requests"],
                                               "errors": noop["errors"], **percentiles(noop["latencies_ms"])}
+    results["cortex_vs_peers"] = compare(results)
     print_table(results)
     return results
+
+
+def compare(results: dict[str, Any]) -> dict[str, Any]:
+    """Cortex's rate over each peer's at each level (below 1: Cortex is behind it there), and its
+    1-client p50 against the raw single call and the plain Celery round trip with the same model."""
+    if "levels" not in results.get("cortex", {}):
+        return {}
+    cortex = {level["clients"]: level for level in results["cortex"]["levels"]}
+    rates = {str(clients): {system: round(cortex[clients]["requests_per_second"]
+                                                  / max(level["requests_per_second"], 0.001), 2)
+                                    for system in SYSTEMS if system != "cortex" and "levels" in results[system]
+                                    for level in results[system]["levels"] if level["clients"] == clients}
+             for clients in LEVELS}
+    single = cortex[min(LEVELS)]["p50_ms"]
+    celery = {level["clients"]: level for level in results.get("celery", {}).get("levels", [])}
+    return {"rate_ratio": rates,
+            "one_client_p50_above_raw_call_ms": round(single - results["in_process"]["single_call"]["p50_ms"], 2),
+            "one_client_p50_minus_plain_celery_ms": (round(single - celery[min(LEVELS)]["p50_ms"], 2)
+                                                     if celery else None)}
 
 
 def _cell(row: dict[str, Any], p99: bool) -> str:
@@ -233,3 +253,10 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\nplain Celery no-op round trip (Flask + gunicorn + Celery, a task that returns at once), 1 client: "
           f"p50 {noop['p50_ms']} ms, p99 {noop['p99_ms']} ms ({noop['requests']} requests, {noop['errors']} errors)")
     print(f"in-process single call: p50 {single['p50_ms']} ms, p99 {single['p99_ms']} ms")
+    versus = results.get("cortex_vs_peers")
+    if versus:
+        print(f"Cortex, 1 client: p50 {versus['one_client_p50_above_raw_call_ms']} ms above the raw call, "
+              f"{versus['one_client_p50_minus_plain_celery_ms']} ms against the plain Celery round trip")
+        for level, ratios in versus["rate_ratio"].items():
+            shown = ", ".join(f"{ratio}x {system}" for system, ratio in ratios.items())
+            print(f"Cortex's req/s at {level} client{'' if level == '1' else 's'}: {shown}")

@@ -91,19 +91,36 @@ def _level(clients: int, rate: float) -> dict:
             "ratio_to_limit": round(rate / 200.0, 3), "p50_ms": 1000 * clients / rate, "p99_ms": 3000 * clients / rate}
 
 
+def _results() -> dict:
+    def system(rates: tuple[float, ...]) -> dict:
+        return {"levels": [_level(clients, rate) for clients, rate in zip(peers.LEVELS, rates)]}
+
+    return {"machine": {"cores": 2}, "seconds_per_level": 6.0,
+            "in_process": {"single_call": {"requests_per_second": 90.0, "p50_ms": 11.0, "p99_ms": 14.0},
+                           "limit": {"items_per_second": 200.0, "best": "2x1t/b32"}},
+            "celery": system((40.0, 60.0, 60.0)), "cortex": system((30.0, 80.0, 150.0)),
+            "bentoml": {"skipped": "bentoml is not installed"},
+            "celery_noop": {"clients": 1, "requests": 900, "errors": 0, "p50_ms": 6.0, "p99_ms": 9.0}}
+
+
+def test_cortex_is_compared_with_each_peer_that_ran_at_each_level() -> None:
+    versus = peers.compare(_results())
+    assert versus["rate_ratio"] == {"1": {"celery": 0.75}, "16": {"celery": 1.33}, "64": {"celery": 2.5}}
+    # 1 client: p50 = 1000 / 30 ms against the raw call's 11 ms and plain Celery's 1000 / 40 ms.
+    assert versus["one_client_p50_above_raw_call_ms"] == pytest.approx(22.33, abs=0.01)
+    assert versus["one_client_p50_minus_plain_celery_ms"] == pytest.approx(8.33, abs=0.01)
+
+
 def test_the_table_has_a_row_per_system_and_says_why_one_was_skipped(capsys: pytest.CaptureFixture[str]) -> None:
-    levels = {"levels": [_level(clients, rate) for clients, rate in zip(peers.LEVELS, (30.0, 80.0, 150.0))]}
-    peers.print_table({
-        "machine": {"cores": 2}, "seconds_per_level": 6.0,
-        "in_process": {"single_call": {"requests_per_second": 90.0, "p50_ms": 11.0, "p99_ms": 14.0},
-                       "limit": {"items_per_second": 200.0, "best": "2x1t/b32"}},
-        "celery": levels, "cortex": levels, "bentoml": {"skipped": "bentoml is not installed"},
-        "celery_noop": {"clients": 1, "requests": 900, "errors": 0, "p50_ms": 6.0, "p99_ms": 9.0}})
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    results = _results()
+    peers.print_table({**results, "cortex_vs_peers": peers.compare(results)})
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(rows) == 2 + 1 + len(peers.SYSTEMS)  # header and rule, the in-process baseline, the systems
     assert "skipped: bentoml is not installed" in next(row for row in rows if "BentoML" in row)
     cortex = next(row for row in rows if row.startswith("| Cortex"))
     assert "150.0 (427 / 1280 ms) 0.75x" in cortex  # 64 clients: rate, p50 / p99, ratio to the limit
+    assert "Cortex's req/s at 1 client: 0.75x celery" in out
 
 
 def test_bentoml_service_answers_the_load_generators_request() -> None:
