@@ -15,6 +15,7 @@ that limit. Clients: 1, 16 and 64.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -58,6 +59,16 @@ LABELS = {"in_process": "the model in-process", "celery": "Celery without batchi
 def sample_of(texts: list[str], count: int) -> list[str]:
     """`count` texts spread evenly over `texts`: the limit runs the very kind of text the clients send."""
     return texts[::max(1, len(texts) // count)][:count]
+
+
+def versions() -> dict[str, str | None]:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {name: version(name) for name in ("celery", "flask", "gunicorn", "bentoml", "sentence-transformers")}
 
 
 def bentoml_missing() -> str | None:
@@ -179,7 +190,7 @@ def run(quick: bool) -> dict[str, Any]:
     # One slice per (system, level) and one for the no-op: no text is sent twice in the whole run.
     texts = corpus(per_level * (len(SYSTEMS) * len(LEVELS) + 1), tag="peers")
     slices = iter(texts[i:i + per_level] for i in range(0, len(texts), per_level))
-    results: dict[str, Any] = {"machine": machine(), "seconds_per_level": seconds}
+    results: dict[str, Any] = {"machine": machine(), "seconds_per_level": seconds, "versions": versions()}
     with services() as env:
         baseline = _in_process(texts, quick)
         limit = baseline["limit"]["items_per_second"]
@@ -234,7 +245,8 @@ def _cell(row: dict[str, Any], p99: bool) -> str:
 def print_table(results: dict[str, Any]) -> None:
     single, limit = results["in_process"]["single_call"], results["in_process"]["limit"]
     print(f"\nmachine {results['machine']}; {results['seconds_per_level']} s per level, one sentence per request")
-    print(f"in-process limit: {limit['items_per_second']} items/s ({limit['best']}); every ratio is to it\n")
+    print(f"in-process limit: {limit['items_per_second']} items/s ({limit['best']}); every ratio is to it")
+    print(f"versions: {results.get('versions')}\n")
     header = ["system", "1 client: req/s (p50) ratio", "16 clients: req/s (p50) ratio",
               "64 clients: req/s (p50 / p99) ratio"]
     print("| " + " | ".join(header) + " |")
