@@ -42,10 +42,9 @@ from bench._harness import (
     run_load,
     services,
 )
+from bench.throughput import MAX_ITEMS_PER_SECOND, sample_of
 
 LEVELS = (1, 16, 64)
-# Above any rate reached here: each level gets this many unique texts per second it runs.
-MAX_ITEMS_PER_SECOND = 400
 ROOT = Path(__file__).resolve().parents[1]
 # One gunicorn thread per waiting request: a plain Flask route blocks on the Celery result.
 PLAIN_WEB_PROCESSES = 2
@@ -54,11 +53,6 @@ PLAIN_WORKER_PROCESSES = 2
 SYSTEMS = ("celery", "bentoml", "cortex")
 LABELS = {"in_process": "the model in-process", "celery": "Celery without batching (Flask, one task per request)",
           "bentoml": "BentoML, adaptive batching", "cortex": "Cortex (answer cache off)"}
-
-
-def sample_of(texts: list[str], count: int) -> list[str]:
-    """`count` texts spread evenly over `texts`: the limit runs the very kind of text the clients send."""
-    return texts[::max(1, len(texts) // count)][:count]
 
 
 def versions() -> dict[str, str | None]:
