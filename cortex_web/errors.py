@@ -63,8 +63,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        # Redis or PostgreSQL refused, lost the connection or did not answer in time: a 503 to retry, and
-        # this process answers the next requests at once until the dependency is back.
+        # Redis, PostgreSQL or the message broker refused, lost the connection or did not answer in time: a
+        # 503 to retry, naming which; a gated one (Redis, PostgreSQL) is refused at once until it is back.
         dependency = dependencies.failed_dependency(error)
         if dependency is not None:
             dependencies.trip(dependency, error)

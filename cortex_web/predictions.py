@@ -303,7 +303,7 @@ def raise_for_failure(prediction: Prediction) -> None:
     status = (503 if code == "unavailable" else 502 if code in WORKER_FAILURE_CODES
               else STATUS_BY_CODE.get(code, 422))
     details = {"job_id": prediction.job_id, **error.get("details", {})}
-    if code == "unavailable" and "dependency" in details:  # Redis was away when the job was to be queued
+    if code == "unavailable" and "dependency" in details:  # a store was away when the job was to be queued
         raise dependencies.DependencyUnavailable(details["dependency"])
     raise ApiError(status, code, error.get("message", "the job failed"), details)
 

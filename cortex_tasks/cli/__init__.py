@@ -101,7 +101,8 @@ def web(bind: str, web_workers: int | None, threads: int | None) -> None:
 @click.pass_context
 def flower(ctx: click.Context) -> None:
     """Run Flower behind basic auth (user admin, password CORTEX_FLOWER_PASSWORD); extra arguments go to
-    flower. The password reaches Flower through its environment, never its command line."""
+    flower. The password reaches Flower through its environment, never its command line; with a RabbitMQ
+    broker, so does the management API it reads queue lengths from (CORTEX_FLOWER_BROKER_API)."""
     from cortex_tasks.core.settings import get_settings
     from cortex_tasks.stack.flower import PASSWORD_VARIABLE, flower_environment, warn_if_deprecated_name
 
@@ -109,8 +110,12 @@ def flower(ctx: click.Context) -> None:
     password = get_settings().flower_password
     if not password:
         raise click.ClickException(f"set {PASSWORD_VARIABLE}: Flower is not started without a password")
+    try:
+        environment = flower_environment(password)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     argv = [sys.executable, "-m", "celery", "-A", "cortex_tasks", "flower", *ctx.args]
-    os.execve(sys.executable, argv, {**os.environ, **flower_environment(password)})
+    os.execve(sys.executable, argv, {**os.environ, **environment})
 
 
 @main.group()

@@ -10,6 +10,10 @@ clients reconnect by themselves afterwards.
 
 The gate is per process: a worker or a CLI command never opens one (their clients still have socket
 timeouts where those cannot cut a long operation short).
+
+A job that cannot be published names the broker that refused it: `redis` when Redis carries the messages
+(REDIS_URL's, or a Redis of CORTEX_BROKER_URL), `broker` when CORTEX_BROKER_URL is RabbitMQ, the name
+/ready gives its check of a broker apart from Redis. Such a client then knows which service is away.
 """
 from __future__ import annotations
 
@@ -28,11 +32,13 @@ log = logging.getLogger(__name__)
 
 REDIS = "redis"
 DATABASE = "database"
-_WHAT = {REDIS: "Redis", DATABASE: "The database"}
+BROKER = "broker"  # a message broker other than Redis: RabbitMQ
+_WHAT = {REDIS: "Redis", DATABASE: "The database", BROKER: "The message broker (RabbitMQ)"}
 
 
 class DependencyUnavailable(CortexError):
-    """Redis or PostgreSQL did not answer in time (or refused the connection): a 503 with Retry-After."""
+    """Redis, PostgreSQL or the message broker did not answer in time (or refused the connection): a 503
+    with Retry-After."""
 
     def __init__(self, dependency: str, retry_after: float = 1.0) -> None:
         super().__init__("dependency_unavailable",
@@ -182,14 +188,23 @@ def redis_probe(url: str) -> Callable[[], Any]:
     return ping
 
 
+def broker_dependency() -> str:
+    """The dependency that carries Celery's messages: Redis, or the broker of an amqp:// CORTEX_BROKER_URL."""
+    from cortex_tasks.core.settings import get_settings
+
+    return REDIS if get_settings().broker_is_redis else BROKER
+
+
 def failed_dependency(error: BaseException) -> str | None:
     """Which dependency an exception says is away (a refused or timed-out connection, a lost one), if any."""
     import kombu.exceptions
     import psycopg
     import sqlalchemy.exc
 
-    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)):
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
         return REDIS
+    if isinstance(error, kombu.exceptions.OperationalError):  # Celery could not publish: the broker is away
+        return broker_dependency()
     if isinstance(error, sqlalchemy.exc.TimeoutError):  # no pooled connection came free in time
         return DATABASE
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:

@@ -964,6 +964,14 @@ class Settings(FromEnvironment):
         shown="generated into the data folder",
         repr=False,
     )
+    flower_broker_api: str | None = variable(
+        "CORTEX_FLOWER_BROKER_API",
+        None,
+        "RabbitMQ's management API, where Flower reads queue lengths (a RabbitMQ broker only), "
+        "e.g. `http://monitor:pass@rabbit:15672/api/`.",
+        shown="CORTEX_BROKER_URL's host, port 15672; 15671 for amqps",
+        repr=False,
+    )
     # Worker metrics (docs/metrics.md): each worker's Prometheus endpoint.
     worker_metrics_port: int | None = variable(
         "CORTEX_WORKER_METRICS_PORT",

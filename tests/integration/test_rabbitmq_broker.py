@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse
 
 import amqp.exceptions
 import pytest
@@ -13,7 +15,9 @@ from kombu import Connection
 from cortex_tasks.core.broker import MAX_STEP, amqp_depths
 from cortex_tasks.core.queues import PRIORITY_CLASSES, QUEUE_NAMES
 from cortex_tasks.core.settings import reset_settings_cache
-from tests.support.brokers import Broker
+from tests.support.brokers import Broker, rabbitmq_vhost
+from tests.support.fault_stack import Answer, FaultStack
+from tests.support.tcp_relay import TcpRelay
 
 
 @pytest.fixture()
@@ -99,3 +103,70 @@ def test_ready_checks_a_broker_apart_from_redis(app, keys, rabbitmq, monkeypatch
     assert answer.status_code == 503
     assert answer.get_json()["checks"]["broker"]["ok"] is False
     assert answer.get_json()["checks"]["broker"]["code"] == "broker_unreachable"
+
+
+@pytest.fixture()
+def gateway_through_relay(rabbitmq_url: str) -> Iterator[tuple[FaultStack, TcpRelay, str]]:
+    """A gateway (its own Redis, PostgreSQL and gunicorn) whose CORTEX_BROKER_URL reaches this machine's
+    RabbitMQ through a relay the test can stop: RabbitMQ goes away for this gateway only. A virtual host of
+    its own: no other test's worker takes its messages. Yields the stack, the relay and RabbitMQ's own URL."""
+    del rabbitmq_url  # asked for its skip where RabbitMQ is missing
+    with rabbitmq_vhost() as url:
+        broker = urlparse(url)
+        relay = TcpRelay(broker.hostname or "127.0.0.1", broker.port or 5672).start()
+        relayed = broker._replace(netloc=f"{broker.username}:{broker.password}@127.0.0.1:{relay.port}").geturl()
+        stack = FaultStack(env={"CORTEX_BROKER_URL": relayed})
+        try:
+            stack.start_redis()
+            stack.start_postgres()
+            stack.migrate_and_key()
+            stack.start_gateway(workers=1, threads=4)
+            yield stack, relay, url
+        finally:
+            relay.stop()
+            stack.close()
+
+
+def _predict(stack: FaultStack, text: str, wait: float) -> Answer:
+    return stack.call("POST", "/api/v1/predict", {"task": "sentiment", "inputs": [text], "wait": wait})
+
+
+def _names_the_broker(answer: Answer) -> None:
+    assert answer.status == 503, answer
+    error = answer.body["error"]
+    assert error["code"] == "dependency_unavailable", answer
+    assert error["details"]["dependency"] == "broker", answer  # not "redis": Redis is up
+    assert "RabbitMQ" in error["message"], answer
+    assert int(answer.headers["Retry-After"]) >= 1, answer.headers
+
+
+def test_rabbitmq_away_is_a_503_that_names_the_broker(gateway_through_relay):
+    stack, relay, rabbitmq_url = gateway_through_relay
+    depth = amqp_depths(rabbitmq_url).depth  # straight to RabbitMQ, not through the relay
+    collection = f"broker_away_{uuid.uuid4().hex[:6]}"
+    assert stack.call("PUT", f"/api/v1/vectors/{collection}", {}).status == 201
+    nlp, gpu = depth("nlp"), depth("gpu")
+
+    # Both ways a job is published (the coalescer's predictions, and one message per job) reach RabbitMQ.
+    assert _predict(stack, "Queued while RabbitMQ answers.", wait=0).status == 202
+    upsert = {"wait": 0, "items": [{"id": "a", "text": "An item to embed."}]}
+    assert stack.call("POST", f"/api/v1/vectors/{collection}", upsert).status == 202
+    assert (depth("nlp"), depth("gpu")) == (nlp + 1, gpu + 1)
+
+    relay.stop()
+    _names_the_broker(_predict(stack, "Sent while RabbitMQ is away.", wait=5))
+    # Not waited for either: on an idle gateway the request's own thread publishes, and hears the refusal.
+    _names_the_broker(_predict(stack, "Not waited for, sent while RabbitMQ is away.", wait=0))
+    _names_the_broker(stack.call("POST", f"/api/v1/vectors/{collection}", upsert))
+    ready = stack.call("GET", "/ready")
+    assert ready.status == 503, ready
+    assert ready.body["checks"]["broker"]["ok"] is False, ready
+    assert ready.body["checks"]["broker"]["code"] == "broker_unreachable", ready
+    assert ready.body["checks"]["redis"] == {"ok": True}, ready
+    # Nothing was queued while it was away: a refused job leaves no message behind.
+    assert (depth("nlp"), depth("gpu")) == (nlp + 1, gpu + 1)
+
+    relay.start()  # back on the same port: the gateway reconnects by itself
+    again = _predict(stack, "Queued once RabbitMQ is back.", wait=0)
+    assert again.status == 202, again
+    assert depth("nlp") == nlp + 2
