@@ -30,7 +30,7 @@ def _redis_url() -> str:
     return os.environ.get("PEERS_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
-celery_app = Celery("peers", broker=_redis_url(), backend=_redis_url())
+celery_app = Celery("peers", broker=_redis_url(), backend=_redis_url(), set_as_current=False)
 celery_app.conf.update(task_default_queue=QUEUE, task_serializer="json", result_serializer="json",
                        accept_content=["json"], result_expires=600)
 
@@ -55,12 +55,12 @@ def _loaded():
     return _model
 
 
-@celery_app.task(name=EMBED)
+@celery_app.task(name=EMBED, shared=False)  # shared tasks join every app made in the process (Cortex's too)
 def embed(texts: list[str]) -> list[list[float]]:
     return embed_texts(_loaded(), texts)
 
 
-@celery_app.task(name=NOOP)
+@celery_app.task(name=NOOP, shared=False)
 def noop() -> None:
     return None
 
