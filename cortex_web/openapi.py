@@ -36,7 +36,7 @@ from cortex_tasks.core.validation.items import MAX_VECTOR_VALUES, max_text_chars
 from cortex_tasks.core.validation.timeseries import MAX_POINTS
 from cortex_web import alert_responses, responses
 from cortex_web.openai_translation import ChatCompletionRequest, EmbeddingsRequest
-from cortex_web.request_body import MAX_QUERY_INT
+from cortex_web.request_body import JSON_FORM_FIELDS, MAX_QUERY_INT
 from cortex_web.schemas import (
     MODEL_REFERENCE,
     CreateKeyRequest,
@@ -668,6 +668,64 @@ def _components(bodies: dict[tuple[str, str], type[BaseModel]]) -> tuple[dict[An
     return refs, defined
 
 
+def _multipart_upload(schemas: dict[str, Any], model: type[BaseModel], ref: dict[str, str]) -> dict[str, Any]:
+    """The multipart/form-data form a route that takes uploads reads (request_body._multipart_body): the JSON
+    body in the field `request`, or its fields one by one (those in JSON_FORM_FIELDS as JSON, text fields as
+    text; a field the form cannot carry, a list or a number, goes in `request`), and files in the field
+    `inputs` where the body has inputs, each an input after those of `request`. A field given both ways is
+    the form field's. Nothing else: another field or file is refused (422)."""
+    body = _named(schemas, ref)
+    shapes = [_named(schemas, shape) for shape in body["anyOf"]] if "anyOf" in body else [body]
+    properties: dict[str, Any] = {"request": {
+        "type": "object", "description": f"The body ({model.__name__}) as JSON; the other fields and the files "
+                                         "add to it."}}
+    encoding: dict[str, Any] = {"request": {"contentType": "application/json"}}
+    for shape in shapes:
+        for name, schema in shape["properties"].items():
+            if name in properties:
+                continue
+            if name in JSON_FORM_FIELDS:
+                properties[name], encoding[name] = schema, {"contentType": "application/json"}
+            elif name == "inputs":  # the field _multipart_body reads files from
+                properties[name] = {"type": "array", "items": {"type": "string", "format": "binary"},
+                                    "description": "Files, each one input: an image, or a recording for "
+                                                   "transcribe."}
+                encoding[name] = {"contentType": "application/octet-stream"}
+            elif (text := _text_form_of(schemas, schema)) is not None:
+                properties[name] = text
+    # The body in `request`, or the required fields of one of its shapes as form fields and files (with
+    # none of another shape's: a search by text and image at once is refused).
+    complete = [{"required": ["request"]}] + [
+        {"required": list(shape["required"]),
+         "propertyNames": {"enum": ["request", *(name for name in shape["properties"] if name in properties)]}}
+        for shape in shapes if shape.get("required") and all(name in properties for name in shape["required"])]
+    upload: dict[str, Any] = {"type": "object", "title": f"{model.__name__}Upload", "properties": properties,
+                              "additionalProperties": False}
+    if any(shape.get("required") for shape in shapes):
+        if len(complete) == 1:
+            upload["required"] = ["request"]
+        else:
+            upload["anyOf"] = complete
+    return {"schema": upload, "encoding": encoding}
+
+
+def _named(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    return schemas[schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+
+
+def _text_form_of(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of a body field sent as a plain text form field, if the view takes it so: string fields
+    (a null, which a form cannot send, is the field left out); None for any other."""
+    schema = _named(schemas, schema)
+    if schema.get("type") == "string":
+        return {key: value for key, value in schema.items() if key != "default"}
+    strings = [branch for branch in schema.get("anyOf", []) if branch.get("type") == "string"]
+    others = [branch for branch in schema.get("anyOf", []) if branch.get("type") not in ("string", "null")]
+    if len(strings) == 1 and not others:
+        return {**strings[0], **{key: schema[key] for key in ("title", "description") if key in schema}}
+    return None
+
+
 def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseModel]] | None = None) -> dict[str, Any]:
     """`blueprint_bodies`: the request models the blueprints declare, by (method, path)."""
     bodies = {**REQUEST_BODIES, **(blueprint_bodies or {})}
@@ -729,6 +787,9 @@ def build_spec(app: Flask, blueprint_bodies: dict[tuple[str, str], type[BaseMode
                     media["examples"] = {"example": {"value": REQUEST_EXAMPLES[(method, path)]}}
                 operation["requestBody"] = {"required": (method, path) not in OPTIONAL_BODIES,
                                             "content": {"application/json": media}}
+            if body_model is not None and getattr(view, "takes_uploads", False):
+                operation["requestBody"]["content"]["multipart/form-data"] = _multipart_upload(
+                    schemas, body_model, refs[(body_model, "validation")])
             if (method, path) in RAW_BODIES:
                 operation["requestBody"] = {"required": True, "content": RAW_BODIES[(method, path)]}
             if (method, path) in FORM_BODIES:

@@ -18,7 +18,7 @@ from typing import Any
 def generated_client(spec: dict[str, Any], folder: Path) -> Iterator[ModuleType]:
     """The `cortex_client` package generated from `spec` into `folder`, importable while the context lasts."""
     path = folder / "openapi.json"
-    path.write_text(json.dumps(_without_arrow_bodies(spec)))
+    path.write_text(json.dumps(_readable_bodies(spec)))
     # The generator formats its output with ruff, found on PATH: the venv's.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run([sys.executable, "-m", "openapi_python_client", "generate", "--path", str(path),
@@ -36,14 +36,20 @@ def generated_client(spec: dict[str, Any], folder: Path) -> Iterator[ModuleType]
             del sys.modules[name]
 
 
-def _without_arrow_bodies(spec: dict[str, Any]) -> dict[str, Any]:
-    """The document less its Arrow IPC request bodies (stream events also take JSON): openapi-python-client
-    cannot read that media type, and mapped to octet-stream beside JSON it writes a function that does not
-    import. A client sends Arrow bytes with any HTTP library."""
+def _readable_bodies(spec: dict[str, Any]) -> dict[str, Any]:
+    """The document less the request bodies openapi-python-client cannot read, where the same operation also
+    takes JSON; a client sends those with any HTTP library.
+
+    - Arrow IPC (stream events): it cannot read that media type, and mapped to octet-stream beside JSON it
+      writes a function that does not import.
+    - multipart/form-data uploads (images, recordings): it reads the form's anyOf (`request`, or the
+      required fields) as `Any` and writes `isinstance(body, Any)`, which raises on every call, the JSON
+      ones too; and it ignores the encoding object, sending a boolean field as `True`, which is not JSON."""
     spec = json.loads(json.dumps(spec))
     for item in spec["paths"].values():
         for operation in item.values():
             content = operation.get("requestBody", {}).get("content", {})
             if len(content) > 1:
                 content.pop("application/vnd.apache.arrow.stream", None)
+                content.pop("multipart/form-data", None)
     return spec

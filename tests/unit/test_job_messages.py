@@ -123,7 +123,7 @@ RECEIVERS = [
 
 
 def _fake_job_runner(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
-    monkeypatch.setattr(module, "run_job", lambda job_id, work: {"status": "succeeded", "result": work()})
+    monkeypatch.setattr(module, "run_job", lambda job_id, work, clock=None: {"status": "succeeded", "result": work()})
     monkeypatch.setattr(module, "publish_outcome", lambda reply_to, job_id, outcome: None)
 
 

@@ -480,3 +480,138 @@ def test_a_collection_the_document_allows_is_one_the_view_accepts(spec, collecti
     except Exception:  # pydantic's, the store's and the service's refusals: each a 422
         accepted = False
     assert documented == accepted, collection
+
+
+# --- multipart/form-data uploads (request_body._multipart_body) ---
+
+UPLOAD_ROUTES = {"/api/v1/predict": "PredictRequest", "/api/v1/predict/batch": "PredictRequest",
+                 "/api/v1/batch/submit": "BatchSubmitRequest", "/api/v1/vectors/{collection}": "UpsertRequest",
+                 "/api/v1/vectors/{collection}/search": "SearchRequest"}
+
+
+def test_every_route_that_takes_uploads_documents_its_form_beside_its_json_body(app, spec):
+    uploads = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            content = spec["paths"][path][method.lower()].get("requestBody", {}).get("content", {})
+            takes_uploads = getattr(app.view_functions[rule.endpoint], "takes_uploads", False)
+            assert ("multipart/form-data" in content) == takes_uploads, (method, path)
+            if takes_uploads:
+                uploads.add(path)
+                assert content["application/json"]["schema"] == {
+                    "$ref": f"#/components/schemas/{UPLOAD_ROUTES[path]}"}
+    assert uploads == set(UPLOAD_ROUTES)
+
+
+def test_an_upload_form_names_the_fields_the_view_reads_and_how_each_is_encoded(spec):
+    from cortex_web.request_body import JSON_FORM_FIELDS
+
+    for path, model in UPLOAD_ROUTES.items():
+        form = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
+        body = _resolve(spec, f"#/components/schemas/{model}")
+        shapes = [_resolve(spec, shape["$ref"]) for shape in body["anyOf"]] if "anyOf" in body else [body]
+        fields = {name for shape in shapes for name in shape["properties"]}
+        properties = form["schema"]["properties"]
+        assert {"request", *fields} >= set(properties), path
+        assert form["schema"]["additionalProperties"] is False
+        # JSON-valued fields (and the whole body) are sent as JSON, files as bytes, the rest as text.
+        json_fields = {"request", *(fields & set(JSON_FORM_FIELDS))}
+        assert {name for name, part in form["encoding"].items() if part["contentType"] == "application/json"} \
+            == json_fields, path
+        assert json_fields <= set(properties)
+        if "inputs" in fields:
+            assert properties["inputs"] == {**properties["inputs"], "type": "array",
+                                            "items": {"type": "string", "format": "binary"}}
+            assert form["encoding"]["inputs"]["contentType"] == "application/octet-stream"
+        binary = {name for name, schema in properties.items() if schema.get("items", {}).get("format") == "binary"}
+        assert binary == ({"inputs"} & fields), path  # files are read from the field `inputs` only
+
+
+def _form_documented(spec: dict[str, Any], path: str, fields: dict[str, str], files: int) -> bool:
+    """Whether the document allows a form: its JSON-encoded parts decoded as its encoding says, each file
+    one item of its field's array."""
+    import json
+
+    form = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
+    instance: dict[str, Any] = {}
+    for name, value in fields.items():
+        if form["encoding"].get(name, {}).get("contentType") == "application/json":
+            try:
+                instance[name] = json.loads(value)
+            except ValueError:
+                return False
+        else:
+            instance[name] = value
+    if files:
+        instance["inputs"] = ["<file bytes>"] * files
+    validator = Draft202012Validator({**form["schema"], "components": spec["components"]})
+    return not list(validator.iter_errors(instance))
+
+
+def _form_accepted(app, path: str, fields: dict[str, str], files: int) -> bool:
+    """Whether the view takes the form: the body _multipart_body builds from it, validated by the model the
+    view parses it with."""
+    import io
+
+    from pydantic import ValidationError
+
+    from cortex_tasks.core.errors import CortexError
+    from cortex_web.blueprints.batch import BatchSubmitRequest
+    from cortex_web.blueprints.vectors import SearchRequest, UpsertRequest
+    from cortex_web.errors import ApiError
+    from cortex_web.request_body import _multipart_body
+    from cortex_web.schemas import PredictRequest
+
+    models = {"PredictRequest": PredictRequest, "BatchSubmitRequest": BatchSubmitRequest,
+              "UpsertRequest": UpsertRequest, "SearchRequest": SearchRequest}
+    data: dict[str, Any] = dict(fields)
+    if files:
+        data["inputs"] = [(io.BytesIO(b"\x89PNG picture %d" % index), f"picture-{index}.png")
+                          for index in range(files)]
+    url = path.replace("{collection}", "photos")
+    with app.test_request_context(url, method="POST", data=data, content_type="multipart/form-data"):
+        try:
+            models[UPLOAD_ROUTES[path]].model_validate(_multipart_body())
+        except (ApiError, ValidationError, CortexError):  # each a 4xx
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("path", "fields", "files"), [
+    ("/api/v1/predict", {"task": "image_embed"}, 2),
+    ("/api/v1/predict", {"task": "image_classify", "model": "efficientnet-lite0-imagenet", "priority": "high",
+                         "params": '{"top_k": 3}', "wait": "10", "sensitive": "true"}, 1),
+    ("/api/v1/predict", {"task": "transcribe", "params": '{"language": "en"}', "wait": "null"}, 1),
+    ("/api/v1/predict", {"request": '{"task": "embed", "inputs": ["a text"]}'}, 0),
+    ("/api/v1/predict", {"request": '{"task": "image_embed", "wait": 5}'}, 1),
+    ("/api/v1/predict", {"request": '{"task": "image_embed"', "wait": "5"}, 1),  # not JSON
+    ("/api/v1/predict", {"request": '["image_embed"]'}, 1),  # JSON, not an object
+    ("/api/v1/predict", {"task": "image_embed"}, 0),  # no inputs
+    ("/api/v1/predict", {"task": "embed", "inputs": "a text"}, 0),  # inputs as text: not files
+    ("/api/v1/predict", {"task": "image_embed", "sensitive": "True"}, 1),  # not JSON
+    ("/api/v1/predict", {"task": "image_embed", "wait": "31"}, 1),
+    ("/api/v1/predict", {"task": "image_embed", "params": "[3]"}, 1),
+    ("/api/v1/predict", {"task": "image_embed", "priority": "urgent"}, 1),
+    ("/api/v1/predict", {"task": "image_embed", "model": "../up"}, 1),
+    ("/api/v1/predict", {"task": "image_embed", "top_k": "3"}, 1),  # not a field of the body
+    ("/api/v1/predict/batch", {"task": "image_classify", "wait": "1"}, 3),
+    ("/api/v1/batch/submit", {"task": "image_embed", "sensitive": "false", "params": "{}"}, 2),
+    ("/api/v1/batch/submit", {"task": "image_embed", "wait": "5"}, 1),  # a batch has no wait
+    ("/api/v1/vectors/{collection}", {"request": '{"items": [{"id": "a", "text": "words"}]}', "wait": "5"}, 0),
+    ("/api/v1/vectors/{collection}", {"wait": "5"}, 0),
+    ("/api/v1/vectors/{collection}", {"items": '[{"id": "a", "text": "words"}]'}, 0),  # items only in request
+    ("/api/v1/vectors/{collection}", {"request": '{"items": [{"id": "a", "text": "words"}]}'}, 1),  # no inputs
+    ("/api/v1/vectors/{collection}/search", {"text": "a cat on a mat", "wait": "5"}, 0),
+    ("/api/v1/vectors/{collection}/search", {"image_ref": "tenants/default/images/cat.png"}, 0),
+    ("/api/v1/vectors/{collection}/search", {"request": '{"vector": [0.1, 0.2], "k": 3}'}, 0),
+    ("/api/v1/vectors/{collection}/search", {"text": "a cat", "image": "aGVsbG8="}, 0),  # two queries
+    ("/api/v1/vectors/{collection}/search", {"text": "a cat", "k": "3"}, 0),  # k only in request
+    ("/api/v1/vectors/{collection}/search", {"wait": "5"}, 0),
+    ("/api/v1/vectors/{collection}/search", {"text": " "}, 0),
+])
+def test_an_upload_the_document_allows_is_one_the_view_accepts(app, spec, path, fields, files):
+    documented = _form_documented(spec, path, fields, files)
+    assert documented == _form_accepted(app, path, fields, files), (path, fields, files)

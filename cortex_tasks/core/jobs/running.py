@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from cortex_tasks.core.contracts.messages import MessageRefused
@@ -16,6 +17,7 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
+from cortex_tasks.core.usage.worker_time import ModelClock, WorkerTime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ def shown_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def run_job(job_id: str, work: Callable[[], dict[str, Any]], clock: ModelClock | None = None) -> dict[str, Any]:
+    """`clock`: the model calls `work` makes are charged to it, and their time is recorded with the job's
+    outcome (core/usage/worker_time.py), once: only by the delivery that records the outcome."""
     attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
     if attempt is None:
         # A duplicate delivery of a finished job, or the redelivery cap was reached: answer from the record.
@@ -58,21 +62,26 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"status": job.status, "result": result, "error": job.error or unavailable}
     started = time.perf_counter()
     try:
-        result = work()
+        with clock if clock is not None else nullcontext():
+            result = work()
     except TRANSIENT_ERRORS:
         raise  # the task's autoretry takes it from here; the job stays running
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
-        store.fail_job(job_id, error)
+        store.fail_job(job_id, error, _usage(clock))
         return {"status": "failed", "error": error}
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = {"code": "job_failed", "message": f"{type(exc).__name__}: {exc}"}
-        store.fail_job(job_id, error)
+        store.fail_job(job_id, error, _usage(clock))
         return {"status": "failed", "error": error}
     result.setdefault("timings", {})["worker_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    store.finish_job(job_id, result)
+    store.finish_job(job_id, result, usage=_usage(clock))
     return {"status": "succeeded", "result": result}
+
+
+def _usage(clock: ModelClock | None) -> list[WorkerTime]:
+    return clock.usage() if clock is not None else []
 
 
 def refuse_message(kwargs: dict[str, Any], refused: MessageRefused) -> dict[str, Any]:

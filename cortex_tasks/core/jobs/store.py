@@ -8,6 +8,7 @@ its result twice.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -164,9 +165,10 @@ def begin_attempt(job_id: str, max_deliveries: int) -> int | None:
 
 
 def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, sensitive: bool = False,
-               usage: WorkerTime | None = None) -> bool:
+               usage: WorkerTime | Sequence[WorkerTime] | None = None) -> bool:
     """Record success once; returns False if the job was already finished. `usage`: the job's worker
-    time, recorded in the same transaction only if the job was (core/usage/worker_time.py)."""
+    time (one entry per model that spent it), recorded in the same transaction only if the job was
+    (core/usage/worker_time.py)."""
     result = stored_result(job_id, result, sensitive)
     with session_scope() as session:
         changed = session.execute(
@@ -175,8 +177,8 @@ def finish_job(job_id: str, result: Any = None, result_ref: str | None = None, s
             .values(status=SUCCEEDED, result=result, result_ref=result_ref,
                     progress_done=Job.progress_total, finished_at=func.now())
         ).rowcount
-        if changed and usage is not None:
-            record_worker_time(session, job_id, usage)
+        if changed:
+            _record_usage(session, job_id, usage)
     if changed:
         JOBS_FINISHED.labels(SUCCEEDED, "").inc()
     return bool(changed)
@@ -192,13 +194,21 @@ def record_worker_time(session: Any, job_id: str, usage: WorkerTime) -> None:
          "seconds": usage.seconds, "cost": usage.cost_usd})
 
 
-def fail_job(job_id: str, error: dict[str, Any]) -> bool:
+def _record_usage(session: Any, job_id: str, usage: WorkerTime | Sequence[WorkerTime] | None) -> None:
+    for spent in (usage,) if isinstance(usage, WorkerTime) else usage or ():
+        record_worker_time(session, job_id, spent)
+
+
+def fail_job(job_id: str, error: dict[str, Any], usage: WorkerTime | Sequence[WorkerTime] | None = None) -> bool:
+    """Record failure once; `usage` as for finish_job (a failed job's model time was spent all the same)."""
     with session_scope() as session:
         changed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
             .values(status=FAILED, error=error, finished_at=func.now())
         ).rowcount
+        if changed:
+            _record_usage(session, job_id, usage)
     if changed:
         JOBS_FINISHED.labels(FAILED, str(error.get("code") or "unknown")).inc()
     return bool(changed)

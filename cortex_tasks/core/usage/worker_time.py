@@ -5,12 +5,16 @@ that answered 32 items of 5 jobs is counted once. Cache hits cost nothing and ar
 A job's time is written in the same statement that records its outcome (core/jobs/store.py): a
 data-modifying CTE inserts the ledger rows for the job rows the statement really changed, with their
 tenant, owner (the calling key's id) and model taken from those rows. A redelivered message therefore
-cannot count a job twice, and a prediction costs no extra round trip for its ledger row.
+cannot count a job twice, and a prediction costs no extra round trip for its ledger row. Jobs that run one
+at a time (core/jobs/running.run_job: vector upserts, document indexing) count their model calls on a
+ModelClock and training runs their stretch on the worker; both are written in the transaction that
+records the outcome (store.finish_job / fail_job), with the same guard.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from cortex_tasks.core.settings import get_settings
 
@@ -59,3 +63,48 @@ def with_ledger_rows(recording_statement: str) -> str:
         "AS u(id, task, model, kind, items, seconds, cost) ON u.id = r.id) "
         "SELECT id FROM recorded"
     )
+
+
+# The clock of the job this thread (or this task's context) is running, if it is one that counts its
+# model calls itself: jobs whose model calls go through neither the batcher nor the chunk runner.
+_RUNNING_CLOCK: ContextVar[ModelClock | None] = ContextVar("cortex_model_clock", default=None)
+
+
+class ModelClock:
+    """The model calls one job makes while it runs, where nothing else measures them (a vector upsert's or
+    a document indexing's embeddings): their items and wall seconds per model. The code that calls a
+    model charges it (`charge_model_call`) to the clock of the job in progress, which the job's runner
+    opens with `with clock:` and turns into ledger rows (`usage`) when it records the job's outcome.
+
+    A context variable rather than a parameter: the embeddings of document indexing are computed by a
+    Haystack component, several calls away from the task (a thread Haystack starts copies the context,
+    and the clock in it is the same object)."""
+
+    def __init__(self, task: str, worker_kind: str) -> None:
+        self.task, self.worker_kind = task, worker_kind
+        self._spent: dict[str, tuple[int, float]] = {}  # model: (items, seconds)
+        self._tokens: list[Token[ModelClock | None]] = []
+
+    def charge(self, model: str, items: int, seconds: float) -> None:
+        spent_items, spent_seconds = self._spent.get(model, (0, 0.0))
+        self._spent[model] = (spent_items + items, spent_seconds + seconds)
+
+    def usage(self) -> list[WorkerTime]:
+        """One ledger entry per model that computed items, priced now."""
+        return [worker_time(self.task, self.worker_kind, items, seconds, model)
+                for model, (items, seconds) in self._spent.items() if items > 0]
+
+    def __enter__(self) -> Self:
+        self._tokens.append(_RUNNING_CLOCK.set(self))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _RUNNING_CLOCK.reset(self._tokens.pop())
+
+
+def charge_model_call(model: str, items: int, seconds: float) -> None:
+    """A model call's items and seconds, charged to the running job's clock; nothing when the job has none
+    (its time is measured elsewhere, or not counted: a vector search's query embedding)."""
+    clock = _RUNNING_CLOCK.get()
+    if clock is not None:
+        clock.charge(model, items, seconds)

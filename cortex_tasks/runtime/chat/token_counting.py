@@ -5,12 +5,17 @@ trimmed to what the model will really be sent:
   model's input (chat_models.LocalChatModel), so the count is the prompt's length in tokens;
 - OpenAI chat models: tiktoken's encoding for the model with the chat format's per-message overhead
   (OpenAI's published counting recipe: 3 tokens per message, 3 to prime the reply). tiktoken reads its
-  encoding files from the network on first use, or from TIKTOKEN_CACHE_DIR: a worker that can do neither
-  counts about four characters per token and says so (`exact: false` in the chat result's memory).
+  encoding files from TIKTOKEN_CACHE_DIR, or downloads them on first use. Unless the deployment names a
+  cache folder, it is pointed at the files of cl100k_base and o200k_base (every current OpenAI chat model's)
+  that the litellm package ships for offline use, so the count is exact without a network. A worker that
+  can neither find nor download an encoding counts about four characters per token and says so
+  (`exact: false` in the chat result's memory).
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,8 +51,32 @@ def local_counter(tokenizer: Any, name: str) -> TokenCounter:
     return TokenCounter(f"{name} (Hugging Face tokenizer, chat template)", True, count)
 
 
+def bundled_encodings_folder() -> str | None:
+    """litellm's folder of tiktoken encoding files, named as tiktoken's cache names them (the SHA-1 of their
+    download URL), or None without litellm. Found without importing litellm (a large import, which would
+    also set TIKTOKEN_CACHE_DIR itself)."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(spec.submodule_search_locations[0], "litellm_core_utils", "tokenizers")
+    return folder if os.path.isdir(folder) else None
+
+
+def use_bundled_encodings() -> None:
+    """Point tiktoken at the bundled encoding files, unless the deployment chose its own cache folder.
+    tiktoken still checks each file's SHA-256 against the one it pins, and downloads an encoding the folder
+    does not have (an older model's) as before."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ or "DATA_GYM_CACHE_DIR" in os.environ:
+        return
+    folder = bundled_encodings_folder()
+    if folder is not None:
+        os.environ["TIKTOKEN_CACHE_DIR"] = folder
+
+
 def _load_encoding(model: str) -> Any:
     import tiktoken
+
+    use_bundled_encodings()
 
     try:
         return tiktoken.encoding_for_model(model)
@@ -65,7 +94,8 @@ def _tiktoken_encoding(model: str) -> Any:
         return loading.result(timeout=ENCODING_LOAD_SECONDS)
     except Exception as exc:  # noqa: BLE001 (a network error of its download, a timeout, a missing package)
         log.warning("tiktoken cannot load the encoding of %s (%s): counting about 4 characters per token; "
-                    "set TIKTOKEN_CACHE_DIR to a folder holding the encoding file for exact counts",
+                    "set TIKTOKEN_CACHE_DIR to a folder holding the encoding file (or install litellm, which "
+                    "ships cl100k_base and o200k_base) for exact counts",
                     model, exc or type(exc).__name__)
         return None
 

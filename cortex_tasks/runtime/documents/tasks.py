@@ -10,7 +10,9 @@ from cortex_tasks.core.contracts.job_messages import DocumentIndexMessage, Quest
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.jobs.running import refuse_message, run_job, shown_outcome
+from cortex_tasks.core.queues import GPU
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.usage.worker_time import ModelClock
 from cortex_tasks.runtime.documents import service
 
 RETRIES: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "max_retries": 3,
@@ -26,7 +28,8 @@ def index_documents(**kwargs: Any) -> dict[str, Any]:
     except MessageRefused as exc:
         return refuse_message(kwargs, exc)
     outcome = run_job(message.job_id, lambda: service.index_documents(message.collection, message.documents,
-                                                                      message.indexed_by))
+                                                                      message.indexed_by),
+                      clock=ModelClock("documents.index", GPU))
     publish_outcome(message.reply_to, message.job_id, outcome)
     return shown_outcome(outcome)
 

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cortex_tasks.core.queues import TRAINING
 from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
 from cortex_tasks.core.training import runs
+from cortex_tasks.core.usage.worker_time import WorkerTime, worker_time
 
 CONTROL_CHECK_SECONDS = 0.25
 HISTORY_FLUSH_SECONDS = 0.5
@@ -42,6 +44,7 @@ class TrainingContext:
         self._control_checked_at = 0.0
         self._wall_started = time.monotonic()
         self._cpu_started = time.process_time()
+        self.rows = 0  # the dataset rows this run trains on, once loaded: the usage ledger's items
 
     # --- phases and metrics ---
 
@@ -107,6 +110,11 @@ class TrainingContext:
             raise Paused(epoch if state is not None else int(self._checkpoint_epoch or 0))
 
     # --- resource use ---
+
+    def worker_time(self, kind: str) -> WorkerTime:
+        """The training worker's time on this run since this delivery started it, for the usage ledger:
+        each stretch a run spends on a worker (until it pauses, stops or finishes) is charged once."""
+        return worker_time(f"training.{kind}", TRAINING, self.rows, time.monotonic() - self._wall_started)
 
     def resources(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)

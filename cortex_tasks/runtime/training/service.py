@@ -171,27 +171,29 @@ def run_training(job_id: str) -> dict[str, Any]:
         raise
     except Paused as paused:
         with session_scope() as session:
-            session.execute(update(Job).where(Job.id == job_id, Job.status == store.RUNNING)
-                            .values(status=runs.PAUSED).execution_options(synchronize_session=False))
+            if session.execute(update(Job).where(Job.id == job_id, Job.status == store.RUNNING)
+                               .values(status=runs.PAUSED).execution_options(synchronize_session=False)).rowcount:
+                store.record_worker_time(session, job_id, context.worker_time(kind.name))
         runs.update_run(job_id, phase=runs.PAUSED, control=None, resources=context.resources())
         return {"job_id": job_id, "status": "paused", "checkpoint_epoch": paused.epoch}
     except Cancelled:
         with session_scope() as session:
-            session.execute(update(Job).where(Job.id == job_id, Job.status == store.RUNNING)
-                            .values(status=store.CANCELLED, finished_at=func.now())
-                            .execution_options(synchronize_session=False))
+            if session.execute(update(Job).where(Job.id == job_id, Job.status == store.RUNNING)
+                               .values(status=store.CANCELLED, finished_at=func.now())
+                               .execution_options(synchronize_session=False)).rowcount:
+                store.record_worker_time(session, job_id, context.worker_time(kind.name))
         runs.update_run(job_id, phase=runs.CANCELLED, control=None, finished_at="now()",
                         resources=context.resources())
         return {"job_id": job_id, "status": "cancelled"}
     except (JobInputError, registry.RegistryError) as exc:
         error = {"code": exc.code, "message": str(exc), "details": getattr(exc, "details", {})}
-        store.fail_job(job_id, error)
+        store.fail_job(job_id, error, context.worker_time(kind.name))
         runs.update_run(job_id, phase=runs.FAILED, finished_at="now()", error=error, resources=context.resources())
         return {"job_id": job_id, "status": "failed", "error": error}
     except Exception as exc:
         log.exception("training job %s failed", job_id)
         error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
-        store.fail_job(job_id, error)
+        store.fail_job(job_id, error, context.worker_time(kind.name))
         runs.update_run(job_id, phase=runs.FAILED, finished_at="now()", error=error, resources=context.resources())
         return {"job_id": job_id, "status": "failed", "error": error}
 
@@ -202,6 +204,7 @@ def _train(run: Any, kind: TrainingKind, context: TrainingContext) -> dict[str, 
     gate = gate_of(kind, params)  # bad gate params fail the job before any training
     context.phase("validating")
     rows = load_rows(run.dataset or {})
+    context.rows = len(rows)
     report, examples = trainer.validate(rows, params)
     fingerprint = registry.fingerprint_rows(rows)
     runs.update_run(run.id, validation=report.as_dict(), data_fingerprint=fingerprint[:64])
@@ -230,5 +233,5 @@ def _train(run: Any, kind: TrainingKind, context: TrainingContext) -> dict[str, 
     resources = context.resources()
     runs.update_run(run.id, phase=runs.SUCCEEDED, registered_version=record.version, stage=stage,
                     resources=resources, finished_at="now()")
-    store.finish_job(run.id, result)
+    store.finish_job(run.id, result, usage=context.worker_time(kind.name))
     return {"job_id": run.id, "status": "succeeded", "result": result}

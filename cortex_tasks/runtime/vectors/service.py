@@ -10,17 +10,21 @@ import numpy as np
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.registry import stats
 from cortex_tasks.core.storage.vector_store import VectorStoreError
+from cortex_tasks.core.usage.worker_time import charge_model_call
 from cortex_tasks.core.vectors import service as collections
 from cortex_tasks.core.vectors.service import input_error, vector_store
 from cortex_tasks.runtime.models.loaded import get_model
 
 
 def embed_texts(model_name: str, texts: list[Any]) -> tuple[np.ndarray, dict[str, str]]:
-    """Embed with a catalogue model, counted in that version's serving statistics."""
+    """Embed with a catalogue model, counted in that version's serving statistics and charged to the
+    running job's model clock (the usage ledger's worker seconds), if it has one."""
     model = get_model(model_name)
     with stats.observe(model.info.name, model.info.version, items=len(texts)):
         encode = getattr(model, "encode", None)
+        started = time.perf_counter()
         vectors = encode(texts) if encode is not None else model.predict(texts, {})
+        charge_model_call(model.info.name, len(texts), time.perf_counter() - started)
     return np.asarray(vectors, dtype=np.float32), {"name": model.info.name, "version": model.info.version}
 
 

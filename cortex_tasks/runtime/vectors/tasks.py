@@ -14,8 +14,10 @@ from cortex_tasks.core.contracts.job_messages import (
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.jobs.running import JobInputError, refuse_message, run_job, shown_outcome
+from cortex_tasks.core.queues import GPU
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.storage.vector_store import VectorStoreError
+from cortex_tasks.core.usage.worker_time import ModelClock
 from cortex_tasks.core.vectors.service import vector_store
 from cortex_tasks.runtime.vectors import service
 
@@ -31,7 +33,8 @@ def upsert_items(**kwargs: Any) -> dict[str, Any]:
     except MessageRefused as exc:
         return refuse_message(kwargs, exc)
     outcome = run_job(message.job_id,
-                      lambda: service.upsert_items(message.collection, message.items, message.created_by))
+                      lambda: service.upsert_items(message.collection, message.items, message.created_by),
+                      clock=ModelClock("vectors.upsert", GPU))
     publish_outcome(message.reply_to, message.job_id, outcome)
     return shown_outcome(outcome)
 
