@@ -69,6 +69,9 @@ class PendingJob:
     sent: threading.Event = field(default_factory=threading.Event)
     # The request's trace context, taken in its thread: the job travels in it, whichever message it joins.
     trace: dict[str, str] | None = field(default_factory=tracing.carrier)
+    # Why its message could not be queued, set before `sent`: a request that stopped waiting for its reply
+    # (wait 0, or its wait ran out) reads it there, as the reply listener has forgotten the job by then.
+    send_failure: dict[str, Any] | None = None
 
 
 def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str, *,
@@ -210,10 +213,12 @@ class Coalescer:
                 log.warning("could not enqueue %d jobs: %s unavailable", len(jobs), dependency,
                             extra={"job_ids": [job.job_id for job in jobs]})
             self._message_done(message_id)
+            failure = {"status": "failed", "error": {
+                "code": "unavailable", "message": f"The job could not be queued: {type(exc).__name__}",
+                **({"details": {"dependency": dependency}} if dependency else {})}}
             for job in jobs:
-                self.listener.resolve(job.job_id, {"status": "failed", "error": {
-                    "code": "unavailable", "message": f"The job could not be queued: {type(exc).__name__}",
-                    **({"details": {"dependency": dependency}} if dependency else {})}})
+                job.send_failure = failure
+                self.listener.resolve(job.job_id, failure)
         finally:
             for job in jobs:
                 job.sent.set()

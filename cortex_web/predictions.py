@@ -255,12 +255,7 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
                                        inline_errors, looked_up=bool(keys), sensitive=sensitive)
     outcome = reply_listener().wait(job_id, wait)
     if outcome is None:
-        # Not answered within the wait: make sure the row exists (the worker may not have created it yet)
-        # before anyone is sent to poll it.
-        if not _sent_unless_database_away(pending):
-            raise dependencies.DependencyUnavailable(dependencies.DATABASE)
-        create_jobs([(job_id, pending.record)])
-        return Prediction(job_id, task, model, None, submitted_at)
+        return Prediction(job_id, task, model, left_for_polling(pending), submitted_at)
     JOB_OUTCOMES.labels(task.name, outcome["status"]).inc()
     record_for_circuit(model, outcome)
     if circuit_note and outcome["status"] == "succeeded":
@@ -278,6 +273,19 @@ def run_prediction(task: TaskEntry, model: ModelEntry, inputs: list[Any], params
             outputs[i] = out
         outcome = {**outcome, "result": {**result, "outputs": outputs}}
     return Prediction(job_id, task, model, outcome, submitted_at, cached_items=len(inputs) - len(missing))
+
+
+def left_for_polling(pending: PendingJob) -> dict[str, Any] | None:
+    """A job not answered within its request's wait: its row is written (the worker may not have created it
+    yet) before anyone is sent to poll it, once its message has left. None then; the failure instead when
+    the message could not be queued after all (gathered, then refused by the broker on the coalescer's
+    thread): a row would stay queued for ever with no message behind it."""
+    if not _sent_unless_database_away(pending):
+        raise dependencies.DependencyUnavailable(dependencies.DATABASE)
+    if pending.send_failure is not None:
+        return pending.send_failure
+    create_jobs([(pending.job_id, pending.record)])
+    return None
 
 
 def _sent_unless_database_away(pending: PendingJob, seconds: float = 10.0) -> bool:
