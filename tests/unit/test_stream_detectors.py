@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -202,3 +203,22 @@ def test_alert_rules_make_candidates_with_only_the_named_fields():
     assert alert.policy is not None and alert.policy.cooldown_s == 900  # the rule's own cooldown, defaults beside
     assert candidates(SimpleNamespace(name="payments", spec=spec(alert_rules=[{"name": "any"}])),
                       [spike])[0].policy is None  # no aggregation given: the alerting settings' defaults
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_the_compiled_forest_scores_as_scikit_learn_does(max_features):
+    """The stream's flat-array walk of the trees gives scikit-learn's own scores (`-score_samples`), on
+    rows inside, at the edge of and far outside the training data, with repeated values and column subsets."""
+    from sklearn.ensemble import IsolationForest
+
+    from cortex_tasks.runtime.streams.detectors import CompiledForest
+
+    rng = np.random.default_rng(5)
+    training = np.round(rng.normal(0, 1, (600, 6)), 2)  # rounded: many ties at the thresholds
+    training[:50, 2] = 0.0
+    forest = IsolationForest(n_estimators=60, contamination=0.01, max_features=max_features,
+                             random_state=3).fit(training)
+    probes = np.vstack([training[:100], rng.normal(0, 4, (200, 6)), np.full((1, 6), 1e9), training.min(axis=0)[None]])
+    compiled = CompiledForest(forest).anomaly_scores(probes)
+    np.testing.assert_allclose(compiled, -forest.score_samples(probes), rtol=0, atol=1e-12)
+    assert ((compiled > -forest.offset_) == (forest.predict(probes) == -1)).all()

@@ -194,6 +194,67 @@ def forecast_expectation(model: Any, horizon: int) -> Expectation:
     return expected
 
 
+def average_path_length(samples: np.ndarray) -> np.ndarray:
+    """c(n) of Liu et al.: the mean depth of an unsuccessful search in a binary search tree of n points, the
+    depth a leaf holding n training points stands for (0 for one point, 1 for two)."""
+    samples = np.asarray(samples, dtype=float)
+    safe = np.maximum(samples, 3.0)
+    deeper = 2.0 * (np.log(safe - 1.0) + np.euler_gamma) - 2.0 * (safe - 1.0) / safe
+    return np.where(samples <= 1, 0.0, np.where(samples == 2, 1.0, deeper))
+
+
+class CompiledForest:
+    """A fitted scikit-learn IsolationForest's trees as flat arrays, scoring a whole micro-batch in one walk
+    down every tree at once. scikit-learn's `score_samples` visits its trees one by one from Python
+    (joblib's sequential loop), about 0.3 ms per tree whatever the number of rows: 30 ms per micro-batch
+    with 100 trees, most of a small batch's time. The same trees, thresholds and path lengths give the same
+    scores (a unit test compares them)."""
+
+    def __init__(self, forest: Any) -> None:
+        trees = [estimator.tree_ for estimator in forest.estimators_]
+        width = forest.n_features_in_
+        offsets = np.cumsum([0] + [tree.node_count for tree in trees[:-1]]).astype(np.intp)
+        lefts, rights, features, thresholds, leaf_depths = [], [], [], [], []
+        for tree, columns, offset in zip(trees, forest.estimators_features_, offsets):
+            left, right = tree.children_left, tree.children_right
+            inner = left >= 0
+            lefts.append(np.where(inner, left + offset, -1))
+            rights.append(np.where(inner, right + offset, -1))
+            # A tree fitted on a subset of the columns numbers its features within that subset.
+            features.append(np.where(inner, np.asarray(columns)[np.maximum(tree.feature, 0)], 0))
+            thresholds.append(tree.threshold)
+            depth = np.zeros(tree.node_count)
+            for node in range(tree.node_count):  # a child's index is always above its parent's
+                if inner[node]:
+                    depth[left[node]] = depth[right[node]] = depth[node] + 1
+            leaf_depths.append(depth + average_path_length(tree.n_node_samples))
+        self.roots = offsets
+        self.left, self.right = np.concatenate(lefts), np.concatenate(rights)
+        self.feature, self.threshold = np.concatenate(features), np.concatenate(thresholds)
+        self.leaf_depth = np.concatenate(leaf_depths)
+        self.width = width
+        self.denominator = len(trees) * float(average_path_length(np.array([forest.max_samples_]))[0])
+
+    def anomaly_scores(self, rows: np.ndarray) -> np.ndarray:
+        """The anomaly score in (0, 1] of each row (`-score_samples`): 2^(-mean depth / c(max_samples))."""
+        # The trees compare float32 features with float64 thresholds, as scikit-learn's Tree.apply does.
+        values = np.asarray(rows, dtype=np.float32).astype(np.float64)
+        count = values.shape[0]
+        node = np.repeat(self.roots[None, :], count, axis=0)
+        row = np.arange(count)[:, None]
+        while True:
+            left = self.left[node]
+            inner = left >= 0
+            if not inner.any():
+                break
+            goes_left = values[row, self.feature[node]] <= self.threshold[node]
+            node = np.where(inner, np.where(goes_left, left, self.right[node]), node)
+        depths = self.leaf_depth[node].sum(axis=1)
+        if self.denominator == 0:
+            return np.ones(count)
+        return 2.0 ** (-depths / self.denominator)
+
+
 class IsolationForestDetector(_StreamDetector):
     """scikit-learn IsolationForest on the events' feature rows (features.FOREST_FEATURES). Fitted per stream on its recent rows
     (shared in Redis by every stream worker), refitted every `refit_every` events in a background thread
@@ -227,7 +288,7 @@ class IsolationForestDetector(_StreamDetector):
 
             forest = IsolationForest(n_estimators=self.spec.trees, contamination=self.spec.contamination,
                                      random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float)[:, FOREST_COLUMNS])
-            self._forest, self._threshold, self._since_fit = forest, float(-forest.offset_), 0
+            self._forest, self._threshold, self._since_fit = CompiledForest(forest), float(-forest.offset_), 0
             return True
         finally:
             self._fitting.release()
@@ -238,7 +299,7 @@ class IsolationForestDetector(_StreamDetector):
         if forest is None or not inputs:
             return [Verdict(self.kind, WARMING_UP) for _ in inputs]
         rows = np.asarray([item.features for item in inputs], dtype=float)[:, FOREST_COLUMNS]
-        scores = -forest.score_samples(rows)
+        scores = forest.anomaly_scores(rows)
         return [Verdict(self.kind, ANOMALY if score > self._threshold else NORMAL, round(float(score), 6),
                         None) for score in scores]
 

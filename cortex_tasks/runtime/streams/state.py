@@ -157,19 +157,36 @@ class StreamState:
                                    KeyHistory.from_hash(buckets), buckets)
         return states
 
-    def apply(self, events: list[dict[str, Any]], max_rows: int, keep_seconds: float) -> int:
+    def apply(self, events: list[dict[str, Any]], max_rows: int, keep_seconds: float,
+              stale: dict[str, list[str]] | None = None, window_names: list[str] | None = None,
+              size: float = 0.0) -> tuple[int, list[tuple[list[float], int]]]:
         """Apply scored events (each: id, arrival, key, t, v, q, minute, hour, phase, windows, anomalous,
-        row?, features?) at most once per id; how many were new."""
-        if not events:
-            return 0
-        return int(self._apply(args=[self.prefix, json.dumps(events), max_rows, keep_seconds, STATE_TTL_SECONDS]))
+        row?, features?) at most once per id, drop the `stale` feature buckets, and read the contents of
+        `window_names` as they stand after it: one round trip. (How many events were new, the contents.)"""
 
-    def prune_buckets(self, stale: dict[str, list[str]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for key, fields in stale.items():
-            if fields:
-                pipe.hdel(f"{self.prefix}:buckets:{key}", *fields)
-        pipe.execute()
+        def queued() -> redis.client.Pipeline:
+            pipe = self.client.pipeline(transaction=False)
+            if events:
+                # EVALSHA itself rather than the Script object: a pipeline running a Script first asks
+                # SCRIPT EXISTS, a round trip of its own on every batch.
+                pipe.evalsha(self._apply.sha, 0, self.prefix, json.dumps(events), max_rows, keep_seconds,
+                             STATE_TTL_SECONDS)
+            for key, fields in (stale or {}).items():
+                if fields:
+                    pipe.hdel(f"{self.prefix}:buckets:{key}", *fields)
+            self._queue_window_contents(pipe, window_names or [], size)
+            return pipe
+
+        try:
+            replies = queued().execute()
+        except redis.exceptions.NoScriptError:
+            # A Redis restarted (or flushed its scripts): load it and run the round again. Nothing of the
+            # first try changed state (the script did not run; the deletes and reads may repeat).
+            self.client.script_load(_APPLY)
+            replies = queued().execute()
+        applied = int(replies[0]) if events else 0
+        contents = replies[len(replies) - 2 * len(window_names or []):]
+        return applied, self._window_contents_of(contents)
 
     def acknowledged(self, pipe: redis.client.Pipeline, entry_ids: list[str], now_ms: int) -> None:
         """Queue on `pipe` (with the XACK) the removal of the acknowledged ids from `applied`."""
@@ -192,14 +209,20 @@ class StreamState:
     def window_contents(self, names: list[str], size: float) -> list[tuple[list[float], int]]:
         """(values, flagged events) of each named window."""
         pipe = self.client.pipeline(transaction=False)
+        self._queue_window_contents(pipe, names, size)
+        return self._window_contents_of(pipe.execute())
+
+    def _queue_window_contents(self, pipe: redis.client.Pipeline, names: list[str], size: float) -> None:
         for name in names:
             key, _, start = name.rpartition("\x1f")
             begin = float(start)
             pipe.zrangebyscore(f"{self.prefix}:win:{key}", begin, f"({begin + size}")
             pipe.hget(f"{self.prefix}:anomalies", name)
-        replies = pipe.execute()
+
+    @staticmethod
+    def _window_contents_of(replies: list[Any]) -> list[tuple[list[float], int]]:
         return [([float(member.rsplit(b"|", 1)[1]) for member in replies[2 * i]], int(replies[2 * i + 1] or 0))
-                for i in range(len(names))]
+                for i in range(len(replies) // 2)]
 
     def forget_windows(self, names: list[str]) -> None:
         if names:
