@@ -139,6 +139,7 @@ class StreamRuntime:
         for _, event in events:
             since[event.key] = min(since.get(event.key, event.time), event.time - size)
         states = self.state.read(since)
+        self._states = states
         contexts, phases = [], []
         for _, event in events:
             key_state = states[event.key]
@@ -187,7 +188,7 @@ class StreamRuntime:
                 latest[item.event.key] = item
         names = [f"{key}\x1f{_start_text(item.windows[-1])}" for key, item in latest.items()]
         _, contents = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep,
-                                       self._stale, names, self.spec.window.size)
+                                       self._stale, names, self.spec.window.size, self._states)
         live_windows = [(key, item, content) for (key, item), content in zip(latest.items(), contents)]
         decided = datetime.now(timezone.utc)
         rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
