@@ -164,18 +164,61 @@ def test_seasonal_residual_uses_the_phase_profile_or_a_forecast():
     assert verdict.outcome == ANOMALY and verdict.expected == 500 and verdict.score == pytest.approx(-37)
 
 
+def forest_context(value: float, mean_1h: float, history: tuple[float, float, float], mean_24h: float | None = None,
+                   rate_ratio: float = 1.0) -> EventContext:
+    """An event whose day and week means are `mean_24h` (default: `mean_1h`)."""
+    named = dict.fromkeys(FEATURE_NAMES, 0.0)
+    named.update(value=value, mean_1h=mean_1h, mean_24h=mean_1h if mean_24h is None else mean_24h,
+                 mean_7d=mean_1h if mean_24h is None else mean_24h, rate_ratio_1h_24h=rate_ratio)
+    return EventContext(0, value, [], history, (0, 0, 0), [named[name] for name in FEATURE_NAMES])
+
+
 def test_isolation_forest_warms_up_then_flags_outlying_rows():
     detector = IsolationForestDetector(spec().detector("isolation_forest"))
     rng = random.Random(3)
-    rows = [[rng.gauss(0, 1) for _ in FEATURE_NAMES] for _ in range(300)]
+    rows = [[rng.gauss(0, 1) for _ in range(3)] + [rng.gauss(1, 0.1)] for _ in range(300)]
     assert detector.predict([context(0, [])], {})[0].outcome == WARMING_UP
+    assert not detector.fit([row + [0.0] for row in rows])  # rows of another width are not used
     assert detector.fit(rows)
-    normal = EventContext(0, 0, [], (0, 0, 0), (0, 0, 0), [0.0] * len(FEATURE_NAMES))
-    odd = EventContext(0, 0, [], (0, 0, 0), (0, 0, 0), [8.0] * len(FEATURE_NAMES))
-    verdicts = detector.predict([normal, odd], {})
-    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY]
+    history = (100.0, 0.0, 100.0)  # mean 0, deviation 1
+    # An isolation forest judges a row beyond its training range by the training rows at that edge: the
+    # odd row departs in three of its four columns.
+    normal, odd = forest_context(0.5, 0.0, history), forest_context(8.0, 4.0, history, mean_24h=0.0, rate_ratio=3.0)
+    young = forest_context(8.0, 0.0, (5.0, 0.0, 5.0))
+    verdicts = detector.predict([normal, odd, young], {})
+    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY, WARMING_UP]
     assert 0 < verdicts[0].score < verdicts[1].score <= 1 and not math.isnan(verdicts[1].score)
     assert detector.info.task == "anomaly"  # the catalogue's model interface
+
+
+def test_the_forest_sees_departures_from_the_keys_own_level_not_the_level():
+    """Keys at different levels that behave alike get alike forest rows: the highest key's ordinary value is
+    not an outlier, and a key's jump to a level other keys have is one."""
+    from cortex_tasks.runtime.streams.features import forest_row
+    from cortex_tasks.runtime.streams.state import KeyState
+
+    assert forest_row(forest_context(104, 100, (50, 5000, 50 * (100**2 + 4))).features, (50, 5000, 50 * (100**2 + 4))) \
+        == pytest.approx(forest_row(forest_context(504, 500, (50, 25000, 50 * (500**2 + 4))).features,
+                                    (50, 25000, 50 * (500**2 + 4))))
+    rng = random.Random(11)
+    states = {level: KeyState() for level in range(100, 600, 10)}
+    detector = IsolationForestDetector(spec().detector("isolation_forest"))
+    rows = []
+
+    def event(state: KeyState, at: float, value: float) -> EventContext:
+        return EventContext(at, value, [], tuple(state.history), (0, 0, 0), state.features.row(at, value))
+
+    for step in range(60):
+        for level, state in states.items():
+            value = level + rng.gauss(0, 2)
+            item = event(state, step * 5.0, value)
+            if (row := forest_row(item.features, item.history)) is not None:
+                rows.append(row)
+            state.add(step * 5.0, value, -1)
+    assert detector.fit(rows)
+    highest, middle = states[590], states[300]
+    verdicts = detector.predict([event(highest, 300.0, 591.0), event(middle, 300.0, 330.0)], {})
+    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY]
 
 
 def test_alert_rules_make_candidates_with_only_the_named_fields():

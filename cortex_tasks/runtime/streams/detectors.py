@@ -30,7 +30,7 @@ from cortex_tasks.core.streams.declarations import (
 from cortex_tasks.core.validation.timeseries import TRAINED_INTERVAL_WIDTH
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.timeseries import RANDOM_STATE, robust_scale
-from cortex_tasks.runtime.streams.features import FOREST_COLUMNS
+from cortex_tasks.runtime.streams.features import FOREST_FEATURES, forest_row
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,8 @@ class CompiledForest:
 
 
 class IsolationForestDetector(_StreamDetector):
-    """scikit-learn IsolationForest on the events' feature rows (features.FOREST_FEATURES). Fitted per stream on its recent rows
+    """scikit-learn IsolationForest on the events' forest rows (features.forest_row: departures from the
+    key's own levels, in its own spread, and the rate ratio). Fitted per stream on its recent rows
     (shared in Redis by every stream worker), refitted every `refit_every` events in a background thread
     so scoring never waits for a fit; until the first fit (fewer than `min_rows` rows) it is warming up.
     The score is the paper's anomaly score in (0, 1] (models/timeseries.isolation_scores); the outcome is
@@ -281,13 +282,15 @@ class IsolationForestDetector(_StreamDetector):
 
     def fit(self, rows: list[list[float]]) -> bool:
         """Fit on `rows` (run in a thread by the consumer); False if there are too few or a fit is running."""
+        # Rows of another width were stored by a release whose forest saw other features: they age out.
+        rows = [row for row in rows if len(row) == len(FOREST_FEATURES)]
         if len(rows) < self.spec.min_rows or not self._fitting.acquire(blocking=False):
             return False
         try:
             from sklearn.ensemble import IsolationForest
 
             forest = IsolationForest(n_estimators=self.spec.trees, contamination=self.spec.contamination,
-                                     random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float)[:, FOREST_COLUMNS])
+                                     random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float))
             self._forest, self._threshold, self._since_fit = CompiledForest(forest), float(-forest.offset_), 0
             return True
         finally:
@@ -298,10 +301,18 @@ class IsolationForestDetector(_StreamDetector):
         self._since_fit += len(inputs)
         if forest is None or not inputs:
             return [Verdict(self.kind, WARMING_UP) for _ in inputs]
-        rows = np.asarray([item.features for item in inputs], dtype=float)[:, FOREST_COLUMNS]
-        scores = forest.anomaly_scores(rows)
-        return [Verdict(self.kind, ANOMALY if score > self._threshold else NORMAL, round(float(score), 6),
-                        None) for score in scores]
+        rows = [forest_row(item.features, item.history) for item in inputs]
+        judged = [row for row in rows if row is not None]
+        scores = iter(forest.anomaly_scores(np.asarray(judged, dtype=float)) if judged else [])
+        verdicts = []
+        for row in rows:
+            if row is None:  # the key's history is too short to depart from
+                verdicts.append(Verdict(self.kind, WARMING_UP))
+                continue
+            score = next(scores)
+            verdicts.append(Verdict(self.kind, ANOMALY if score > self._threshold else NORMAL, round(float(score), 6),
+                                    None))
+        return verdicts
 
 
 def build_detectors(specs: list[Any], expectation: Expectation | None = None) -> list[_StreamDetector]:

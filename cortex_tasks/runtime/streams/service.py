@@ -39,7 +39,7 @@ from cortex_tasks.runtime.streams.detectors import (
     Verdict,
     build_detectors,
 )
-from cortex_tasks.runtime.streams.features import as_named
+from cortex_tasks.runtime.streams.features import as_named, forest_row
 from cortex_tasks.runtime.streams.state import StreamState
 from cortex_tasks.runtime.streams.windows import aggregate, window_starts
 
@@ -66,6 +66,7 @@ class ScoredEvent:
     verdicts: list[Verdict]
     features: list[float]
     windows: list[float]
+    forest_row: list[float] | None = None  # the IsolationForest's training row, when the stream has one
 
     @property
     def anomalous(self) -> bool:
@@ -159,7 +160,9 @@ class StreamRuntime:
         self._stale = {key: state.features.stale_fields(latest[key]) for key, state in states.items()}
         self._phases = phases
         return [ScoredEvent(entry_id, event, [verdicts[index] for verdicts in per_detector], contexts[index].features,
-                            window_starts(event.time, size, hop))
+                            window_starts(event.time, size, hop),
+                            forest_row(contexts[index].features, contexts[index].history)
+                            if self.forest is not None else None)
                 for index, (entry_id, event) in enumerate(events)]
 
     def _apply_and_store(self, scored: list[ScoredEvent], lateness: float
@@ -180,7 +183,7 @@ class StreamRuntime:
             **({"features": json.dumps(as_named(item.features))} if index in last_indexes else {}),
             # Only a stream with an IsolationForest keeps training rows (a JSON null would reach the script
             # as cjson.null, which Lua takes for true).
-            **({"row": json.dumps(item.features)} if self.forest is not None else {}),
+            **({"row": json.dumps(item.forest_row)} if item.forest_row is not None else {}),
         } for index, (item, phase) in enumerate(zip(scored, self._phases))]
         latest: dict[str, ScoredEvent] = {}
         for item in scored:
