@@ -224,9 +224,12 @@ class CompiledForest:
             features.append(np.where(inner, np.asarray(columns)[np.maximum(tree.feature, 0)], 0))
             thresholds.append(tree.threshold)
             depth = np.zeros(tree.node_count)
-            for node in range(tree.node_count):  # a child's index is always above its parent's
-                if inner[node]:
-                    depth[left[node]] = depth[right[node]] = depth[node] + 1
+            level = np.array([0])
+            while level.size:  # one tree level at a time
+                parents = level[inner[level]]
+                children = np.concatenate([left[parents], right[parents]])
+                depth[children] = np.concatenate([depth[parents], depth[parents]]) + 1
+                level = children
             leaf_depths.append(depth + average_path_length(tree.n_node_samples))
         self.roots = offsets
         self.left, self.right = np.concatenate(lefts), np.concatenate(rights)
