@@ -91,6 +91,13 @@ BEAT_SCHEDULE = {
         "kwargs": MESSAGE,
         "options": ALERTS,
     },
+    # Retention of alerts, stream reports (and their files), windows and verdicts (docs/alerts.md).
+    "expire-stream-history-daily": {
+        "task": task_names.EXPIRE_STREAM_HISTORY,
+        "schedule": crontab(minute=53, hour=3),
+        "kwargs": MESSAGE,
+        "options": MAINTENANCE,
+    },
 }
 
 signals.beat_init.connect(start_aging_in_beat, weak=False)

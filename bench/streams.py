@@ -124,6 +124,7 @@ def plain_loop(client: Any, key: str, spec_body: dict[str, Any], total: int, bat
     from cortex_tasks.core.streams.declarations import StreamSpec
     from cortex_tasks.core.streams.events import check_event, decode
     from cortex_tasks.runtime.streams.detectors import EventContext, build_detectors
+    from cortex_tasks.runtime.streams.features import forest_row
     from cortex_tasks.runtime.streams.state import KeyState
     from cortex_tasks.runtime.streams.windows import window_starts
 
@@ -155,7 +156,7 @@ def plain_loop(client: Any, key: str, spec_body: dict[str, Any], total: int, bat
                 state.window.pop(0)
         for detector in detectors:
             detector.predict(contexts, {})
-        rows.extend(context.features for context in contexts)
+        rows.extend(row for context in contexts if (row := forest_row(context.features, context.history)) is not None)
         del rows[:-forest.spec.max_rows]
         if forest.wants_fit() and len(rows) >= forest.spec.min_rows:
             forest.fit(rows)  # in line: the plain loop has no thread to spare the wait

@@ -573,6 +573,18 @@ class AlertsConfig(FromEnvironment):
     report_forecast_points: int = variable(
         "CORTEX_REPORT_FORECAST_POINTS", 12, "Windows a report forecasts ahead."
     )
+    alert_retention_days: float = variable(
+        "CORTEX_ALERT_RETENTION", 90.0,
+        "How long an alert group (its alerts and deliveries) is kept after its last activity.", shown="90d",
+    )
+    report_retention_days: float = variable(
+        "CORTEX_REPORT_RETENTION", 90.0, "How long stream reports (rows and stored files) are kept.", shown="90d"
+    )
+
+    @field_validator("alert_retention_days", "report_retention_days", mode="before")
+    @classmethod
+    def _retention_days(cls, raw: Any) -> Any:
+        return parse_duration(raw) / 86400 if isinstance(raw, str) else raw
 
     @field_validator("grouping_window_seconds", "cooldown_seconds", "dedup_window_seconds",
                      "delivery_timeout_seconds", "delivery_backoff_seconds", "response_time_threshold_seconds", "response_time_window_seconds",
@@ -726,6 +738,18 @@ class StreamsConfig(FromEnvironment):
     refresh_seconds: float = variable(
         "CORTEX_STREAM_REFRESH_SECONDS", 2.0, "How often a stream worker rereads the declared streams."
     )
+    window_retention_days: float = variable(
+        "CORTEX_STREAM_WINDOW_RETENTION", 90.0, "How long stored window aggregates are kept (by window start).",
+        shown="90d",
+    )
+    verdict_retention_days: float = variable(
+        "CORTEX_STREAM_VERDICT_RETENTION", 30.0, "How long stored verdicts are kept (by event time).", shown="30d"
+    )
+
+    @field_validator("window_retention_days", "verdict_retention_days", mode="before")
+    @classmethod
+    def _retention_days(cls, raw: Any) -> Any:
+        return parse_duration(raw) / 86400 if isinstance(raw, str) else raw
 
     @field_validator("processing_interval", "claim_idle", "lateness", "live_max_seconds", "refresh_seconds",
                      mode="before")

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from cortex_tasks.core.alerting.intake import AlertCandidate, AlertPolicy, raise_alert
 from cortex_tasks.core.storage.db import session_scope
@@ -561,3 +561,105 @@ def test_beat_writes_each_streams_report_of_the_last_period_once(app, tenant, al
     beat()  # the same period again: nothing new for this stream
     time.sleep(1)
     assert len(reader.get("/api/v1/reports?stream=daily").get_json()["reports"]) == 1
+
+
+def test_retention_deletes_old_alerts_reports_windows_and_verdicts_of_every_tenant_and_keeps_recent_ones(
+        app, alert_env, s3, monkeypatch):
+    """The shipped retention (90 days for alerts, reports and windows, 30 for verdicts) against rows dated
+    past and within it, in two tenants; a report whose files cannot be deleted keeps its row until a run
+    that can delete them."""
+    from cortex_tasks.core.storage import object_store
+    from cortex_tasks.core.storage.object_store import S3ObjectStore, get_object_store
+    from cortex_tasks.core.storage.tables import (
+        Alert,
+        AlertDelivery,
+        AlertGroup,
+        StreamDeclaration,
+        StreamReport,
+        StreamVerdict,
+        StreamWindow,
+    )
+    from cortex_tasks.runtime.alerting.reports import object_names
+    from cortex_tasks.runtime.alerting.retention import expire_stream_history
+
+    now = datetime.now(UTC)
+    old, recent, old_verdict = now - timedelta(days=100), now - timedelta(days=1), now - timedelta(days=40)
+    store = get_object_store()
+
+    def add_group(tenant_id: str, name: str, at: datetime, last_seen: datetime) -> None:
+        group_id = str(uuid.uuid4())
+        with tenant_scope(tenant_id), session_scope() as session:
+            session.add(AlertGroup(id=group_id, source="stream:s", rule=name, group_key="k", severity="high",
+                                   opened_at=at, closes_at=at + timedelta(minutes=5), alert_count=1,
+                                   folded_count=0, policy={}, channels=[], closed=True, notified_at=at))
+            session.flush()
+            session.add(Alert(id=str(uuid.uuid4()), group_id=group_id, source="stream:s", rule=name, group_key="k",
+                              severity="high", summary=name, details={}, dedup_key=name, occurred_at=at,
+                              first_seen_at=at, last_seen_at=last_seen, occurrences=1, state="open"))
+            session.add(AlertDelivery(id=str(uuid.uuid4()), group_id=group_id, channel="ops", kind="first",
+                                      notification={}, status="delivered", attempts=1, created_at=at))
+
+    def add_report(tenant_id: str, at: datetime) -> str:
+        report_id = str(uuid.uuid4())
+        json_name, html_name = object_names(tenant_id, "s", report_id)
+        store.put(json_name, b"{}", "application/json")
+        store.put(html_name, b"<html></html>", "text/html")
+        with tenant_scope(tenant_id), session_scope() as session:
+            session.add(StreamReport(id=report_id, stream="s", period_start=at - timedelta(days=1), period_end=at,
+                                     trigger="schedule", status="ready", json_key=json_name, html_key=html_name,
+                                     created_at=at, finished_at=at))
+        return report_id
+
+    def add_stream_rows(tenant_id: str) -> None:
+        with tenant_scope(tenant_id), session_scope() as session:
+            session.add(StreamDeclaration(id=str(uuid.uuid4()), name="s", owner="test", spec={"name": "s"}))
+            for at in (old, recent):
+                session.add(StreamWindow(stream="s", key="k", window_start=at, window_end=at + timedelta(minutes=5),
+                                         count=1, total=1.0, mean=1.0, minimum=1.0, maximum=1.0, anomalies=0))
+            for n, at in enumerate((old_verdict, recent)):
+                session.add(StreamVerdict(stream="s", event_id=f"1-{n}", key="k", detector="robust_zscore",
+                                          outcome="normal", score=0.1, value=1.0, expected=1.0, event_time=at,
+                                          received_at=at, decided_at=at))
+
+    def remaining(tenant_id: str) -> dict[str, Any]:
+        with tenant_scope(tenant_id), session_scope() as session:
+            return {
+                "groups": sorted(session.execute(select(AlertGroup.rule)).scalars()),
+                "alerts": sorted(session.execute(select(Alert.rule)).scalars()),
+                "deliveries": session.execute(select(func.count()).select_from(AlertDelivery)).scalar(),
+                "reports": sorted(session.execute(select(StreamReport.id)).scalars()),
+                "windows": sorted(session.execute(select(StreamWindow.window_start)).scalars()),
+                "verdicts": sorted(session.execute(select(StreamVerdict.event_time)).scalars()),
+            }
+
+    first, second = new_tenant("retention"), new_tenant("retention")
+    add_group(first, "old", old, old)
+    add_group(first, "recent", recent, recent)
+    add_group(first, "recurring", old, now - timedelta(hours=1))  # an old breach that still repeats
+    add_group(second, "recent", recent, recent)
+    old_report, recent_report = add_report(first, old), add_report(first, recent)
+    other_report = add_report(second, recent)
+    add_stream_rows(first)
+    add_stream_rows(second)
+
+    # The object store unreachable: the old report keeps its row (and its files), the rest goes.
+    dead = S3ObjectStore(f"127.0.0.1:{free_port()}", "key", "secret", alert_env["MINIO_BUCKET"])
+    monkeypatch.setitem(object_store._stores, (os.getpid(), None), dead)
+    expire_stream_history()
+    assert remaining(first)["reports"] == sorted([old_report, recent_report])
+    assert store.exists(object_names(first, "s", old_report)[1])
+    monkeypatch.setitem(object_store._stores, (os.getpid(), None), store)
+
+    done = expire_stream_history()
+    assert done["reports"] >= 1 and done["report_deletions_failed"] == 0, done
+    kept = remaining(first)
+    assert kept["groups"] == ["recent", "recurring"] and kept["alerts"] == ["recent", "recurring"]
+    assert kept["deliveries"] == 2
+    assert kept["reports"] == [recent_report]
+    assert kept["windows"] == [recent] and kept["verdicts"] == [recent]
+    assert not any(store.exists(name) for name in object_names(first, "s", old_report))
+    assert all(store.exists(name) for name in object_names(first, "s", recent_report))
+    other = remaining(second)
+    assert other["groups"] == ["recent"] and other["deliveries"] == 1 and other["reports"] == [other_report]
+    assert other["windows"] == [recent] and other["verdicts"] == [recent]
+    assert all(store.exists(name) for name in object_names(second, "s", other_report))

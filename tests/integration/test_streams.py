@@ -355,3 +355,66 @@ def test_the_shipped_claim_idle_time_claims_only_events_idle_that_long(api, clie
     assert live.claim_abandoned() == len(ids)
     assert verdict_count(name) == len(ids)
     assert client.xpending(key, CONSUMER_GROUP)["pending"] == 0
+
+
+def test_a_worker_that_keeps_its_key_states_judges_as_one_that_rereads_them(api, client):
+    """Stream workers keep the key states they updated themselves and reread only keys another worker
+    changed since (state.py's versions). Two workers taking turns on one stream's batches, and a third
+    alone on a copy of the stream that rereads every state every batch, give the same verdicts."""
+    from cortex_tasks.core.streams.declarations import StreamSpec
+    from cortex_tasks.runtime.streams.service import StreamRuntime
+
+    spec = StreamSpec.model_validate(declaration("shared", detectors=[
+        {"kind": "robust_zscore", "threshold": 6}, {"kind": "key_baseline", "threshold": 4, "min_history": 60},
+        {"kind": "seasonal_residual", "period": "20m", "buckets": 4, "threshold": 6}], alert_rules=[]))
+    shared_id, alone_id = str(uuid.uuid4()), str(uuid.uuid4())
+    first, second = (StreamRuntime(client, "default", f"shared-{shared_id[:8]}", shared_id, spec) for _ in range(2))
+    alone_name = f"alone-{alone_id[:8]}"
+    events = [item["event"] for item in synthetic_events()][:1500]
+    rng = random.Random(3)
+    base_ms = int(time.time() * 1000)
+    position, turn = 0, 0
+    while position < len(events):
+        size = rng.randint(1, 40)
+        entries = [(f"{base_ms}-{position + n}", {b"event": json.dumps(event).encode()})
+                   for n, event in enumerate(events[position:position + size])]
+        position += size
+        turn = turn if rng.random() < 0.6 else 1 - turn  # runs of batches on one worker, then the other
+        shared = (first, second)[turn].process(entries, lateness=1.0)
+        # A new runtime each batch: nothing kept, every state read from Redis.
+        alone = StreamRuntime(client, "default", alone_name, alone_id, spec).process(entries, lateness=1.0)
+        for mine, reread in zip(shared.scored, alone.scored):
+            assert [(v.detector, v.outcome) for v in mine.verdicts] == [(v.detector, v.outcome) for v in reread.verdicts]
+            for a, b in zip(mine.verdicts, reread.verdicts):
+                assert (a.score is None and b.score is None) or a.score == pytest.approx(b.score, rel=1e-9, abs=1e-9)
+            assert mine.features == pytest.approx(reread.features, rel=1e-9)
+    assert first.state._cache and second.state._cache  # both workers kept states between their batches
+
+
+def test_a_state_changed_by_another_worker_during_a_batch_is_not_kept(api, client):
+    """Worker A reads a key's state, worker B applies a batch of the key, then A applies its own: A's copy
+    misses B's events, so A must not keep it; its next read goes to Redis and sees both."""
+    from cortex_tasks.runtime.streams.state import StreamState
+
+    prefix = f"cortex:test:state:{uuid.uuid4().hex}"
+    first, second = StreamState(client, prefix), StreamState(client, prefix)
+
+    def event(entry: int, at: float, value: float) -> dict:
+        return {"id": f"1-{entry}", "arrival": 1000 + entry, "key": "k", "t": at, "v": repr(value),
+                "q": repr(value * value), "minute": int(at // 60), "hour": int(at // 3600), "phase": -1,
+                "windows": [], "anomalous": False}
+
+    def step(state: StreamState, entry: int, at: float, value: float, read: dict | None = None) -> dict:
+        states = read if read is not None else state.read({"k": at - 300})
+        states["k"].add(at, value, -1)
+        state.apply([event(entry, at, value)], 1, 600.0, states=states)
+        return states
+
+    step(first, 1, T0, 10.0)
+    assert "k" in first._cache
+    racing = first.read({"k": T0 + 10 - 300})  # A reads (its own kept copy) ...
+    step(second, 2, T0 + 5, 20.0)  # ... B changes the key ...
+    step(first, 3, T0 + 10, 30.0, read=racing)  # ... A applies on top of what it read
+    assert "k" not in first._cache
+    assert first.read({"k": T0 - 300})["k"].window == [(T0, 10.0), (T0 + 5, 20.0), (T0 + 10, 30.0)]
+    client.delete(*client.keys(f"{prefix}:*"))

@@ -83,6 +83,7 @@ def test_registered_task_names_are_pinned():
         # real-time streams
         "cortex.streams.purge_stream",
         "cortex.agents.run_agent",
+        "cortex.maintenance.expire_stream_history",
     ])
 
 
@@ -105,6 +106,8 @@ def test_beat_schedule_is_pinned():
         "evaluate-cortex-alert-rules-every-minute": ("cortex.alerts.evaluate_cortex_rules",
                                                      "<crontab: * * * * * (m/h/dM/MY/d)>"),
         "write-stream-reports-hourly": ("cortex.reports.write_periodic_reports", "<crontab: 7 * * * * (m/h/dM/MY/d)>"),
+        "expire-stream-history-daily": ("cortex.maintenance.expire_stream_history",
+                                        "<crontab: 53 3 * * * (m/h/dM/MY/d)>"),
     }
     # Housekeeping on maintenance; alerts and reports on their own queue, so they never wait behind it.
     assert all(entry.get("options", {}).get("queue") == ("alerts" if entry["task"].split(".")[1] in ("alerts", "reports")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -163,18 +164,61 @@ def test_seasonal_residual_uses_the_phase_profile_or_a_forecast():
     assert verdict.outcome == ANOMALY and verdict.expected == 500 and verdict.score == pytest.approx(-37)
 
 
+def forest_context(value: float, mean_1h: float, history: tuple[float, float, float], mean_24h: float | None = None,
+                   rate_ratio: float = 1.0) -> EventContext:
+    """An event whose day and week means are `mean_24h` (default: `mean_1h`)."""
+    named = dict.fromkeys(FEATURE_NAMES, 0.0)
+    named.update(value=value, mean_1h=mean_1h, mean_24h=mean_1h if mean_24h is None else mean_24h,
+                 mean_7d=mean_1h if mean_24h is None else mean_24h, rate_ratio_1h_24h=rate_ratio)
+    return EventContext(0, value, [], history, (0, 0, 0), [named[name] for name in FEATURE_NAMES])
+
+
 def test_isolation_forest_warms_up_then_flags_outlying_rows():
     detector = IsolationForestDetector(spec().detector("isolation_forest"))
     rng = random.Random(3)
-    rows = [[rng.gauss(0, 1) for _ in FEATURE_NAMES] for _ in range(300)]
+    rows = [[rng.gauss(0, 1) for _ in range(3)] + [rng.gauss(1, 0.1)] for _ in range(300)]
     assert detector.predict([context(0, [])], {})[0].outcome == WARMING_UP
+    assert not detector.fit([row + [0.0] for row in rows])  # rows of another width are not used
     assert detector.fit(rows)
-    normal = EventContext(0, 0, [], (0, 0, 0), (0, 0, 0), [0.0] * len(FEATURE_NAMES))
-    odd = EventContext(0, 0, [], (0, 0, 0), (0, 0, 0), [8.0] * len(FEATURE_NAMES))
-    verdicts = detector.predict([normal, odd], {})
-    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY]
+    history = (100.0, 0.0, 100.0)  # mean 0, deviation 1
+    # An isolation forest judges a row beyond its training range by the training rows at that edge: the
+    # odd row departs in three of its four columns.
+    normal, odd = forest_context(0.5, 0.0, history), forest_context(8.0, 4.0, history, mean_24h=0.0, rate_ratio=3.0)
+    young = forest_context(8.0, 0.0, (5.0, 0.0, 5.0))
+    verdicts = detector.predict([normal, odd, young], {})
+    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY, WARMING_UP]
     assert 0 < verdicts[0].score < verdicts[1].score <= 1 and not math.isnan(verdicts[1].score)
     assert detector.info.task == "anomaly"  # the catalogue's model interface
+
+
+def test_the_forest_sees_departures_from_the_keys_own_level_not_the_level():
+    """Keys at different levels that behave alike get alike forest rows: the highest key's ordinary value is
+    not an outlier, and a key's jump to a level other keys have is one."""
+    from cortex_tasks.runtime.streams.features import forest_row
+    from cortex_tasks.runtime.streams.state import KeyState
+
+    assert forest_row(forest_context(104, 100, (50, 5000, 50 * (100**2 + 4))).features, (50, 5000, 50 * (100**2 + 4))) \
+        == pytest.approx(forest_row(forest_context(504, 500, (50, 25000, 50 * (500**2 + 4))).features,
+                                    (50, 25000, 50 * (500**2 + 4))))
+    rng = random.Random(11)
+    states = {level: KeyState() for level in range(100, 600, 10)}
+    detector = IsolationForestDetector(spec().detector("isolation_forest"))
+    rows = []
+
+    def event(state: KeyState, at: float, value: float) -> EventContext:
+        return EventContext(at, value, [], tuple(state.history), (0, 0, 0), state.features.row(at, value))
+
+    for step in range(60):
+        for level, state in states.items():
+            value = level + rng.gauss(0, 2)
+            item = event(state, step * 5.0, value)
+            if (row := forest_row(item.features, item.history)) is not None:
+                rows.append(row)
+            state.add(step * 5.0, value, -1)
+    assert detector.fit(rows)
+    highest, middle = states[590], states[300]
+    verdicts = detector.predict([event(highest, 300.0, 591.0), event(middle, 300.0, 330.0)], {})
+    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY]
 
 
 def test_alert_rules_make_candidates_with_only_the_named_fields():
@@ -202,3 +246,22 @@ def test_alert_rules_make_candidates_with_only_the_named_fields():
     assert alert.policy is not None and alert.policy.cooldown_s == 900  # the rule's own cooldown, defaults beside
     assert candidates(SimpleNamespace(name="payments", spec=spec(alert_rules=[{"name": "any"}])),
                       [spike])[0].policy is None  # no aggregation given: the alerting settings' defaults
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_the_compiled_forest_scores_as_scikit_learn_does(max_features):
+    """The stream's flat-array walk of the trees gives scikit-learn's own scores (`-score_samples`), on
+    rows inside, at the edge of and far outside the training data, with repeated values and column subsets."""
+    from sklearn.ensemble import IsolationForest
+
+    from cortex_tasks.runtime.streams.detectors import CompiledForest
+
+    rng = np.random.default_rng(5)
+    training = np.round(rng.normal(0, 1, (600, 6)), 2)  # rounded: many ties at the thresholds
+    training[:50, 2] = 0.0
+    forest = IsolationForest(n_estimators=60, contamination=0.01, max_features=max_features,
+                             random_state=3).fit(training)
+    probes = np.vstack([training[:100], rng.normal(0, 4, (200, 6)), np.full((1, 6), 1e9), training.min(axis=0)[None]])
+    compiled = CompiledForest(forest).anomaly_scores(probes)
+    np.testing.assert_allclose(compiled, -forest.score_samples(probes), rtol=0, atol=1e-12)
+    assert ((compiled > -forest.offset_) == (forest.predict(probes) == -1)).all()

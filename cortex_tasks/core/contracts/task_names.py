@@ -71,3 +71,7 @@ def every_task_of(domain: str) -> str:
 # Agents: a run calls an OpenAI-compatible chat model and Cortex's own tools.
 AGENTS_RUN_AGENT = "cortex.agents.run_agent"
 ALL_TASK_NAMES += (AGENTS_RUN_AGENT,)
+
+# Retention of alerts, stream reports, windows and verdicts (runtime/alerting/retention.py), on maintenance.
+EXPIRE_STREAM_HISTORY = "cortex.maintenance.expire_stream_history"
+ALL_TASK_NAMES += (EXPIRE_STREAM_HISTORY,)

@@ -15,6 +15,7 @@ from cortex_tasks.core.queues import GPU, NLP
 from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.training.schedules import retrain_due_models as start_due
+from cortex_tasks.runtime.alerting import retention
 from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 from cortex_tasks.runtime.maintenance import housekeeping, service
 from cortex_tasks.runtime.training.recovery import fail_orphaned_runs, requeue_dead_training
@@ -112,3 +113,13 @@ def promote_aged_jobs(**kwargs: Any) -> dict[str, Any]:
         return {"skipped": "the broker is not Redis"}
     client = redis_holding_queues(redis.Redis.from_url(settings.redis_url))
     return {queue: promote_aged(client, queue, settings.priority_aging_seconds) for queue in (GPU, NLP)}
+
+
+@app.task(name=task_names.EXPIRE_STREAM_HISTORY, soft_time_limit=600, time_limit=660, **HOUSEKEEPING)
+def expire_stream_history(**kwargs: Any) -> dict[str, Any]:
+    """Alerts, stream reports (with their files), windows and verdicts past their retention, every tenant's
+    (CORTEX_ALERT_RETENTION, CORTEX_REPORT_RETENTION, CORTEX_STREAM_WINDOW_RETENTION,
+    CORTEX_STREAM_VERDICT_RETENTION)."""
+    if (refused := _refused(kwargs)) is not None:
+        return refused
+    return retention.expire_stream_history()

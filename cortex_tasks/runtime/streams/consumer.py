@@ -167,10 +167,12 @@ class StreamConsumer:
             return 0
         declared, runtime = found
         ids = [entry_id.decode() if isinstance(entry_id, bytes) else entry_id for entry_id, _ in entries]
+        # The batch's metrics and live messages go with its acknowledgement: one round trip, after its
+        # verdicts are stored.
+        pipe = self.client.pipeline(transaction=False)
         with tenant_scope(declared.tenant):
             runtime.process([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
-                            self.settings.lateness)
-        pipe = self.client.pipeline(transaction=False)
+                            self.settings.lateness, pipe)
         pipe.xack(key, CONSUMER_GROUP, *ids)
         runtime.state.acknowledged(pipe, ids, int(time.time() * 1000))
         pipe.execute()

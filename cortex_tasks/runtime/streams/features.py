@@ -7,17 +7,25 @@ of each key is cached too (`features:<key>`) for the live view and the Isolation
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 FEATURE_NAMES: tuple[str, ...] = (
     "value", "count_1h", "sum_1h", "mean_1h", "count_24h", "sum_24h", "mean_24h", "count_7d", "sum_7d",
     "mean_7d", "rate_1h_per_min", "rate_ratio_1h_24h", "value_minus_mean_1h",
 )
-# The columns the IsolationForest sees: levels and departures, not the running counts and sums, which grow
-# while a stream fills its first week and would make every new row look unlike the rows it was fitted on.
-FOREST_FEATURES: tuple[str, ...] = ("value", "mean_1h", "mean_24h", "mean_7d", "value_minus_mean_1h",
-                                    "rate_ratio_1h_24h")
-FOREST_COLUMNS: tuple[int, ...] = tuple(FEATURE_NAMES.index(name) for name in FOREST_FEATURES)
+# What the IsolationForest sees (forest_row): an event's departures from its own key's levels, in units of
+# the key's spread, and its key's rate against the day's. Not the levels themselves: one forest serves every
+# key of a stream, and keys at different levels would make the keys at the edges of the range look unusual
+# whatever they do (the highest and lowest keys took most of its flags), while a key's change within the
+# range went unseen. Not the running counts and sums either, which grow while a stream fills its first week.
+FOREST_FEATURES: tuple[str, ...] = ("value_vs_mean_1h", "mean_1h_vs_24h", "mean_24h_vs_7d", "rate_ratio_1h_24h")
+_INDEX = {name: index for index, name in enumerate(FEATURE_NAMES)}
+# Departures are capped: a key whose history never varied has no spread to divide by.
+MAX_DEPARTURE = 1e6
+# A key's first events have no spread worth the name: they get no forest row (the forest is warming up for
+# them), so that they neither get judged nor fill the training rows with departures from nothing.
+FOREST_MIN_HISTORY = 10
 MINUTES_1H = 60
 HOURS_24H = 24
 HOURS_7D = 168
@@ -95,3 +103,23 @@ class KeyHistory:
 
 def as_named(row: list[float]) -> dict[str, float]:
     return {name: round(float(value), 6) for name, value in zip(FEATURE_NAMES, row)}
+
+
+def forest_row(row: list[float], history: tuple[float, float, float]) -> list[float] | None:
+    """The IsolationForest's row of an event: its feature `row` (FEATURE_NAMES) measured against its key's
+    `history` before it (count, sum, sum of squares, as the key baseline keeps it): how far the value is
+    from the last hour's mean, the hour's mean from the day's, the day's from the week's, each in the key's
+    standard deviations; and the rate ratio as it is. None while the key has fewer than FOREST_MIN_HISTORY
+    events before this one."""
+    count, total, squares = history
+    if count < FOREST_MIN_HISTORY:
+        return None
+    mean = total / count if count else 0.0
+    spread = math.sqrt(max(squares / count - mean * mean, 0.0))
+    scale = max(spread, 1e-9 * max(1.0, abs(mean)))
+
+    def departure(a: str, b: str) -> float:
+        return max(-MAX_DEPARTURE, min(MAX_DEPARTURE, (row[_INDEX[a]] - row[_INDEX[b]]) / scale))
+
+    return [departure("value", "mean_1h"), departure("mean_1h", "mean_24h"), departure("mean_24h", "mean_7d"),
+            row[_INDEX["rate_ratio_1h_24h"]]]

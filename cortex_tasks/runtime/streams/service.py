@@ -39,7 +39,7 @@ from cortex_tasks.runtime.streams.detectors import (
     Verdict,
     build_detectors,
 )
-from cortex_tasks.runtime.streams.features import as_named
+from cortex_tasks.runtime.streams.features import as_named, forest_row
 from cortex_tasks.runtime.streams.state import StreamState
 from cortex_tasks.runtime.streams.windows import aggregate, window_starts
 
@@ -66,6 +66,7 @@ class ScoredEvent:
     verdicts: list[Verdict]
     features: list[float]
     windows: list[float]
+    forest_row: list[float] | None = None  # the IsolationForest's training row, when the stream has one
 
     @property
     def anomalous(self) -> bool:
@@ -97,7 +98,13 @@ class StreamRuntime:
 
     # --- the batch ---------------------------------------------------------------------------------------
 
-    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> BatchOutcome:
+    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float,
+                pipe: redis.client.Pipeline | None = None) -> BatchOutcome:
+        """Score, apply and store one micro-batch. Its metrics and live messages are queued on `pipe` when
+        one is given: the caller sends them with the batch's acknowledgement, in one round trip after the
+        verdicts are stored; without one they are sent here."""
+        own_pipe = pipe is None
+        pipe = pipe if pipe is not None else self.client.pipeline(transaction=False)
         outcome = BatchOutcome()
         self._new_verdicts: set[tuple[str, str]] = set()
         events: list[tuple[str, CheckedEvent]] = []
@@ -112,15 +119,18 @@ class StreamRuntime:
         if rejected:
             self._reject(rejected)
             outcome.rejected = len(rejected)
+        live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]] = []
         if events:
             outcome.scored = self._score(events)
-            outcome.stored_verdicts = self._apply_and_store(outcome.scored, lateness)
+            outcome.stored_verdicts, live_windows = self._apply_and_store(outcome.scored, lateness)
             stored_at = time.time()
             outcome.latencies = [stored_at - arrival_of(entry_id) for entry_id, _ in events]
-        self._record(outcome)
+        self._record(outcome, pipe)
         if outcome.scored:
-            self._publish(outcome.scored)
+            self._publish(outcome.scored, live_windows, pipe)
             self._maybe_refit()
+        if own_pipe:
+            pipe.execute()
         outcome.closed_windows = self.close_windows(lateness)
         return outcome
 
@@ -130,6 +140,7 @@ class StreamRuntime:
         for _, event in events:
             since[event.key] = min(since.get(event.key, event.time), event.time - size)
         states = self.state.read(since)
+        self._states = states
         contexts, phases = [], []
         for _, event in events:
             key_state = states[event.key]
@@ -149,10 +160,15 @@ class StreamRuntime:
         self._stale = {key: state.features.stale_fields(latest[key]) for key, state in states.items()}
         self._phases = phases
         return [ScoredEvent(entry_id, event, [verdicts[index] for verdicts in per_detector], contexts[index].features,
-                            window_starts(event.time, size, hop))
+                            window_starts(event.time, size, hop),
+                            forest_row(contexts[index].features, contexts[index].history)
+                            if self.forest is not None else None)
                 for index, (entry_id, event) in enumerate(events)]
 
-    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float) -> int:
+    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float
+                         ) -> tuple[int, list[tuple[str, ScoredEvent, tuple[list[float], int]]]]:
+        """Apply the events to the shared state and store their verdicts: (verdicts new, and the open window
+        of each key the batch touched, read back in the same round trip as the update, for the live view)."""
         # A key's events are kept until no open window needs them (its latest event time minus a window,
         # a hop and the lateness, at least a minute): the state stays small at high rates.
         keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
@@ -167,35 +183,38 @@ class StreamRuntime:
             **({"features": json.dumps(as_named(item.features))} if index in last_indexes else {}),
             # Only a stream with an IsolationForest keeps training rows (a JSON null would reach the script
             # as cjson.null, which Lua takes for true).
-            **({"row": json.dumps(item.features)} if self.forest is not None else {}),
+            **({"row": json.dumps(item.forest_row)} if item.forest_row is not None else {}),
         } for index, (item, phase) in enumerate(zip(scored, self._phases))]
-        self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep)
-        if any(self._stale.values()):
-            self.state.prune_buckets(self._stale)
+        latest: dict[str, ScoredEvent] = {}
+        for item in scored:
+            if item.event.key not in latest or item.event.time > latest[item.event.key].event.time:
+                latest[item.event.key] = item
+        names = [f"{key}\x1f{_start_text(item.windows[-1])}" for key, item in latest.items()]
+        _, contents = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep,
+                                       self._stale, names, self.spec.window.size, self._states)
+        live_windows = [(key, item, content) for (key, item), content in zip(latest.items(), contents)]
         decided = datetime.now(timezone.utc)
         rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
                  item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
                 for item in scored for verdict in item.verdicts]
         if not rows:
-            return 0
+            return 0, live_windows
         columns = list(zip(*rows))
         values = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, columns)}
         values.update(tenant=self.tenant, stream=self.name, decided_at=decided)
         with get_engine().begin() as connection:
             new = {(row.event_id, row.detector) for row in connection.execute(_verdict_insert(), values)}
         self._new_verdicts = new
-        return len(new)
+        return len(new), live_windows
 
-    def _record(self, outcome: BatchOutcome) -> None:
+    def _record(self, outcome: BatchOutcome, pipe: redis.client.Pipeline) -> None:
         counts: Counter[tuple[str, str]] = Counter()
         for item in outcome.scored:
             for verdict in item.verdicts:
                 if (item.entry_id, verdict.detector) in self._new_verdicts:
                     counts[(verdict.detector, verdict.outcome)] += 1
-        pipe = self.client.pipeline(transaction=False)
         metrics.record_batch(pipe, self.tenant, self.name, outcome.latencies, self.spec.latency_threshold, counts,
                              outcome.rejected)
-        pipe.execute()
         if self.alert_hook is not None and outcome.scored:
             # Every scored event, redelivered ones included: an alert whose hand-off failed last time is
             # raised again, and the alerting's deduplication makes a repeated one the same alert.
@@ -212,30 +231,24 @@ class StreamRuntime:
 
     # --- live view, forest, windows ----------------------------------------------------------------------
 
-    def _publish(self, scored: list[ScoredEvent]) -> None:
+    def _publish(self, scored: list[ScoredEvent],
+                 live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]],
+                 pipe: redis.client.Pipeline) -> None:
         channel = live_channel(self.tenant, self.name)
         events = [{"event_id": item.entry_id, "key": item.event.key, "time": item.event.time,
                    "value": item.event.value,
                    "verdicts": {v.detector: {"outcome": v.outcome, "score": v.score} for v in item.verdicts}}
                   for item in scored[-LIVE_EVENTS_PER_MESSAGE:]]
-        pipe = self.client.pipeline(transaction=False)
         pipe.publish(channel, json.dumps({"type": "verdicts", "stream": self.name, "events": events,
                                           "anomalies": sum(item.anomalous for item in scored)}))
-        # The open windows of the keys this batch touched, as they stand now.
-        latest: dict[str, ScoredEvent] = {}
-        for item in scored:
-            if item.event.key not in latest or item.event.time > latest[item.event.key].event.time:
-                latest[item.event.key] = item
-        names = [f"{key}\x1f{_start_text(item.windows[-1])}" for key, item in latest.items()]
-        for (key, item), (values, flagged) in zip(latest.items(),
-                                                  self.state.window_contents(names, self.spec.window.size)):
+        # The open windows of the keys this batch touched, as they stood right after its update.
+        for key, item, (values, flagged) in live_windows:
             figures = aggregate(values)
             if figures is not None:
                 start = item.windows[-1]
                 pipe.publish(channel, json.dumps({"type": "window", "stream": self.name, "key": key,
                                                   "start": start, "end": start + self.spec.window.size,
                                                   "closed": False, "anomalies": flagged, **figures.as_dict()}))
-        pipe.execute()
 
     def _maybe_refit(self) -> None:
         forest = self.forest

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ APPLIED_TTL_MS = 86400 * 1000
 _APPLY = """
 local prefix = ARGV[1]
 local events = cjson.decode(ARGV[2])
+local expected = cjson.decode(ARGV[6])
 local max_rows = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
@@ -86,12 +89,46 @@ for k, latest in pairs(touched) do
   end
 end
 if rows > 0 then redis.call('LTRIM', prefix .. ':rows', 0, max_rows - 1) end
+local current = {}
+for k, _ in pairs(touched) do
+  local before = redis.call('HGET', prefix .. ':versions', k) or '0'
+  local after = redis.call('HINCRBY', prefix .. ':versions', k, 1)
+  if expected[k] == before then
+    table.insert(current, k)
+    table.insert(current, tostring(after))
+  end
+end
 if applied > 0 then
   redis.call('SET', prefix .. ':watermark', tostring(watermark), 'EX', ttl)
-  for _, name in ipairs({'rows', 'open', 'anomalies', 'applied'}) do redis.call('EXPIRE', prefix .. ':' .. name, ttl) end
+  for _, name in ipairs({'rows', 'open', 'anomalies', 'applied', 'versions'}) do
+    redis.call('EXPIRE', prefix .. ':' .. name, ttl)
+  end
 end
-return applied
+return {applied, current}
 """
+
+# Per key: its version, and its state unless the caller's cached copy has that version.
+_READ = """
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 3 do
+  local k, since, cached = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local version = redis.call('HGET', prefix .. ':versions', k) or '0'
+  if version == cached then
+    table.insert(out, {version})
+  else
+    table.insert(out, {version, redis.call('ZRANGEBYSCORE', prefix .. ':win:' .. k, since, '+inf', 'WITHSCORES'),
+                       redis.call('HGETALL', prefix .. ':buckets:' .. k), redis.call('HGETALL', prefix .. ':season:' .. k),
+                       redis.call('HGETALL', prefix .. ':base:' .. k)})
+  end
+end
+return out
+"""
+# A worker keeps the states it last updated itself and rereads only those another worker changed since
+# (each key's `versions` counter says so); at least this often (seconds) it rereads a key anyway, so that
+# nothing it missed (a key expired in Redis) outlives a minute.
+CACHE_SECONDS = 60.0
+CACHED_KEYS = 10_000
 
 
 @dataclass
@@ -103,7 +140,6 @@ class KeyState:
     history: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # count, sum, sum of squares
     season: dict[int, list[float]] = field(default_factory=dict)
     features: KeyHistory = field(default_factory=KeyHistory)
-    raw_buckets: dict[bytes, bytes] = field(default_factory=dict)
 
     def values_between(self, start: float, end: float) -> list[float]:
         """Values of events with start <= time < end."""
@@ -128,48 +164,121 @@ def _floats(raw: dict[bytes, bytes]) -> dict[str, float]:
     return {name.decode(): float(value) for name, value in raw.items()}
 
 
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+@dataclass
+class _Cached:
+    version: bytes
+    read_from: float  # the window holds every event of the key from this event time on
+    read_at: float  # monotonic time of the last full read
+    state: KeyState
+
+
 class StreamState:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._apply = client.register_script(_APPLY)
+        self._read = client.register_script(_READ)
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        # What the current batch's states were read as: the version, where its window starts, when read.
+        self._read_as: dict[str, tuple[bytes, float, float]] = {}
 
     def read(self, since: dict[str, float]) -> dict[str, KeyState]:
-        """The state of each key, its window values from `since[key]` on."""
+        """The state of each key, its window values from `since[key]` on: this worker's own copy when no
+        other worker changed the key since this worker last updated it, else read from Redis."""
         keys = list(since)
-        pipe = self.client.pipeline(transaction=False)
+        now = time.monotonic()
+        # Taken out of the cache: the batch changes these states while scoring, and only a batch whose
+        # update is applied puts them back (apply).
+        cached = {key: self._cache.pop(key) for key in keys if key in self._cache}
+        usable = {key: entry for key, entry in cached.items()
+                  if entry.read_from <= since[key] and now - entry.read_at < CACHE_SECONDS}
+        args: list[Any] = [self.prefix]
         for key in keys:
-            pipe.zrangebyscore(f"{self.prefix}:win:{key}", since[key], "+inf", withscores=True)
-            pipe.hgetall(f"{self.prefix}:buckets:{key}")
-            pipe.hgetall(f"{self.prefix}:season:{key}")
-            pipe.hgetall(f"{self.prefix}:base:{key}")
-        replies = pipe.execute()
+            args += [key, since[key], usable[key].version if key in usable else b""]
+        replies = self._read(args=args)
         states = {}
-        for index, key in enumerate(keys):
-            window_raw, buckets, season_raw, base_raw = replies[4 * index:4 * index + 4]
-            window = sorted((score, float(member.rsplit(b"|", 1)[1])) for member, score in window_raw)
+        self._read_as = {}
+        for key, reply in zip(keys, replies):
+            version = reply[0]
+            if len(reply) == 1:
+                entry = usable[key]
+                states[key] = entry.state
+                self._read_as[key] = (version, entry.read_from, entry.read_at)
+                continue
+            window_raw, buckets, season_raw, base_raw = reply[1], _pairs(reply[2]), _pairs(reply[3]), _pairs(reply[4])
+            window = sorted((float(score), float(member.rsplit(b"|", 1)[1])) for member, score in _pairs(window_raw).items())
             season: dict[int, list[float]] = {}
             for name, value in _floats(season_raw).items():
                 totals = season.setdefault(int(name[:-1]), [0.0, 0.0, 0.0])
                 totals["csq".index(name[-1])] = value
             base = _floats(base_raw)
             states[key] = KeyState(window, [base.get("n", 0.0), base.get("s", 0.0), base.get("q", 0.0)], season,
-                                   KeyHistory.from_hash(buckets), buckets)
+                                   KeyHistory.from_hash(buckets))
+            self._read_as[key] = (version, since[key], now)
         return states
 
-    def apply(self, events: list[dict[str, Any]], max_rows: int, keep_seconds: float) -> int:
+    def apply(self, events: list[dict[str, Any]], max_rows: int, keep_seconds: float,
+              stale: dict[str, list[str]] | None = None, window_names: list[str] | None = None,
+              size: float = 0.0, states: dict[str, KeyState] | None = None
+              ) -> tuple[int, list[tuple[list[float], int]]]:
         """Apply scored events (each: id, arrival, key, t, v, q, minute, hour, phase, windows, anomalous,
-        row?, features?) at most once per id; how many were new."""
-        if not events:
-            return 0
-        return int(self._apply(args=[self.prefix, json.dumps(events), max_rows, keep_seconds, STATE_TTL_SECONDS]))
+        row?, features?) at most once per id, drop the `stale` feature buckets, and read the contents of
+        `window_names` as they stand after it: one round trip. (How many events were new, the contents.)
 
-    def prune_buckets(self, stale: dict[str, list[str]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for key, fields in stale.items():
-            if fields:
-                pipe.hdel(f"{self.prefix}:buckets:{key}", *fields)
-        pipe.execute()
+        `states` are the batch's key states as `read` gave them and scoring updated them: a key's state
+        is kept for the next batch when the update applied every event and no other worker changed the
+        key in between (its version is the one read, plus this update)."""
+        expected = {key: version.decode() for key, (version, _, _) in self._read_as.items()}
+
+        def queued() -> redis.client.Pipeline:
+            pipe = self.client.pipeline(transaction=False)
+            if events:
+                # EVALSHA itself rather than the Script object: a pipeline running a Script first asks
+                # SCRIPT EXISTS, a round trip of its own on every batch.
+                pipe.evalsha(self._apply.sha, 0, self.prefix, json.dumps(events), max_rows, keep_seconds,
+                             STATE_TTL_SECONDS, json.dumps(expected))
+            for key, fields in (stale or {}).items():
+                if fields:
+                    pipe.hdel(f"{self.prefix}:buckets:{key}", *fields)
+            self._queue_window_contents(pipe, window_names or [], size)
+            return pipe
+
+        try:
+            replies = queued().execute()
+        except redis.exceptions.NoScriptError:
+            # A Redis restarted (or flushed its scripts): load it and run the round again. Nothing of the
+            # first try changed state (the script did not run; the deletes and reads may repeat).
+            self.client.script_load(_APPLY)
+            replies = queued().execute()
+        applied, current = (int(replies[0][0]), replies[0][1]) if events else (0, [])
+        if states is not None and applied == len(events):
+            self._keep(states, dict(zip((key.decode() for key in current[::2]), current[1::2])), events,
+                       keep_seconds, stale or {})
+        contents = replies[len(replies) - 2 * len(window_names or []):]
+        return applied, self._window_contents_of(contents)
+
+    def _keep(self, states: dict[str, KeyState], versions: dict[str, bytes], events: list[dict[str, Any]],
+              keep_seconds: float, stale: dict[str, list[str]]) -> None:
+        """Cache the updated states, trimmed as the script and the bucket pruning trimmed them in Redis."""
+        latest: dict[str, float] = {}
+        for event in events:
+            latest[event["key"]] = max(latest.get(event["key"], event["t"]), event["t"])
+        for key, version in versions.items():
+            state, read_as = states.get(key), self._read_as.get(key)
+            if state is None or read_as is None:
+                continue
+            cutoff = latest[key] - keep_seconds
+            del state.window[:bisect.bisect_left(state.window, (cutoff, float("-inf")))]
+            for name in stale.get(key, ()):
+                target = state.features.minutes if name[0] == "m" else state.features.hours
+                target.pop(int(name[1:-1]), None)
+            self._cache[key] = _Cached(version, read_as[1], read_as[2], state)
+        while len(self._cache) > CACHED_KEYS:
+            self._cache.popitem(last=False)
 
     def acknowledged(self, pipe: redis.client.Pipeline, entry_ids: list[str], now_ms: int) -> None:
         """Queue on `pipe` (with the XACK) the removal of the acknowledged ids from `applied`."""
@@ -192,14 +301,20 @@ class StreamState:
     def window_contents(self, names: list[str], size: float) -> list[tuple[list[float], int]]:
         """(values, flagged events) of each named window."""
         pipe = self.client.pipeline(transaction=False)
+        self._queue_window_contents(pipe, names, size)
+        return self._window_contents_of(pipe.execute())
+
+    def _queue_window_contents(self, pipe: redis.client.Pipeline, names: list[str], size: float) -> None:
         for name in names:
             key, _, start = name.rpartition("\x1f")
             begin = float(start)
             pipe.zrangebyscore(f"{self.prefix}:win:{key}", begin, f"({begin + size}")
             pipe.hget(f"{self.prefix}:anomalies", name)
-        replies = pipe.execute()
+
+    @staticmethod
+    def _window_contents_of(replies: list[Any]) -> list[tuple[list[float], int]]:
         return [([float(member.rsplit(b"|", 1)[1]) for member in replies[2 * i]], int(replies[2 * i + 1] or 0))
-                for i in range(len(names))]
+                for i in range(len(replies) // 2)]
 
     def forget_windows(self, names: list[str]) -> None:
         if names:
