@@ -7,6 +7,9 @@ wait=0 and small batches), records the id of every accepted job, and runs each s
 - worker_sigkill_nlp / worker_sigkill_batch: the worker SIGKILLed mid-jobs, a new one started;
 - gateway_sigkill: one gateway process SIGKILLed mid-request (gunicorn starts another);
 - redis_restart: Redis SIGKILLed and started again from its append-only file;
+- redis_lost: Redis SIGKILLed and started again empty (its files deleted); the stale-job sweep, run once
+  the new Redis has settled, sends again the batches whose messages were lost and fails the predictions
+  (`message_lost`: their inputs travelled only in the messages); its counts are in the row's `sweep`;
 - postgres_down: PostgreSQL stopped for 30 s (5 s with --quick), then started again;
 - idempotency: 100 concurrent batch submissions with one Idempotency-Key over both gateway processes;
 - rate_limit: a key limited to N requests a minute, hit from both gateway processes at once.
@@ -127,7 +130,9 @@ def settle(stack: FaultStack, job_ids: list[str], bound: float) -> tuple[dict[st
 
 
 def scenario(stack: FaultStack, load: Load, name: str, fault, recover, fault_seconds: float,
-             bound: float) -> dict[str, Any]:
+             bound: float, after=None) -> dict[str, Any]:
+    """`after`: what the stack's own upkeep does once the fault is over (the stale-job sweep), its figures
+    kept in the row."""
     before = set(load.accepted)
     time.sleep(2)  # load before the fault
     fault_started = time.monotonic()
@@ -137,10 +142,27 @@ def scenario(stack: FaultStack, load: Load, name: str, fault, recover, fault_sec
     fault_ended = time.monotonic()
     time.sleep(3)  # load after it
     during = load.window(fault_started, fault_ended)
+    upkeep = after() if after is not None else None
     job_ids = [job for job in list(load.accepted) if job not in before]
     tallies, recovered = settle(stack, job_ids, bound)
-    return {"scenario": name, **tallies, **during, "fault_seconds": round(fault_ended - fault_started, 1),
-            "recovered_seconds": recovered}
+    row = {"scenario": name, **tallies, **during, "fault_seconds": round(fault_ended - fault_started, 1),
+           "recovered_seconds": recovered}
+    return {**row, "sweep": upkeep} if upkeep is not None else row
+
+
+def sweep_after_redis_settles(stack: FaultStack) -> dict[str, Any]:
+    """The stale-job sweep, run as Beat runs it, once the new Redis has been up long enough for it to compare
+    the open jobs with the messages Redis holds (cortex_tasks/runtime/maintenance/lost_messages.py)."""
+    import redis
+
+    from cortex_tasks.runtime.maintenance.lost_messages import SETTLE_AFTER_START_SECONDS
+
+    uptime = int(redis.Redis.from_url(stack.env["REDIS_URL"]).info("server")["uptime_in_seconds"])
+    time.sleep(max(0, SETTLE_AFTER_START_SECONDS + 1 - uptime))
+    code = ("import json; from beat_schedule import MESSAGE; from cortex_tasks.runtime.maintenance.tasks "
+            "import sweep_stale_jobs; print(json.dumps(sweep_stale_jobs(**MESSAGE)))")
+    found = json.loads(stack.run(code).strip().splitlines()[-1])
+    return {key: found[key] for key in ("lost_messages", "lost_resent", "lost_failed") if key in found}
 
 
 def idempotency(stack: FaultStack) -> dict[str, Any]:
@@ -231,6 +253,9 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
                                     3, bound))
             results.append(scenario(stack, load, "redis_restart", stack.kill_redis,
                                     lambda: stack.restart_redis(keep_data=True), 2, bound))
+            results.append(scenario(stack, load, "redis_lost", stack.kill_redis,
+                                    lambda: stack.restart_redis(keep_data=False), 2, bound,
+                                    after=lambda: sweep_after_redis_settles(stack)))
             results.append(scenario(stack, load, "postgres_down", stack.stop_postgres, stack.start_postgres,
                                     5 if quick else 30, bound))
         finally:

@@ -93,6 +93,7 @@ class Coalescer:
         self._thread: threading.Thread | None = None
         self._sent_events = DeferredSentEvents(celery_app)
         listener.on_message_done = self._message_done
+        listener.on_resubscribed = self._forget_inflight
 
     def submit(self, group: Group, job: PendingJob) -> None:
         if not self.enabled:
@@ -137,6 +138,15 @@ class Coalescer:
             if group is not None:
                 self._inflight[group].pop(message_id, None)
                 self._condition.notify()
+
+    def _forget_inflight(self) -> None:
+        """The reply channel was lost: the replies of the messages in flight will never come, and counting
+        them would hold every new request of their groups for the whole in-flight timeout (after a Redis
+        restart, each sync prediction waited its full wait and was answered 202)."""
+        with self._condition:
+            self._inflight.clear()
+            self._message_groups.clear()
+            self._condition.notify_all()
 
     def _ready_batches(self) -> list[tuple[Group, list[PendingJob], str]]:
         """Under the lock: take what may be sent now."""

@@ -14,7 +14,7 @@ from cortex_tasks.core.contracts.messages import MessageRefused
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, dependency_error, retries_exhausted
 from cortex_tasks.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,15 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         result = work()
-    except TRANSIENT_ERRORS:
-        raise  # the task's autoretry takes it from here; the job stays running
+    except TRANSIENT_ERRORS as exc:
+        if not retries_exhausted():
+            raise  # the task's autoretry takes it from here; the job stays running
+        error = dependency_error(exc)
+        try:
+            store.fail_job(job_id, error)
+        except TRANSIENT_ERRORS:
+            raise exc from None  # the database itself is away: the deadline sweep fails the job later
+        return {"status": "failed", "error": error}
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         store.fail_job(job_id, error)
