@@ -10,6 +10,8 @@ wait=0 and small batches), records the id of every accepted job, and runs each s
 - redis_lost: Redis SIGKILLed and started again empty (its files deleted); the stale-job sweep, run once
   the new Redis has settled, sends again the batches whose messages were lost and fails the predictions
   (`message_lost`: their inputs travelled only in the messages); its counts are in the row's `sweep`;
+- worker_redis_stall: the link between the nlp worker and Redis stalled for 20 s (a relay that stops
+  forwarding, tests/support/tcp_relay.py), then forwarding again;
 - postgres_down: PostgreSQL stopped for 30 s (5 s with --quick), then started again;
 - idempotency: 100 concurrent batch submissions with one Idempotency-Key over both gateway processes;
 - rate_limit: a key limited to N requests a minute, hit from both gateway processes at once.
@@ -36,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.support.fault_stack import FaultStack
+from tests.support.tcp_relay import TcpRelay
 
 TEXTS = ["The service was excellent and fast.", "A terrible, slow experience.", "It works as described.",
          "I would not recommend it to anyone.", "Quite good value for the price."]
@@ -230,19 +233,23 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
                                                                         "burst_size": burst}})})
     results: list[dict[str, Any]] = []
     bound = 120 if quick else 300
+    relay: TcpRelay | None = None
     try:
         stack.start_redis()
         stack.start_postgres()
         stack.migrate_and_key()
         stack.start_gateway(workers=2, threads=32)
-        stack.start_worker("nlp", "nlp", pool="threads", concurrency=4)
+        # The nlp worker reaches Redis through a relay that the network-stall scenario stops.
+        relay = TcpRelay("127.0.0.1", stack.redis_server.port)
+        through_relay = {"REDIS_URL": relay.url_for(stack.env["REDIS_URL"])}
+        stack.start_worker("nlp", "nlp", pool="threads", concurrency=4, env=through_relay)
         stack.start_worker("batch", "batch", pool="prefork", concurrency=2)
         load = Load(stack, clients=4 if quick else 8)
         load.start()
         try:
             def restart(name: str, queues: str, pool: str) -> None:
                 stack.start_worker(name, queues, pool=pool, concurrency=4 if pool == "threads" else 2,
-                                   wait_ready=False)
+                                   wait_ready=False, env=through_relay if name == "nlp" else None)
 
             results.append(scenario(stack, load, "worker_sigkill_nlp", lambda: stack.kill_worker("nlp"),
                                     lambda: restart("nlp", "nlp", "threads"), 1, bound))
@@ -256,6 +263,7 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
             results.append(scenario(stack, load, "redis_lost", stack.kill_redis,
                                     lambda: stack.restart_redis(keep_data=False), 2, bound,
                                     after=lambda: sweep_after_redis_settles(stack)))
+            results.append(scenario(stack, load, "worker_redis_stall", relay.pause, relay.resume, 20, bound))
             results.append(scenario(stack, load, "postgres_down", stack.stop_postgres, stack.start_postgres,
                                     5 if quick else 30, bound))
         finally:
@@ -266,6 +274,8 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
         results.append(rate_limit(stack, per_minute, burst))
     finally:
         stack.close()
+        if relay is not None:
+            relay.close()
     _print_table(results)
     figures: dict[str, Any] = {"scenarios": results,
                                "lost": sum(r.get("lost", 0) for r in results),

@@ -14,6 +14,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def current_retries() -> int:
+    """How many times the Celery task running now has been retried (0 outside a task). Each retry is a
+    delivery of the job's message that the redelivery cap must not count as a worker's death."""
+    from celery import current_task
+
+    task = current_task
+    if task is None or task.request is None or task.request.id is None:
+        return 0
+    return int(task.request.retries or 0)
+
+
 def retries_exhausted() -> bool:
     """Whether the Celery task running now will not be retried again (its `max_retries` are used up). A job
     left "running" when its last retry raises would wait for the deadline sweep, an hour later: a task sees

@@ -14,7 +14,12 @@ from cortex_tasks.core.contracts.messages import MessageRefused
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, dependency_error, retries_exhausted
+from cortex_tasks.core.retry_policy import (
+    TRANSIENT_ERRORS,
+    current_retries,
+    dependency_error,
+    retries_exhausted,
+)
 from cortex_tasks.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,9 @@ def shown_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job_id: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
+    # The task's own retries are deliveries too, but not a worker dying: they do not count against the cap
+    # (a task allowed more retries than CORTEX_MAX_DELIVERIES was failed as `redelivery_limit`).
+    attempt = store.begin_attempt(job_id, get_settings().max_deliveries + current_retries())
     if attempt is None:
         # A duplicate delivery of a finished job, or the redelivery cap was reached: answer from the record.
         job = store.get_job(job_id)

@@ -61,5 +61,10 @@ def activate_version(**kwargs: Any) -> dict[str, Any]:
             service.fail_deployment(deployment_id, outcome["error"], job_id if isinstance(job_id, str) else None)
         return outcome
     outcome = run_job(message.job_id, lambda: activate(message.deployment_id, message.job_id))
+    if outcome["status"] != "succeeded":
+        # However the job ended (the redelivery cap included), a pending deployment would block every
+        # later promotion of the model: it fails with the job (only a pending one changes).
+        service.fail_deployment(message.deployment_id, outcome.get("error") or {"code": "job_failed"},
+                                message.job_id)
     publish_outcome(message.reply_to, message.job_id, outcome)
     return outcome
