@@ -67,19 +67,16 @@ def stack(artifacts_mount: Path) -> Iterator[FaultStack]:
 def fill(folder: Path) -> Path:
     """A file that takes every free byte of the filesystem."""
     filler = folder / "filler"
-    with open(filler, "wb") as out:
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        except OSError:
-            pass
-        try:
-            while True:
-                out.write(b"\0")
-                out.flush()
-        except OSError:
-            pass
+    handle = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 1):  # unbuffered: every byte that fits is written
+            try:
+                while True:
+                    os.write(handle, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(handle)
     assert os.statvfs(folder).f_bavail == 0
     return filler
 
