@@ -93,6 +93,8 @@ def on_starting(server) -> None:
     _connections = multiprocessing.RawArray(ctypes.c_long, [NO_PROCESS] * MAX_PROCESSES)
     # The processes share the gateway's budget of messages in flight (Settings.coalesce_max_inflight).
     os.environ["CORTEX_GATEWAY_PROCESSES"] = str(server.cfg.workers)
+    # Its in-flight bound is sized to the threads it really has (cortex_web/limits.py).
+    os.environ["CORTEX_WEB_THREADS"] = str(server.cfg.threads)
 
 
 def pre_fork(server, worker) -> None:

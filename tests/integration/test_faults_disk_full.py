@@ -117,4 +117,6 @@ def test_training_on_a_full_disk_fails_cleanly(stack: FaultStack, artifacts_moun
 
     succeeded = train(stack, name)
     assert succeeded["status"] == "succeeded", succeeded
-    assert [version["version"] for version in versions(stack, name)] == [1]
+    # The one version there is this run's (the failed run's reserved number stays unused).
+    registered = versions(stack, name)
+    assert [f"{name}@{version['version']}" for version in registered] == [succeeded["result"]["reference"]]
