@@ -125,6 +125,19 @@ class Coalescer:
                     return True
         return False
 
+    def hurry(self, job: PendingJob) -> None:
+        """Send now, in a message of its own, a job still held back by its group's in-flight budget: its
+        caller's wait is over and it is to be answered 202, which needs the message out. Held, the
+        request waited for the budget (up to 10 s when the workers had stopped answering, past many
+        clients' timeouts, though wait=0 asked for no wait at all)."""
+        with self._condition:
+            group = next((group for group, jobs in self._pending.items() if job in jobs), None)
+            if group is None:
+                return
+            self._pending[group].remove(job)
+            message_id = self._track(group)
+        self._send(group, [job], message_id)
+
     def _track(self, group: Group) -> str:
         """Under the lock: a new message of `group`, counted in flight until its reply comes back."""
         message_id = uuid.uuid4().hex

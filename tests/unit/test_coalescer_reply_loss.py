@@ -22,3 +22,21 @@ def test_a_resubscribed_reply_channel_frees_the_in_flight_budget():
     # A late reply to a forgotten message changes nothing.
     coalescer._message_done(sent[0])
     assert not coalescer._inflight[GROUP]
+
+
+def test_a_job_whose_wait_is_over_is_sent_past_the_in_flight_budget():
+    from cortex_tasks.core.jobs.store import NewJob
+    from cortex_web.coalescer import PendingJob
+
+    coalescer = Coalescer(ReplyListener("redis://127.0.0.1:1/0"), max_inflight=1)
+    sent: list[tuple[Group, list[str]]] = []
+    coalescer._send = lambda group, jobs, message_id: sent.append((group, [job.job_id for job in jobs]))
+    with coalescer._condition:
+        coalescer._track(GROUP)  # the budget is full: new jobs of the group are held
+    held = PendingJob("held", ["text"], NewJob(owner="o", kind="predict", task="sentiment", tenant="default"))
+    coalescer.submit(GROUP, held)
+    assert sent == [] and coalescer._pending[GROUP] == [held]
+    coalescer.hurry(held)
+    assert sent == [(GROUP, ["held"])] and coalescer._pending[GROUP] == []
+    coalescer.hurry(held)  # already gone: nothing more is sent
+    assert len(sent) == 1
