@@ -118,7 +118,8 @@ def _reconcile(client: redis.Redis, uptime: int) -> dict[str, Any]:
     lost = [job for job_id, job in before.items()
             if job_id not in present and after.get(job_id) == job]
     if not lost:
-        log.info("Redis restarted without its data; every open job still has its message")
+        log.info("the broker's marker was missing (Redis started empty, or a first check): every open job "
+                 "still has its message")
         return {"lost_messages": 0}
     resent, failed = _take_up(lost)
     log.warning("Redis lost its data: %d open jobs had no message left; %d sent again, %d failed "
