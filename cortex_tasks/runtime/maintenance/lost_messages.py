@@ -62,6 +62,10 @@ SECOND_LOOK_SECONDS = 5
 # A prediction's row is written when its caller's wait ends (up to 60 s after the message was sent), so
 # a prediction sent to the lost Redis can have a row younger than the new Redis by that much.
 PREDICTION_ROW_DELAY_SECONDS = 60 + 10
+# Redis counts its uptime in whole seconds of the clock (now's second less its start's), up to a second
+# more than has passed: rows written that much after the computed start may still be the lost Redis's.
+# Counting a few more is safe: a job of the new Redis has its message there, or has moved.
+START_MARGIN_SECONDS = 5
 PAGE = 1000
 
 LOST_MESSAGES = Counter("cortex_jobs_lost_messages_total",
@@ -176,7 +180,7 @@ def _columns() -> tuple[Any, ...]:
 def _open_jobs_older_than(uptime: int) -> dict[str, OpenJob]:
     """Open jobs whose messages went to the Redis that was lost: rows written before this Redis started
     (a prediction's, PREDICTION_ROW_DELAY_SECONDS after)."""
-    started = func.now() - timedelta(seconds=uptime)
+    started = func.now() - timedelta(seconds=uptime - START_MARGIN_SECONDS)
     row_delay = case((Job.kind == "predict", timedelta(seconds=PREDICTION_ROW_DELAY_SECONDS)),
                      else_=timedelta(0))
     with all_tenants(), session_scope() as session:
