@@ -39,7 +39,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from cortex_tasks.core.log_redaction import SECRET_HEADERS, redact_keys, redact_query, redact_target
 from cortex_tasks.core.observability.logs import configure_logging, use_format_on
-from cortex_tasks.core.settings import Settings
+from cortex_tasks.core.settings import Settings, reset_settings_cache
 
 # A fresh read, not the cached get_settings(): the master must not cache settings that the processes it
 # forks would inherit before on_starting sets CORTEX_GATEWAY_PROCESSES for them.
@@ -93,6 +93,11 @@ def on_starting(server) -> None:
     _connections = multiprocessing.RawArray(ctypes.c_long, [NO_PROCESS] * MAX_PROCESSES)
     # The processes share the gateway's budget of messages in flight (Settings.coalesce_max_inflight).
     os.environ["CORTEX_GATEWAY_PROCESSES"] = str(server.cfg.workers)
+    # Its in-flight bound is sized to the threads it really has (cortex_web/limits.py).
+    os.environ["CORTEX_WEB_THREADS"] = str(server.cfg.threads)
+    # configure_logging above cached the settings read before these two were set; the processes forked
+    # from here would inherit that copy and never see them.
+    reset_settings_cache()
 
 
 def pre_fork(server, worker) -> None:

@@ -7,6 +7,11 @@ wait=0 and small batches), records the id of every accepted job, and runs each s
 - worker_sigkill_nlp / worker_sigkill_batch: the worker SIGKILLed mid-jobs, a new one started;
 - gateway_sigkill: one gateway process SIGKILLed mid-request (gunicorn starts another);
 - redis_restart: Redis SIGKILLed and started again from its append-only file;
+- redis_lost: Redis SIGKILLed and started again empty (its files deleted); the stale-job sweep, run once
+  the new Redis has settled, sends again the batches whose messages were lost and fails the predictions
+  (`message_lost`: their inputs travelled only in the messages); its counts are in the row's `sweep`;
+- worker_redis_stall: the link between the nlp worker and Redis stalled for 20 s (a relay that stops
+  forwarding, tests/support/tcp_relay.py), then forwarding again;
 - postgres_down: PostgreSQL stopped for 30 s (5 s with --quick), then started again;
 - idempotency: 100 concurrent batch submissions with one Idempotency-Key over both gateway processes;
 - rate_limit: a key limited to N requests a minute, hit from both gateway processes at once.
@@ -33,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.support.fault_stack import FaultStack
+from tests.support.tcp_relay import TcpRelay
 
 TEXTS = ["The service was excellent and fast.", "A terrible, slow experience.", "It works as described.",
          "I would not recommend it to anyone.", "Quite good value for the price."]
@@ -127,7 +133,9 @@ def settle(stack: FaultStack, job_ids: list[str], bound: float) -> tuple[dict[st
 
 
 def scenario(stack: FaultStack, load: Load, name: str, fault, recover, fault_seconds: float,
-             bound: float) -> dict[str, Any]:
+             bound: float, after=None) -> dict[str, Any]:
+    """`after`: what the stack's own upkeep does once the fault is over (the stale-job sweep), its figures
+    kept in the row."""
     before = set(load.accepted)
     time.sleep(2)  # load before the fault
     fault_started = time.monotonic()
@@ -137,10 +145,27 @@ def scenario(stack: FaultStack, load: Load, name: str, fault, recover, fault_sec
     fault_ended = time.monotonic()
     time.sleep(3)  # load after it
     during = load.window(fault_started, fault_ended)
+    upkeep = after() if after is not None else None
     job_ids = [job for job in list(load.accepted) if job not in before]
     tallies, recovered = settle(stack, job_ids, bound)
-    return {"scenario": name, **tallies, **during, "fault_seconds": round(fault_ended - fault_started, 1),
-            "recovered_seconds": recovered}
+    row = {"scenario": name, **tallies, **during, "fault_seconds": round(fault_ended - fault_started, 1),
+           "recovered_seconds": recovered}
+    return {**row, "sweep": upkeep} if upkeep is not None else row
+
+
+def sweep_after_redis_settles(stack: FaultStack) -> dict[str, Any]:
+    """The stale-job sweep, run as Beat runs it, once the new Redis has been up long enough for it to compare
+    the open jobs with the messages Redis holds (cortex_tasks/runtime/maintenance/lost_messages.py)."""
+    import redis
+
+    from cortex_tasks.runtime.maintenance.lost_messages import SETTLE_AFTER_START_SECONDS
+
+    uptime = int(redis.Redis.from_url(stack.env["REDIS_URL"]).info("server")["uptime_in_seconds"])
+    time.sleep(max(0, SETTLE_AFTER_START_SECONDS + 1 - uptime))
+    code = ("import json; from beat_schedule import MESSAGE; from cortex_tasks.runtime.maintenance.tasks "
+            "import sweep_stale_jobs; print(json.dumps(sweep_stale_jobs(**MESSAGE)))")
+    found = json.loads(stack.run(code).strip().splitlines()[-1])
+    return {key: found[key] for key in ("lost_messages", "lost_resent", "lost_failed") if key in found}
 
 
 def idempotency(stack: FaultStack) -> dict[str, Any]:
@@ -208,19 +233,23 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
                                                                         "burst_size": burst}})})
     results: list[dict[str, Any]] = []
     bound = 120 if quick else 300
+    relay: TcpRelay | None = None
     try:
         stack.start_redis()
         stack.start_postgres()
         stack.migrate_and_key()
         stack.start_gateway(workers=2, threads=32)
-        stack.start_worker("nlp", "nlp", pool="threads", concurrency=4)
+        # The nlp worker reaches Redis through a relay that the network-stall scenario stops.
+        relay = TcpRelay("127.0.0.1", stack.redis_server.port).start()
+        through_relay = {"REDIS_URL": relay.url_for(stack.env["REDIS_URL"])}
+        stack.start_worker("nlp", "nlp", pool="threads", concurrency=4, env=through_relay)
         stack.start_worker("batch", "batch", pool="prefork", concurrency=2)
         load = Load(stack, clients=4 if quick else 8)
         load.start()
         try:
             def restart(name: str, queues: str, pool: str) -> None:
                 stack.start_worker(name, queues, pool=pool, concurrency=4 if pool == "threads" else 2,
-                                   wait_ready=False)
+                                   wait_ready=False, env=through_relay if name == "nlp" else None)
 
             results.append(scenario(stack, load, "worker_sigkill_nlp", lambda: stack.kill_worker("nlp"),
                                     lambda: restart("nlp", "nlp", "threads"), 1, bound))
@@ -231,6 +260,10 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
                                     3, bound))
             results.append(scenario(stack, load, "redis_restart", stack.kill_redis,
                                     lambda: stack.restart_redis(keep_data=True), 2, bound))
+            results.append(scenario(stack, load, "redis_lost", stack.kill_redis,
+                                    lambda: stack.restart_redis(keep_data=False), 2, bound,
+                                    after=lambda: sweep_after_redis_settles(stack)))
+            results.append(scenario(stack, load, "worker_redis_stall", relay.pause, relay.resume, 20, bound))
             results.append(scenario(stack, load, "postgres_down", stack.stop_postgres, stack.start_postgres,
                                     5 if quick else 30, bound))
         finally:
@@ -241,6 +274,8 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
         results.append(rate_limit(stack, per_minute, burst))
     finally:
         stack.close()
+        if relay is not None:
+            relay.close()
     _print_table(results)
     figures: dict[str, Any] = {"scenarios": results,
                                "lost": sum(r.get("lost", 0) for r in results),

@@ -96,6 +96,7 @@ class Coalescer:
         self._thread: threading.Thread | None = None
         self._sent_events = DeferredSentEvents(celery_app)
         listener.on_message_done = self._message_done
+        listener.on_resubscribed = self._forget_inflight
 
     def submit(self, group: Group, job: PendingJob) -> None:
         if not self.enabled:
@@ -127,6 +128,19 @@ class Coalescer:
                     return True
         return False
 
+    def hurry(self, job: PendingJob) -> None:
+        """Send now, in a message of its own, a job still held back by its group's in-flight budget: its
+        caller's wait is over and it is to be answered 202, which needs the message out. Held, the
+        request waited for the budget (up to 10 s when the workers had stopped answering, past many
+        clients' timeouts, though wait=0 asked for no wait at all)."""
+        with self._condition:
+            group = next((group for group, jobs in self._pending.items() if job in jobs), None)
+            if group is None:
+                return
+            self._pending[group].remove(job)
+            message_id = self._track(group)
+        self._send(group, [job], message_id)
+
     def _track(self, group: Group) -> str:
         """Under the lock: a new message of `group`, counted in flight until its reply comes back."""
         message_id = uuid.uuid4().hex
@@ -140,6 +154,15 @@ class Coalescer:
             if group is not None:
                 self._inflight[group].pop(message_id, None)
                 self._condition.notify()
+
+    def _forget_inflight(self) -> None:
+        """The reply channel was lost: the replies of the messages in flight will never come, and counting
+        them would hold every new request of their groups for the whole in-flight timeout (after a Redis
+        restart, each sync prediction waited its full wait and was answered 202)."""
+        with self._condition:
+            self._inflight.clear()
+            self._message_groups.clear()
+            self._condition.notify_all()
 
     def _ready_batches(self) -> list[tuple[Group, list[PendingJob], str]]:
         """Under the lock: take what may be sent now."""

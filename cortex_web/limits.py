@@ -157,9 +157,18 @@ class ConcurrencyGate:
         self._slots.release()
 
 
+def inflight_bound(settings: Settings) -> int:
+    """The process's in-flight prediction slots: CORTEX_MAX_CONCURRENT_REQUESTS, but fewer than its threads.
+    With more slots than threads (100 against 64 by default) the bound never refused anything: the
+    excess waited in gunicorn's queue until the clients timed out, and status polls and /health waited
+    behind them. An eighth of the threads (at least 2) stays free for everything else."""
+    reserve = max(2, settings.web_threads // 8)
+    return max(1, min(settings.max_concurrent_requests, settings.web_threads - reserve))
+
+
 def init_app(app: Flask, client: redis.Redis, settings: Settings) -> None:
     app.extensions["cortex_rate_limiter"] = RateLimiter(client, settings.rate_limit_tiers)
-    app.extensions["cortex_concurrency"] = ConcurrencyGate(settings.max_concurrent_requests,
+    app.extensions["cortex_concurrency"] = ConcurrencyGate(inflight_bound(settings),
                                                            settings.queue_timeout_seconds)
 
     @app.after_request

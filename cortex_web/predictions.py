@@ -291,8 +291,12 @@ def left_for_polling(pending: PendingJob) -> dict[str, Any] | None:
 def _sent_unless_database_away(pending: PendingJob, seconds: float = 10.0) -> bool:
     """Wait (up to `seconds`) until the coalescer has sent the job. While the database is away the workers
     cannot answer, the coalescer's messages in flight stay unanswered and new jobs wait behind them: such a
-    job is withdrawn (False) and its request answered 503 at once, rather than after the whole wait."""
+    job is withdrawn (False) and its request answered 503 at once, rather than after the whole wait.
+    Otherwise a job still held back by its group's in-flight budget is sent at once (Coalescer.hurry)."""
     deadline = time.monotonic() + seconds
+    gate = dependencies.gate_for(dependencies.DATABASE)
+    if gate is None or not gate.failed:
+        coalescer().hurry(pending)
     while not pending.sent.wait(0.1):
         gate = dependencies.gate_for(dependencies.DATABASE)
         if gate is not None and gate.failed and coalescer().withdraw(pending):

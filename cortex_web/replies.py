@@ -42,6 +42,9 @@ class ReplyListener:
         self._thread: threading.Thread | None = None
         self._ever_subscribed = False
         self.on_message_done: Callable[[str], None] | None = None
+        # Called when the channel is subscribed again after it was lost: pub/sub keeps nothing, so every
+        # reply published meanwhile is gone (and with a Redis that lost its data, the messages too).
+        self.on_resubscribed: Callable[[], None] | None = None
 
     def _ensure_running(self) -> None:
         if self._thread is not None and self._thread.is_alive() and self._subscribed.is_set():
@@ -65,6 +68,8 @@ class ReplyListener:
                 client = redis.Redis.from_url(self._redis_url, socket_keepalive=True)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
+                if self._ever_subscribed and self.on_resubscribed is not None:
+                    self.on_resubscribed()
                 self._subscribed.set()
                 self._ever_subscribed = True
                 for message in pubsub.listen():

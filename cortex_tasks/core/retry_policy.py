@@ -12,3 +12,39 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def current_retries() -> int:
+    """How many times the Celery task running now has been retried (0 outside a task). Each retry is a
+    delivery of the job's message that the redelivery cap must not count as a worker's death."""
+    from celery import current_task
+
+    task = current_task
+    if task is None or task.request is None or task.request.id is None:
+        return 0
+    return int(task.request.retries or 0)
+
+
+def retries_exhausted() -> bool:
+    """Whether the Celery task running now will not be retried again (its `max_retries` are used up). A job
+    left "running" when its last retry raises would wait for the deadline sweep, an hour later: a task sees
+    this and fails its job with the reason instead. False outside a task (nothing retries there)."""
+    from celery import current_task
+
+    task = current_task
+    if task is None or task.request is None or task.request.id is None:
+        return False
+    return task.max_retries is not None and (task.request.retries or 0) >= task.max_retries
+
+
+def dependency_error(exc: BaseException) -> dict[str, str]:
+    """The job error of a transient failure that outlasted every retry: which service, and what it said."""
+    from cortex_tasks.core.storage.object_store import ObjectStoreUnavailable
+
+    service = ("the object store" if isinstance(exc, ObjectStoreUnavailable)
+               else "PostgreSQL" if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+               else "Redis" if isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+               else "a service the job needs")
+    return {"code": "dependency_unavailable",
+            "message": f"{service} could not be reached through every retry ({type(exc).__name__}: {exc}); "
+                       "the job was stopped. Submit it again once the service is back."}

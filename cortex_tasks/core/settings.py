@@ -946,7 +946,8 @@ class Settings(FromEnvironment):
         "CORTEX_MAX_CONCURRENT_REQUESTS", 100, "In-flight prediction requests per gateway process."
     )
     queue_timeout_seconds: float = variable(
-        "CORTEX_QUEUE_TIMEOUT", 30.0, "How long a request waits for an in-flight slot.", shown="30s"
+        "CORTEX_QUEUE_TIMEOUT", 1.0, "How long a prediction request waits for an in-flight slot before a 503 "
+        "with Retry-After (a waiting request holds one of the process's threads).", shown="1s"
     )
     # Audit log (audit_system, storage_security.audit).
     audit_enabled: bool = variable("CORTEX_AUDIT", True, "Write the audit log.")

@@ -2,15 +2,42 @@
 them all in reverse order on request. `cortex up` runs the whole embedded stack under one of these."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+KILL = int(signal.SIGKILL)
+# Looked up once here: the function below runs in the child between fork and exec, where it must take no
+# lock (another thread of the supervisor may have held one at the fork).
+_prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _die_with_supervisor(supervisor_pid: int):
+    """The child's last step before exec: the kernel sends it SIGKILL when the supervisor dies, however it
+    dies. Each child has a session of its own (so Ctrl-C reaches only the supervisor, which stops them in
+    order), so without this a SIGKILLed `cortex up` left Redis, PostgreSQL, gunicorn and the workers running
+    with PPID 1. Their own children follow them: gunicorn's and Celery's workers exit when their parent
+    goes, PostgreSQL's backends when the postmaster does. Set after the user change (Popen's `user=`
+    changes it first; a change of credentials clears the setting). Linux only: elsewhere a no-op."""
+
+    def set_up() -> None:
+        if _prctl is None:
+            return
+        _prctl(PR_SET_PDEATHSIG, KILL, 0, 0, 0)
+        if os.getppid() != supervisor_pid:  # the supervisor died before the setting took hold
+            os._exit(1)
+
+    return set_up
 
 
 @dataclass
@@ -35,7 +62,8 @@ class ManagedProcess:
             # stops the children in order instead of all of them dying at once.
             self.process = subprocess.Popen(self.argv, env=self.env, stdout=log_file,
                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                            user=self.user)
+                                            user=self.user,
+                                            preexec_fn=_die_with_supervisor(os.getpid()))  # noqa: PLW1509 - see there
         self.started_at = time.monotonic()
 
     @property

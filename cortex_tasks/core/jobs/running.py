@@ -15,7 +15,12 @@ from cortex_tasks.core.contracts.messages import MessageRefused
 from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcome
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import (
+    TRANSIENT_ERRORS,
+    current_retries,
+    dependency_error,
+    retries_exhausted,
+)
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.usage.worker_time import ModelClock, WorkerTime
 
@@ -52,7 +57,9 @@ def shown_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
 def run_job(job_id: str, work: Callable[[], dict[str, Any]], clock: ModelClock | None = None) -> dict[str, Any]:
     """`clock`: the model calls `work` makes are charged to it, and their time is recorded with the job's
     outcome (core/usage/worker_time.py), once: only by the delivery that records the outcome."""
-    attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
+    # The task's own retries are deliveries too, but not a worker dying: they do not count against the cap
+    # (a task allowed more retries than CORTEX_MAX_DELIVERIES was failed as `redelivery_limit`).
+    attempt = store.begin_attempt(job_id, get_settings().max_deliveries + current_retries())
     if attempt is None:
         # A duplicate delivery of a finished job, or the redelivery cap was reached: answer from the record.
         job = store.get_job(job_id)
@@ -64,8 +71,15 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]], clock: ModelClock |
     try:
         with clock if clock is not None else nullcontext():
             result = work()
-    except TRANSIENT_ERRORS:
-        raise  # the task's autoretry takes it from here; the job stays running
+    except TRANSIENT_ERRORS as exc:
+        if not retries_exhausted():
+            raise  # the task's autoretry takes it from here; the job stays running
+        error = dependency_error(exc)
+        try:
+            store.fail_job(job_id, error, _usage(clock))
+        except TRANSIENT_ERRORS:
+            raise exc from None  # the database itself is away: the deadline sweep fails the job later
+        return {"status": "failed", "error": error}
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         store.fail_job(job_id, error, _usage(clock))

@@ -24,7 +24,7 @@ from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.errors import ItemError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.openai.config import is_openai_model
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, dependency_error
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.sealing import chunk_inputs_place, reveal
@@ -299,6 +299,21 @@ def run_chunk(job_id: str, chunk_index: int, retries_done: int) -> dict[str, Any
         recorded = record(chunk, result, results.write_chunk(job_id, chunk_index, table, chunk.sensitive))
     after_recording(chunk, recorded)
     return {"job_id": job_id, "chunk": chunk_index, "counted": recorded.counted}
+
+
+def stop_batch(job_id: str, chunk_index: int, exc: BaseException) -> dict[str, Any]:
+    """A chunk whose results could not be computed or written through every retry (the object store or
+    the database away): the batch is failed with the reason rather than left running for the stale sweep.
+    Finished chunks keep their results; no merged result file is written, so nothing half-written is
+    ever offered for download."""
+    error = {**dependency_error(exc), "details": {"chunk": chunk_index}}
+    try:
+        release(job_id, chunk_index)
+        failed = store.fail_job(job_id, error)
+    except TRANSIENT_ERRORS:
+        raise exc from None  # the database itself is away: the stale-chunk sweep takes the chunk up later
+    log.warning("batch %s stopped at chunk %d: %s", job_id, chunk_index, error["message"])
+    return {"job_id": job_id, "chunk": chunk_index, "stopped": failed}
 
 
 def after_recording(chunk: ClaimedChunk, recorded: Recorded) -> None:

@@ -9,7 +9,7 @@ from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import BatchChunkMessage, BatchFinishMessage
 from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.running import refuse_message
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, retries_exhausted
 from cortex_tasks.runtime.batch import chunks
 
 # A chunk is 100 items: seconds for embeddings, minutes for generation. The stale-chunk sweep waits
@@ -33,6 +33,10 @@ def run_chunk(self, **kwargs: Any) -> dict[str, Any]:
         # items run one by one and failures are recorded per item.
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30),
                          max_retries=batch_config().retry_count) from None
+    except TRANSIENT_ERRORS as exc:
+        if not retries_exhausted():
+            raise
+        return chunks.stop_batch(message.job_id, message.chunk_index, exc)
 
 
 @app.task(name=task_names.BATCH_FINISH, soft_time_limit=300, time_limit=360, ignore_result=True,

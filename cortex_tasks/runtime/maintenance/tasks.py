@@ -18,6 +18,7 @@ from cortex_tasks.core.training.schedules import retrain_due_models as start_due
 from cortex_tasks.runtime.alerting import retention
 from cortex_tasks.runtime.batch.recovery import requeue_stalled_batches
 from cortex_tasks.runtime.maintenance import housekeeping, service
+from cortex_tasks.runtime.maintenance.lost_messages import recover_lost_messages
 from cortex_tasks.runtime.training.recovery import fail_orphaned_runs, requeue_dead_training
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ def sweep_stale_jobs(**kwargs: Any) -> dict[str, Any]:
     if (refused := _refused(kwargs)) is not None:
         return refused
 
-    # Re-enqueue what can safely run again first; only what is past its deadline is failed.
+    # Jobs whose messages an emptied Redis lost first (lost_messages.py); then re-enqueue what can safely
+    # run again; only what is past its deadline is failed.
+    lost = recover_lost_messages()
     requeued = {**requeue_stalled_batches(), **requeue_dead_training()}
     failed = service.fail_stale_jobs()
 
-    return {"failed": failed, **requeued, "training_runs_failed": fail_orphaned_runs()}
+    return {"failed": failed, **lost, **requeued, "training_runs_failed": fail_orphaned_runs()}
 
 
 @app.task(name=task_names.EXPIRE_JOB_RECORDS, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)

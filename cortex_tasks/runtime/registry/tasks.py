@@ -10,7 +10,7 @@ from cortex_tasks.core.contracts.messages import MessageRefused, read_message
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.jobs.running import JobInputError, refuse_message, run_job
 from cortex_tasks.core.registry import readiness, service
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, retries_exhausted
 from cortex_tasks.core.storage.object_store import ObjectStoreError, ObjectStoreUnavailable
 
 
@@ -21,8 +21,16 @@ def activate(deployment_id: int, job_id: str) -> dict[str, Any]:
     record = service.get_version(name, pending["version"])
     try:
         check = readiness.check_ready(record)
-    except ObjectStoreUnavailable:
-        raise  # transient: the task retries, the deployment stays pending
+    except ObjectStoreUnavailable as exc:
+        if not retries_exhausted():
+            raise  # transient: the task retries, the deployment stays pending
+        # Left pending, the deployment would block every later promotion of the model.
+        error = {"code": "object_store_unavailable",
+                 "message": f"the artifact could not be fetched through every retry ({exc.message}); "
+                            "serving is unchanged. Promote again once the object store is back."}
+        service.fail_deployment(deployment_id, error, job_id)
+        raise JobInputError(error["code"], f"{record.reference} was not promoted: {error['message']}",
+                            {"deployment_id": deployment_id, "status": 503}) from None
     except ObjectStoreError as exc:
         error = {"code": exc.code, "message": exc.message}
         service.fail_deployment(deployment_id, error, job_id)
@@ -53,5 +61,10 @@ def activate_version(**kwargs: Any) -> dict[str, Any]:
             service.fail_deployment(deployment_id, outcome["error"], job_id if isinstance(job_id, str) else None)
         return outcome
     outcome = run_job(message.job_id, lambda: activate(message.deployment_id, message.job_id))
+    if outcome["status"] != "succeeded":
+        # However the job ended (the redelivery cap included), a pending deployment would block every
+        # later promotion of the model: it fails with the job (only a pending one changes).
+        service.fail_deployment(message.deployment_id, outcome.get("error") or {"code": "job_failed"},
+                                message.job_id)
     publish_outcome(message.reply_to, message.job_id, outcome)
     return outcome

@@ -18,7 +18,7 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.observability import tracing
 from cortex_tasks.core.registry import readiness
 from cortex_tasks.core.registry import service as registry
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, current_retries
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job, TrainingRun
@@ -158,7 +158,8 @@ def run_training(job_id: str) -> dict[str, Any]:
         raise NoSlot()
     if slot == "gone":
         return {"job_id": job_id, "skipped": True}
-    attempt = store.begin_attempt(job_id, get_settings().max_deliveries)
+    # The task's own retries (a transient error) are not a worker's death: they do not count against the cap.
+    attempt = store.begin_attempt(job_id, get_settings().max_deliveries + current_retries())
     if attempt is None:
         job = store.get_job(job_id)
         runs.update_run(job_id, phase=runs.FAILED, finished_at="now()", error=job.error if job else None)

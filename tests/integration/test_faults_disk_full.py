@@ -1,0 +1,122 @@
+"""The artifact store's disk full while a model trains: the run fails with the reason (no space left), no
+version is registered, so nothing half-written can be promoted, and once space is freed the same training
+succeeds.
+
+The artifact directory is a small tmpfs mounted for the test (it needs root and a kernel that lets the
+container mount one; elsewhere the test is skipped, saying so), then filled to the last byte. A stack of its
+own (tests/support/fault_stack.py) with a real training worker."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fault_stack import FaultStack
+
+pytestmark = pytest.mark.slow
+
+TOPICS = Path(__file__).resolve().parents[2] / "cortex_tasks" / "runtime" / "data" / "topics.jsonl"
+
+
+def topic_rows(per_label: int = 12) -> list[dict]:
+    picked: dict[str, list[dict]] = {label: [] for label in ("sports", "health", "politics")}
+    for line in TOPICS.read_text().splitlines():
+        row = json.loads(line)
+        first = row["labels"][0]
+        if first in picked and len(picked[first]) < per_label and len(row["labels"]) == 1:
+            picked[first].append({"text": row["text"], "label": first})
+    return [row for rows in picked.values() for row in rows]
+
+
+@pytest.fixture(scope="module")
+def artifacts_mount() -> Iterator[Path]:
+    folder = Path(f"/tmp/cortex-faults-disk-{uuid.uuid4().hex[:8]}")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                             check=False, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        folder.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here (root needed): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+        folder.rmdir()
+
+
+@pytest.fixture(scope="module")
+def stack(artifacts_mount: Path) -> Iterator[FaultStack]:
+    stack = FaultStack(env={"CORTEX_ARTIFACT_DIR": str(artifacts_mount), "CORTEX_READY_QUEUES": "training"})
+    try:
+        stack.start_redis()
+        stack.start_postgres()
+        stack.migrate_and_key()
+        stack.start_gateway(workers=1)
+        stack.start_worker("training", "training", pool="prefork", concurrency=1)
+        yield stack
+    finally:
+        stack.close()
+
+
+def fill(folder: Path) -> Path:
+    """A file that takes every free byte of the filesystem."""
+    filler = folder / "filler"
+    handle = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 1):  # unbuffered: every byte that fits is written
+            try:
+                while True:
+                    os.write(handle, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(handle)
+    assert os.statvfs(folder).f_bavail == 0
+    return filler
+
+
+def train(stack: FaultStack, name: str) -> dict:
+    answer = stack.call("POST", "/api/v1/training/submit", {
+        "kind": "classifier", "model": name, "dataset": {"rows": topic_rows()}, "params": {"epochs": 5}})
+    assert answer.status == 202, answer
+    job_id = answer.body["job_id"]
+    deadline = time.monotonic() + 240
+    while True:
+        body = stack.call("GET", f"/api/v1/training/status/{job_id}").body
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+
+
+def versions(stack: FaultStack, name: str) -> list[dict]:
+    answer = stack.call("GET", f"/api/v1/models/{name}")
+    return answer.body.get("versions", []) if answer.status == 200 else []
+
+
+def test_training_on_a_full_disk_fails_cleanly(stack: FaultStack, artifacts_mount: Path) -> None:
+    name = f"full-{uuid.uuid4().hex[:6]}"
+    filler = fill(artifacts_mount)
+    try:
+        failed = train(stack, name)
+    finally:
+        filler.unlink()
+    assert failed["status"] == "failed", failed
+    assert "No space left on device" in failed["error"]["message"], failed
+    assert versions(stack, name) == []  # nothing registered, so nothing to promote
+    # No half-written file left behind: neither a temporary one nor any object of the model's.
+    stray = [path for path in artifacts_mount.rglob("*")
+             if path.is_file() and (path.name.startswith(".") or name in path.as_posix())]
+    assert stray == []
+
+    succeeded = train(stack, name)
+    assert succeeded["status"] == "succeeded", succeeded
+    # The one version there is this run's (the failed run's reserved number stays unused).
+    registered = versions(stack, name)
+    assert [f"{name}@{version['version']}" for version in registered] == [succeeded["result"]["reference"]]
