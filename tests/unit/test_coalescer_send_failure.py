@@ -41,10 +41,13 @@ def test_a_job_not_answered_in_time_gets_a_row_only_when_its_message_left(monkey
 
     written = []
     monkeypatch.setattr(predictions, "create_jobs", written.extend)
+    hurried = []
+    monkeypatch.setattr(predictions, "coalescer", lambda: type("Held", (), {"hurry": hurried.append})())
     job = PendingJob("job-2", ["text"], NewJob(owner="key", kind="predict", task="sentiment", model="m",
                                                priority=4, total=1, tenant="default"))
     failure = {"status": "failed", "error": {"code": "unavailable", "details": {"dependency": "broker"}}}
     job.send_failure = failure if refused else None
     job.sent.set()
     assert predictions.left_for_polling(job) == (failure if refused else None)
+    assert hurried == [job]  # its wait is over: sent now if it was still held back (Coalescer.hurry)
     assert written == ([] if refused else [(job.job_id, job.record)])
