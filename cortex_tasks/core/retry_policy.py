@@ -19,8 +19,9 @@ def current_retries() -> int:
     delivery of the job's message that the redelivery cap must not count as a worker's death."""
     from celery import current_task
 
+    # current_task is a proxy: outside a task it stands for None, and is false (it is never None itself).
     task = current_task
-    if task is None or task.request is None or task.request.id is None:
+    if not task or task.request is None or task.request.id is None:
         return 0
     return int(task.request.retries or 0)
 
@@ -32,7 +33,7 @@ def retries_exhausted() -> bool:
     from celery import current_task
 
     task = current_task
-    if task is None or task.request is None or task.request.id is None:
+    if not task or task.request is None or task.request.id is None:
         return False
     return task.max_retries is not None and (task.request.retries or 0) >= task.max_retries
 
