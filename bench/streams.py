@@ -285,6 +285,6 @@ def run(quick: bool) -> dict[str, Any]:
           f"p99 {latency_row['p99_ms']} ms (target p99 < 50 ms)")
     print(f"\n{'detector':<20}{'flagged':>9}{'precision':>11}" + "".join(f"{'recall ' + k:>16}" for k in LABELS))
     for detector, row in results["quality"].items():
-        print(f"{detector:<20}{row['flagged']:>9}{str(row['precision']):>11}"
-              + "".join(f"{str(row['recall_' + k]):>16}" for k in LABELS))
+        print(f"{detector:<20}{row['flagged']:>9}{row['precision']!s:>11}"
+              + "".join(f"{row['recall_' + k]!s:>16}" for k in LABELS))
     return results

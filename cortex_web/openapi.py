@@ -12,8 +12,8 @@ from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from cortex_tasks.core.audit.service import EVENT_TYPES
 from cortex_tasks.core.agents.declarations import TEXT_TASKS
+from cortex_tasks.core.audit.service import EVENT_TYPES
 from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.chat.history import SESSION_ID
 from cortex_tasks.core.documents.catalog import MAX_LIST_LIMIT
@@ -25,7 +25,8 @@ from cortex_tasks.core.documents.requests import (
 )
 from cortex_tasks.core.registry.records import MODEL_NAME
 from cortex_tasks.core.settings import get_settings
-from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_NAME_CHARS, OBJECT_NAME
+from cortex_tasks.core.storage.object_store import MAX_NAME_CHARS as MAX_OBJECT_NAME_CHARS
+from cortex_tasks.core.storage.object_store import OBJECT_NAME
 from cortex_tasks.core.storage.vector_store import COLLECTION_NAME, MAX_ID_CHARS
 from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.tenancy import TENANT_ID

@@ -18,7 +18,6 @@ from cortex_tasks.cli import audit as audit_commands
 from cortex_tasks.cli.choices import SuggestingChoice, one_of
 from cortex_tasks.core.auth.roles import ROLES
 
-
 # The commands that talk to the stack's Redis or PostgreSQL (`up` starts one; `batch` talks to a gateway).
 NEEDS_STACK = frozenset({"migrate", "worker", "worker-ready", "web", "flower", "keys", "tenants", "tokens", "jobs", "audit"})
 

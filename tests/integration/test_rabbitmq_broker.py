@@ -86,7 +86,7 @@ def test_shedding_reads_depth_and_no_age_and_aging_is_off(rabbitmq):
         rabbitmq.send_task("cortex.testing.never_run", queue=queue)
     load = LoadShedder(None, SheddingPolicy(refresh_seconds=0)).load(queue)  # type: ignore[arg-type]
     assert (load.depth, load.oldest_age) == (2, 0.0)
-    aging_threads = lambda: sum(thread.name == "priority-aging" for thread in threading.enumerate())  # noqa: E731
+    aging_threads = lambda: sum(thread.name == "priority-aging" for thread in threading.enumerate())
     before = aging_threads()
     start_aging_in_beat()
     assert aging_threads() == before  # Beat starts no aging thread when the broker is not Redis

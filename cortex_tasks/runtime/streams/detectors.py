@@ -15,7 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
 
@@ -177,7 +177,7 @@ def forecast_expectation(model: Any, horizon: int) -> Expectation:
     """The expectation of a forecaster with the common model interface (RegisteredForecaster): its forecast
     for `horizon` periods, looked up at the stamp nearest the event's time (within half a step)."""
     answer = model.predict([{"horizon": horizon}], {})[0]
-    stamps = np.array([datetime.fromisoformat(str(ds)).replace(tzinfo=timezone.utc).timestamp()
+    stamps = np.array([datetime.fromisoformat(str(ds)).replace(tzinfo=UTC).timestamp()
                        if datetime.fromisoformat(str(ds)).tzinfo is None
                        else datetime.fromisoformat(str(ds)).timestamp() for ds in answer["ds"]])
     yhat = np.asarray(answer["yhat"], dtype=float)

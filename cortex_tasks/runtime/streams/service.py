@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
-from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -193,7 +193,7 @@ class StreamRuntime:
         _, contents = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep,
                                        self._stale, names, self.spec.window.size, self._states)
         live_windows = [(key, item, content) for (key, item), content in zip(latest.items(), contents)]
-        decided = datetime.now(timezone.utc)
+        decided = datetime.now(UTC)
         rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
                  item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
                 for item in scored for verdict in item.verdicts]
@@ -288,8 +288,8 @@ class StreamRuntime:
             key, _, start_text = name.rpartition("\x1f")
             start = float(start_text)
             rows.append({"tenant": self.tenant, "stream": self.name, "key": key[:256],
-                         "window_start": datetime.fromtimestamp(start, timezone.utc),
-                         "window_end": datetime.fromtimestamp(start + size, timezone.utc),
+                         "window_start": datetime.fromtimestamp(start, UTC),
+                         "window_end": datetime.fromtimestamp(start + size, UTC),
                          "count": figures.count, "total": figures.total, "mean": figures.mean,
                          "minimum": figures.minimum, "maximum": figures.maximum, "anomalies": flagged})
             messages.append({"type": "window", "stream": self.name, "key": key, "start": start,
