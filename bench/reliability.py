@@ -235,9 +235,7 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
     bound = 120 if quick else 300
     relay: TcpRelay | None = None
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=2, threads=32)
         # The nlp worker reaches Redis through a relay that the network-stall scenario stops.
         relay = TcpRelay("127.0.0.1", stack.redis_server.port).start()

@@ -21,9 +21,7 @@ SLACK_SECONDS = 0.5
 def stack() -> Iterator[FaultStack]:
     stack = FaultStack(env={"CORTEX_READY_QUEUES": "nlp"})
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=1)
         stack.start_worker("nlp", "nlp", pool="threads", concurrency=2)
         yield stack

@@ -7,7 +7,6 @@ container mount one; elsewhere the test is skipped, saying so), then filled to t
 own (tests/support/fault_stack.py) with a real training worker."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -17,21 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_training_jobs import topic_rows
 from tests.support.fault_stack import FaultStack
 
 pytestmark = pytest.mark.slow
 
-TOPICS = Path(__file__).resolve().parents[2] / "cortex_tasks" / "runtime" / "data" / "topics.jsonl"
-
-
-def topic_rows(per_label: int = 12) -> list[dict]:
-    picked: dict[str, list[dict]] = {label: [] for label in ("sports", "health", "politics")}
-    for line in TOPICS.read_text().splitlines():
-        row = json.loads(line)
-        first = row["labels"][0]
-        if first in picked and len(picked[first]) < per_label and len(row["labels"]) == 1:
-            picked[first].append({"text": row["text"], "label": first})
-    return [row for rows in picked.values() for row in rows]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +43,7 @@ def artifacts_mount() -> Iterator[Path]:
 def stack(artifacts_mount: Path) -> Iterator[FaultStack]:
     stack = FaultStack(env={"CORTEX_ARTIFACT_DIR": str(artifacts_mount), "CORTEX_READY_QUEUES": "training"})
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=1)
         stack.start_worker("training", "training", pool="prefork", concurrency=1)
         yield stack
@@ -83,7 +70,7 @@ def fill(folder: Path) -> Path:
 
 def train(stack: FaultStack, name: str) -> dict:
     answer = stack.call("POST", "/api/v1/training/submit", {
-        "kind": "classifier", "model": name, "dataset": {"rows": topic_rows()}, "params": {"epochs": 5}})
+        "kind": "classifier", "model": name, "dataset": {"rows": topic_rows(per_label=12)}, "params": {"epochs": 5}})
     assert answer.status == 202, answer
     job_id = answer.body["job_id"]
     deadline = time.monotonic() + 240

@@ -24,9 +24,7 @@ def stack() -> Iterator[FaultStack]:
     stack = FaultStack(env={"CORTEX_RATE_LIMITS": json.dumps(
         {"limited": {"requests_per_minute": PER_MINUTE, "burst_size": BURST}})})
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=2, threads=16)
         yield stack
     finally:

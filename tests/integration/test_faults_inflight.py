@@ -23,9 +23,7 @@ THREADS, CLIENTS, WAIT = 8, 20, 15
 def stack() -> Iterator[FaultStack]:
     stack = FaultStack()
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=1, threads=THREADS)
         yield stack
     finally:

@@ -7,7 +7,6 @@ A stack of its own (tests/support/fault_stack.py); the test's own submissions re
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from tests.integration.test_faults_workers import (
     all_finished,
     completions,
     running,
+    stack,  # noqa: F401 - the module's own stack of Redis and PostgreSQL, a fixture
     submit_hold_jobs,
 )
 from tests.support.fault_stack import FaultStack
@@ -27,18 +27,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.slow
 
 STALL_SECONDS = 20
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[FaultStack]:
-    stack = FaultStack()
-    try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
-        yield stack
-    finally:
-        stack.close()
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

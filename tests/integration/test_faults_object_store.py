@@ -44,9 +44,7 @@ def stack(s3: StoppableS3) -> Iterator[FaultStack]:
     stack = FaultStack(env={**s3.env(f"faults-{uuid.uuid4().hex[:8]}"), "CORTEX_READY_QUEUES": "nlp,batch",
                             "CORTEX_BATCH_CHUNK_SIZE": str(CHUNK_SIZE)})
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=1)
         stack.start_worker("work", "batch,nlp", pool="prefork", concurrency=2)
         yield stack

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from cortex_tasks.runtime.maintenance.lost_messages import SETTLE_AFTER_START_SECONDS
+from tests.integration.test_faults_workers import submit_hold_jobs
 from tests.support.fault_stack import FaultStack
 from tests.support.waiting import wait_for
 
@@ -31,9 +32,7 @@ BATCH_ITEMS, CHUNK_SIZE = 30, 5
 def stack() -> Iterator[FaultStack]:
     stack = FaultStack(env={"CORTEX_READY_QUEUES": "nlp,batch", "CORTEX_BATCH_CHUNK_SIZE": str(CHUNK_SIZE)})
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         stack.start_gateway(workers=1)
         yield stack
     finally:
@@ -44,21 +43,6 @@ def sweep(stack: FaultStack) -> dict:
     code = ("import json; from beat_schedule import MESSAGE; from cortex_tasks.runtime.maintenance.tasks "
             "import sweep_stale_jobs; print(json.dumps(sweep_stale_jobs(**MESSAGE)))")
     return json.loads(stack.run(code).strip().splitlines()[-1])
-
-
-def submit_hold_jobs(stack: FaultStack, queue: str, count: int, seconds: float, trace: Path) -> list[str]:
-    code = f"""
-from cortex_tasks import app
-from cortex_tasks.core.jobs import store
-from cortex_tasks.core.tenancy import tenant_scope
-with tenant_scope('default'):
-    for _ in range({count}):
-        job, _ = store.create_job(store.NewJob(owner='faults', kind='predict', task='hold'))
-        app.send_task('cortex.testing.hold_job', task_id=job.id, queue={queue!r},
-                      kwargs={{'job_id': job.id, 'seconds': {seconds}, 'trace_dir': {str(trace)!r}}})
-        print(job.id)
-"""
-    return stack.run(code).split()
 
 
 def job(stack: FaultStack, job_id: str) -> dict:

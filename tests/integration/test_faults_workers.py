@@ -29,9 +29,7 @@ RECOVERY_SECONDS = 120
 def stack() -> Iterator[FaultStack]:
     stack = FaultStack()
     try:
-        stack.start_redis()
-        stack.start_postgres()
-        stack.migrate_and_key()
+        stack.start_services()
         yield stack
     finally:
         stack.close()

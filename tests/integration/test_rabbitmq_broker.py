@@ -117,9 +117,7 @@ def gateway_through_relay(rabbitmq_url: str) -> Iterator[tuple[FaultStack, TcpRe
         relayed = broker._replace(netloc=f"{broker.username}:{broker.password}@127.0.0.1:{relay.port}").geturl()
         stack = FaultStack(env={"CORTEX_BROKER_URL": relayed})
         try:
-            stack.start_redis()
-            stack.start_postgres()
-            stack.migrate_and_key()
+            stack.start_services()
             stack.start_gateway(workers=1, threads=4)
             yield stack, relay, url
         finally:

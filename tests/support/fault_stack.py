@@ -143,6 +143,12 @@ class FaultStack:
             raise RuntimeError(f"stack command failed:\n{done.stderr[-3000:]}")
         return done.stdout
 
+    def start_services(self) -> None:
+        """Redis and PostgreSQL started, migrated, with the stack's key: what every fault test starts from."""
+        self.start_redis()
+        self.start_postgres()
+        self.migrate_and_key()
+
     def migrate_and_key(self) -> None:
         self.run("from cortex_tasks.core.storage.migrate import upgrade_to_head; import os; "
                  "upgrade_to_head(os.environ['DATABASE_URL'])", timeout=300)

@@ -19,7 +19,7 @@ from cortex_tasks.core.auth.roles import ROLES
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import ApiKey, Tenant
-from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID
+from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, all_tenants
 
 PREFIX = "ctx"
 ADMIN_KEY_ID = "env-admin"
@@ -102,6 +102,12 @@ def tenant_exists(tenant: str) -> bool:
         return False
     with session_scope() as session:
         return session.get(Tenant, tenant) is not None
+
+
+def tenant_ids() -> list[str]:
+    """Every tenant's id, in order: what platform jobs (retention) walk through, one tenant at a time."""
+    with all_tenants(), session_scope() as session:
+        return list(session.scalars(select(Tenant.id).order_by(Tenant.id)))
 
 
 def list_tenants() -> list[dict[str, str | None]]:

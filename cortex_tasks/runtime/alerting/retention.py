@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from cortex_tasks.core.auth.keys import tenant_ids
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import ObjectNotFound, ObjectStoreError, get_object_store
@@ -25,9 +26,8 @@ from cortex_tasks.core.storage.tables import (
     StreamReport,
     StreamVerdict,
     StreamWindow,
-    Tenant,
 )
-from cortex_tasks.core.tenancy import all_tenants, tenant_scope
+from cortex_tasks.core.tenancy import tenant_scope
 from cortex_tasks.runtime.alerting.reports import object_names
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ def expire_stream_history(now: datetime | None = None) -> dict[str, int]:
     window_cutoff = now - timedelta(days=settings.streams.window_retention_days)
     verdict_cutoff = now - timedelta(days=settings.streams.verdict_retention_days)
     # The list of tenants is the platform's; everything after it runs in one tenant's scope.
-    with all_tenants(), session_scope() as session:
-        tenants = list(session.execute(select(Tenant.id).order_by(Tenant.id)).scalars())
+    tenants = tenant_ids()
     totals: dict[str, int] = {"tenants": len(tenants), "alert_groups": 0, "reports": 0, "report_files": 0,
                               "report_deletions_failed": 0, "windows": 0, "verdicts": 0}
     for tenant in tenants:

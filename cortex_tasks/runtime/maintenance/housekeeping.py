@@ -11,6 +11,7 @@ from sqlalchemy import DateTime, extract, func, literal, literal_column, or_, se
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from cortex_tasks.core.auth.keys import tenant_ids
 from cortex_tasks.core.batch.results import delete_results
 from cortex_tasks.core.cache import warming
 from cortex_tasks.core.jobs.store import FAILED, FINISHED_STATES, SUCCEEDED
@@ -18,7 +19,7 @@ from cortex_tasks.core.media_files import DAY, GENERATED_KIND, MEDIA_NAME, STAGE
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.object_store import ObjectNotFound, get_object_store
-from cortex_tasks.core.storage.tables import BatchChunk, Job, JobMetricsHourly, Tenant, TrainingRun
+from cortex_tasks.core.storage.tables import BatchChunk, Job, JobMetricsHourly, TrainingRun
 from cortex_tasks.core.tenancy import all_tenants
 from cortex_tasks.core.training.runs import FINISHED_PHASES
 
@@ -38,12 +39,10 @@ def expire_results(batch_retention_days: int, checkpoint_retention_days: int = 1
 
 def expire_media(staged_retention_days: float, generated_retention_days: float) -> dict[str, int]:
     """Delete every tenant's staged inputs and generated images past their retention (core/media_files.py)."""
-    with all_tenants(), session_scope() as session:
-        tenants = session.execute(select(Tenant.id)).scalars().all()
     store = get_object_store()
     now = time.time()
     deleted = {"staged_deleted": 0, "generated_deleted": 0}
-    for tenant in tenants:
+    for tenant in tenant_ids():
         for kind in (*STAGED_KINDS, GENERATED_KIND):
             staged = kind in STAGED_KINDS
             cutoff = now - (staged_retention_days if staged else generated_retention_days) * DAY
