@@ -43,7 +43,7 @@ from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.postprocessing import read_threshold
 from cortex_tasks.runtime.models.preprocessing import Prepared
-from cortex_tasks.runtime.models.spacy_ner import PIPELINE_PACKAGE, english_pipeline, pipeline_in_use
+from cortex_tasks.runtime.models.spacy_ner import PIPELINE_PACKAGE, english_pipeline, pipeline_turn
 
 SUPPORTED_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "US_SSN", "ADDRESS", "PERSON",
                    "LOCATION", "URL")
@@ -153,9 +153,8 @@ def _build_analyzer(with_ner: bool):
         def process_batch(self, texts, language, batch_size=1, n_process=1, as_tuples=False):
             pipeline = self.nlp[language]
             disabled = [name for name in PII_DISABLED if name in pipeline.pipe_names]
-            with pipeline_in_use:
-                docs = list(pipeline.pipe(texts, batch_size=BATCH_SIZE, disable=disabled))
-            for doc in docs:
+            # The caller holds the pipeline's turn (detect): the recognizers read these docs after the batch.
+            for doc in pipeline.pipe(texts, batch_size=BATCH_SIZE, disable=disabled):
                 artifacts = self._doc_to_nlp_artifact(doc, language)
                 if not with_ner:
                     # A bare tokenizer has no lemmatizer: context words then match lower-cased tokens.
@@ -262,11 +261,14 @@ def resolve_overlaps(hits: Iterable[Hit]) -> list[Hit]:
 def detect(texts: list[str], types: tuple[str, ...], threshold: float, with_ner: bool) -> list[list[Hit]]:
     engine = analyzer(with_ner)
     found = []
-    for text, artifacts in engine.nlp_engine.process_batch(texts, "en"):
-        results = engine.analyze(text, language="en", entities=list(types), nlp_artifacts=artifacts,
-                                 score_threshold=0.0)
-        found.append(resolve_overlaps(Hit(result.entity_type, result.start, result.end, float(result.score))
-                                      for result in results if result.score >= threshold))
+    # The whole analysis is one turn on the pipeline: the recognizers read the docs' tokens, which the
+    # turn's memory zone frees when it ends (spacy_ner.pipeline_turn).
+    with pipeline_turn(engine.nlp_engine.nlp["en"]):
+        for text, artifacts in engine.nlp_engine.process_batch(texts, "en"):
+            results = engine.analyze(text, language="en", entities=list(types), nlp_artifacts=artifacts,
+                                     score_threshold=0.0)
+            found.append(resolve_overlaps(Hit(result.entity_type, result.start, result.end, float(result.score))
+                                          for result in results if result.score >= threshold))
     return found
 
 

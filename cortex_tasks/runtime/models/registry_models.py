@@ -21,7 +21,7 @@ from cortex_tasks.runtime.models.forecaster import load_forecaster
 from cortex_tasks.runtime.models.hf_classifier import HFSequenceClassifier
 from cortex_tasks.runtime.models.loaded import get_model
 from cortex_tasks.runtime.models.preprocessing import Prepared
-from cortex_tasks.runtime.models.spacy_ner import read_labels
+from cortex_tasks.runtime.models.spacy_ner import entities_of, read_labels
 from cortex_tasks.runtime.models.timeseries import trained_forecast
 
 
@@ -86,18 +86,10 @@ class RegisteredEntityRecognizer:
     def predict(self, inputs: list[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
         wanted = read_labels(params, self.labels)
         prepared = [item if isinstance(item, Prepared) else Prepared(str(item), str(item)) for item in inputs]
-        with self._lock:
-            docs = list(self.nlp.pipe([item.text for item in prepared], batch_size=64))
-        outputs = []
-        for item, doc in zip(prepared, docs):
-            entities = []
-            for entity in doc.ents:
-                if wanted is not None and entity.label_ not in wanted:
-                    continue
-                start, end = item.to_original(entity.start_char, entity.end_char)
-                entities.append({"label": entity.label_, "text": item.original[start:end], "start": start, "end": end})
-            outputs.append({"entities": entities})
-        return outputs
+        # A memory zone, as in spacy_ner.pipeline_turn: the vocabulary would otherwise grow with every new word.
+        with self._lock, self.nlp.memory_zone():
+            docs = self.nlp.pipe([item.text for item in prepared], batch_size=64)
+            return [entities_of(doc, item, wanted) for item, doc in zip(prepared, docs)]
 
 
 class RegisteredForecaster:
