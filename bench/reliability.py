@@ -12,6 +12,8 @@ wait=0 and small batches), records the id of every accepted job, and runs each s
   (`message_lost`: their inputs travelled only in the messages); its counts are in the row's `sweep`;
 - worker_redis_stall: the link between the nlp worker and Redis stalled for 20 s (a relay that stops
   forwarding, tests/support/tcp_relay.py), then forwarding again;
+- clock_skew: the nlp worker replaced by one whose wall clock is three minutes ahead, under the load for
+  20 s (60 s without --quick), then by one on the true clock again;
 - postgres_down: PostgreSQL stopped for 30 s (5 s with --quick), then started again;
 - idempotency: 100 concurrent batch submissions with one Idempotency-Key over both gateway processes;
 - rate_limit: a key limited to N requests a minute, hit from both gateway processes at once.
@@ -153,6 +155,31 @@ def scenario(stack: FaultStack, load: Load, name: str, fault, recover, fault_sec
     return {**row, "sweep": upkeep} if upkeep is not None else row
 
 
+def clock_skew(stack: FaultStack, load: Load, bound: float, nlp_env: dict[str, str],
+               fault_seconds: float) -> dict[str, Any]:
+    """The nlp worker replaced by one whose wall clock is minutes ahead (libfaketime,
+    tests/support/clock_skew.py) while the load runs through it, then by one on the true clock again; Redis,
+    PostgreSQL and the gateway keep the true clock. Each new worker is ready before the old one is stopped
+    warm (SIGTERM), so the queue never lacks a consumer: what the row shows is the skew's, not a restart's."""
+    import subprocess
+
+    from tests.support.clock_skew import SKEW_SECONDS, skewed_env
+
+    def swap(old: str, new: str, env: dict[str, str]) -> None:
+        stack.start_worker(new, "nlp", pool="threads", concurrency=4, env={**nlp_env, **env})
+        worker = stack.workers.pop(old)
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+
+    row = scenario(stack, load, "clock_skew", lambda: swap("nlp", "nlp-skewed", skewed_env(SKEW_SECONDS)),
+                   lambda: swap("nlp-skewed", "nlp", {}), fault_seconds, bound)
+    return {**row, "skew_seconds": SKEW_SECONDS}
+
+
 def sweep_after_redis_settles(stack: FaultStack) -> dict[str, Any]:
     """The stale-job sweep, run as Beat runs it, once the new Redis has been up long enough for it to compare
     the open jobs with the messages Redis holds (cortex_tasks/runtime/maintenance/lost_messages.py)."""
@@ -262,6 +289,7 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
                                     lambda: stack.restart_redis(keep_data=False), 2, bound,
                                     after=lambda: sweep_after_redis_settles(stack)))
             results.append(scenario(stack, load, "worker_redis_stall", relay.pause, relay.resume, 20, bound))
+            results.append(clock_skew(stack, load, bound, through_relay, 20 if quick else 60))
             results.append(scenario(stack, load, "postgres_down", stack.stop_postgres, stack.start_postgres,
                                     5 if quick else 30, bound))
         finally:

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.auth.keys import Principal, verify_key
-from cortex_tasks.core.dependencies import DATABASE, DependencyUnavailable, failed_dependency
 from cortex_tasks.core.auth.roles import ROLE_PERMISSIONS
 from cortex_tasks.core.auth.tokens import looks_like_jwt, verify_token
+from cortex_tasks.core.dependencies import DATABASE, DependencyUnavailable, failed_dependency
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import enter_tenant, leave_tenant, tenant_scope
 from cortex_web.errors import ApiError
@@ -66,7 +67,7 @@ def _principal_for(key: str) -> Principal | None:
             if looks_like_jwt(key):
                 verified = verify_token(key)  # raises TokenError (401) with the reason
                 principal = verified.principal
-                remember_for = min(CACHE_SECONDS, verified.expires_at - time.time())
+                remember_for = min(CACHE_SECONDS, verified.expires_at - redis_clock.shared_now())  # exp's clock
             else:
                 principal = verify_key(key, get_settings().admin_key)
         except Exception as exc:

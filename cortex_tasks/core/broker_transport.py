@@ -37,6 +37,8 @@ import redis
 from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 
+from cortex_tasks.core import redis_clock
+
 TRANSPORT = "cortex_tasks.core.broker_transport:Transport"
 LEASE_KEY_PREFIX = "cortex:consumers:"
 OWNERS_KEY = "cortex:unacked_owners"
@@ -106,8 +108,10 @@ class QoS(kombu_redis.QoS):
         # As kombu's, with the owner and its lease in the same transaction.
         delivery = message.delivery_info
         token = self.channel.consumer_token
+        with self.channel.conn_or_acquire() as client:
+            taken_at = redis_clock.now(client)  # compared by restore_visible on other hosts (below)
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
+            pipe.zadd(self.unacked_index_key, {delivery_tag: taken_at}) \
                 .hset(self.unacked_key, delivery_tag,
                       kombu_redis.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
                 .hset(OWNERS_KEY, delivery_tag, token) \
@@ -120,11 +124,31 @@ class QoS(kombu_redis.QoS):
         return super()._remove_from_indices(delivery_tag, pipe).hdel(OWNERS_KEY, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
-        super().restore_visible(start, num, interval)
+        self._restore_timed_out(start, num, interval)
         try:
             self.restore_orphans()
         except redis.RedisError as exc:  # Redis away: the next pass tries again
             log.debug("could not look for the messages of dead consumers: %s", exc)
+
+    def _restore_timed_out(self, start: int, num: int, interval: int) -> None:
+        """kombu's restore_visible, with Redis's clock instead of this host's on both sides of the
+        comparison: a message's score is the time it was taken (append), written by the worker that took
+        it, and every worker compares it. By the hosts' own clocks, a worker whose clock ran minutes ahead
+        gave back (and so ran twice) messages that had been taken minutes less than the visibility
+        timeout ago, and one whose clock lagged kept dead messages minutes longer."""
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        with self.channel.conn_or_acquire() as client:
+            ceil = redis_clock.now(client) - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    visible = client.zrange(self.unacked_index_key, ceil, 0, desc=True, byscore=True,
+                                            offset=num and start, num=num, withscores=True)
+                    for tag, _ in visible or []:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:
+                pass
 
     def restore_orphans(self) -> int:
         """Give back the unacknowledged messages whose consumer's lease has lapsed on two passes in a row;

@@ -1,7 +1,8 @@
 """What every message Cortex publishes carries besides its arguments.
 
 - The time it was enqueued (header `enqueued_at`): load shedding and priority aging read a waiting
-  message's age from it.
+  message's age from it. It is Redis's time, not this host's (core/redis_clock.py): the process that
+  reads the age runs on another host, whose clock may be minutes apart.
 - Its arguments as Flower and the logs show them (`argsrepr`/`kwargsrepr`, in the message headers and in
   the task-sent and task-received events): ids and sizes only, never the texts. Celery's default is a
   repr of the arguments themselves, which put users' inputs, chat messages and PII into Flower and into
@@ -10,12 +11,12 @@
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from celery import signals
 from celery.app.amqp import AMQP
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.broker import native_priority
 
 # Fields shown as they are when they hold a short string: names and ids chosen by Cortex or the operator
@@ -104,4 +105,4 @@ class ArgumentSummaryAMQP(AMQP):
 @signals.before_task_publish.connect
 def _stamp_enqueue_time(headers=None, **_: object) -> None:
     if headers is not None:
-        headers.setdefault("enqueued_at", time.time())
+        headers.setdefault("enqueued_at", redis_clock.broker_now())

@@ -9,6 +9,7 @@ import socket
 import time
 import types
 import urllib.request
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -55,12 +56,14 @@ def test_a_task_is_timed_and_its_queue_wait_observed_once():
 
 
 def test_queue_wait_starts_at_an_eta_and_needs_the_publish_time():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     name = "cortex.test.delayed_task"
-    eta = datetime.fromtimestamp(time.time() - 1.0, tz=timezone.utc).isoformat()
+    eta = datetime.fromtimestamp(time.time() - 1.0, tz=UTC).isoformat()
     instruments.task_started(task(name, Request(queue="nlp", enqueued_at=time.time() - 60, eta=eta)))
-    assert 1.0 <= sample("cortex_task_queue_wait_seconds_sum", task=name, queue="nlp") < 30
+    # From the ETA, not the publish time. The wait is measured on Redis's clock (core/redis_clock.py), known
+    # to within half a round trip, hence the margin below a second.
+    assert 0.9 <= sample("cortex_task_queue_wait_seconds_sum", task=name, queue="nlp") < 30
     # A message sent by something other than Cortex has no publish time: no wait is made up.
     instruments.task_started(task("cortex.test.foreign", Request(queue="nlp")))
     assert sample("cortex_task_queue_wait_seconds_count", task="cortex.test.foreign", queue="nlp") == 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import jwt
 from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError, PyJWKError
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.auth import signing_keys
 from cortex_tasks.core.auth.keys import Principal, active_principal, tenant_exists
 from cortex_tasks.core.auth.roles import PLATFORM_ADMIN, ROLE_PERMISSIONS
@@ -85,7 +85,7 @@ def issue_token(principal: Principal) -> IssuedToken:
     """A signed access token for an active API key's principal."""
     config = get_settings().tokens
     key = signing_keys.KEY_RING.signing_key()
-    now = int(time.time())
+    now = int(redis_clock.shared_now())  # the clock every gateway checks it by (decode_verified)
     claims: dict[str, Any] = {
         "iss": config.issuer, "aud": config.audience, "sub": principal.key_id, "iat": now, "nbf": now,
         "exp": now + config.lifetime_seconds, "jti": uuid.uuid4().hex,
@@ -118,19 +118,18 @@ def verify_token(token: str) -> VerifiedToken:
 
 
 def decode_verified(token: str, header: Mapping[str, Any], key: PyJWK, *, algorithms: tuple[str, ...],
-                    issuer: str, audience: str, required: tuple[str, ...], leeway: float) -> dict[str, Any]:
+                    issuer: str, audience: str, required: tuple[str, ...], leeway: float,
+                    now: float | None = None) -> dict[str, Any]:
     """The claims of a token whose signature, algorithm, issuer, audience and times check out with `key`.
-    `header` is the token's unverified header, read only to refuse a disallowed algorithm by name."""
+    `header` is the token's unverified header, read only to refuse a disallowed algorithm by name. Times
+    are checked against `now`, by default Redis's clock (see _check_times)."""
     if header.get("alg") not in algorithms:
         raise TokenError("algorithm_not_allowed",
                          f"Tokens of this issuer must be signed with {', '.join(algorithms)}.")
     try:
-        return jwt.decode(token, key, algorithms=list(algorithms), issuer=issuer, audience=audience,
-                          leeway=leeway, options={"require": list(required)})
-    except jwt.ExpiredSignatureError:
-        raise TokenError("expired", "The token has expired.") from None
-    except jwt.ImmatureSignatureError:
-        raise TokenError("not_yet_valid", "The token is not valid yet (nbf or iat in the future).") from None
+        claims = jwt.decode(token, key, algorithms=list(algorithms), issuer=issuer, audience=audience,
+                            options={"require": list(required), "verify_exp": False, "verify_nbf": False,
+                                     "verify_iat": False})
     except jwt.InvalidAudienceError:
         raise TokenError("wrong_audience", "The token is not meant for this gateway (aud).") from None
     except jwt.InvalidIssuerError:
@@ -143,6 +142,23 @@ def decode_verified(token: str, header: Mapping[str, Any], key: PyJWK, *, algori
         raise TokenError("bad_signature", "The token's signature does not verify.") from None
     except jwt.InvalidTokenError as exc:
         raise TokenError("invalid", f"The token is not valid: {exc}.") from None
+    _check_times(claims, redis_clock.shared_now() if now is None else now, leeway)
+    return claims
+
+
+def _check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    """PyJWT's exp, nbf and iat checks, against the clock every gateway shares (Redis's) rather than this
+    host's: PyJWT reads only the local clock, and gateways minutes apart then refused each other's fresh
+    tokens as not valid yet (nbf) and cut their lifetimes short. The leeway is left for the issuers
+    Cortex does not run (an external identity provider's clock)."""
+    try:
+        exp, nbf, iat = (None if claims.get(name) is None else int(claims[name]) for name in ("exp", "nbf", "iat"))
+    except (ValueError, TypeError, OverflowError):
+        raise TokenError("invalid", "The token is not valid: its exp, nbf and iat must be integers.") from None
+    if exp is not None and exp <= now - leeway:
+        raise TokenError("expired", "The token has expired.")
+    if (nbf is not None and nbf > now + leeway) or (iat is not None and iat > now + leeway):
+        raise TokenError("not_yet_valid", "The token is not valid yet (nbf or iat in the future).")
 
 
 def _kid(header: Mapping[str, Any]) -> str:

@@ -2,10 +2,10 @@
 the finished chunks' result files, and the items that failed with their inputs."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, select
 
 from cortex_tasks.core.batch.results import ChunkRef
 from cortex_tasks.core.jobs.store import FINISHED_STATES
@@ -25,10 +25,17 @@ def chunk_rows(job_id: str) -> list[Row[Any]]:
             .where(BatchChunk.job_id == job_id).order_by(BatchChunk.chunk_index)).all())
 
 
+def database_now() -> datetime:
+    """The database's clock, which wrote started_at: by this host's (minutes off, perhaps) the estimate
+    came out negative."""
+    with session_scope() as session:
+        return session.scalar(select(func.now()))
+
+
 def progress_report(job: Job) -> dict[str, Any]:
     """Items done and failed so far (counted by finished chunks), chunk states, and while the job runs an
     estimate of the time left at the rate so far."""
-    chunks = chunk_rows(job.id)
+    chunks, now = chunk_rows(job.id), database_now()
     done = sum(chunk.succeeded_count for chunk in chunks if chunk.status == "succeeded")
     failed = sum(chunk.failed_count for chunk in chunks if chunk.status == "succeeded")
     states = {state: sum(chunk.status == state for chunk in chunks) for state in CHUNK_STATES}
@@ -40,7 +47,7 @@ def progress_report(job: Job) -> dict[str, Any]:
     }
     processed = done + failed
     if job.status not in FINISHED_STATES and job.started_at and processed:
-        elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+        elapsed = (now - job.started_at).total_seconds()  # both by the database's clock
         report["eta_seconds"] = round(elapsed / processed * (job.progress_total - processed), 1)
         report["items_per_second"] = round(processed / elapsed, 2) if elapsed > 0 else None
     if job.error:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, insert, select
+from sqlalchemy import Text, bindparam, cast, func, insert, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -97,7 +97,8 @@ def create_batch(request: BatchRequest, hash_of_request: str | None) -> Submitte
     queue = batch_queue()
     job_id = str(uuid.uuid4())
     tenant = current_tenant()  # a Core insert: the storage layer's stamping covers ORM rows only
-    deadline = datetime.now(UTC) + timedelta(seconds=config.deadline_seconds)
+    # The database's clock, as the stale-job sweep compares it, not this host's (which may be minutes off).
+    deadline = func.now() + timedelta(seconds=config.deadline_seconds)
     refuse_unsealable(request.sensitive)
     # queue, chunk_size and chunks stay readable: the stale-chunk sweep and progress views read them.
     job_params = {"params": protect(request.params, f"jobs/{job_id}/params/params") if request.sensitive

@@ -16,6 +16,7 @@ import orjson
 import redis
 from prometheus_client import Counter, Gauge
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.cache.keys import PREFIX
 
 L2_INDEX = "cortex:cache-index:v1"
@@ -82,9 +83,11 @@ class MemoryCache:
             self._bytes = 0
 
 
-# Trim: drop expired entries from the index, then the oldest-expiring ones until under the bound.
+# Trim: drop expired entries from the index (by Redis's clock), then the oldest-expiring ones until under the bound.
 _TRIM = """
-local index, counter, bound, now = KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])
+local index, counter, bound = KEYS[1], KEYS[2], tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local removed = 0
 local function forget(member)
   local sep = string.find(member, '|', 1, true)
@@ -135,7 +138,9 @@ class RedisCache:
         entries = [(key, blob) for key, blob in entries if len(blob) <= self.max_item_bytes]
         if not entries:
             return
-        expires = time.time() + self.ttl
+        # The index's expiry times are Redis's clock, as the trim compares them (below): by each process's
+        # own, one whose clock ran ahead dropped entries written by the others before their time.
+        expires = redis_clock.now(self.client) + self.ttl
         pipe = self.client.pipeline(transaction=False)
         for key, blob in entries:
             pipe.set(key, blob, ex=self.ttl)
@@ -148,7 +153,7 @@ class RedisCache:
             self.trim()
 
     def trim(self) -> int:
-        return int(self._trim(keys=[self.index_key, self.bytes_key], args=[self.max_bytes, time.time()]))
+        return int(self._trim(keys=[self.index_key, self.bytes_key], args=[self.max_bytes]))
 
     def stats(self) -> dict[str, Any]:
         pipe = self.client.pipeline(transaction=False)

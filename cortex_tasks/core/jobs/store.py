@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -104,7 +104,9 @@ def create_job(job: NewJob, job_id: str | None = None) -> tuple[Job, bool]:
         id=job_id, owner=job.owner, kind=job.kind, task=job.task, model=job.model,
         status=QUEUED, priority=job.priority, progress_total=job.total, params=stored_params(job_id, job),
         idempotency_key=job.idempotency_key, request_hash=job.request_hash, tenant=job.owning_tenant(),
-        deadline_at=datetime.now(UTC) + timedelta(seconds=job.deadline_seconds),
+        # The database's clock, as the stale-job sweep compares it (runtime/maintenance/service.py): a
+        # gateway whose clock lagged wrote deadlines the sweep found passed minutes early.
+        deadline_at=func.now() + timedelta(seconds=job.deadline_seconds),
     )
     try:
         with session_scope() as session:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import redis
 from prometheus_client import Counter
@@ -29,8 +28,12 @@ AGING_INTERVAL_SECONDS = 5.0
 
 PROMOTED = Counter("cortex_priority_promotions_total", "Messages promoted by priority aging", ["queue", "to"])
 
+# `now` is Redis's clock, as `enqueued_at` is stamped (core/redis_clock.py), not the caller's: Beat's
+# host may be minutes off the publishers'.
 _PROMOTE = """
-local now, max_age, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local max_age, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local moved = 0
 for i = 1, #KEYS - 1 do
   local source, target = KEYS[i], KEYS[#KEYS]
@@ -57,11 +60,10 @@ def _list_name(queue: str, step: int) -> str:
 def promote_aged(client: redis.Redis, queue: str, max_age: float, limit: int = 1000) -> dict[str, int]:
     script = client.register_script(_PROMOTE)
     normal, highest = PRIORITY_CLASSES["normal"], PRIORITY_STEPS[0]
-    now = time.time()
     low_lists = [_list_name(queue, step) for step in PRIORITY_STEPS if step > normal]
     normal_lists = [_list_name(queue, step) for step in PRIORITY_STEPS if highest < step <= normal]
-    to_normal = int(script(keys=[*low_lists, _list_name(queue, normal)], args=[now, max_age, limit]))
-    to_high = int(script(keys=[*normal_lists, _list_name(queue, highest)], args=[now, 2 * max_age, limit]))
+    to_normal = int(script(keys=[*low_lists, _list_name(queue, normal)], args=[max_age, limit]))
+    to_high = int(script(keys=[*normal_lists, _list_name(queue, highest)], args=[2 * max_age, limit]))
     if to_normal:
         PROMOTED.labels(queue, "normal").inc(to_normal)
     if to_high:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import Counter, Gauge
 
+from cortex_tasks.core import redis_clock
+
 # Circuits live in Redis: the latest reading of any gateway process is the one to report (gunicorn_conf.py).
 CIRCUIT_OPEN = Gauge("cortex_circuit_open", "1 while a model's circuit is open", ["model"],
                      multiprocess_mode="livemostrecent")
@@ -80,7 +82,9 @@ class CircuitBreaker:
                 self._last_flush = time.monotonic()
         if not due:
             return
-        bucket = int(time.time() // BUCKET_SECONDS)
+        # Buckets by Redis's clock (core/redis_clock.py): by each host's own, a gateway minutes apart counted
+        # into buckets no other gateway reads, and the shared error rate was split between clocks.
+        bucket = int(redis_clock.now(self.client) // BUCKET_SECONDS)
         try:
             pipe = self.client.pipeline(transaction=False)
             for name, (ok, bad) in pending.items():

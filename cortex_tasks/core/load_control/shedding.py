@@ -61,8 +61,11 @@ def read_queue_loads(client: redis.Redis, queues: list[str] | tuple[str, ...]) -
             name = queue if step == 0 else f"{queue}:{step}"
             pipe.llen(name)
             pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right: the tail is the oldest
-    replies = pipe.execute()
-    now = time.time()
+    # Ages by Redis's clock, as `enqueued_at` is stamped (core/redis_clock.py): this host's clock may be
+    # minutes off the publisher's, which made every waiting message look minutes old (or never old).
+    pipe.time()
+    *replies, (seconds, microseconds) = pipe.execute()
+    now = seconds + microseconds / 1e6
     width = 2 * len(PRIORITY_STEPS)
     loads = {}
     for index, queue in enumerate(queues):
@@ -108,6 +111,6 @@ class LoadShedder:
             return f"queue {queue!r} holds {load.depth} messages (bound {self.policy.max_depth})", 5
         if load.oldest_age > self.policy.max_age_seconds:
             SHED_REQUESTS.labels(queue, "age").inc()
-            return (f"the oldest message in queue {queue!r} has waited {load.oldest_age:.1f}s "
-                    f"(queue timeout {self.policy.max_age_seconds}s)", max(1, int(load.oldest_age)))
+            return ((f"the oldest message in queue {queue!r} has waited {load.oldest_age:.1f}s "
+                     f"(queue timeout {self.policy.max_age_seconds}s)"), max(1, int(load.oldest_age)))
         return None

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import redis
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.openai.config import openai_config
 from cortex_tasks.core.settings import get_settings
 
@@ -62,7 +63,9 @@ class OutboundRateLimiter:
         limit is admitted alone in an empty window rather than never."""
         deadline = time.monotonic() + self.max_wait_seconds
         while True:
-            now = time.time()
+            # The window by Redis's clock (core/redis_clock.py): by each worker's own, workers minutes apart
+            # counted into different windows, and the deployment sent up to twice its limit a minute.
+            now = redis_clock.now(self.client)
             window = int(now // self.window_seconds)
             if self._admit(keys=self._keys(window), args=[self.requests_per_minute, self.tokens_per_minute,
                                                            max(0, tokens), self.window_seconds]):

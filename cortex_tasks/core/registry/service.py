@@ -226,7 +226,8 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def _pending(session: Session, model: RegisteredModel) -> Deployment | None:
-    cutoff = datetime.now(UTC) - PENDING_DEPLOYMENT_EXPIRY
+    # The database's clock, which wrote created_at: this host's may be minutes off (a 15-minute expiry).
+    cutoff = func.now() - PENDING_DEPLOYMENT_EXPIRY
     return session.scalars(select(Deployment).where(
         Deployment.model_id == model.id, Deployment.status == "pending", Deployment.created_at > cutoff,
     ).order_by(Deployment.id.desc()).limit(1)).one_or_none()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from cortex_tasks.core.errors import CortexError
@@ -148,8 +148,11 @@ def delete_stream(client: redis.Redis, name: str) -> tuple[DeclaredStream, datet
     stream = get_stream(name)
     with session_scope() as session:
         session.execute(delete(StreamDeclaration).where(StreamDeclaration.id == stream.id))
+        # The database's clock, which stamps the stored windows and verdicts purge_stored compares it with:
+        # by this host's (minutes off, perhaps) a stream declared again lost its first rows, or rows stayed.
+        deleted_at = session.scalar(select(func.now()))
     client.delete(events_key(stream.tenant, name), rejected_key(stream.tenant, name))
-    return stream, datetime.now(timezone.utc)
+    return stream, deleted_at
 
 
 def purge_stored(client: redis.Redis, name: str, stream_id: str, deleted_at: datetime) -> dict[str, int]:

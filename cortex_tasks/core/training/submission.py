@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -87,7 +87,7 @@ def submit_training(request: TrainingRequest, send: bool = True) -> str:
         session.execute(insert(Job).values(
             id=job_id, owner=request.owner, kind="training", task=request.kind, model=request.model,
             status=QUEUED, priority=request.priority, progress_done=0, progress_total=epochs, attempts=0,
-            params=request.params, deadline_at=datetime.now(UTC) + DEADLINE, tenant=tenant))
+            params=request.params, deadline_at=func.now() + DEADLINE, tenant=tenant))  # the sweep's clock
         session.execute(insert(TrainingRun).values(
             id=job_id, owner=request.owner, model_name=request.model, kind=request.kind,
             priority=request.priority, phase=runs.QUEUED, epochs=epochs, trigger=request.trigger,

@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.errors import CortexError
 
 # The architecture's inference latency buckets (0.01 .. 1 s), then wider ones: batch chunks take seconds,
@@ -70,7 +71,7 @@ def error_code(exc: BaseException) -> str:
 def task_started(task: Any) -> None:
     """At task_prerun: note the start, and observe how long the message waited (the `enqueued_at` header
     every Cortex message carries, core/publishing.py; a message with an ETA waited from its ETA)."""
-    now = time.time()
+    now = redis_clock.broker_now()  # the clock `enqueued_at` was stamped by, not this host's
     request = task.request
     request.__dict__[_STARTED] = time.perf_counter()
     enqueued_at = getattr(request, "enqueued_at", None)

@@ -193,7 +193,6 @@ class StreamRuntime:
         _, contents = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep,
                                        self._stale, names, self.spec.window.size, self._states)
         live_windows = [(key, item, content) for (key, item), content in zip(latest.items(), contents)]
-        decided = datetime.now(UTC)
         rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
                  item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
                 for item in scored for verdict in item.verdicts]
@@ -201,7 +200,7 @@ class StreamRuntime:
             return 0, live_windows
         columns = list(zip(*rows))
         values = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, columns)}
-        values.update(tenant=self.tenant, stream=self.name, decided_at=decided)
+        values.update(tenant=self.tenant, stream=self.name)
         with get_engine().begin() as connection:
             new = {(row.event_id, row.detector) for row in connection.execute(_verdict_insert(), values)}
         self._new_verdicts = new
@@ -332,7 +331,9 @@ def _verdict_insert() -> Any:
     arrays = [func.to_timestamp(func.unnest(bindparam(name, type_=ARRAY(Float)))) if name in _EPOCH_ARRAYS
               else func.unnest(bindparam(name, type_=ARRAY(table.c[name].type))) for name in _VERDICT_ARRAYS]
     constants = [bindparam("tenant", type_=table.c.tenant.type), bindparam("stream", type_=table.c.stream.type),
-                 bindparam("decided_at", type_=table.c.decided_at.type)]
+                 # The database's clock, as written_at's and the deletion time purge_stored compares with:
+                 # this worker's may be minutes off.
+                 func.now()]
     selected = select(*arrays, *constants)
     return (pg_insert(table).from_select([*_VERDICT_ARRAYS, "tenant", "stream", "decided_at"], selected)
             .on_conflict_do_nothing(constraint="uq_stream_verdicts_event_detector")
