@@ -312,3 +312,30 @@ def test_a_promotion_whose_message_was_lost_stops_blocking_the_model_at_the_next
     service.complete_deployment(again["id"])
     assert service.serving(name).production == 2
 
+
+
+def test_a_promotion_that_could_not_be_queued_leaves_nothing_pending(admin_api, monkeypatch):
+    """The broker refuses the activation job's message (Redis went away between the job's row and its
+    message): the client gets the 503 to retry, and the pending deployment is failed at once, so the retry
+    is not refused as `deployment_in_progress`."""
+    import kombu.exceptions
+
+    from cortex_tasks import app as celery_app
+
+    name = unique("notqueued")
+    register(name, b"one")
+
+    def broker_away(*args, **kwargs):
+        raise kombu.exceptions.OperationalError("Connection refused")
+
+    monkeypatch.setattr(celery_app, "send_task", broker_away)
+    refused = admin_api.post(f"/api/v1/models/{name}/versions/1/promote", {"stage": "production", "wait": 0})
+    monkeypatch.undo()
+    assert refused.status_code == 503, refused.get_json()
+
+    deployments = admin_api.get(f"/api/v1/models/{name}").get_json()["deployments"]
+    assert [(d["status"], d["error"]["code"]) for d in deployments] == [("failed", "not_queued")], deployments
+    assert deployments[0]["job_id"]  # named before the job was to be queued
+    retried = service.request_promotion(name, 1, "production", actor="test")  # not deployment_in_progress
+    service.complete_deployment(retried["id"])
+    assert service.serving(name).production == 1
