@@ -298,6 +298,7 @@ def settle(bench: Bench, job_ids: list[str], bound: float) -> tuple[dict[str, An
              # What the lost jobs are and where they stopped ("predict queued": 3), to tell the causes apart.
              "lost_jobs": dict(Counter(f"{bench.load.accepted.get(j, '?')} {outcomes.get(j, ('missing',))[0]}"
                                        for j in unfinished)),
+             "lost_ids": unfinished[:10],  # to follow in the logs and in Redis's append-only file
              "duplicated": duplicated_results(bench, with_side_effects) + judged_twice,
              "redelivered": sum(1 for j in job_ids if outcomes.get(j, ("", 0))[1] > 1),
              "stream_events": {"accepted": accepted_events, "judged": judged, "lost": events_lost}},
