@@ -21,6 +21,7 @@ accepted job and the count of accepted stream events, and runs each scenario of 
 - disk_full: the training worker's artifact store is a small tmpfs filled to the last byte (a worker of its
   own, with a filesystem object store, since the stack's store is S3): the training runs sent meanwhile fail
   with the reason and register nothing; skipped, with the reason, where no tmpfs can be mounted (not root);
+- load_end: once the load stopped, the jobs accepted after the last scenario (no fault: the baseline);
 - idempotency: 100 concurrent batch submissions with one Idempotency-Key over both gateway processes;
 - rate_limit: a key limited to N requests a minute, hit from both gateway processes at once.
 
