@@ -54,12 +54,13 @@ MessageBuilder = Callable[[str, str | None], RepliedJobMessage]
 
 
 def submit_and_wait(new_job: store.NewJob, task_name: str, queue: str, message: MessageBuilder,
-                    wait_seconds: float) -> Submitted:
+                    wait_seconds: float, job_id: str | None = None) -> Submitted:
     """One job, one message: for tasks that take `job_id` and `reply_to` and publish one outcome
-    (cortex_tasks.core.jobs.outcomes.publish_outcome)."""
+    (cortex_tasks.core.jobs.outcomes.publish_outcome). `job_id`: one the caller chose (store.new_job_id())
+    and recorded before, e.g. on the deployment the job activates."""
     listener = reply_listener()
     waiting = wait_seconds > 0
-    job_id = store.new_job_id()
+    job_id = job_id or store.new_job_id()
     # Built before the row exists: a message the contract refuses is a bug here, and leaves no queued job.
     kwargs = message(job_id, listener.channel if waiting else None).to_kwargs()
     dependencies.check(dependencies.REDIS)  # no row for a job that cannot be queued now

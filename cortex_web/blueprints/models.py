@@ -22,6 +22,7 @@ from cortex_tasks.core.auth.roles import DEPLOY, READ
 from cortex_tasks.core.catalogue import MODELS, TASKS
 from cortex_tasks.core.contracts import task_names
 from cortex_tasks.core.contracts.job_messages import ActivationMessage
+from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.store import NewJob
 from cortex_tasks.core.queues import MAINTENANCE, priority_of
 from cortex_tasks.core.registry import routing, service, stats
@@ -187,6 +188,18 @@ def _activation_queue(task: str) -> str:
     return entry.queue if entry is not None else MAINTENANCE
 
 
+NOT_QUEUED = {"code": "not_queued", "message": "The activation job could not be queued."}
+
+
+def _never_queued(job_id: str) -> bool:
+    """The job has no row (refused before it was written) or failed in the gateway while being queued."""
+    try:
+        job = store.get_job(job_id)
+    except Exception:  # noqa: BLE001  (PostgreSQL away too: leave it to the sweep and the expiry)
+        return False
+    return job is None or job.status == store.FAILED
+
+
 @bp.post("/models/<name>/versions/<int:version>/promote")
 @require(DEPLOY)
 @audited("model.promote")
@@ -200,16 +213,24 @@ def promote(name: str, version: int) -> tuple[Response, int]:
             raise ApiError(422, "invalid_traffic", "traffic applies to canary only")
         record = service.demote(name, version, body.stage, actor)
         return jsonify({"model": name, "version": version, "stage": record.stage, "traffic_percent": None}), 200
-    pending = service.request_promotion(name, version, body.stage, body.traffic, actor)
+    job_id = store.new_job_id()
+    pending = service.request_promotion(name, version, body.stage, body.traffic, actor, job_id=job_id)
     record = service.get_version(name, version)
     wait = get_settings().default_wait_seconds if body.wait is None else body.wait
-    submitted = submit_and_wait(
-        NewJob(owner=actor, kind="deploy", task="registry.promote", model=record.reference,
-               priority=priority_of("high"), total=1),
-        task_names.REGISTRY_ACTIVATE_VERSION, _activation_queue(record.task),
-        lambda job_id, reply_to: ActivationMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
-                                                   deployment_id=pending["id"]),
-        wait)
+    try:
+        submitted = submit_and_wait(
+            NewJob(owner=actor, kind="deploy", task="registry.promote", model=record.reference,
+                   priority=priority_of("high"), total=1),
+            task_names.REGISTRY_ACTIVATE_VERSION, _activation_queue(record.task),
+            lambda job_id, reply_to: ActivationMessage(job_id=job_id, reply_to=reply_to, tenant=current_tenant(),
+                                                       deployment_id=pending["id"]),
+            wait, job_id=job_id)
+    except Exception:
+        # Not queued (the broker away: a 503 the client retries). Its pending deployment must not block
+        # that retry; the stale-job sweep settles the rarer case where the failure came after the queuing.
+        if _never_queued(job_id):
+            service.fail_deployment(pending["id"], NOT_QUEUED, job_id)
+        raise
     outcome = submitted.outcome
     if outcome is None:
         return jsonify({"job_id": submitted.job_id, "status": "deploying", "deployment": pending,

@@ -95,13 +95,13 @@ def test_cortex_up_serves_restarts_and_stops(stack):
 
     # The CLI finds the running stack through CORTEX_DATA_DIR alone.
     created = subprocess.run([CORTEX, "keys", "create", "--role", "reader"], env=stack["env"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
     assert created.returncode == 0, created.stderr
     reader_key = created.stdout.strip().splitlines()[-1]
     assert requests.get(f"{url}/api/v1/jobs/{response.json()['job_id']}", timeout=10,
                         headers={"Authorization": f"Bearer {reader_key}"}).status_code == 404
     shown = subprocess.run([CORTEX, "jobs", "show", response.json()["job_id"]], env=stack["env"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
     assert json.loads(shown.stdout)["status"] == "succeeded"
 
     # Flower is there, behind basic auth.
@@ -247,3 +247,62 @@ def check_what_stays_private(stack, admin_key: str, flower_password: str) -> Non
         if mode not in allowed:
             wrong.append((root, oct(mode)))
     assert wrong == []
+
+
+def test_a_sigkilled_cortex_up_takes_every_process_it_started_with_it(stack):
+    """`cortex up` itself SIGKILLed (an OOM kill, `kill -9`): it cannot stop its children in order, so each
+    must go by itself (the parent-death signal the supervisor sets in every child, and each service's own
+    children following their parent), leaving no process and no port behind for the next `cortex up`."""
+    import psutil
+
+    up = psutil.Process(stack["process"].pid)
+    wait_for(lambda: requests.get(f"{stack['url']}/ready", timeout=10).json().get("status") == "ready", 300,
+             "the stack to be ready", interval=1)
+    tree = up.children(recursive=True)
+    command_lines = " ".join(" ".join(process.cmdline()) for process in tree)
+    # Every kind of process `cortex up` runs is in the tree (with their own children: PostgreSQL's backends,
+    # gunicorn's and the prefork workers' processes).
+    assert all(kind in command_lines for kind in ("valkey-server", "postgres", "gunicorn", "celery", "flower",
+                                                  "beat")), command_lines
+    described = json.loads((stack["data_dir"] / "stack.json").read_text())
+    redis_port = redis.Redis.from_url(described["redis_url"]).connection_pool.connection_kwargs["port"]
+    postgres_port = int(psycopg.conninfo.conninfo_to_dict(described["database_url"])["port"])
+    ports = {"gateway": int(stack["url"].rsplit(":", 1)[1]), "flower": int(stack["flower"].rsplit(":", 1)[1]),
+             "redis": redis_port, "postgres": postgres_port}
+
+    os.kill(up.pid, signal.SIGKILL)  # the supervisor alone, not its process group
+    stack["process"].wait(10)
+
+    def survivors() -> list[str]:
+        left = []
+        for process in tree:
+            try:
+                # Same pid and start time: the very process (not a new one that reused its pid).
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            except psutil.NoSuchProcess:
+                continue
+        return left
+
+    deadline = time.monotonic() + 60
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert survivors() == []
+
+    def taken(port: int) -> bool:
+        import socket
+
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return True
+        return False
+
+    assert {name: port for name, port in ports.items() if taken(port)} == {}
+    # The next `cortex up` on the same folder starts (on the same ports) and serves.
+    second = stack["start_again"]()
+    assert requests.get(f"{stack['url']}/ready", timeout=10).json()["status"] in ("ready", "not_ready")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(90) == 0

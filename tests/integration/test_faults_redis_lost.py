@@ -2,7 +2,8 @@
 run on a worker: the stale-job sweep finds every open job whose message is gone, sends again what it can
 (a batch, from its chunks in PostgreSQL) and fails the rest with `message_lost` (a prediction's inputs
 travelled only in its message), and reports the count. No job stays open, none is worked twice, and a
-Redis restarted with its data is not taken for a lost one.
+Redis restarted with its data is not taken for a lost one. A promotion whose activation message was lost
+has its pending deployment settled by the same sweep pass, so the model can be promoted again at once.
 
 Before, such jobs stayed "queued" or "running" until their deadline (an hour), then failed as `stale_job`.
 A stack of its own (tests/support/fault_stack.py); the sweep is the real task, called in a process of the
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 HOLD = ["-I", "tests.support.slow_tasks"]
 BATCH_ITEMS, CHUNK_SIZE = 30, 5
+LOST_PROMOTION_MODEL = "faults-lost-promotion"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,15 @@ def sweep(stack: FaultStack) -> dict:
     code = ("import json; from beat_schedule import MESSAGE; from cortex_tasks.runtime.maintenance.tasks "
             "import sweep_stale_jobs; print(json.dumps(sweep_stale_jobs(**MESSAGE)))")
     return json.loads(stack.run(code).strip().splitlines()[-1])
+
+
+def register_version(stack: FaultStack, model: str, content: bytes) -> None:
+    stack.run(f"""
+from cortex_tasks.core.registry import service
+from cortex_tasks.core.tenancy import tenant_scope
+with tenant_scope('default'):
+    service.register_version({model!r}, task='sentiment', framework='faults-blob', artifact={content!r})
+""")
 
 
 def job(stack: FaultStack, job_id: str) -> dict:
@@ -71,6 +82,11 @@ def test_redis_lost_with_its_data(stack: FaultStack, tmp_path: Path) -> None:
                        {"task": "sentiment", "inputs": [f"Item {i} of a batch Redis forgot." for i in range(BATCH_ITEMS)]})
     assert batch.status == 202, batch
     batch_id = batch.body["job_id"]
+    # A promotion whose activation message waits for the nlp worker (not started yet) when Redis goes.
+    register_version(stack, LOST_PROMOTION_MODEL, b"weights lost with Redis")
+    promoting = stack.call("POST", f"/api/v1/models/{LOST_PROMOTION_MODEL}/versions/1/promote",
+                           {"stage": "production", "wait": 0})
+    assert promoting.status == 202, promoting
 
     stack.kill_redis()
     stack.restart_redis(keep_data=False)
@@ -94,8 +110,17 @@ def test_redis_lost_with_its_data(stack: FaultStack, tmp_path: Path) -> None:
     lost_waiting = [j for j in waiting if (job(stack, j).get("error") or {}).get("code") == "message_lost"]
     assert waiting[0] in lost_waiting
     # Every job that had its message in the lost Redis and had not finished is counted, none is missed.
-    assert found["lost_messages"] == len(lost_waiting) + 1 + len(lost_held), found
-    assert found["lost_resent"] == 1 and found["lost_failed"] == len(lost_waiting) + len(lost_held), found
+    # (The batch is resent; the promotion's activation job is failed.)
+    assert found["lost_messages"] == len(lost_waiting) + 2 + len(lost_held), found
+    assert found["lost_resent"] == 1 and found["lost_failed"] == len(lost_waiting) + 1 + len(lost_held), found
+    # The same pass settles the promotion's pending deployment: the model can be promoted again at once,
+    # not only once the pending deployment expires (15 minutes).
+    assert found["deployments_settled"] == 1, found
+    settled = stack.call("GET", f"/api/v1/models/{LOST_PROMOTION_MODEL}").body["deployments"][0]
+    assert (settled["status"], settled["error"]["code"]) == ("failed", "message_lost"), settled
+    again = stack.call("POST", f"/api/v1/models/{LOST_PROMOTION_MODEL}/versions/1/promote",
+                       {"stage": "production", "wait": 60}, timeout=90)
+    assert again.status == 200, again
 
     for job_id in waiting:
         body = stack.wait_job(job_id, timeout=30)

@@ -276,3 +276,66 @@ def test_directory_artifacts_are_packed_and_verified_on_fetch(tmp_path):
     # Registering the same folder again gives the same bytes (a reproducible archive).
     again = service.register_version(record.model, task="classify", framework="transformers", artifact=folder)
     assert again.artifact_sha256 == record.artifact_sha256 and again.version == record.version + 1
+
+
+def test_a_promotion_whose_message_was_lost_stops_blocking_the_model_at_the_next_sweep():
+    """The activation job's message went with an emptied Redis: the lost-message sweep fails the job
+    (message_lost), and the same sweep pass settles its pending deployment, so the model can be promoted
+    again at once instead of after the pending deployment's 15-minute expiry."""
+    from cortex_tasks.core.jobs import store
+    from cortex_tasks.core.registry.records import PENDING_DEPLOYMENT_EXPIRY
+    from cortex_tasks.runtime.maintenance import lost_messages
+    from cortex_tasks.runtime.maintenance.service import settle_abandoned_deployments
+
+    name = unique("lostpromotion")
+    register(name, b"one")
+    register(name, b"two")
+    promote_via_service(name, 1, "production")
+    job_id = store.new_job_id()
+    pending = service.request_promotion(name, 2, "production", actor="test", job_id=job_id)
+    job, _ = store.create_job(store.NewJob(owner="test", kind="deploy", task="registry.promote",
+                                           model=f"{name}@2", total=1), job_id=job_id)
+    with pytest.raises(service.RegistryConflict):  # blocked while its job may still run
+        service.request_promotion(name, 2, "production", actor="test")
+    settle_abandoned_deployments()  # a queued job: nothing to settle yet
+    assert service.deployment(pending["id"])[1]["status"] == "pending"
+
+    # The lost-message sweep's verdict on a job with no message left (lost_messages.py).
+    lost = lost_messages.OpenJob(job.id, job.kind, job.status, job.attempts, 0, job.priority, job.tenant, None)
+    assert lost_messages._take_up([lost]) == ([], [job.id])
+    assert settle_abandoned_deployments() >= 1
+
+    settled = service.deployment(pending["id"])[1]
+    assert settled["status"] == "failed" and settled["error"]["code"] == "message_lost", settled
+    assert PENDING_DEPLOYMENT_EXPIRY.total_seconds() == 15 * 60  # what it used to wait for, still the backstop
+    again = service.request_promotion(name, 2, "production", actor="test")
+    service.complete_deployment(again["id"])
+    assert service.serving(name).production == 2
+
+
+
+def test_a_promotion_that_could_not_be_queued_leaves_nothing_pending(admin_api, monkeypatch):
+    """The broker refuses the activation job's message (Redis went away between the job's row and its
+    message): the client gets the 503 to retry, and the pending deployment is failed at once, so the retry
+    is not refused as `deployment_in_progress`."""
+    import kombu.exceptions
+
+    from cortex_tasks import app as celery_app
+
+    name = unique("notqueued")
+    register(name, b"one")
+
+    def broker_away(*args, **kwargs):
+        raise kombu.exceptions.OperationalError("Connection refused")
+
+    monkeypatch.setattr(celery_app, "send_task", broker_away)
+    refused = admin_api.post(f"/api/v1/models/{name}/versions/1/promote", {"stage": "production", "wait": 0})
+    monkeypatch.undo()
+    assert refused.status_code == 503, refused.get_json()
+
+    deployments = admin_api.get(f"/api/v1/models/{name}").get_json()["deployments"]
+    assert [(d["status"], d["error"]["code"]) for d in deployments] == [("failed", "not_queued")], deployments
+    assert deployments[0]["job_id"]  # named before the job was to be queued
+    retried = service.request_promotion(name, 1, "production", actor="test")  # not deployment_in_progress
+    service.complete_deployment(retried["id"])
+    assert service.serving(name).production == 1

@@ -239,9 +239,11 @@ def _current(session: Session, model: RegisteredModel, stage: str) -> ModelVersi
 
 
 def request_promotion(name: str, version: int, stage: str, traffic: float | None = None,
-                      actor: str | None = None) -> dict[str, Any]:
+                      actor: str | None = None, job_id: str | None = None) -> dict[str, Any]:
     """Record a pending deployment of `name@version` to canary (with a traffic share) or production.
-    Nothing changes for callers until `complete_deployment`."""
+    Nothing changes for callers until `complete_deployment`. `job_id`: the job that will activate it, named
+    from the start so that the stale-job sweep can settle the deployment as soon as that job is known
+    failed or lost (runtime/maintenance/service.py), rather than when the pending deployment expires."""
     if stage not in (CANARY, PRODUCTION):
         raise RegistryError("invalid_stage", "promote to 'canary' or 'production'")
     if stage == PRODUCTION and traffic is not None:
@@ -264,7 +266,8 @@ def request_promotion(name: str, version: int, stage: str, traffic: float | None
         row = Deployment(model_id=model.id, version=version,
                          action="promote_canary" if stage == CANARY else "promote_production",
                          status="pending", traffic_percent=traffic if stage == CANARY else None,
-                         previous_version=production.version if production else None, actor=actor)
+                         previous_version=production.version if production else None, actor=actor,
+                         job_id=job_id)
         session.add(row)
         session.flush()
         session.refresh(row)

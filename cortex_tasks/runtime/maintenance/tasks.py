@@ -48,7 +48,8 @@ def sweep_stale_jobs(**kwargs: Any) -> dict[str, Any]:
     requeued = {**requeue_stalled_batches(), **requeue_dead_training()}
     failed = service.fail_stale_jobs()
 
-    return {"failed": failed, **lost, **requeued, "training_runs_failed": fail_orphaned_runs()}
+    return {"failed": failed, **lost, **requeued, "training_runs_failed": fail_orphaned_runs(),
+            "deployments_settled": service.settle_abandoned_deployments()}
 
 
 @app.task(name=task_names.EXPIRE_JOB_RECORDS, soft_time_limit=300, time_limit=360, **HOUSEKEEPING)

@@ -133,7 +133,7 @@ def register(run: Any, kind: TrainingKind, trained: TrainedModel, fingerprint: s
 def promote_to_canary(record: registry.VersionRecord, job_id: str) -> dict[str, Any]:
     """Blue-green, as a promotion through the API: pending deployment, readiness check, switch."""
     deployment = registry.request_promotion(record.model, record.version, registry.CANARY,
-                                            actor=f"training:{job_id}")
+                                            actor=f"training:{job_id}", job_id=job_id)
     try:
         check = readiness.check_ready(record)
     except Exception as exc:  # noqa: BLE001 (any failure of the check means: not ready, stay in staging)
