@@ -16,6 +16,12 @@ has no message and did not move in between:
   travelled only in its message (they are not kept at rest, by design), so it cannot run again, and a
   clear failure the client can act on beats a job "running" until its deadline.
 
+A Redis that kept its data can still have lost single messages: kombu's Redis transport takes a message
+off its queue (BRPOP) and records it as delivered (the `unacked` hash) in two steps, so a worker SIGKILLed
+between them loses that one message; a Redis killed and restarted from its append-only file loses the
+writes of its last second. So every pass where the marker is there looks for orphans instead: open jobs
+older than ORPHAN_AGE_SECONDS that no message names, twice a few seconds apart, taken up the same way.
+
 Each pass logs what it found and counts it (cortex_jobs_lost_messages_total), so what was lost is reported
 rather than silently failed an hour later. RabbitMQ keeps its queues on disk: nothing to do there.
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -66,6 +72,10 @@ PREDICTION_ROW_DELAY_SECONDS = 60 + 10
 # more than has passed: rows written that much after the computed start may still be the lost Redis's.
 # Counting a few more is safe: a job of the new Redis has its message there, or has moved.
 START_MARGIN_SECONDS = 5
+# An open job this old has had its message in Redis for minutes, whatever held it back: a gateway keeps a
+# prediction unsent for at most its in-flight timeout (60 s) and writes its row at most 60 s after sending;
+# a job waiting in a backlog, running, or retrying later has its message in a list or in `unacked`.
+ORPHAN_AGE_SECONDS = 5 * 60
 PAGE = 1000
 
 LOST_MESSAGES = Counter("cortex_jobs_lost_messages_total",
@@ -76,6 +86,12 @@ MESSAGE_LOST = {
     "code": "message_lost",
     "message": "Redis lost this job's message with its data (it restarted empty) before the job finished. "
                "The job's inputs travelled only in that message, so it cannot run again: submit it again.",
+}
+MESSAGE_ORPHANED = {
+    "code": "message_lost",
+    "message": "The broker no longer holds this job's message (a worker killed as it took the message, or "
+               "Redis restarted without its last writes). The job's inputs travelled only in that message, "
+               "so it cannot run again: submit it again.",
 }
 
 
@@ -97,7 +113,7 @@ def recover_lost_messages() -> dict[str, Any]:
         return {}
     client = redis_holding_queues(redis.Redis.from_url(settings.redis_url, socket_timeout=10))
     if client.exists(MARKER_KEY):
-        return {}
+        return _recover_orphans(client)
     uptime = int(client.info("server")["uptime_in_seconds"])
     if uptime < SETTLE_AFTER_START_SECONDS:
         return {"lost_messages": "checked at the next pass (Redis started moments ago)"}
@@ -111,21 +127,48 @@ def recover_lost_messages() -> dict[str, Any]:
         client.delete(LOCK_KEY)
 
 
-def _reconcile(client: redis.Redis, uptime: int) -> dict[str, Any]:
+def _recover_orphans(client: redis.Redis) -> dict[str, Any]:
+    """Open jobs older than ORPHAN_AGE_SECONDS whose single message was lost (see the module's docstring)."""
+    if not _open_jobs_created_before(func.now() - timedelta(seconds=ORPHAN_AGE_SECONDS), limit=1):
+        return {}  # nothing that old is open: no need to read the broker
+    if not client.set(LOCK_KEY, "1", nx=True, ex=300):
+        return {}
+    try:
+        lost = _without_message(client, lambda: _open_jobs_created_before(
+            func.now() - timedelta(seconds=ORPHAN_AGE_SECONDS)))
+        if not lost:
+            return {}
+        resent, failed = _take_up(lost, MESSAGE_ORPHANED)
+        log.warning("%d open jobs older than %d s had no message in the broker (lost one by one: a worker "
+                    "killed as it took them, or Redis's last writes); %d sent again, %d failed (message_lost)",
+                    len(lost), ORPHAN_AGE_SECONDS, len(resent), len(failed),
+                    extra={"resent_job_ids": resent[:200], "failed_job_ids": failed[:200]})
+        return {"orphaned_messages": len(lost), "orphans_resent": len(resent), "orphans_failed": len(failed)}
+    finally:
+        client.delete(LOCK_KEY)
+
+
+def _without_message(client: redis.Redis, open_jobs: Callable[[], dict[str, OpenJob]]) -> list[OpenJob]:
+    """Of the open jobs `open_jobs()` lists, those that no message in the broker names, in two reads a few
+    seconds apart (a message moving between a list and `unacked` is in one of them), and whose rows did not
+    move meanwhile."""
     first_look = broker_job_ids(client)
-    before = _open_jobs_older_than(uptime)
+    before = open_jobs()
     if not before:
-        return {"lost_messages": 0}
+        return []
     time.sleep(SECOND_LOOK_SECONDS)
     present = first_look | broker_job_ids(client)
     after = {job.id: job for job in _open_jobs(list(before))}
-    lost = [job for job_id, job in before.items()
-            if job_id not in present and after.get(job_id) == job]
+    return [job for job_id, job in before.items() if job_id not in present and after.get(job_id) == job]
+
+
+def _reconcile(client: redis.Redis, uptime: int) -> dict[str, Any]:
+    lost = _without_message(client, lambda: _open_jobs_older_than(uptime))
     if not lost:
         log.info("the broker's marker was missing (Redis started empty, or a first check): every open job "
                  "still has its message")
         return {"lost_messages": 0}
-    resent, failed = _take_up(lost)
+    resent, failed = _take_up(lost, MESSAGE_LOST)
     log.warning("Redis lost its data: %d open jobs had no message left; %d sent again, %d failed "
                 "(message_lost)", len(lost), len(resent), len(failed),
                 extra={"resent_job_ids": resent[:200], "failed_job_ids": failed[:200]})
@@ -190,13 +233,21 @@ def _open_jobs_older_than(uptime: int) -> dict[str, OpenJob]:
     return {row[0]: OpenJob(*row) for row in rows}
 
 
+def _open_jobs_created_before(moment: Any, limit: int | None = None) -> dict[str, OpenJob]:
+    with all_tenants(), session_scope() as session:
+        rows = session.execute(
+            select(*_columns()).where(Job.status.in_((QUEUED, RUNNING)), Job.created_at < moment).limit(limit)
+        ).all()
+    return {row[0]: OpenJob(*row) for row in rows}
+
+
 def _open_jobs(job_ids: list[str]) -> list[OpenJob]:
     with all_tenants(), session_scope() as session:
         rows = session.execute(select(*_columns()).where(Job.id.in_(job_ids), Job.status.in_((QUEUED, RUNNING))))
         return [OpenJob(*row) for row in rows.all()]
 
 
-def _take_up(lost: list[OpenJob]) -> tuple[list[str], list[str]]:
+def _take_up(lost: list[OpenJob], error: dict[str, str]) -> tuple[list[str], list[str]]:
     resent: list[str] = []
     to_fail: list[OpenJob] = []
     resend = {"batch": _resend_batch, "training": _resend_training}
@@ -205,7 +256,7 @@ def _take_up(lost: list[OpenJob]) -> tuple[list[str], list[str]]:
             to_fail.append(job)
         elif resend[job.kind](job):
             resent.append(job.id)
-    failed = _fail(to_fail)
+    failed = _fail(to_fail, error)
     for job in lost:
         if job.id in resent:
             LOST_MESSAGES.labels(job.kind, "resent").inc()
@@ -263,17 +314,17 @@ def _resend_training(job: OpenJob) -> bool:
     return True
 
 
-def _fail(jobs: list[OpenJob]) -> list[str]:
+def _fail(jobs: list[OpenJob], error: dict[str, str]) -> list[str]:
     if not jobs:
         return []
     with all_tenants(), session_scope() as session:
         failed = session.execute(
             update(Job)
             .where(Job.id.in_([job.id for job in jobs]), Job.status.in_((QUEUED, RUNNING)))
-            .values(status=FAILED, error=MESSAGE_LOST, finished_at=func.now())
+            .values(status=FAILED, error=error, finished_at=func.now())
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         ).scalars().all()
     if failed:
-        JOBS_FINISHED.labels(FAILED, MESSAGE_LOST["code"]).inc(len(failed))
+        JOBS_FINISHED.labels(FAILED, error["code"]).inc(len(failed))
     return list(failed)
