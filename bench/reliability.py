@@ -31,8 +31,11 @@ Per scenario: jobs accepted, finished, failed (by reason), lost (accepted and ne
 within the recovery bound; for the stream, accepted events without their verdicts), duplicated side effects
 (a batch item stored twice, a training job that registered two versions, an event judged twice by one
 detector), redelivered (run more than once; the job record keeps one outcome), the API's worst answer time
-and status codes while the fault lasted, and seconds until every accepted job was finished. A table, then
-the JSON line. With --soak, the load runs for MINUTES more while every process's resident memory is sampled
+and status codes while the fault lasted, and seconds until every accepted job was finished. Jobs still open
+at a row's recovery bound are looked at again once the load is over: the stale-job sweep's orphan pass,
+run when they are five minutes old, fails those whose single message was lost (a worker SIGKILLed as it
+took it); the row then keeps `lost_at_bound`, says what became of them in `after_sweep`, and `lost` counts
+what is open still. A table, then the JSON line. With --soak, the load runs for MINUTES more while every process's resident memory is sampled
 each 10 s; steady growth fails the run.
 
 Figures taken on a shared or busy machine say little; compare runs on the same quiet machine.
@@ -196,6 +199,7 @@ class Bench:
     quick: bool
     bound: float
     stream_missing: int = 0  # accepted stream events without their verdicts after the last scenario
+    last_lost_at: float = 0.0  # when a row last found jobs still open at its recovery bound (monotonic)
     checked: set[str] = field(default_factory=set)  # jobs a row has accounted for
 
     def unchecked(self) -> list[str]:
@@ -289,6 +293,8 @@ def settle(bench: Bench, job_ids: list[str], bound: float) -> tuple[dict[str, An
         if (not unfinished and judged >= accepted_events) or elapsed > bound:
             break
         time.sleep(1)
+    if unfinished:
+        bench.last_lost_at = time.monotonic()
     missing = max(0, accepted_events - judged)
     events_lost, bench.stream_missing = max(0, missing - bench.stream_missing), missing
     failed = Counter(outcomes[j][2] or "unknown" for j in job_ids if outcomes.get(j, ("",))[0] == "failed")
@@ -301,7 +307,7 @@ def settle(bench: Bench, job_ids: list[str], bound: float) -> tuple[dict[str, An
              # What the lost jobs are and where they stopped ("predict queued": 3), to tell the causes apart.
              "lost_jobs": dict(Counter(f"{bench.load.accepted.get(j, '?')} {outcomes.get(j, ('missing',))[0]}"
                                        for j in unfinished)),
-             "lost_ids": unfinished[:10],  # to follow in the logs and in Redis's append-only file
+             "lost_ids": unfinished,  # to follow in the logs and Redis's append-only file, and for the sweep
              "duplicated": duplicated_results(bench, with_side_effects) + judged_twice,
              "redelivered": sum(1 for j in job_ids if outcomes.get(j, ("", 0))[1] > 1),
              "stream_events": {"accepted": accepted_events, "judged": judged, "lost": events_lost}},
@@ -545,6 +551,39 @@ def promote(stack: FaultStack, model: str, version: int) -> Any:
                       {"stage": "production", "wait": 60}, timeout=90)
 
 
+def run_sweep(stack: FaultStack) -> dict[str, Any]:
+    """The stale-job sweep, as Beat runs it, in a process of the stack."""
+    code = ("import json; from beat_schedule import MESSAGE; from cortex_tasks.runtime.maintenance.tasks "
+            "import sweep_stale_jobs; print(json.dumps(sweep_stale_jobs(**MESSAGE)))")
+    return json.loads(stack.run(code).strip().splitlines()[-1])
+
+
+def sweep_orphans(bench: Bench, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Jobs a row found still open at its recovery bound, once the stale-job sweep's orphan pass can see
+    them (older than ORPHAN_AGE_SECONDS; runtime/maintenance/lost_messages.py): a job whose single message
+    was lost (a worker killed as it took it) is failed `message_lost` there, in production at most one sweep
+    period later. Each row keeps its count at the bound (`lost_at_bound`); `lost` becomes what is still
+    open after the pass, and `after_sweep` says what became of the others."""
+    from cortex_tasks.runtime.maintenance.lost_messages import ORPHAN_AGE_SECONDS
+
+    open_ids = [job for row in results for job in row.get("lost_ids", [])]
+    if not open_ids:
+        return None
+    time.sleep(max(0.0, bench.last_lost_at + ORPHAN_AGE_SECONDS + 5 - time.monotonic()))
+    found = run_sweep(bench.stack)
+    outcomes = job_outcomes(bench.stack, open_ids)
+    for row in results:
+        ids = row.get("lost_ids") or []
+        if not ids:
+            continue
+        still_open = [job for job in ids if outcomes.get(job, ("missing",))[0] not in FINISHED]
+        row["lost_at_bound"] = row["lost"]
+        row["lost"] -= len(ids) - len(still_open)
+        row["after_sweep"] = dict(Counter(" ".join(filter(None, (outcomes[job][0], outcomes[job][2])))
+                                          for job in ids if job not in still_open))
+    return {key: found[key] for key in ("orphaned_messages", "orphans_resent", "orphans_failed") if key in found}
+
+
 def sweep_after_redis_settles(stack: FaultStack) -> dict[str, Any]:
     """The stale-job sweep, run as Beat runs it, once the new Redis has been up long enough for it to compare
     the open jobs with the messages Redis holds (cortex_tasks/runtime/maintenance/lost_messages.py)."""
@@ -554,9 +593,7 @@ def sweep_after_redis_settles(stack: FaultStack) -> dict[str, Any]:
 
     uptime = int(redis.Redis.from_url(stack.env["REDIS_URL"]).info("server")["uptime_in_seconds"])
     time.sleep(max(0, SETTLE_AFTER_START_SECONDS + 1 - uptime))
-    code = ("import json; from beat_schedule import MESSAGE; from cortex_tasks.runtime.maintenance.tasks "
-            "import sweep_stale_jobs; print(json.dumps(sweep_stale_jobs(**MESSAGE)))")
-    found = json.loads(stack.run(code).strip().splitlines()[-1])
+    found = run_sweep(stack)
     return {key: found[key] for key in ("lost_messages", "lost_resent", "lost_failed") if key in found}
 
 
@@ -610,6 +647,7 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     relay: TcpRelay | None = None
     soaked: dict[str, Any] = {}
+    orphans: dict[str, Any] | None = None
     try:
         stack.start_services()
         stack.start_gateway(workers=2, threads=32)
@@ -631,6 +669,7 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
         results.append(drained(bench))
         for each in AFTER_LOAD:
             results.append(each(bench))
+        orphans = sweep_orphans(bench, results)
     finally:
         stack.close()
         if relay is not None:
@@ -642,6 +681,8 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
                                "duplicated": sum(r.get("duplicated", 0) for r in results),
                                "ok": all(r.get("lost", 0) == 0 and r.get("duplicated", 0) == 0 and r.get("ok", True)
                                          for r in results)}
+    if orphans is not None:
+        figures["orphan_sweep"] = orphans
     if soak_minutes:
         figures["soak"] = soaked
         figures["ok"] = figures["ok"] and soaked["ok"]
@@ -649,7 +690,8 @@ def run(quick: bool, soak_minutes: float | None = None) -> dict[str, Any]:
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:
-    columns = ("scenario", "accepted", "finished", "failed", "lost", "duplicated", "redelivered",
+    columns = ("scenario", "accepted", "finished", "failed", "lost", "lost_at_bound", "after_sweep", "duplicated",
+               "redelivered",
                "worst_answer_seconds", "statuses", "recovered_seconds", "ok", "skipped")
     print(" | ".join(columns))
     for row in results:
