@@ -7,7 +7,13 @@ a bootstep gives the loop the worker's start-up (settings, logging, readiness an
 shutdown (the loop stops with a warm shutdown, SIGTERM), and the worker's Celery queue `streams` carries
 the stream clean-up task. The loop runs in one thread of the worker's main process.
 
-Delivery: an entry is acknowledged (XACK) only after its verdicts are stored. A stream worker that dies
+Two threads: the consumer thread reads, scores and applies micro-batches to the shared state; the writer
+thread stores their verdicts (one commit for every batch waiting), then acknowledges them, and stores the
+windows event time has closed. A batch's commit (a disk flush) so overlaps the scoring of the next one,
+and no event waits for a window to be stored. At most MAX_BATCHES_UNSTORED batches wait for the writer;
+beyond, the consumer waits.
+
+Delivery: an entry is acknowledged (XACK) only after its verdicts are stored (committed). A stream worker that dies
 (SIGKILL, a lost machine) leaves its entries pending in the group; every worker looks, every
 CORTEX_STREAM_CLAIM_IDLE / 2 seconds, for entries pending longer than CORTEX_STREAM_CLAIM_IDLE and claims
 them (XAUTOCLAIM) — a restarted worker has a new consumer name, so it claims its own predecessor's entries
@@ -22,9 +28,11 @@ micro-batch; the state itself is never lost or counted twice (one atomic script 
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -39,12 +47,21 @@ from cortex_tasks.core.storage.tables import StreamDeclaration
 from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.streams.service import CONSUMER_GROUP, ensure_group, events_key
 from cortex_tasks.core.tenancy import all_tenants, tenant_scope
-from cortex_tasks.runtime.streams.service import StreamRuntime
+from cortex_tasks.runtime.streams.service import (
+    CLOSE_CHECK_SECONDS,
+    ScoredBatch,
+    StreamRuntime,
+    store_batches,
+)
 
 log = logging.getLogger(__name__)
 
 # Consumers of the group that have nothing pending and were idle this long are removed (restarts leave one each).
 FORGET_CONSUMER_MS = 3600 * 1000
+# Scored batches waiting for the writer thread at most; the consumer waits beyond (their entries are read,
+# not acknowledged: a worker killed now has them redelivered).
+MAX_BATCHES_UNSTORED = 16
+_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -97,10 +114,17 @@ class StreamConsumer:
         self._last_refresh = 0.0
         self._last_claim = 0.0
         self._unreadable: set[str] = set()  # events keys of declarations that fail validation
+        # Scored batches for the writer thread; None until start(): a consumer driven by hand (tests)
+        # stores each batch before _handle returns.
+        self._unstored: queue.Queue[Any] | None = None
+        self._writer: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._unstored = queue.Queue(maxsize=MAX_BATCHES_UNSTORED)
+        self._writer = threading.Thread(target=self._write, name="stream-writer", daemon=True)
+        self._writer.start()
         self._thread = threading.Thread(target=self.run, name="stream-consumer", daemon=True)
         self._thread.start()
 
@@ -108,12 +132,20 @@ class StreamConsumer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._writer is not None and self._unstored is not None:
+            # The batches already scored are stored and acknowledged before the worker exits.
+            self._unstored.put(_STOP)
+            self._writer.join(timeout)
 
     def run(self) -> None:
         log.info("stream consumer %s started", self.consumer)
         # Imported once here rather than in the first fit's thread, which would then take seconds longer
         # while the stream's first minutes go by unscored by the forest.
         importlib.import_module("sklearn.ensemble")
+        # The worker's start-up objects (modules, settings, models) never become garbage: out of the
+        # collector's sight, a full collection no longer walks them all while events wait.
+        gc.collect()
+        gc.freeze()
         while not self._stop.is_set():
             try:
                 self.run_once()
@@ -156,9 +188,8 @@ class StreamConsumer:
             return handled
         for key, entries in replies or []:
             handled += self._handle(key.decode() if isinstance(key, bytes) else key, entries)
-        for declared, runtime in list(self.runtimes.values()):
-            with tenant_scope(declared.tenant):
-                runtime.close_windows(self.settings.lateness)  # at most once a second per stream
+        if self._unstored is None:
+            self.close_windows()
         return handled
 
     def _handle(self, key: str, entries: list[tuple[Any, dict[bytes, bytes]]]) -> int:
@@ -167,16 +198,64 @@ class StreamConsumer:
             return 0
         declared, runtime = found
         ids = [entry_id.decode() if isinstance(entry_id, bytes) else entry_id for entry_id, _ in entries]
-        # The batch's metrics and live messages go with its acknowledgement: one round trip, after its
-        # verdicts are stored.
-        pipe = self.client.pipeline(transaction=False)
         with tenant_scope(declared.tenant):
-            runtime.process([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
-                            self.settings.lateness, pipe)
-        pipe.xack(key, CONSUMER_GROUP, *ids)
-        runtime.state.acknowledged(pipe, ids, int(time.time() * 1000))
-        pipe.execute()
+            batch = runtime.score([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
+                                  self.settings.lateness)
+        if self._unstored is not None:
+            self._unstored.put((key, batch))
+        else:
+            self._store([(key, batch)])
         return len(ids)
+
+    # --- the writer thread -------------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        """Store the scored batches as they come (every one waiting in one commit), and the closed windows."""
+        assert self._unstored is not None
+        stopping = False
+        while not stopping:
+            try:
+                waiting = [self._unstored.get(timeout=CLOSE_CHECK_SECONDS)]
+            except queue.Empty:
+                waiting = []
+            while True:
+                try:
+                    waiting.append(self._unstored.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = _STOP in waiting
+            batches = [item for item in waiting if item is not _STOP]
+            try:
+                if batches:
+                    self._store(batches)
+                self.close_windows()
+            except Exception:
+                # The batches stay pending (not acknowledged): claimed and scored again once the failure
+                # passes; their state updates are not applied twice, their verdicts not stored twice.
+                log.exception("stream writer: %d micro-batches could not be stored; their events stay pending",
+                              len(batches))
+                self._stop.wait(1.0)
+
+    def _store(self, batches: list[tuple[str, ScoredBatch]]) -> None:
+        """Store the batches' verdicts, then acknowledge their entries with their metrics and live messages
+        (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        by_tenant: dict[str, list[ScoredBatch]] = {}
+        for _, batch in batches:
+            by_tenant.setdefault(batch.runtime.tenant, []).append(batch)
+        for tenant, scored in by_tenant.items():
+            with tenant_scope(tenant):
+                store_batches(scored, pipe)
+        now_ms = int(time.time() * 1000)
+        for key, batch in batches:
+            pipe.xack(key, CONSUMER_GROUP, *batch.entry_ids)
+            batch.runtime.state.acknowledged(pipe, batch.entry_ids, now_ms)
+        pipe.execute()
+
+    def close_windows(self) -> None:
+        for declared, runtime in list(self.runtimes.values()):
+            with tenant_scope(declared.tenant):
+                runtime.close_windows(self.settings.lateness)  # at most once a second per stream
 
     def claim_abandoned(self) -> int:
         """Claim and process the entries other consumers left pending longer than the claim idle time."""

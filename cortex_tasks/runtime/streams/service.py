@@ -82,6 +82,40 @@ class BatchOutcome:
     closed_windows: int = 0
 
 
+@dataclass
+class ScoredBatch:
+    """A micro-batch scored and applied to the shared state whose verdicts are not stored yet (store_batches):
+    the consumer scores the next batch while this one's verdicts are committed."""
+
+    runtime: StreamRuntime
+    entry_ids: list[str]
+    outcome: BatchOutcome
+    verdict_columns: dict[str, Any] | None  # one array per column of _verdict_insert, None without verdicts
+    live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]]
+    new_verdicts: set[tuple[str, str]] = field(default_factory=set)
+
+
+def store_batches(batches: list[ScoredBatch], pipe: redis.client.Pipeline) -> None:
+    """Store the verdicts of scored batches (of any streams) in one transaction, then queue on `pipe` each
+    batch's metrics and live messages, and hand its anomalies to the alert rules. The caller acknowledges
+    the entries with `pipe`, after this returned: a verdict is durable before its event is acknowledged.
+
+    One commit for every batch waiting: when the commits fall behind (a slow disk), the next one takes all
+    the batches scored meanwhile, so the backlog does not grow by one commit per batch."""
+    decided = datetime.now(UTC)
+    with get_engine().begin() as connection:
+        for batch in batches:
+            if batch.verdict_columns is not None:
+                values = {**batch.verdict_columns, "decided_at": decided}
+                batch.new_verdicts = {(row.event_id, row.detector)
+                                      for row in connection.execute(_verdict_insert(), values)}
+                batch.outcome.stored_verdicts = len(batch.new_verdicts)
+    stored_at = time.time()
+    for batch in batches:
+        batch.outcome.latencies = [stored_at - arrival_of(item.entry_id) for item in batch.outcome.scored]
+        batch.runtime.after_store(batch, pipe)
+
+
 class StreamRuntime:
     """A declared stream as one stream worker runs it: the declaration, its detectors and its state."""
 
@@ -98,15 +132,21 @@ class StreamRuntime:
 
     # --- the batch ---------------------------------------------------------------------------------------
 
-    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float,
-                pipe: redis.client.Pipeline | None = None) -> BatchOutcome:
-        """Score, apply and store one micro-batch. Its metrics and live messages are queued on `pipe` when
-        one is given: the caller sends them with the batch's acknowledgement, in one round trip after the
-        verdicts are stored; without one they are sent here."""
-        own_pipe = pipe is None
-        pipe = pipe if pipe is not None else self.client.pipeline(transaction=False)
+    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> BatchOutcome:
+        """Score, apply and store one micro-batch, then store the windows event time has closed: the whole
+        of a batch in the caller's thread (the stream worker splits it: score() here, store_batches in its
+        writer thread)."""
+        batch = self.score(entries, lateness)
+        pipe = self.client.pipeline(transaction=False)
+        store_batches([batch], pipe)
+        pipe.execute()
+        batch.outcome.closed_windows = self.close_windows(lateness)
+        return batch.outcome
+
+    def score(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> ScoredBatch:
+        """Check, score and apply one micro-batch to the shared state; its verdicts are stored by
+        store_batches."""
         outcome = BatchOutcome()
-        self._new_verdicts: set[tuple[str, str]] = set()
         events: list[tuple[str, CheckedEvent]] = []
         rejected: list[tuple[str, str]] = []
         for entry_id, fields in entries:
@@ -119,20 +159,18 @@ class StreamRuntime:
         if rejected:
             self._reject(rejected)
             outcome.rejected = len(rejected)
-        live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]] = []
+        batch = ScoredBatch(self, [entry_id for entry_id, _ in entries], outcome, None, [])
         if events:
             outcome.scored = self._score(events)
-            outcome.stored_verdicts, live_windows = self._apply_and_store(outcome.scored, lateness)
-            stored_at = time.time()
-            outcome.latencies = [stored_at - arrival_of(entry_id) for entry_id, _ in events]
-        self._record(outcome, pipe)
-        if outcome.scored:
-            self._publish(outcome.scored, live_windows, pipe)
+            batch.verdict_columns, batch.live_windows = self._apply(outcome.scored, lateness)
             self._maybe_refit()
-        if own_pipe:
-            pipe.execute()
-        outcome.closed_windows = self.close_windows(lateness)
-        return outcome
+        return batch
+
+    def after_store(self, batch: ScoredBatch, pipe: redis.client.Pipeline) -> None:
+        """Once the batch's verdicts are stored: queue its metrics and live messages on `pipe`, raise its alerts."""
+        self._record(batch, pipe)
+        if batch.outcome.scored:
+            self._publish(batch.outcome.scored, batch.live_windows, pipe)
 
     def _score(self, events: list[tuple[str, CheckedEvent]]) -> list[ScoredEvent]:
         size, hop = self.spec.window.size, self.spec.window.hop
@@ -165,10 +203,11 @@ class StreamRuntime:
                             if self.forest is not None else None)
                 for index, (entry_id, event) in enumerate(events)]
 
-    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float
-                         ) -> tuple[int, list[tuple[str, ScoredEvent, tuple[list[float], int]]]]:
-        """Apply the events to the shared state and store their verdicts: (verdicts new, and the open window
-        of each key the batch touched, read back in the same round trip as the update, for the live view)."""
+    def _apply(self, scored: list[ScoredEvent], lateness: float
+               ) -> tuple[dict[str, Any] | None, list[tuple[str, ScoredEvent, tuple[list[float], int]]]]:
+        """Apply the events to the shared state: (their verdicts as _verdict_insert's arrays, to store, and
+        the open window of each key the batch touched, read back in the same round trip as the update, for
+        the live view)."""
         # A key's events are kept until no open window needs them (its latest event time minus a window,
         # a hop and the lateness, at least a minute): the state stays small at high rates.
         keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
@@ -193,25 +232,21 @@ class StreamRuntime:
         _, contents = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep,
                                        self._stale, names, self.spec.window.size, self._states)
         live_windows = [(key, item, content) for (key, item), content in zip(latest.items(), contents)]
-        decided = datetime.now(UTC)
         rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
                  item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
                 for item in scored for verdict in item.verdicts]
         if not rows:
-            return 0, live_windows
-        columns = list(zip(*rows))
-        values = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, columns)}
-        values.update(tenant=self.tenant, stream=self.name, decided_at=decided)
-        with get_engine().begin() as connection:
-            new = {(row.event_id, row.detector) for row in connection.execute(_verdict_insert(), values)}
-        self._new_verdicts = new
-        return len(new), live_windows
+            return None, live_windows
+        values: dict[str, Any] = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, zip(*rows))}
+        values.update(tenant=self.tenant, stream=self.name)
+        return values, live_windows
 
-    def _record(self, outcome: BatchOutcome, pipe: redis.client.Pipeline) -> None:
+    def _record(self, batch: ScoredBatch, pipe: redis.client.Pipeline) -> None:
+        outcome = batch.outcome
         counts: Counter[tuple[str, str]] = Counter()
         for item in outcome.scored:
             for verdict in item.verdicts:
-                if (item.entry_id, verdict.detector) in self._new_verdicts:
+                if (item.entry_id, verdict.detector) in batch.new_verdicts:
                     counts[(verdict.detector, verdict.outcome)] += 1
         metrics.record_batch(pipe, self.tenant, self.name, outcome.latencies, self.spec.latency_threshold, counts,
                              outcome.rejected)
@@ -254,12 +289,17 @@ class StreamRuntime:
         forest = self.forest
         if forest is None or not forest.wants_fit() or (self._fit_thread and self._fit_thread.is_alive()):
             return
-        rows = self.state.training_rows(forest.spec.max_rows)
-        if len(rows) < forest.spec.min_rows:
-            return
-        # Fitting takes a fraction of a second: a thread, so that scoring goes on with the previous forest.
-        self._fit_thread = threading.Thread(target=forest.fit, args=(rows,), name=f"fit-{self.name}", daemon=True)
+        # Reading the training rows and fitting take a fraction of a second: a thread, so that scoring goes
+        # on with the previous forest.
+        self._fit_thread = threading.Thread(target=self._refit, name=f"fit-{self.name}", daemon=True)
         self._fit_thread.start()
+
+    def _refit(self) -> None:
+        forest = self.forest
+        if forest is not None:
+            rows = self.state.training_rows(forest.spec.max_rows)
+            if len(rows) >= forest.spec.min_rows:
+                forest.fit(rows)
 
     def wait_for_fit(self, timeout: float = 30.0) -> None:
         """For tests and benchmarks: let a running fit finish."""
