@@ -7,11 +7,9 @@ a bootstep gives the loop the worker's start-up (settings, logging, readiness an
 shutdown (the loop stops with a warm shutdown, SIGTERM), and the worker's Celery queue `streams` carries
 the stream clean-up task. The loop runs in one thread of the worker's main process.
 
-Two threads: the consumer thread reads, scores and applies micro-batches to the shared state; the writer
-thread stores their verdicts (one commit for every batch waiting), then acknowledges them, and stores the
-windows event time has closed. A batch's commit (a disk flush) so overlaps the scoring of the next one,
-and no event waits for a window to be stored. At most MAX_BATCHES_UNSTORED batches wait for the writer;
-beyond, the consumer waits.
+Two threads: the consumer thread does only what an event waits for (read, score, apply to the shared
+state, store the verdicts, acknowledge); the housekeeping thread, once a second, stores the windows event
+time has closed and follows the declared streams, so that no event waits for either.
 
 Delivery: an entry is acknowledged (XACK) only after its verdicts are stored (committed). A stream worker that dies
 (SIGKILL, a lost machine) leaves its entries pending in the group; every worker looks, every
@@ -32,7 +30,6 @@ import gc
 import importlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -47,21 +44,12 @@ from cortex_tasks.core.storage.tables import StreamDeclaration
 from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.streams.service import CONSUMER_GROUP, ensure_group, events_key
 from cortex_tasks.core.tenancy import all_tenants, tenant_scope
-from cortex_tasks.runtime.streams.service import (
-    CLOSE_CHECK_SECONDS,
-    ScoredBatch,
-    StreamRuntime,
-    store_batches,
-)
+from cortex_tasks.runtime.streams.service import CLOSE_CHECK_SECONDS, StreamRuntime
 
 log = logging.getLogger(__name__)
 
 # Consumers of the group that have nothing pending and were idle this long are removed (restarts leave one each).
 FORGET_CONSUMER_MS = 3600 * 1000
-# Scored batches waiting for the writer thread at most; the consumer waits beyond (their entries are read,
-# not acknowledged: a worker killed now has them redelivered).
-MAX_BATCHES_UNSTORED = 16
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -114,28 +102,22 @@ class StreamConsumer:
         self._last_refresh = 0.0
         self._last_claim = 0.0
         self._unreadable: set[str] = set()  # events keys of declarations that fail validation
-        # Scored batches for the writer thread; None until start(): a consumer driven by hand (tests)
-        # stores each batch before _handle returns.
-        self._unstored: queue.Queue[Any] | None = None
-        self._writer: threading.Thread | None = None
+        # Started by start(); a consumer driven by hand (tests) closes windows and refreshes in run_once.
+        self._housekeeper: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._unstored = queue.Queue(maxsize=MAX_BATCHES_UNSTORED)
-        self._writer = threading.Thread(target=self._write, name="stream-writer", daemon=True)
-        self._writer.start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="stream-housekeeping", daemon=True)
+        self._housekeeper.start()
         self._thread = threading.Thread(target=self.run, name="stream-consumer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._writer is not None and self._unstored is not None:
-            # The batches already scored are stored and acknowledged before the worker exits.
-            self._unstored.put(_STOP)
-            self._writer.join(timeout)
+        for thread in (self._thread, self._housekeeper):
+            if thread is not None:
+                thread.join(timeout)
 
     def run(self) -> None:
         log.info("stream consumer %s started", self.consumer)
@@ -162,21 +144,24 @@ class StreamConsumer:
     # --- one round ---------------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Refresh, claim, read one micro-batch per stream and process it; the number of events handled."""
+        """Refresh (without a housekeeping thread), claim, read one micro-batch per stream and process it; the
+        number of events handled."""
         now = time.monotonic()
-        if now - self._last_refresh >= self.settings.refresh_seconds or not self.runtimes:
+        if self._housekeeper is None and (now - self._last_refresh >= self.settings.refresh_seconds
+                                          or not self.runtimes):
             self.refresh()
             self._last_refresh = now
         handled = 0
         if now - self._last_claim >= self.settings.claim_idle / 2:
             self._last_claim = now
             handled += self.claim_abandoned()
-        if not self.runtimes:
+        runtimes = self.runtimes  # replaced whole by refresh(), never changed in place
+        if not runtimes:
             self._stop.wait(self.settings.processing_interval)
             return handled
         block_ms = max(1, int(self.settings.processing_interval * 1000))
         try:
-            replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in self.runtimes},
+            replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in runtimes},
                                              count=self.settings.buffer_size, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -188,7 +173,7 @@ class StreamConsumer:
             return handled
         for key, entries in replies or []:
             handled += self._handle(key.decode() if isinstance(key, bytes) else key, entries)
-        if self._unstored is None:
+        if self._housekeeper is None:
             self.close_windows()
         return handled
 
@@ -198,59 +183,34 @@ class StreamConsumer:
             return 0
         declared, runtime = found
         ids = [entry_id.decode() if isinstance(entry_id, bytes) else entry_id for entry_id, _ in entries]
+        # The batch's metrics and live messages go with its acknowledgement: one round trip, after its
+        # verdicts are stored.
+        pipe = self.client.pipeline(transaction=False)
         with tenant_scope(declared.tenant):
-            batch = runtime.score([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
-                                  self.settings.lateness)
-        if self._unstored is not None:
-            self._unstored.put((key, batch))
-        else:
-            self._store([(key, batch)])
+            runtime.process([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
+                            self.settings.lateness, pipe, close_windows=False)
+        pipe.xack(key, CONSUMER_GROUP, *ids)
+        runtime.state.acknowledged(pipe, ids, int(time.time() * 1000))
+        pipe.execute()
         return len(ids)
 
-    # --- the writer thread -------------------------------------------------------------------------------
+    # --- the housekeeping thread -------------------------------------------------------------------------
 
-    def _write(self) -> None:
-        """Store the scored batches as they come (every one waiting in one commit), and the closed windows."""
-        assert self._unstored is not None
-        stopping = False
-        while not stopping:
+    def _housekeeping(self) -> None:
+        """Once a second: store the windows event time has closed; every CORTEX_STREAM_REFRESH_SECONDS: follow
+        the declared streams. Off the consumer thread, where each would hold up the events waiting."""
+        while True:
             try:
-                waiting = [self._unstored.get(timeout=CLOSE_CHECK_SECONDS)]
-            except queue.Empty:
-                waiting = []
-            while True:
-                try:
-                    waiting.append(self._unstored.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = _STOP in waiting
-            batches = [item for item in waiting if item is not _STOP]
-            try:
-                if batches:
-                    self._store(batches)
+                if time.monotonic() - self._last_refresh >= self.settings.refresh_seconds or not self.runtimes:
+                    self.refresh()
+                    self._last_refresh = time.monotonic()
                 self.close_windows()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("stream housekeeping: Redis unavailable (%s); retrying", exc)
             except Exception:
-                # The batches stay pending (not acknowledged): claimed and scored again once the failure
-                # passes; their state updates are not applied twice, their verdicts not stored twice.
-                log.exception("stream writer: %d micro-batches could not be stored; their events stay pending",
-                              len(batches))
-                self._stop.wait(1.0)
-
-    def _store(self, batches: list[tuple[str, ScoredBatch]]) -> None:
-        """Store the batches' verdicts, then acknowledge their entries with their metrics and live messages
-        (one round trip)."""
-        pipe = self.client.pipeline(transaction=False)
-        by_tenant: dict[str, list[ScoredBatch]] = {}
-        for _, batch in batches:
-            by_tenant.setdefault(batch.runtime.tenant, []).append(batch)
-        for tenant, scored in by_tenant.items():
-            with tenant_scope(tenant):
-                store_batches(scored, pipe)
-        now_ms = int(time.time() * 1000)
-        for key, batch in batches:
-            pipe.xack(key, CONSUMER_GROUP, *batch.entry_ids)
-            batch.runtime.state.acknowledged(pipe, batch.entry_ids, now_ms)
-        pipe.execute()
+                log.exception("stream housekeeping failed; retrying")
+            if self._stop.wait(min(CLOSE_CHECK_SECONDS, self.settings.refresh_seconds)):
+                return
 
     def close_windows(self) -> None:
         for declared, runtime in list(self.runtimes.values()):
@@ -297,13 +257,13 @@ class StreamConsumer:
 
     def refresh(self) -> None:
         """Follow the declared streams: start serving new ones, drop deleted ones (a stream declared again
-        under its name has a new id, hence new state)."""
+        under its name has a new id, hence new state). The consumer thread may be reading `runtimes`
+        meanwhile: it is replaced whole, never changed in place."""
         current = {events_key(d.tenant, d.name): d for d in declared_streams()}
-        for key in list(self.runtimes):
-            if key not in current or current[key].id != self.runtimes[key][0].id:
-                del self.runtimes[key]
+        runtimes = {key: served for key, served in self.runtimes.items()
+                    if key in current and current[key].id == served[0].id}
         for key, declared in current.items():
-            if key in self.runtimes:
+            if key in runtimes:
                 continue
             try:
                 spec = StreamSpec.model_validate(declared.spec)
@@ -321,7 +281,8 @@ class StreamConsumer:
             runtime = StreamRuntime(self.client, declared.tenant, declared.name, declared.id, spec,
                                     expectation=_forecast_expectation(declared.tenant, spec),
                                     alert_hook=raise_stream_alerts if spec.alert_rules else None)
-            self.runtimes[key] = (declared, runtime)
+            runtimes[key] = (declared, runtime)
+        self.runtimes = runtimes
 
     def _refresh_groups(self) -> None:
         for key in self.runtimes:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -24,7 +28,7 @@ import redis
 from sqlalchemy import ARRAY, Float, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from cortex_tasks.core.storage.db import get_engine
+from cortex_tasks.core.storage.db import durable_autocommit_engine, get_engine
 from cortex_tasks.core.storage.tables import StreamVerdict, StreamWindow
 from cortex_tasks.core.streams import metrics
 from cortex_tasks.core.streams.declarations import StreamSpec
@@ -84,8 +88,7 @@ class BatchOutcome:
 
 @dataclass
 class ScoredBatch:
-    """A micro-batch scored and applied to the shared state whose verdicts are not stored yet (store_batches):
-    the consumer scores the next batch while this one's verdicts are committed."""
+    """A micro-batch scored and applied to the shared state, its verdicts not stored yet (store_batches)."""
 
     runtime: StreamRuntime
     entry_ids: list[str]
@@ -96,24 +99,29 @@ class ScoredBatch:
 
 
 def store_batches(batches: list[ScoredBatch], pipe: redis.client.Pipeline) -> None:
-    """Store the verdicts of scored batches (of any streams) in one transaction, then queue on `pipe` each
-    batch's metrics and live messages, and hand its anomalies to the alert rules. The caller acknowledges
-    the entries with `pipe`, after this returned: a verdict is durable before its event is acknowledged.
-
-    One commit for every batch waiting: when the commits fall behind (a slow disk), the next one takes all
-    the batches scored meanwhile, so the backlog does not grow by one commit per batch."""
+    """Store the verdicts of scored batches (of one tenant), then queue on `pipe` each batch's metrics and
+    live messages, and hand its anomalies to the alert rules. The caller acknowledges the entries with
+    `pipe`, after this returned: a verdict is durable before its event is acknowledged."""
     decided = datetime.now(UTC)
-    with get_engine().begin() as connection:
-        for batch in batches:
-            if batch.verdict_columns is not None:
-                values = {**batch.verdict_columns, "decided_at": decided}
-                batch.new_verdicts = {(row.event_id, row.detector)
-                                      for row in connection.execute(_verdict_insert(), values)}
-                batch.outcome.stored_verdicts = len(batch.new_verdicts)
+    statements = [batch for batch in batches if batch.verdict_columns is not None]
+    if len(statements) == 1:
+        # One statement is its own transaction: one round trip, committed (flushed) when it returns.
+        with durable_autocommit_engine().connect() as connection:
+            _insert_verdicts(connection, statements[0], decided)
+    elif statements:
+        with get_engine().begin() as connection:
+            for batch in statements:
+                _insert_verdicts(connection, batch, decided)
     stored_at = time.time()
     for batch in batches:
         batch.outcome.latencies = [stored_at - arrival_of(item.entry_id) for item in batch.outcome.scored]
         batch.runtime.after_store(batch, pipe)
+
+
+def _insert_verdicts(connection: Any, batch: ScoredBatch, decided: datetime) -> None:
+    values = {**(batch.verdict_columns or {}), "decided_at": decided}
+    batch.new_verdicts = {(row.event_id, row.detector) for row in connection.execute(_verdict_insert(), values)}
+    batch.outcome.stored_verdicts = len(batch.new_verdicts)
 
 
 class StreamRuntime:
@@ -132,15 +140,20 @@ class StreamRuntime:
 
     # --- the batch ---------------------------------------------------------------------------------------
 
-    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> BatchOutcome:
-        """Score, apply and store one micro-batch, then store the windows event time has closed: the whole
-        of a batch in the caller's thread (the stream worker splits it: score() here, store_batches in its
-        writer thread)."""
+    def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float,
+                pipe: redis.client.Pipeline | None = None, close_windows: bool = True) -> BatchOutcome:
+        """Score, apply and store one micro-batch, then (unless told not to: the stream worker does it in a
+        thread of its own) store the windows event time has closed. The batch's metrics and live messages
+        are queued on `pipe` when one is given: the caller sends them with the batch's acknowledgement, in
+        one round trip after the verdicts are stored; without one they are sent here."""
         batch = self.score(entries, lateness)
-        pipe = self.client.pipeline(transaction=False)
+        own_pipe = pipe is None
+        pipe = pipe if pipe is not None else self.client.pipeline(transaction=False)
         store_batches([batch], pipe)
-        pipe.execute()
-        batch.outcome.closed_windows = self.close_windows(lateness)
+        if own_pipe:
+            pipe.execute()
+        if close_windows:
+            batch.outcome.closed_windows = self.close_windows(lateness)
         return batch.outcome
 
     def score(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> ScoredBatch:
@@ -299,7 +312,7 @@ class StreamRuntime:
         if forest is not None:
             rows = self.state.training_rows(forest.spec.max_rows)
             if len(rows) >= forest.spec.min_rows:
-                forest.fit(rows)
+                forest.fit(rows, run=in_fit_process)
 
     def wait_for_fit(self, timeout: float = 30.0) -> None:
         """For tests and benchmarks: let a running fit finish."""
@@ -377,6 +390,36 @@ def _verdict_insert() -> Any:
     return (pg_insert(table).from_select([*_VERDICT_ARRAYS, "tenant", "stream", "decided_at"], selected)
             .on_conflict_do_nothing(constraint="uq_stream_verdicts_event_detector")
             .returning(table.c.event_id, table.c.detector))
+
+
+_fit_processes: dict[int, ProcessPoolExecutor] = {}
+_fit_processes_lock = threading.Lock()
+
+
+def in_fit_process(function: Callable[..., Any], *arguments: Any) -> Any:
+    """function(*arguments) in the stream worker's fit process. A fit is a few hundred milliseconds of
+    Python and NumPy: in a thread of the worker it would hold the interpreter lock against the scoring of
+    events (each of their round trips waiting for it again), in a process of its own it does not, and the
+    process runs at a lower priority. Started on the first fit (spawned: the worker has threads), one per
+    worker process; a fit process that died is replaced, and the fit is made in this process meanwhile."""
+    pid = os.getpid()
+    with _fit_processes_lock:
+        pool = _fit_processes.get(pid)
+        if pool is None:
+            pool = _fit_processes[pid] = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
+    try:
+        return pool.submit(function, *arguments).result()
+    except BrokenProcessPool:
+        log.warning("the stream fit process died; fitting in the worker, a new one is started for the next fit")
+        with _fit_processes_lock:
+            if _fit_processes.get(pid) is pool:
+                del _fit_processes[pid]
+        return function(*arguments)
+
+
+def _lower_priority() -> None:
+    os.nice(10)
 
 
 def _start_text(start: float) -> str:
