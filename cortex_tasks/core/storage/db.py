@@ -150,6 +150,22 @@ def quick_write_engine() -> Engine:
 
 
 @lru_cache(maxsize=1)
+def durable_autocommit_engine() -> Engine:
+    """For single-statement writes that must be durable before the caller goes on (a stream's verdicts,
+    acknowledged only once stored): autocommit, so the statement is its own transaction and one round trip
+    instead of three, with the WAL flushed before it returns (synchronous_commit left on)."""
+    return _bounded(create_engine(
+        sqlalchemy_url(get_settings().database_url),
+        isolation_level="AUTOCOMMIT",
+        connect_args=_connect_args(),
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=_pool_timeout(),
+        pool_recycle=3600,
+    ))
+
+
+@lru_cache(maxsize=1)
 def _session_factory() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
@@ -217,7 +233,7 @@ def _tenant_owned_tables() -> frozenset[str]:
 
 
 def reset_engine() -> None:
-    for factory in (get_engine, quick_write_engine):
+    for factory in (get_engine, quick_write_engine, durable_autocommit_engine):
         if factory.cache_info().currsize:
             factory().dispose(close=False)
         factory.cache_clear()

@@ -7,7 +7,11 @@ a bootstep gives the loop the worker's start-up (settings, logging, readiness an
 shutdown (the loop stops with a warm shutdown, SIGTERM), and the worker's Celery queue `streams` carries
 the stream clean-up task. The loop runs in one thread of the worker's main process.
 
-Delivery: an entry is acknowledged (XACK) only after its verdicts are stored. A stream worker that dies
+Two threads: the consumer thread does only what an event waits for (read, score, apply to the shared
+state, store the verdicts, acknowledge); the housekeeping thread, once a second, stores the windows event
+time has closed and follows the declared streams, so that no event waits for either.
+
+Delivery: an entry is acknowledged (XACK) only after its verdicts are stored (committed). A stream worker that dies
 (SIGKILL, a lost machine) leaves its entries pending in the group; every worker looks, every
 CORTEX_STREAM_CLAIM_IDLE / 2 seconds, for entries pending longer than CORTEX_STREAM_CLAIM_IDLE and claims
 them (XAUTOCLAIM) — a restarted worker has a new consumer name, so it claims its own predecessor's entries
@@ -22,6 +26,7 @@ micro-batch; the state itself is never lost or counted twice (one atomic script 
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -39,7 +44,7 @@ from cortex_tasks.core.storage.tables import StreamDeclaration
 from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.streams.service import CONSUMER_GROUP, ensure_group, events_key
 from cortex_tasks.core.tenancy import all_tenants, tenant_scope
-from cortex_tasks.runtime.streams.service import StreamRuntime
+from cortex_tasks.runtime.streams.service import CLOSE_CHECK_SECONDS, StreamRuntime
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +102,32 @@ class StreamConsumer:
         self._last_refresh = 0.0
         self._last_claim = 0.0
         self._unreadable: set[str] = set()  # events keys of declarations that fail validation
+        # Started by start(); a consumer driven by hand (tests) closes windows and refreshes in run_once.
+        self._housekeeper: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="stream-housekeeping", daemon=True)
+        self._housekeeper.start()
         self._thread = threading.Thread(target=self.run, name="stream-consumer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._housekeeper):
+            if thread is not None:
+                thread.join(timeout)
 
     def run(self) -> None:
         log.info("stream consumer %s started", self.consumer)
         # Imported once here rather than in the first fit's thread, which would then take seconds longer
         # while the stream's first minutes go by unscored by the forest.
         importlib.import_module("sklearn.ensemble")
+        # The worker's start-up objects (modules, settings, models) never become garbage: out of the
+        # collector's sight, a full collection no longer walks them all while events wait.
+        gc.collect()
+        gc.freeze()
         while not self._stop.is_set():
             try:
                 self.run_once()
@@ -130,21 +144,24 @@ class StreamConsumer:
     # --- one round ---------------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Refresh, claim, read one micro-batch per stream and process it; the number of events handled."""
+        """Refresh (without a housekeeping thread), claim, read one micro-batch per stream and process it; the
+        number of events handled."""
         now = time.monotonic()
-        if now - self._last_refresh >= self.settings.refresh_seconds or not self.runtimes:
+        if self._housekeeper is None and (now - self._last_refresh >= self.settings.refresh_seconds
+                                          or not self.runtimes):
             self.refresh()
             self._last_refresh = now
         handled = 0
         if now - self._last_claim >= self.settings.claim_idle / 2:
             self._last_claim = now
             handled += self.claim_abandoned()
-        if not self.runtimes:
+        runtimes = self.runtimes  # replaced whole by refresh(), never changed in place
+        if not runtimes:
             self._stop.wait(self.settings.processing_interval)
             return handled
         block_ms = max(1, int(self.settings.processing_interval * 1000))
         try:
-            replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in self.runtimes},
+            replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in runtimes},
                                              count=self.settings.buffer_size, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -156,9 +173,8 @@ class StreamConsumer:
             return handled
         for key, entries in replies or []:
             handled += self._handle(key.decode() if isinstance(key, bytes) else key, entries)
-        for declared, runtime in list(self.runtimes.values()):
-            with tenant_scope(declared.tenant):
-                runtime.close_windows(self.settings.lateness)  # at most once a second per stream
+        if self._housekeeper is None:
+            self.close_windows()
         return handled
 
     def _handle(self, key: str, entries: list[tuple[Any, dict[bytes, bytes]]]) -> int:
@@ -172,11 +188,34 @@ class StreamConsumer:
         pipe = self.client.pipeline(transaction=False)
         with tenant_scope(declared.tenant):
             runtime.process([(entry_id, fields or {}) for entry_id, (_, fields) in zip(ids, entries)],
-                            self.settings.lateness, pipe)
+                            self.settings.lateness, pipe, close_windows=False)
         pipe.xack(key, CONSUMER_GROUP, *ids)
         runtime.state.acknowledged(pipe, ids, int(time.time() * 1000))
         pipe.execute()
         return len(ids)
+
+    # --- the housekeeping thread -------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        """Once a second: store the windows event time has closed; every CORTEX_STREAM_REFRESH_SECONDS: follow
+        the declared streams. Off the consumer thread, where each would hold up the events waiting."""
+        while True:
+            try:
+                if time.monotonic() - self._last_refresh >= self.settings.refresh_seconds or not self.runtimes:
+                    self.refresh()
+                    self._last_refresh = time.monotonic()
+                self.close_windows()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("stream housekeeping: Redis unavailable (%s); retrying", exc)
+            except Exception:
+                log.exception("stream housekeeping failed; retrying")
+            if self._stop.wait(min(CLOSE_CHECK_SECONDS, self.settings.refresh_seconds)):
+                return
+
+    def close_windows(self) -> None:
+        for declared, runtime in list(self.runtimes.values()):
+            with tenant_scope(declared.tenant):
+                runtime.close_windows(self.settings.lateness)  # at most once a second per stream
 
     def claim_abandoned(self) -> int:
         """Claim and process the entries other consumers left pending longer than the claim idle time."""
@@ -218,13 +257,13 @@ class StreamConsumer:
 
     def refresh(self) -> None:
         """Follow the declared streams: start serving new ones, drop deleted ones (a stream declared again
-        under its name has a new id, hence new state)."""
+        under its name has a new id, hence new state). The consumer thread may be reading `runtimes`
+        meanwhile: it is replaced whole, never changed in place."""
         current = {events_key(d.tenant, d.name): d for d in declared_streams()}
-        for key in list(self.runtimes):
-            if key not in current or current[key].id != self.runtimes[key][0].id:
-                del self.runtimes[key]
+        runtimes = {key: served for key, served in self.runtimes.items()
+                    if key in current and current[key].id == served[0].id}
         for key, declared in current.items():
-            if key in self.runtimes:
+            if key in runtimes:
                 continue
             try:
                 spec = StreamSpec.model_validate(declared.spec)
@@ -242,7 +281,8 @@ class StreamConsumer:
             runtime = StreamRuntime(self.client, declared.tenant, declared.name, declared.id, spec,
                                     expectation=_forecast_expectation(declared.tenant, spec),
                                     alert_hook=raise_stream_alerts if spec.alert_rules else None)
-            self.runtimes[key] = (declared, runtime)
+            runtimes[key] = (declared, runtime)
+        self.runtimes = runtimes
 
     def _refresh_groups(self) -> None:
         for key in self.runtimes:

@@ -258,6 +258,15 @@ class CompiledForest:
         return 2.0 ** (-depths / self.denominator)
 
 
+def fit_forest(trees: int, contamination: float, rows: np.ndarray) -> tuple[CompiledForest, float]:
+    """A seeded IsolationForest fitted on `rows`, compiled, and its outcome threshold (the same rows give the
+    same forest in any process)."""
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(n_estimators=trees, contamination=contamination, random_state=RANDOM_STATE).fit(rows)
+    return CompiledForest(forest), float(-forest.offset_)
+
+
 class IsolationForestDetector(_StreamDetector):
     """scikit-learn IsolationForest on the events' forest rows (features.forest_row: departures from the
     key's own levels, in its own spread, and the rate ratio). Fitted per stream on its recent rows
@@ -283,18 +292,17 @@ class IsolationForestDetector(_StreamDetector):
     def wants_fit(self) -> bool:
         return (not self.fitted or self._since_fit >= self.spec.refit_every) and not self._fitting.locked()
 
-    def fit(self, rows: list[list[float]]) -> bool:
-        """Fit on `rows` (run in a thread by the consumer); False if there are too few or a fit is running."""
+    def fit(self, rows: list[list[float]], run: Callable[..., Any] | None = None) -> bool:
+        """Fit on `rows` (in a thread of the stream worker, which passes `run`: it runs fit_forest in another
+        process and returns its result); False if there are too few or a fit is running."""
         # Rows of another width were stored by a release whose forest saw other features: they age out.
         rows = [row for row in rows if len(row) == len(FOREST_FEATURES)]
         if len(rows) < self.spec.min_rows or not self._fitting.acquire(blocking=False):
             return False
         try:
-            from sklearn.ensemble import IsolationForest
-
-            forest = IsolationForest(n_estimators=self.spec.trees, contamination=self.spec.contamination,
-                                     random_state=RANDOM_STATE).fit(np.asarray(rows, dtype=float))
-            self._forest, self._threshold, self._since_fit = CompiledForest(forest), float(-forest.offset_), 0
+            arguments = (self.spec.trees, self.spec.contamination, np.asarray(rows, dtype=float))
+            compiled, threshold = run(fit_forest, *arguments) if run is not None else fit_forest(*arguments)
+            self._forest, self._threshold, self._since_fit = compiled, threshold, 0
             return True
         finally:
             self._fitting.release()

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -24,7 +28,7 @@ import redis
 from sqlalchemy import ARRAY, Float, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from cortex_tasks.core.storage.db import get_engine
+from cortex_tasks.core.storage.db import durable_autocommit_engine, get_engine
 from cortex_tasks.core.storage.tables import StreamVerdict, StreamWindow
 from cortex_tasks.core.streams import metrics
 from cortex_tasks.core.streams.declarations import StreamSpec
@@ -82,6 +86,43 @@ class BatchOutcome:
     closed_windows: int = 0
 
 
+@dataclass
+class ScoredBatch:
+    """A micro-batch scored and applied to the shared state, its verdicts not stored yet (store_batches)."""
+
+    runtime: StreamRuntime
+    entry_ids: list[str]
+    outcome: BatchOutcome
+    verdict_columns: dict[str, Any] | None  # one array per column of _verdict_insert, None without verdicts
+    live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]]
+    new_verdicts: set[tuple[str, str]] = field(default_factory=set)
+
+
+def store_batches(batches: list[ScoredBatch], pipe: redis.client.Pipeline) -> None:
+    """Store the verdicts of scored batches (of one tenant), then queue on `pipe` each batch's metrics and
+    live messages, and hand its anomalies to the alert rules. The caller acknowledges the entries with
+    `pipe`, after this returned: a verdict is durable before its event is acknowledged."""
+    statements = [batch for batch in batches if batch.verdict_columns is not None]
+    if len(statements) == 1:
+        # One statement is its own transaction: one round trip, committed (flushed) when it returns.
+        with durable_autocommit_engine().connect() as connection:
+            _insert_verdicts(connection, statements[0])
+    elif statements:
+        with get_engine().begin() as connection:
+            for batch in statements:
+                _insert_verdicts(connection, batch)
+    stored_at = time.time()
+    for batch in batches:
+        batch.outcome.latencies = [stored_at - arrival_of(item.entry_id) for item in batch.outcome.scored]
+        batch.runtime.after_store(batch, pipe)
+
+
+def _insert_verdicts(connection: Any, batch: ScoredBatch) -> None:
+    rows = connection.execute(_verdict_insert(), batch.verdict_columns or {})
+    batch.new_verdicts = {(row.event_id, row.detector) for row in rows}
+    batch.outcome.stored_verdicts = len(batch.new_verdicts)
+
+
 class StreamRuntime:
     """A declared stream as one stream worker runs it: the declaration, its detectors and its state."""
 
@@ -99,14 +140,25 @@ class StreamRuntime:
     # --- the batch ---------------------------------------------------------------------------------------
 
     def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float,
-                pipe: redis.client.Pipeline | None = None) -> BatchOutcome:
-        """Score, apply and store one micro-batch. Its metrics and live messages are queued on `pipe` when
-        one is given: the caller sends them with the batch's acknowledgement, in one round trip after the
-        verdicts are stored; without one they are sent here."""
+                pipe: redis.client.Pipeline | None = None, close_windows: bool = True) -> BatchOutcome:
+        """Score, apply and store one micro-batch, then (unless told not to: the stream worker does it in a
+        thread of its own) store the windows event time has closed. The batch's metrics and live messages
+        are queued on `pipe` when one is given: the caller sends them with the batch's acknowledgement, in
+        one round trip after the verdicts are stored; without one they are sent here."""
+        batch = self.score(entries, lateness)
         own_pipe = pipe is None
         pipe = pipe if pipe is not None else self.client.pipeline(transaction=False)
+        store_batches([batch], pipe)
+        if own_pipe:
+            pipe.execute()
+        if close_windows:
+            batch.outcome.closed_windows = self.close_windows(lateness)
+        return batch.outcome
+
+    def score(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> ScoredBatch:
+        """Check, score and apply one micro-batch to the shared state; its verdicts are stored by
+        store_batches."""
         outcome = BatchOutcome()
-        self._new_verdicts: set[tuple[str, str]] = set()
         events: list[tuple[str, CheckedEvent]] = []
         rejected: list[tuple[str, str]] = []
         for entry_id, fields in entries:
@@ -119,20 +171,18 @@ class StreamRuntime:
         if rejected:
             self._reject(rejected)
             outcome.rejected = len(rejected)
-        live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]] = []
+        batch = ScoredBatch(self, [entry_id for entry_id, _ in entries], outcome, None, [])
         if events:
             outcome.scored = self._score(events)
-            outcome.stored_verdicts, live_windows = self._apply_and_store(outcome.scored, lateness)
-            stored_at = time.time()
-            outcome.latencies = [stored_at - arrival_of(entry_id) for entry_id, _ in events]
-        self._record(outcome, pipe)
-        if outcome.scored:
-            self._publish(outcome.scored, live_windows, pipe)
+            batch.verdict_columns, batch.live_windows = self._apply(outcome.scored, lateness)
             self._maybe_refit()
-        if own_pipe:
-            pipe.execute()
-        outcome.closed_windows = self.close_windows(lateness)
-        return outcome
+        return batch
+
+    def after_store(self, batch: ScoredBatch, pipe: redis.client.Pipeline) -> None:
+        """Once the batch's verdicts are stored: queue its metrics and live messages on `pipe`, raise its alerts."""
+        self._record(batch, pipe)
+        if batch.outcome.scored:
+            self._publish(batch.outcome.scored, batch.live_windows, pipe)
 
     def _score(self, events: list[tuple[str, CheckedEvent]]) -> list[ScoredEvent]:
         size, hop = self.spec.window.size, self.spec.window.hop
@@ -165,10 +215,11 @@ class StreamRuntime:
                             if self.forest is not None else None)
                 for index, (entry_id, event) in enumerate(events)]
 
-    def _apply_and_store(self, scored: list[ScoredEvent], lateness: float
-                         ) -> tuple[int, list[tuple[str, ScoredEvent, tuple[list[float], int]]]]:
-        """Apply the events to the shared state and store their verdicts: (verdicts new, and the open window
-        of each key the batch touched, read back in the same round trip as the update, for the live view)."""
+    def _apply(self, scored: list[ScoredEvent], lateness: float
+               ) -> tuple[dict[str, Any] | None, list[tuple[str, ScoredEvent, tuple[list[float], int]]]]:
+        """Apply the events to the shared state: (their verdicts as _verdict_insert's arrays, to store, and
+        the open window of each key the batch touched, read back in the same round trip as the update, for
+        the live view)."""
         # A key's events are kept until no open window needs them (its latest event time minus a window,
         # a hop and the lateness, at least a minute): the state stays small at high rates.
         keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
@@ -197,20 +248,17 @@ class StreamRuntime:
                  item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
                 for item in scored for verdict in item.verdicts]
         if not rows:
-            return 0, live_windows
-        columns = list(zip(*rows))
-        values = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, columns)}
+            return None, live_windows
+        values: dict[str, Any] = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, zip(*rows))}
         values.update(tenant=self.tenant, stream=self.name)
-        with get_engine().begin() as connection:
-            new = {(row.event_id, row.detector) for row in connection.execute(_verdict_insert(), values)}
-        self._new_verdicts = new
-        return len(new), live_windows
+        return values, live_windows
 
-    def _record(self, outcome: BatchOutcome, pipe: redis.client.Pipeline) -> None:
+    def _record(self, batch: ScoredBatch, pipe: redis.client.Pipeline) -> None:
+        outcome = batch.outcome
         counts: Counter[tuple[str, str]] = Counter()
         for item in outcome.scored:
             for verdict in item.verdicts:
-                if (item.entry_id, verdict.detector) in self._new_verdicts:
+                if (item.entry_id, verdict.detector) in batch.new_verdicts:
                     counts[(verdict.detector, verdict.outcome)] += 1
         metrics.record_batch(pipe, self.tenant, self.name, outcome.latencies, self.spec.latency_threshold, counts,
                              outcome.rejected)
@@ -253,12 +301,17 @@ class StreamRuntime:
         forest = self.forest
         if forest is None or not forest.wants_fit() or (self._fit_thread and self._fit_thread.is_alive()):
             return
-        rows = self.state.training_rows(forest.spec.max_rows)
-        if len(rows) < forest.spec.min_rows:
-            return
-        # Fitting takes a fraction of a second: a thread, so that scoring goes on with the previous forest.
-        self._fit_thread = threading.Thread(target=forest.fit, args=(rows,), name=f"fit-{self.name}", daemon=True)
+        # Reading the training rows and fitting take a fraction of a second: a thread, so that scoring goes
+        # on with the previous forest.
+        self._fit_thread = threading.Thread(target=self._refit, name=f"fit-{self.name}", daemon=True)
         self._fit_thread.start()
+
+    def _refit(self) -> None:
+        forest = self.forest
+        if forest is not None:
+            rows = self.state.training_rows(forest.spec.max_rows)
+            if len(rows) >= forest.spec.min_rows:
+                forest.fit(rows, run=in_fit_process)
 
     def wait_for_fit(self, timeout: float = 30.0) -> None:
         """For tests and benchmarks: let a running fit finish."""
@@ -338,6 +391,36 @@ def _verdict_insert() -> Any:
     return (pg_insert(table).from_select([*_VERDICT_ARRAYS, "tenant", "stream", "decided_at"], selected)
             .on_conflict_do_nothing(constraint="uq_stream_verdicts_event_detector")
             .returning(table.c.event_id, table.c.detector))
+
+
+_fit_processes: dict[int, ProcessPoolExecutor] = {}
+_fit_processes_lock = threading.Lock()
+
+
+def in_fit_process(function: Callable[..., Any], *arguments: Any) -> Any:
+    """function(*arguments) in the stream worker's fit process. A fit is a few hundred milliseconds of
+    Python and NumPy: in a thread of the worker it would hold the interpreter lock against the scoring of
+    events (each of their round trips waiting for it again), in a process of its own it does not, and the
+    process runs at a lower priority. Started on the first fit (spawned: the worker has threads), one per
+    worker process; a fit process that died is replaced, and the fit is made in this process meanwhile."""
+    pid = os.getpid()
+    with _fit_processes_lock:
+        pool = _fit_processes.get(pid)
+        if pool is None:
+            pool = _fit_processes[pid] = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
+    try:
+        return pool.submit(function, *arguments).result()
+    except BrokenProcessPool:
+        log.warning("the stream fit process died; fitting in the worker, a new one is started for the next fit")
+        with _fit_processes_lock:
+            if _fit_processes.get(pid) is pool:
+                del _fit_processes[pid]
+        return function(*arguments)
+
+
+def _lower_priority() -> None:
+    os.nice(10)
 
 
 def _start_text(start: float) -> str:
