@@ -11,7 +11,7 @@ Between the two, the gathering window adapts to the load (as BentoML's and Trito
 a group has a message in flight (the worker is busy with it) and requests arrive faster than the window,
 a new message does not leave with its first request: it gathers until arrivals pause (`quiet`: three
 times the group's usual gap between requests arriving together) or its first request has waited the
-window (half the group's measured round trip, at most CORTEX_COALESCE_MAX_WAIT_MS), whichever comes
+window (half the group's measured round trip, at most CORTEX_COALESCE_MAX_WAIT_MS, 20), whichever comes
 first. A closed loop of 16 clients otherwise sent every reply's first returning request alone, the rest
 a moment later: half the messages carried one item. With sparse arrivals the window is zero and a
 request leaves at once, as it does when nothing is in flight, so a single client never waits for it.
@@ -91,6 +91,9 @@ PACE_WEIGHT = 0.2
 QUIET_GAPS = 3.0
 # ... but not less than this (a thread wake-up and an HTTP parse apart on a busy two-core machine).
 MIN_QUIET_SECONDS = 0.0005
+# Gaps shorter than this share of the largest window are requests arriving together; longer ones (a few
+# clients taking turns) must not stretch the quiet time to the whole window.
+BURST_SHARE = 0.25
 
 
 @dataclass
@@ -100,7 +103,7 @@ class Pace:
 
     last_arrival: float | None = None
     gap: float | None = None  # between consecutive arrivals, all of them
-    burst_gap: float | None = None  # between arrivals closer than the largest window (requests arriving together)
+    burst_gap: float | None = None  # between arrivals arriving together (BURST_SHARE)
     round_trip: float | None = None  # from a message's sending to its reply
 
     def arrived(self, now: float, max_window: float) -> None:
@@ -109,7 +112,7 @@ class Pace:
             # Clipped: only "within the window or not" matters, and an idle minute must not make the
             # group look sparse for the next hundred requests.
             self.gap = _moving(self.gap, min(gap, 2 * max_window))
-            if gap < max_window:
+            if gap < max_window * BURST_SHARE:
                 self.burst_gap = _moving(self.burst_gap, gap)
         self.last_arrival = now
 
@@ -141,7 +144,7 @@ def group_for(task: str, model: str, params: dict[str, Any], priority: int, queu
 class Coalescer:
     def __init__(self, listener: ReplyListener, enabled: bool = True,
                  max_items_for: Callable[[str], int] = lambda _model: 32, max_inflight: int = 4,
-                 inflight_timeout: float = 60.0, max_wait: float = 0.01,
+                 inflight_timeout: float = 60.0, max_wait: float = 0.02,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.listener = listener
         self.enabled = enabled

@@ -840,7 +840,7 @@ class Settings(FromEnvironment):
     )
     coalesce_max_wait_ms: float = variable(
         "CORTEX_COALESCE_MAX_WAIT_MS",
-        10.0,
+        20.0,
         "Longest a busy model's gathering message waits for more requests (adaptive; 0: never waits).",
         ge=0,
     )

@@ -4,7 +4,7 @@ requests arrive further apart than the window, sends each at once. Time is given
 from __future__ import annotations
 
 from cortex_tasks.core.jobs.store import NewJob
-from cortex_web.coalescer import Coalescer, Group, Pace, PendingJob
+from cortex_web.coalescer import MIN_QUIET_SECONDS, Coalescer, Group, Pace, PendingJob
 from cortex_web.replies import ReplyListener
 
 GROUP = Group(tenant="default", task="embed", model="m", params_json="{}", priority=4, queue="gpu",
@@ -97,7 +97,7 @@ def test_a_window_of_zero_never_holds_a_request():
 
 def test_the_pace_is_measured_from_arrivals_and_replies():
     clock = Clock()
-    coalescer, sent = _coalescer(clock=clock)
+    coalescer, _ = _coalescer(clock=clock)
     for index in range(3):
         clock.now = 10.0 + index * 0.002
         coalescer.submit(GROUP, _job(f"job-{index}", clock.now))
@@ -110,9 +110,19 @@ def test_the_pace_is_measured_from_arrivals_and_replies():
     assert abs(pace.round_trip - 0.03) < 1e-9
 
 
-def test_the_shipped_default_window_is_ten_milliseconds(monkeypatch):
+def test_clients_taking_turns_do_not_stretch_the_quiet_time():
+    """Gaps of a few clients taking turns (8 ms with a 20 ms window) are not a burst's: a gathering of
+    theirs leaves after the shortest quiet time, not after the whole window."""
+    pace = Pace()
+    for index in range(10):
+        pace.arrived(index * 0.008, max_window=0.02)
+    assert pace.burst_gap is None
+    assert pace.quiet(window=0.02) == MIN_QUIET_SECONDS
+
+
+def test_the_shipped_default_window_is_twenty_milliseconds(monkeypatch):
     from cortex_tasks.core.settings import Settings
 
     monkeypatch.delenv("CORTEX_COALESCE_MAX_WAIT_MS", raising=False)
-    assert Settings().coalesce_max_wait_ms == 10.0
-    assert Coalescer(ReplyListener("redis://127.0.0.1:1/0")).max_wait == 0.01
+    assert Settings().coalesce_max_wait_ms == 20.0
+    assert Coalescer(ReplyListener("redis://127.0.0.1:1/0")).max_wait == 0.02
