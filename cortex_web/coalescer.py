@@ -12,9 +12,10 @@ a group has a message in flight (the worker is busy with it) and requests arrive
 a new message does not leave with its first request: it gathers until arrivals pause (`quiet`: three
 times the group's usual gap between requests arriving together) or its first request has waited the
 window (half the group's measured round trip, at most CORTEX_COALESCE_MAX_WAIT_MS, 20), whichever comes
-first. A closed loop of 16 clients otherwise sent every reply's first returning request alone, the rest
-a moment later: half the messages carried one item. With sparse arrivals the window is zero and a
-request leaves at once, as it does when nothing is in flight, so a single client never waits for it.
+first. Without it, a closed loop of clients sends the first request returning from every reply alone
+(the reply freed a slot), and the rest of that reply's clients a moment later. With sparse arrivals the
+window is zero and a request leaves at once, as it does when nothing is in flight, so a single client
+never waits for it.
 The round trip and the gaps are measured per group (exponential moving averages).
 
 `max_inflight` (CORTEX_COALESCE_MAX_INFLIGHT, 4) is two per model lane of a two-core worker: one message
