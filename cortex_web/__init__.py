@@ -71,7 +71,8 @@ def create_app() -> Flask:
     app.extensions["cortex_replies"] = listener
     app.extensions["cortex_coalescer"] = Coalescer(
         listener, enabled=settings.batching_enabled, max_inflight=settings.coalesce_max_inflight_per_process,
-        max_items_for=lambda model: settings.batching_for(plain(model)).max_batch_size)
+        max_items_for=lambda model: settings.batching_for(plain(model)).max_batch_size,
+        max_wait=settings.coalesce_max_wait_ms / 1000)
     app.extensions["cortex_shedder"] = LoadShedder(client, SheddingPolicy(
         max_depth=settings.shed_max_queue_depth, max_age_seconds=settings.shed_max_queue_age_seconds))
     app.extensions["cortex_circuits"] = CircuitBreaker(client, CircuitPolicy(

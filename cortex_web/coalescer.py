@@ -7,6 +7,17 @@ leave together as soon as one comes back (or the gathered items reach the model'
 two cores this removes most per-request broker and database work, which otherwise competes with the
 model for CPU.
 
+Between the two, the gathering window adapts to the load (as BentoML's and Triton's batchers do). While
+a group has a message in flight (the worker is busy with it) and requests arrive faster than the window,
+a new message does not leave with its first request: it gathers until arrivals pause (`quiet`: three
+times the group's usual gap between requests arriving together) or its first request has waited the
+window (half the group's measured round trip, at most CORTEX_COALESCE_MAX_WAIT_MS, 20), whichever comes
+first. Without it, a closed loop of clients sends the first request returning from every reply alone
+(the reply freed a slot), and the rest of that reply's clients a moment later. With sparse arrivals the
+window is zero and a request leaves at once, as it does when nothing is in flight, so a single client
+never waits for it.
+The round trip and the gaps are measured per group (exponential moving averages).
+
 `max_inflight` (CORTEX_COALESCE_MAX_INFLIGHT, 4) is two per model lane of a two-core worker: one message
 running and one queued behind it, so that a lane finding its batch done has the next one waiting instead
 of idling while the answer travels back and the next message comes (with 2, lanes were busy 1.5 of 2 at
@@ -72,6 +83,57 @@ class PendingJob:
     # Why its message could not be queued, set before `sent`: a request that stopped waiting for its reply
     # (wait 0, or its wait ran out) reads it there, as the reply listener has forgotten the job by then.
     send_failure: dict[str, Any] | None = None
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+# Weight of the newest measurement in a group's moving averages.
+PACE_WEIGHT = 0.2
+# Quiet (no arrival for this long) ends a gathering: this many of the group's usual gaps within a burst...
+QUIET_GAPS = 3.0
+# ... but not less than this (a thread wake-up and an HTTP parse apart on a busy two-core machine).
+MIN_QUIET_SECONDS = 0.0005
+# Gaps shorter than this share of the largest window are requests arriving together; longer ones (a few
+# clients taking turns) must not stretch the quiet time to the whole window.
+BURST_SHARE = 0.25
+
+
+@dataclass
+class Pace:
+    """How a group's requests arrive and how long its messages take to come back: what its gathering
+    window is sized from."""
+
+    last_arrival: float | None = None
+    gap: float | None = None  # between consecutive arrivals, all of them
+    burst_gap: float | None = None  # between arrivals arriving together (BURST_SHARE)
+    round_trip: float | None = None  # from a message's sending to its reply
+
+    def arrived(self, now: float, max_window: float) -> None:
+        if self.last_arrival is not None:
+            gap = now - self.last_arrival
+            # Clipped: only "within the window or not" matters, and an idle minute must not make the
+            # group look sparse for the next hundred requests.
+            self.gap = _moving(self.gap, min(gap, 2 * max_window))
+            if gap < max_window * BURST_SHARE:
+                self.burst_gap = _moving(self.burst_gap, gap)
+        self.last_arrival = now
+
+    def returned(self, seconds: float) -> None:
+        self.round_trip = _moving(self.round_trip, seconds)
+
+    def window(self, max_window: float) -> float:
+        """How long a message may gather while another one is in flight: zero until the group was
+        measured, and when the next request is not expected within it."""
+        if self.round_trip is None or self.gap is None or max_window <= 0:
+            return 0.0
+        window = min(max_window, self.round_trip / 2)
+        return window if self.gap < window else 0.0
+
+    def quiet(self, window: float) -> float:
+        return min(window, max(MIN_QUIET_SECONDS, QUIET_GAPS * (self.burst_gap or 0.0)))
+
+
+def _moving(average: float | None, value: float) -> float:
+    return value if average is None else average + PACE_WEIGHT * (value - average)
 
 
 def group_for(task: str, model: str, params: dict[str, Any], priority: int, queue: str, task_name: str, *,
@@ -83,12 +145,16 @@ def group_for(task: str, model: str, params: dict[str, Any], priority: int, queu
 class Coalescer:
     def __init__(self, listener: ReplyListener, enabled: bool = True,
                  max_items_for: Callable[[str], int] = lambda _model: 32, max_inflight: int = 4,
-                 inflight_timeout: float = 60.0) -> None:
+                 inflight_timeout: float = 60.0, max_wait: float = 0.02,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.listener = listener
         self.enabled = enabled
         self.max_items_for = max_items_for  # items per message, by model
         self.max_inflight = max_inflight
         self.inflight_timeout = inflight_timeout
+        self.max_wait = max_wait  # the longest gathering window (Pace.window)
+        self._clock = clock  # what PendingJob.queued_at is measured with too
+        self._pace: dict[Group, Pace] = defaultdict(Pace)
         self._pending: dict[Group, list[PendingJob]] = defaultdict(list)
         self._inflight: dict[Group, dict[str, float]] = defaultdict(dict)
         self._message_groups: dict[str, Group] = {}
@@ -104,9 +170,14 @@ class Coalescer:
             return
         with self._condition:
             jobs = self._pending[group]
+            pace = self._pace[group]
+            pace.arrived(job.queued_at, self.max_wait)
+            inflight = len(self._inflight[group])
             # Nothing gathered and a message may leave now: this thread sends it (handing it to the
-            # dispatching thread costs every request on an idle gateway a thread wake-up).
-            send_now = not jobs and len(self._inflight[group]) < self.max_inflight
+            # dispatching thread costs every request on an idle gateway a thread wake-up). Unless the
+            # group is busy and its requests come in bursts: then it gathers (module docstring).
+            send_now = (not jobs and inflight < self.max_inflight
+                        and (inflight == 0 or pace.window(self.max_wait) == 0))
             message_id = self._track(group) if send_now else None
             if message_id is None:
                 jobs.append(job)
@@ -144,7 +215,7 @@ class Coalescer:
     def _track(self, group: Group) -> str:
         """Under the lock: a new message of `group`, counted in flight until its reply comes back."""
         message_id = uuid.uuid4().hex
-        self._inflight[group][message_id] = time.monotonic()
+        self._inflight[group][message_id] = self._clock()
         self._message_groups[message_id] = group
         return message_id
 
@@ -152,7 +223,9 @@ class Coalescer:
         with self._condition:
             group = self._message_groups.pop(message_id, None)
             if group is not None:
-                self._inflight[group].pop(message_id, None)
+                sent_at = self._inflight[group].pop(message_id, None)
+                if sent_at is not None:
+                    self._pace[group].returned(self._clock() - sent_at)
                 self._condition.notify()
 
     def _forget_inflight(self) -> None:
@@ -164,10 +237,12 @@ class Coalescer:
             self._message_groups.clear()
             self._condition.notify_all()
 
-    def _ready_batches(self) -> list[tuple[Group, list[PendingJob], str]]:
-        """Under the lock: take what may be sent now."""
-        now = time.monotonic()
+    def _ready_batches(self) -> tuple[list[tuple[Group, list[PendingJob], str]], float | None]:
+        """Under the lock: take what may be sent now; and when the earliest gathering still held ends
+        (None: none is held for its window, only for the in-flight budget)."""
+        now = self._clock()
         batches = []
+        next_due: float | None = None
         for group, jobs in self._pending.items():
             if not jobs:
                 continue
@@ -180,21 +255,36 @@ class Coalescer:
             max_items = self.max_items_for(group.model)
             if len(inflight) >= self.max_inflight and gathered < max_items:
                 continue
+            if inflight and gathered < max_items:
+                due = self._gathering_ends(group, jobs[0].queued_at)
+                if due is not None and due > now:
+                    next_due = due if next_due is None else min(next_due, due)
+                    continue
             taken, count = [], 0
             while jobs and (not taken or count + len(jobs[0].inputs) <= max_items):
                 job = jobs.pop(0)
                 taken.append(job)
                 count += len(job.inputs)
             batches.append((group, taken, self._track(group)))
-        return batches
+        return batches, next_due
+
+    def _gathering_ends(self, group: Group, first_queued_at: float) -> float | None:
+        """When a busy group's gathering message leaves: once arrivals pause or its first job has waited
+        the window (None: no window, it leaves now)."""
+        pace = self._pace[group]
+        window = pace.window(self.max_wait)
+        if window == 0 or pace.last_arrival is None:
+            return None
+        return min(first_queued_at + window, pace.last_arrival + pace.quiet(window))
 
     def _dispatch_forever(self) -> None:
         while True:
             with self._condition:
-                batches = self._ready_batches()
+                batches, next_due = self._ready_batches()
                 while not batches:
-                    self._condition.wait(timeout=0.5)
-                    batches = self._ready_batches()
+                    self._condition.wait(timeout=0.5 if next_due is None
+                                         else max(0.0, next_due - self._clock()))
+                    batches, next_due = self._ready_batches()
             for group, jobs, message_id in batches:
                 self._send(group, jobs, message_id)
 

@@ -838,6 +838,12 @@ class Settings(FromEnvironment):
         4,
         "Messages per model and params the whole gateway keeps in flight (its processes share them).",
     )
+    coalesce_max_wait_ms: float = variable(
+        "CORTEX_COALESCE_MAX_WAIT_MS",
+        20.0,
+        "Longest a busy model's gathering message waits for more requests (adaptive; 0: never waits).",
+        ge=0,
+    )
     gateway_processes: int = variable(
         "CORTEX_GATEWAY_PROCESSES", 1, "Set by gunicorn_conf.py for the processes it starts."
     )

@@ -78,7 +78,7 @@ def test_the_gateway_sends_a_models_gathered_items_once_they_fill_its_batch():
     gathered(small, 5)
     gathered(other, 5)
     with coalescer._condition:
-        ready = coalescer._ready_batches()
+        ready, _ = coalescer._ready_batches()
     sent = [(group.model, [job.job_id for job in jobs]) for group, jobs, _ in ready]
     assert sent == [("small", ["small-0", "small-1"])]
 
