@@ -1,12 +1,17 @@
 """Which errors are worth retrying: transient I/O only, never bad input or bugs."""
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import redis
 import sqlalchemy.exc
 
+log = logging.getLogger(__name__)
+
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
+    *DATABASE_ERRORS,
     redis.ConnectionError,
     redis.TimeoutError,
     ConnectionError,
@@ -49,3 +54,18 @@ def dependency_error(exc: BaseException) -> dict[str, str]:
     return {"code": "dependency_unavailable",
             "message": f"{service} could not be reached through every retry ({type(exc).__name__}: {exc}); "
                        "the job was stopped. Submit it again once the service is back."}
+
+
+# How often a message whose jobs wait for PostgreSQL is tried again once the task's own retries are used up.
+DATABASE_AWAY_RETRY_SECONDS = 30
+
+
+def keep_while_database_away(task: Any, exc: BaseException) -> Exception:
+    """The retry to raise when PostgreSQL has been away through every retry of `task`: its jobs can then be
+    neither run nor failed (their rows are out of reach), and a task that fails has its message acknowledged,
+    which would lose jobs whose inputs travel only in it (the stale-job sweep would later fail them as
+    `message_lost`). The message is kept instead: sent again every DATABASE_AWAY_RETRY_SECONDS, past
+    `max_retries`, until PostgreSQL answers."""
+    log.warning("PostgreSQL away through every retry of %s; its message is kept and tried again in %d s",
+                task.name, DATABASE_AWAY_RETRY_SECONDS)
+    return task.retry(exc=exc, countdown=DATABASE_AWAY_RETRY_SECONDS, max_retries=task.request.retries + 1)

@@ -5,12 +5,15 @@ prediction it can answer without it, and it serves again by itself once the serv
 A stack of its own (tests/support/fault_stack.py): the session's services are never stopped."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.fault_stack import Answer, FaultStack
+from tests.support.waiting import wait_for
 
 BUDGET_SECONDS = 2.0
 # Measured from the request's start; the extra covers a loaded test machine's scheduling, not a wait.
@@ -134,3 +137,27 @@ def test_redis_stalled(stack: FaultStack) -> None:
         assert answer.status == 503 and time.monotonic() < deadline, answer
         time.sleep(0.5)
     assert stack.call("GET", "/ready").status == 200
+
+
+def test_a_job_taken_while_postgres_is_down_runs_once_it_is_back(stack: FaultStack) -> None:
+    """A prediction accepted (202) and taken by a worker while PostgreSQL is down for longer than the task's
+    own retries (1 + 2 + 4 s of back-off): its message is kept, retried every
+    DATABASE_AWAY_RETRY_SECONDS (the shipped 30 s), and the job runs once PostgreSQL is back. Before, the
+    failed task's message was acknowledged and the job stayed queued until the stale-job sweeps."""
+    from cortex_tasks.core.retry_policy import DATABASE_AWAY_RETRY_SECONDS
+
+    worker = stack.workers["nlp"]
+    os.killpg(worker.pid, signal.SIGSTOP)  # the message waits until PostgreSQL is down
+    try:
+        queued = stack.call("POST", "/api/v1/predict", {"task": "sentiment", "inputs": ["Taken while down."], "wait": 0})
+        assert queued.status == 202, queued
+        stack.stop_postgres()
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+    try:
+        wait_for(lambda: "kept and tried again" in stack.log_tail("worker-nlp", 400), 60,
+                 "the worker to keep the message past its retries", interval=0.5)
+    finally:
+        stack.start_postgres()
+    done = stack.wait_job(queued.body["job_id"], timeout=DATABASE_AWAY_RETRY_SECONDS + 60)
+    assert done["status"] == "succeeded", done

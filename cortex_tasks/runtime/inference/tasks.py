@@ -24,7 +24,12 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import refuse_message
 from cortex_tasks.core.observability import tracing
-from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS
+from cortex_tasks.core.retry_policy import (
+    DATABASE_ERRORS,
+    TRANSIENT_ERRORS,
+    keep_while_database_away,
+    retries_exhausted,
+)
 from cortex_tasks.core.storage.sealing import SealedValueError
 from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, tenant_scope
 from cortex_tasks.runtime.inference import streaming
@@ -36,6 +41,15 @@ log = logging.getLogger(__name__)
 # would only duplicate them.
 LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_for": TRANSIENT_ERRORS,
                           "retry_backoff": True, "max_retries": 3, "ignore_result": True}
+
+
+def _run_kept(task: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return _run(task.request, kwargs)
+    except DATABASE_ERRORS as exc:
+        if not retries_exhausted():
+            raise  # the task's autoretry, with back-off
+        raise keep_while_database_away(task, exc) from exc
 
 
 def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -94,12 +108,12 @@ def _refuse_in_scope(kwargs: dict[str, Any], exc: MessageRefused | SealedValueEr
 # The kwargs are the message (messages.PredictionMessage): read through the contract, not as parameters.
 @app.task(name=task_names.RUN_GPU_JOBS, bind=True, **LIMITS)
 def run_gpu_jobs(self: Any, **message: Any) -> dict[str, Any]:
-    return _run(self.request, message)
+    return _run_kept(self, message)
 
 
 @app.task(name=task_names.RUN_NLP_JOBS, bind=True, **LIMITS)
 def run_nlp_jobs(self: Any, **message: Any) -> dict[str, Any]:
-    return _run(self.request, message)
+    return _run_kept(self, message)
 
 
 @app.task(name=task_names.STREAM_GENERATION, soft_time_limit=300, time_limit=360,
