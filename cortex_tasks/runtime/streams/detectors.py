@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -155,7 +156,7 @@ class KeyBaselineDetector(_PerEventDetector):
         count, total, squares = item.history
         window = item.window
         recent_count = len(window) + 1
-        window_sum = math.fsum(window)
+        window_sum = sum(window)
         # The history before the window: the running totals hold the window's events too.
         count -= len(window)
         if count < self.spec.min_history or recent_count < self.spec.min_recent:
@@ -166,7 +167,7 @@ class KeyBaselineDetector(_PerEventDetector):
             best = (local.recent, local.expected)
         if count >= self.spec.history_windows * recent_count:
             total -= window_sum
-            squares -= math.fsum(value * value for value in window)
+            squares -= sum(map(operator.mul, window, window))
             mean, deviation = _spread(count, total, squares)
             departure = ((window_sum + item.value) / recent_count - mean) / deviation
             if best is None or abs(departure) > abs(best[0]):

@@ -8,6 +8,7 @@ of each key is cached too (`features:<key>`) for the live view and the Isolation
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -37,6 +38,8 @@ MAX_DEPARTURE = 1e6
 # them), so that they neither get judged nor fill the training rows with departures from nothing.
 FOREST_MIN_HISTORY = 10
 _MAD_TO_SD = 1.4826
+# local_departures holds each reference value within this many spreads of its first, median-based line.
+HOLD = 2.5
 MINUTES_1H = 60
 HOURS_24H = 24
 HOURS_7D = 168
@@ -122,9 +125,9 @@ class LocalDepartures:
 
     The window's earlier events (all but the latest `recent_share` of it, the reference) give the trend, a
     line, and the spread around it (floored at 0.1% of the level); a spike in the reference moves neither
-    much (each value is held within 2.5 spreads of a first, median-based line). A slow wave of the key's level moves the trend along with it, so ordinary
-    drift departs from nothing; a step of the level shows in the recent events' median before the reference
-    catches up with it, and a spike in the value alone."""
+    much. A slow wave of the key's level moves the trend along with it, so ordinary drift departs from
+    nothing; a step of the level shows in the recent events' median until the reference catches up with it
+    (a minute or two with the default share of a 5-minute window), and a spike in the value alone."""
 
     value: float  # (value - the trend at the event) / spread
     recent: float  # (median of the recent events and the event - the trend over them) / spread
@@ -148,27 +151,32 @@ def local_departures(window: list[float], value: float, recent_share: float = RE
     reference_count = count - recent_count
     if reference_count < MIN_REFERENCE:
         return None
-    # Plain Python on a window's few dozen values: about ten times faster than numpy's per-call overheads.
+    # Plain Python on a window's few dozen values: numpy's per-call overheads made this several times slower.
     reference = window[:reference_count]
-    centre = (reference_count - 1) / 2  # positions stand for times: a window's events come at an even pace
-    # A first, robust line through the medians of the reference's halves gives a first spread; the trend is
-    # then the least-squares line of the reference with each value held within 2.5 of those spreads of the
-    # first line (a spike pulls it no further), which extrapolates with less noise than the medians.
+    # Positions stand for times (a key's events in one window come at a roughly even pace). A first, robust
+    # line through the medians of the reference's halves gives a first spread; the trend is then the
+    # least-squares line of the reference with each value held within HOLD of those spreads of the first line
+    # (a spike pulls it no further), which extrapolates with less noise than the medians. Values are taken
+    # relative to the second half's median, so that the sums of squares keep their precision at any level.
     half = reference_count // 2
     first, second = _median(reference[:half]), _median(reference[half:])
     first_at, second_at = (half - 1) / 2, half + (reference_count - half - 1) / 2
     rough_slope = (second - first) / (second_at - first_at)
-    rough = [second + rough_slope * (position - second_at) for position in range(reference_count)]
+    rough = [rough_slope * (position - second_at) for position in range(reference_count)]
+    relative = [v - second for v in reference]
     floor = 1e-3 * max(abs(second), 1.0)
-    limit = 2.5 * max(_MAD_TO_SD * _median([abs(v - r) for v, r in zip(reference, rough)]), floor)
-    held = [min(max(v, r - limit), r + limit) for v, r in zip(reference, rough)]
-    level = math.fsum(held) / reference_count
-    slope = math.fsum((position - centre) * v for position, v in enumerate(held)) / (
-        reference_count * (reference_count ** 2 - 1) / 12)
-    # The spread around it: the held values' standard deviation (steadier than the MAD of a few dozen values,
-    # which now and then halves it).
-    squares = math.fsum((v - level - slope * (position - centre)) ** 2 for position, v in enumerate(held))
-    spread = max(math.sqrt(squares / (reference_count - 2)), floor)
+    limit = HOLD * max(_MAD_TO_SD * _median([abs(v - r) for v, r in zip(relative, rough)]), floor)
+    held = [r - limit if v < r - limit else min(v, r + limit) for v, r in zip(relative, rough)]
+    centre = (reference_count - 1) / 2
+    total = sum(held)
+    spread_of_positions = reference_count * (reference_count ** 2 - 1) / 12
+    slope = (sum(map(operator.mul, range(reference_count), held)) - centre * total) / spread_of_positions
+    level = total / reference_count
+    # The spread around the trend: the held values' standard deviation (steadier than the MAD of a few dozen
+    # values, which now and then halves it).
+    squares = sum(map(operator.mul, held, held)) - reference_count * level * level - slope * slope * spread_of_positions
+    spread = max(math.sqrt(max(squares, 0.0) / (reference_count - 2)), floor)
+    level += second
     recent = [*window[reference_count:], value]
     expected = level + slope * ((reference_count + count - 1) / 2 - centre)
     at_value = level + slope * (count - 1 - centre)
