@@ -303,8 +303,10 @@ def fit_forest(trees: int, contamination: float, rows: np.ndarray) -> tuple[Comp
 
 
 class IsolationForestDetector(_StreamDetector):
-    """scikit-learn IsolationForest on the events' forest rows (features.forest_row: departures from the
-    key's own levels, in its own spread, and the rate ratio). Fitted per stream on its recent rows
+    """scikit-learn IsolationForest on the events' forest rows (features.forest_row: the sizes of
+    the event's and its key's latest events' departures from the key's local trend, in its own spread;
+    rows that keep their range while the stream runs, so that a refit's rows are the rows it then judges,
+    and about `contamination` of the ordinary events are flagged). Fitted per stream on its recent rows
     (shared in Redis by every stream worker), refitted every `refit_every` events in a background thread
     so scoring never waits for a fit; until the first fit (fewer than `min_rows` rows) it is warming up.
     The score is the paper's anomaly score in (0, 1] (models/timeseries.isolation_scores); the outcome is
