@@ -151,7 +151,6 @@ class PlainLoop:
     def handle(self, entries: list[Any]) -> None:
         from cortex_tasks.core.streams.events import check_event, decode
         from cortex_tasks.runtime.streams.detectors import EventContext
-        from cortex_tasks.runtime.streams.features import forest_row
         from cortex_tasks.runtime.streams.windows import window_starts
 
         size, hop = self.spec.window.size, self.spec.window.hop
@@ -171,7 +170,7 @@ class PlainLoop:
         for detector in self.detectors:
             detector.predict(contexts, {})
         self.rows.extend(row for context in contexts
-                         if (row := forest_row(context.features, context.history)) is not None)
+                         if (row := context.forest_row()) is not None)
         del self.rows[:-self.forest.spec.max_rows]
         if self.forest.wants_fit() and len(self.rows) >= self.forest.spec.min_rows:
             if not self.fit_in_thread:

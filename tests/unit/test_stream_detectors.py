@@ -164,61 +164,133 @@ def test_seasonal_residual_uses_the_phase_profile_or_a_forecast():
     assert verdict.outcome == ANOMALY and verdict.expected == 500 and verdict.score == pytest.approx(-37)
 
 
-def forest_context(value: float, mean_1h: float, history: tuple[float, float, float], mean_24h: float | None = None,
-                   rate_ratio: float = 1.0) -> EventContext:
-    """An event whose day and week means are `mean_24h` (default: `mean_1h`)."""
-    named = dict.fromkeys(FEATURE_NAMES, 0.0)
-    named.update(value=value, mean_1h=mean_1h, mean_24h=mean_1h if mean_24h is None else mean_24h,
-                 mean_7d=mean_1h if mean_24h is None else mean_24h, rate_ratio_1h_24h=rate_ratio)
-    return EventContext(0, value, [], history, (0, 0, 0), [named[name] for name in FEATURE_NAMES])
-
-
 def test_isolation_forest_warms_up_then_flags_outlying_rows():
     detector = IsolationForestDetector(spec().detector("isolation_forest"))
     rng = random.Random(3)
-    rows = [[rng.gauss(0, 1) for _ in range(3)] + [rng.gauss(1, 0.1)] for _ in range(300)]
-    assert detector.predict([context(0, [])], {})[0].outcome == WARMING_UP
+    rows = [[abs(rng.gauss(0, 1)), abs(rng.gauss(0, 0.5))] for _ in range(300)]
+    history = (100.0, 0.0, 100.0)
+    window = [100 + rng.gauss(0, 2) for _ in range(40)]
+    assert detector.predict([context(100, window, history)], {})[0].outcome == WARMING_UP
     assert not detector.fit([row + [0.0] for row in rows])  # rows of another width are not used
     assert detector.fit(rows)
-    history = (100.0, 0.0, 100.0)  # mean 0, deviation 1
-    # An isolation forest judges a row beyond its training range by the training rows at that edge: the
-    # odd row departs in three of its four columns.
-    normal, odd = forest_context(0.5, 0.0, history), forest_context(8.0, 4.0, history, mean_24h=0.0, rate_ratio=3.0)
-    young = forest_context(8.0, 0.0, (5.0, 0.0, 5.0))
-    verdicts = detector.predict([normal, odd, young], {})
-    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY, WARMING_UP]
+    # A spike departs from its key's trend; a key's first events, or a window too short for a trend, have no
+    # row to judge.
+    normal, spike = context(101, window, history), context(130, window, history)
+    young, short = context(130, window, (5.0, 0.0, 5.0)), context(130, window[:3], history)
+    verdicts = detector.predict([normal, spike, young, short], {})
+    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY, WARMING_UP, WARMING_UP]
     assert 0 < verdicts[0].score < verdicts[1].score <= 1 and not math.isnan(verdicts[1].score)
     assert detector.info.task == "anomaly"  # the catalogue's model interface
 
 
 def test_the_forest_sees_departures_from_the_keys_own_level_not_the_level():
-    """Keys at different levels that behave alike get alike forest rows: the highest key's ordinary value is
-    not an outlier, and a key's jump to a level other keys have is one."""
+    """Keys at different levels that behave alike get alike forest rows."""
     from cortex_tasks.runtime.streams.features import forest_row
-    from cortex_tasks.runtime.streams.state import KeyState
 
-    assert forest_row(forest_context(104, 100, (50, 5000, 50 * (100**2 + 4))).features, (50, 5000, 50 * (100**2 + 4))) \
-        == pytest.approx(forest_row(forest_context(504, 500, (50, 25000, 50 * (500**2 + 4))).features,
-                                    (50, 25000, 50 * (500**2 + 4))))
     rng = random.Random(11)
-    states = {level: KeyState() for level in range(100, 600, 10)}
-    detector = IsolationForestDetector(spec().detector("isolation_forest"))
-    rows = []
+    noise = [rng.gauss(0, 2) for _ in range(40)]
+    low = forest_row(104, [100 + n for n in noise], (50, 5000, 50 * (100**2 + 4)))
+    high = forest_row(504, [500 + n for n in noise], (50, 25000, 50 * (500**2 + 4)))
+    assert low == pytest.approx(high)
 
-    def event(state: KeyState, at: float, value: float) -> EventContext:
-        return EventContext(at, value, [], tuple(state.history), (0, 0, 0), state.features.row(at, value))
 
-    for step in range(60):
-        for level, state in states.items():
-            value = level + rng.gauss(0, 2)
-            item = event(state, step * 5.0, value)
-            if (row := forest_row(item.features, item.history)) is not None:
-                rows.append(row)
-            state.add(step * 5.0, value, -1)
-    assert detector.fit(rows)
-    highest, middle = states[590], states[300]
-    verdicts = detector.predict([event(highest, 300.0, 591.0), event(middle, 300.0, 330.0)], {})
-    assert [v.outcome for v in verdicts] == [NORMAL, ANOMALY]
+def test_local_departures_follow_a_trend_and_see_a_step_or_a_spike():
+    from cortex_tasks.runtime.streams.features import local_departures
+
+    rng = random.Random(5)
+    rising = [100 + 0.5 * i + rng.gauss(0, 1) for i in range(60)]  # 30 spreads over the window
+    drift = local_departures(rising, 130.5 + rng.gauss(0, 1))
+    assert drift is not None and abs(drift.value) < 4 and abs(drift.recent) < 4
+    assert drift.expected == pytest.approx(100 + 0.5 * 54.5, abs=2) and drift.spread == pytest.approx(1, rel=0.4)
+    spike = local_departures(rising, 160.0)
+    assert spike is not None and spike.value > 20 and abs(spike.recent) < 4  # one value: the median holds
+    stepped = [*rising[:50], *(v + 20 for v in rising[50:])]
+    step = local_departures(stepped, 150.5)
+    assert step is not None and step.recent > 10
+    assert local_departures([1.0, 2.0, 3.0], 4.0) is None  # too few earlier events for a trend
+
+
+class _Keys:
+    """Keys' state kept in memory as the stream worker keeps it in Redis (a 5-minute window), one event at a
+    time, with every detector of `detectors` judging each event."""
+
+    def __init__(self, detectors: list[dict], window: float = 300.0) -> None:
+        from collections import defaultdict
+
+        from cortex_tasks.runtime.streams.detectors import build_detectors
+        from cortex_tasks.runtime.streams.state import KeyState
+
+        self.detectors = build_detectors(spec(detectors=detectors, alert_rules=[]).detectors)
+        self.states: dict[str, KeyState] = defaultdict(KeyState)
+        self.window = window
+
+    def judge(self, key: str, at: float, value: float) -> dict[str, object]:
+        state = self.states[key]
+        item = EventContext(at, value, state.values_between(at - self.window, at), tuple(state.history),
+                            (0.0, 0.0, 0.0), state.features.row(at, value))
+        state.add(at, value, -1)
+        while state.window and state.window[0][0] < at - 2 * self.window:
+            state.window.pop(0)
+        verdicts: dict[str, object] = {d.kind: d.predict([item], {})[0] for d in self.detectors}
+        verdicts["row"] = item.forest_row()
+        return verdicts
+
+
+def wave(level: float, at: float) -> float:
+    """An hourly wave of 10% of the level."""
+    return level + 0.1 * level * math.sin(2 * math.pi * at / 3600)
+
+
+def test_key_baseline_lets_a_slow_wave_be_and_flags_a_level_shift_on_a_long_series():
+    """Three hours of a key whose level swings by 10% an hour (much more than its noise): the swing is its
+    ordinary behaviour, not a departure, however little of it the key's early history has seen; a step of
+    half that swing is one."""
+    keys = _Keys([{"kind": "key_baseline", "threshold": 4, "min_history": 50}])
+    rng = random.Random(8)
+    outcomes = {"steady": [], "shifted": []}
+    for step in range(2160):  # every 5 seconds for 3 hours
+        at = step * 5.0
+        for key, level in (("steady", 400.0), ("shifted", 300.0)):
+            value = wave(level, at) + rng.gauss(0, 2)
+            if key == "shifted" and step >= 1500:
+                value += 15
+            outcomes[key].append(keys.judge(key, at, value)["key_baseline"].outcome)
+    assert outcomes["steady"][:10] == [WARMING_UP] * 10
+    assert ANOMALY not in outcomes["steady"] and ANOMALY not in outcomes["shifted"][:1500]
+    assert outcomes["shifted"][1500:1560].count(ANOMALY) >= 10  # within the five minutes after the step
+
+
+def test_the_forest_flags_about_its_contamination_on_a_long_series_and_the_spikes():
+    """A long stream of keys at different levels on a shared hourly wave, the forest refitted on its recent
+    rows as the stream worker does: the rows keep their range as the wave turns, so about `contamination`
+    of the ordinary events are flagged (not the third of them that rows of departures from the hour's mean
+    gave), and the spikes are."""
+    keys = _Keys([{"kind": "isolation_forest", "min_rows": 500, "refit_every": 2000, "max_rows": 2000,
+                   "contamination": 0.005}])
+    forest = keys.detectors[0]
+    rng = random.Random(4)
+    rows: list[list[float]] = []
+    ordinary = flagged = spikes = spikes_flagged = 0
+    for step in range(1800):  # 2.5 hours, every 5 seconds
+        at = step * 5.0
+        for index in range(10):
+            spike = step > 200 and rng.random() < 0.005
+            value = wave(100 + 40 * index, at) + rng.gauss(0, 2) + (rng.choice((-1, 1)) * 40 if spike else 0)
+            verdicts = keys.judge(f"k{index}", at, value)
+            if verdicts["row"] is not None:
+                rows.append(verdicts["row"])
+            outcome = verdicts["isolation_forest"].outcome
+            if spike:
+                spikes += 1
+                spikes_flagged += outcome == ANOMALY
+            elif step > 200:
+                ordinary += 1
+                flagged += outcome == ANOMALY
+        del rows[:-forest.spec.max_rows]
+        if forest.wants_fit() and len(rows) >= forest.spec.min_rows:
+            assert forest.fit(rows)
+    assert spikes >= 20 and spikes_flagged >= 0.8 * spikes
+    assert flagged <= 0.02 * ordinary, flagged
 
 
 def test_alert_rules_make_candidates_with_only_the_named_fields():

@@ -147,6 +147,10 @@ class KeyBaseline(_Strict):
     threshold: float = Field(default=4.0, gt=0)
     min_history: int = Field(default=30, ge=5, le=1_000_000)  # the key's events before the window
     min_recent: int = Field(default=3, ge=1, le=10_000)  # events in the window
+    # The share of the window (its latest events and the event) compared with the trend of the rest of it.
+    recent_share: float = Field(default=0.2, gt=0, lt=1)
+    # The whole history is compared with only once it is this many windows long (in events).
+    history_windows: float = Field(default=6.0, ge=0, le=100_000)
 
 
 DetectorSpec = Annotated[RobustZScore | SeasonalResidual | IsolationForestSpec | KeyBaseline,

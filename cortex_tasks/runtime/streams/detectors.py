@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from statistics import NormalDist
 from typing import Any
@@ -30,7 +31,13 @@ from cortex_tasks.core.streams.declarations import (
 from cortex_tasks.core.validation.timeseries import TRAINED_INTERVAL_WIDTH
 from cortex_tasks.runtime.models.base import ModelInfo
 from cortex_tasks.runtime.models.timeseries import RANDOM_STATE, robust_scale
-from cortex_tasks.runtime.streams.features import FOREST_FEATURES, forest_row
+from cortex_tasks.runtime.streams.features import (
+    FOREST_FEATURES,
+    RECENT_SHARE,
+    LocalDepartures,
+    forest_row,
+    local_departures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,17 @@ class EventContext:
     history: tuple[float, float, float]  # the key's (count, sum, sum of squares) over all its earlier events
     season: tuple[float, float, float]  # the same for the event's phase of the seasonal period
     features: list[float]  # features.FEATURE_NAMES
+    # local_departures by recent share, computed once for the detectors and the forest's training row
+    _departures: dict[float, LocalDepartures | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def departures(self, recent_share: float = RECENT_SHARE) -> LocalDepartures | None:
+        """features.local_departures of this event and its key's latest events from the key's trend."""
+        if recent_share not in self._departures:
+            self._departures[recent_share] = local_departures(self.window, self.value, recent_share)
+        return self._departures[recent_share]
+
+    def forest_row(self) -> list[float] | None:
+        return forest_row(self.value, self.window, self.history, self.departures())
 
 
 @dataclass(frozen=True)
@@ -120,26 +138,43 @@ class RobustZScoreDetector(_PerEventDetector):
 
 
 class KeyBaselineDetector(_PerEventDetector):
-    """The key's recent mean (its current window and this event) against its own earlier history, in
-    standard deviations of that history: a user or device that behaves unlike itself, even where its
-    values are ordinary for the stream as a whole."""
+    """A key that behaves unlike itself, even where its values are ordinary for the stream as a whole, in
+    two ways, each in the key's own standard deviations; the larger departure is the score:
+
+    - its latest events (the last `recent_share` of its window and this event) against the trend of the rest
+      of the window (features.local_departures): a step of its level, which a slow drift or wave of the
+      level is not (the trend follows it);
+    - its recent mean (window and event) against its whole earlier history, once that history is at least
+      `history_windows` windows long: a key that has left the range it kept for long. A shorter history
+      may have seen only part of the key's ordinary swings (the first minutes of an hourly wave), and its
+      narrow spread would take the rest of the swing for a departure."""
 
     kind = "key_baseline"
     spec: KeyBaseline
 
     def judge(self, item: EventContext) -> Verdict:
         count, total, squares = item.history
-        window = np.asarray(item.window, dtype=float)
-        window_sum = float(window.sum())
+        window = item.window
+        recent_count = len(window) + 1
+        window_sum = sum(window)
         # The history before the window: the running totals hold the window's events too.
         count -= len(window)
-        total -= window_sum
-        squares -= float(window @ window)
-        if count < self.spec.min_history or len(window) + 1 < self.spec.min_recent:
+        if count < self.spec.min_history or recent_count < self.spec.min_recent:
             return Verdict(self.kind, WARMING_UP)
-        mean, deviation = _spread(count, total, squares)
-        recent_mean = (window_sum + item.value) / (len(window) + 1)
-        return _judged(self.kind, (recent_mean - mean) / deviation, self.spec.threshold, mean)
+        best: tuple[float, float] | None = None
+        local = item.departures(self.spec.recent_share)
+        if local is not None:
+            best = (local.recent, local.expected)
+        if count >= self.spec.history_windows * recent_count:
+            total -= window_sum
+            squares -= sum(map(operator.mul, window, window))
+            mean, deviation = _spread(count, total, squares)
+            departure = ((window_sum + item.value) / recent_count - mean) / deviation
+            if best is None or abs(departure) > abs(best[0]):
+                best = (departure, mean)
+        if best is None:
+            return Verdict(self.kind, WARMING_UP)
+        return _judged(self.kind, best[0], self.spec.threshold, best[1])
 
 
 # (event time in epoch seconds) -> (expected value, standard deviation), or None outside the forecast
@@ -268,8 +303,10 @@ def fit_forest(trees: int, contamination: float, rows: np.ndarray) -> tuple[Comp
 
 
 class IsolationForestDetector(_StreamDetector):
-    """scikit-learn IsolationForest on the events' forest rows (features.forest_row: departures from the
-    key's own levels, in its own spread, and the rate ratio). Fitted per stream on its recent rows
+    """scikit-learn IsolationForest on the events' forest rows (features.forest_row: the sizes of
+    the event's and its key's latest events' departures from the key's local trend, in its own spread;
+    rows that keep their range while the stream runs, so that a refit's rows are the rows it then judges,
+    and about `contamination` of the ordinary events are flagged). Fitted per stream on its recent rows
     (shared in Redis by every stream worker), refitted every `refit_every` events in a background thread
     so scoring never waits for a fit; until the first fit (fewer than `min_rows` rows) it is warming up.
     The score is the paper's anomaly score in (0, 1] (models/timeseries.isolation_scores); the outcome is
@@ -312,7 +349,7 @@ class IsolationForestDetector(_StreamDetector):
         self._since_fit += len(inputs)
         if forest is None or not inputs:
             return [Verdict(self.kind, WARMING_UP) for _ in inputs]
-        rows = [forest_row(item.features, item.history) for item in inputs]
+        rows = [item.forest_row() for item in inputs]
         judged = [row for row in rows if row is not None]
         scores = iter(forest.anomaly_scores(np.asarray(judged, dtype=float)) if judged else [])
         verdicts = []

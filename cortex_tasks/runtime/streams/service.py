@@ -43,7 +43,7 @@ from cortex_tasks.runtime.streams.detectors import (
     Verdict,
     build_detectors,
 )
-from cortex_tasks.runtime.streams.features import as_named, forest_row
+from cortex_tasks.runtime.streams.features import as_named
 from cortex_tasks.runtime.streams.state import StreamState
 from cortex_tasks.runtime.streams.windows import aggregate, window_starts
 
@@ -211,8 +211,7 @@ class StreamRuntime:
         self._phases = phases
         return [ScoredEvent(entry_id, event, [verdicts[index] for verdicts in per_detector], contexts[index].features,
                             window_starts(event.time, size, hop),
-                            forest_row(contexts[index].features, contexts[index].history)
-                            if self.forest is not None else None)
+                            contexts[index].forest_row() if self.forest is not None else None)
                 for index, (entry_id, event) in enumerate(events)]
 
     def _apply(self, scored: list[ScoredEvent], lateness: float
