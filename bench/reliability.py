@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.fault_stack import FaultStack
+from tests.support.full_disk import fill
 from tests.support.s3_outage import StoppableS3
 from tests.support.tcp_relay import TcpRelay
 
@@ -448,20 +449,6 @@ def disk_full(bench: Bench) -> dict[str, Any]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
     # Training runs failed meanwhile must say why (no space), not vanish or be registered half-written.
     return {**row, "ok": checked.get("ok", False)}
-
-
-def fill(filler: Path) -> None:
-    """A file that takes every free byte of its filesystem."""
-    handle = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 1):  # unbuffered: every byte that fits is written
-            try:
-                while True:
-                    os.write(handle, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(handle)
 
 
 def drained(bench: Bench) -> dict[str, Any]:

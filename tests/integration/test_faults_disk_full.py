@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.test_training_jobs import topic_rows
 from tests.support.fault_stack import FaultStack
+from tests.support.full_disk import fill as fill_to_the_last_byte
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +55,7 @@ def stack(artifacts_mount: Path) -> Iterator[FaultStack]:
 def fill(folder: Path) -> Path:
     """A file that takes every free byte of the filesystem."""
     filler = folder / "filler"
-    handle = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 1):  # unbuffered: every byte that fits is written
-            try:
-                while True:
-                    os.write(handle, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(handle)
+    fill_to_the_last_byte(filler)
     assert os.statvfs(folder).f_bavail == 0
     return filler
 
