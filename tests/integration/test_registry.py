@@ -302,7 +302,7 @@ def test_a_promotion_whose_message_was_lost_stops_blocking_the_model_at_the_next
 
     # The lost-message sweep's verdict on a job with no message left (lost_messages.py).
     lost = lost_messages.OpenJob(job.id, job.kind, job.status, job.attempts, 0, job.priority, job.tenant, None)
-    assert lost_messages._take_up([lost]) == ([], [job.id])
+    assert lost_messages._take_up([lost], lost_messages.MESSAGE_LOST) == ([], [job.id])
     assert settle_abandoned_deployments() >= 1
 
     settled = service.deployment(pending["id"])[1]
