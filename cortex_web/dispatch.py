@@ -88,7 +88,7 @@ def queue_depths(client: redis.Redis) -> dict[str, int]:
     if not settings.broker_is_redis:
         try:
             return amqp_depths(settings.celery_broker_url).depths(QUEUE_NAMES)
-        except Exception as exc:  # noqa: BLE001  (kombu, py-amqp and socket errors: the broker is away)
+        except Exception as exc:
             raise ApiError(503, "broker_unavailable", "The message broker cannot be reached; try again shortly.",
                            headers={"Retry-After": "5"}) from exc
     pipe = redis_holding_queues(client).pipeline(transaction=False)
