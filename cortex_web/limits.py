@@ -40,6 +40,7 @@ import redis
 from flask import Flask, current_app, g, request
 from werkzeug.wrappers import Response
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.catalogue import TASKS
 from cortex_tasks.core.settings import RateTier, Settings, get_settings
 from cortex_web.audit import AUDIT_MARK, MODEL_ACCESS_MARK
@@ -57,9 +58,7 @@ OVERLOAD_RETRY_AFTER_SECONDS = 1
 # KEYS: the buckets. ARGV: per bucket, its refill rate (tokens per second) and capacity.
 # Returns {allowed (0|1), whole tokens left, capacity, ms until full, ms until a token is back}, the last
 # three for the tightest bucket. A refused request takes nothing and writes nothing.
-TOKEN_BUCKET_LUA = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+TOKEN_BUCKET_LUA = redis_clock.LUA_NOW + """
 local tokens, allowed, wait = {}, 1, 0
 for i = 1, #KEYS do
   local rate, capacity = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])

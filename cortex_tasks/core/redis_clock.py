@@ -10,7 +10,7 @@ clock every process already shares.
 Asking Redis (`TIME`) on every stamp would add a round trip to the hot paths, so each process measures
 the offset between its own clock and Redis's once every REFRESH_SECONDS and adds it to its local time
 (the error is half a round trip: well under a millisecond on a LAN). Where the comparison runs inside
-Redis (a Lua script), the script reads `TIME` itself instead (core/load_control/aging.py,
+Redis (a Lua script), the script reads `TIME` itself instead (LUA_NOW) (core/load_control/aging.py,
 core/openai/rate_limit.py, core/cache/layers.py, cortex_web/limits.py).
 
 With Redis away the last offset measured is used (none yet: this host's clock), and the next measurement
@@ -25,6 +25,10 @@ from functools import lru_cache
 import redis
 
 REFRESH_SECONDS = 30.0
+# The first lines of a Lua script that compares times inside Redis: `now`, in epoch seconds, by Redis's clock.
+LUA_NOW = """local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+"""
 RETRY_SECONDS = 5.0
 TIMEOUT_SECONDS = 0.5
 

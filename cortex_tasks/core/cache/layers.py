@@ -84,10 +84,8 @@ class MemoryCache:
 
 
 # Trim: drop expired entries from the index (by Redis's clock), then the oldest-expiring ones until under the bound.
-_TRIM = """
+_TRIM = redis_clock.LUA_NOW + """
 local index, counter, bound = KEYS[1], KEYS[2], tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local removed = 0
 local function forget(member)
   local sep = string.find(member, '|', 1, true)

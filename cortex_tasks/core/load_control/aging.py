@@ -18,6 +18,7 @@ import threading
 import redis
 from prometheus_client import Counter
 
+from cortex_tasks.core import redis_clock
 from cortex_tasks.core.broker import redis_holding_queues
 from cortex_tasks.core.queues import GPU, NLP, PRIORITY_CLASSES, PRIORITY_STEPS
 from cortex_tasks.core.settings import get_settings
@@ -30,9 +31,7 @@ PROMOTED = Counter("cortex_priority_promotions_total", "Messages promoted by pri
 
 # `now` is Redis's clock, as `enqueued_at` is stamped (core/redis_clock.py), not the caller's: Beat's
 # host may be minutes off the publishers'.
-_PROMOTE = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+_PROMOTE = redis_clock.LUA_NOW + """
 local max_age, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local moved = 0
 for i = 1, #KEYS - 1 do

@@ -129,13 +129,13 @@ def recover_lost_messages() -> dict[str, Any]:
 
 def _recover_orphans(client: redis.Redis) -> dict[str, Any]:
     """Open jobs older than ORPHAN_AGE_SECONDS whose single message was lost (see the module's docstring)."""
-    if not _open_jobs_created_before(func.now() - timedelta(seconds=ORPHAN_AGE_SECONDS), limit=1):
+    cutoff = func.now() - timedelta(seconds=ORPHAN_AGE_SECONDS)  # the database's clock, at each query
+    if not _open_jobs_created_before(cutoff, limit=1):
         return {}  # nothing that old is open: no need to read the broker
     if not client.set(LOCK_KEY, "1", nx=True, ex=300):
         return {}
     try:
-        lost = _without_message(client, lambda: _open_jobs_created_before(
-            func.now() - timedelta(seconds=ORPHAN_AGE_SECONDS)))
+        lost = _without_message(client, lambda: _open_jobs_created_before(cutoff))
         if not lost:
             return {}
         resent, failed = _take_up(lost, MESSAGE_ORPHANED)
