@@ -35,7 +35,7 @@ def test_partial_hit_sends_only_the_misses(api, workers):
     body = api.post("/api/v1/predict", {"task": "embed", "inputs": [new, known]}).get_json()
     assert body["cached"] is False and body["cached_items"] == 1
     assert len(body["outputs"]) == 2 and all(len(vector) == 384 for vector in body["outputs"])
-    job = store.get_job(body["job_id"])
+    job = wait_for(lambda: store.get_job(body["job_id"]), 30, "the job's row (written just after its answer)")
     assert job.progress_total == 1  # only the miss went to the worker
 
 

@@ -8,7 +8,7 @@ import base64
 import math
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -17,6 +17,7 @@ import pytest
 from cortex_tasks.core.auth.keys import create_key
 from tests.support.serving import served
 from tests.support.tenants import new_tenant, tenant_keys
+from tests.support.waiting import wait_for
 
 EMBEDDER, GENERATOR = "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct"
 
@@ -50,6 +51,16 @@ def usage(gateway_url: str, key: str, **query: str) -> dict:
     answer = httpx.get(f"{gateway_url}/api/v1/usage", headers={"Authorization": f"Bearer {key}"}, params=query)
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def settled_usage(gateway_url: str, key: str, settled: Callable[[dict], bool], **query: str) -> dict:
+    """The ledger once it shows what `settled` expects: a prediction's row and worker time are written just
+    after its answer (core/jobs/write_behind.py), so a read at once may come a moment before them."""
+    def read() -> dict | None:
+        ledger = usage(gateway_url, key, **query)
+        return ledger if settled(ledger) else None
+
+    return wait_for(read, 30, "the usage ledger to show the jobs just answered")
 
 
 def test_models_lists_the_embedding_and_generation_models(client):
@@ -246,7 +257,8 @@ def test_usage_ledger_records_worker_seconds_of_v1_and_predict_jobs(client, gate
     client.embeddings.create(model=EMBEDDER, input=texts)
     predict_embeddings(gateway_url, key, [f"Another line {uuid.uuid4().hex[:8]}"])
     client.chat.completions.create(model=GENERATOR, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
-    ledger = usage(gateway_url, key)
+    ledger = settled_usage(gateway_url, key, lambda ledger: sum(
+        item["worker_jobs"] for item in ledger["items"] if item["model"] in (EMBEDDER, GENERATOR)) >= 3)
     assert ledger["scope"] == "own_key" and ledger["group_by"] == ["tenant", "key", "model"]
     rows = {item["model"]: item for item in ledger["items"]}
     embedder, generator = rows[EMBEDDER], rows[GENERATOR]
@@ -264,7 +276,7 @@ def test_usage_ledger_scopes_and_query_checks(gateway_url, tenant_key, keys):
     user, admin = tenant_key["inference_user"], tenant_key["model_admin"]
     openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=user, max_retries=0, timeout=300).embeddings.create(
         model=EMBEDDER, input=f"scoped {uuid.uuid4().hex}")
-    tenant_view = usage(gateway_url, admin, group_by="key")
+    tenant_view = settled_usage(gateway_url, admin, lambda ledger: bool(ledger["items"]), group_by="key")
     assert tenant_view["scope"] == "tenant" and [set(item) >= {"key_id"} for item in tenant_view["items"]]
     assert usage(gateway_url, admin, group_by="")["items"][0]["worker_items"] >= 1  # totals only: one row
     tenant = tenant_view["tenant"]

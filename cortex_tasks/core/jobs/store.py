@@ -8,7 +8,7 @@ its result twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -426,13 +426,13 @@ _RECORD_FINISHED = (
     "params, attempts, created_at, started_at, finished_at, deadline_at, result, error, tenant) "
     "SELECT d.id, d.owner, d.kind, d.task, d.model, d.status, d.priority, d.total, "
     "CASE WHEN d.status = 'succeeded' THEN d.total ELSE 0 END, d.params::jsonb, 1, "
-    "to_timestamp(:started), to_timestamp(:started), now(), "
+    "to_timestamp(d.started), to_timestamp(d.started), now(), "
     "now() + make_interval(secs => d.deadline), d.result::jsonb, d.error::jsonb, d.tenant "
     f"FROM unnest({_RECORD_ARRAYS}, CAST(:statuses AS text[]), CAST(:results AS text[]), "
-    f"CAST(:errors AS text[])) AS d({_RECORD_NAMES}, status, result, error) "
+    f"CAST(:errors AS text[]), CAST(:started AS float8[])) AS d({_RECORD_NAMES}, status, result, error, started) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, result = excluded.result, "
     "error = excluded.error, "
-    "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, to_timestamp(:started)), "
+    "attempts = jobs.attempts + 1, started_at = coalesce(jobs.started_at, excluded.started_at), "
     "finished_at = now(), "
     "progress_done = CASE WHEN excluded.status = 'succeeded' THEN jobs.progress_total "
     "ELSE jobs.progress_done END "
@@ -442,11 +442,11 @@ _RECORDED_ROW = ", tenant, owner, model"
 
 
 def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, NewJob],
-                    started: float, usage: dict[str, WorkerTime] | None = None) -> set[str]:
+                    started: float | Mapping[str, float], usage: dict[str, WorkerTime] | None = None) -> set[str]:
     """Record jobs whose delivery was not counted yet, finished, in one statement: {job_id: (status,
-    payload)}, with each job's record to create its row from and when the worker started them (Unix time;
-    a row created here was created then too). Returns the ids recorded; a job missing from it was
-    finished or cancelled before (its row is unchanged)."""
+    payload)}, with each job's record to create its row from and when the worker started it (Unix time,
+    one for all or {job_id: time}; a row created here was created then too). Returns the ids recorded; a
+    job missing from it was finished or cancelled before (its row is unchanged)."""
     if not outcomes:
         return set()
     jobs = [(job_id, records[job_id]) for job_id in outcomes]
@@ -456,7 +456,8 @@ def record_finished(outcomes: dict[str, tuple[str, Any]], records: dict[str, New
     columns = {**_record_columns(jobs), "statuses": [status for status, _ in payloads],
                "results": [payload if status == SUCCEEDED else None for status, payload in payloads],
                "errors": [payload if status != SUCCEEDED else None for status, payload in payloads],
-               "started": started}
+               "started": [started if isinstance(started, (int, float)) else started[job_id]
+                           for job_id in outcomes]}
     with quick_write_engine().connect() as connection:
         recorded = {row[0] for row in connection.execute(*_recording(_RECORD_FINISHED, columns, usage, _RECORDED_ROW))}
     _count_finished(outcomes, recorded)

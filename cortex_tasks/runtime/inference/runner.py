@@ -1,6 +1,7 @@
 """Running a message of prediction jobs in a worker: count deliveries, batch the items through the
 model, fall back when the model fails, record every outcome once, in bulk, with each job's worker seconds
-for the usage ledger (core/usage/) in the same statement."""
+for the usage ledger (core/usage/) in the same statement; a first delivery's rows after its answers
+(core/jobs/write_behind.py)."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,16 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from cortex_tasks.core.cache.service import MISSING, get_cache, keys_for
 from cortex_tasks.core.catalogue import TASKS, find_model
 from cortex_tasks.core.contracts.messages import PredictionJob
-from cortex_tasks.core.jobs import store
+from cortex_tasks.core.jobs import store, write_behind
 from cortex_tasks.core.jobs.deferred import DeferredCall, DelayedCalls
+from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import JobInputError
 from cortex_tasks.core.openai.config import is_openai_model
 from cortex_tasks.core.registry.references import plain, plain_model_name, split_qualified
@@ -179,15 +182,37 @@ def is_sensitive(task: str, requested: bool) -> bool:
     return requested or bool(entry is not None and entry.sensitive)
 
 
+@dataclass
+class Reply:
+    """What running a message leaves its task to do: publish `outcomes` ({job_id: status + result or
+    error}), with the copies of `rows` when they are written behind (core/jobs/write_behind.py); then
+    send those rows to be written, run `after` (filling the shared cache) and wait for the write."""
+
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: write_behind.Rows | None = None
+    after: AfterReply = field(default_factory=list)
+
+    def publish(self, reply_to: str | None, message_id: str | None) -> None:
+        publish_outcomes(reply_to, message_id, self.outcomes, self.rows.copies if self.rows else None)
+
+    def finish(self) -> None:
+        """Once the callers have their answers: the rows are written, the shared cache is filled, and this
+        returns (the task ends and its message is acknowledged) only when the rows are written."""
+        if self.rows is not None:
+            self.rows.send()
+        for work in self.after:
+            work()
+        if self.rows is not None:
+            self.rows.wait()
+
+
 def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob],
-             priority: int = 4, first_delivery: bool = False,
-             after_reply: AfterReply | None = None, sensitive: bool = False) -> dict[str, dict[str, Any]]:
-    """Run every job of one message; returns {job_id: outcome} (outcome: status + result or error).
+             priority: int = 4, first_delivery: bool = False, sensitive: bool = False) -> Reply:
+    """Run every job of one message.
 
     `first_delivery`: no worker has started this message before (it was neither restored after a worker
-    died nor retried), so its jobs are counted only if they run long (DeliveryCount).
-    `after_reply`: where to leave the work that can wait until the outcomes are published (filling the
-    shared cache, a Redis round trip); without it, that work is done here.
+    died nor retried), so its jobs are counted only if they run long (DeliveryCount), and their rows are
+    written after their answers are published.
     `sensitive`: the jobs' results are sealed (or not kept) in their rows and never cached."""
     started = time.perf_counter()
     sensitive = is_sensitive(task, sensitive)
@@ -195,12 +220,14 @@ def run_jobs(task: str, model_name: str, params: dict[str, Any], jobs: list[Pred
     # forming for the same model may wait a moment for its items instead of leaving without them.
     batcher = batcher_for(task, model_name, params) if find_model(model_name) is not None else None
     announcement = batcher.announce(sum(len(job.inputs) for job in jobs)) if batcher else None
+    reply = Reply()
     try:
-        return _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery,
-                              after_reply, sensitive)
+        _run_announced(task, model_name, params, jobs, priority, started, announcement, first_delivery, reply,
+                       sensitive)
     finally:
         if announcement is not None:
             announcement.cancel()
+    return reply
 
 
 class DeliveryCount:
@@ -211,8 +238,8 @@ class DeliveryCount:
     failed at the cap. A first delivery is counted only if its jobs are still running after
     MARK_RUNNING_AFTER_SECONDS (they then show `running` too); most finish sooner, and are then written
     once, finished and counted, in one statement (store.record_finished): one database write per job on
-    every prediction's path instead of two. Should a first delivery kill its worker before it was
-    counted, its redeliveries still count up to the cap (one delivery later)."""
+    every prediction's path instead of two, and after the answers (write_behind). Should a first delivery
+    kill its worker before it was counted, its redeliveries still count up to the cap (one delivery later)."""
 
     def __init__(self, jobs: list[PredictionJob], first_delivery: bool, sensitive: bool = False) -> None:
         job_ids = [job.job_id for job in jobs]
@@ -227,6 +254,18 @@ class DeliveryCount:
             self._deferred = _running_marks.schedule(count)
         else:  # a redelivery, or jobs whose rows only the gateway could create (older messages)
             self.before_run = count()
+
+    def write_behind(self, records: dict[str, tuple[str, Any]],
+                     usage: dict[str, WorkerTime] | None = None) -> write_behind.Rows | None:
+        """A first delivery not counted yet: its rows, to be written after the answers (and counted then);
+        None when they are to be recorded now (`record`): the jobs were counted meanwhile (they ran long),
+        this is a redelivery, or they are sensitive."""
+        if self._deferred is None or self.sensitive:
+            return None
+        ran, _ = self._deferred.skip_or_wait()
+        if ran:  # record() reads the count from the same call
+            return None
+        return write_behind.Rows(records, self.new_rows, self.started, usage)
 
     def record(self, records: dict[str, tuple[str, Any]],
                usage: dict[str, WorkerTime] | None = None) -> set[str]:
@@ -256,9 +295,8 @@ def _answer_from_rows(job_ids: list[str], outcomes: dict[str, dict[str, Any]]) -
 
 def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: list[PredictionJob],
                    priority: int, started: float, announcement: Announcement | None,
-                   first_delivery: bool, after_reply: AfterReply | None,
-                   sensitive: bool = False) -> dict[str, dict[str, Any]]:
-    outcomes: dict[str, dict[str, Any]] = {}
+                   first_delivery: bool, reply: Reply, sensitive: bool = False) -> None:
+    outcomes = reply.outcomes
     count = DeliveryCount(jobs, first_delivery, sensitive)
     if count.before_run is not None:
         # Duplicate deliveries of finished jobs and jobs over the delivery cap do not run.
@@ -266,11 +304,11 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
         _answer_from_rows([job.job_id for job in jobs if job.job_id not in runnable], outcomes)
         jobs = [job for job in jobs if job.job_id in runnable]
         if not jobs:
-            return outcomes
+            return
     usage: dict[str, WorkerTime] = {}
     try:
         results, answered_by, spent = _results_of(task, model_name, params, jobs, priority, announcement,
-                                                  after_reply, sensitive)
+                                                  reply.after, sensitive)
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}
         answers = {job.job_id: {"status": store.FAILED, "error": error} for job in jobs}
@@ -280,10 +318,15 @@ def _run_announced(task: str, model_name: str, params: dict[str, Any], jobs: lis
                                          round((time.perf_counter() - started) * 1000, 2))
         if not is_openai_model(answered_by["name"]):  # OpenAI calls are billed in tokens (core/openai/usage.py)
             usage = _worker_time_per_job(task, jobs, spent, answered_by)
+    reply.rows = count.write_behind(records, usage)
+    if reply.rows is not None:
+        # Answered before the rows are written: a row that would not be written (its job cancelled
+        # meanwhile) concerns no caller, since only a caller no longer waiting can know its job's id.
+        outcomes.update(answers)
+        return
     recorded = count.record(records, usage)
     outcomes.update({job_id: answer for job_id, answer in answers.items() if job_id in recorded})
     _answer_from_rows([job_id for job_id in answers if job_id not in recorded], outcomes)
-    return outcomes
 
 
 def _job_outcomes(task: str, jobs: list[PredictionJob], results: list[Any], answered_by: dict[str, Any],

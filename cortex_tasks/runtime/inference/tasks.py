@@ -33,7 +33,7 @@ from cortex_tasks.core.retry_policy import (
 from cortex_tasks.core.storage.sealing import SealedValueError
 from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, tenant_scope
 from cortex_tasks.runtime.inference import streaming
-from cortex_tasks.runtime.inference.runner import AfterReply, run_jobs
+from cortex_tasks.runtime.inference.runner import run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,15 @@ def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         return _refuse(kwargs, exc)
     # Redis restores a dead worker's unacknowledged messages marked redelivered; a retry is a new message.
     first_delivery = not request.retries and not (request.delivery_info or {}).get("redelivered")
-    after_reply: AfterReply = []
     # A span per job, each in the trace its request started (a message may hold several requests' jobs).
     with tracing.running_jobs([(job.job_id, job.trace) for job in message.jobs], task=message.task,
                               model=message.model, tenant=message.tenant):
-        outcomes = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
-                            first_delivery, after_reply, message.sensitive)
-        publish_outcomes(message.reply_to, message.message_id, outcomes)
-    for work in after_reply:  # the shared cache is filled once the callers have their answers
-        work()
-    return {"jobs": len(message.jobs), "succeeded": sum(o["status"] == "succeeded" for o in outcomes.values())}
+        reply = run_jobs(message.task, message.model, message.params, message.jobs, message.priority,
+                         first_delivery, message.sensitive)
+        reply.publish(message.reply_to, message.message_id)
+    reply.finish()
+    return {"jobs": len(message.jobs),
+            "succeeded": sum(o["status"] == "succeeded" for o in reply.outcomes.values())}
 
 
 def _refuse(kwargs: dict[str, Any], exc: MessageRefused | SealedValueError) -> dict[str, Any]:
