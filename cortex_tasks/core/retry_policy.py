@@ -84,7 +84,13 @@ def keep_while_database_away(task: Any, exc: BaseException) -> Exception:
     `max_retries`, until PostgreSQL answers."""
     log.warning("PostgreSQL away through every retry of %s; its message is kept and tried again in %d s",
                 task.name, DATABASE_AWAY_RETRY_SECONDS)
-    return task.retry(exc=exc, countdown=DATABASE_AWAY_RETRY_SECONDS, max_retries=task.request.retries + 1)
+    kept = task.retry(exc=exc, countdown=DATABASE_AWAY_RETRY_SECONDS, max_retries=task.request.retries + 1,
+                      throw=False)
+    # Celery remembers a max_retries given to retry() on the task object, which every message the process
+    # runs next shares, until an autoretry clears it: this message's allowance must not become theirs.
+    if hasattr(task, "override_max_retries"):
+        delattr(task, "override_max_retries")
+    return kept
 
 
 def run_kept_while_database_away(run: Callable[[], T], task: Any = None) -> T:
