@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 import sqlalchemy.exc
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -58,6 +61,19 @@ def dependency_error(exc: BaseException) -> dict[str, str]:
 
 # How often a message whose jobs wait for PostgreSQL is tried again once the task's own retries are used up.
 DATABASE_AWAY_RETRY_SECONDS = 30
+# For how long at least such a message is kept: a job's deadline (the default every prediction and every
+# single job is given, jobs/store.NewJob.deadline_seconds; a unit test holds them equal). Past it the
+# stale-job sweep fails the job as soon as PostgreSQL answers again, so a message kept longer could only race
+# the sweep, and a database gone for good would keep messages going round forever.
+DATABASE_AWAY_KEEP_SECONDS = 3600
+
+
+def kept_long_enough(retries: int, max_retries: int | None) -> bool:
+    """Whether a message retried `retries` times, `max_retries` of them the task's own, has been kept for
+    PostgreSQL for DATABASE_AWAY_KEEP_SECONDS. Each kept retry waited at least DATABASE_AWAY_RETRY_SECONDS
+    (more behind a backlog), so this never gives up before a job's deadline has passed."""
+    kept = retries - (max_retries or 0)
+    return kept * DATABASE_AWAY_RETRY_SECONDS >= DATABASE_AWAY_KEEP_SECONDS
 
 
 def keep_while_database_away(task: Any, exc: BaseException) -> Exception:
@@ -68,4 +84,34 @@ def keep_while_database_away(task: Any, exc: BaseException) -> Exception:
     `max_retries`, until PostgreSQL answers."""
     log.warning("PostgreSQL away through every retry of %s; its message is kept and tried again in %d s",
                 task.name, DATABASE_AWAY_RETRY_SECONDS)
-    return task.retry(exc=exc, countdown=DATABASE_AWAY_RETRY_SECONDS, max_retries=task.request.retries + 1)
+    kept = task.retry(exc=exc, countdown=DATABASE_AWAY_RETRY_SECONDS, max_retries=task.request.retries + 1,
+                      throw=False)
+    # Celery remembers a max_retries given to retry() on the task object, which every message the process
+    # runs next shares, until an autoretry clears it: this message's allowance must not become theirs.
+    if hasattr(task, "override_max_retries"):
+        delattr(task, "override_max_retries")
+    return kept
+
+
+def run_kept_while_database_away(run: Callable[[], T], task: Any = None) -> T:
+    """Run a task's body (`task`: the bound task, else the one running now). PostgreSQL away through
+    every retry of the task keeps its message (keep_while_database_away), however far the body got: at the
+    job's first statement, in its work, or at the record of its outcome (the guarded statements of
+    core/jobs/store.py then run it again only if its row is still open). Until a job's deadline: past it
+    the message is given up, acknowledged as a failed task, and the stale-job sweep fails the job once
+    PostgreSQL answers. Other errors, and PostgreSQL errors while retries are left, go on unchanged."""
+    try:
+        return run()
+    except DATABASE_ERRORS as exc:
+        if not retries_exhausted():
+            raise  # the task's autoretry, with back-off
+        if task is None:
+            from celery import current_task
+
+            task = current_task
+        if kept_long_enough(task.request.retries or 0, task.max_retries):
+            log.error("PostgreSQL away for over %d s through the retries of %s; its message is given up: the "
+                      "stale-job sweep fails its jobs once PostgreSQL is back", DATABASE_AWAY_KEEP_SECONDS,
+                      task.name)
+            raise
+        raise keep_while_database_away(task, exc) from exc

@@ -161,3 +161,43 @@ def test_a_job_taken_while_postgres_is_down_runs_once_it_is_back(stack: FaultSta
         stack.start_postgres()
     done = stack.wait_job(queued.body["job_id"], timeout=DATABASE_AWAY_RETRY_SECONDS + 60)
     assert done["status"] == "succeeded", done
+
+
+def test_a_single_job_taken_while_postgres_is_down_runs_once_it_is_back(stack: FaultStack) -> None:
+    """The same for a job of its own message (core/jobs/running.run_job: vectors, documents, chat, agents,
+    promotions), here an index build on the maintenance queue: taken while PostgreSQL is down for longer than
+    the task's own retries, its message is kept and the job runs once PostgreSQL is back, once (one
+    recorded attempt, one succeeded task). Before, the failed task's message was acknowledged, the job stayed
+    queued, and the stale-job sweep's orphan pass failed it `message_lost` five minutes later."""
+    from cortex_tasks.core.retry_policy import DATABASE_AWAY_RETRY_SECONDS
+
+    stack.start_worker("maintenance", "maintenance", pool="threads", concurrency=1)
+    name = f"kept-{int(time.time() * 1000)}"
+    created = stack.call("PUT", f"/api/v1/vectors/{name}", {"dimension": 4, "model": None, "metric": "l2",
+                                                            "defer_index": True})
+    assert created.status == 201, created
+    items = [{"id": str(i), "vector": [float(i), 1.0, 0.0, 0.5]} for i in range(20)]
+    assert stack.call("POST", f"/api/v1/vectors/{name}", {"items": items}).status == 200
+
+    worker = stack.workers["maintenance"]
+    os.killpg(worker.pid, signal.SIGSTOP)  # the message waits until PostgreSQL is down
+    try:
+        queued = stack.call("POST", f"/api/v1/vectors/{name}/index", {"wait": 0})
+        assert queued.status == 202, queued
+        stack.stop_postgres()
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+    try:
+        # Its retries used up: the message is kept (or, as before, the task failed and its message was gone).
+        wait_for(lambda: any(said in stack.log_tail("worker-maintenance", 400)
+                             for said in ("kept and tried again", "raised unexpected")), 60,
+                 "the index build's task to use up its retries", interval=0.5)
+    finally:
+        stack.start_postgres()
+    done = stack.wait_job(queued.body["job_id"], timeout=DATABASE_AWAY_RETRY_SECONDS + 60)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1, done  # the deliveries while PostgreSQL was down ran nothing
+    assert done["result"]["count"] == 20 and done["result"]["index"]["state"] == "ready", done
+    ran = [line for line in stack.log_tail("worker-maintenance", 1000).splitlines()
+           if "cortex.vectors.build_index[" in line and "] succeeded in" in line]
+    assert len(ran) == 1, ran

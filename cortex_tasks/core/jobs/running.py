@@ -16,10 +16,12 @@ from cortex_tasks.core.errors import CortexError
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcome
 from cortex_tasks.core.retry_policy import (
+    DATABASE_ERRORS,
     TRANSIENT_ERRORS,
     current_retries,
     dependency_error,
     retries_exhausted,
+    run_kept_while_database_away,
 )
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.usage.worker_time import ModelClock, WorkerTime
@@ -56,7 +58,16 @@ def shown_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
 
 def run_job(job_id: str, work: Callable[[], dict[str, Any]], clock: ModelClock | None = None) -> dict[str, Any]:
     """`clock`: the model calls `work` makes are charged to it, and their time is recorded with the job's
-    outcome (core/usage/worker_time.py), once: only by the delivery that records the outcome."""
+    outcome (core/usage/worker_time.py), once: only by the delivery that records the outcome.
+
+    PostgreSQL away through every retry of the task, wherever it was missed (counting the delivery, in the
+    work, recording the outcome), keeps the task's message, like a prediction's: the job's inputs travel only
+    in it (retry_policy.run_kept_while_database_away). Once PostgreSQL answers, the job runs again only if
+    its row is still open; a job whose outcome was recorded before is answered from its record."""
+    return run_kept_while_database_away(lambda: _run_job(job_id, work, clock))
+
+
+def _run_job(job_id: str, work: Callable[[], dict[str, Any]], clock: ModelClock | None) -> dict[str, Any]:
     # The task's own retries are deliveries too, but not a worker dying: they do not count against the cap
     # (a task allowed more retries than CORTEX_MAX_DELIVERIES was failed as `redelivery_limit`).
     attempt = store.begin_attempt(job_id, get_settings().max_deliveries + current_retries())
@@ -77,8 +88,10 @@ def run_job(job_id: str, work: Callable[[], dict[str, Any]], clock: ModelClock |
         error = dependency_error(exc)
         try:
             store.fail_job(job_id, error, _usage(clock))
+        except DATABASE_ERRORS:
+            raise  # PostgreSQL itself is away: the job can be neither run nor failed; run_job keeps its message
         except TRANSIENT_ERRORS:
-            raise exc from None  # the database itself is away: the deadline sweep fails the job later
+            raise exc from None  # not PostgreSQL: the task fails, as any transient error past its retries
         return {"status": "failed", "error": error}
     except JobInputError as exc:
         error = {"code": exc.code, "message": str(exc), "details": exc.details}

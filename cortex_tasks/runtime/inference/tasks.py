@@ -24,12 +24,7 @@ from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import publish_outcomes
 from cortex_tasks.core.jobs.running import refuse_message
 from cortex_tasks.core.observability import tracing
-from cortex_tasks.core.retry_policy import (
-    DATABASE_ERRORS,
-    TRANSIENT_ERRORS,
-    keep_while_database_away,
-    retries_exhausted,
-)
+from cortex_tasks.core.retry_policy import TRANSIENT_ERRORS, run_kept_while_database_away
 from cortex_tasks.core.storage.sealing import SealedValueError
 from cortex_tasks.core.tenancy import DEFAULT_TENANT, TENANT_ID, tenant_scope
 from cortex_tasks.runtime.inference import streaming
@@ -44,12 +39,8 @@ LIMITS: dict[str, Any] = {"soft_time_limit": 120, "time_limit": 180, "autoretry_
 
 
 def _run_kept(task: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return _run(task.request, kwargs)
-    except DATABASE_ERRORS as exc:
-        if not retries_exhausted():
-            raise  # the task's autoretry, with back-off
-        raise keep_while_database_away(task, exc) from exc
+    # PostgreSQL away through every retry: the message is kept, its jobs run once it answers (retry_policy).
+    return run_kept_while_database_away(lambda: _run(task.request, kwargs), task)
 
 
 def _run(request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -127,5 +118,6 @@ def stream_generation(**kwargs: Any) -> dict[str, Any]:
         if outcome["recorded"]:
             streaming.publish_event(kwargs["job_id"], {"type": "error", "error": outcome["error"]})
         return {"status": outcome["status"], "refused": str(exc)}
-    return {"status": streaming.stream_generation(message.job_id, message.model, message.inputs,
-                                                  message.params or {}, message.sensitive)}
+    # Its job's inputs travel only in the message: kept while PostgreSQL is away, like a prediction's.
+    return {"status": run_kept_while_database_away(lambda: streaming.stream_generation(
+        message.job_id, message.model, message.inputs, message.params or {}, message.sensitive))}
