@@ -13,16 +13,12 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
 import pytest
-import redis
 
-from cortex_tasks import app as celery_app
 from cortex_tasks.core.jobs import store
-from cortex_tasks.core.jobs.outcomes import REPLY_CHANNEL_PREFIX
-from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.tenancy import tenant_scope
 from tests.support.brokers import Broker
+from tests.support.prediction_messages import gateway_job, send_gpu_message
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_for
 
@@ -143,27 +139,6 @@ def test_worker_killed_mid_batch_loses_no_item(broker):
         assert record.attempts == 2
         assert len(record.result["outputs"]) == 32
         assert all(len(vector) == 384 for vector in record.result["outputs"])
-
-
-def send_gpu_message(jobs: list[dict], message_id: str, queue: str = "gpu", timeout: float = 120) -> dict:
-    """Send a gpu message of embed jobs as the gateway does and return the outcomes the worker replies."""
-    channel = f"{REPLY_CHANNEL_PREFIX}{message_id}-{uuid.uuid4().hex[:6]}"
-    subscriber = redis.Redis.from_url(get_settings().redis_url).pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(channel)
-    try:
-        celery_app.send_task("cortex.inference.run_gpu_jobs", queue=queue, kwargs={
-            "task": "embed", "model": "all-MiniLM-L6-v2", "params": {}, "reply_to": channel,
-            "message_id": message_id, "jobs": jobs})
-        reply = wait_for(lambda: subscriber.get_message(timeout=1), timeout, "the worker's reply")
-    finally:
-        subscriber.close()
-    return orjson.loads(reply["data"])["outcomes"]
-
-
-def gateway_job(inputs: list[str]) -> dict:
-    record = store.job_record(store.NewJob(owner="delivery-test", kind="predict", task="embed",
-                                           model="all-MiniLM-L6-v2", total=len(inputs)))
-    return {"job_id": store.new_job_id(), "inputs": inputs, "record": record}
 
 
 def test_duplicate_message_of_finished_jobs_is_answered_from_their_records(workers):

@@ -23,7 +23,7 @@ from cortex_tasks.core.jobs.write_behind import job_from_copy
 from cortex_tasks.core.settings import get_settings
 from cortex_tasks.core.storage.db import get_engine
 from cortex_tasks.core.tenancy import tenant_scope
-from tests.integration.test_delivery import gateway_job, send_gpu_message
+from tests.support.prediction_messages import gateway_job, send_gpu_message
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_for
 
