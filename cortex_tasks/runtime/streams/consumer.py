@@ -31,6 +31,7 @@ import importlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from cortex_tasks.runtime.streams.service import CLOSE_CHECK_SECONDS, StreamRunt
 
 log = logging.getLogger(__name__)
 
+# How long another thread of the stream worker may keep the interpreter from the consumer thread (run()).
+SWITCH_INTERVAL_SECONDS = 0.001
 # Consumers of the group that have nothing pending and were idle this long are removed (restarts leave one each).
 FORGET_CONSUMER_MS = 3600 * 1000
 
@@ -131,6 +134,11 @@ class StreamConsumer:
         # collector's sight, a full collection no longer walks them all while events wait.
         gc.collect()
         gc.freeze()
+        # An event's batch waits on Redis and PostgreSQL most of its time; each time an answer comes, the
+        # consumer thread needs the interpreter back from whichever thread holds it (housekeeping, a refit's
+        # rows, Celery's own): a shorter switch interval (5 ms by default) bounds that wait. The stream worker
+        # is a process of its own, and its other threads are not in a hurry.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         while not self._stop.is_set():
             try:
                 self.run_once(send_with_next_read=True)
@@ -319,4 +327,5 @@ class StreamConsumer:
     def _refresh_groups(self) -> None:
         for key in self.runtimes:
             ensure_group(self.client, key)
+
 

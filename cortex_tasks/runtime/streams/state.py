@@ -147,6 +147,11 @@ end
 return {applied, current, flagged}
 """
 
+# The latest ARGV[2] training rows of the list ARGV[1] (JSON arrays each), as one JSON array.
+_ROWS = """
+return '[' .. table.concat(redis.call('LRANGE', ARGV[1], 0, tonumber(ARGV[2]) - 1), ',') .. ']'
+"""
+
 # Per key: its version, and its state unless the caller's cached copy has that version.
 _READ = """
 local prefix = ARGV[1]
@@ -232,6 +237,7 @@ class StreamState:
         self._apply = client.register_script(_APPLY)
         self._read = client.register_script(_READ)
         self._figures = client.register_script(_FIGURES)
+        self._rows = client.register_script(_ROWS)
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         # What the current batch's states were read as: the version, where its window starts, when read.
         self._read_as: dict[str, tuple[bytes, float, float]] = {}
@@ -333,7 +339,9 @@ class StreamState:
         pipe.zremrangebyscore(f"{self.prefix}:applied", "-inf", now_ms - APPLIED_TTL_MS)
 
     def training_rows(self, limit: int) -> list[list[float]]:
-        return [json.loads(raw) for raw in self.client.lrange(f"{self.prefix}:rows", 0, limit - 1)]
+        # Joined in Redis into one JSON array: thousands of rows read back one reply each were tens of
+        # milliseconds of parsing in the worker, holding the interpreter lock against the consumer thread.
+        return json.loads(self._rows(args=[f"{self.prefix}:rows", limit]))
 
     def watermark(self) -> float | None:
         raw = self.client.get(f"{self.prefix}:watermark")
