@@ -327,5 +327,3 @@ class StreamConsumer:
     def _refresh_groups(self) -> None:
         for key in self.runtimes:
             ensure_group(self.client, key)
-
-
