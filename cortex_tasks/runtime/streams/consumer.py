@@ -31,6 +31,7 @@ import importlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from cortex_tasks.runtime.streams.service import CLOSE_CHECK_SECONDS, StreamRunt
 
 log = logging.getLogger(__name__)
 
+# How long another thread of the stream worker may keep the interpreter from the consumer thread (run()).
+SWITCH_INTERVAL_SECONDS = 0.001
 # Consumers of the group that have nothing pending and were idle this long are removed (restarts leave one each).
 FORGET_CONSUMER_MS = 3600 * 1000
 
@@ -104,6 +107,9 @@ class StreamConsumer:
         self._unreadable: set[str] = set()  # events keys of declarations that fail validation
         # Started by start(); a consumer driven by hand (tests) closes windows and refreshes in run_once.
         self._housekeeper: threading.Thread | None = None
+        # The last micro-batches' acknowledgements, metrics and live messages, when run() sends them with its
+        # next read (their verdicts stored already).
+        self._unsent: redis.client.Pipeline | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -128,9 +134,14 @@ class StreamConsumer:
         # collector's sight, a full collection no longer walks them all while events wait.
         gc.collect()
         gc.freeze()
+        # An event's batch waits on Redis and PostgreSQL most of its time; each time an answer comes, the
+        # consumer thread needs the interpreter back from whichever thread holds it (housekeeping, a refit's
+        # rows, Celery's own): a shorter switch interval (5 ms by default) bounds that wait. The stream worker
+        # is a process of its own, and its other threads are not in a hurry.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self.run_once(send_with_next_read=True)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("stream consumer: Redis unavailable (%s); retrying", exc)
                 self._stop.wait(1.0)
@@ -139,20 +150,30 @@ class StreamConsumer:
                 # read again (claimed) once the failure passes.
                 log.exception("stream consumer: a micro-batch failed; its events stay pending")
                 self._stop.wait(1.0)
+        try:
+            self._send_unsent()
+        except redis.RedisError as exc:
+            # Its entries stay pending: claimed and scored again, their state and verdicts taken once.
+            log.warning("stream consumer: the last acknowledgements could not be sent (%s)", exc)
         log.info("stream consumer %s stopped", self.consumer)
 
     # --- one round ---------------------------------------------------------------------------------------
 
-    def run_once(self) -> int:
+    def run_once(self, send_with_next_read: bool = False) -> int:
         """Refresh (without a housekeeping thread), claim, read one micro-batch per stream and process it; the
-        number of events handled."""
+        number of events handled. With `send_with_next_read` (the loop of run()), the batches' acknowledgements,
+        metrics and live messages go with the next call's read, in one round trip; else before this returns."""
         now = time.monotonic()
-        if self._housekeeper is None and (now - self._last_refresh >= self.settings.refresh_seconds
-                                          or not self.runtimes):
+        refresh = self._housekeeper is None and (now - self._last_refresh >= self.settings.refresh_seconds
+                                                 or not self.runtimes)
+        claim = now - self._last_claim >= self.settings.claim_idle / 2
+        if refresh or claim or not self.runtimes:
+            self._send_unsent()
+        if refresh:
             self.refresh()
             self._last_refresh = now
         handled = 0
-        if now - self._last_claim >= self.settings.claim_idle / 2:
+        if claim:
             self._last_claim = now
             handled += self.claim_abandoned()
         runtimes = self.runtimes  # replaced whole by refresh(), never changed in place
@@ -160,9 +181,17 @@ class StreamConsumer:
             self._stop.wait(self.settings.processing_interval)
             return handled
         block_ms = max(1, int(self.settings.processing_interval * 1000))
+        # The previous batches' acknowledgements, metrics and live messages (their verdicts stored) go in the
+        # same round trip as this read: Redis runs them before the read, which may then block.
+        pipe, self._unsent = self._unsent, None
         try:
-            replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in runtimes},
-                                             count=self.settings.buffer_size, block=block_ms)
+            if pipe is None:
+                replies = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in runtimes},
+                                                 count=self.settings.buffer_size, block=block_ms)
+            else:
+                pipe.xreadgroup(CONSUMER_GROUP, self.consumer, {key: ">" for key in runtimes},
+                                count=self.settings.buffer_size, block=block_ms)
+                replies = pipe.execute()[-1]
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -173,11 +202,20 @@ class StreamConsumer:
             return handled
         for key, entries in replies or []:
             handled += self._handle(key.decode() if isinstance(key, bytes) else key, entries)
+        if not send_with_next_read:
+            self._send_unsent()
         if self._housekeeper is None:
             self.close_windows()
         return handled
 
+    def _send_unsent(self) -> None:
+        pipe, self._unsent = self._unsent, None
+        if pipe is not None:
+            pipe.execute()
+
     def _handle(self, key: str, entries: list[tuple[Any, dict[bytes, bytes]]]) -> int:
+        """Process a micro-batch read from `key`; its acknowledgement, metrics and live messages are queued
+        (self._unsent), to be sent once its verdicts are stored."""
         found = self.runtimes.get(key)
         if found is None or not entries:
             return 0
@@ -191,7 +229,8 @@ class StreamConsumer:
                             self.settings.lateness, pipe, close_windows=False)
         pipe.xack(key, CONSUMER_GROUP, *ids)
         runtime.state.acknowledged(pipe, ids, int(time.time() * 1000))
-        pipe.execute()
+        self._send_unsent()  # an earlier batch's (another stream's of the same read, or claimed entries)
+        self._unsent = pipe
         return len(ids)
 
     # --- the housekeeping thread -------------------------------------------------------------------------
@@ -242,6 +281,7 @@ class StreamConsumer:
                 if start in (b"0-0", "0-0") or not reply[1]:
                     break
             self._forget_idle_consumers(key)
+        self._send_unsent()  # claims are rare: acknowledged at once rather than with the next read
         return handled
 
     def _forget_idle_consumers(self, key: str) -> None:

@@ -135,7 +135,8 @@ class LocalDepartures:
     spread: float
 
 
-def _median(values: list[float]) -> float:
+def median_of(values: list[float]) -> float:
+    """The median of a few dozen values (plain Python: numpy's per-call overheads cost more on so few)."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
@@ -159,13 +160,13 @@ def local_departures(window: list[float], value: float, recent_share: float = RE
     # (a spike pulls it no further), which extrapolates with less noise than the medians. Values are taken
     # relative to the second half's median, so that the sums of squares keep their precision at any level.
     half = reference_count // 2
-    first, second = _median(reference[:half]), _median(reference[half:])
+    first, second = median_of(reference[:half]), median_of(reference[half:])
     first_at, second_at = (half - 1) / 2, half + (reference_count - half - 1) / 2
     rough_slope = (second - first) / (second_at - first_at)
     rough = [rough_slope * (position - second_at) for position in range(reference_count)]
     relative = [v - second for v in reference]
     floor = 1e-3 * max(abs(second), 1.0)
-    limit = HOLD * max(_MAD_TO_SD * _median([abs(v - r) for v, r in zip(relative, rough)]), floor)
+    limit = HOLD * max(_MAD_TO_SD * median_of([abs(v - r) for v, r in zip(relative, rough)]), floor)
     held = [r - limit if v < r - limit else min(v, r + limit) for v, r in zip(relative, rough)]
     centre = (reference_count - 1) / 2
     total = sum(held)
@@ -184,7 +185,7 @@ def local_departures(window: list[float], value: float, recent_share: float = RE
     def capped(departure: float) -> float:
         return max(-MAX_DEPARTURE, min(MAX_DEPARTURE, departure))
 
-    return LocalDepartures(capped((value - at_value) / spread), capped((_median(recent) - expected) / spread),
+    return LocalDepartures(capped((value - at_value) / spread), capped((median_of(recent) - expected) / spread),
                            expected, spread)
 
 

@@ -2,9 +2,9 @@
 
 For a batch of Redis Stream entries: check each event against the declaration (a bad one goes to the
 stream's `rejected` list), read its key's state, run the detectors on every event in order (each judged
-against the events before it, those of the same batch included), apply the events to the shared state
-(at most once per entry id), store the verdicts (at most once per event and detector), then publish them
-and the windows' aggregates for the live view, hand matching verdicts to the alert rules, and store the
+against the events before it, those of the same batch included), apply the events to the shared state (at
+most once per entry id) while the verdicts are stored (at most once per event and detector), then publish
+them and the windows' aggregates for the live view, hand matching verdicts to the alert rules, and store the
 windows that event time has closed. The caller acknowledges the entries only after all this returned.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +45,7 @@ from cortex_tasks.runtime.streams.detectors import (
 )
 from cortex_tasks.runtime.streams.features import as_named
 from cortex_tasks.runtime.streams.state import StreamState
-from cortex_tasks.runtime.streams.windows import aggregate, window_starts
+from cortex_tasks.runtime.streams.windows import Aggregate, aggregate, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -88,37 +88,25 @@ class BatchOutcome:
 
 @dataclass
 class ScoredBatch:
-    """A micro-batch scored and applied to the shared state, its verdicts not stored yet (store_batches)."""
+    """A micro-batch scored, not yet applied to the shared state nor stored (StreamRuntime.process)."""
 
     runtime: StreamRuntime
     entry_ids: list[str]
     outcome: BatchOutcome
     verdict_columns: dict[str, Any] | None  # one array per column of _verdict_insert, None without verdicts
-    live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]]
+    live_windows: list[tuple[str, ScoredEvent, tuple[Aggregate | None, int]]]
     new_verdicts: set[tuple[str, str]] = field(default_factory=set)
 
 
-def store_batches(batches: list[ScoredBatch], pipe: redis.client.Pipeline) -> None:
-    """Store the verdicts of scored batches (of one tenant), then queue on `pipe` each batch's metrics and
-    live messages, and hand its anomalies to the alert rules. The caller acknowledges the entries with
-    `pipe`, after this returned: a verdict is durable before its event is acknowledged."""
-    statements = [batch for batch in batches if batch.verdict_columns is not None]
-    if len(statements) == 1:
-        # One statement is its own transaction: one round trip, committed (flushed) when it returns.
-        with durable_autocommit_engine().connect() as connection:
-            _insert_verdicts(connection, statements[0])
-    elif statements:
-        with get_engine().begin() as connection:
-            for batch in statements:
-                _insert_verdicts(connection, batch)
-    stored_at = time.time()
-    for batch in batches:
-        batch.outcome.latencies = [stored_at - arrival_of(item.entry_id) for item in batch.outcome.scored]
-        batch.runtime.after_store(batch, pipe)
+def _store_verdicts(batch: ScoredBatch) -> None:
+    """Insert the batch's verdicts: one statement, its own transaction, committed (the write-ahead log
+    flushed) when it returns."""
+    with durable_autocommit_engine().connect() as connection:
+        _insert_verdicts(connection, batch)
 
 
 def _insert_verdicts(connection: Any, batch: ScoredBatch) -> None:
-    rows = connection.execute(_verdict_insert(), batch.verdict_columns or {})
+    rows = connection.exec_driver_sql(_verdict_insert_sql(connection.dialect), batch.verdict_columns or {})
     batch.new_verdicts = {(row.event_id, row.detector) for row in rows}
     batch.outcome.stored_verdicts = len(batch.new_verdicts)
 
@@ -141,14 +129,29 @@ class StreamRuntime:
 
     def process(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float,
                 pipe: redis.client.Pipeline | None = None, close_windows: bool = True) -> BatchOutcome:
-        """Score, apply and store one micro-batch, then (unless told not to: the stream worker does it in a
-        thread of its own) store the windows event time has closed. The batch's metrics and live messages
-        are queued on `pipe` when one is given: the caller sends them with the batch's acknowledgement, in
-        one round trip after the verdicts are stored; without one they are sent here."""
+        """Score one micro-batch, apply it to the shared state and store its verdicts, then (unless told not
+        to: the stream worker does it in a thread of its own) store the windows event time has closed. The
+        batch's metrics and live messages are queued on `pipe` when one is given: the caller sends them with
+        the batch's acknowledgement, in one round trip after the verdicts are stored; without one they are
+        sent here."""
         batch = self.score(entries, lateness)
+        if batch.outcome.scored:
+            # The verdicts are stored while the state is updated: each is a round trip (the insert's commit
+            # waits for the write-ahead log) and neither needs the other's result. The caller acknowledges
+            # the entries only once both are done; a worker killed in between leaves them pending, to be
+            # scored again: the state takes each entry once, the table each event's verdict once.
+            storing = _store_thread().submit(_store_verdicts, batch) if batch.verdict_columns else None
+            try:
+                batch.live_windows = self._apply(batch.outcome.scored, lateness)
+            finally:
+                if storing is not None:
+                    storing.result()  # the insert's error, if it failed
+            self._maybe_refit()
+        stored_at = time.time()
+        batch.outcome.latencies = [stored_at - arrival_of(item.entry_id) for item in batch.outcome.scored]
         own_pipe = pipe is None
         pipe = pipe if pipe is not None else self.client.pipeline(transaction=False)
-        store_batches([batch], pipe)
+        self.after_store(batch, pipe)
         if own_pipe:
             pipe.execute()
         if close_windows:
@@ -156,8 +159,8 @@ class StreamRuntime:
         return batch.outcome
 
     def score(self, entries: list[tuple[str, dict[bytes, bytes]]], lateness: float) -> ScoredBatch:
-        """Check, score and apply one micro-batch to the shared state; its verdicts are stored by
-        store_batches."""
+        """Check and score one micro-batch (its verdicts as _verdict_insert's arrays); process applies it to
+        the shared state and stores the verdicts."""
         outcome = BatchOutcome()
         events: list[tuple[str, CheckedEvent]] = []
         rejected: list[tuple[str, str]] = []
@@ -174,8 +177,7 @@ class StreamRuntime:
         batch = ScoredBatch(self, [entry_id for entry_id, _ in entries], outcome, None, [])
         if events:
             outcome.scored = self._score(events)
-            batch.verdict_columns, batch.live_windows = self._apply(outcome.scored, lateness)
-            self._maybe_refit()
+            batch.verdict_columns = self._verdict_columns(outcome.scored)
         return batch
 
     def after_store(self, batch: ScoredBatch, pipe: redis.client.Pipeline) -> None:
@@ -215,10 +217,9 @@ class StreamRuntime:
                 for index, (entry_id, event) in enumerate(events)]
 
     def _apply(self, scored: list[ScoredEvent], lateness: float
-               ) -> tuple[dict[str, Any] | None, list[tuple[str, ScoredEvent, tuple[list[float], int]]]]:
-        """Apply the events to the shared state: (their verdicts as _verdict_insert's arrays, to store, and
-        the open window of each key the batch touched, read back in the same round trip as the update, for
-        the live view)."""
+               ) -> list[tuple[str, ScoredEvent, tuple[Aggregate | None, int]]]:
+        """Apply the events to the shared state; the figures of the open window of each key the batch
+        touched as the update left them, for the live view."""
         # A key's events are kept until no open window needs them (its latest event time minus a window,
         # a hop and the lateness, at least a minute): the state stays small at high rates.
         keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
@@ -240,17 +241,36 @@ class StreamRuntime:
             if item.event.key not in latest or item.event.time > latest[item.event.key].event.time:
                 latest[item.event.key] = item
         names = [f"{key}\x1f{_start_text(item.windows[-1])}" for key, item in latest.items()]
-        _, contents = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep,
-                                       self._stale, names, self.spec.window.size, self._states)
-        live_windows = [(key, item, content) for (key, item), content in zip(latest.items(), contents)]
+        applied_now = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep, self._stale,
+                                       names, self._states)
+        # The live figures of a key's open window come from the batch's own copy of the key's events (the
+        # window read for scoring, the batch's events added): it holds what Redis holds when the update
+        # applied every event and no other worker changed the key since the read. Otherwise (an event
+        # applied before, redelivered; workers sharing the key this instant) they are taken in Redis.
+        size = self.spec.window.size
+        figures: dict[str, Aggregate | None] = {}
+        if applied_now.new == len(applied):
+            for key, item in latest.items():
+                if key in applied_now.alone:
+                    start = item.windows[-1]
+                    figures[key] = aggregate(self._states[key].values_between(start, start + size))
+        elsewhere = [(key, name) for key, name in zip(latest, names) if key not in figures]
+        if elsewhere:
+            taken = self.state.window_figures([name for _, name in elsewhere], size)
+            figures.update((key, figure) for (key, _), (figure, _) in zip(elsewhere, taken))
+        return [(key, item, (figures[key], flagged))
+                for (key, item), flagged in zip(latest.items(), applied_now.flagged)]
+
+    def _verdict_columns(self, scored: list[ScoredEvent]) -> dict[str, Any] | None:
+        """The verdicts as _verdict_insert's arrays; None without any."""
         rows = [(item.entry_id, item.event.key[:256], verdict.detector, verdict.outcome, verdict.score,
                  item.event.value, verdict.expected, item.event.time, arrival_of(item.entry_id))
                 for item in scored for verdict in item.verdicts]
         if not rows:
-            return None, live_windows
+            return None
         values: dict[str, Any] = {name: list(column) for name, column in zip(_VERDICT_ARRAYS, zip(*rows))}
         values.update(tenant=self.tenant, stream=self.name)
-        return values, live_windows
+        return values
 
     def _record(self, batch: ScoredBatch, pipe: redis.client.Pipeline) -> None:
         outcome = batch.outcome
@@ -278,7 +298,7 @@ class StreamRuntime:
     # --- live view, forest, windows ----------------------------------------------------------------------
 
     def _publish(self, scored: list[ScoredEvent],
-                 live_windows: list[tuple[str, ScoredEvent, tuple[list[float], int]]],
+                 live_windows: list[tuple[str, ScoredEvent, tuple[Aggregate | None, int]]],
                  pipe: redis.client.Pipeline) -> None:
         channel = live_channel(self.tenant, self.name)
         events = [{"event_id": item.entry_id, "key": item.event.key, "time": item.event.time,
@@ -288,8 +308,7 @@ class StreamRuntime:
         pipe.publish(channel, json.dumps({"type": "verdicts", "stream": self.name, "events": events,
                                           "anomalies": sum(item.anomalous for item in scored)}))
         # The open windows of the keys this batch touched, as they stood right after its update.
-        for key, item, (values, flagged) in live_windows:
-            figures = aggregate(values)
+        for key, item, (figures, flagged) in live_windows:
             if figures is not None:
                 start = item.windows[-1]
                 pipe.publish(channel, json.dumps({"type": "window", "stream": self.name, "key": key,
@@ -330,10 +349,8 @@ class StreamRuntime:
         due = [name for name, start in self.state.open_windows().items() if start + size + lateness <= watermark]
         if not due:
             return 0
-        contents = self.state.window_contents(due, size)
         rows, messages = [], []
-        for name, (values, flagged) in zip(due, contents):
-            figures = aggregate(values)
+        for name, (figures, flagged) in zip(due, self.state.window_figures(due, size)):
             if figures is None:
                 continue
             key, _, start_text = name.rpartition("\x1f")
@@ -392,8 +409,28 @@ def _verdict_insert() -> Any:
             .returning(table.c.event_id, table.c.detector))
 
 
+@lru_cache(maxsize=4)
+def _verdict_insert_sql(dialect: Any) -> str:
+    """_verdict_insert compiled once for `dialect`, run as the driver's SQL: SQLAlchemy caches no compiled
+    PostgreSQL INSERT (its dialect's Insert sets no inherit_cache), so executing the statement itself compiled
+    it again for every micro-batch, milliseconds of Python on each event's path."""
+    return _verdict_insert().compile(dialect=dialect).string
+
+
 _fit_processes: dict[int, ProcessPoolExecutor] = {}
-_fit_processes_lock = threading.Lock()
+_fit_processes_lock = threading.Lock()  # guards _store_threads too
+_store_threads: dict[int, ThreadPoolExecutor] = {}
+
+
+def _store_thread() -> ThreadPoolExecutor:
+    """The thread that stores a micro-batch's verdicts while the consumer thread updates the state (one per
+    worker process, created on first use: a process forked later gets its own)."""
+    pid = os.getpid()
+    with _fit_processes_lock:
+        pool = _store_threads.get(pid)
+        if pool is None:
+            pool = _store_threads[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-store")
+        return pool
 
 
 def in_fit_process(function: Callable[..., Any], *arguments: Any) -> Any:

@@ -29,11 +29,48 @@ from typing import Any
 import redis
 
 from cortex_tasks.runtime.streams.features import KeyHistory
+from cortex_tasks.runtime.streams.windows import Aggregate
 
 # Keys expire when a stream goes quiet for longer than the longest feature window (7 days) and a day.
 STATE_TTL_SECONDS = 8 * 86400
 # `applied` entries older than this (their acknowledgement lost with a crash) are dropped.
 APPLIED_TTL_MS = 86400 * 1000
+# Windows summed per call of the _FIGURES script (each about a tenth of a millisecond of Redis at 60 events).
+FIGURES_PER_CALL = 16
+
+# The figures of the windows named (`<key>\x1f<start>`, from ARGV[3] on; ARGV[2]: the window size): per window,
+# its events' count, its flagged events, and the sum, min and max of its values. Taken in Redis rather than
+# from the window's members read back (a window holds a key's events of minutes, and the housekeeping thread
+# that closes windows competes with the consumer thread for the interpreter): summed in the members' order,
+# as windows.aggregate sums; the numbers travel as %.17g text, which reads back as the same floats.
+_FIGURES = """
+local prefix = ARGV[1]
+local size = tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local name = ARGV[i]
+  local key, start = string.match(name, '^(.*)\\31(.-)$')
+  local begin = tonumber(start)
+  local members = redis.call('ZRANGEBYSCORE', prefix .. ':win:' .. key, string.format('%.17g', begin),
+                             '(' .. string.format('%.17g', begin + size))
+  local flagged = tonumber(redis.call('HGET', prefix .. ':anomalies', name) or '0')
+  local count, total, low, high = 0, 0, nil, nil
+  for _, member in ipairs(members) do
+    local value = tonumber(string.sub(member, string.find(member, '|', 1, true) + 1))  -- `<entry id>|<value>`
+    count = count + 1
+    total = total + value
+    if low == nil or value < low then low = value end
+    if high == nil or value > high then high = value end
+  end
+  if count == 0 then
+    table.insert(out, {0, flagged})
+  else
+    table.insert(out, {count, flagged, string.format('%.17g', total), string.format('%.17g', low),
+                       string.format('%.17g', high)})
+  end
+end
+return out
+"""
 
 _APPLY = """
 local prefix = ARGV[1]
@@ -104,7 +141,17 @@ if applied > 0 then
     redis.call('EXPIRE', prefix .. ':' .. name, ttl)
   end
 end
-return {applied, current}
+-- The flagged events of the windows named from ARGV[7] on, as the update left them.
+local flagged = {}
+for i = 7, #ARGV do
+  table.insert(flagged, tonumber(redis.call('HGET', prefix .. ':anomalies', ARGV[i]) or '0'))
+end
+return {applied, current, flagged}
+"""
+
+# The latest ARGV[2] training rows of the list ARGV[1] (JSON arrays each), as one JSON array.
+_ROWS = """
+return '[' .. table.concat(redis.call('LRANGE', ARGV[1], 0, tonumber(ARGV[2]) - 1), ',') .. ']'
 """
 
 # Per key: its version, and its state unless the caller's cached copy has that version.
@@ -169,6 +216,15 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 
 
 @dataclass
+class Applied:
+    """What StreamState.apply did."""
+
+    new: int  # events applied now (the others were applied before: redelivered)
+    flagged: list[int]  # the flagged events of each window named, after the update
+    alone: set[str]  # keys no other worker changed between this batch's read and its update
+
+
+@dataclass
 class _Cached:
     version: bytes
     read_from: float  # the window holds every event of the key from this event time on
@@ -182,6 +238,8 @@ class StreamState:
         self.prefix = prefix
         self._apply = client.register_script(_APPLY)
         self._read = client.register_script(_READ)
+        self._figures = client.register_script(_FIGURES)
+        self._rows = client.register_script(_ROWS)
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         # What the current batch's states were read as: the version, where its window starts, when read.
         self._read_as: dict[str, tuple[bytes, float, float]] = {}
@@ -223,11 +281,10 @@ class StreamState:
 
     def apply(self, events: list[dict[str, Any]], max_rows: int, keep_seconds: float,
               stale: dict[str, list[str]] | None = None, window_names: list[str] | None = None,
-              size: float = 0.0, states: dict[str, KeyState] | None = None
-              ) -> tuple[int, list[tuple[list[float], int]]]:
+              states: dict[str, KeyState] | None = None) -> Applied:
         """Apply scored events (each: id, arrival, key, t, v, q, minute, hour, phase, windows, anomalous,
-        row?, features?) at most once per id, drop the `stale` feature buckets, and read the contents of
-        `window_names` as they stand after it: one round trip. (How many events were new, the contents.)
+        row?, features?) at most once per id, drop the `stale` feature buckets, and read the flagged events
+        of `window_names` as they stand after it: one round trip.
 
         `states` are the batch's key states as `read` gave them and scoring updated them: a key's state
         is kept for the next batch when the update applied every event and no other worker changed the
@@ -236,30 +293,27 @@ class StreamState:
 
         def queued() -> redis.client.Pipeline:
             pipe = self.client.pipeline(transaction=False)
-            if events:
-                # EVALSHA itself rather than the Script object: a pipeline running a Script first asks
-                # SCRIPT EXISTS, a round trip of its own on every batch.
-                pipe.evalsha(self._apply.sha, 0, self.prefix, json.dumps(events), max_rows, keep_seconds,
-                             STATE_TTL_SECONDS, json.dumps(expected))
+            # EVALSHA itself rather than the Script object: a pipeline running a Script first asks SCRIPT
+            # EXISTS, a round trip of its own on every batch.
+            pipe.evalsha(self._apply.sha, 0, self.prefix, json.dumps(events), max_rows, keep_seconds,
+                         STATE_TTL_SECONDS, json.dumps(expected), *(window_names or []))
             for key, fields in (stale or {}).items():
                 if fields:
                     pipe.hdel(f"{self.prefix}:buckets:{key}", *fields)
-            self._queue_window_contents(pipe, window_names or [], size)
             return pipe
 
         try:
             replies = queued().execute()
         except redis.exceptions.NoScriptError:
             # A Redis restarted (or flushed its scripts): load it and run the round again. Nothing of the
-            # first try changed state (the script did not run; the deletes and reads may repeat).
+            # first try changed state (the script did not run; the deletes may repeat).
             self.client.script_load(_APPLY)
             replies = queued().execute()
-        applied, current = (int(replies[0][0]), replies[0][1]) if events else (0, [])
+        applied, current, flagged = int(replies[0][0]), replies[0][1], [int(count) for count in replies[0][2]]
+        versions = dict(zip((key.decode() for key in current[::2]), current[1::2]))
         if states is not None and applied == len(events):
-            self._keep(states, dict(zip((key.decode() for key in current[::2]), current[1::2])), events,
-                       keep_seconds, stale or {})
-        contents = replies[len(replies) - 2 * len(window_names or []):]
-        return applied, self._window_contents_of(contents)
+            self._keep(states, versions, events, keep_seconds, stale or {})
+        return Applied(applied, flagged, set(versions))
 
     def _keep(self, states: dict[str, KeyState], versions: dict[str, bytes], events: list[dict[str, Any]],
               keep_seconds: float, stale: dict[str, list[str]]) -> None:
@@ -287,7 +341,9 @@ class StreamState:
         pipe.zremrangebyscore(f"{self.prefix}:applied", "-inf", now_ms - APPLIED_TTL_MS)
 
     def training_rows(self, limit: int) -> list[list[float]]:
-        return [json.loads(raw) for raw in self.client.lrange(f"{self.prefix}:rows", 0, limit - 1)]
+        # Joined in Redis into one JSON array: thousands of rows read back one reply each were tens of
+        # milliseconds of parsing in the worker, holding the interpreter lock against the consumer thread.
+        return json.loads(self._rows(args=[f"{self.prefix}:rows", limit]))
 
     def watermark(self) -> float | None:
         raw = self.client.get(f"{self.prefix}:watermark")
@@ -298,23 +354,29 @@ class StreamState:
         return {name.decode(): float(name.decode().rsplit("\x1f", 1)[1])
                 for name in self.client.hkeys(f"{self.prefix}:open")}
 
-    def window_contents(self, names: list[str], size: float) -> list[tuple[list[float], int]]:
-        """(values, flagged events) of each named window."""
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_window_contents(pipe, names, size)
-        return self._window_contents_of(pipe.execute())
+    def window_figures(self, names: list[str], size: float) -> list[tuple[Aggregate | None, int]]:
+        """(figures, flagged events) of each named window; no figures for a window without events.
 
-    def _queue_window_contents(self, pipe: redis.client.Pipeline, names: list[str], size: float) -> None:
-        for name in names:
-            key, _, start = name.rpartition("\x1f")
-            begin = float(start)
-            pipe.zrangebyscore(f"{self.prefix}:win:{key}", begin, f"({begin + size}")
-            pipe.hget(f"{self.prefix}:anomalies", name)
+        A few windows per script call: a script holds Redis for as long as it runs, and the hundreds of
+        windows a busy stream closes each second, in one call, held every worker's round trips up for tens
+        of milliseconds."""
+        figures: list[tuple[Aggregate | None, int]] = []
+        for first in range(0, len(names), FIGURES_PER_CALL):
+            chunk = names[first:first + FIGURES_PER_CALL]
+            figures += self._window_figures_of(self._figures(args=[self.prefix, repr(float(size)), *chunk]))
+        return figures
 
     @staticmethod
-    def _window_contents_of(replies: list[Any]) -> list[tuple[list[float], int]]:
-        return [([float(member.rsplit(b"|", 1)[1]) for member in replies[2 * i]], int(replies[2 * i + 1] or 0))
-                for i in range(len(replies) // 2)]
+    def _window_figures_of(reply: list[Any]) -> list[tuple[Aggregate | None, int]]:
+        figures: list[tuple[Aggregate | None, int]] = []
+        for item in reply:
+            count, flagged = int(item[0]), int(item[1])
+            if not count:
+                figures.append((None, flagged))
+                continue
+            total, low, high = float(item[2]), float(item[3]), float(item[4])
+            figures.append((Aggregate(count, total, total / count, low, high), flagged))
+        return figures
 
     def forget_windows(self, names: list[str]) -> None:
         if names:
