@@ -27,7 +27,6 @@ micro-batch; the state itself is never lost or counted twice (one atomic script 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
 import socket
@@ -45,7 +44,7 @@ from cortex_tasks.core.storage.tables import StreamDeclaration
 from cortex_tasks.core.streams.declarations import StreamSpec
 from cortex_tasks.core.streams.service import CONSUMER_GROUP, ensure_group, events_key
 from cortex_tasks.core.tenancy import all_tenants, tenant_scope
-from cortex_tasks.runtime.streams.service import CLOSE_CHECK_SECONDS, StreamRuntime
+from cortex_tasks.runtime.streams.service import CLOSE_CHECK_SECONDS, StreamRuntime, start_fit_process
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,7 @@ class StreamConsumer:
 
     def run(self) -> None:
         log.info("stream consumer %s started", self.consumer)
-        # Imported once here rather than in the first fit's thread, which would then take seconds longer
-        # while the stream's first minutes go by unscored by the forest.
-        importlib.import_module("sklearn.ensemble")
+        start_fit_process()
         # The worker's start-up objects (modules, settings, models) never become garbage: out of the
         # collector's sight, a full collection no longer walks them all while events wait.
         gc.collect()

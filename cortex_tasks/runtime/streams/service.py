@@ -9,6 +9,7 @@ windows that event time has closed. The caller acknowledges the entries only aft
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import multiprocessing
@@ -437,22 +438,40 @@ def in_fit_process(function: Callable[..., Any], *arguments: Any) -> Any:
     """function(*arguments) in the stream worker's fit process. A fit is a few hundred milliseconds of
     Python and NumPy: in a thread of the worker it would hold the interpreter lock against the scoring of
     events (each of their round trips waiting for it again), in a process of its own it does not, and the
-    process runs at a lower priority. Started on the first fit (spawned: the worker has threads), one per
-    worker process; a fit process that died is replaced, and the fit is made in this process meanwhile."""
+    process runs at a lower priority. One per worker process (spawned: the worker has threads), started
+    with the consumer (start_fit_process); a fit process that died is replaced, and the fit is made in this
+    process meanwhile."""
+    pool = _fit_pool()
+    try:
+        return pool.submit(function, *arguments).result()
+    except BrokenProcessPool:
+        log.warning("the stream fit process died; fitting in the worker, a new one is started for the next fit")
+        with _fit_processes_lock:
+            if _fit_processes.get(os.getpid()) is pool:
+                del _fit_processes[os.getpid()]
+        return function(*arguments)
+
+
+def start_fit_process() -> None:
+    """Start this worker process's fit process and have it import what a fit needs. Both take seconds on a
+    busy machine, and left to the first fit, the stream's first minutes after its warm-up went unscored by
+    the forest meanwhile."""
+    _fit_pool().submit(_import_fit_modules)
+
+
+def _fit_pool() -> ProcessPoolExecutor:
     pid = os.getpid()
     with _fit_processes_lock:
         pool = _fit_processes.get(pid)
         if pool is None:
             pool = _fit_processes[pid] = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
-    try:
-        return pool.submit(function, *arguments).result()
-    except BrokenProcessPool:
-        log.warning("the stream fit process died; fitting in the worker, a new one is started for the next fit")
-        with _fit_processes_lock:
-            if _fit_processes.get(pid) is pool:
-                del _fit_processes[pid]
-        return function(*arguments)
+        return pool
+
+
+def _import_fit_modules() -> None:
+    # Run in the fit process, which imports this module (and the detectors) to find this function.
+    importlib.import_module("sklearn.ensemble")
 
 
 def _lower_priority() -> None:
