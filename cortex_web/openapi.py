@@ -183,7 +183,7 @@ RESPONSES: dict[tuple[str, str], dict[str, tuple[type[BaseModel] | None, str]]] 
     ("post", "/api/v1/streams"): {"201": (None, "Declared: the declaration with its id and Redis Stream key."),
                                   "200": (None, "It already existed with this declaration.")},
     ("get", "/api/v1/streams"): {"200": (None, "The tenant's streams: {\"streams\": [declaration, ...]}.")},
-    ("get", "/api/v1/streams/{name}"): {"200": (None, "The declaration with length, pending, consumers, rejected.")},
+    ("get", "/api/v1/streams/{name}"): {"200": (None, "The declaration with length, pending, consumers, rejected (and, with an IsolationForest, its latest fit).")},
     ("delete", "/api/v1/streams/{name}"): {"200": (None, "Deleted: {\"stream\", \"deleted\": true}.")},
     ("post", "/api/v1/streams/{name}/events"): {"202": (None, "Appended: accepted, first_id and last_id.")},
     ("get", "/api/v1/streams/{name}/windows"): {"200": (None, "Stored windows and next_after (null: no more).")},

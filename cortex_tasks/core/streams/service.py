@@ -50,6 +50,12 @@ def state_prefix(tenant: str, name: str, stream_id: str) -> str:
     return f"{stream_prefix(tenant, name)}:state:{stream_id}"
 
 
+def forest_key(state: str) -> str:
+    """Under a stream's state prefix: its IsolationForest's latest fit (when, on how many rows, how many fits
+    so far), written by the stream worker that made it."""
+    return f"{state}:forest"
+
+
 class StreamNotFound(CortexError):
     def __init__(self, name: str) -> None:
         super().__init__("stream_not_found", f"No stream named {name!r}.", {"stream": name}, status=404)
@@ -124,7 +130,8 @@ def get_stream(name: str) -> DeclaredStream:
 
 
 def describe(client: redis.Redis, name: str) -> dict[str, Any]:
-    """The declaration with the state of its Redis Stream: length, events not yet acknowledged, refused."""
+    """The declaration with the state of its Redis Stream: length, events not yet acknowledged, refused; and,
+    for a stream with an IsolationForest, its latest fit (until the first, the forest is warming up)."""
     stream = get_stream(name)
     key = events_key(stream.tenant, name)
     pending = 0
@@ -138,8 +145,13 @@ def describe(client: redis.Redis, name: str) -> dict[str, Any]:
                           "idle_ms": int(item["idle"])} for item in client.xinfo_consumers(key, CONSUMER_GROUP)]
     except redis.ResponseError:  # no stream yet
         pass
-    return {**stream.as_dict(), "length": client.xlen(key), "pending": pending, "consumers": consumers,
-            "rejected": client.xlen(rejected_key(stream.tenant, name))}
+    described = {**stream.as_dict(), "length": client.xlen(key), "pending": pending, "consumers": consumers,
+                 "rejected": client.xlen(rejected_key(stream.tenant, name))}
+    if stream.spec.detector("isolation_forest") is not None:
+        fit = client.hgetall(forest_key(state_prefix(stream.tenant, name, stream.id)))
+        described["forest"] = {"fitted_at": fit[b"fitted_at"].decode() if fit else None,
+                               "rows": int(fit[b"rows"]) if fit else 0, "fits": int(fit[b"fits"]) if fit else 0}
+    return described
 
 
 def delete_stream(client: redis.Redis, name: str) -> tuple[DeclaredStream, datetime]:

@@ -329,8 +329,8 @@ class StreamRuntime:
         forest = self.forest
         if forest is not None:
             rows = self.state.training_rows(forest.spec.max_rows)
-            if len(rows) >= forest.spec.min_rows:
-                forest.fit(rows, run=in_fit_process)
+            if len(rows) >= forest.spec.min_rows and forest.fit(rows, run=in_fit_process):
+                self.state.forest_fitted(len(rows))
 
     def wait_for_fit(self, timeout: float = 30.0) -> None:
         """For tests and benchmarks: let a running fit finish."""

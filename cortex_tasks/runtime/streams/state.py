@@ -12,6 +12,7 @@ stopped. Under `<state prefix>` (core/streams/service.state_prefix):
 - `open`, `anomalies`  windows not yet stored (`<key>\\x1f<start>`), and their flagged events
 - `watermark`       the latest event time seen: windows whose end (plus the lateness) it passed are closed
 - `applied`         entry ids whose state is applied but which are not acknowledged yet
+- `forest`          the IsolationForest's latest fit: when, on how many rows, fits so far
 
 One Lua script applies a micro-batch's events atomically and at most once per entry id (`applied`): a
 redelivered event (its worker killed before XACK) is scored again but counted in no window, total or
@@ -24,10 +25,13 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
+from cortex_tasks.core import redis_clock
+from cortex_tasks.core.streams.service import forest_key
 from cortex_tasks.runtime.streams.features import KeyHistory
 from cortex_tasks.runtime.streams.windows import Aggregate
 
@@ -344,6 +348,16 @@ class StreamState:
         # Joined in Redis into one JSON array: thousands of rows read back one reply each were tens of
         # milliseconds of parsing in the worker, holding the interpreter lock against the consumer thread.
         return json.loads(self._rows(args=[f"{self.prefix}:rows", limit]))
+
+    def forest_fitted(self, rows: int) -> None:
+        """Note the stream's latest IsolationForest fit, for GET /api/v1/streams/{name} (when, on how many
+        rows): until the first, the forest scores events `warming_up`."""
+        fitted_at = datetime.fromtimestamp(redis_clock.now(self.client), UTC).isoformat()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(forest_key(self.prefix), mapping={"fitted_at": fitted_at, "rows": rows})
+        pipe.hincrby(forest_key(self.prefix), "fits", 1)
+        pipe.expire(forest_key(self.prefix), STATE_TTL_SECONDS)
+        pipe.execute()
 
     def watermark(self) -> float | None:
         raw = self.client.get(f"{self.prefix}:watermark")
