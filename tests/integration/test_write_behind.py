@@ -59,6 +59,8 @@ def test_the_answer_leaves_before_the_row_and_the_job_is_found_meanwhile(api, ke
         # Visible to its owner (and admins) only, as a written job is.
         assert api.as_key(keys["reader"]).get(f"/api/v1/jobs/{job_id}").status_code == 404
         assert api.as_key(keys["platform_admin"]).get(f"/api/v1/jobs/{job_id}").status_code == 200
+        with tenant_scope("another-tenant"):  # nor to another tenant, whoever asks
+            assert job_from_copy(job_id) is None
     row = wait_for(lambda: store.get_job(job_id), 30, "the row, once the lock is released")
     assert (row.status, row.attempts) == ("succeeded", 1)
     assert row.result["outputs"] == body["outputs"]
