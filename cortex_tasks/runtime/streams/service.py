@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy import ARRAY, Float, bindparam, func, select
@@ -419,19 +419,25 @@ def _verdict_insert_sql(dialect: Any) -> str:
 
 
 _fit_processes: dict[int, ProcessPoolExecutor] = {}
-_fit_processes_lock = threading.Lock()  # guards _store_threads too
 _store_threads: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+Pool = TypeVar("Pool", ThreadPoolExecutor, ProcessPoolExecutor)
+
+
+def _of_this_process(pools: dict[int, Pool], create: Callable[[], Pool]) -> Pool:
+    """This worker process's pool in `pools`, created on first use: a process forked later gets its own."""
+    pid = os.getpid()
+    with _pools_lock:
+        pool = pools.get(pid)
+        if pool is None:
+            pool = pools[pid] = create()
+        return pool
 
 
 def _store_thread() -> ThreadPoolExecutor:
-    """The thread that stores a micro-batch's verdicts while the consumer thread updates the state (one per
-    worker process, created on first use: a process forked later gets its own)."""
-    pid = os.getpid()
-    with _fit_processes_lock:
-        pool = _store_threads.get(pid)
-        if pool is None:
-            pool = _store_threads[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-store")
-        return pool
+    """The thread that stores a micro-batch's verdicts while the consumer thread updates the state."""
+    return _of_this_process(_store_threads,
+                            lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-store"))
 
 
 def in_fit_process(function: Callable[..., Any], *arguments: Any) -> Any:
@@ -446,7 +452,7 @@ def in_fit_process(function: Callable[..., Any], *arguments: Any) -> Any:
         return pool.submit(function, *arguments).result()
     except BrokenProcessPool:
         log.warning("the stream fit process died; fitting in the worker, a new one is started for the next fit")
-        with _fit_processes_lock:
+        with _pools_lock:
             if _fit_processes.get(os.getpid()) is pool:
                 del _fit_processes[os.getpid()]
         return function(*arguments)
@@ -460,13 +466,8 @@ def start_fit_process() -> None:
 
 
 def _fit_pool() -> ProcessPoolExecutor:
-    pid = os.getpid()
-    with _fit_processes_lock:
-        pool = _fit_processes.get(pid)
-        if pool is None:
-            pool = _fit_processes[pid] = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
-        return pool
+    return _of_this_process(_fit_processes, lambda: ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority))
 
 
 def _import_fit_modules() -> None:

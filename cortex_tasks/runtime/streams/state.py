@@ -352,11 +352,12 @@ class StreamState:
     def forest_fitted(self, rows: int) -> None:
         """Note the stream's latest IsolationForest fit, for GET /api/v1/streams/{name} (when, on how many
         rows): until the first, the forest scores events `warming_up`."""
+        key = forest_key(self.prefix)
         fitted_at = datetime.fromtimestamp(redis_clock.now(self.client), UTC).isoformat()
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(forest_key(self.prefix), mapping={"fitted_at": fitted_at, "rows": rows})
-        pipe.hincrby(forest_key(self.prefix), "fits", 1)
-        pipe.expire(forest_key(self.prefix), STATE_TTL_SECONDS)
+        pipe.hset(key, mapping={"fitted_at": fitted_at, "rows": rows})
+        pipe.hincrby(key, "fits", 1)
+        pipe.expire(key, STATE_TTL_SECONDS)
         pipe.execute()
 
     def watermark(self) -> float | None:
