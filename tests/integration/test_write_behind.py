@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import redis
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from cortex_tasks.core.jobs import store
 from cortex_tasks.core.jobs.outcomes import copy_key
@@ -31,15 +31,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_default_tenant")]
 
 
 @contextmanager
-def jobs_table_locked() -> Iterator[None]:
-    """Writes to `jobs` wait until the block ends; reads go on."""
+def jobs_table_locked() -> Iterator[Connection]:
+    """Writes to `jobs` wait until the block ends; reads go on. Yields the connection holding the lock."""
     with get_engine().connect() as connection:
         transaction = connection.begin()
         connection.execute(text("LOCK TABLE jobs IN EXCLUSIVE MODE"))
         try:
-            yield
+            yield connection
         finally:
             transaction.rollback()
+
+
+def end_writes_waiting_on(locker: Connection) -> None:
+    """End the sessions whose statements wait for `locker`'s lock. PostgreSQL does not see a client that
+    died while its statement waited for a lock: the statement runs (and, autocommitted, commits) once the
+    lock goes, so a worker killed then may still have its write land. Ending its session is what the server
+    does once it notices the client is gone, and leaves the write to the message's next delivery."""
+    locker.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"))
 
 
 def test_the_answer_leaves_before_the_row_and_the_job_is_found_meanwhile(api, keys, workers):
@@ -83,12 +92,13 @@ def test_a_worker_killed_before_the_row_is_written_has_it_written_by_the_next_de
         # A worker of a private queue loads its model on first use (minutes on a busy machine): not under the lock.
         send_gpu_message([gateway_job([f"a first sentence {uuid.uuid4()}"])], "warm-up", queue, timeout=300)
         job = gateway_job([f"killed before its row {uuid.uuid4()}"])
-        with jobs_table_locked():
+        with jobs_table_locked() as locker:
             outcomes = send_gpu_message([job], "killed-before-its-row", queue)
             assert outcomes[job["job_id"]]["status"] == "succeeded"
             assert job_from_copy(job["job_id"]).status == "succeeded"  # GET /jobs/{id} would show it
             os.killpg(doomed.process.pid, signal.SIGKILL)  # its write is still waiting for the lock
             doomed.process.wait(30)
+            end_writes_waiting_on(locker)
         assert store.get_job(job["job_id"]) is None  # the killed worker never wrote it
         successor = WorkerProcess(queue, pool="threads", concurrency=2, name="write-behind-successor").start()
         row = wait_for(lambda: (found := store.get_job(job["job_id"])) and found.status in store.FINISHED_STATES

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 import time
@@ -467,7 +468,7 @@ def start_fit_process() -> None:
 
 def _fit_pool() -> ProcessPoolExecutor:
     return _of_this_process(_fit_processes, lambda: ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority))
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_set_up_fit_process))
 
 
 def _import_fit_modules() -> None:
@@ -475,8 +476,20 @@ def _import_fit_modules() -> None:
     importlib.import_module("sklearn.ensemble")
 
 
-def _lower_priority() -> None:
+def _set_up_fit_process() -> None:
+    """Run first in the fit process: a lower priority than the worker's, and an exit when the worker goes.
+    The process waits on its task queue, whose writing end it holds itself, so a worker killed outright
+    (SIGKILL, its own parent gone) would leave it, and multiprocessing's resource tracker with it, running
+    forever; the parent's sentinel becomes readable when the parent dies, however it dies."""
     os.nice(10)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_after, args=(parent.sentinel,), name="follow-parent", daemon=True).start()
+
+
+def _exit_after(parent_sentinel: int) -> None:
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(0)
 
 
 def _start_text(start: float) -> str:
