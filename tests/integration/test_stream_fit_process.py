@@ -1,4 +1,5 @@
-"""The stream worker's fit process (runtime/streams/service.py) goes with the worker, however the worker dies:
+"""The stream worker's fit process (runtime/streams/service.py) runs on idle CPU time, and goes with the
+worker, however the worker dies:
 a worker SIGKILLed (with `cortex up`, or by the kernel's OOM killer) leaves no fit process and no
 multiprocessing resource tracker behind."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os, sys
 from cortex_tasks.runtime.streams import service
 service.start_fit_process()
 print(service.in_fit_process(os.getpid), flush=True)  # the fit process is up and set up
+print(service.in_fit_process(os.sched_getscheduler, 0), flush=True)
 sys.stdin.read()
 """
 
@@ -28,6 +30,8 @@ def test_a_sigkilled_worker_takes_its_fit_process_with_it():
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         fit_pid = int(worker.stdout.readline())
+        # It runs on idle CPU time only: a refit takes no core from the events' scoring.
+        assert int(worker.stdout.readline()) == os.SCHED_IDLE
         children = psutil.Process(worker.pid).children(recursive=True)
         assert fit_pid in {child.pid for child in children}
         os.kill(worker.pid, signal.SIGKILL)
