@@ -424,3 +424,24 @@ def test_a_state_changed_by_another_worker_during_a_batch_is_not_kept(api, clien
     assert "k" not in first._cache
     assert first.read({"k": T0 - 300})["k"].window == [(T0, 10.0), (T0 + 5, 20.0), (T0 + 10, 30.0)]
     client.delete(*client.keys(f"{prefix}:*"))
+
+
+def test_the_cached_feature_row_is_the_latest_events_whatever_order_events_are_applied_in(client):
+    """A dead worker's pending entries are claimed by another once their lease runs out, often after it
+    applied newer events of the same keys: the key's cached feature row stays the newest event's."""
+    from cortex_tasks.runtime.streams.state import StreamState
+
+    prefix = f"cortex:test:features:{uuid.uuid4().hex}"
+    state = StreamState(client, prefix)
+
+    def event(entry: int, at: float) -> dict:
+        return {"id": f"1-{entry}", "arrival": 1000 + entry, "key": "k", "t": at, "v": "1.0", "q": "1.0",
+                "minute": int(at // 60), "hour": int(at // 3600), "phase": -1, "windows": [], "anomalous": False,
+                "features": json.dumps({"at": at})}
+
+    state.apply([event(2, T0 + 10)], 1, 600.0)
+    state.apply([event(1, T0)], 1, 600.0)  # the older one, applied later
+    assert json.loads(client.get(f"{prefix}:features:k")) == {"at": T0 + 10}
+    state.apply([event(3, T0 + 20)], 1, 600.0)
+    assert json.loads(client.get(f"{prefix}:features:k")) == {"at": T0 + 20}
+    client.delete(*client.keys(f"{prefix}:*"))

@@ -225,23 +225,23 @@ class StreamRuntime:
         # A key's events are kept until no open window needs them (its latest event time minus a window,
         # a hop and the lateness, at least a minute): the state stays small at high rates.
         keep = self.spec.window.size + self.spec.window.hop + max(lateness, 60.0)
-        # The feature cache holds each key's latest row: only the batch's last event of a key writes it.
-        last_of_key = {item.event.key: index for index, item in enumerate(scored)}
-        last_indexes = set(last_of_key.values())
+        # Each key's latest event of the batch by event time (a later entry on a tie): the feature cache
+        # holds a key's latest row, so only this event carries it (the script keeps the row of an event
+        # older than one applied before).
+        latest: dict[str, ScoredEvent] = {}
+        for item in scored:
+            if item.event.key not in latest or item.event.time >= latest[item.event.key].event.time:
+                latest[item.event.key] = item
         applied = [{
             "id": item.entry_id, "arrival": int(arrival_of(item.entry_id) * 1000), "key": item.event.key,
             "t": item.event.time, "v": repr(item.event.value), "q": repr(item.event.value * item.event.value),
             "minute": int(item.event.time // 60), "hour": int(item.event.time // 3600), "phase": phase,
             "windows": [_start_text(start) for start in item.windows], "anomalous": item.anomalous,
-            **({"features": json.dumps(as_named(item.features))} if index in last_indexes else {}),
+            **({"features": json.dumps(as_named(item.features))} if latest[item.event.key] is item else {}),
             # Only a stream with an IsolationForest keeps training rows (a JSON null would reach the script
             # as cjson.null, which Lua takes for true).
             **({"row": json.dumps(item.forest_row)} if item.forest_row is not None else {}),
-        } for index, (item, phase) in enumerate(zip(scored, self._phases))]
-        latest: dict[str, ScoredEvent] = {}
-        for item in scored:
-            if item.event.key not in latest or item.event.time > latest[item.event.key].event.time:
-                latest[item.event.key] = item
+        } for item, phase in zip(scored, self._phases)]
         names = [f"{key}\x1f{_start_text(item.windows[-1])}" for key, item in latest.items()]
         applied_now = self.state.apply(applied, self.forest.spec.max_rows if self.forest else 1, keep, self._stale,
                                        names, self._states)

@@ -7,7 +7,7 @@ stopped. Under `<state prefix>` (core/streams/service.state_prefix):
 - `buckets:<key>`   hash of per-minute and per-hour (count, sum): the temporal features (features.py)
 - `season:<key>`    hash of per-phase (count, sum, sum of squares): the seasonal profile
 - `base:<key>`      hash of the key's (count, sum, sum of squares) over its whole history: its baseline
-- `features:<key>`  the key's last feature row (JSON), cached
+- `features:<key>`  the feature row of the key's latest event by event time (JSON), cached
 - `rows`            list of recent feature rows of the stream: the IsolationForest's training set
 - `open`, `anomalies`  windows not yet stored (`<key>\\x1f<start>`), and their flagged events
 - `watermark`       the latest event time seen: windows whose end (plus the lateness) it passed are closed
@@ -116,7 +116,11 @@ for _, e in ipairs(events) do
       redis.call('LPUSH', prefix .. ':rows', e.row)
       rows = rows + 1
     end
-    if e.features then redis.call('SET', prefix .. ':features:' .. k, e.features, 'EX', ttl) end
+    -- The key's latest event's row (by event time): an older event applied after newer ones (a dead
+    -- worker's pending entries, claimed once their lease ran out) leaves it as it is.
+    if e.features and tonumber(redis.call('ZRANGE', prefix .. ':win:' .. k, -1, -1, 'WITHSCORES')[2]) <= e.t then
+      redis.call('SET', prefix .. ':features:' .. k, e.features, 'EX', ttl)
+    end
     if e.t > watermark then watermark = e.t end
     local latest = touched[k]
     if latest == nil or e.t > latest then touched[k] = e.t end
