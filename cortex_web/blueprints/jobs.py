@@ -16,7 +16,9 @@ bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 
 
 def visible_job(job_id: str):
-    job = get_job(job_id) or job_from_copy(job_id)
+    # Row, then the copy of a row still being written behind, then the row again: the writer writes the
+    # row before it deletes the copy, so a row written between the first two reads is found by the third.
+    job = get_job(job_id) or job_from_copy(job_id) or get_job(job_id)
     principal = current_principal()
     if job is None or (job.owner != principal.key_id and not is_admin(principal)):
         raise ApiError(404, "job_not_found", f"No job {job_id!r} is visible to this key.")

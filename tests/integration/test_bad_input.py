@@ -5,10 +5,12 @@ import json
 
 import pytest
 
+from cortex_tasks.core.jobs.outcomes import COPY_KEY_PREFIX
 from cortex_tasks.core.settings import reset_settings_cache
 from cortex_tasks.core.storage.db import session_scope
 from cortex_tasks.core.storage.tables import Job
 from cortex_web.dispatch import queue_depths
+from tests.support.waiting import wait_for
 
 # These tests read or write rows themselves, as the default tenant (its keys are the fixtures').
 pytestmark = pytest.mark.usefixtures("in_default_tenant")
@@ -68,6 +70,11 @@ def nothing_enqueued(app):
             jobs = session.query(Job).count()
         return jobs, queue_depths(app.extensions["cortex_redis"])
 
+    # An earlier test's prediction rows may still be on their way (written behind their answers): once
+    # none is, the count is this test's own.
+    redis_client = app.extensions["cortex_redis"]
+    wait_for(lambda: not any(redis_client.scan_iter(f"{COPY_KEY_PREFIX}*", count=1000)), 30,
+             "earlier tests' rows written behind their answers")
     before = counts()
     yield
     assert counts() == before

@@ -135,3 +135,23 @@ def test_rows_handed_over_together_are_written_in_one_statement(workers):
     assert all((row.status, row.attempts) == ("succeeded", 1) for row in rows)
     # At most two writes: the first message's (held by the lock) and everything handed over meanwhile.
     assert len({row.finished_at for row in rows}) <= 2
+
+
+def test_a_row_written_between_the_routes_reads_is_still_found(api, workers, monkeypatch):
+    """GET /jobs/{id} reads the row, then the copy: the writer may write the row and delete the copy between
+    the two (both miss), so the route reads the row once more rather than answer 404."""
+    from cortex_web.blueprints import jobs as jobs_route
+
+    answered = api.post("/api/v1/predict", {"task": "embed", "inputs": [f"between two reads {uuid.uuid4()}"],
+                                            "wait": 30}).get_json()
+    wait_for(lambda: store.get_job(answered["job_id"]), 30, "the row")
+    reads = []
+
+    def row_written_after_the_first_read(job_id: str):
+        reads.append(job_id)
+        return None if len(reads) == 1 else store.get_job(job_id)
+
+    monkeypatch.setattr(jobs_route, "get_job", row_written_after_the_first_read)
+    monkeypatch.setattr(jobs_route, "job_from_copy", lambda job_id: None)  # and the copy is gone by then
+    shown = api.get(f"/api/v1/jobs/{answered['job_id']}")
+    assert shown.status_code == 200 and shown.get_json()["status"] == "succeeded"
