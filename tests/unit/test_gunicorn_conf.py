@@ -1,9 +1,11 @@
-"""The gateway's connection balancing between gunicorn processes (gunicorn_conf.BalancedThreadWorker):
-when a process leaves a new connection to a peer, and that it never leaves it for long."""
+"""The gateway's gunicorn worker (gunicorn_conf.BalancedThreadWorker): when a process leaves a new connection
+to a peer, and that it never leaves it for long; a keep-alive connection's next requests on the same
+thread; its responses in one write; its heartbeat."""
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import socket
 import time
 from types import SimpleNamespace
 
@@ -107,3 +109,65 @@ def test_the_heartbeat_is_written_at_most_once_a_second(monkeypatch):
     process._last_heartbeat -= gunicorn_conf.HEARTBEAT_SECONDS  # a second later
     process.notify()
     assert len(beats) == 2
+
+
+class _Handled:
+    """Stands in for gthread's handling of one request: reads one line from the connection's socket and
+    answers it; keep-alive unless the line says close."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def __call__(self, process, conn):
+        line = b""
+        while not line.endswith(b"\n"):
+            line += conn.sock.recv(1)
+        self.lines.append(line)
+        return line != b"close\n", conn
+
+
+class _Deadline:
+    def __init__(self) -> None:
+        self.started = 0
+
+    def start_request(self, grace: float) -> None:
+        self.started += 1
+
+
+def _keepalive_process(monkeypatch, waiting: int = 0, alive: bool = True):
+    handled = _Handled()
+    monkeypatch.setattr(gunicorn_conf.ThreadWorker, "handle", lambda process, conn: handled(process, conn))
+    process = BalancedThreadWorker.__new__(BalancedThreadWorker)  # no process started
+    process.alive = alive
+    process.tpool = SimpleNamespace(waiting=lambda: waiting)
+    ours, client = socket.socketpair()
+    deadline = _Deadline()
+    conn = SimpleNamespace(sock=ours, parser=SimpleNamespace(unreader=SimpleNamespace(sock=deadline)))
+    return process, conn, client, handled, deadline
+
+
+def test_the_next_request_on_a_connection_is_handled_by_the_same_thread(monkeypatch):
+    process, conn, client, handled, deadline = _keepalive_process(monkeypatch)
+    client.sendall(b"one\ntwo\n")
+    started = time.monotonic()
+    keepalive, _ = process.handle(conn)
+    assert handled.lines == [b"one\n", b"two\n"]  # both in this call: no trip through the event loop
+    assert keepalive  # no third request came: the connection goes back to the event loop, open...
+    assert time.monotonic() - started >= gunicorn_conf.NEXT_REQUEST_WAIT_SECONDS * 0.9  # ...after the wait
+    assert deadline.started == 1  # the second request got a read deadline of its own
+
+
+def test_a_connection_goes_back_to_the_event_loop_when_another_waits_for_a_thread(monkeypatch):
+    process, conn, client, handled, _ = _keepalive_process(monkeypatch, waiting=1)
+    client.sendall(b"one\ntwo\n")
+    assert process.handle(conn) == (True, conn)
+    assert handled.lines == [b"one\n"]  # the second is the event loop's to hand to a thread
+
+
+def test_a_closing_connection_or_a_stopping_process_handles_no_more(monkeypatch):
+    process, conn, client, handled, _ = _keepalive_process(monkeypatch)
+    client.sendall(b"close\none\n")
+    assert process.handle(conn) == (False, conn) and handled.lines == [b"close\n"]
+    process, conn, client, handled, _ = _keepalive_process(monkeypatch, alive=False)
+    client.sendall(b"one\ntwo\n")
+    assert process.handle(conn) == (True, conn) and handled.lines == [b"one\n"]
