@@ -69,3 +69,40 @@ def test_the_error_log_redacts_the_request_it_names(tmp_path):
         handler.flush()
     text = log_file.read_text()
     assert "Error handling request /ready?api_key=[redacted]" in text and "S3cr3t" not in text
+
+
+def test_the_default_access_line_is_gunicorns_whichever_way_its_atoms_are_computed():
+    """gunicorn's default format is filled from the nine atoms it shows (RedactingLogger._default_format_atoms);
+    the same format filled from gunicorn's own atoms, redacted, gives the same line."""
+    import base64
+
+    from gunicorn.glogging import SafeAtoms
+
+    from gunicorn_conf import DEFAULT_ACCESS_LOG_FORMAT
+
+    def line(access_format: str, environ: dict[str, str], response: SimpleNamespace) -> str:
+        config = Config()
+        config.set("access_log_format", access_format)
+        logger = RedactingLogger(config)
+        logger.now = lambda: "[08/Dec/2026:00:00:00 +0000]"
+        request = SimpleNamespace(headers=[("AUTHORIZATION", environ.get("HTTP_AUTHORIZATION", ""))])
+        atoms = logger.atoms(response, request, environ, datetime.timedelta(milliseconds=3))
+        return DEFAULT_ACCESS_LOG_FORMAT % SafeAtoms(atoms)
+
+    plain = {"REQUEST_METHOD": "POST", "RAW_URI": "/api/v1/predict", "SERVER_PROTOCOL": "HTTP/1.1",
+             "PATH_INFO": "/api/v1/predict", "QUERY_STRING": "", "REMOTE_ADDR": "10.0.0.7",
+             "HTTP_AUTHORIZATION": f"Bearer {KEY}"}
+    basic = base64.b64encode(b"alice:pw").decode()
+    environs = [plain, {**plain, "RAW_URI": f"/ready?api_key={KEY}&x=1", "HTTP_REFERER": f"http://app/?token={KEY}",
+                        "HTTP_USER_AGENT": 'curl/8 "quoted"', "HTTP_AUTHORIZATION": f"Basic {basic}"},
+                {key: value for key, value in plain.items() if key != "REMOTE_ADDR"}]
+    responses = [SimpleNamespace(status="200 OK", headers=[("Content-Type", "application/json")], sent=17),
+                 SimpleNamespace(status="404 NOT FOUND", headers=[], sent=0),
+                 SimpleNamespace(status="500 INTERNAL SERVER ERROR", headers=[], sent=None)]
+    for environ in environs:
+        for response in responses:
+            fast = line(DEFAULT_ACCESS_LOG_FORMAT, environ, response)
+            assert fast == line(DEFAULT_ACCESS_LOG_FORMAT + " ", environ, response)  # gunicorn's atoms()
+            assert "S3cr3t" not in fast
+    shown = line(DEFAULT_ACCESS_LOG_FORMAT, environs[1], responses[0])
+    assert '"curl/8 \\"quoted\\""' in shown and " alice " in shown
