@@ -131,8 +131,9 @@ def _restore_environment(before: dict[str, str | None]) -> None:
 def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = None,
                        web_threads: int | None = None, worker_threads: int = 16,
                        queues: str = "gpu", profile: str | None = None) -> Iterator[str]:
-    """The gateway (gunicorn, threads; as many processes as `cortex up` starts) and a worker with the gpu
-    profile's shape on `queues`, or the worker `cortex up` starts for `profile` (its queues and pool)."""
+    """The gateway (gunicorn, threads, access log; as many processes as `cortex up` starts) and a worker with
+    the gpu profile's shape on `queues`, or the worker `cortex up` starts for `profile` (its queues and
+    pool)."""
     import redis
 
     from cortex_tasks.core.worker_records import READY_KEY_PREFIX
@@ -146,8 +147,9 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
     started: list[subprocess.Popen] = []
     with ExitStack() as cleanup:
         cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
-        # gunicorn_conf.py: its processes and threads (CORTEX_WEB_WORKERS / _THREADS, else its defaults).
-        started.append(_start(gateway_command(f"127.0.0.1:{port}", threads=web_threads),
+        # gunicorn_conf.py: its processes and threads (CORTEX_WEB_WORKERS / _THREADS, else its defaults), and
+        # an access line per request, as `cortex up` and `cortex web` run it.
+        started.append(_start(gateway_command(f"127.0.0.1:{port}", None, web_threads, "--access-logfile", "-"),
                               folder / f"gateway-{tag}.log", env))
         if profile is None:
             hostname = f"bench-{tag}@localhost"
