@@ -79,6 +79,10 @@ _created_metrics_dir: str | None = None
 _connections = None
 
 
+# How `cortex up`, `cortex web` and the benchmarks run the gateway: an access line per request, on stdout.
+ACCESS_LOG_TO_STDOUT = ("--access-logfile", "-")
+
+
 def command(bind: str, workers: int | None = None, threads: int | None = None, *options: str) -> list[str]:
     """The gateway's command line; processes and threads not given come from the settings above."""
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:gunicorn_conf", "cortex_web.wsgi:app", "-b", bind]
@@ -332,19 +336,18 @@ class RedactingLogger(Logger):
     def atoms(self, resp, req, environ, request_time) -> dict:
         if self.cfg.access_log_format == DEFAULT_ACCESS_LOG_FORMAT:
             atoms = self._default_format_atoms(resp, environ)
-        else:
+        else:  # gunicorn's every atom: the query, path and headers an operator's format may show too
             atoms = super().atoms(resp, req, environ, request_time)
-        method, _, rest = str(atoms["r"]).partition(" ")
-        target, _, protocol = rest.rpartition(" ")
-        atoms["r"] = f"{method} {redact_target(target)} {protocol}" if target else redact_keys(str(atoms["r"]))
-        atoms["f"] = redact_target(str(atoms.get("f") or "-"))
-        if "q" in atoms:
             atoms["q"] = redact_query(atoms.get("q") or "")
             atoms["U"] = redact_keys(atoms.get("U") or "")
             for name in SECRET_HEADERS:
                 for suffix in ("i", "o"):
                     if f"{{{name}}}{suffix}" in atoms:
                         atoms[f"{{{name}}}{suffix}"] = "[redacted]"
+        method, _, rest = str(atoms["r"]).partition(" ")
+        target, _, protocol = rest.rpartition(" ")
+        atoms["r"] = f"{method} {redact_target(target)} {protocol}" if target else redact_keys(str(atoms["r"]))
+        atoms["f"] = redact_target(str(atoms.get("f") or "-"))
         return atoms
 
     def _default_format_atoms(self, resp, environ) -> dict:

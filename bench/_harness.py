@@ -138,6 +138,7 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
 
     from cortex_tasks.core.worker_records import READY_KEY_PREFIX
     from cortex_tasks.stack.embedded import free_port
+    from gunicorn_conf import ACCESS_LOG_TO_STDOUT
     from gunicorn_conf import command as gateway_command
 
     env = {**env, **(overrides or {})}
@@ -149,7 +150,7 @@ def gateway_and_worker(env: dict[str, str], overrides: dict[str, str] | None = N
         cleanup.callback(lambda: [_stop(p) for p in reversed(started)])
         # gunicorn_conf.py: its processes and threads (CORTEX_WEB_WORKERS / _THREADS, else its defaults), and
         # an access line per request, as `cortex up` and `cortex web` run it.
-        started.append(_start(gateway_command(f"127.0.0.1:{port}", None, web_threads, "--access-logfile", "-"),
+        started.append(_start(gateway_command(f"127.0.0.1:{port}", None, web_threads, *ACCESS_LOG_TO_STDOUT),
                               folder / f"gateway-{tag}.log", env))
         if profile is None:
             hostname = f"bench-{tag}@localhost"

@@ -91,9 +91,9 @@ def worker_ready(kind: str, hostname: str | None) -> None:
 @click.option("--threads", type=int, help="Threads per process [default: CORTEX_WEB_THREADS, else 64]")
 def web(bind: str, web_workers: int | None, threads: int | None) -> None:
     """Run the gateway under gunicorn (threads, so many clients can wait at once; gunicorn_conf.py)."""
-    from gunicorn_conf import command
+    from gunicorn_conf import ACCESS_LOG_TO_STDOUT, command
 
-    os.execv(sys.executable, command(bind, web_workers, threads, "--access-logfile", "-"))
+    os.execv(sys.executable, command(bind, web_workers, threads, *ACCESS_LOG_TO_STDOUT))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -34,6 +34,7 @@ from cortex_tasks.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_po
 from cortex_tasks.stack.flower import FLOWER_USER, flower_environment, warn_if_deprecated_name
 from cortex_tasks.stack.private_files import PRIVATE_UMASK, private_dir, read_or_create_secret, restrict_tree
 from cortex_tasks.stack.supervisor import Supervisor
+from gunicorn_conf import ACCESS_LOG_TO_STDOUT
 from gunicorn_conf import command as gateway_command
 from workers import PROFILES
 from workers.profile import PORT_VARIABLE, WorkerProfile
@@ -195,7 +196,7 @@ def run_up(options: UpOptions) -> int:
         python = sys.executable
         supervisor.add_and_start(
             "gateway", gateway_command(f"{options.host}:{options.port}", options.web_workers,
-                                       options.web_threads, "--access-logfile", "-"),
+                                       options.web_threads, *ACCESS_LOG_TO_STDOUT),
             # The gateway processes' metrics files (gunicorn_conf.py), emptied at every start.
             extra_env={"PROMETHEUS_MULTIPROC_DIR": os.environ.get("PROMETHEUS_MULTIPROC_DIR")
                        or str(data_dir / "gateway-metrics")})
